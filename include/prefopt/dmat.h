@@ -1,0 +1,59 @@
+/* prefopt: distributed matrices. A prefopt_dmat is a ScaLAPACK block-cyclic matrix on one TP grid:
+ * a global m x n column-major matrix cut into mb x nb blocks dealt round-robin over process rows and
+ * columns (source process 0,0). Each rank stores its blocks as one column-major lld x nloc array.
+ *
+ * Row vectors (biases, norm weights) are 1 x n dmats with rep_rows = 1: distributed over process columns
+ * like the matrix columns they scale and replicated on every process row (their gradients are summed over
+ * the process-column communicator). They never enter psgemm.
+ *
+ * Conventions used across prefopt (model, checkpoint, import/export):
+ * - a linear weight that HF stores as PyTorch [out][in] row-major is the column-major (in x out) matrix W,
+ *   so the layer is Y = X W with X (tokens x in); same bytes, no transpose;
+ * - activations are (tokens x features) with mb = padded sequence length T, so a sequence never straddles
+ *   process rows.
+ */
+#ifndef PREFOPT_DMAT_H
+#define PREFOPT_DMAT_H
+
+#include "prefopt/grid.h"
+
+typedef struct {
+    int m, n;        /* global rows, columns */
+    int mb, nb;      /* block sizes */
+    int mloc, nloc;  /* local rows, columns held by this rank */
+    int lld;         /* local leading dimension, max(1, mloc) */
+    int rep_rows;    /* 1: a row vector replicated on every process row */
+    int desc[9];     /* ScaLAPACK descriptor {1, ctxt, m, n, mb, nb, 0, 0, lld} */
+    float *data;     /* lld x nloc local piece; not owned: points into a buffer the caller manages */
+    const prefopt_grid *grid;
+} prefopt_dmat;
+
+/* Fills sizes and descriptor; data is left NULL. */
+void prefopt_dmat_init(prefopt_dmat *a, const prefopt_grid *g, int m, int n, int mb, int nb);
+void prefopt_dmat_init_rowvec(prefopt_dmat *a, const prefopt_grid *g, int n, int nb);
+
+/* Number of floats of the local piece (lld * nloc), the size to reserve in a buffer. */
+size_t prefopt_dmat_local_size(const prefopt_dmat *a);
+
+/* Global index of local row il / local column jl (0-based), and owner/local index of a global one. */
+int prefopt_dmat_row_l2g(const prefopt_dmat *a, int il);
+int prefopt_dmat_col_l2g(const prefopt_dmat *a, int jl);
+int prefopt_dmat_row_owner(const prefopt_dmat *a, int i);   /* process row owning global row i (0 for rep_rows) */
+int prefopt_dmat_col_owner(const prefopt_dmat *a, int j);
+int prefopt_dmat_row_g2l(const prefopt_dmat *a, int i);     /* local index on the owner */
+int prefopt_dmat_col_g2l(const prefopt_dmat *a, int j);
+
+/* C := alpha * op(A) * op(B) + beta * C on whole matrices, through psgemm_. Collective over the grid. */
+void prefopt_dmat_gemm(char transa, char transb, float alpha, const prefopt_dmat *A, const prefopt_dmat *B,
+                       float beta, prefopt_dmat *C);
+
+/* Whole-matrix copies for tests, import and small tensors: full is m x n column-major on every rank of the
+ * grid. gather is collective over the grid; scatter is local (each rank copies its blocks out of full). */
+void prefopt_dmat_gather(const prefopt_dmat *a, float *full);
+void prefopt_dmat_scatter(prefopt_dmat *a, const float *full);
+
+/* The PBLAS panel width used by psgemm (pilaenv_ override, same value on every rank). 0 keeps the default. */
+void prefopt_dmat_set_panel_width(int kb);
+int prefopt_dmat_panel_width(void);
+
+#endif

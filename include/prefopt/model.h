@@ -1,0 +1,81 @@
+/* prefopt: the transformer (GPT-2 and the Llama family), tensor-parallel over one grid.
+ *
+ * Parameters. Every parameter is a named logical tensor with the Hugging Face meaning and the PyTorch
+ * layout ([out][in] row-major for linear weights, which is the column-major in x out matrix of dmat.h).
+ * Q, K and V are separate tensors (GPT-2's fused c_attn is split on import) so that the heads of a
+ * key/value group sit on one process column with no reordering. Names (L = layer index):
+ *
+ *   GPT-2 (arch "gpt2"):                          Llama/Mistral/Qwen2 (arch "llama"):
+ *   wte                    [V][C]                 embed_tokens                      [V][C]
+ *   wpe                    [P][C]                 layers.L.input_layernorm.weight   [C]
+ *   h.L.ln_1.weight/.bias  [C]                    layers.L.self_attn.q_proj.weight  [H*D][C] (+ .bias if qkv_bias)
+ *   h.L.attn.q_proj.weight [C][C] (+ .bias [C])   layers.L.self_attn.k_proj.weight  [KV*D][C] (+ .bias)
+ *   h.L.attn.k_proj.weight [C][C] (+ .bias)       layers.L.self_attn.v_proj.weight  [KV*D][C] (+ .bias)
+ *   h.L.attn.v_proj.weight [C][C] (+ .bias)       layers.L.self_attn.o_proj.weight  [C][H*D]
+ *   h.L.attn.c_proj.weight [C][C] (+ .bias)       layers.L.post_attention_layernorm.weight [C]
+ *   h.L.ln_2.weight/.bias  [C]                    layers.L.mlp.gate_proj.weight     [F][C]
+ *   h.L.mlp.c_fc.weight    [4C][C] (+ .bias)      layers.L.mlp.up_proj.weight       [F][C]
+ *   h.L.mlp.c_proj.weight  [C][4C] (+ .bias)      layers.L.mlp.down_proj.weight     [C][F]
+ *   ln_f.weight/.bias      [C]                    norm.weight                       [C]
+ *   (head tied to wte)                            lm_head.weight [V][C] unless tie_word_embeddings
+ *
+ * Note GPT-2's HF Conv1D stores [in][out]; import/export transpose so the table above holds for both.
+ */
+#ifndef PREFOPT_MODEL_H
+#define PREFOPT_MODEL_H
+
+#include "prefopt/dmat.h"
+
+typedef enum { PREFOPT_ARCH_GPT2 = 0, PREFOPT_ARCH_LLAMA = 1 } prefopt_arch;
+
+typedef struct {
+    prefopt_arch arch;
+    int vocab_size;        /* V */
+    int hidden_size;       /* C */
+    int num_layers;        /* L */
+    int num_heads;         /* H */
+    int num_kv_heads;      /* KV (== H for GPT-2) */
+    int head_dim;          /* D (C / H unless the config says otherwise) */
+    int intermediate_size; /* F (4C for GPT-2) */
+    int max_position;      /* P: n_positions (GPT-2) or max_position_embeddings (Llama) */
+    float norm_eps;        /* layer_norm_epsilon (1e-5) / rms_norm_eps */
+    float rope_theta;      /* Llama only */
+    int qkv_bias;          /* GPT-2: 1; Llama: 0; Qwen2: 1 */
+    int tie_word_embeddings;
+    int bos_id, eos_id, pad_id; /* -1 when absent */
+    char hf_model_type[32]; /* "gpt2", "llama", "mistral", "qwen2": written back on export */
+} prefopt_model_config;
+
+/* A batch on one TP group. Rows are sequences padded to length T. Several branches of one row may share a
+ * prefix: a DPO pair is packed as [prompt | chosen | rejected] so the prompt is computed once. Per token:
+ *   seg:    -1 padding; 0 shared prefix; b >= 1 branch b. Token i attends to j iff j <= i (in the row) and
+ *           seg[j] == 0 or seg[j] == seg[i]; padding attends to nothing and is attended by nothing.
+ *   pos:    position id (the rejected branch restarts after the prompt, so positions match a separate pass).
+ *   parent: index in the row of the token whose output predicts this token (-1: not predicted).
+ *   unit:   the result slot this token's log-prob is added to (-1: none). Shared prompt tokens count in the
+ *           first branch's unit only.
+ *   completion: 1 if the token is a completion token (counted in the completion sums), else 0.
+ * Every rank of the TP group holds the whole batch (it is small: token ids only). */
+typedef struct {
+    int nrows, T, nunits;
+    const int32_t *tokens;     /* [nrows*T] */
+    const int32_t *pos;        /* [nrows*T] */
+    const int8_t *seg;         /* [nrows*T] */
+    const int32_t *parent;     /* [nrows*T] */
+    const int32_t *unit;       /* [nrows*T] */
+    const uint8_t *completion; /* [nrows*T] */
+} prefopt_batch;
+
+/* Per-unit sums, identical on every rank of the TP group after prefopt_model_forward. */
+typedef struct {
+    double *logp_completion;  /* [nunits] sum of log p over completion tokens */
+    double *logp_all;         /* [nunits] sum over every predicted token of the unit (prompt included) */
+    double *n_completion;     /* [nunits] counts */
+    double *n_all;
+    double *logits_sum;       /* [nunits] sum over completion tokens of mean_v(logit) (TRL's logits/ metrics) */
+    double *argmax_hits;      /* [nunits] completion tokens whose argmax logit equals the target */
+} prefopt_unit_stats;
+
+typedef struct prefopt_model prefopt_model;
+
+#endif

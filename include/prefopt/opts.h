@@ -1,0 +1,39 @@
+/* prefopt: subcommand options. Each subcommand declares one table; the same table drives command-line
+ * parsing, the job config file (INI), --help (every option with its default) and --print-config.
+ * Precedence: defaults < config file (--config FILE) < command line. */
+#ifndef PREFOPT_OPTS_H
+#define PREFOPT_OPTS_H
+
+#include <stddef.h>
+
+typedef enum {
+    PREFOPT_OPT_INT,    /* int* */
+    PREFOPT_OPT_LONG,   /* long* */
+    PREFOPT_OPT_DOUBLE, /* double* */
+    PREFOPT_OPT_STRING, /* const char** (points into storage owned by the parser; never freed) */
+    PREFOPT_OPT_FLAG    /* int*: "--name" sets 1, "--name=0/1/true/false" in files and on the command line */
+} prefopt_opt_type;
+
+typedef struct {
+    const char *name;  /* long name without dashes, e.g. "beta"; the INI key is the same (dashes or underscores) */
+    prefopt_opt_type type;
+    void *ptr;
+    const char *def;   /* default as text ("" for an empty string); applied by prefopt_opts_parse */
+    const char *help;
+} prefopt_opt;
+
+enum { PREFOPT_OPTS_OK = 0, PREFOPT_OPTS_EXIT = 1, PREFOPT_OPTS_ERROR = 2 };
+
+/* Parses argv[1..argc-1] (argv[0] is the subcommand name). Handles --help (prints usage to stdout),
+ * --config FILE (INI: keys in [cmd] and in [common] sections and at top level apply; unknown keys are errors
+ * naming the file, line and key) and --print-config (prints the effective configuration as INI).
+ * Positional arguments are not accepted. Returns PREFOPT_OPTS_OK to go on, PREFOPT_OPTS_EXIT after --help or
+ * --print-config, PREFOPT_OPTS_ERROR with a one-line message in err. Call on every rank with the same argv:
+ * the result is the same everywhere and needs no agreement. */
+int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *opts, int nopts, int argc,
+                       char **argv, char *err, size_t errlen);
+
+/* Writes the effective configuration as INI ([cmd] section) to a file, for run directories. */
+int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path);
+
+#endif

@@ -1,0 +1,45 @@
+/* prefopt: tokenizers. The embedded default is byte-level (ids 0-255 are bytes, then three specials);
+ * Hugging Face tokenizer.json files with a BPE model load through prefopt_tokenizer_load. */
+#ifndef PREFOPT_TOKENIZER_H
+#define PREFOPT_TOKENIZER_H
+
+#include "prefopt/common.h"
+
+/* Byte-level default vocabulary. */
+enum {
+    PREFOPT_BYTE_BOS = 256, /* "<|bos|>" */
+    PREFOPT_BYTE_EOS = 257, /* "<|eos|>" */
+    PREFOPT_BYTE_PAD = 258, /* "<|pad|>" */
+    PREFOPT_BYTE_VOCAB = 259
+};
+
+typedef struct prefopt_tokenizer prefopt_tokenizer;
+
+/* The byte-level tokenizer; never fails. */
+prefopt_tokenizer *prefopt_tokenizer_byte(void);
+
+/* Loads a tokenizer.json (path to the file, or to a directory holding one). Unsupported models, pre-tokenizers
+ * or normalizers fail with a message naming them. */
+int prefopt_tokenizer_load(const char *path, prefopt_tokenizer **out, prefopt_err *err);
+void prefopt_tokenizer_free(prefopt_tokenizer *t);
+
+/* Encodes len bytes of UTF-8 text, appending ids to *ids (grown with realloc; *n and *cap updated).
+ * Special tokens written literally in the text (e.g. "<|endoftext|>") are matched when allow_special is set. */
+int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_t len, int allow_special,
+                             int32_t **ids, size_t *n, size_t *cap, prefopt_err *err);
+
+/* Decodes n ids to a NUL-terminated malloc'd string (invalid UTF-8 from byte pieces is kept as bytes).
+ * Returns NULL and fills err for an id outside the vocabulary. skip_special drops special tokens. */
+char *prefopt_tokenizer_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
+                               prefopt_err *err);
+
+int prefopt_tokenizer_vocab_size(const prefopt_tokenizer *t);
+int prefopt_tokenizer_bos(const prefopt_tokenizer *t); /* -1 if none */
+int prefopt_tokenizer_eos(const prefopt_tokenizer *t); /* -1 if none */
+int prefopt_tokenizer_pad(const prefopt_tokenizer *t); /* falls back to eos, -1 if neither */
+/* Identity recorded in datasets and checkpoints: "byte" or "sha256:<hex of the tokenizer.json bytes>". */
+const char *prefopt_tokenizer_identity(const prefopt_tokenizer *t);
+/* Id of a token string (special or regular), -1 if absent. */
+int prefopt_tokenizer_token_id(const prefopt_tokenizer *t, const char *token);
+
+#endif

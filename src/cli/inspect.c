@@ -1,0 +1,31 @@
+/* prefopt inspect: describe the installation (banner) or, as datasets and checkpoints arrive, a file. */
+#include "prefopt/banner.h"
+#include "prefopt/opts.h"
+
+#include <stdio.h>
+
+int prefopt_cmd_inspect(int argc, char **argv)
+{
+    int grid_rows = 1, grid_cols = 1, dp = 1;
+    const prefopt_opt opts[] = {
+        {"grid-rows", PREFOPT_OPT_INT, &grid_rows, "1", "process rows of each tensor-parallel grid"},
+        {"grid-cols", PREFOPT_OPT_INT, &grid_cols, "1", "process columns of each tensor-parallel grid"},
+        {"dp", PREFOPT_OPT_INT, &dp, "1", "data-parallel replicas"},
+    };
+    char msg[1024];
+    int rc = prefopt_opts_parse("inspect", "Print the start-up banner for a grid layout (libraries, versions).",
+                                opts, (int)(sizeof opts / sizeof opts[0]), argc, argv, msg, sizeof msg);
+    if (rc == PREFOPT_OPTS_EXIT)
+        return 0;
+    prefopt_err err = {0};
+    if (rc == PREFOPT_OPTS_ERROR) {
+        prefopt_err_set(&err, "%s", msg);
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    prefopt_grid g;
+    if (prefopt_grid_init(&g, MPI_COMM_WORLD, grid_rows, grid_cols, dp, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_banner(stdout, &g);
+    prefopt_grid_free(&g);
+    return 0;
+}

@@ -1,0 +1,108 @@
+/* Error agreement across ranks, checked allocation, clocks. */
+#define _GNU_SOURCE
+#include "prefopt/common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void prefopt_err_set(prefopt_err *e, const char *fmt, ...)
+{
+    if (!e || e->set) /* keep the first, most specific message */
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    e->set = 1;
+}
+
+void prefopt_err_clear(prefopt_err *e)
+{
+    e->set = 0;
+    e->msg[0] = '\0';
+}
+
+int prefopt_agree(MPI_Comm comm, prefopt_err *e)
+{
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int mine = e->set ? rank : size, first = size;
+    MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (first == size)
+        return 0;
+    MPI_Bcast(e->msg, (int)sizeof e->msg, MPI_CHAR, first, comm);
+    e->msg[sizeof e->msg - 1] = '\0';
+    e->set = 1;
+    return 1;
+}
+
+_Noreturn void prefopt_exit_error(const prefopt_err *e, int code)
+{
+    fprintf(stderr, "prefopt: error: %s\n", e->set ? e->msg : "unknown error");
+    fflush(stderr);
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (init && !fin)
+        MPI_Finalize();
+    exit(code);
+}
+
+_Noreturn void prefopt_die(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "prefopt: error: %s\n", buf);
+    fflush(stderr);
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (init && !fin)
+        MPI_Abort(MPI_COMM_WORLD, PREFOPT_EXIT_ERROR);
+    exit(PREFOPT_EXIT_ERROR);
+}
+
+void *prefopt_xmalloc(size_t bytes, const char *what)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p)
+        prefopt_die("out of memory allocating %zu bytes for %s", bytes, what);
+    return p;
+}
+
+void *prefopt_xcalloc(size_t n, size_t size, const char *what)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        prefopt_die("out of memory allocating %zu x %zu bytes for %s", n, size, what);
+    return p;
+}
+
+double prefopt_now(void)
+{
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (init && !fin)
+        return MPI_Wtime();
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int prefopt_world_rank(void)
+{
+    int init = 0, fin = 0, rank = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (init && !fin)
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    return rank;
+}

@@ -1,0 +1,298 @@
+/* Option tables: command line, INI job files (inih), --help and --print-config from one description. */
+#define _GNU_SOURCE
+#include "prefopt/opts.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static int name_eq(const char *a, const char *b)
+{
+    /* "label-smoothing" == "label_smoothing" */
+    for (; *a && *b; a++, b++) {
+        char x = *a == '_' ? '-' : *a, y = *b == '_' ? '-' : *b;
+        if (x != y)
+            return 0;
+    }
+    return *a == *b;
+}
+
+static const prefopt_opt *find(const prefopt_opt *opts, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (name_eq(opts[i].name, name))
+            return &opts[i];
+    return NULL;
+}
+
+static int set_value(const prefopt_opt *o, const char *val, char *err, size_t errlen, const char *where)
+{
+    char *end = NULL;
+    errno = 0;
+    switch (o->type) {
+    case PREFOPT_OPT_INT: {
+        long v = strtol(val, &end, 10);
+        if (errno || end == val || *end || v < -2147483647L || v > 2147483647L)
+            goto bad;
+        *(int *)o->ptr = (int)v;
+        return 0;
+    }
+    case PREFOPT_OPT_LONG: {
+        long v = strtol(val, &end, 10);
+        if (errno || end == val || *end)
+            goto bad;
+        *(long *)o->ptr = v;
+        return 0;
+    }
+    case PREFOPT_OPT_DOUBLE: {
+        double v = strtod(val, &end);
+        if (errno || end == val || *end)
+            goto bad;
+        *(double *)o->ptr = v;
+        return 0;
+    }
+    case PREFOPT_OPT_STRING: {
+        char *copy = strdup(val);
+        if (!copy)
+            goto bad;
+        *(const char **)o->ptr = copy;
+        return 0;
+    }
+    case PREFOPT_OPT_FLAG:
+        if (!strcasecmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") || !strcasecmp(val, "on"))
+            *(int *)o->ptr = 1;
+        else if (!strcasecmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no") ||
+                 !strcasecmp(val, "off"))
+            *(int *)o->ptr = 0;
+        else
+            goto bad;
+        return 0;
+    }
+bad:
+    snprintf(err, errlen, "%s: bad value '%s' for option '%s' (%s expected)", where, val, o->name,
+             o->type == PREFOPT_OPT_INT || o->type == PREFOPT_OPT_LONG ? "an integer"
+             : o->type == PREFOPT_OPT_DOUBLE                          ? "a number"
+             : o->type == PREFOPT_OPT_FLAG                            ? "true or false"
+                                                                      : "a string");
+    return -1;
+}
+
+static const char *type_word(prefopt_opt_type t)
+{
+    switch (t) {
+    case PREFOPT_OPT_INT:
+    case PREFOPT_OPT_LONG:
+        return "INT";
+    case PREFOPT_OPT_DOUBLE:
+        return "NUM";
+    case PREFOPT_OPT_STRING:
+        return "STR";
+    default:
+        return "";
+    }
+}
+
+static void print_help(const char *cmd, const char *summary, const prefopt_opt *opts, int n)
+{
+    printf("usage: prefopt %s [options]\n\n%s\n\noptions (default in brackets):\n", cmd, summary);
+    for (int i = 0; i < n; i++) {
+        char lhs[64];
+        snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].name, opts[i].type == PREFOPT_OPT_FLAG ? "" : " ",
+                 type_word(opts[i].type));
+        printf("  %-28s %s [%s]\n", lhs, opts[i].help, opts[i].def && *opts[i].def ? opts[i].def : "");
+    }
+    printf("  %-28s %s\n  %-28s %s\n  %-28s %s\n", "--config FILE",
+           "read options from an INI job file ([common] and [" /* keep on one line */
+           "<subcommand>] sections); the command line wins",
+           "--print-config", "print the effective configuration and exit", "--help", "this text");
+}
+
+static void print_value(FILE *f, const prefopt_opt *o)
+{
+    switch (o->type) {
+    case PREFOPT_OPT_INT:
+    case PREFOPT_OPT_FLAG:
+        fprintf(f, "%d", *(int *)o->ptr);
+        break;
+    case PREFOPT_OPT_LONG:
+        fprintf(f, "%ld", *(long *)o->ptr);
+        break;
+    case PREFOPT_OPT_DOUBLE:
+        fprintf(f, "%.17g", *(double *)o->ptr);
+        break;
+    case PREFOPT_OPT_STRING: {
+        const char *s = *(const char **)o->ptr;
+        fprintf(f, "%s", s ? s : "");
+        break;
+    }
+    }
+}
+
+static void write_config(FILE *f, const char *cmd, const prefopt_opt *opts, int n)
+{
+    fprintf(f, "[%s]\n", cmd);
+    for (int i = 0; i < n; i++) {
+        fprintf(f, "%s = ", opts[i].name);
+        print_value(f, &opts[i]);
+        fputc('\n', f);
+    }
+}
+
+/* Debian's libinih is built without INI_HANDLER_LINENO, so the reader below counts lines for messages. */
+typedef struct {
+    FILE *f;
+    int line;
+} line_reader;
+
+typedef struct {
+    const char *cmd, *path;
+    const prefopt_opt *opts;
+    int n;
+    char *err;
+    size_t errlen;
+    int failed;
+    const line_reader *reader;
+} ini_ctx;
+
+static char *read_line(char *str, int num, void *stream)
+{
+    line_reader *r = stream;
+    char *s = fgets(str, num, r->f);
+    if (s)
+        r->line++;
+    return s;
+}
+
+static int on_ini_value(void *user, const char *section, const char *name, const char *value)
+{
+    ini_ctx *c = user;
+    int lineno = c->reader->line;
+    if (c->failed)
+        return 0;
+    char where[512];
+    snprintf(where, sizeof where, "%s:%d", c->path, lineno);
+    /* Sections for other subcommands are skipped, so one job file can serve train, eval and generate. */
+    if (section[0] && strcmp(section, "common") && !name_eq(section, c->cmd))
+        return 1;
+    const prefopt_opt *o = find(c->opts, c->n, name);
+    if (!o) {
+        if (!strcmp(section, "common") || !section[0])
+            return 1; /* [common] keys may belong to another subcommand */
+        snprintf(c->err, c->errlen, "%s: unknown option '%s' in section [%s]", where, name, section);
+        c->failed = 1;
+        return 0;
+    }
+    if (set_value(o, value, c->err, c->errlen, where)) {
+        c->failed = 1;
+        return 0;
+    }
+    return 1;
+}
+
+int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *opts, int nopts, int argc,
+                       char **argv, char *err, size_t errlen)
+{
+    err[0] = '\0';
+    for (int i = 0; i < nopts; i++)
+        if (set_value(&opts[i], opts[i].def ? opts[i].def : "", err, errlen, "default") &&
+            opts[i].type != PREFOPT_OPT_STRING) {
+            /* An empty default for a number means "0". */
+            if (opts[i].def && *opts[i].def)
+                return PREFOPT_OPTS_ERROR;
+            err[0] = '\0';
+            set_value(&opts[i], "0", err, errlen, "default");
+        }
+
+    int print_config = 0;
+    /* First pass: --help, --config and --print-config, so the file applies before the command line. */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            print_help(cmd, summary, opts, nopts);
+            return PREFOPT_OPTS_EXIT;
+        }
+        if (!strcmp(argv[i], "--print-config"))
+            print_config = 1;
+        const char *path = NULL;
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "option '--config' needs a file name");
+                return PREFOPT_OPTS_ERROR;
+            }
+            path = argv[++i];
+        } else if (!strncmp(argv[i], "--config=", 9))
+            path = argv[i] + 9;
+        if (path) {
+            line_reader r = {fopen(path, "r"), 0};
+            if (!r.f) {
+                snprintf(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
+                return PREFOPT_OPTS_ERROR;
+            }
+            ini_ctx c = {cmd, path, opts, nopts, err, errlen, 0, &r};
+            int rc = ini_parse_stream(read_line, &r, on_ini_value, &c);
+            fclose(r.f);
+            if (c.failed)
+                return PREFOPT_OPTS_ERROR;
+            if (rc > 0) {
+                snprintf(err, errlen, "%s:%d: INI syntax error", path, rc);
+                return PREFOPT_OPTS_ERROR;
+            }
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--print-config"))
+            continue;
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(a, "--config=", 9))
+            continue;
+        if (strncmp(a, "--", 2)) {
+            snprintf(err, errlen, "unexpected argument '%s' (options start with --; see prefopt %s --help)", a, cmd);
+            return PREFOPT_OPTS_ERROR;
+        }
+        char name[128];
+        const char *eq = strchr(a + 2, '=');
+        size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+        if (len >= sizeof name)
+            len = sizeof name - 1;
+        memcpy(name, a + 2, len);
+        name[len] = '\0';
+        const prefopt_opt *o = find(opts, nopts, name);
+        if (!o) {
+            snprintf(err, errlen, "unknown option '--%s' (see prefopt %s --help)", name, cmd);
+            return PREFOPT_OPTS_ERROR;
+        }
+        const char *val;
+        if (eq)
+            val = eq + 1;
+        else if (o->type == PREFOPT_OPT_FLAG)
+            val = "1";
+        else if (i + 1 < argc)
+            val = argv[++i];
+        else {
+            snprintf(err, errlen, "option '--%s' needs a value", name);
+            return PREFOPT_OPTS_ERROR;
+        }
+        if (set_value(o, val, err, errlen, "command line"))
+            return PREFOPT_OPTS_ERROR;
+    }
+    if (print_config) {
+        write_config(stdout, cmd, opts, nopts);
+        return PREFOPT_OPTS_EXIT;
+    }
+    return PREFOPT_OPTS_OK;
+}
+
+int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    write_config(f, cmd, opts, nopts);
+    return fclose(f) ? -1 : 0;
+}
