@@ -76,6 +76,62 @@ typedef struct {
     double *argmax_hits;      /* [nunits] completion tokens whose argmax logit equals the target */
 } prefopt_unit_stats;
 
+/* One named logical parameter tensor (see the table at the top). */
+typedef struct {
+    char name[96];
+    int ndim;              /* 1 (biases, norm weights) or 2 */
+    int64_t shape[2];      /* logical PyTorch shape: [out][in] for 2-D, [n] in shape[0] for 1-D */
+    prefopt_dmat *value;   /* 2-D: the (in x out) column-major dmat; 1-D: a rep_rows row vector */
+    prefopt_dmat *grad;    /* same distribution; NULL in a model made without gradients (the reference) */
+    int weight_decay;      /* AdamW decay applies: 1 for matrices (embeddings included), 0 for biases and norms */
+} prefopt_param;
+
 typedef struct prefopt_model prefopt_model;
+
+/* Options of a model instance (not of the architecture). */
+typedef struct {
+    int with_grads;            /* 0 for the frozen reference: no gradient buffers, no activations kept */
+    int activation_checkpoint; /* keep only layer inputs; recompute each layer in backward */
+} prefopt_model_options;
+
+/* Collective over the grid. All local pieces of all parameters live in one contiguous buffer (and the
+ * gradients in a second buffer with the identical layout), so optimizers and all-reduces work on flat
+ * arrays. Weights are zero after creation. */
+prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefopt_grid *g,
+                                    const prefopt_model_options *opt, prefopt_err *err);
+void prefopt_model_free(prefopt_model *m);
+const prefopt_model_config *prefopt_model_get_config(const prefopt_model *m);
+const prefopt_grid *prefopt_model_get_grid(const prefopt_model *m);
+
+int prefopt_model_param_count(const prefopt_model *m);
+prefopt_param *prefopt_model_param_at(prefopt_model *m, int i);
+prefopt_param *prefopt_model_param_by_name(prefopt_model *m, const char *name);
+float *prefopt_model_param_data(prefopt_model *m, size_t *count);  /* the flat local parameter buffer */
+float *prefopt_model_grad_data(prefopt_model *m, size_t *count);   /* the flat local gradient buffer */
+
+/* GPT-2-style init (normal(0, 0.02), residual projections scaled by 1/sqrt(2L), norms 1, biases 0) from a
+ * seed; the values of a logical tensor do not depend on the grid. */
+void prefopt_model_init_random(prefopt_model *m, uint64_t seed);
+
+/* Forward over a batch; fills the per-unit sums (arrays of batch->nunits, allocated by the caller) on every
+ * rank of the TP group. With gradients enabled, keeps what backward needs. Returns non-zero (err filled, the
+ * same on every rank of the grid) on bad input, e.g. a token id >= vocab_size. */
+int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err);
+
+/* Backward of sum_u (d_completion[u] * logp_completion[u] + d_all[u] * logp_all[u]) for the batch of the last
+ * forward; ACCUMULATES into the gradient buffer (zero it with prefopt_model_zero_grad). Gradients of rep_rows
+ * vectors are summed over process rows here. Does not reduce over data-parallel replicas. */
+void prefopt_model_backward(prefopt_model *m, const float *d_completion, const float *d_all);
+void prefopt_model_zero_grad(prefopt_model *m);
+
+/* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer). */
+void prefopt_model_allreduce_grads(prefopt_model *m);
+
+/* dst := src (same config and grid), e.g. the reference from the policy; and dst := (1-a) dst + a src for TR-DPO. */
+void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src);
+void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, float alpha);
+
+/* FLOPs of one forward over a batch (matmuls and attention; 2 per multiply-add), for throughput figures. */
+double prefopt_model_forward_flops(const prefopt_model *m, const prefopt_batch *b);
 
 #endif
