@@ -1,0 +1,109 @@
+/* Option tables: defaults, INI job files, command-line precedence, and the error lines users see. */
+#include "prefopt/opts.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <unistd.h>
+
+static int failures = 0;
+#define CHECK(cond)                                                                                  \
+    do {                                                                                             \
+        if (!(cond)) {                                                                               \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                \
+            failures++;                                                                              \
+        }                                                                                            \
+    } while (0)
+
+static int steps;
+static double beta;
+static const char *loss;
+static int resume;
+static long seed;
+
+static const prefopt_opt opts[] = {
+    {"steps", PREFOPT_OPT_INT, &steps, "100", "optimizer steps"},
+    {"beta", PREFOPT_OPT_DOUBLE, &beta, "0.1", "DPO beta"},
+    {"loss", PREFOPT_OPT_STRING, &loss, "dpo", "objective"},
+    {"resume", PREFOPT_OPT_FLAG, &resume, "0", "resume"},
+    {"seed", PREFOPT_OPT_LONG, &seed, "1234", "seed"},
+};
+#define NOPTS ((int)(sizeof opts / sizeof opts[0]))
+
+static int parse(char *err, size_t n, int argc, ...)
+{
+    char *argv[16];
+    va_list ap;
+    va_start(ap, argc);
+    for (int i = 0; i < argc; i++)
+        argv[i] = va_arg(ap, char *);
+    va_end(ap);
+    return prefopt_opts_parse("train", "test", opts, NOPTS, argc, argv, err, n);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+int main(void)
+{
+    char err[1024];
+    CHECK(parse(err, sizeof err, 1, "train") == PREFOPT_OPTS_OK);
+    CHECK(steps == 100 && beta == 0.1 && !strcmp(loss, "dpo") && resume == 0 && seed == 1234);
+
+    CHECK(parse(err, sizeof err, 5, "train", "--steps", "7", "--beta=0.25", "--resume") == PREFOPT_OPTS_OK);
+    CHECK(steps == 7 && beta == 0.25 && resume == 1);
+
+    /* INI: [common] and [train] apply, other sections are skipped, the command line wins. */
+    char path[64];
+    snprintf(path, sizeof path, "opts_test_%d.ini", (int)getpid());
+    /* [common] may hold keys of other subcommands; [eval] is not read by train */
+    write_file(path, "[common]\nseed = 99\nother_cmd_key = 1\n[train]\nsteps = 50\nbeta = 0.5\nloss = ipo\n"
+                     "[eval]\nnot_an_option = 3\n");
+    CHECK(parse(err, sizeof err, 5, "train", "--config", path, "--steps", "9") == PREFOPT_OPTS_OK);
+    CHECK(steps == 9 && beta == 0.5 && !strcmp(loss, "ipo") && seed == 99);
+
+    write_file(path, "[train]\nsteps = 5\nbta = 0.5\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, path) && strstr(err, ":3:") && strstr(err, "'bta'"));
+
+    write_file(path, "[train]\nsteps = many\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, ":2:") && strstr(err, "'many'") && strstr(err, "'steps'"));
+
+    write_file(path, "[train\nsteps = 5\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, "syntax"));
+    unlink(path);
+
+    CHECK(parse(err, sizeof err, 3, "train", "--config", "/nonexistent/job.ini") == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, "/nonexistent/job.ini") && strstr(err, "cannot open"));
+
+    CHECK(parse(err, sizeof err, 2, "train", "--stepz") == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, "'--stepz'"));
+    CHECK(parse(err, sizeof err, 3, "train", "--beta", "x1") == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, "'x1'") && strstr(err, "'beta'"));
+    CHECK(parse(err, sizeof err, 2, "train", "--steps") == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, "needs a value"));
+    CHECK(parse(err, sizeof err, 2, "train", "positional") == PREFOPT_OPTS_ERROR);
+    CHECK(parse(err, sizeof err, 3, "train", "--steps", "99999999999") == PREFOPT_OPTS_ERROR);
+
+    /* --print-config writes INI that parses back to the same values. */
+    snprintf(path, sizeof path, "opts_round_%d.ini", (int)getpid());
+    CHECK(parse(err, sizeof err, 5, "train", "--steps", "3", "--loss", "kto") == PREFOPT_OPTS_OK);
+    CHECK(prefopt_opts_write("train", opts, NOPTS, path) == 0);
+    CHECK(parse(err, sizeof err, 1, "train") == PREFOPT_OPTS_OK && steps == 100);
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_OK);
+    CHECK(steps == 3 && !strcmp(loss, "kto"));
+    unlink(path);
+
+    if (failures)
+        fprintf(stderr, "test_opts: %d checks failed\n", failures);
+    else
+        printf("test_opts: all checks passed\n");
+    return failures ? 1 : 0;
+}
