@@ -55,5 +55,8 @@ void prefopt_dmat_scatter(prefopt_dmat *a, const float *full);
 /* The PBLAS panel width used by psgemm (pilaenv_ override, same value on every rank). 0 keeps the default. */
 void prefopt_dmat_set_panel_width(int kb);
 int prefopt_dmat_panel_width(void);
+/* How many times ScaLAPACK asked our pilaenv_ for the panel width: non-zero after a psgemm proves the
+ * override is the one that runs. */
+long prefopt_dmat_pilaenv_calls(void);
 
 #endif

@@ -1,0 +1,4 @@
+# Engine: distributed matrices and the tensor-parallel transformer.
+prefopt_mpi_test(test_dmat 1 test_dmat.c)
+prefopt_mpi_test(test_dmat 2 test_dmat.c)
+prefopt_mpi_test(test_dmat 4 test_dmat.c)
