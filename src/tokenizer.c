@@ -1,0 +1,294 @@
+/* prefopt tokenizers: the public API, the embedded byte-level tokenizer, and added/special-token matching,
+ * which runs on the raw text before any model sees it (as in Hugging Face tokenizers). */
+#define _GNU_SOURCE
+#include "tokenizer_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- string map ---------------------------------------------------------- */
+
+uint64_t tok_hash(const char *s, size_t n)
+{
+    /* FNV-1a with a final mix: vocabularies hold many near-identical short keys */
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
+}
+
+void tok_strmap_init(tok_strmap *m, size_t expected)
+{
+    size_t cap = 16;
+    while (cap < expected * 2)
+        cap <<= 1;
+    m->cap = cap;
+    m->count = 0;
+    m->key = prefopt_xcalloc(cap, sizeof *m->key, "tokenizer map keys");
+    m->klen = prefopt_xcalloc(cap, sizeof *m->klen, "tokenizer map key lengths");
+    m->val = prefopt_xcalloc(cap, sizeof *m->val, "tokenizer map values");
+}
+
+void tok_strmap_free(tok_strmap *m)
+{
+    free(m->key);
+    free(m->klen);
+    free(m->val);
+    memset(m, 0, sizeof *m);
+}
+
+static void strmap_grow(tok_strmap *m)
+{
+    tok_strmap old = *m;
+    tok_strmap_init(m, old.cap);
+    for (size_t i = 0; i < old.cap; i++)
+        if (old.key[i])
+            tok_strmap_put(m, old.key[i], old.klen[i], old.val[i]);
+    tok_strmap_free(&old);
+}
+
+void tok_strmap_put(tok_strmap *m, const char *k, uint32_t klen, int32_t v)
+{
+    if ((m->count + 1) * 2 > m->cap)
+        strmap_grow(m);
+    size_t mask = m->cap - 1, i = tok_hash(k, klen) & mask;
+    while (m->key[i]) {
+        if (m->klen[i] == klen && !memcmp(m->key[i], k, klen)) {
+            m->val[i] = v;
+            return;
+        }
+        i = (i + 1) & mask;
+    }
+    m->key[i] = k;
+    m->klen[i] = klen;
+    m->val[i] = v;
+    m->count++;
+}
+
+int32_t tok_strmap_get(const tok_strmap *m, const char *k, uint32_t klen)
+{
+    if (!m->cap)
+        return -1;
+    size_t mask = m->cap - 1, i = tok_hash(k, klen) & mask;
+    while (m->key[i]) {
+        if (m->klen[i] == klen && !memcmp(m->key[i], k, klen))
+            return m->val[i];
+        i = (i + 1) & mask;
+    }
+    return -1;
+}
+
+void tok_ids_push(int32_t **ids, size_t *n, size_t *cap, int32_t id)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        int32_t *p = realloc(*ids, nc * sizeof *p);
+        if (!p)
+            prefopt_die("out of memory growing a token id array to %zu ids", nc);
+        *ids = p;
+        *cap = nc;
+    }
+    (*ids)[(*n)++] = id;
+}
+
+/* ---- added tokens ---------------------------------------------------------- */
+
+static int added_cmp(const void *pa, const void *pb)
+{
+    const tok_added *a = pa, *b = pb;
+    int fa = (unsigned char)a->content[0], fb = (unsigned char)b->content[0];
+    if (fa != fb)
+        return fa - fb;
+    if (a->len != b->len)
+        return a->len > b->len ? -1 : 1; /* longest first: leftmost-longest matching */
+    return a->id - b->id;
+}
+
+void tok_added_index(prefopt_tokenizer *t)
+{
+    qsort(t->added, (size_t)t->nadded, sizeof *t->added, added_cmp);
+    for (int c = 0; c < 256; c++)
+        t->added_first[c] = -1;
+    for (int i = t->nadded - 1; i >= 0; i--)
+        t->added_first[(unsigned char)t->added[i].content[0]] = i;
+}
+
+static int is_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+static int is_word(unsigned char c)
+{
+    return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
+}
+
+/* Finds the leftmost-longest added token in s[from..len). Returns its index in t->added or -1; mstart..mend
+ * is the span it covers including whitespace absorbed by lstrip/rstrip. */
+static int find_added(const prefopt_tokenizer *t, const char *s, size_t from, size_t len, int allow_special,
+                      size_t *mstart, size_t *mend)
+{
+    if (!t->nadded)
+        return -1;
+    for (size_t i = from; i < len; i++) {
+        int k = t->added_first[(unsigned char)s[i]];
+        if (k < 0)
+            continue;
+        for (; k < t->nadded && t->added[k].content[0] == s[i]; k++) {
+            const tok_added *a = &t->added[k];
+            if (a->special && !allow_special)
+                continue;
+            if (a->len > len - i || memcmp(s + i, a->content, a->len))
+                continue;
+            if (a->single_word && ((i > 0 && is_word((unsigned char)s[i - 1])) ||
+                                   (i + a->len < len && is_word((unsigned char)s[i + a->len]))))
+                continue;
+            size_t b = i, e = i + a->len;
+            if (a->lstrip)
+                while (b > from && is_space((unsigned char)s[b - 1]))
+                    b--;
+            if (a->rstrip)
+                while (e < len && is_space((unsigned char)s[e]))
+                    e++;
+            *mstart = b;
+            *mend = e;
+            return k;
+        }
+    }
+    return -1;
+}
+
+static void byte_encode_piece(const char *s, size_t len, int32_t **ids, size_t *n, size_t *cap)
+{
+    for (size_t i = 0; i < len; i++)
+        tok_ids_push(ids, n, cap, (unsigned char)s[i]);
+}
+
+int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_t len, int allow_special,
+                             int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
+{
+    size_t pos = 0;
+    while (pos <= len) {
+        size_t ms = len, me = len;
+        int k = find_added(t, text, pos, len, allow_special, &ms, &me);
+        if (k < 0)
+            ms = me = len;
+        if (ms > pos) {
+            if (t->kind == TOK_KIND_BYTE)
+                byte_encode_piece(text + pos, ms - pos, ids, n, cap);
+            else if (tok_bpe_encode_piece(t, text + pos, ms - pos, pos == 0, ids, n, cap, err))
+                return 1;
+        }
+        if (k < 0)
+            break;
+        tok_ids_push(ids, n, cap, t->added[k].id);
+        pos = me;
+    }
+    return 0;
+}
+
+/* ---- decode ---------------------------------------------------------------- */
+
+static char *byte_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
+                         prefopt_err *err)
+{
+    size_t need = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->vocab_size) {
+            prefopt_err_set(err, "decode: token id %d at position %zu is outside the vocabulary (0..%d)", ids[i], i,
+                            t->vocab_size - 1);
+            return NULL;
+        }
+        need += ids[i] < 256 ? 1 : t->toklen[ids[i]];
+    }
+    char *out = prefopt_xmalloc(need, "decoded text"), *p = out;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 256) {
+            *p++ = (char)ids[i];
+        } else if (!skip_special) {
+            memcpy(p, t->tok[ids[i]], t->toklen[ids[i]]);
+            p += t->toklen[ids[i]];
+        }
+    }
+    *p = '\0';
+    return out;
+}
+
+char *prefopt_tokenizer_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
+                               prefopt_err *err)
+{
+    if (t->kind == TOK_KIND_BYTE)
+        return byte_decode(t, ids, n, skip_special, err);
+    return tok_bpe_decode(t, ids, n, skip_special, err);
+}
+
+/* ---- the byte-level tokenizer -------------------------------------------- */
+
+prefopt_tokenizer *prefopt_tokenizer_byte(void)
+{
+    static const char *specials[3] = {"<|bos|>", "<|eos|>", "<|pad|>"};
+    prefopt_tokenizer *t = prefopt_xcalloc(1, sizeof *t, "byte tokenizer");
+    t->kind = TOK_KIND_BYTE;
+    t->vocab_size = PREFOPT_BYTE_VOCAB;
+    t->bos = PREFOPT_BYTE_BOS;
+    t->eos = PREFOPT_BYTE_EOS;
+    t->pad = PREFOPT_BYTE_PAD;
+    t->unk_id = -1;
+    strcpy(t->identity, "byte");
+    t->tok = prefopt_xcalloc(PREFOPT_BYTE_VOCAB, sizeof *t->tok, "byte tokenizer pieces");
+    t->toklen = prefopt_xcalloc(PREFOPT_BYTE_VOCAB, sizeof *t->toklen, "byte tokenizer piece lengths");
+    t->is_special = prefopt_xcalloc(PREFOPT_BYTE_VOCAB, 1, "byte tokenizer special flags");
+    t->arena = prefopt_xmalloc(2 * 256 + 3 * 8, "byte tokenizer strings");
+    tok_strmap_init(&t->tokmap, PREFOPT_BYTE_VOCAB);
+    for (int b = 0; b < 256; b++) {
+        t->arena[2 * b] = (char)b;
+        t->arena[2 * b + 1] = '\0';
+        t->tok[b] = t->arena + 2 * b;
+        t->toklen[b] = 1;
+        tok_strmap_put(&t->tokmap, t->tok[b], 1, b);
+    }
+    t->added = prefopt_xcalloc(3, sizeof *t->added, "byte tokenizer specials");
+    for (int i = 0; i < 3; i++) {
+        int id = PREFOPT_BYTE_BOS + i;
+        char *s = t->arena + 512 + 8 * i;
+        memcpy(s, specials[i], 8);
+        t->tok[id] = s;
+        t->toklen[id] = 7;
+        t->is_special[id] = 1;
+        tok_strmap_put(&t->tokmap, s, 7, id);
+        t->added[i] = (tok_added){.content = s, .len = 7, .id = id, .special = 1};
+    }
+    t->nadded = 3;
+    tok_added_index(t);
+    return t;
+}
+
+void prefopt_tokenizer_free(prefopt_tokenizer *t)
+{
+    if (!t)
+        return;
+    if (t->kind == TOK_KIND_BPE)
+        tok_bpe_free(t);
+    tok_strmap_free(&t->tokmap);
+    free(t->tok);
+    free(t->toklen);
+    free(t->is_special);
+    free(t->added);
+    free(t->arena);
+    free(t);
+}
+
+/* ---- accessors ------------------------------------------------------------ */
+
+int prefopt_tokenizer_vocab_size(const prefopt_tokenizer *t) { return t->vocab_size; }
+int prefopt_tokenizer_bos(const prefopt_tokenizer *t) { return t->bos; }
+int prefopt_tokenizer_eos(const prefopt_tokenizer *t) { return t->eos; }
+int prefopt_tokenizer_pad(const prefopt_tokenizer *t) { return t->pad >= 0 ? t->pad : t->eos; }
+const char *prefopt_tokenizer_identity(const prefopt_tokenizer *t) { return t->identity; }
+
+int prefopt_tokenizer_token_id(const prefopt_tokenizer *t, const char *token)
+{
+    return tok_strmap_get(&t->tokmap, token, (uint32_t)strlen(token));
+}

@@ -1,0 +1,127 @@
+/* prefopt: the private layout of a tokenizer, shared by tokenizer.c (API, byte level, added tokens, decode),
+ * tokenizer_load.c (tokenizer.json) and tokenizer_bpe.c (normalize, pre-tokenize, BPE merges). */
+#ifndef PREFOPT_TOKENIZER_INTERNAL_H
+#define PREFOPT_TOKENIZER_INTERNAL_H
+
+#include "prefopt/tokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* String -> id map (open addressing, keys are byte strings owned elsewhere). */
+typedef struct {
+    const char **key;
+    uint32_t *klen;
+    int32_t *val;
+    size_t cap, count; /* cap is a power of two */
+} tok_strmap;
+
+void tok_strmap_init(tok_strmap *m, size_t expected);
+void tok_strmap_free(tok_strmap *m);
+void tok_strmap_put(tok_strmap *m, const char *k, uint32_t klen, int32_t v); /* replaces an existing key */
+int32_t tok_strmap_get(const tok_strmap *m, const char *k, uint32_t klen); /* -1 if absent */
+uint64_t tok_hash(const char *s, size_t n);
+
+/* An added token (tokenizer.json "added_tokens", or the byte tokenizer's specials): matched in the raw text
+ * before normalization and pre-tokenization. */
+typedef struct {
+    char *content;
+    uint32_t len;
+    int32_t id;
+    uint8_t special, lstrip, rstrip, single_word;
+} tok_added;
+
+/* Normalizer steps (applied in order). */
+enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_NFC, TOK_NORM_NFKC };
+typedef struct {
+    int type;
+    char *a, *b; /* Prepend: a = prepended; Replace: a -> b (literal string pattern) */
+    uint32_t alen, blen;
+} tok_norm;
+
+/* Pre-tokenizer steps. */
+enum { TOK_PRE_SPLIT, TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_DIGITS };
+enum { TOK_SPLIT_ISOLATED, TOK_SPLIT_REMOVED, TOK_SPLIT_MERGED_PREV, TOK_SPLIT_MERGED_NEXT, TOK_SPLIT_CONTIGUOUS };
+enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
+typedef struct {
+    int type;
+    pcre2_code *re;           /* Split (regex or escaped string), ByteLevel with use_regex */
+    pcre2_match_data *md;
+    int behavior, invert;     /* Split */
+    int add_prefix_space;     /* ByteLevel */
+    char replacement[8];      /* Metaspace: the UTF-8 of its replacement char */
+    uint32_t replen;
+    int prepend_scheme, split; /* Metaspace */
+    int individual_digits;    /* Digits */
+} tok_pre;
+
+/* Decoder steps. */
+enum { TOK_DEC_BYTELEVEL, TOK_DEC_REPLACE, TOK_DEC_BYTEFALLBACK, TOK_DEC_FUSE, TOK_DEC_STRIP, TOK_DEC_METASPACE };
+typedef struct {
+    int type;
+    char *a, *b; /* Replace a -> b; Metaspace a = replacement; Strip a = content char */
+    uint32_t alen, blen;
+    int start, stop;    /* Strip */
+    int prepend_scheme; /* Metaspace */
+} tok_dec;
+
+/* Word cache entry (word bytes -> ids), cleared when full. */
+typedef struct tok_cache tok_cache;
+
+enum { TOK_KIND_BYTE = 0, TOK_KIND_BPE = 1 };
+
+struct prefopt_tokenizer {
+    int kind;
+    int vocab_size; /* max id + 1 */
+    int bos, eos, pad;
+    char identity[80];
+
+    /* id -> token string as written in the vocabulary (NULL for holes in the id range) */
+    char **tok;
+    uint32_t *toklen;
+    uint8_t *is_special;
+    tok_strmap tokmap; /* token string -> id, over the model vocabulary and the added tokens */
+
+    tok_added *added;
+    int nadded;
+    int added_first[256]; /* index of the first added token starting with this byte in `added` (sorted by first
+                             byte, then longest first), -1 if none */
+
+    /* BPE model */
+    char *arena; /* owns every token string */
+    uint64_t *pair_key; /* merge table: (left id << 32 | right id) -> rank and merged id */
+    int32_t *pair_rank, *pair_id;
+    size_t pair_cap;
+    int unk_id, byte_fallback, fuse_unk, ignore_merges;
+    int byte_id[256];      /* ByteLevel: id of each byte's mapped character; <0xNN> ids for byte fallback */
+    int fallback_id[256];
+
+    tok_norm *norm;
+    int nnorm;
+    tok_pre *pre;
+    int npre;
+    tok_dec *dec;
+    int ndec;
+
+    tok_cache *cache;
+};
+
+/* tokenizer_bpe.c: encodes one piece of text that holds no added token (normalize, pre-tokenize, merge).
+ * first: the piece starts at offset 0 of the whole input (Metaspace prepend_scheme "first"). */
+int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, int first, int32_t **ids,
+                         size_t *n, size_t *cap, prefopt_err *err);
+/* Decodes through the decoder chain (no decoder: pieces joined with spaces, as Hugging Face does). */
+char *tok_bpe_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special, prefopt_err *err);
+void tok_bpe_free(prefopt_tokenizer *t);
+/* Merge-table lookup helpers used while loading. */
+int tok_pair_put(prefopt_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id);
+/* The GPT-2 byte -> unicode code point map (bytes_to_unicode in openai/gpt-2 encoder.py). */
+uint32_t tok_byte_to_cp(int b);
+
+/* tokenizer.c helpers */
+void tok_ids_push(int32_t **ids, size_t *n, size_t *cap, int32_t id);
+void tok_added_index(prefopt_tokenizer *t); /* sorts `added` and fills added_first */
+
+#endif
