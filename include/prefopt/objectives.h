@@ -1,0 +1,192 @@
+/* prefopt: preference objectives (DPO family, KTO, ORPO, SimPO) and SFT, as loss + gradient with respect to
+ * sequence log-probs. Formulas, names and defaults: /work/shared/reference/objectives.md (TRL-1.x unless noted).
+ *
+ * How it plugs into the engine (model.h): the forward gives per-unit sums (prefopt_unit_stats); an objective
+ * maps them (plus the reference log-probs) to the loss of one micro-batch and to
+ *   d_completion[u] = dLoss/d logp_completion[u],   d_all[u] = dLoss/d logp_all[u],
+ * which prefopt_model_backward takes (convert to float). Units a micro-batch does not use get 0.
+ *
+ * Global normalisation. Every term is a mean over the whole optimizer step (all micro-batches, all
+ * data-parallel ranks): pair terms divide by the global number of pairs, token-mean terms (sft, ORPO's NLL)
+ * by the global number of tokens, KTO by the global number of examples. The caller counts them before the
+ * step (prefopt_objective_count + prefopt_objective_norm_allreduce), so that summing micro-batch losses and
+ * gradients over micro-batches and ranks (the gradient all-reduce is a SUM) gives exactly the loss and
+ * gradient of one big batch. TRL instead averages per micro-batch and divides by the accumulation steps,
+ * which weights unevenly filled micro-batches wrongly.
+ *
+ * Loss specification: "NAME[:WEIGHT],NAME[:WEIGHT],..." e.g. "dpo", "dpo:1,sft:0.2" (RPO with rpo_alpha 0.2),
+ * "dpo:0.8,bco_pair:0.2,sft:1" (TRL's MPO example). loss = sum_k w_k * term_k (TRL-1.x).
+ *
+ *   name          TRL name        per pair (r = pi - ref, D = r_c - r_r, z = beta*D)
+ *   dpo|sigmoid   sigmoid         -log sig(z); with --cdpo (TRL-0.27): -(1-e) log sig(z) - e log sig(-z)
+ *   hinge         hinge           max(0, 1 - z)
+ *   ipo           ipo             (r_c/L_c - r_r/L_r - 1/(2 beta))^2, L clamped to >= 1
+ *   robust        robust          [-(1-e) log sig(z) + e log sig(-z)] / (1 - 2e), e in [0, 0.5)
+ *   exo_pair      exo_pair        sig(z)(log sig(z) - log(1-e)) + sig(-z)(log sig(-z) - log e), e > 0
+ *   nca_pair      nca_pair        -log sig(beta r_c) - 1/2 log sig(-beta r_c) - 1/2 log sig(-beta r_r)
+ *   bco_pair      bco_pair        -log sig(beta r_c) - log sig(-beta r_r)   (TRL-1.x: no running-mean shift)
+ *   sppo_hard     sppo_hard       (r_c - 1/(2 beta))^2 + (r_r + 1/(2 beta))^2
+ *   apo_zero      apo_zero        (1 - sig(beta r_c)) + sig(beta r_r)
+ *   apo_down      apo_down        sig(beta r_c) + (1 - sig(z))
+ *   discopop      discopop        m = sig(z/tau): (1-m)(-log sig(z)) + m exp(-z)
+ *   sigmoid_norm  sigmoid_norm    -log sig(beta (r_c/L_c - r_r/L_r))   (keeps the reference)
+ *   simpo         CPO "simpo"     -(1-e) log sig(h) - e log sig(-h), h = beta (pi_c/L_c - pi_r/L_r) - gamma;
+ *                                 no reference; CPO-SimPO = "simpo,sft:1" (cpo_alpha 1)
+ *   orpo          ORPO            NLL(prompt+chosen, token mean) - beta * mean log sig(log_odds), log_odds from
+ *                                 length-averaged completion log-probs; no reference; beta is ORPO's lambda
+ *   sft           sft             token-mean NLL of the chosen completions (alone: of the SFT examples'
+ *                                 completions, or of every predicted token with sft_all_tokens)
+ *   kto           KTO "kto"       desirable w_D (1 - sig(beta (r - kl))), undesirable w_U (1 - sig(beta (kl - r)))
+ *   apo_zero_unpaired             desirable 1 - sig(beta r), undesirable sig(beta r)
+ * CPO (reference-free sigmoid + NLL) is "dpo,sft:1" with reference_free.
+ *
+ * Not supported (they need per-token data the engine does not return, or cross-step state): WPO weighting,
+ * LD-DPO, f-divergence scores, aot/aot_unpaired, TRL-0.27 bco_pair running mean, AlphaPO. */
+#ifndef PREFOPT_OBJECTIVES_H
+#define PREFOPT_OBJECTIVES_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "prefopt/common.h"
+#include "prefopt/metrics.h"
+#include "prefopt/model.h"
+#include "prefopt/opts.h"
+
+typedef enum {
+    PREFOPT_LOSS_SFT = 0,
+    PREFOPT_LOSS_DPO,
+    PREFOPT_LOSS_HINGE,
+    PREFOPT_LOSS_IPO,
+    PREFOPT_LOSS_ROBUST,
+    PREFOPT_LOSS_EXO_PAIR,
+    PREFOPT_LOSS_NCA_PAIR,
+    PREFOPT_LOSS_BCO_PAIR,
+    PREFOPT_LOSS_SPPO_HARD,
+    PREFOPT_LOSS_APO_ZERO,
+    PREFOPT_LOSS_APO_DOWN,
+    PREFOPT_LOSS_DISCOPOP,
+    PREFOPT_LOSS_SIGMOID_NORM,
+    PREFOPT_LOSS_SIMPO,
+    PREFOPT_LOSS_ORPO,
+    PREFOPT_LOSS_KTO,
+    PREFOPT_LOSS_APO_ZERO_UNPAIRED,
+    PREFOPT_LOSS_NKINDS
+} prefopt_loss_kind;
+
+const char *prefopt_loss_name(prefopt_loss_kind k);
+
+/* Command-line / INI parameters (prefopt_objective_options lists them with their defaults). */
+typedef struct {
+    const char *loss;              /* "dpo" */
+    double beta;                   /* 0.1 (TRL DPO/KTO/CPO/ORPO default) */
+    double label_smoothing;        /* 0: read by robust, exo_pair, simpo, and dpo under cdpo */
+    int cdpo;                      /* 0: 1 applies label smoothing to dpo as TRL-0.27 did (cDPO) */
+    double simpo_gamma;            /* 0.5: absolute margin gamma of SimPO */
+    double simpo_gamma_beta_ratio; /* 0: when non-zero, gamma = ratio * beta (the SimPO repo's knob) */
+    double discopop_tau;           /* 0.05 */
+    double desirable_weight;       /* 1.0 (KTO w_D) */
+    double undesirable_weight;     /* 1.0 (KTO w_U) */
+    int reference_free;            /* 0: 1 sets the reference log-probs to 0 (TRL-0.27 reference_free) */
+    int sft_all_tokens;            /* 0: plain-text SFT, the loss covers every predicted token (logp_all) */
+    long ref_sync_steps;           /* 0 = off; TR-DPO: every N optimizer steps ref <- (1-a) ref + a policy */
+    double ref_mixup_alpha;        /* 0.6 (TRL ref_model_mixup_alpha) */
+} prefopt_objective_params;
+
+/* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
+ * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
+ * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha") pointing into
+ * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
+int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
+/* The defaults, as the option table would set them. */
+void prefopt_objective_params_default(prefopt_objective_params *p);
+
+typedef enum {
+    PREFOPT_LAYOUT_PAIRS = 0, /* pair i = (chosen unit, rejected unit) */
+    PREFOPT_LAYOUT_UNPAIRED,  /* KTO: labelled examples, plus mismatched units for the KL estimate */
+    PREFOPT_LAYOUT_SFT        /* SFT examples */
+} prefopt_layout;
+
+#define PREFOPT_MAX_LOSS_TERMS 8
+
+typedef struct {
+    prefopt_objective_params p; /* validated copy (p.loss points to the caller's string) */
+    int nterms;
+    prefopt_loss_kind kind[PREFOPT_MAX_LOSS_TERMS];
+    double weight[PREFOPT_MAX_LOSS_TERMS];
+    prefopt_layout layout;
+    int uses_reference; /* some term reads reference log-probs and reference_free is off */
+    int uses_kl;        /* kto: the caller passes the KL estimate (prefopt_kto_kl) in each batch */
+    int length_avg_metrics; /* CPO/ORPO-style metrics: rewards = beta * mean logp, logps averaged */
+    double gamma;       /* effective SimPO gamma */
+} prefopt_objective;
+
+/* Parses p->loss and validates every parameter the terms read. Errors name the offending item. */
+int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_params *p, prefopt_err *err);
+
+/* One micro-batch of this rank. Unit indices refer to the policy stats arrays [0, nunits). */
+typedef struct {
+    const prefopt_unit_stats *policy;
+    int nunits;
+    const double *ref_logp; /* [nunits] reference logp_completion; NULL when obj->uses_reference is 0 */
+    /* PREFOPT_LAYOUT_PAIRS */
+    int npairs;
+    const int32_t *chosen, *rejected; /* [npairs] */
+    /* PREFOPT_LAYOUT_UNPAIRED */
+    int nexamples;
+    const int32_t *example;    /* [nexamples] */
+    const uint8_t *desirable;  /* [nexamples] 1 desirable, 0 undesirable */
+    double kl;                 /* kto: the detached, averaged and clamped KL estimate (prefopt_kto_kl) */
+    /* PREFOPT_LAYOUT_SFT */
+    int nsft;
+    const int32_t *sft;        /* [nsft] */
+} prefopt_objective_batch;
+
+/* Global sizes of one optimizer step; a count a term does not use may stay 0. */
+typedef struct {
+    double pairs;             /* PAIRS */
+    double chosen_tokens;     /* PAIRS: sum of n_completion over chosen units (sft term) */
+    double chosen_all_tokens; /* PAIRS: sum of n_all over chosen units (ORPO's NLL) */
+    double examples;          /* UNPAIRED */
+    double tokens;            /* SFT: sum of n_completion (n_all with sft_all_tokens) */
+} prefopt_objective_norm;
+
+/* Adds this micro-batch's counts to acc. Reads only policy->n_completion and policy->n_all, so it can run on
+ * counts taken from the batch layout before any forward. */
+void prefopt_objective_count(prefopt_objective_norm *acc, const prefopt_objective *obj,
+                             const prefopt_objective_batch *b);
+/* In-place sum over comm (the data-parallel communicator). Collective. */
+void prefopt_objective_norm_allreduce(prefopt_objective_norm *n, MPI_Comm comm);
+
+/* The loss of one micro-batch, normalised by the global sizes in norm, and its gradient:
+ * d_completion, d_all [nunits] are overwritten; d_ref [nunits] (optional, may be NULL) receives
+ * dLoss/d ref_logp (tests; the reference is frozen). metrics (optional) accumulates this micro-batch's
+ * sums and counts. Returns non-zero with err set on a layout/objective mismatch, an out-of-range unit index, a
+ * missing reference or a zero normaliser. */
+int prefopt_objective_eval(double *loss, double *d_completion, double *d_all, double *d_ref,
+                           prefopt_metrics *metrics, const prefopt_objective *obj,
+                           const prefopt_objective_batch *b, const prefopt_objective_norm *norm,
+                           prefopt_err *err);
+
+/* One pair term on its own (no weight, no normalisation): loss and grad[4] = d/d(pi_c, pi_r, ref_c, ref_r),
+ * with len_c, len_r the completion token counts (used by ipo, sigmoid_norm, simpo, orpo). For orpo this is the
+ * odds-ratio part only, -beta * log sig(log_odds). Returns NAN for sft and the unpaired kinds. */
+double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
+                         double pi_r, double ref_c, double ref_r, double len_c, double len_r);
+
+/* One unpaired (kto, apo_zero_unpaired) example: loss and grad[2] = d/d(pi, ref); kl is held constant. */
+double prefopt_unpaired_loss(double grad[2], prefopt_loss_kind k, const prefopt_objective *obj, double pi,
+                             double ref, int desirable, double kl);
+
+/* KTO's KL estimate: the mean over the mismatched units of every rank of comm of (policy - reference)
+ * completion log-probs, clamped at 0 (TRL: gather(mean).mean().clamp(min=0); pooling sums and counts equals
+ * that when ranks hold the same number of units, and stays right when they do not). comm may be
+ * MPI_COMM_NULL (this rank only). Treat the result as a constant (no gradient flows through it). Collective. */
+double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, MPI_Comm comm);
+
+/* TR-DPO: 1 when the reference must be mixed towards the policy after optimizer step `step` (1-based):
+ * ref_sync_steps > 0 and step % ref_sync_steps == 0. Then call
+ * prefopt_model_mix_weights(ref, policy, obj->p.ref_mixup_alpha). */
+int prefopt_objective_ref_sync_due(const prefopt_objective *obj, long step);
+
+#endif
