@@ -2,3 +2,4 @@
 prefopt_mpi_test(test_dmat 1 test_dmat.c)
 prefopt_mpi_test(test_dmat 2 test_dmat.c)
 prefopt_mpi_test(test_dmat 4 test_dmat.c)
+prefopt_mpi_test(test_model_grad 1 test_model_grad.c test_model_util.c)

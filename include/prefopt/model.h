@@ -92,6 +92,10 @@ typedef struct prefopt_model prefopt_model;
 typedef struct {
     int with_grads;            /* 0 for the frozen reference: no gradient buffers, no activations kept */
     int activation_checkpoint; /* keep only layer inputs; recompute each layer in backward */
+    /* Block sizes of the hidden, MLP-intermediate and vocab dimensions; 0 takes the defaults (64, 256, 1024).
+     * They need not match between runs (checkpoints hold logical tensors) but must match between models whose
+     * weights are copied (policy and reference). Tests use small ones so tiny models still split. */
+    int block_hidden, block_ffn, block_vocab;
 } prefopt_model_options;
 
 /* Collective over the grid. All local pieces of all parameters live in one contiguous buffer (and the

@@ -1,0 +1,96 @@
+/* prefopt engine internals shared by model.c (registry, buffers, driver), model_layers.c (norms, linears,
+ * embeddings, elementwise), attention.c and model_head.c (vocab-parallel LM head). Not a public header. */
+#ifndef PREFOPT_MODEL_INTERNAL_H
+#define PREFOPT_MODEL_INTERNAL_H
+
+#include "prefopt/model.h"
+
+#include <stdlib.h>
+
+/* The parameters of one block. Llama maps gate_proj to fc and up_proj to up; absent tensors are NULL. */
+typedef struct {
+    prefopt_param *ln1_w, *ln1_b, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
+    prefopt_param *ln2_w, *ln2_b, *wfc, *bfc, *wup, *wdown, *bdown;
+} layer_params;
+
+/* What backward needs of one block (the layer input lives in the model's residual stream array). */
+typedef struct {
+    prefopt_dmat n1, q, k, v, y, xmid, n2, h1, h2, a;
+    float *n1_mean, *n1_rstd, *n2_mean, *n2_rstd; /* per local token */
+    float *att;                                   /* softmax probabilities [local seq][local head][T][T] */
+} layer_acts;
+
+struct prefopt_model {
+    prefopt_model_config cfg;
+    prefopt_model_options opt;
+    const prefopt_grid *g;
+    int nbh, nbf, nbv, qnb; /* block sizes: hidden, MLP, vocab, query group (H/KV * D) */
+    int nparams;
+    prefopt_param *params;
+    prefopt_dmat *values, *grads; /* storage of the dmats the params point to */
+    size_t *offset;               /* offset of each param's local piece in the flat buffers */
+    int *init_kind;               /* how prefopt_model_init_random fills each param */
+    float *param_data, *grad_data;
+    size_t flat_count;
+    size_t *vscr_offset;          /* rep_rows params: offset in vscr (else SIZE_MAX) */
+    float *vscr;                  /* this backward's row-vector gradients, summed over grid->col at the end */
+    size_t vscr_count;
+    prefopt_param *wte, *wpe, *lnf_w, *lnf_b, *head;
+    layer_params *layers;
+
+    /* the batch of the last forward and the activations, sized for it */
+    prefopt_batch b;
+    int have_batch;
+    int nloc_seq;                 /* sequences (batch rows) held by my process row */
+    int ntok_loc;                 /* nloc_seq * T */
+    int alloc_rows, alloc_T;
+    prefopt_dmat *xs;             /* residual stream: xs[l] input of layer l, xs[L] output of the last */
+    layer_acts *acts;             /* L of them, or 1 scratch when checkpointing or without gradients */
+    int nacts;
+    prefopt_dmat xf, logits;
+    float *nf_mean, *nf_rstd;
+    float *lse;                   /* per local token: log-sum-exp of its logits row */
+    float *tgt;                   /* per local token: logit of its own token at its parent's row */
+    float *rope_cos, *rope_sin;   /* [max pos in batch + 1][D/2] */
+    int rope_npos;
+    /* backward scratch */
+    prefopt_dmat dx, dn, dq, dk, dv, dy, dh1, dh2, da;
+    float *emb_full;              /* nrows*T x C: embedding all-reduce buffer */
+    float **bufs;                 /* every activation allocation, freed together */
+    int nbufs, capbufs;
+};
+
+/* model_layers.c */
+void pf_linear_forward(prefopt_dmat *y, const prefopt_dmat *x, const prefopt_param *w, const prefopt_param *b,
+                       float beta);
+void pf_linear_backward(prefopt_model *m, prefopt_dmat *dx, float beta_dx, const prefopt_dmat *dy,
+                        const prefopt_dmat *x, const prefopt_param *w, const prefopt_param *b);
+void pf_norm_forward(prefopt_model *m, prefopt_dmat *y, float *mean, float *rstd, const prefopt_dmat *x,
+                     const prefopt_param *w, const prefopt_param *b);
+void pf_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy, const prefopt_dmat *x,
+                      const float *mean, const float *rstd, const prefopt_param *w, const prefopt_param *b);
+void pf_embed_forward(prefopt_model *m, prefopt_dmat *x);
+void pf_embed_backward(prefopt_model *m, const prefopt_dmat *dx);
+void pf_mlp_act_forward(const prefopt_model *m, prefopt_dmat *a, const prefopt_dmat *h1, const prefopt_dmat *h2);
+void pf_mlp_act_backward(const prefopt_model *m, prefopt_dmat *dh1, prefopt_dmat *dh2, const prefopt_dmat *da,
+                         const prefopt_dmat *h1, const prefopt_dmat *h2);
+void pf_rope_tables(prefopt_model *m);
+void pf_rope_apply(const prefopt_model *m, prefopt_dmat *x, int inverse);
+float *pf_vgrad(prefopt_model *m, const prefopt_param *p);
+
+/* attention.c */
+void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, const prefopt_dmat *q,
+                          const prefopt_dmat *k, const prefopt_dmat *v);
+void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
+                           const prefopt_dmat *dy, const float *att, const prefopt_dmat *q, const prefopt_dmat *k,
+                           const prefopt_dmat *v);
+
+/* model_head.c */
+void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
+void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
+
+/* helpers */
+static inline int pf_seq_row(const prefopt_model *m, int s) { return s * m->g->nprow + m->g->myrow; }
+static inline float *pf_at(const prefopt_dmat *a, int il, int jl) { return a->data + (size_t)jl * a->lld + il; }
+
+#endif
