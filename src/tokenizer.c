@@ -290,5 +290,9 @@ const char *prefopt_tokenizer_identity(const prefopt_tokenizer *t) { return t->i
 
 int prefopt_tokenizer_token_id(const prefopt_tokenizer *t, const char *token)
 {
-    return tok_strmap_get(&t->tokmap, token, (uint32_t)strlen(token));
+    uint32_t len = (uint32_t)strlen(token);
+    for (int i = 0; i < t->nadded; i++) /* added tokens first: they override the model's ids */
+        if (t->added[i].len == len && !memcmp(t->added[i].content, token, len))
+            return t->added[i].id;
+    return tok_strmap_get(&t->tokmap, token, len);
 }

@@ -82,7 +82,7 @@ struct prefopt_tokenizer {
     char **tok;
     uint32_t *toklen;
     uint8_t *is_special;
-    tok_strmap tokmap; /* token string -> id, over the model vocabulary and the added tokens */
+    tok_strmap tokmap; /* model vocabulary: token string -> id (added tokens are in `added`) */
 
     tok_added *added;
     int nadded;
@@ -97,6 +97,8 @@ struct prefopt_tokenizer {
     int unk_id, byte_fallback, fuse_unk, ignore_merges;
     int byte_id[256];      /* ByteLevel: id of each byte's mapped character; <0xNN> ids for byte fallback */
     int fallback_id[256];
+    uint32_t byte_cp[256]; /* ByteLevel byte -> code point, and back (-1: not a mapped code point) */
+    int16_t cp_byte[0x144];
 
     tok_norm *norm;
     int nnorm;
@@ -119,6 +121,8 @@ void tok_bpe_free(prefopt_tokenizer *t);
 int tok_pair_put(prefopt_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id);
 /* The GPT-2 byte -> unicode code point map (bytes_to_unicode in openai/gpt-2 encoder.py). */
 uint32_t tok_byte_to_cp(int b);
+
+tok_cache *tok_cache_new(void);
 
 /* tokenizer.c helpers */
 void tok_ids_push(int32_t **ids, size_t *n, size_t *cap, int32_t id);

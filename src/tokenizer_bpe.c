@@ -1,0 +1,875 @@
+/* prefopt tokenizers: the BPE pipeline of a tokenizer.json, in Hugging Face tokenizers' order:
+ * normalize -> pre-tokenize (Split / ByteLevel / Metaspace) -> BPE merges per word (cached) ; and decoding
+ * through the decoder chain. Regular expressions and Unicode properties come from PCRE2 (UTF + UCP). */
+#define _GNU_SOURCE
+#include "tokenizer_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+uint32_t tok_byte_to_cp(int b)
+{
+    /* printable Latin-1 bytes map to themselves; the rest, in order, to U+0100.. (openai/gpt-2 encoder.py) */
+    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))
+        return (uint32_t)b;
+    int n = 0;
+    for (int c = 0; c < b; c++)
+        if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255)))
+            n++;
+    return 256u + (uint32_t)n;
+}
+
+/* ---- merge table --------------------------------------------------------- */
+
+static uint64_t pair_hash(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return k;
+}
+
+int tok_pair_put(prefopt_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id)
+{
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    size_t mask = t->pair_cap - 1, i = pair_hash(key) & mask;
+    while (t->pair_rank[i] >= 0) {
+        if (t->pair_key[i] == key)
+            return 0; /* a repeated merge keeps its first (lowest) rank, as Hugging Face does */
+        i = (i + 1) & mask;
+    }
+    t->pair_key[i] = key;
+    t->pair_rank[i] = rank;
+    t->pair_id[i] = id;
+    return 0;
+}
+
+static inline int pair_get(const prefopt_tokenizer *t, int32_t a, int32_t b, int32_t *id)
+{
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    size_t mask = t->pair_cap - 1, i = pair_hash(key) & mask;
+    while (t->pair_rank[i] >= 0) {
+        if (t->pair_key[i] == key) {
+            *id = t->pair_id[i];
+            return t->pair_rank[i];
+        }
+        i = (i + 1) & mask;
+    }
+    return -1;
+}
+
+/* ---- word cache -------------------------------------------------------------- */
+
+enum { CACHE_SLOTS = 1 << 16, CACHE_BYTES = 8 << 20, CACHE_MAX_WORD = 64 };
+
+typedef struct {
+    uint64_t hash;
+    uint32_t off, klen, nids; /* key bytes then ids (4-byte aligned) at arena + off */
+} cache_slot;
+
+struct tok_cache {
+    cache_slot *slot;
+    size_t count;
+    char *arena;
+    size_t used;
+};
+
+static tok_cache *cache_new(void)
+{
+    tok_cache *c = prefopt_xcalloc(1, sizeof *c, "tokenizer word cache");
+    c->slot = prefopt_xcalloc(CACHE_SLOTS, sizeof *c->slot, "tokenizer word cache slots");
+    c->arena = prefopt_xmalloc(CACHE_BYTES, "tokenizer word cache arena");
+    c->used = 0;
+    return c;
+}
+
+static void cache_free(tok_cache *c)
+{
+    if (!c)
+        return;
+    free(c->slot);
+    free(c->arena);
+    free(c);
+}
+
+static const int32_t *cache_get(const tok_cache *c, uint64_t h, const char *w, uint32_t len, uint32_t *nids)
+{
+    size_t i = h & (CACHE_SLOTS - 1);
+    while (c->slot[i].nids) {
+        const cache_slot *s = &c->slot[i];
+        if (s->hash == h && s->klen == len && !memcmp(c->arena + s->off, w, len)) {
+            *nids = s->nids;
+            return (const int32_t *)(c->arena + s->off + ((len + 3) & ~3u));
+        }
+        i = (i + 1) & (CACHE_SLOTS - 1);
+    }
+    return NULL;
+}
+
+static void cache_put(tok_cache *c, uint64_t h, const char *w, uint32_t len, const int32_t *ids, uint32_t nids)
+{
+    size_t need = ((len + 3) & ~3u) + (size_t)nids * 4;
+    if (!nids)
+        return;
+    if (c->count * 2 >= CACHE_SLOTS || c->used + need > CACHE_BYTES) { /* full: start over (cheap, rare) */
+        memset(c->slot, 0, CACHE_SLOTS * sizeof *c->slot);
+        c->count = 0;
+        c->used = 0;
+    }
+    size_t i = h & (CACHE_SLOTS - 1);
+    while (c->slot[i].nids)
+        i = (i + 1) & (CACHE_SLOTS - 1);
+    memcpy(c->arena + c->used, w, len);
+    memcpy(c->arena + c->used + ((len + 3) & ~3u), ids, (size_t)nids * 4);
+    c->slot[i] = (cache_slot){h, (uint32_t)c->used, len, nids};
+    c->used += need;
+    c->count++;
+}
+
+/* ---- UTF-8 ------------------------------------------------------------------- */
+
+/* Length of the UTF-8 character at s (strict: no overlongs, surrogates or values past U+10FFFF), 0 if invalid. */
+static int utf8_len(const unsigned char *s, size_t avail)
+{
+    unsigned c = s[0];
+    int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!n || (size_t)n > avail)
+        return 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if (n == 2 && c < 0xc2)
+        return 0;
+    if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0)))
+        return 0;
+    if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || c > 0xf4 || (c == 0xf4 && s[1] >= 0x90)))
+        return 0;
+    return n;
+}
+
+static int put_utf8(char *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xc0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 63));
+        return 2;
+    }
+    o[0] = (char)(0xe0 | cp >> 12);
+    o[1] = (char)(0x80 | ((cp >> 6) & 63));
+    o[2] = (char)(0x80 | (cp & 63));
+    return 3;
+}
+
+/* ---- scratch: words as (buffer, offset, length) so buffers may grow ------------ */
+
+typedef struct {
+    uint32_t off, len;
+    uint8_t buf;   /* 0: the normalized piece, 1: the arena */
+    uint8_t first; /* starts at offset 0 of the original input (Metaspace "first") */
+} word;
+
+typedef struct {
+    const char *src;
+    size_t srclen;
+    char *arena;
+    size_t alen, acap;
+    word *w, *w2;
+    size_t nw, nw2, capw, capw2;
+} work;
+
+static const char *wptr(const work *k, const word *w) { return (w->buf ? k->arena : k->src) + w->off; }
+
+static uint32_t arena_add(work *k, const char *s, size_t n)
+{
+    if (k->alen + n > k->acap) {
+        size_t nc = k->acap ? k->acap * 2 : 4096;
+        while (nc < k->alen + n)
+            nc *= 2;
+        char *p = realloc(k->arena, nc);
+        if (!p)
+            prefopt_die("out of memory in the tokenizer (%zu bytes)", nc);
+        k->arena = p;
+        k->acap = nc;
+    }
+    memcpy(k->arena + k->alen, s, n);
+    k->alen += n;
+    return (uint32_t)(k->alen - n);
+}
+
+static void out_word(work *k, word w)
+{
+    if (!w.len)
+        return; /* Hugging Face drops empty splits */
+    if (k->nw2 == k->capw2) {
+        k->capw2 = k->capw2 ? k->capw2 * 2 : 256;
+        k->w2 = realloc(k->w2, k->capw2 * sizeof *k->w2);
+        if (!k->w2)
+            prefopt_die("out of memory in the tokenizer (words)");
+    }
+    k->w2[k->nw2++] = w;
+}
+
+static void swap_words(work *k)
+{
+    word *tw = k->w;
+    size_t tc = k->capw;
+    k->w = k->w2;
+    k->capw = k->capw2;
+    k->nw = k->nw2;
+    k->w2 = tw;
+    k->capw2 = tc;
+    k->nw2 = 0;
+}
+
+/* Splits every word by regex matches with a Hugging Face SplitDelimiterBehavior (same folds as
+ * tokenizers/src/tokenizer/normalizer.rs), dropping empty pieces at the end as it does. */
+typedef struct {
+    uint32_t a, b;
+    int m;
+} seg;
+
+static int split_regex(work *k, const tok_pre *p, prefopt_err *err)
+{
+    seg *sg = NULL, *acc = NULL;
+    size_t cap = 0;
+    for (size_t wi = 0; wi < k->nw; wi++) {
+        word w = k->w[wi];
+        const char *s = wptr(k, &w);
+        size_t ns = 0, prev = 0, pos = 0;
+        uint32_t opts = 0;
+        for (;;) {
+            if (ns + 2 > cap) {
+                cap = cap ? cap * 2 : 256;
+                sg = realloc(sg, cap * sizeof *sg);
+                acc = realloc(acc, cap * sizeof *acc);
+                if (!sg || !acc)
+                    prefopt_die("out of memory in the tokenizer (splits)");
+            }
+            int rc = pos <= w.len ? pcre2_match(p->re, (PCRE2_SPTR)s, w.len, pos, opts, p->md, NULL)
+                                  : PCRE2_ERROR_NOMATCH;
+            opts = PCRE2_NO_UTF_CHECK;
+            if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
+                if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
+                    prefopt_err_set(err, "tokenizer: input text is not valid UTF-8 (near byte %zu of a word)",
+                                    (size_t)pcre2_get_startchar(p->md));
+                else
+                    prefopt_err_set(err, "tokenizer: regular expression match failed (PCRE2 error %d)", rc);
+                free(sg);
+                free(acc);
+                return 1;
+            }
+            if (rc < 0)
+                break;
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(p->md);
+            size_t ms = ov[0], me = ov[1];
+            if (ms != prev)
+                sg[ns++] = (seg){(uint32_t)prev, (uint32_t)ms, 0};
+            sg[ns++] = (seg){(uint32_t)ms, (uint32_t)me, 1};
+            prev = pos = me;
+            if (me == ms) { /* empty match: step over one character */
+                if (me >= w.len)
+                    break;
+                int l = utf8_len((const unsigned char *)s + me, w.len - me);
+                pos = me + (l ? (size_t)l : 1);
+            }
+        }
+        if (prev != w.len)
+            sg[ns++] = (seg){(uint32_t)prev, w.len, 0};
+        if (!w.len)
+            sg[ns++] = (seg){0, 0, 0};
+        if (p->invert)
+            for (size_t i = 0; i < ns; i++)
+                sg[i].m = !sg[i].m;
+        size_t na = 0;
+        int pm = 0;
+        switch (p->behavior) {
+        case TOK_SPLIT_REMOVED:
+            for (size_t i = 0; i < ns; i++)
+                if (!sg[i].m)
+                    acc[na++] = sg[i];
+            break;
+        case TOK_SPLIT_ISOLATED:
+            memcpy(acc, sg, ns * sizeof *sg);
+            na = ns;
+            break;
+        case TOK_SPLIT_MERGED_PREV:
+            for (size_t i = 0; i < ns; i++) {
+                if (sg[i].m && !pm && na)
+                    acc[na - 1].b = sg[i].b;
+                else
+                    acc[na++] = sg[i];
+                pm = sg[i].m;
+            }
+            break;
+        case TOK_SPLIT_MERGED_NEXT:
+            for (size_t i = ns; i-- > 0;) { /* built backwards, then reversed */
+                if (sg[i].m && !pm && na)
+                    acc[na - 1].a = sg[i].a;
+                else
+                    acc[na++] = sg[i];
+                pm = sg[i].m;
+            }
+            for (size_t i = 0; i < na / 2; i++) {
+                seg x = acc[i];
+                acc[i] = acc[na - 1 - i];
+                acc[na - 1 - i] = x;
+            }
+            break;
+        case TOK_SPLIT_CONTIGUOUS:
+            for (size_t i = 0; i < ns; i++) {
+                if (sg[i].m == pm && na)
+                    acc[na - 1].b = sg[i].b;
+                else
+                    acc[na++] = sg[i];
+                pm = sg[i].m;
+            }
+            break;
+        }
+        for (size_t i = 0; i < na; i++)
+            out_word(k, (word){w.off + acc[i].a, acc[i].b - acc[i].a, w.buf, (uint8_t)(w.first && acc[i].a == 0)});
+    }
+    free(sg);
+    free(acc);
+    swap_words(k);
+    return 0;
+}
+
+static void prepend_word(work *k, word *w, const char *pre, size_t plen)
+{
+    /* copy "pre + word" into the arena (copying first: the word may itself live in the arena) */
+    size_t len = w->len;
+    char *tmp = prefopt_xmalloc(plen + len + 1, "tokenizer prefix");
+    memcpy(tmp, pre, plen);
+    memcpy(tmp + plen, wptr(k, w), len);
+    w->off = arena_add(k, tmp, plen + len);
+    w->len = (uint32_t)(plen + len);
+    w->buf = 1;
+    free(tmp);
+}
+
+static int pre_tokenize(const prefopt_tokenizer *t, work *k, prefopt_err *err)
+{
+    for (int pi = 0; pi < t->npre; pi++) {
+        const tok_pre *p = &t->pre[pi];
+        if (p->type == TOK_PRE_SPLIT) {
+            if (split_regex(k, p, err))
+                return 1;
+        } else if (p->type == TOK_PRE_BYTELEVEL) {
+            if (p->add_prefix_space)
+                for (size_t i = 0; i < k->nw; i++)
+                    if (wptr(k, &k->w[i])[0] != ' ')
+                        prepend_word(k, &k->w[i], " ", 1);
+            if (p->re && split_regex(k, p, err))
+                return 1;
+        } else if (p->type == TOK_PRE_METASPACE) {
+            for (size_t i = 0; i < k->nw; i++) {
+                word *w = &k->w[i];
+                const char *s = wptr(k, w);
+                size_t nsp = 0;
+                for (uint32_t j = 0; j < w->len; j++)
+                    nsp += s[j] == ' ';
+                int pre = 0;
+                if (p->prepend_scheme != TOK_PREPEND_NEVER &&
+                    !(w->len >= p->replen && !memcmp(s, p->replacement, p->replen)))
+                    pre = p->prepend_scheme == TOK_PREPEND_ALWAYS || w->first;
+                if (!nsp && !pre)
+                    continue;
+                size_t nlen = w->len + nsp * (p->replen - 1) + (pre ? p->replen : 0);
+                char *tmp = prefopt_xmalloc(nlen + 1, "metaspace"), *o = tmp;
+                if (pre) {
+                    memcpy(o, p->replacement, p->replen);
+                    o += p->replen;
+                }
+                for (uint32_t j = 0; j < w->len; j++) {
+                    if (s[j] == ' ') {
+                        memcpy(o, p->replacement, p->replen);
+                        o += p->replen;
+                    } else {
+                        *o++ = s[j];
+                    }
+                }
+                w->off = arena_add(k, tmp, nlen);
+                w->len = (uint32_t)nlen;
+                w->buf = 1;
+                free(tmp);
+            }
+            if (p->split) {
+                /* MergedWithNext on the replacement: each word starts at a replacement character */
+                for (size_t i = 0; i < k->nw; i++) {
+                    word w = k->w[i];
+                    const char *s = wptr(k, &w);
+                    uint32_t start = 0;
+                    for (uint32_t j = 1; j + p->replen <= w.len; j++) {
+                        if (!memcmp(s + j, p->replacement, p->replen)) {
+                            out_word(k, (word){w.off + start, j - start, w.buf, (uint8_t)(w.first && !start)});
+                            start = j;
+                        }
+                    }
+                    out_word(k, (word){w.off + start, w.len - start, w.buf, (uint8_t)(w.first && !start)});
+                }
+                swap_words(k);
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- BPE merges of one word ------------------------------------------------- */
+
+typedef struct {
+    int32_t id;
+    int32_t prev, next; /* -1 at the ends */
+    int32_t alive;
+} sym;
+
+typedef struct {
+    int32_t rank, pos, id;
+} cand;
+
+static inline int cand_less(cand a, cand b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+
+static void heap_push(cand *h, size_t *n, cand c)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!cand_less(c, h[p]))
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = c;
+}
+
+static cand heap_pop(cand *h, size_t *n)
+{
+    cand top = h[0], last = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        cand best = last;
+        if (l < *n && cand_less(h[l], best)) {
+            m = l;
+            best = h[l];
+        }
+        if (r < *n && cand_less(h[r], best))
+            m = r;
+        if (m == i)
+            break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = last;
+    return top;
+}
+
+typedef struct {
+    sym *s;
+    cand *h;
+    size_t cap_s, cap_h;
+} merge_buf;
+
+static void sym_push(merge_buf *mb, size_t *n, int32_t id)
+{
+    if (*n == mb->cap_s) {
+        mb->cap_s = mb->cap_s ? mb->cap_s * 2 : 64;
+        mb->s = realloc(mb->s, mb->cap_s * sizeof *mb->s);
+        mb->h = realloc(mb->h, mb->cap_s * sizeof *mb->h);
+        if (!mb->s || !mb->h)
+            prefopt_die("out of memory in the tokenizer (symbols)");
+    }
+    mb->s[*n] = (sym){id, (int32_t)*n - 1, -1, 1};
+    (*n)++;
+}
+
+/* Initial symbols of a word: mapped bytes (ByteLevel) or characters with byte fallback and unk. */
+static int word_symbols(const prefopt_tokenizer *t, const char *s, uint32_t len, int byte_level, merge_buf *mb,
+                        size_t *ns, prefopt_err *err)
+{
+    *ns = 0;
+    int prev_unk = 0;
+    for (uint32_t i = 0; i < len;) {
+        if (byte_level) {
+            int id = t->byte_id[(unsigned char)s[i++]];
+            if (id >= 0)
+                sym_push(mb, ns, id);
+            else if (t->unk_id >= 0)
+                sym_push(mb, ns, t->unk_id);
+            continue;
+        }
+        int l = utf8_len((const unsigned char *)s + i, len - i);
+        if (!l) {
+            prefopt_err_set(err, "tokenizer: input text is not valid UTF-8 (byte 0x%02x)", (unsigned char)s[i]);
+            return 1;
+        }
+        int32_t id = tok_strmap_get(&t->tokmap, s + i, (uint32_t)l);
+        if (id >= 0) {
+            sym_push(mb, ns, id);
+            prev_unk = 0;
+        } else if (t->byte_fallback && t->fallback_id[(unsigned char)s[i]] >= 0) {
+            int ok = 1;
+            for (int j = 0; j < l; j++)
+                ok &= t->fallback_id[(unsigned char)s[i + j]] >= 0;
+            if (ok) {
+                for (int j = 0; j < l; j++)
+                    sym_push(mb, ns, t->fallback_id[(unsigned char)s[i + j]]);
+                prev_unk = 0;
+            }
+        } else if (t->unk_id >= 0) {
+            if (!(t->fuse_unk && prev_unk))
+                sym_push(mb, ns, t->unk_id);
+            prev_unk = 1;
+        }
+        i += (uint32_t)l;
+    }
+    return 0;
+}
+
+static void merge_word(const prefopt_tokenizer *t, merge_buf *mb, size_t ns)
+{
+    sym *S = mb->s;
+    size_t nh = 0;
+    for (size_t i = 0; i < ns; i++)
+        S[i].next = i + 1 < ns ? (int32_t)i + 1 : -1;
+    for (size_t i = 0; i + 1 < ns; i++) {
+        int32_t id = -1, r = pair_get(t, S[i].id, S[i + 1].id, &id);
+        if (r >= 0)
+            heap_push(mb->h, &nh, (cand){r, (int32_t)i, id});
+    }
+    while (nh) {
+        cand c = heap_pop(mb->h, &nh);
+        sym *a = &S[c.pos];
+        if (!a->alive || a->next < 0)
+            continue;
+        sym *b = &S[a->next];
+        int32_t id = -1, r = pair_get(t, a->id, b->id, &id);
+        if (r != c.rank || id != c.id)
+            continue; /* stale: one side was merged since */
+        a->id = c.id;
+        b->alive = 0;
+        a->next = b->next;
+        if (b->next >= 0)
+            S[b->next].prev = c.pos;
+        if (a->prev >= 0) {
+            r = pair_get(t, S[a->prev].id, a->id, &id);
+            if (r >= 0)
+                heap_push(mb->h, &nh, (cand){r, a->prev, id});
+        }
+        if (a->next >= 0) {
+            r = pair_get(t, a->id, S[a->next].id, &id);
+            if (r >= 0)
+                heap_push(mb->h, &nh, (cand){r, c.pos, id});
+        }
+    }
+}
+
+static int encode_word(const prefopt_tokenizer *t, const char *s, uint32_t len, int byte_level, merge_buf *mb,
+                       int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
+{
+    uint64_t h = 0;
+    if (len <= CACHE_MAX_WORD) {
+        h = tok_hash(s, len);
+        uint32_t nc;
+        const int32_t *hit = cache_get(t->cache, h, s, len, &nc);
+        if (hit) {
+            for (uint32_t i = 0; i < nc; i++)
+                tok_ids_push(ids, n, cap, hit[i]);
+            return 0;
+        }
+    }
+    size_t n0 = *n;
+    int done = 0;
+    if (t->ignore_merges) { /* Llama 3: a word that is itself a token is taken whole */
+        int32_t id = -1;
+        if (byte_level) {
+            char stackbuf[512];
+            char *m = len * 2 <= sizeof stackbuf ? stackbuf : prefopt_xmalloc((size_t)len * 2, "word");
+            size_t ml = 0;
+            for (uint32_t i = 0; i < len; i++)
+                ml += (size_t)put_utf8(m + ml, t->byte_cp[(unsigned char)s[i]]);
+            id = tok_strmap_get(&t->tokmap, m, (uint32_t)ml);
+            if (m != stackbuf)
+                free(m);
+        } else {
+            id = tok_strmap_get(&t->tokmap, s, len);
+        }
+        if (id >= 0) {
+            tok_ids_push(ids, n, cap, id);
+            done = 1;
+        }
+    }
+    if (!done) {
+        size_t ns;
+        if (word_symbols(t, s, len, byte_level, mb, &ns, err))
+            return 1;
+        merge_word(t, mb, ns);
+        for (size_t i = 0; i < ns; i = mb->s[i].next < 0 ? ns : (size_t)mb->s[i].next)
+            tok_ids_push(ids, n, cap, mb->s[i].id);
+    }
+    if (len <= CACHE_MAX_WORD)
+        cache_put(t->cache, h, s, len, *ids + n0, (uint32_t)(*n - n0));
+    return 0;
+}
+
+/* ---- normalizers --------------------------------------------------------------- */
+
+static char *replace_all(const char *s, size_t len, const char *a, size_t alen, const char *b, size_t blen,
+                         size_t *outlen)
+{
+    size_t cnt = 0;
+    for (size_t i = 0; alen && i + alen <= len;)
+        if (!memcmp(s + i, a, alen)) {
+            cnt++;
+            i += alen;
+        } else {
+            i++;
+        }
+    size_t nl = len + cnt * blen - cnt * alen;
+    char *o = prefopt_xmalloc(nl + 1, "replace"), *p = o;
+    for (size_t i = 0; i < len;) {
+        if (alen && i + alen <= len && !memcmp(s + i, a, alen)) {
+            memcpy(p, b, blen);
+            p += blen;
+            i += alen;
+        } else {
+            *p++ = s[i++];
+        }
+    }
+    *outlen = nl;
+    return o;
+}
+
+/* *out is NULL when no step changed the text. */
+static int normalize(const prefopt_tokenizer *t, const char *s, size_t len, char **out, size_t *outlen,
+                     prefopt_err *err)
+{
+    char *cur = NULL;
+    size_t cl = len;
+    for (int i = 0; i < t->nnorm; i++) {
+        const tok_norm *m = &t->norm[i];
+        const char *in = cur ? cur : s;
+        char *next = NULL;
+        size_t nl = 0;
+        if (m->type == TOK_NORM_PREPEND) {
+            if (!cl)
+                continue;
+            nl = cl + m->alen;
+            next = prefopt_xmalloc(nl + 1, "normalized text");
+            memcpy(next, m->a, m->alen);
+            memcpy(next + m->alen, in, cl);
+        } else if (m->type == TOK_NORM_REPLACE) {
+            next = replace_all(in, cl, m->a, m->alen, m->b, m->blen, &nl);
+        } else { /* NFC / NFKC through utf8proc */
+            utf8proc_uint8_t *dst = NULL;
+            utf8proc_option_t o = UTF8PROC_STABLE | UTF8PROC_COMPOSE | (m->type == TOK_NORM_NFKC ? UTF8PROC_COMPAT : 0);
+            utf8proc_ssize_t r = cl ? utf8proc_map((const utf8proc_uint8_t *)in, (utf8proc_ssize_t)cl, &dst, o) : 0;
+            if (r < 0) {
+                prefopt_err_set(err, "tokenizer: input text is not valid UTF-8 (%s normalizer: %s)",
+                                m->type == TOK_NORM_NFKC ? "NFKC" : "NFC", utf8proc_errmsg(r));
+                free(cur);
+                return 1;
+            }
+            nl = (size_t)r;
+            next = prefopt_xmalloc(nl + 1, "normalized text");
+            if (nl)
+                memcpy(next, dst, nl);
+            free(dst);
+        }
+        free(cur);
+        cur = next;
+        cl = nl;
+    }
+    *outlen = cl;
+    *out = cur;
+    return 0;
+}
+
+int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, int first, int32_t **ids,
+                         size_t *n, size_t *cap, prefopt_err *err)
+{
+    if (len > (size_t)1 << 30) {
+        prefopt_err_set(err, "tokenizer: a text of %zu bytes is too long to encode at once (limit 1 GiB)", len);
+        return 1;
+    }
+    size_t nl = len;
+    char *norm = NULL;
+    if (t->nnorm && normalize(t, s, len, &norm, &nl, err))
+        return 1;
+    work k = {.src = norm ? norm : s, .srclen = nl};
+    int rc = 0, byte_level = 0;
+    out_word(&k, (word){0, (uint32_t)nl, 0, (uint8_t)(first != 0)});
+    swap_words(&k);
+    for (int i = 0; i < t->npre; i++)
+        byte_level |= t->pre[i].type == TOK_PRE_BYTELEVEL;
+    if (pre_tokenize(t, &k, err))
+        rc = 1;
+    merge_buf mb = {0};
+    for (size_t i = 0; !rc && i < k.nw; i++)
+        rc = encode_word(t, wptr(&k, &k.w[i]), k.w[i].len, byte_level, &mb, ids, n, cap, err);
+    free(mb.s);
+    free(mb.h);
+    free(k.w);
+    free(k.w2);
+    free(k.arena);
+    free(norm);
+    return rc;
+}
+
+/* ---- decoding ------------------------------------------------------------------- */
+
+typedef struct {
+    char *s;
+    size_t len;
+} piece;
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+char *tok_bpe_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special, prefopt_err *err)
+{
+    piece *p = prefopt_xcalloc(n + 1, sizeof *p, "decode pieces");
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->vocab_size || !t->tok[ids[i]]) {
+            prefopt_err_set(err, "decode: token id %d at position %zu is not in the vocabulary (size %d)", ids[i], i,
+                            t->vocab_size);
+            for (size_t j = 0; j < np; j++)
+                free(p[j].s);
+            free(p);
+            return NULL;
+        }
+        if (skip_special && t->is_special[ids[i]])
+            continue;
+        p[np].len = t->toklen[ids[i]];
+        p[np].s = prefopt_xmalloc(p[np].len + 1, "decode piece");
+        memcpy(p[np].s, t->tok[ids[i]], p[np].len);
+        np++;
+    }
+    if (!t->ndec && np > 1) { /* no decoder: Hugging Face joins tokens with spaces */
+        size_t tot = 0;
+        for (size_t i = 0; i < np; i++)
+            tot += p[i].len + 1;
+        char *j = prefopt_xmalloc(tot, "decoded text"), *o = j;
+        for (size_t i = 0; i < np; i++) {
+            if (i)
+                *o++ = ' ';
+            memcpy(o, p[i].s, p[i].len);
+            o += p[i].len;
+            free(p[i].s);
+        }
+        p[0] = (piece){j, (size_t)(o - j)};
+        np = 1;
+    }
+    for (int d = 0; d < t->ndec; d++) {
+        const tok_dec *dc = &t->dec[d];
+        for (size_t i = 0; i < np && dc->type != TOK_DEC_FUSE; i++) {
+            piece *q = &p[i];
+            if (dc->type == TOK_DEC_BYTELEVEL) {
+                /* map each character back to its byte; a piece with an unmapped character stays as it is */
+                char *o = prefopt_xmalloc(q->len + 1, "decode"), *w = o;
+                size_t j = 0;
+                int ok = 1;
+                while (j < q->len && ok) {
+                    const unsigned char *u = (const unsigned char *)q->s + j;
+                    int l = utf8_len(u, q->len - j);
+                    uint32_t cp = l == 1 ? u[0] : l == 2 ? ((u[0] & 31u) << 6 | (u[1] & 63u)) : 0xffffffffu;
+                    int b = cp < 0x144 ? t->cp_byte[cp] : -1;
+                    if (b < 0)
+                        ok = 0;
+                    else
+                        *w++ = (char)b;
+                    j += l ? (size_t)l : 1;
+                }
+                if (ok) {
+                    free(q->s);
+                    q->s = o;
+                    q->len = (size_t)(w - o);
+                } else {
+                    free(o);
+                }
+            } else if (dc->type == TOK_DEC_REPLACE || dc->type == TOK_DEC_METASPACE) {
+                size_t nl;
+                char *r = replace_all(q->s, q->len, dc->a, dc->alen, dc->type == TOK_DEC_REPLACE ? dc->b : " ",
+                                      dc->type == TOK_DEC_REPLACE ? dc->blen : 1, &nl);
+                if (dc->type == TOK_DEC_METASPACE && i == 0 && dc->prepend_scheme != TOK_PREPEND_NEVER) {
+                    free(r); /* the first piece loses its replacement characters (Hugging Face Metaspace) */
+                    r = replace_all(q->s, q->len, dc->a, dc->alen, "", 0, &nl);
+                }
+                free(q->s);
+                q->s = r;
+                q->len = nl;
+            } else if (dc->type == TOK_DEC_BYTEFALLBACK) {
+                if (q->len == 6 && !memcmp(q->s, "<0x", 3) && q->s[5] == '>' && hexval(q->s[3]) >= 0 &&
+                    hexval(q->s[4]) >= 0) {
+                    q->s[0] = (char)(hexval(q->s[3]) * 16 + hexval(q->s[4])); /* kept as a raw byte */
+                    q->len = 1;
+                }
+            } else if (dc->type == TOK_DEC_STRIP) {
+                size_t a = 0, b = q->len;
+                for (int c = 0; c < dc->start && a < b && q->s[a] == dc->a[0]; c++)
+                    a++;
+                for (int c = 0; c < dc->stop && b > a && q->s[b - 1] == dc->a[0]; c++)
+                    b--;
+                memmove(q->s, q->s + a, b - a);
+                q->len = b - a;
+            }
+        }
+        if (dc->type == TOK_DEC_FUSE && np > 1) {
+            size_t tot = 0;
+            for (size_t i = 0; i < np; i++)
+                tot += p[i].len;
+            char *j = prefopt_xmalloc(tot + 1, "decoded text"), *o = j;
+            for (size_t i = 0; i < np; i++) {
+                memcpy(o, p[i].s, p[i].len);
+                o += p[i].len;
+                free(p[i].s);
+            }
+            p[0] = (piece){j, tot};
+            np = 1;
+        }
+    }
+    size_t tot = 0;
+    for (size_t i = 0; i < np; i++)
+        tot += p[i].len;
+    char *out = prefopt_xmalloc(tot + 1, "decoded text"), *o = out;
+    for (size_t i = 0; i < np; i++) {
+        memcpy(o, p[i].s, p[i].len);
+        o += p[i].len;
+        free(p[i].s);
+    }
+    *o = '\0';
+    free(p);
+    return out;
+}
+
+void tok_bpe_free(prefopt_tokenizer *t)
+{
+    for (int i = 0; i < t->nnorm; i++) {
+        free(t->norm[i].a);
+        free(t->norm[i].b);
+    }
+    free(t->norm);
+    for (int i = 0; i < t->npre; i++) {
+        pcre2_match_data_free(t->pre[i].md);
+        pcre2_code_free(t->pre[i].re);
+    }
+    free(t->pre);
+    for (int i = 0; i < t->ndec; i++) {
+        free(t->dec[i].a);
+        free(t->dec[i].b);
+    }
+    free(t->dec);
+    free(t->pair_key);
+    free(t->pair_rank);
+    free(t->pair_id);
+    cache_free(t->cache);
+}
+
+tok_cache *tok_cache_new(void) { return cache_new(); }

@@ -1,0 +1,31 @@
+// Produces tests/data/tokenizers/reference.json: the ids that Hugging Face tokenizers (the Rust library, through
+// its official Node binding, npm package "tokenizers") gives for every text of corpus.json with every
+// tokenizer.json.gz there. Not run in CI; CI compares prefopt against the stored file.
+//   cd /tmp/x && npm install tokenizers@0.23.2 && node /path/to/tests/tools/tokenizer_reference.js /path/to/tests/data/tokenizers
+const fs = require("fs");
+const path = require("path");
+const zlib = require("zlib");
+const { Tokenizer } = require(require.resolve("tokenizers", { paths: [process.cwd()] }));
+
+async function main() {
+  const dir = process.argv[2];
+  const texts = JSON.parse(fs.readFileSync(path.join(dir, "corpus.json"), "utf8")).texts;
+  const version = JSON.parse(fs.readFileSync(require.resolve("tokenizers/package.json", { paths: [process.cwd()] }))).version;
+  const out = { generator: `npm tokenizers ${version} (Hugging Face tokenizers, Rust), encode(text, addSpecialTokens=false)`, tokenizers: {} };
+  for (const name of fs.readdirSync(dir).sort()) {
+    const gz = path.join(dir, name, "tokenizer.json.gz");
+    if (!fs.existsSync(gz)) continue;
+    const tok = Tokenizer.fromString(zlib.gunzipSync(fs.readFileSync(gz)).toString("utf8"));
+    const cases = [];
+    for (const text of texts) {
+      const ids = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
+      const decoded = await tok.decode(ids, false);
+      const decoded_skip = await tok.decode(ids, true);
+      const reencoded = (await tok.encode(decoded, null, { addSpecialTokens: false })).getIds();
+      cases.push({ ids, decoded, decoded_skip, reencoded });
+    }
+    out.tokenizers[name] = { cases };
+  }
+  fs.writeFileSync(path.join(dir, "reference.json"), JSON.stringify(out));
+}
+main().catch((e) => { console.error(e); process.exit(1); });
