@@ -1,0 +1,63 @@
+/* prefopt: JSONL examples -> pre-tokenized HDF5 dataset files (format in dataset.h). Serial and streaming:
+ * memory does not grow with the input.
+ *
+ * Input, one JSON object a line (blank lines are skipped):
+ *   pairs:     {"prompt", "chosen", "rejected"}; without "prompt", the longest common token prefix of chosen
+ *              and rejected is the prompt (HH-RLHF style)
+ *   unpaired:  {"prompt", "completion", "label"}  label: true/false or 1/0
+ *   sft:       {"prompt", "completion"} or {"text"} (empty prompt) or {"messages": [...]} (the last message,
+ *              from the assistant, is the completion; the ones before are the prompt)
+ * Each of prompt/chosen/rejected/completion/text may be a string (tokenized, special tokens in the text NOT
+ * matched), an array of token ids, or a list of chat messages {"role", "content"}; "<field>_ids" may give the
+ * ids instead. Messages are rendered with the ChatML template:
+ *   every message:       <|im_start|>{role}\n{content}<|im_end|>\n
+ *   a prompt ends with:  <|im_start|>assistant\n   (the generation prompt)
+ *   a completion list starting with an assistant message omits that message's header (the prompt holds it).
+ * The markers are tokenized with special tokens allowed (one id each where the tokenizer defines them), the
+ * contents without.
+ * Then: BOS is prepended to the prompt (add_bos), EOS appended to each completion not already ending in it
+ * (append_eos), and lengths are enforced: truncation "keep_end" keeps the last max_prompt_len tokens of the prompt
+ * and cuts each completion to max_len - prompt (examples whose prompt alone reaches max_len are dropped);
+ * truncation "drop" drops any example over either limit. Examples with an empty completion are dropped. */
+#ifndef PREFOPT_PACK_H
+#define PREFOPT_PACK_H
+
+#include "prefopt/dataset.h"
+#include "prefopt/tokenizer.h"
+
+#include <stdio.h>
+
+enum { PREFOPT_TRUNC_KEEP_END = 0, PREFOPT_TRUNC_DROP = 1 };
+
+typedef struct {
+    const char *input;       /* JSONL file */
+    const char *output;      /* HDF5 file, written as <output>.tmp.<pid> and renamed when complete */
+    const char *eval_output; /* held-out split, or NULL */
+    double eval_fraction;    /* each line goes to eval_output with this probability, decided by (seed, line) */
+    uint64_t seed;
+    const char *kind;        /* "auto" (from the first example), "pairs", "unpaired" or "sft" */
+    int max_prompt_len;      /* 0: no limit */
+    int max_len;             /* prompt + each completion; 0: no limit */
+    int truncation;          /* PREFOPT_TRUNC_* */
+    int append_eos, add_bos;
+    const prefopt_tokenizer *tok;
+} prefopt_pack_opts;
+
+enum { PREFOPT_PACK_DROP_PROMPT = 0, PREFOPT_PACK_DROP_LENGTH, PREFOPT_PACK_DROP_EMPTY, PREFOPT_PACK_NDROP };
+
+typedef struct {
+    int64_t lines, blank;
+    int64_t kept[2];                        /* train, eval */
+    int64_t dropped[PREFOPT_PACK_NDROP];    /* by reason */
+    int64_t prompt_truncated, completion_truncated;
+    int64_t tokens[2][PREFOPT_DS_MAX_FIELDS];
+    int64_t len_p50, len_p90, len_p99, len_max; /* packed row length (prompt + all completions) of kept examples */
+    prefopt_ds_kind kind;
+    double bytes, seconds;
+} prefopt_pack_stats;
+
+/* Serial. On bad input fills err ("file:line: field 'x': ...") and leaves no output file. */
+int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err *err);
+void prefopt_pack_print_summary(FILE *f, const prefopt_pack_opts *o, const prefopt_pack_stats *st);
+
+#endif

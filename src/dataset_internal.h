@@ -1,0 +1,15 @@
+/* Private to the dataset files (dataset.c, dataset_loader.c, pack.c). */
+#ifndef PREFOPT_DATASET_INTERNAL_H
+#define PREFOPT_DATASET_INTERNAL_H
+
+#include "prefopt/dataset.h"
+
+#include <hdf5.h>
+
+MPI_Comm prefopt_ds_comm(const prefopt_dataset *ds);
+const uint8_t *prefopt_ds_labels(const prefopt_dataset *ds);       /* [N] or NULL */
+const double *prefopt_ds_ref(const prefopt_dataset *ds, int r);    /* [N] or NULL */
+/* A scalar fixed-length string attribute (h5dump shows it plainly; h5py reads bytes). Non-zero on failure. */
+int prefopt_ds_write_str_attr(hid_t obj, const char *name, const char *val);
+
+#endif

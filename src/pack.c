@@ -1,0 +1,635 @@
+/* prefopt pack: stream JSONL (getline + cJSON per line), tokenize, enforce lengths, append to chunked extendible
+ * HDF5 datasets through fixed-size buffers, rename into place when complete. Input rules are in pack.h. */
+#define _GNU_SOURCE
+#include "prefopt/pack.h"
+#include "dataset_internal.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- growable id vectors --------------------------------------------------------------------------------- */
+typedef struct {
+    int32_t *v;
+    size_t n, cap;
+} ids_t;
+
+static void ids_push(ids_t *a, int32_t x)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 256;
+        a->v = realloc(a->v, a->cap * sizeof(int32_t));
+        if (!a->v)
+            prefopt_die("out of memory for token ids");
+    }
+    a->v[a->n++] = x;
+}
+
+/* ---- one output file --------------------------------------------------------------------------------------- */
+enum { TOK_CHUNK = 1 << 18, OFF_CHUNK = 1 << 15 };
+
+typedef struct {
+    hid_t d;
+    int64_t written; /* elements in the file */
+    void *buf;
+    size_t nbuf, cap, esize;
+    hid_t memtype;
+} appender;
+
+typedef struct {
+    char *final, *tmp;
+    hid_t file;
+    int nfields;
+    appender tok[PREFOPT_DS_MAX_FIELDS], off[PREFOPT_DS_MAX_FIELDS], label;
+    int64_t total[PREFOPT_DS_MAX_FIELDS]; /* tokens so far per field */
+    int64_t n;                            /* examples */
+    int has_label;
+} writer;
+
+static int app_create(appender *a, hid_t loc, const char *name, hid_t filetype, hid_t memtype, size_t esize,
+                      hsize_t chunk)
+{
+    hsize_t zero = 0, unlim = H5S_UNLIMITED;
+    hid_t s = H5Screate_simple(1, &zero, &unlim), p = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(p, 1, &chunk);
+    a->d = H5Dcreate2(loc, name, filetype, s, H5P_DEFAULT, p, H5P_DEFAULT);
+    H5Pclose(p), H5Sclose(s);
+    a->written = 0, a->nbuf = 0, a->cap = chunk, a->esize = esize, a->memtype = memtype;
+    a->buf = prefopt_xmalloc(chunk * esize, "pack buffer");
+    return a->d < 0;
+}
+
+static int app_flush(appender *a)
+{
+    if (!a->nbuf)
+        return 0;
+    hsize_t newlen = (hsize_t)a->written + a->nbuf, off = (hsize_t)a->written, cnt = a->nbuf;
+    if (H5Dset_extent(a->d, &newlen) < 0)
+        return 1;
+    hid_t fs = H5Dget_space(a->d), ms = H5Screate_simple(1, &cnt, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL);
+    herr_t rc = H5Dwrite(a->d, a->memtype, ms, fs, H5P_DEFAULT, a->buf);
+    H5Sclose(ms), H5Sclose(fs);
+    a->written += (int64_t)a->nbuf;
+    a->nbuf = 0;
+    return rc < 0;
+}
+
+static int app_put(appender *a, const void *x, size_t n)
+{
+    const char *p = x;
+    while (n) {
+        size_t k = a->cap - a->nbuf < n ? a->cap - a->nbuf : n;
+        memcpy((char *)a->buf + a->nbuf * a->esize, p, k * a->esize);
+        a->nbuf += k, p += k * a->esize, n -= k;
+        if (a->nbuf == a->cap && app_flush(a))
+            return 1;
+    }
+    return 0;
+}
+
+static void app_close(appender *a)
+{
+    if (a->d > 0)
+        H5Dclose(a->d);
+    free(a->buf);
+    a->d = -1, a->buf = NULL;
+}
+
+static int writer_open(writer *w, const char *path, prefopt_ds_kind kind, prefopt_err *err)
+{
+    memset(w, 0, sizeof *w);
+    w->final = strdup(path);
+    if (asprintf(&w->tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+        prefopt_die("out of memory");
+    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (w->file < 0) {
+        prefopt_err_set(err, "%s: cannot create the output file", w->tmp);
+        return 1;
+    }
+    w->nfields = prefopt_ds_kind_nfields(kind);
+    int bad = 0;
+    for (int f = 0; f < w->nfields; f++) {
+        hid_t g = H5Gcreate2(w->file, prefopt_ds_field_name(kind, f), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        bad |= g < 0;
+        bad |= app_create(&w->tok[f], g, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, 4, TOK_CHUNK);
+        bad |= app_create(&w->off[f], g, "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, 8, OFF_CHUNK);
+        H5Gclose(g);
+        int64_t zero = 0;
+        bad |= app_put(&w->off[f], &zero, 1);
+    }
+    if (kind == PREFOPT_DS_UNPAIRED) {
+        w->has_label = 1;
+        bad |= app_create(&w->label, w->file, "label", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, OFF_CHUNK);
+    }
+    if (bad)
+        prefopt_err_set(err, "%s: cannot create the datasets", w->tmp);
+    return bad;
+}
+
+static int writer_add(writer *w, ids_t *const fields[], uint8_t label)
+{
+    int bad = 0;
+    for (int f = 0; f < w->nfields; f++) {
+        bad |= app_put(&w->tok[f], fields[f]->v, fields[f]->n);
+        w->total[f] += (int64_t)fields[f]->n;
+        bad |= app_put(&w->off[f], &w->total[f], 1);
+    }
+    if (w->has_label)
+        bad |= app_put(&w->label, &label, 1);
+    w->n++;
+    return bad;
+}
+
+static int write_int_attr(hid_t obj, const char *name, hid_t type, int64_t v)
+{
+    hid_t s = H5Screate(H5S_SCALAR), a = H5Acreate2(obj, name, type, s, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t rc = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &v);
+    if (a >= 0)
+        H5Aclose(a);
+    H5Sclose(s);
+    return rc < 0;
+}
+
+/* ok: flush, write the attributes, close and rename; !ok: close and delete. */
+static int writer_finish(writer *w, int ok, prefopt_ds_kind kind, const prefopt_tokenizer *t, prefopt_err *err)
+{
+    if (!w->final)
+        return 0;
+    int bad = 0;
+    if (ok && w->file >= 0) {
+        for (int f = 0; f < w->nfields; f++)
+            bad |= app_flush(&w->tok[f]) | app_flush(&w->off[f]);
+        if (w->has_label)
+            bad |= app_flush(&w->label);
+        bad |= write_int_attr(w->file, "format_version", H5T_STD_I32LE, PREFOPT_DS_FORMAT_VERSION);
+        bad |= prefopt_ds_write_str_attr(w->file, "kind", prefopt_ds_kind_name(kind));
+        bad |= write_int_attr(w->file, "num_examples", H5T_STD_I64LE, w->n);
+        bad |= write_int_attr(w->file, "vocab_size", H5T_STD_I32LE, prefopt_tokenizer_vocab_size(t));
+        bad |= prefopt_ds_write_str_attr(w->file, "tokenizer", prefopt_tokenizer_identity(t));
+        bad |= write_int_attr(w->file, "bos_id", H5T_STD_I32LE, prefopt_tokenizer_bos(t));
+        bad |= write_int_attr(w->file, "eos_id", H5T_STD_I32LE, prefopt_tokenizer_eos(t));
+        bad |= write_int_attr(w->file, "pad_id", H5T_STD_I32LE, prefopt_tokenizer_pad(t));
+    }
+    for (int f = 0; f < w->nfields; f++)
+        app_close(&w->tok[f]), app_close(&w->off[f]);
+    if (w->has_label)
+        app_close(&w->label);
+    if (w->file >= 0)
+        bad |= H5Fclose(w->file) < 0;
+    if (ok && bad)
+        prefopt_err_set(err, "%s: writing failed (disk full?)", w->tmp);
+    if (ok && !bad && rename(w->tmp, w->final)) {
+        prefopt_err_set(err, "%s: cannot rename to %s", w->tmp, w->final);
+        bad = 1;
+    }
+    if (!ok || bad)
+        unlink(w->tmp);
+    free(w->tmp), free(w->final);
+    w->tmp = w->final = NULL;
+    return bad;
+}
+
+/* ---- one example --------------------------------------------------------------------------------------- */
+typedef struct {
+    const prefopt_pack_opts *o;
+    const char *file;
+    int64_t line;
+    int V;
+    prefopt_err *err;
+} ctx;
+
+static int encode(ctx *c, const char *s, size_t len, int special, ids_t *out, const char *field)
+{
+    prefopt_err e = {0};
+    if (prefopt_tokenizer_encode(c->o->tok, s, len, special, &out->v, &out->n, &out->cap, &e)) {
+        prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': %s", c->file, c->line, field, e.msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int encode_str(ctx *c, const char *s, int special, ids_t *out, const char *field)
+{
+    return encode(c, s, strlen(s), special, out, field);
+}
+
+/* mode: 0 prompt (ends with the generation prompt), 1 completion (leading assistant header omitted),
+ * 2 whole conversation (no generation prompt). */
+static int render_messages(ctx *c, const cJSON *msgs, int mode, ids_t *out, const char *field)
+{
+    int i = 0;
+    for (const cJSON *m = msgs->child; m; m = m->next, i++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !cJSON_IsString(content)) {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': message %d: expected an object with string 'role' "
+                                    "and 'content'",
+                            c->file, c->line, field, i);
+            return 1;
+        }
+        if (!(mode == 1 && i == 0 && !strcmp(role->valuestring, "assistant"))) {
+            if (encode_str(c, "<|im_start|>", 1, out, field) || encode_str(c, role->valuestring, 0, out, field) ||
+                encode_str(c, "\n", 0, out, field))
+                return 1;
+        }
+        if (encode_str(c, content->valuestring, 0, out, field) || encode_str(c, "<|im_end|>", 1, out, field) ||
+            encode_str(c, "\n", 0, out, field))
+            return 1;
+    }
+    if (mode == 0 && (encode_str(c, "<|im_start|>", 1, out, field) || encode_str(c, "assistant\n", 0, out, field)))
+        return 1;
+    return 0;
+}
+
+static int ids_from_array(ctx *c, const cJSON *a, ids_t *out, const char *field)
+{
+    int i = 0;
+    for (const cJSON *x = a->child; x; x = x->next, i++) {
+        double v = x->valuedouble;
+        if (!cJSON_IsNumber(x) || v != floor(v) || v < 0 || v >= c->V) {
+            if (cJSON_IsNumber(x) && v == floor(v))
+                prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': token id %.0f at index %d is outside the "
+                                        "vocabulary [0, %d)",
+                                c->file, c->line, field, v, i, c->V);
+            else
+                prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': element %d is not an integer token id", c->file,
+                                c->line, field, i);
+            return 1;
+        }
+        ids_push(out, (int32_t)v);
+    }
+    return 0;
+}
+
+/* A field as a string, token ids, or messages; or "<name>_ids". Returns 1 on error, -1 if absent. */
+static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, ids_t *out)
+{
+    out->n = 0;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    char idname[64];
+    snprintf(idname, sizeof idname, "%s_ids", name);
+    const char *fname = name;
+    if (!v || cJSON_IsNull(v)) {
+        v = cJSON_GetObjectItemCaseSensitive(obj, idname);
+        fname = idname;
+        if (!v || cJSON_IsNull(v))
+            return -1;
+        if (!cJSON_IsArray(v)) {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': expected an array of token ids", c->file, c->line,
+                            fname);
+            return 1;
+        }
+    }
+    if (cJSON_IsString(v))
+        return encode_str(c, v->valuestring, 0, out, fname);
+    if (cJSON_IsArray(v)) {
+        if (v->child && cJSON_IsObject(v->child))
+            return render_messages(c, v, msg_mode, out, fname);
+        return ids_from_array(c, v, out, fname);
+    }
+    prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': expected a string, an array of token ids or a list of "
+                            "messages",
+                    c->file, c->line, fname);
+    return 1;
+}
+
+static int has(const cJSON *o, const char *name)
+{
+    char idname[64];
+    snprintf(idname, sizeof idname, "%s_ids", name);
+    return cJSON_GetObjectItemCaseSensitive(o, name) || cJSON_GetObjectItemCaseSensitive(o, idname);
+}
+
+static int line_kind(const cJSON *o)
+{
+    if (has(o, "chosen") || has(o, "rejected"))
+        return PREFOPT_DS_PAIRS;
+    if (cJSON_GetObjectItemCaseSensitive(o, "label"))
+        return PREFOPT_DS_UNPAIRED;
+    if (has(o, "completion") || has(o, "text") || cJSON_GetObjectItemCaseSensitive(o, "messages"))
+        return PREFOPT_DS_SFT;
+    return -1;
+}
+
+static int require(ctx *c, int rc, const char *name)
+{
+    if (rc < 0)
+        prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s' is missing", c->file, c->line, name);
+    return rc != 0;
+}
+
+/* Fills fields[0..] (prompt first) and label from one parsed line of the given kind. */
+static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const fl[], uint8_t *label)
+{
+    if (kind == PREFOPT_DS_PAIRS) {
+        int rp = get_field(c, o, "prompt", 0, fl[0]);
+        if (rp > 0)
+            return 1;
+        int mode = rp < 0 ? 2 : 1;
+        if (require(c, get_field(c, o, "chosen", mode, fl[1]), "chosen") ||
+            require(c, get_field(c, o, "rejected", mode, fl[2]), "rejected"))
+            return 1;
+        if (rp < 0) { /* implicit prompt: the common prefix */
+            size_t k = 0;
+            while (k < fl[1]->n && k < fl[2]->n && fl[1]->v[k] == fl[2]->v[k])
+                k++;
+            for (size_t i = 0; i < k; i++)
+                ids_push(fl[0], fl[1]->v[i]);
+            for (int f = 1; f <= 2; f++) {
+                memmove(fl[f]->v, fl[f]->v + k, (fl[f]->n - k) * sizeof(int32_t));
+                fl[f]->n -= k;
+            }
+        }
+        return 0;
+    }
+    if (kind == PREFOPT_DS_UNPAIRED) {
+        if (require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
+            require(c, get_field(c, o, "completion", 1, fl[1]), "completion"))
+            return 1;
+        const cJSON *l = cJSON_GetObjectItemCaseSensitive(o, "label");
+        if (cJSON_IsBool(l))
+            *label = cJSON_IsTrue(l) ? 1 : 0;
+        else if (cJSON_IsNumber(l) && (l->valuedouble == 0 || l->valuedouble == 1))
+            *label = (uint8_t)l->valuedouble;
+        else {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field 'label': %s", c->file, c->line,
+                            l ? "expected true/false or 1/0" : "is missing");
+            return 1;
+        }
+        return 0;
+    }
+    /* sft */
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+    if (msgs) {
+        int n = cJSON_GetArraySize(msgs);
+        const cJSON *last = cJSON_IsArray(msgs) && n ? cJSON_GetArrayItem(msgs, n - 1) : NULL;
+        const cJSON *role = last ? cJSON_GetObjectItemCaseSensitive(last, "role") : NULL;
+        if (!last || !cJSON_IsString(role) || strcmp(role->valuestring, "assistant")) {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field 'messages': expected a list of messages ending with an "
+                                    "'assistant' message",
+                            c->file, c->line);
+            return 1;
+        }
+        /* render the prompt from a detached copy without the last message */
+        cJSON *head = cJSON_CreateArray();
+        for (const cJSON *m = msgs->child; m != last; m = m->next)
+            cJSON_AddItemReferenceToArray(head, (cJSON *)m);
+        fl[0]->n = fl[1]->n = 0;
+        int bad = render_messages(c, head, 0, fl[0], "messages");
+        cJSON_Delete(head);
+        if (bad)
+            return 1;
+        cJSON *tail = cJSON_CreateArray();
+        cJSON_AddItemReferenceToArray(tail, (cJSON *)last);
+        bad = render_messages(c, tail, 1, fl[1], "messages");
+        cJSON_Delete(tail);
+        return bad;
+    }
+    if (has(o, "text")) {
+        fl[0]->n = 0;
+        return require(c, get_field(c, o, "text", 2, fl[1]), "text");
+    }
+    return require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
+           require(c, get_field(c, o, "completion", 1, fl[1]), "completion");
+}
+
+/* Returns the drop reason, or -1 to keep. */
+static int shape_example(const prefopt_pack_opts *o, const prefopt_tokenizer *t, int nf, ids_t *const fl[],
+                         prefopt_pack_stats *st)
+{
+    int bos = prefopt_tokenizer_bos(t), eos = prefopt_tokenizer_eos(t);
+    if (o->add_bos && bos >= 0 && fl[0]->n && fl[0]->v[0] != bos) {
+        ids_push(fl[0], 0);
+        memmove(fl[0]->v + 1, fl[0]->v, (fl[0]->n - 1) * sizeof(int32_t));
+        fl[0]->v[0] = bos;
+    }
+    for (int f = 1; f < nf; f++)
+        if (o->append_eos && eos >= 0 && (!fl[f]->n || fl[f]->v[fl[f]->n - 1] != eos))
+            ids_push(fl[f], eos);
+    size_t P = fl[0]->n;
+    if (o->truncation == PREFOPT_TRUNC_DROP) {
+        if (o->max_prompt_len > 0 && P > (size_t)o->max_prompt_len)
+            return PREFOPT_PACK_DROP_PROMPT;
+        for (int f = 1; f < nf; f++)
+            if (o->max_len > 0 && P + fl[f]->n > (size_t)o->max_len)
+                return PREFOPT_PACK_DROP_LENGTH;
+    } else {
+        if (o->max_prompt_len > 0 && P > (size_t)o->max_prompt_len) {
+            size_t cut = P - (size_t)o->max_prompt_len;
+            memmove(fl[0]->v, fl[0]->v + cut, (size_t)o->max_prompt_len * sizeof(int32_t));
+            fl[0]->n = P = (size_t)o->max_prompt_len;
+            st->prompt_truncated++;
+        }
+        if (o->max_len > 0) {
+            if (P >= (size_t)o->max_len)
+                return PREFOPT_PACK_DROP_PROMPT;
+            int cut = 0;
+            for (int f = 1; f < nf; f++)
+                if (P + fl[f]->n > (size_t)o->max_len)
+                    fl[f]->n = (size_t)o->max_len - P, cut = 1;
+            st->completion_truncated += cut;
+        }
+    }
+    for (int f = 1; f < nf; f++)
+        if (!fl[f]->n)
+            return PREFOPT_PACK_DROP_EMPTY;
+    return -1;
+}
+
+static int goes_to_eval(const prefopt_pack_opts *o, int64_t line)
+{
+    if (!o->eval_output || o->eval_fraction <= 0)
+        return 0;
+    uint64_t z = o->seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(line + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53 < o->eval_fraction;
+}
+
+/* Length histogram (bounded by the longest example) for exact percentiles. */
+typedef struct {
+    int64_t *count;
+    size_t cap;
+    int64_t n;
+} histo;
+
+static void histo_add(histo *h, size_t len)
+{
+    if (len >= h->cap) {
+        size_t nc = h->cap ? h->cap : 1024;
+        while (nc <= len)
+            nc *= 2;
+        h->count = realloc(h->count, nc * sizeof(int64_t));
+        if (!h->count)
+            prefopt_die("out of memory for the length histogram");
+        memset(h->count + h->cap, 0, (nc - h->cap) * sizeof(int64_t));
+        h->cap = nc;
+    }
+    h->count[len]++, h->n++;
+}
+
+static int64_t histo_pct(const histo *h, double q)
+{
+    if (!h->n)
+        return 0;
+    int64_t want = (int64_t)ceil(q * (double)h->n), acc = 0;
+    if (want < 1)
+        want = 1;
+    for (size_t i = 0; i < h->cap; i++)
+        if ((acc += h->count[i]) >= want)
+            return (int64_t)i;
+    return 0;
+}
+
+int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err *err)
+{
+    memset(st, 0, sizeof *st);
+    double t0 = prefopt_now();
+    int forced = -1;
+    if (o->kind && strcmp(o->kind, "auto")) {
+        prefopt_ds_kind k;
+        if (prefopt_ds_kind_parse(o->kind, &k)) {
+            prefopt_err_set(err, "--kind '%s': expected auto, pairs, unpaired or sft", o->kind);
+            return 1;
+        }
+        forced = (int)k;
+    }
+    if (o->eval_fraction < 0 || o->eval_fraction > 1 || (o->eval_fraction > 0 && !o->eval_output)) {
+        prefopt_err_set(err, "--eval-fraction %g needs a value in [0, 1] and --eval-out", o->eval_fraction);
+        return 1;
+    }
+    FILE *in = fopen(o->input, "rb");
+    if (!in) {
+        prefopt_err_set(err, "%s: cannot open the input", o->input);
+        return 1;
+    }
+    ctx c = {o, o->input, 0, prefopt_tokenizer_vocab_size(o->tok), err};
+    ids_t store[PREFOPT_DS_MAX_FIELDS] = {0};
+    ids_t *fl[PREFOPT_DS_MAX_FIELDS] = {&store[0], &store[1], &store[2]};
+    writer w[2] = {0};
+    int opened = 0, kind = forced;
+    histo h = {0};
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    H5E_auto2_t efn;
+    void *edata;
+    H5Eget_auto2(H5E_DEFAULT, &efn, &edata);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    while (!err->set && (len = getline(&line, &lcap, in)) >= 0) {
+        c.line = ++st->lines;
+        st->bytes += (double)len;
+        size_t a = 0;
+        while (a < (size_t)len && (line[a] == ' ' || line[a] == '\t' || line[a] == '\r' || line[a] == '\n'))
+            a++;
+        if (a == (size_t)len) {
+            st->blank++;
+            continue;
+        }
+        cJSON *obj = cJSON_ParseWithLength(line, (size_t)len);
+        if (!obj || !cJSON_IsObject(obj)) {
+            const char *at = obj ? NULL : cJSON_GetErrorPtr();
+            int show = 0; /* up to 20 characters of the rest of the line */
+            while (at && show < 20 && at[show] && at[show] != '\n' && at[show] != '\r')
+                show++;
+            prefopt_err_set(err, "%s:%" PRId64 ": %s%.*s%s", o->input, c.line,
+                            obj ? "expected a JSON object" : "invalid JSON near '", show, at ? at : "",
+                            at ? "'" : "");
+            cJSON_Delete(obj);
+            break;
+        }
+        int lk = line_kind(obj);
+        if (lk < 0)
+            prefopt_err_set(err, "%s:%" PRId64 ": no known fields (expected prompt/chosen/rejected, "
+                                 "prompt/completion/label, prompt/completion, text or messages)",
+                            o->input, c.line);
+        else if (kind >= 0 && lk != kind &&
+                 !(forced == PREFOPT_DS_SFT && lk == PREFOPT_DS_UNPAIRED))
+            prefopt_err_set(err, "%s:%" PRId64 ": a '%s' example in a '%s' dataset (%s)", o->input, c.line,
+                            prefopt_ds_kind_name((prefopt_ds_kind)lk), prefopt_ds_kind_name((prefopt_ds_kind)kind),
+                            forced >= 0 ? "--kind" : "set by the first example");
+        if (err->set) {
+            cJSON_Delete(obj);
+            break;
+        }
+        if (kind < 0)
+            kind = lk;
+        if (!opened) {
+            opened = 1;
+            if (writer_open(&w[0], o->output, (prefopt_ds_kind)kind, err) ||
+                (o->eval_output && writer_open(&w[1], o->eval_output, (prefopt_ds_kind)kind, err))) {
+                cJSON_Delete(obj);
+                break;
+            }
+        }
+        uint8_t label = 0;
+        int nf = prefopt_ds_kind_nfields((prefopt_ds_kind)kind);
+        int bad = parse_example(&c, obj, (prefopt_ds_kind)kind, fl, &label);
+        cJSON_Delete(obj);
+        if (bad)
+            break;
+        int why = shape_example(o, o->tok, nf, fl, st);
+        if (why >= 0) {
+            st->dropped[why]++;
+            continue;
+        }
+        int s = goes_to_eval(o, c.line);
+        if (writer_add(&w[s], fl, label)) {
+            prefopt_err_set(err, "%s: writing failed (disk full?)", w[s].tmp);
+            break;
+        }
+        size_t rowlen = 0;
+        for (int f = 0; f < nf; f++)
+            st->tokens[s][f] += (int64_t)fl[f]->n, rowlen += fl[f]->n;
+        st->kept[s]++;
+        histo_add(&h, rowlen);
+    }
+    if (!err->set && ferror(in))
+        prefopt_err_set(err, "%s: read error", o->input);
+    if (!err->set && !opened)
+        prefopt_err_set(err, "%s: no examples (the file is empty)", o->input);
+    fclose(in);
+    free(line);
+    st->kind = kind >= 0 ? (prefopt_ds_kind)kind : PREFOPT_DS_PAIRS;
+    for (int s = 0; s < 2; s++)
+        writer_finish(&w[s], !err->set, st->kind, o->tok, err);
+    H5Eset_auto2(H5E_DEFAULT, efn, edata);
+    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
+        free(store[f].v);
+    st->len_p50 = histo_pct(&h, 0.5), st->len_p90 = histo_pct(&h, 0.9), st->len_p99 = histo_pct(&h, 0.99);
+    st->len_max = histo_pct(&h, 1.0);
+    free(h.count);
+    st->seconds = prefopt_now() - t0;
+    return err->set;
+}
+
+void prefopt_pack_print_summary(FILE *f, const prefopt_pack_opts *o, const prefopt_pack_stats *st)
+{
+    int nf = prefopt_ds_kind_nfields(st->kind);
+    int64_t dropped = st->dropped[0] + st->dropped[1] + st->dropped[2];
+    fprintf(f, "pack: %s -> %s (%s, tokenizer %s)\n", o->input, o->output, prefopt_ds_kind_name(st->kind),
+            prefopt_tokenizer_identity(o->tok));
+    fprintf(f, "  lines %" PRId64 " (%" PRId64 " blank); kept %" PRId64 " train", st->lines, st->blank, st->kept[0]);
+    if (o->eval_output)
+        fprintf(f, " + %" PRId64 " eval (%s)", st->kept[1], o->eval_output);
+    fprintf(f, "; dropped %" PRId64 "\n", dropped);
+    fprintf(f, "  dropped: prompt too long %" PRId64 ", over max length %" PRId64 ", empty completion %" PRId64
+               "; truncated: prompts %" PRId64 ", completions %" PRId64 "\n",
+            st->dropped[0], st->dropped[1], st->dropped[2], st->prompt_truncated, st->completion_truncated);
+    for (int s = 0; s < (o->eval_output ? 2 : 1); s++) {
+        fprintf(f, "  tokens (%s):", s ? "eval" : "train");
+        for (int k = 0; k < nf; k++)
+            fprintf(f, " %s %" PRId64, prefopt_ds_field_name(st->kind, k), st->tokens[s][k]);
+        fprintf(f, "\n");
+    }
+    fprintf(f, "  row length (prompt + completions): p50 %" PRId64 ", p90 %" PRId64 ", p99 %" PRId64 ", max %" PRId64
+               "\n",
+            st->len_p50, st->len_p90, st->len_p99, st->len_max);
+    fprintf(f, "  throughput: %.1f MB of JSONL in %.2f s = %.1f MB/s\n", st->bytes / 1e6, st->seconds,
+            st->seconds > 0 ? st->bytes / 1e6 / st->seconds : 0.0);
+}
