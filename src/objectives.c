@@ -20,6 +20,7 @@ static const struct {
     {"discopop", PREFOPT_LOSS_DISCOPOP}, {"sigmoid_norm", PREFOPT_LOSS_SIGMOID_NORM},
     {"simpo", PREFOPT_LOSS_SIMPO},       {"orpo", PREFOPT_LOSS_ORPO},
     {"kto", PREFOPT_LOSS_KTO},           {"apo_zero_unpaired", PREFOPT_LOSS_APO_ZERO_UNPAIRED},
+    {"aot", PREFOPT_LOSS_AOT},           {"aot_unpaired", PREFOPT_LOSS_AOT_UNPAIRED},
 };
 #define NLOSS_NAMES ((int)(sizeof loss_names / sizeof loss_names[0]))
 
@@ -62,7 +63,7 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
     const prefopt_opt t[] = {
         {"loss", PREFOPT_OPT_STRING, &p->loss, "dpo",
          "objective: NAME[:WEIGHT],... of sft dpo(=sigmoid) hinge ipo robust exo_pair nca_pair bco_pair sppo_hard "
-         "apo_zero apo_down discopop sigmoid_norm simpo orpo kto apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO)"},
+         "apo_zero apo_down discopop sigmoid_norm aot aot_unpaired simpo orpo kto apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO)"},
         {"beta", PREFOPT_OPT_DOUBLE, &p->beta, "0.1", "beta of the DPO family, KTO and SimPO; lambda of ORPO"},
         {"label-smoothing", PREFOPT_OPT_DOUBLE, &p->label_smoothing, "0",
          "epsilon of robust, exo_pair, simpo, and of dpo with --cdpo"},
@@ -130,7 +131,7 @@ static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
         if (found < 0) {
             prefopt_err_set(err, "--loss \"%s\": unknown loss \"%s\" (known: sft dpo sigmoid hinge ipo robust "
                             "exo_pair nca_pair bco_pair sppo_hard apo_zero apo_down discopop sigmoid_norm simpo "
-                            "orpo kto apo_zero_unpaired)", spec, tok);
+                            "aot aot_unpaired orpo kto apo_zero_unpaired)", spec, tok);
             return -1;
         }
         for (int j = 0; j < o->nterms; j++)
@@ -174,6 +175,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         n_unpaired += is_unpaired(k);
         n_pair += !is_unpaired(k) && k != PREFOPT_LOSS_SFT;
         if (k == PREFOPT_LOSS_ROBUST || k == PREFOPT_LOSS_EXO_PAIR || k == PREFOPT_LOSS_SIMPO ||
+            k == PREFOPT_LOSS_AOT || k == PREFOPT_LOSS_AOT_UNPAIRED ||
             (k == PREFOPT_LOSS_DPO && p->cdpo))
             uses_eps = 1;
         if (reads_reference(k))
@@ -196,7 +198,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
     }
     if (e != 0 && !uses_eps) {
         prefopt_err_set(err, "--label-smoothing %g is read by none of the losses in \"%s\" (it is read by robust, "
-                        "exo_pair, simpo, and by dpo with --cdpo as TRL 0.27 did)", e, spec);
+                        "exo_pair, aot, aot_unpaired, simpo, and by dpo with --cdpo as TRL 0.27 did)", e, spec);
         return -1;
     }
     if (has_term(obj, PREFOPT_LOSS_ROBUST) && !(e < 0.5)) {
@@ -495,6 +497,64 @@ static int need_norm(double v, const char *what, prefopt_err *err)
     return 0;
 }
 
+typedef struct {
+    double x;
+    int i;
+} keyed;
+
+static int cmp_keyed(const void *a, const void *b)
+{
+    const keyed *p = a, *q = b;
+    return p->x < q->x ? -1 : p->x > q->x ? 1 : (p->i > q->i) - (p->i < q->i);
+}
+
+/* AOT: the k-th smallest of one quantity is matched with the k-th smallest of another,
+ * d_k = sa_k - sb_k, smoothed sigmoid on beta d_k; the gradient goes to the pairs that sit at rank k.
+ * aot:          a = pi_c - pi_r,  b = ref_c - ref_r
+ * aot_unpaired: a = r_c,          b = r_r
+ * Returns the weighted loss sum (scale = weight / global pairs) and adds into d_c and d_ref. */
+static double aot_term(double *d_c, double *d_ref, const prefopt_objective *o, prefopt_loss_kind k, double scale,
+                       const prefopt_objective_batch *b)
+{
+    const prefopt_unit_stats *s = b->policy;
+    const int n = b->npairs, unp = k == PREFOPT_LOSS_AOT_UNPAIRED;
+    keyed *ka = prefopt_xmalloc(2 * (size_t)n * sizeof *ka, "aot sort keys"), *kb = ka + n;
+    for (int i = 0; i < n; i++) {
+        int c = b->chosen[i], r = b->rejected[i];
+        double pc = s->logp_completion[c], pr = s->logp_completion[r];
+        double fc = o->uses_reference ? b->ref_logp[c] : 0, fr = o->uses_reference ? b->ref_logp[r] : 0;
+        ka[i] = (keyed){unp ? pc - fc : pc - pr, i};
+        kb[i] = (keyed){unp ? pr - fr : fc - fr, i};
+    }
+    qsort(ka, (size_t)n, sizeof *ka, cmp_keyed);
+    qsort(kb, (size_t)n, sizeof *kb, cmp_keyed);
+    double total = 0;
+    for (int j = 0; j < n; j++) {
+        double dz, z = o->p.beta * (ka[j].x - kb[j].x);
+        total += scale * smoothed_sigmoid_loss(&dz, z, o->p.label_smoothing);
+        double g = scale * o->p.beta * dz; /* d/d(sa_j), and -g is d/d(sb_j) */
+        int ia = ka[j].i, ib = kb[j].i;
+        int ca = b->chosen[ia], ra = b->rejected[ia], cb = b->chosen[ib], rb = b->rejected[ib];
+        if (unp) { /* sa = pi_c - ref_c of pair ia; sb = pi_r - ref_r of pair ib */
+            d_c[ca] += g;
+            d_c[rb] -= g;
+            if (d_ref) {
+                d_ref[ca] -= g;
+                d_ref[rb] += g;
+            }
+        } else { /* sa = pi_c - pi_r of pair ia; sb = ref_c - ref_r of pair ib */
+            d_c[ca] += g;
+            d_c[ra] -= g;
+            if (d_ref) {
+                d_ref[cb] -= g;
+                d_ref[rb] += g;
+            }
+        }
+    }
+    free(ka);
+    return total;
+}
+
 static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, prefopt_metrics *m,
                       const prefopt_objective *o, const prefopt_objective_batch *b,
                       const prefopt_objective_norm *norm, prefopt_err *err)
@@ -525,6 +585,8 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
                 d_c[c] += -w / norm->chosen_tokens;
                 continue;
             }
+            if (o->kind[t] == PREFOPT_LOSS_AOT || o->kind[t] == PREFOPT_LOSS_AOT_UNPAIRED)
+                continue; /* micro-batch level, below */
             if (o->kind[t] == PREFOPT_LOSS_ORPO) {
                 total += w * -s->logp_all[c] / norm->chosen_all_tokens;
                 d_all[c] += -w / norm->chosen_all_tokens;
@@ -566,6 +628,9 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
             prefopt_metrics_add(m, PREFOPT_M_MEAN_TOKEN_ACCURACY, s->argmax_hits[c], lc);
         }
     }
+    for (int t = 0; t < o->nterms; t++)
+        if (o->kind[t] == PREFOPT_LOSS_AOT || o->kind[t] == PREFOPT_LOSS_AOT_UNPAIRED)
+            total += aot_term(d_c, d_ref, o, o->kind[t], o->weight[t] / norm->pairs, b);
     if (m) {
         if (has_orpo) {
             double n_all = 0;

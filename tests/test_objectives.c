@@ -415,6 +415,37 @@ static void test_combination(void)
         prefopt_objective_count(&n, &o, &b);
         check_batch_grads(mixes[i], &o, &u, &b, &n);
     }
+    /* aot / aot_unpaired: sort within the micro-batch, by hand with an insertion sort */
+    for (int unp = 0; unp < 2; unp++) {
+        make_obj(&o, unp ? "aot_unpaired:0.7" : "aot:0.7", 0.2, 0.1, 0);
+        memset(&n, 0, sizeof n);
+        prefopt_objective_count(&n, &o, &b);
+        double a[3], c[3];
+        for (int i = 0; i < 3; i++) {
+            double pc = u.lp[ch[i]], pr = u.lp[rj[i]], fc = u.ref[ch[i]], fr = u.ref[rj[i]];
+            a[i] = unp ? pc - fc : pc - pr;
+            c[i] = unp ? pr - fr : fc - fr;
+        }
+        for (int i = 1; i < 3; i++)
+            for (int j = i; j > 0; j--) {
+                if (a[j] < a[j - 1]) {
+                    double t = a[j]; a[j] = a[j - 1]; a[j - 1] = t;
+                }
+                if (c[j] < c[j - 1]) {
+                    double t = c[j]; c[j] = c[j - 1]; c[j - 1] = t;
+                }
+            }
+        want = 0;
+        for (int i = 0; i < 3; i++) {
+            double zz = 0.2 * (a[i] - c[i]);
+            want += 0.7 * (-(1 - 0.1) * log(sig(zz)) - 0.1 * log(sig(-zz))) / 3;
+        }
+        got = eval_loss(&o, &b, &n);
+        CHECK(close_to(got, want, 1e-13), "%s: %.15g, by hand %.15g", unp ? "aot_unpaired" : "aot", got, want);
+        check_batch_grads(unp ? "aot_unpaired" : "aot", &o, &u, &b, &n);
+        double g4[4];
+        CHECK(isnan(prefopt_pair_loss(g4, o.kind[0], &o, -1, -2, -1, -2, 1, 1)), "aot has no per-pair form");
+    }
     /* the MPO combination equals the weighted sum of the separately evaluated terms */
     prefopt_objective t1, t2, t3, mix;
     make_obj(&mix, "sigmoid:0.8,bco_pair:0.2,sft:1", 0.2, 0, 0);

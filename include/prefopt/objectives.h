@@ -30,6 +30,11 @@
  *   apo_down      apo_down        sig(beta r_c) + (1 - sig(z))
  *   discopop      discopop        m = sig(z/tau): (1-m)(-log sig(z)) + m exp(-z)
  *   sigmoid_norm  sigmoid_norm    -log sig(beta (r_c/L_c - r_r/L_r))   (keeps the reference)
+ *   aot           aot             d_k = sort(pi_c - pi_r)_k - sort(ref_c - ref_r)_k over the pairs of the
+ *                                 micro-batch; -(1-e) log sig(beta d_k) - e log sig(-beta d_k)
+ *   aot_unpaired  aot_unpaired    the same with d_k = sort(r_c)_k - sort(r_r)_k
+ *                                 (both sort within one micro-batch of one rank, as TRL sorts within the
+ *                                 per-device batch, so they are the one exception to micro-batch invariance)
  *   simpo         CPO "simpo"     -(1-e) log sig(h) - e log sig(-h), h = beta (pi_c/L_c - pi_r/L_r) - gamma;
  *                                 no reference; CPO-SimPO = "simpo,sft:1" (cpo_alpha 1)
  *   orpo          ORPO            NLL(prompt+chosen, token mean) - beta * mean log sig(log_odds), log_odds from
@@ -41,7 +46,7 @@
  * CPO (reference-free sigmoid + NLL) is "dpo,sft:1" with reference_free.
  *
  * Not supported (they need per-token data the engine does not return, or cross-step state): WPO weighting,
- * LD-DPO, f-divergence scores, aot/aot_unpaired, TRL-0.27 bco_pair running mean, AlphaPO. */
+ * LD-DPO, f-divergence scores, TRL-0.27 bco_pair running mean, AlphaPO. */
 #ifndef PREFOPT_OBJECTIVES_H
 #define PREFOPT_OBJECTIVES_H
 
@@ -71,6 +76,8 @@ typedef enum {
     PREFOPT_LOSS_ORPO,
     PREFOPT_LOSS_KTO,
     PREFOPT_LOSS_APO_ZERO_UNPAIRED,
+    PREFOPT_LOSS_AOT,          /* micro-batch level: sorts, see below */
+    PREFOPT_LOSS_AOT_UNPAIRED,
     PREFOPT_LOSS_NKINDS
 } prefopt_loss_kind;
 
@@ -80,7 +87,7 @@ const char *prefopt_loss_name(prefopt_loss_kind k);
 typedef struct {
     const char *loss;              /* "dpo" */
     double beta;                   /* 0.1 (TRL DPO/KTO/CPO/ORPO default) */
-    double label_smoothing;        /* 0: read by robust, exo_pair, simpo, and dpo under cdpo */
+    double label_smoothing;        /* 0: read by robust, exo_pair, aot, aot_unpaired, simpo, dpo under cdpo */
     int cdpo;                      /* 0: 1 applies label smoothing to dpo as TRL-0.27 did (cDPO) */
     double simpo_gamma;            /* 0.5: absolute margin gamma of SimPO */
     double simpo_gamma_beta_ratio; /* 0: when non-zero, gamma = ratio * beta (the SimPO repo's knob) */
@@ -170,7 +177,8 @@ int prefopt_objective_eval(double *loss, double *d_completion, double *d_all, do
 
 /* One pair term on its own (no weight, no normalisation): loss and grad[4] = d/d(pi_c, pi_r, ref_c, ref_r),
  * with len_c, len_r the completion token counts (used by ipo, sigmoid_norm, simpo, orpo). For orpo this is the
- * odds-ratio part only, -beta * log sig(log_odds). Returns NAN for sft and the unpaired kinds. */
+ * odds-ratio part only, -beta * log sig(log_odds). Returns NAN for sft, aot, aot_unpaired and the unpaired
+ * kinds. */
 double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
                          double pi_r, double ref_c, double ref_r, double len_c, double len_r);
 
