@@ -487,7 +487,8 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
     pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
 }
 
-int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err)
+/* embeddings, blocks and the final norm: m->xf holds the normed hidden states of every token */
+static int run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
 {
     if (check_batch(m, b, err))
         return -1;
@@ -499,7 +500,50 @@ int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit
     for (int l = 0; l < m->cfg.num_layers; l++)
         layer_forward(m, l, &m->acts[m->nacts == 1 ? 0 : l], &m->xs[l], &m->xs[l + 1]);
     pf_norm_forward(m, &m->xf, m->nf_mean, m->nf_rstd, &m->xs[m->cfg.num_layers], m->lnf_w, m->lnf_b);
+    return 0;
+}
+
+int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err)
+{
+    if (run_trunk(m, b, err))
+        return -1;
     pf_head_forward(m, out);
+    return 0;
+}
+
+/* The rows' last hidden states go into an nrows x C dmat with mb = 1, which deals row r to process row
+ * r % nprow exactly as the batch's sequences are dealt, so the copy is local; only nrows x V logits are formed
+ * and gathered. */
+int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int32_t *last, float *logits,
+                            prefopt_err *err)
+{
+    for (int r = 0; r < b->nrows; r++)
+        if (last[r] < 0 || last[r] >= b->T || b->seg[(size_t)r * b->T + last[r]] < 0)
+            return prefopt_err_set(err, "logits_at: row %d: position %d is outside the row or padding", r, last[r]),
+                   -1;
+    if (run_trunk(m, b, err))
+        return -1;
+    const int V = m->cfg.vocab_size, C = m->cfg.hidden_size, nr = b->nrows;
+    prefopt_dmat X, Y;
+    prefopt_dmat_init(&X, m->g, nr, C, 1, m->nbh);
+    prefopt_dmat_init(&Y, m->g, nr, V, 1, m->nbv);
+    X.data = prefopt_xcalloc(prefopt_dmat_local_size(&X) + 1, sizeof(float), "last hidden states");
+    Y.data = prefopt_xcalloc(prefopt_dmat_local_size(&Y) + 1, sizeof(float), "last logits");
+    for (int il = 0; il < X.mloc; il++) {
+        int r = prefopt_dmat_row_l2g(&X, il);
+        for (int jl = 0; jl < X.nloc; jl++)
+            *pf_at(&X, il, jl) = *pf_at(&m->xf, il * b->T + last[r], jl);
+    }
+    prefopt_dmat_gemm('N', 'N', 1.0f, &X, m->head->value, 0.0f, &Y);
+    float *full = prefopt_xmalloc(sizeof(float) * (size_t)nr * V + 4, "gathered logits");
+    prefopt_dmat_gather(&Y, full);
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < V; v++)
+            logits[(size_t)r * V + v] = full[(size_t)v * nr + r];
+    free(full);
+    free(X.data);
+    free(Y.data);
+    m->have_batch = 0; /* nothing for backward */
     return 0;
 }
 

@@ -1,7 +1,9 @@
 /* (a) Determinism: 20 steps of forward, backward and plain SGD on the flat buffers on a 2x1 grid, twice from the
  * same seed: the losses must be bit-identical (and go down, or the steps did nothing).
  * (b) Packed pairs: the log-probs of chosen and rejected from one packed row [prompt | chosen | rejected] equal
- * those of two separate rows [prompt | chosen] and [prompt | rejected] (1e-5 relative), on a 1x2 grid. */
+ * those of two separate rows [prompt | chosen] and [prompt | rejected] (1e-5 relative), on a 1x2 grid.
+ * (c) prefopt_model_logits_at: on 1xP and Px1 grids, the gathered last-position logits of each row give the same
+ * log-prob, mean logit and argmax as the vocab-parallel head of prefopt_model_forward. */
 #include "test_model_util.h"
 
 #include <math.h>
@@ -83,6 +85,48 @@ static void packed_vs_separate(prefopt_arch arch, const prefopt_grid *g)
     prefopt_model_free(m);
 }
 
+static void logits_at_check(prefopt_arch arch, const prefopt_grid *g)
+{
+    /* rows [a, b, c] of different lengths: unit r holds exactly log p(last token | prefix) */
+    static const int pr[3][3] = {{3, 17, 5}, {30, 2, 0}, {8, 36, 11}};
+    static const int len[3] = {3, 2, 3};
+    test_batch tb;
+    tb_init(&tb, 3, 5);
+    int32_t last[3];
+    for (int r = 0; r < 3; r++) {
+        tb_seq(&tb, r, pr[r], len[r] - 1, &pr[r][len[r] - 1], 1);
+        last[r] = len[r] - 2;
+    }
+    prefopt_model *m = make(arch, g, 1);
+    tm_stats s;
+    prefopt_unit_stats us = tm_stats_view(&s);
+    prefopt_batch b = tb_view(&tb);
+    prefopt_err err = {0};
+    const int V = 37;
+    float lg[3 * 37];
+    if (prefopt_model_forward(m, &b, &us, &err) || prefopt_model_logits_at(m, &b, last, lg, &err))
+        FAIL("logits_at: %s", err.msg);
+    for (int r = 0; r < 3; r++) {
+        double mx = -1e30, sum = 0, mean = 0;
+        int am = 0;
+        for (int v = 0; v < V; v++)
+            if (lg[r * V + v] > mx)
+                mx = lg[r * V + v], am = v;
+        for (int v = 0; v < V; v++)
+            sum += exp(lg[r * V + v] - mx), mean += lg[r * V + v] / V;
+        double lp = lg[r * V + pr[r][len[r] - 1]] - mx - log(sum);
+        if (fabs(lp - s.c[r]) > 1e-5 * fabs(s.c[r]) || fabs(mean - s.ls[r]) > 1e-5 * (fabs(s.ls[r]) + 1e-3) ||
+            (am == pr[r][len[r] - 1]) != (s.hits[r] == 1))
+            FAIL("logits_at grid %dx%d row %d: logp %.8g vs forward %.8g, mean logit %.8g vs %.8g", g->nprow,
+                 g->npcol, r, lp, s.c[r], mean, s.ls[r]);
+    }
+    int32_t badlast[3] = {0, 4, 0};
+    prefopt_err e2 = {0};
+    if (prefopt_model_logits_at(m, &b, badlast, lg, &e2) == 0)
+        FAIL("logits_at accepted a padding position");
+    prefopt_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -109,6 +153,10 @@ int main(int argc, char **argv)
         prefopt_grid_free(&g);
         prefopt_grid_init(&g, MPI_COMM_WORLD, 1, size, 1, &err);
         packed_vs_separate((prefopt_arch)arch, &g);
+        logits_at_check((prefopt_arch)arch, &g);
+        prefopt_grid_free(&g);
+        prefopt_grid_init(&g, MPI_COMM_WORLD, size, 1, 1, &err);
+        logits_at_check((prefopt_arch)arch, &g);
         prefopt_grid_free(&g);
     }
     int total = 0;

@@ -122,6 +122,15 @@ void prefopt_model_init_random(prefopt_model *m, uint64_t seed);
  * same on every rank of the grid) on bad input, e.g. a token id >= vocab_size. */
 int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err);
 
+/* Forward for generation and evaluation: for each row r, the full-vocabulary logits at row position last[r]
+ * (logits: nrows x vocab_size, row-major, identical on every rank of the TP group). Only those rows' logits are
+ * formed and gathered. There is no KV cache yet: each call recomputes the whole batch, so a generation loop
+ * costs O(T^2) per token; fine for demos and evaluation, not for long samples. Invalidates the activations of
+ * the last forward (call prefopt_model_forward again before backward). Returns non-zero (err filled, the same
+ * on every rank) on a bad batch or a last[r] outside its row or on padding. */
+int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int32_t *last, float *logits,
+                            prefopt_err *err);
+
 /* Backward of sum_u (d_completion[u] * logp_completion[u] + d_all[u] * logp_all[u]) for the batch of the last
  * forward; ACCUMULATES into the gradient buffer (zero it with prefopt_model_zero_grad). Gradients of rep_rows
  * vectors are summed over process rows here. Does not reduce over data-parallel replicas. */
