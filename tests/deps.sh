@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       openmpi-bin libopenmpi-dev libscalapack-openmpi-dev libhdf5-openmpi-dev hdf5-tools
       libblis-dev libcjson-dev libinih-dev libpcre2-dev nettle-dev libutf8proc-dev
-      gnuplot-nox python3-h5py python3-numpy)
+      gnuplot-nox python3-h5py python3-numpy
+      slurm-wlm munge)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
