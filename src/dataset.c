@@ -58,6 +58,7 @@ struct prefopt_dataset {
     int64_t *offsets[PREFOPT_DS_MAX_FIELDS]; /* [N+1] each */
     uint8_t *label;                          /* [N], unpaired */
     double *ref[2];                          /* [N] each, when info.has_ref */
+    int last_io_mode;                        /* H5D_mpio_actual_io_mode_t of the last token read */
 };
 
 static int attr_exists(hid_t obj, const char *name) { return H5Aexists(obj, name) > 0; }
@@ -466,6 +467,8 @@ void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds)
         fprintf(f, "  reference log-probs: none\n");
 }
 
+int prefopt_ds_last_io_mode(const prefopt_dataset *ds) { return ds->last_io_mode; }
+
 MPI_Comm prefopt_ds_comm(const prefopt_dataset *ds) { return ds->comm; }
 const uint8_t *prefopt_ds_labels(const prefopt_dataset *ds) { return ds->label; }
 const double *prefopt_ds_ref(const prefopt_dataset *ds, int r) { return ds->info.has_ref ? ds->ref[r] : NULL; }
@@ -477,8 +480,9 @@ static int cmp_pair(const void *a, const void *b)
 }
 
 int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t *tokens[PREFOPT_DS_MAX_FIELDS],
-                         int64_t *start[PREFOPT_DS_MAX_FIELDS], prefopt_err *err)
+                         int64_t *start[PREFOPT_DS_MAX_FIELDS], prefopt_err *out_err)
 {
+    prefopt_err e = {0}, *err = &e; /* whatever the caller's err holds, this read agrees on its own outcome */
     const int64_t N = ds->info.num_examples;
     /* The file selection of a hyperslab union is in file order whatever order it was built in, so read in
      * ascending example order (offsets are monotonic) and then place each example where the caller wants it. */
@@ -522,6 +526,9 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
             H5Sselect_none(ms);
         if (H5Dread(ds->tokens[f], H5T_NATIVE_INT32, ms, fs, ds->dxpl, sorted) < 0)
             prefopt_err_set(err, "%s: cannot read dataset '%s/tokens'", ds->path, field_names[ds->info.kind][f]);
+        H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
+        H5Pget_mpio_actual_io_mode(ds->dxpl, &mode);
+        ds->last_io_mode = (int)mode;
         H5Sclose(ms), H5Sclose(fs);
         /* sorted holds the examples in ascending order; lay them out in the caller's order */
         int64_t *at = prefopt_xmalloc((size_t)(n ? n : 1) * sizeof(int64_t), "positions");
@@ -546,6 +553,7 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
     h5_loud(q);
     free(ord);
     if (prefopt_agree(ds->comm, err)) {
+        prefopt_err_set(out_err, "%s", e.msg);
         for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
             free(tokens[f]), free(start[f]), tokens[f] = NULL, start[f] = NULL;
         return 1;

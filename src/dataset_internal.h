@@ -9,6 +9,8 @@
 MPI_Comm prefopt_ds_comm(const prefopt_dataset *ds);
 const uint8_t *prefopt_ds_labels(const prefopt_dataset *ds);       /* [N] or NULL */
 const double *prefopt_ds_ref(const prefopt_dataset *ds, int r);    /* [N] or NULL */
+/* H5Pget_mpio_actual_io_mode of the last token read (tests check the reads really are collective). */
+int prefopt_ds_last_io_mode(const prefopt_dataset *ds);
 /* A scalar fixed-length string attribute (h5dump shows it plainly; h5py reads bytes). Non-zero on failure. */
 int prefopt_ds_write_str_attr(hid_t obj, const char *name, const char *val);
 

@@ -4,7 +4,9 @@
 #define _GNU_SOURCE
 #include "prefopt/dataset.h"
 #include "prefopt/pack.h"
+#include "dataset_internal.h"
 
+#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,6 +298,9 @@ static void test_sampling(int bucket)
         int64_t all[64];
         MPI_Allgatherv(ids, n, MPI_INT64_T, all, counts, displs, MPI_INT64_T, MPI_COMM_WORLD);
         CHECK(all_n == st.global_examples, "step %d: %d examples, global %d", s, all_n, st.global_examples);
+        if (n > 0)
+            CHECK(prefopt_ds_last_io_mode(ds) & H5D_MPIO_CHUNK_COLLECTIVE, "step %d: token read was not collective "
+                  "(mode %d)", s, prefopt_ds_last_io_mode(ds));
         if (s < steps)
             for (int k = 0; k < all_n; k++)
                 seen[all[k]]++;
@@ -356,6 +361,50 @@ static void test_bucketing_groups_lengths(void)
     }
     /* 80 examples, lengths 4..10 in equal shares: sorted batches span at most 1 length, random ones about 6 */
     CHECK(spread <= 10, "bucketed batches span %ld length units over 10 batches", spread);
+    prefopt_ds_loader_free(L);
+    prefopt_dataset_close(ds);
+}
+
+/* A token id beyond the vocabulary, written with the HDF5 API: caught by the open scan, and by the batch read when
+ * the scan is skipped; either way every rank fails with the same message. */
+static void test_bad_token(void)
+{
+    char src[512], dst[512];
+    snprintf(src, sizeof src, "%s/pairs.h5", dir);
+    snprintf(dst, sizeof dst, "%s/badtok.h5", dir);
+    if (rank == 0) {
+        FILE *a = fopen(src, "rb"), *b = fopen(dst, "wb");
+        char buf[4096];
+        size_t k;
+        while ((k = fread(buf, 1, sizeof buf, a)) > 0)
+            fwrite(buf, 1, k, b);
+        fclose(a), fclose(b);
+        hid_t f = H5Fopen(dst, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(f, "chosen/tokens", H5P_DEFAULT);
+        hid_t fs = H5Dget_space(d);
+        hsize_t off = 1, cnt = 1;
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL);
+        hid_t ms = H5Screate_simple(1, &cnt, NULL);
+        int32_t v = 999;
+        CHECK(H5Dwrite(d, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, &v) >= 0, "writing the bad token");
+        H5Sclose(ms), H5Sclose(fs), H5Dclose(d), H5Fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    prefopt_dataset *ds = NULL;
+    prefopt_err err = {0};
+    prefopt_ds_expect ex = {PREFOPT_BYTE_VOCAB, "byte", 0};
+    CHECK(prefopt_dataset_open(dst, MPI_COMM_WORLD, &ex, &ds, &err) &&
+              strstr(err.msg, "'chosen/tokens': token id 999 at position 1 (example 0)"),
+          "open scan: %s", err.msg);
+    ex.skip_token_scan = 1;
+    prefopt_err_clear(&err);
+    CHECK(!prefopt_dataset_open(dst, MPI_COMM_WORLD, &ex, &ds, &err), "%s", err.msg);
+    /* replica r of size reads example r only: the bad example 0 is on rank 0, rank 1 must fail with it too */
+    prefopt_ds_loader_opts lo = {.global_batch = size, .micro_batch = 1, .drop_last = 1, .pad_multiple = 1};
+    prefopt_ds_loader *L;
+    CHECK(!prefopt_ds_loader_create(ds, &lo, rank, size, &L, &err), "%s", err.msg);
+    prefopt_ds_step st;
+    CHECK(prefopt_ds_loader_next(L, &st, &err) && strstr(err.msg, "token id 999 at position 1 (example 0)"),
+          "batch read: %s", err.msg);
     prefopt_ds_loader_free(L);
     prefopt_dataset_close(ds);
 }
@@ -425,6 +474,7 @@ int main(int argc, char **argv)
     test_sampling(0);
     test_sampling(3);
     test_bucketing_groups_lengths();
+    test_bad_token();
     test_ref();
     int all = 0;
     MPI_Allreduce(&failures, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
