@@ -56,6 +56,8 @@ void prefopt_objective_params_default(prefopt_objective_params *p)
     p->desirable_weight = 1.0;
     p->undesirable_weight = 1.0;
     p->ref_mixup_alpha = 0.6;
+    p->f_divergence = "reverse_kl";
+    p->f_alpha_divergence_coef = 0.5;
 }
 
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p)
@@ -82,6 +84,10 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
         {"ref-sync-steps", PREFOPT_OPT_LONG, &p->ref_sync_steps, "0",
          "TR-DPO: mix the reference towards the policy every N optimizer steps (0: never)"},
         {"ref-mixup-alpha", PREFOPT_OPT_DOUBLE, &p->ref_mixup_alpha, "0.6", "TR-DPO: ref <- (1-a) ref + a policy"},
+        {"f-divergence", PREFOPT_OPT_STRING, &p->f_divergence, "reverse_kl",
+         "f-DPO score of the log-ratios: reverse_kl, forward_kl, js_divergence or alpha_divergence"},
+        {"f-alpha-divergence-coef", PREFOPT_OPT_DOUBLE, &p->f_alpha_divergence_coef, "0.5",
+         "coefficient a of alpha_divergence (1 = reverse_kl)"},
     };
     int n = (int)(sizeof t / sizeof t[0]);
     if (n > max)
@@ -231,6 +237,34 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         prefopt_err_set(err, "SimPO gamma is not finite");
         return -1;
     }
+    const char *fd = p->f_divergence && *p->f_divergence ? p->f_divergence : "reverse_kl";
+    if (!strcmp(fd, "reverse_kl"))
+        obj->fdiv = PREFOPT_FDIV_REVERSE_KL;
+    else if (!strcmp(fd, "forward_kl"))
+        obj->fdiv = PREFOPT_FDIV_FORWARD_KL;
+    else if (!strcmp(fd, "js_divergence"))
+        obj->fdiv = PREFOPT_FDIV_JS;
+    else if (!strcmp(fd, "alpha_divergence"))
+        obj->fdiv = PREFOPT_FDIV_ALPHA;
+    else {
+        prefopt_err_set(err, "--f-divergence \"%s\" is not one of reverse_kl, forward_kl, js_divergence, "
+                        "alpha_divergence", fd);
+        return -1;
+    }
+    if (obj->fdiv == PREFOPT_FDIV_ALPHA && !isfinite(p->f_alpha_divergence_coef)) {
+        prefopt_err_set(err, "--f-alpha-divergence-coef must be finite");
+        return -1;
+    }
+    if (obj->fdiv != PREFOPT_FDIV_REVERSE_KL)
+        for (int i = 0; i < obj->nterms; i++) {
+            prefopt_loss_kind k = obj->kind[i];
+            if (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO || is_unpaired(k) ||
+                obj->layout == PREFOPT_LAYOUT_SFT) {
+                prefopt_err_set(err, "--f-divergence %s applies to the DPO pair losses, not to %s", fd,
+                                prefopt_loss_name(k));
+                return -1;
+            }
+        }
     obj->uses_reference = !p->reference_free && !only_reffree;
     if (p->ref_sync_steps > 0 && !obj->uses_reference) {
         prefopt_err_set(err, "--ref-sync-steps needs a reference model, but \"%s\"%s uses none", spec,
@@ -279,14 +313,44 @@ static double smoothed_sigmoid_loss(double *dz, double z, double e)
     return -(1 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
 }
 
+/* The f-divergence score s = f(r) of a log-ratio and f'(r) (TRL-1.x _compute_loss). */
+static double fdiv_score(double *deriv, const prefopt_objective *o, double r)
+{
+    switch (o->fdiv) {
+    case PREFOPT_FDIV_FORWARD_KL:
+        *deriv = exp(-r);
+        return -exp(-r);
+    case PREFOPT_FDIV_JS:
+        *deriv = sigmoid(-r);
+        return log_sigmoid(r);
+    case PREFOPT_FDIV_ALPHA: {
+        double a1 = o->p.f_alpha_divergence_coef - 1, t = a1 * r;
+        if (fabs(a1) < 1e-6) /* a = 1 is reverse KL, as in TRL */
+            break;
+        /* TRL clamps (a-1) r at 80 (fp32) before exp; past it the score is flat and has no gradient */
+        *deriv = t <= 80 ? exp(t) : 0;
+        return exp(fmin(t, 80)) / a1;
+    }
+    default:
+        break;
+    }
+    *deriv = 1;
+    return r;
+}
+
 double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
                          double pi_r, double ref_c, double ref_r, double len_c, double len_r)
 {
     const double b = obj->p.beta, e = obj->p.label_smoothing;
-    const double rc = pi_c - ref_c, rr = pi_r - ref_r, delta = rc - rr, z = b * delta;
+    const double raw_c = pi_c - ref_c, raw_r = pi_r - ref_r;
+    /* TRL-1.x passes the log-ratios through the f-divergence score first; apo_zero, apo_down's first term
+     * and aot keep the raw log-ratios. fc, fr: the score's derivatives, applied to d_rc, d_rr at the end. */
+    double fc, fr;
+    const double rc = fdiv_score(&fc, obj, raw_c), rr = fdiv_score(&fr, obj, raw_r);
+    const double delta = rc - rr, z = b * delta;
     const double lc = len_c < 1 ? 1 : len_c, lr = len_r < 1 ? 1 : len_r;
     double l, dz = 0; /* loss terms of z = beta*delta report dz; others set d_rc, d_rr directly */
-    double d_rc = 0, d_rr = 0;
+    double d_rc = 0, d_rr = 0, d_raw_c = 0; /* d_raw_c: the part of d/d r_c that bypasses the score */
     int via_z = 1;
     grad[0] = grad[1] = grad[2] = grad[3] = 0;
     switch (k) {
@@ -309,10 +373,10 @@ double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obje
         break;
     }
     case PREFOPT_LOSS_APO_DOWN: {
-        double sc = sigmoid(b * rc), sz = sigmoid(z);
+        double sc = sigmoid(b * raw_c), sz = sigmoid(z);
         l = sc + (1 - sz);
         dz = -sz * (1 - sz);
-        d_rc = b * sc * (1 - sc);
+        d_raw_c = b * sc * (1 - sc);
         break;
     }
     case PREFOPT_LOSS_DISCOPOP: {
@@ -330,8 +394,8 @@ double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obje
         break;
     }
     if (via_z) {
-        d_rc += b * dz;
-        d_rr -= b * dz;
+        d_rc = b * dz * fc + d_raw_c;
+        d_rr = -b * dz * fr;
         grad[0] = d_rc, grad[1] = d_rr, grad[2] = -d_rc, grad[3] = -d_rr;
         return l;
     }
@@ -360,11 +424,12 @@ double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obje
         d_rr = 2 * c;
         break;
     }
-    case PREFOPT_LOSS_APO_ZERO: {
-        double sc = sigmoid(b * rc), sr = sigmoid(b * rr);
+    case PREFOPT_LOSS_APO_ZERO: { /* raw log-ratios: undo the chain factor applied below */
+        double sc = sigmoid(b * raw_c), sr = sigmoid(b * raw_r);
         l = (1 - sc) + sr;
         d_rc = -b * sc * (1 - sc);
         d_rr = b * sr * (1 - sr);
+        fc = fr = 1;
         break;
     }
     case PREFOPT_LOSS_SIGMOID_NORM: {
@@ -396,6 +461,8 @@ double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obje
     default:
         return NAN;
     }
+    d_rc *= fc;
+    d_rr *= fr;
     grad[0] = d_rc, grad[1] = d_rr, grad[2] = -d_rc, grad[3] = -d_rr;
     return l;
 }

@@ -32,12 +32,29 @@ static double lsig(double x) { return log(sig(x)); }
 typedef struct {
     double beta, eps, gamma, tau;
     int cdpo;
+    int fdiv; /* 0 reverse_kl, 1 forward_kl, 2 js_divergence, 3 alpha_divergence */
+    double alpha;
 } sheet_params;
+
+static double fscore(const sheet_params *s, double r)
+{
+    switch (s->fdiv) {
+    case 1:
+        return -exp(-r);
+    case 2:
+        return lsig(r);
+    case 3:
+        return exp((s->alpha - 1) * r) / (s->alpha - 1);
+    default:
+        return r;
+    }
+}
 
 static double sheet_pair(prefopt_loss_kind k, const sheet_params *s, const double x[4], double lc, double lr)
 {
     double b = s->beta, e = s->eps;
-    double rc = x[0] - x[2], rr = x[1] - x[3], D = rc - rr, z = b * D;
+    double raw_c = x[0] - x[2], raw_r = x[1] - x[3];
+    double rc = fscore(s, raw_c), rr = fscore(s, raw_r), D = rc - rr, z = b * D;
     lc = lc < 1 ? 1 : lc;
     lr = lr < 1 ? 1 : lr;
     switch (k) {
@@ -59,10 +76,10 @@ static double sheet_pair(prefopt_loss_kind k, const sheet_params *s, const doubl
         return -lsig(b * rc) - lsig(-b * rr);
     case PREFOPT_LOSS_SPPO_HARD:
         return pow(rc - 1 / (2 * b), 2) + pow(rr + 1 / (2 * b), 2);
-    case PREFOPT_LOSS_APO_ZERO:
-        return (1 - sig(b * rc)) + sig(b * rr);
+    case PREFOPT_LOSS_APO_ZERO: /* raw log-ratios whatever the f-divergence */
+        return (1 - sig(b * raw_c)) + sig(b * raw_r);
     case PREFOPT_LOSS_APO_DOWN:
-        return sig(b * rc) + (1 - sig(z));
+        return sig(b * raw_c) + (1 - sig(z));
     case PREFOPT_LOSS_DISCOPOP: {
         double m = sig(z / s->tau);
         return (1 - m) * -lsig(z) + m * exp(-z);
@@ -91,11 +108,16 @@ static const prefopt_loss_kind pair_kinds[] = {
 };
 #define NPAIR_KINDS ((int)(sizeof pair_kinds / sizeof pair_kinds[0]))
 
-static int make_obj(prefopt_objective *o, const char *loss, double beta, double eps, int cdpo)
+static const char *fdiv_names[4] = {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"};
+
+static int make_obj_f(prefopt_objective *o, const char *loss, double beta, double eps, int cdpo, int fdiv,
+                      double alpha)
 {
     prefopt_objective_params p;
     prefopt_objective_params_default(&p);
     p.loss = loss;
+    p.f_divergence = fdiv_names[fdiv];
+    p.f_alpha_divergence_coef = alpha;
     p.beta = beta;
     p.label_smoothing = eps;
     p.cdpo = cdpo;
@@ -107,6 +129,11 @@ static int make_obj(prefopt_objective *o, const char *loss, double beta, double 
     return 0;
 }
 
+static int make_obj(prefopt_objective *o, const char *loss, double beta, double eps, int cdpo)
+{
+    return make_obj_f(o, loss, beta, eps, cdpo, 0, 0.5);
+}
+
 /* Every pair loss: value against the sheet, gradient against finite differences of the sheet formula. */
 static void test_pair_losses(void)
 {
@@ -115,12 +142,18 @@ static void test_pair_losses(void)
         {-40, -30, -38, -33, 20, 11},        /* wrong way: D = -5 */
         {-3, -3, -3, -3, 2, 2},              /* all equal: D = 0 */
         {-7.5, -9, -6, -12, 3, 1},           /* both below... D = -4.5 */
-        {-2.0, -6.5, -2.5, -6.0, 0, 4},      /* empty chosen completion: L clamped to 1 */
+        {-2.0, -6.5, -2.5, -5.9, 0, 4},      /* empty chosen completion: L clamped to 1 */
     };
     const double betas[] = {0.1, 0.5, 2.0};
     const double epss[] = {0.1, 0.3};
-    for (int ki = 0; ki < NPAIR_KINDS; ki++) {
+    /* f-divergences: reverse KL, forward KL, JS, alpha 0.5 and alpha 1.7 */
+    const int fds[5] = {0, 1, 2, 3, 3};
+    const double alphas[5] = {0.5, 0.5, 0.5, 0.5, 1.7};
+    for (int ki = 0; ki < NPAIR_KINDS; ki++)
+        for (int fi = 0; fi < 5; fi++) {
         prefopt_loss_kind k = pair_kinds[ki];
+        if (fi > 0 && (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO))
+            continue;
         for (int bi = 0; bi < 3; bi++)
             for (int ei = 0; ei < 2; ei++)
                 for (int pi = 0; pi < (int)(sizeof pts / sizeof pts[0]); pi++) {
@@ -128,17 +161,19 @@ static void test_pair_losses(void)
                                     k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_DPO;
                     double eps = reads_eps ? epss[ei] : 0;
                     prefopt_objective o;
-                    if (make_obj(&o, prefopt_loss_name(k), betas[bi], eps, k == PREFOPT_LOSS_DPO)) {
+                    if (make_obj_f(&o, prefopt_loss_name(k), betas[bi], eps, k == PREFOPT_LOSS_DPO, fds[fi],
+                                   alphas[fi])) {
                         failures++;
                         continue;
                     }
-                    sheet_params sp = {betas[bi], eps, o.gamma, o.p.discopop_tau, k == PREFOPT_LOSS_DPO};
+                    sheet_params sp = {betas[bi], eps, o.gamma, o.p.discopop_tau, k == PREFOPT_LOSS_DPO, fds[fi],
+                                       alphas[fi]};
                     const double *x = pts[pi];
                     double g[4];
                     double l = prefopt_pair_loss(g, k, &o, x[0], x[1], x[2], x[3], x[4], x[5]);
                     double want = sheet_pair(k, &sp, x, x[4], x[5]);
-                    CHECK(close_to(l, want, 1e-12), "%s beta %g eps %g point %d: loss %.15g, sheet %.15g",
-                          prefopt_loss_name(k), betas[bi], eps, pi, l, want);
+                    CHECK(close_to(l, want, 1e-12), "%s (%s %g) beta %g eps %g point %d: loss %.15g, sheet %.15g",
+                          prefopt_loss_name(k), fdiv_names[fds[fi]], alphas[fi], betas[bi], eps, pi, l, want);
                     for (int j = 0; j < 4; j++) {
                         double xp[4], xm[4], h = 1e-6 * fmax(1, fabs(x[j]));
                         memcpy(xp, x, sizeof xp);
@@ -147,11 +182,11 @@ static void test_pair_losses(void)
                         xm[j] -= h;
                         double fd = (sheet_pair(k, &sp, xp, x[4], x[5]) - sheet_pair(k, &sp, xm, x[4], x[5])) / (2 * h);
                         CHECK(fabs(g[j] - fd) <= 1e-6 * (1 + fabs(fd)),
-                              "%s beta %g eps %g point %d: d/dx%d = %.12g, finite difference %.12g",
-                              prefopt_loss_name(k), betas[bi], eps, pi, j, g[j], fd);
+                              "%s (%s %g) beta %g eps %g point %d: d/dx%d = %.12g, finite difference %.12g",
+                              prefopt_loss_name(k), fdiv_names[fds[fi]], alphas[fi], betas[bi], eps, pi, j, g[j], fd);
                     }
                 }
-    }
+        }
 }
 
 /* Edge cases of the issue: beta -> small, equal log-probs, label smoothing 0 and 0.5. */
@@ -221,6 +256,15 @@ static void test_edge_cases(void)
     CHECK(isfinite(la) && isfinite(ga[0]), "discopop at z = -899: %g grad %g", la, ga[0]);
     la = prefopt_pair_loss(ga, PREFOPT_LOSS_DISCOPOP, &a, -10, -9000, 0, 0, 5, 5);
     CHECK(isfinite(la) && la >= 0 && la < 1e-300 + 1e-200 && isfinite(ga[0]), "discopop at z = 899: %g", la);
+    /* alpha_divergence with a = 1 is reverse KL; past TRL's clamp (a-1) r > 80 the score is flat */
+    make_obj_f(&a, "dpo", 0.3, 0, 0, 3, 1.0);
+    la = prefopt_pair_loss(ga, PREFOPT_LOSS_DPO, &a, -9, -14, -10, -11, 5, 5);
+    CHECK(la == lb && ga[0] == gb[0], "alpha_divergence a=1: %g, reverse KL %g", la, lb);
+    make_obj_f(&a, "dpo", 1e-35, 0, 0, 3, 3.0); /* a tiny beta keeps beta * e^80 / 2 in sigmoid's range */
+    la = prefopt_pair_loss(ga, PREFOPT_LOSS_DPO, &a, 50, -14, 0, -11, 5, 5); /* (a-1) r_c = 100 */
+    double sr = exp(2.0 * -3) / 2, zc = 1e-35 * (exp(80.0) / 2 - sr);
+    CHECK(close_to(la, -log(sig(zc)), 1e-12) && ga[0] == 0 && ga[1] != 0,
+          "alpha_divergence clamp: loss %g (want %g), d/dpi_c %g (want 0)", la, -log(sig(zc)), ga[0]);
     /* orpo at probability 1 (mean log-prob 0): finite loss and gradient */
     make_obj(&a, "orpo", 0.1, 0, 0);
     la = prefopt_pair_loss(ga, PREFOPT_LOSS_ORPO, &a, 0, -5, 0, 0, 5, 5);
@@ -277,7 +321,17 @@ static void test_parse(void)
     expect_error("dpo,dpo:2", 0, 0, "appears twice");
     expect_error("", 0, 0, "empty");
     prefopt_objective_params_default(&p);
+    p.loss = "simpo";
+    p.f_divergence = "js_divergence";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "not to simpo"), "f-divergence on simpo");
+    p.loss = "dpo";
+    p.f_divergence = "tv";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "\"tv\""), "unknown f-divergence");
+    prefopt_objective_params_default(&p);
     p.beta = 0;
+    err.set = 0;
     CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "--beta"), "beta 0 accepted");
     prefopt_objective_params_default(&p);
     p.loss = "simpo";

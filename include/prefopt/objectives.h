@@ -46,7 +46,7 @@
  * CPO (reference-free sigmoid + NLL) is "dpo,sft:1" with reference_free.
  *
  * Not supported (they need per-token data the engine does not return, or cross-step state): WPO weighting,
- * LD-DPO, f-divergence scores, TRL-0.27 bco_pair running mean, AlphaPO. */
+ * LD-DPO, TRL-0.27 bco_pair running mean and f-divergence parameterisation, AlphaPO. */
 #ifndef PREFOPT_OBJECTIVES_H
 #define PREFOPT_OBJECTIVES_H
 
@@ -98,11 +98,20 @@ typedef struct {
     int sft_all_tokens;            /* 0: plain-text SFT, the loss covers every predicted token (logp_all) */
     long ref_sync_steps;           /* 0 = off; TR-DPO: every N optimizer steps ref <- (1-a) ref + a policy */
     double ref_mixup_alpha;        /* 0.6 (TRL ref_model_mixup_alpha) */
+    const char *f_divergence;      /* "reverse_kl": or forward_kl, js_divergence, alpha_divergence (TRL-1.x) */
+    double f_alpha_divergence_coef; /* 0.5 (TRL-1.x default) */
 } prefopt_objective_params;
+
+/* f-DPO (TRL-1.x): pair losses see the score s = f(r) of each log-ratio instead of r. reverse_kl: s = r;
+ * forward_kl: s = -exp(-r); js_divergence: s = log sig(r); alpha_divergence (a): s = exp(min((a-1) r, 80))/(a-1),
+ * a = 1 meaning reverse_kl. As in TRL, apo_zero, the first term of apo_down and aot/aot_unpaired keep the raw
+ * log-ratios; the rewards metrics are always beta * r. */
+typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDIV_JS, PREFOPT_FDIV_ALPHA } prefopt_fdiv;
 
 /* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
- * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha") pointing into
+ * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "f-divergence",
+ * "f-alpha-divergence-coef") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
@@ -126,6 +135,7 @@ typedef struct {
     int uses_kl;        /* kto: the caller passes the KL estimate (prefopt_kto_kl) in each batch */
     int length_avg_metrics; /* CPO/ORPO-style metrics: rewards = beta * mean logp, logps averaged */
     double gamma;       /* effective SimPO gamma */
+    prefopt_fdiv fdiv;
 } prefopt_objective;
 
 /* Parses p->loss and validates every parameter the terms read. Errors name the offending item. */
