@@ -1,0 +1,1056 @@
+/* The HDF5 layer of model files and checkpoints: block-cyclic pieces <-> whole logical tensors through hyperslab
+ * selections, per-layer stacking of same-shaped tensors, checksums, config and tokenizer attributes.
+ * The model-level API and checkpoint directories are in ckpt_model.c. */
+#define _GNU_SOURCE
+#include "ckpt_io.h"
+
+#include <ctype.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CK_FORMAT_VERSION 1
+
+/* ---- checksums ------------------------------------------------------------------------------------------- */
+
+static inline uint64_t mix(uint64_t g, uint32_t b)
+{
+    /* each step is a bijection of x, and b -> b*K1 + c is injective on 32-bit b: a changed element always
+     * changes its term */
+    uint64_t x = (uint64_t)b * 0xff51afd7ed558ccdULL + g * 0x9e3779b97f4a7c15ULL + 0x632be59bd9b4e019ULL;
+    x ^= x >> 29;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 32;
+    return x;
+}
+
+static int numroc(int n, int nb, int p, int np)
+{
+    int nblocks = n / nb, c = (nblocks / np) * nb, extra = nblocks % np;
+    if (p < extra)
+        c += nb;
+    else if (p == extra)
+        c += n % nb;
+    return c;
+}
+
+static inline int l2g(int l, int nb, int p, int np) { return (l / nb) * np * nb + p * nb + l % nb; }
+
+static int piece_mloc(const ck_piece *p) { return numroc(p->m, p->mb, p->myrow, p->nprow); }
+static int piece_nloc(const ck_piece *p) { return numroc(p->n, p->nb, p->mycol, p->npcol); }
+
+uint64_t ck_checksum_piece(const ck_piece *p)
+{
+    int mloc = piece_mloc(p), nloc = piece_nloc(p);
+    uint64_t s = 0;
+    for (int jl = 0; jl < nloc; jl++) {
+        uint64_t j = (uint64_t)l2g(jl, p->nb, p->mycol, p->npcol);
+        const uint32_t *col = (const uint32_t *)(p->data + (size_t)jl * p->lld);
+        if (p->nprow == 1) {
+            uint64_t g0 = j * (uint64_t)p->m;
+            for (int il = 0; il < mloc; il++)
+                s += mix(g0 + (uint64_t)il, col[il]);
+        } else {
+            for (int il = 0; il < mloc; il++)
+                s += mix(j * (uint64_t)p->m + (uint64_t)l2g(il, p->mb, p->myrow, p->nprow), col[il]);
+        }
+    }
+    return s;
+}
+
+/* ---- pieces and selections ------------------------------------------------------------------------------- */
+
+void ck_piece_full(ck_piece *p, int ndim, const int64_t shape[2], float *data, int active)
+{
+    memset(p, 0, sizeof *p);
+    p->n = (int)shape[0];
+    p->m = ndim == 2 ? (int)shape[1] : 1;
+    p->mb = p->m > 0 ? p->m : 1;
+    p->nb = p->n > 0 ? p->n : 1;
+    p->nprow = p->npcol = 1;
+    p->lld = p->m > 1 ? p->m : 1;
+    p->data = data;
+    p->active = active;
+    p->sums = active;
+}
+
+void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_dmat *d)
+{
+    (void)ndim;
+    (void)shape;
+    memset(p, 0, sizeof *p);
+    p->m = d->m;
+    p->n = d->n;
+    p->mb = d->mb;
+    p->nb = d->nb;
+    p->npcol = d->grid->npcol;
+    p->mycol = d->grid->mycol;
+    if (d->rep_rows) {
+        p->nprow = 1;
+        p->myrow = 0;
+    } else {
+        p->nprow = d->grid->nprow;
+        p->myrow = d->grid->myrow;
+    }
+    p->lld = d->lld;
+    p->data = d->data;
+    p->active = 1;
+    p->sums = !d->rep_rows || d->grid->myrow == 0;
+}
+
+typedef struct {
+    hsize_t start, stride, count, block;
+} dimsel;
+
+/* The blocks of process p of np along one dimension: the full blocks as one strided run, the partial last block
+ * (if p owns it) as a second. */
+static int dim_sel(int total, int bs, int np, int p, dimsel out[2])
+{
+    int k = 0, nfull = total / bs, rem = total % bs;
+    if (nfull > p) {
+        out[k].start = (hsize_t)p * bs;
+        out[k].count = (hsize_t)((nfull - p - 1) / np + 1);
+        out[k].block = (hsize_t)bs;
+        out[k].stride = out[k].count > 1 ? (hsize_t)np * bs : (hsize_t)bs;
+        k++;
+    }
+    if (rem && nfull % np == p) {
+        out[k].start = (hsize_t)nfull * bs;
+        out[k].count = 1;
+        out[k].block = out[k].stride = (hsize_t)rem;
+        k++;
+    }
+    return k;
+}
+
+/* ORs the piece's elements, at layer (or no layer dimension when layer < 0), into a file selection. */
+static void select_piece(hid_t space, int layer, int ndim, const ck_piece *p)
+{
+    dimsel rs[2], cs[2];
+    int nr = 1, nc = dim_sel(p->n, p->nb, p->npcol, p->mycol, cs);
+    if (ndim == 2)
+        nr = dim_sel(p->m, p->mb, p->nprow, p->myrow, rs);
+    else
+        rs[0] = (dimsel){0, 1, 1, 1};
+    for (int a = 0; a < nc; a++)
+        for (int b = 0; b < nr; b++) {
+            hsize_t st[3], sd[3], ct[3], bk[3];
+            int r = 0;
+            if (layer >= 0) {
+                st[r] = (hsize_t)layer, sd[r] = 1, ct[r] = 1, bk[r] = 1;
+                r++;
+            }
+            st[r] = cs[a].start, sd[r] = cs[a].stride, ct[r] = cs[a].count, bk[r] = cs[a].block;
+            r++;
+            if (ndim == 2) {
+                st[r] = rs[b].start, sd[r] = rs[b].stride, ct[r] = rs[b].count, bk[r] = rs[b].block;
+                r++;
+            }
+            H5Sselect_hyperslab(space, H5S_SELECT_OR, st, sd, ct, bk);
+        }
+}
+
+int ck_stacked_name(const char *name, char *ds, size_t len)
+{
+    /* the first dot-separated component made only of digits is the layer index */
+    const char *s = name;
+    while (*s) {
+        const char *e = strchr(s, '.');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        int digits = n > 0 && s != name && e;
+        for (size_t i = 0; i < n && digits; i++)
+            digits = isdigit((unsigned char)s[i]);
+        if (digits) {
+            snprintf(ds, len, "%.*s%s", (int)(s - name - 1), name, e);
+            return atoi(s);
+        }
+        if (!e)
+            break;
+        s = e + 1;
+    }
+    snprintf(ds, len, "%s", name);
+    return -1;
+}
+
+/* ---- files ----------------------------------------------------------------------------------------------- */
+
+static void quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+static hid_t make_fapl(MPI_Comm comm)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (comm != MPI_COMM_NULL) {
+        H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+        /* metadata: rank 0 reads and broadcasts, the cache is flushed as one collective write (hpc-stack 2.4) */
+        H5Pset_all_coll_metadata_ops(fapl, 1);
+        H5Pset_coll_metadata_write(fapl, 1);
+    }
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
+    /* large datasets start on 1 MiB boundaries (stripe/block friendly); the threshold keeps small tensors packed */
+    H5Pset_alignment(fapl, 4u << 20, 1u << 20);
+    return fapl;
+}
+
+int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
+{
+    quiet();
+    hid_t fapl = make_fapl(comm);
+    *file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (*file < 0) {
+        prefopt_err_set(err, "%s: cannot create the HDF5 file", path);
+        return 1;
+    }
+    return 0;
+}
+
+int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
+{
+    quiet();
+    hid_t fapl = make_fapl(comm);
+    *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    if (*file < 0) {
+        prefopt_err_set(err, "%s: cannot open as HDF5 (missing, truncated or not a prefopt file)", path);
+        return 1;
+    }
+    return 0;
+}
+
+int ck_close(hid_t file, const char *path, prefopt_err *err)
+{
+    if (H5Fclose(file) < 0) {
+        prefopt_err_set(err, "%s: closing failed (disk full?)", path);
+        return 1;
+    }
+    return 0;
+}
+
+static int is_mpio(hid_t file)
+{
+    hid_t fapl = H5Fget_access_plist(file);
+    int r = H5Pget_driver(fapl) == H5FD_MPIO;
+    H5Pclose(fapl);
+    return r;
+}
+
+static hid_t make_dxpl(hid_t file)
+{
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    if (is_mpio(file))
+        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    return dxpl;
+}
+
+/* ---- attributes ------------------------------------------------------------------------------------------ */
+
+int ck_attr_int64(hid_t obj, const char *name, int64_t *v, int n, int write)
+{
+    hsize_t d = (hsize_t)n;
+    if (write) {
+        hid_t sp = n == 1 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &d, NULL);
+        hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+        herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, v);
+        if (a >= 0)
+            H5Aclose(a);
+        H5Sclose(sp);
+        return r < 0;
+    }
+    if (H5Aexists(obj, name) <= 0)
+        return 1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t sp = H5Aget_space(a);
+    hssize_t np = H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp);
+    herr_t r = np == n ? H5Aread(a, H5T_NATIVE_INT64, v) : -1;
+    H5Aclose(a);
+    return r < 0;
+}
+
+static int attr_double(hid_t obj, const char *name, double *v, int write)
+{
+    if (write) {
+        hid_t sp = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(obj, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+        herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_DOUBLE, v);
+        if (a >= 0)
+            H5Aclose(a);
+        H5Sclose(sp);
+        return r < 0;
+    }
+    if (H5Aexists(obj, name) <= 0)
+        return 1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    herr_t r = H5Aread(a, H5T_NATIVE_DOUBLE, v);
+    H5Aclose(a);
+    return r < 0;
+}
+
+int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write)
+{
+    if (write) {
+        hid_t t = H5Tcopy(H5T_C_S1);
+        H5Tset_size(t, strlen(buf) + 1);
+        hid_t sp = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+        herr_t r = a < 0 ? -1 : H5Awrite(a, t, buf);
+        if (a >= 0)
+            H5Aclose(a);
+        H5Sclose(sp);
+        H5Tclose(t);
+        return r < 0;
+    }
+    if (H5Aexists(obj, name) <= 0)
+        return 1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t ft = H5Aget_type(a);
+    size_t sz = H5Tget_size(ft);
+    int rc = 1;
+    if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
+        char *tmp = prefopt_xcalloc(sz + 1, 1, "attribute");
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, sz);
+        rc = H5Aread(a, mt, tmp) < 0;
+        H5Tclose(mt);
+        snprintf(buf, len, "%s", tmp);
+        free(tmp);
+    }
+    H5Tclose(ft);
+    H5Aclose(a);
+    return rc;
+}
+
+/* a uint8 dataset written by rank 0 (collective call, the others select nothing) */
+static int write_bytes(hid_t loc, const char *name, const void *data, size_t len, MPI_Comm comm)
+{
+    int rank = 0;
+    if (comm != MPI_COMM_NULL)
+        MPI_Comm_rank(comm, &rank);
+    hsize_t d = len;
+    hid_t sp = H5Screate_simple(1, &d, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    hid_t ds = H5Dcreate2(loc, name, H5T_STD_U8LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    if (ds < 0) {
+        H5Sclose(sp);
+        return 1;
+    }
+    hid_t ms = H5Screate_simple(1, &d, NULL);
+    if (rank != 0) {
+        H5Sselect_none(sp);
+        H5Sselect_none(ms);
+    }
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    if (comm != MPI_COMM_NULL)
+        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    herr_t r = H5Dwrite(ds, H5T_NATIVE_UCHAR, ms, sp, dxpl, data);
+    H5Pclose(dxpl);
+    H5Sclose(ms);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    return r < 0;
+}
+
+static int read_bytes(hid_t loc, const char *name, char **data, size_t *len)
+{
+    if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) {
+        *data = NULL;
+        *len = 0;
+        return 0;
+    }
+    hid_t ds = H5Dopen2(loc, name, H5P_DEFAULT);
+    hid_t sp = H5Dget_space(ds);
+    hssize_t n = H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp);
+    *data = prefopt_xmalloc((size_t)n + 1, name);
+    hid_t dxpl = make_dxpl(loc);
+    herr_t r = H5Dread(ds, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, dxpl, *data);
+    H5Pclose(dxpl);
+    H5Dclose(ds);
+    (*data)[n] = '\0';
+    *len = (size_t)n;
+    return r < 0;
+}
+
+/* ---- config ---------------------------------------------------------------------------------------------- */
+
+#define CFG_INTS(X)                                                                                          \
+    X(vocab_size) X(hidden_size) X(num_layers) X(num_heads) X(num_kv_heads) X(head_dim) X(intermediate_size)   \
+    X(max_position) X(qkv_bias) X(tie_word_embeddings) X(bos_id) X(eos_id) X(pad_id)
+
+int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cfg, const prefopt_tokenizer_record *tok,
+                    MPI_Comm comm, prefopt_err *err)
+{
+    int bad = 0;
+    char s[96];
+    snprintf(s, sizeof s, "%s", kind);
+    bad |= ck_attr_str(file, "kind", s, 0, 1);
+    int64_t v = CK_FORMAT_VERSION;
+    bad |= ck_attr_int64(file, "format_version", &v, 1, 1);
+    snprintf(s, sizeof s, "%s", cfg->arch == PREFOPT_ARCH_GPT2 ? "gpt2" : "llama");
+    bad |= ck_attr_str(file, "arch", s, 0, 1);
+    snprintf(s, sizeof s, "%s", cfg->hf_model_type);
+    bad |= ck_attr_str(file, "hf_model_type", s, 0, 1);
+#define W(f) v = cfg->f, bad |= ck_attr_int64(file, #f, &v, 1, 1);
+    CFG_INTS(W)
+#undef W
+    double d = cfg->norm_eps;
+    bad |= attr_double(file, "norm_eps", &d, 1);
+    d = cfg->rope_theta;
+    bad |= attr_double(file, "rope_theta", &d, 1);
+    snprintf(s, sizeof s, "%s", tok && tok->json ? tok->identity : "byte");
+    bad |= ck_attr_str(file, "tokenizer_identity", s, 0, 1);
+    if (tok && tok->json)
+        bad |= write_bytes(file, "tokenizer.json", tok->json, tok->len, comm);
+    if (bad)
+        prefopt_err_set(err, "cannot write the model config attributes");
+    return bad;
+}
+
+int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, prefopt_err *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    char s[96];
+    int64_t v = 0;
+    if (ck_attr_str(file, "kind", s, sizeof s, 0)) {
+        prefopt_err_set(err, "%s: attribute 'kind' missing: not a prefopt model file or checkpoint", path);
+        return 1;
+    }
+    if (ck_attr_int64(file, "format_version", &v, 1, 0) || v != CK_FORMAT_VERSION) {
+        prefopt_err_set(err, "%s: attribute 'format_version' is %lld, this prefopt reads %d", path, (long long)v,
+                        CK_FORMAT_VERSION);
+        return 1;
+    }
+    if (ck_attr_str(file, "arch", s, sizeof s, 0) || (strcmp(s, "gpt2") && strcmp(s, "llama"))) {
+        prefopt_err_set(err, "%s: attribute 'arch' missing or unknown ('%s'): gpt2 and llama are supported", path, s);
+        return 1;
+    }
+    cfg->arch = !strcmp(s, "gpt2") ? PREFOPT_ARCH_GPT2 : PREFOPT_ARCH_LLAMA;
+    if (ck_attr_str(file, "hf_model_type", cfg->hf_model_type, sizeof cfg->hf_model_type, 0)) {
+        prefopt_err_set(err, "%s: attribute 'hf_model_type' missing", path);
+        return 1;
+    }
+#define R(f)                                                                                                   \
+    if (ck_attr_int64(file, #f, &v, 1, 0)) {                                                                   \
+        prefopt_err_set(err, "%s: attribute '%s' missing", path, #f);                                          \
+        return 1;                                                                                              \
+    }                                                                                                          \
+    cfg->f = (int)v;
+    CFG_INTS(R)
+#undef R
+    double d;
+    if (attr_double(file, "norm_eps", &d, 0)) {
+        prefopt_err_set(err, "%s: attribute 'norm_eps' missing", path);
+        return 1;
+    }
+    cfg->norm_eps = (float)d;
+    if (attr_double(file, "rope_theta", &d, 0)) {
+        prefopt_err_set(err, "%s: attribute 'rope_theta' missing", path);
+        return 1;
+    }
+    cfg->rope_theta = (float)d;
+    return 0;
+}
+
+int ck_read_tokenizer(hid_t file, const char *path, prefopt_tokenizer_record *tok, prefopt_err *err)
+{
+    memset(tok, 0, sizeof *tok);
+    if (ck_attr_str(file, "tokenizer_identity", tok->identity, sizeof tok->identity, 0)) {
+        prefopt_err_set(err, "%s: attribute 'tokenizer_identity' missing", path);
+        return 1;
+    }
+    if (read_bytes(file, "tokenizer.json", &tok->json, &tok->len)) {
+        prefopt_err_set(err, "%s: dataset 'tokenizer.json' unreadable", path);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- tensors --------------------------------------------------------------------------------------------- */
+
+static long kill_after = -2, written_datasets;
+
+void ck_kill_hook_tick(void)
+{
+    if (kill_after == -2) {
+        const char *e = getenv("PREFOPT_TEST_CKPT_KILL_AFTER_TENSORS");
+        kill_after = e && *e ? atol(e) : -1;
+    }
+    if (kill_after >= 0 && ++written_datasets > kill_after) {
+        fprintf(stderr, "prefopt: test hook: SIGKILL after %ld datasets\n", kill_after);
+        fflush(stderr);
+        raise(SIGKILL);
+    }
+}
+
+typedef struct {
+    char ds[128];
+    int nl;        /* layers (1 when not stacked) */
+    int stacked;
+    int ndim;
+    int64_t shape[2];
+    int *items;    /* [nl] item index per layer, -1 if absent */
+} ck_dset;
+
+static int plan(const char *path, ck_item *items, int n, ck_dset **out, int *nds, prefopt_err *err)
+{
+    ck_dset *d = prefopt_xcalloc((size_t)n + 1, sizeof *d, "dataset plan");
+    int k = 0, *layer = prefopt_xmalloc(sizeof(int) * ((size_t)n + 1), "layers");
+    char ds[128];
+    for (int i = 0; i < n; i++) {
+        layer[i] = ck_stacked_name(items[i].name, ds, sizeof ds);
+        int j = 0;
+        while (j < k && strcmp(d[j].ds, ds))
+            j++;
+        if (j == k) {
+            snprintf(d[k].ds, sizeof d[k].ds, "%s", ds);
+            d[k].stacked = layer[i] >= 0;
+            d[k].ndim = items[i].ndim;
+            d[k].shape[0] = items[i].shape[0];
+            d[k].shape[1] = items[i].shape[1];
+            k++;
+        } else if (d[j].ndim != items[i].ndim || d[j].shape[0] != items[i].shape[0] ||
+                   (items[i].ndim == 2 && d[j].shape[1] != items[i].shape[1]) || !d[j].stacked) {
+            prefopt_err_set(err, "%s: tensor '%s' differs in shape from the other layers of '%s'", path,
+                            items[i].name, ds);
+            goto fail;
+        }
+        if (layer[i] + 1 > d[j].nl)
+            d[j].nl = layer[i] + 1;
+    }
+    for (int j = 0; j < k; j++) {
+        if (!d[j].stacked)
+            d[j].nl = 1;
+        d[j].items = prefopt_xmalloc(sizeof(int) * (size_t)d[j].nl, "layer map");
+        for (int l = 0; l < d[j].nl; l++)
+            d[j].items[l] = -1;
+    }
+    for (int i = 0; i < n; i++) {
+        ck_stacked_name(items[i].name, ds, sizeof ds);
+        int j = 0;
+        while (strcmp(d[j].ds, ds))
+            j++;
+        int l = layer[i] < 0 ? 0 : layer[i];
+        if (d[j].items[l] >= 0) {
+            prefopt_err_set(err, "%s: tensor '%s' listed twice", path, items[i].name);
+            goto fail;
+        }
+        d[j].items[l] = i;
+    }
+    for (int j = 0; j < k; j++)
+        for (int l = 0; l < d[j].nl; l++)
+            if (d[j].items[l] < 0) {
+                prefopt_err_set(err, "%s: layer %d of '%s' has no tensor", path, l, d[j].ds);
+                goto fail;
+            }
+    free(layer);
+    *out = d;
+    *nds = k;
+    return 0;
+fail:
+    for (int j = 0; j < k; j++)
+        free(d[j].items);
+    free(d);
+    free(layer);
+    return 1;
+}
+
+static void free_plan(ck_dset *d, int k)
+{
+    for (int j = 0; j < k; j++)
+        free(d[j].items);
+    free(d);
+}
+
+static int dset_dims(const ck_dset *d, hsize_t dims[3])
+{
+    int r = 0;
+    if (d->stacked)
+        dims[r++] = (hsize_t)d->nl;
+    dims[r++] = (hsize_t)d->shape[0];
+    if (d->ndim == 2)
+        dims[r++] = (hsize_t)d->shape[1];
+    return r;
+}
+
+static hid_t open_group(hid_t file, const char *group, int create)
+{
+    if (H5Lexists(file, group, H5P_DEFAULT) > 0)
+        return H5Gopen2(file, group, H5P_DEFAULT);
+    if (!create)
+        return -1;
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t g = H5Gcreate2(file, group, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    H5Pclose(lcpl);
+    return g;
+}
+
+static hid_t create_dset(hid_t grp, const ck_dset *d)
+{
+    hsize_t dims[3];
+    int r = dset_dims(d, dims);
+    hid_t sp = H5Screate_simple(r, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    /* every element is written: skip the fill pass, which would double the bytes written */
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+    hid_t ds = H5Dcreate2(grp, d->ds, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    return ds;
+}
+
+static int write_checksum_attr(hid_t ds, const uint64_t *sums, int nl)
+{
+    hsize_t d = (hsize_t)nl;
+    hid_t sp = H5Screate_simple(1, &d, NULL);
+    if (H5Aexists(ds, "checksum") > 0)
+        H5Adelete(ds, "checksum");
+    hid_t a = H5Acreate2(ds, "checksum", H5T_STD_U64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_UINT64, sums);
+    if (a >= 0)
+        H5Aclose(a);
+    H5Sclose(sp);
+    return r < 0;
+}
+
+static size_t piece_count(const ck_piece *p) { return (size_t)piece_mloc(p) * (size_t)piece_nloc(p); }
+
+static void pack(const ck_piece *p, float *dst)
+{
+    int mloc = piece_mloc(p), nloc = piece_nloc(p);
+    if (mloc == p->lld) {
+        memcpy(dst, p->data, sizeof(float) * (size_t)mloc * (size_t)nloc);
+        return;
+    }
+    for (int jl = 0; jl < nloc; jl++)
+        memcpy(dst + (size_t)jl * mloc, p->data + (size_t)jl * p->lld, sizeof(float) * (size_t)mloc);
+}
+
+static void unpack(ck_piece *p, const float *src)
+{
+    int mloc = piece_mloc(p), nloc = piece_nloc(p);
+    if (mloc == p->lld) {
+        memcpy(p->data, src, sizeof(float) * (size_t)mloc * (size_t)nloc);
+        return;
+    }
+    for (int jl = 0; jl < nloc; jl++)
+        memcpy(p->data + (size_t)jl * p->lld, src + (size_t)jl * mloc, sizeof(float) * (size_t)mloc);
+}
+
+int ck_write_items(hid_t file, const char *path, const char *group, ck_item *items, int n, int dp_rank, int dp_size,
+                   MPI_Comm sum_comm, prefopt_err *err)
+{
+    ck_dset *d;
+    int nd;
+    if (plan(path, items, n, &d, &nd, err))
+        return 1;
+    int rc = 0;
+    hid_t grp = open_group(file, group, 1);
+    hid_t dxpl = make_dxpl(file);
+    uint64_t *sums = prefopt_xcalloc((size_t)n, sizeof *sums, "checksums");
+    size_t stage_cap = 0;
+    float *stage = NULL;
+    hid_t *dsid = prefopt_xmalloc(sizeof(hid_t) * (size_t)nd, "datasets");
+    for (int j = 0; j < nd; j++) {
+        hid_t ds = dsid[j] = create_dset(grp, &d[j]);
+        if (ds < 0) {
+            prefopt_err_set(err, "%s: cannot create dataset '%s/%s'", path, group, d[j].ds);
+            rc = 1;
+            continue;
+        }
+        hsize_t dims[3];
+        int r = dset_dims(&d[j], dims);
+        hid_t fs = H5Screate_simple(r, dims, NULL);
+        H5Sselect_none(fs);
+        size_t total = 0;
+        for (int l = 0; l < d[j].nl; l++) {
+            const ck_item *it = &items[d[j].items[l]];
+            if (it->p.active && (l + j) % dp_size == dp_rank)
+                total += piece_count(&it->p);
+        }
+        if (total > stage_cap) {
+            free(stage);
+            stage_cap = total;
+            stage = prefopt_xmalloc(sizeof(float) * stage_cap, "checkpoint staging buffer");
+        }
+        size_t off = 0;
+        for (int l = 0; l < d[j].nl; l++) {
+            int i = d[j].items[l];
+            const ck_item *it = &items[i];
+            if (!it->p.active || (l + j) % dp_size != dp_rank || piece_count(&it->p) == 0)
+                continue;
+            /* the file selection iterates (layer, out, in) in row-major order, which is the order of the local
+             * column-major pieces because the local-to-global maps are increasing */
+            select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
+            pack(&it->p, stage + off);
+            off += piece_count(&it->p);
+            sums[i] = ck_checksum_piece(&it->p);
+        }
+        hsize_t mdim = total ? total : 1;
+        hid_t ms = H5Screate_simple(1, &mdim, NULL);
+        if (!total)
+            H5Sselect_none(ms);
+        if (H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
+            prefopt_err_set(err, "%s: writing dataset '%s/%s' failed", path, group, d[j].ds);
+            rc = 1;
+        }
+        H5Sclose(ms);
+        H5Sclose(fs);
+        ck_kill_hook_tick();
+    }
+    free(stage);
+    MPI_Allreduce(MPI_IN_PLACE, sums, n, MPI_UINT64_T, MPI_SUM, sum_comm);
+    for (int j = 0; j < nd; j++) {
+        if (dsid[j] < 0)
+            continue;
+        uint64_t *s = prefopt_xmalloc(sizeof *s * (size_t)d[j].nl, "checksums");
+        for (int l = 0; l < d[j].nl; l++)
+            s[l] = sums[d[j].items[l]];
+        if (write_checksum_attr(dsid[j], s, d[j].nl)) {
+            prefopt_err_set(err, "%s: writing the checksum of '%s/%s' failed", path, group, d[j].ds);
+            rc = 1;
+        }
+        free(s);
+        H5Dclose(dsid[j]);
+    }
+    free(dsid);
+    free(sums);
+    H5Pclose(dxpl);
+    if (grp >= 0)
+        H5Gclose(grp);
+    free_plan(d, nd);
+    return rc;
+}
+
+static void shape_str(char *buf, size_t len, const hsize_t *dims, int r)
+{
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, len - o, "[");
+    for (int i = 0; i < r && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
+    if (o < len)
+        snprintf(buf + o, len - o, "]");
+}
+
+int ck_read_items(hid_t file, const char *path, const char *group, ck_item *items, int n, MPI_Comm sum_comm,
+                  prefopt_err *err)
+{
+    ck_dset *d;
+    int nd;
+    if (plan(path, items, n, &d, &nd, err))
+        return 1;
+    int rc = 0, ioerr = 0;
+    hid_t grp = open_group(file, group, 0);
+    if (grp < 0) {
+        prefopt_err_set(err, "%s: group '%s' missing (a model file has no optimizer state)", path, group);
+        free_plan(d, nd);
+        return 1;
+    }
+    hid_t dxpl = make_dxpl(file);
+    uint64_t *sums = prefopt_xcalloc((size_t)n, sizeof *sums, "checksums");
+    uint64_t *stored = prefopt_xcalloc((size_t)n, sizeof *stored, "checksums");
+    size_t stage_cap = 0;
+    float *stage = NULL;
+    /* errors here come from the file and the item list, which every rank shares, so all ranks leave the loop
+     * at the same dataset and no collective call is left unmatched */
+    for (int j = 0; j < nd && !rc; j++) {
+        const ck_item *first = &items[d[j].items[0]];
+        if (H5Lexists(grp, d[j].ds, H5P_DEFAULT) <= 0) {
+            prefopt_err_set(err, "%s: tensor '%s' missing", path, first->name);
+            rc = 1;
+            break;
+        }
+        hid_t ds = H5Dopen2(grp, d[j].ds, H5P_DEFAULT);
+        hid_t fs = H5Dget_space(ds);
+        hsize_t want[3], have[3] = {0, 0, 0};
+        int r = dset_dims(&d[j], want), hr = H5Sget_simple_extent_ndims(fs);
+        if (hr >= 0 && hr <= 3)
+            H5Sget_simple_extent_dims(fs, have, NULL);
+        if (hr != r || memcmp(want, have, sizeof(hsize_t) * (size_t)r)) {
+            char a[64], b[64];
+            shape_str(a, sizeof a, have, hr < 0 || hr > 3 ? 0 : hr);
+            shape_str(b, sizeof b, want, r);
+            prefopt_err_set(err, "%s: tensor '%s' (dataset '%s/%s'): shape %s expected %s", path, first->name,
+                            group, d[j].ds, a, b);
+            rc = 1;
+            H5Sclose(fs);
+            H5Dclose(ds);
+            break;
+        }
+        uint64_t *s = prefopt_xcalloc((size_t)d[j].nl, sizeof *s, "checksums");
+        hsize_t nl = 0;
+        hid_t a = H5Aexists(ds, "checksum") > 0 ? H5Aopen(ds, "checksum", H5P_DEFAULT) : -1;
+        if (a >= 0) {
+            hid_t as = H5Aget_space(a);
+            nl = (hsize_t)H5Sget_simple_extent_npoints(as);
+            H5Sclose(as);
+            if (nl == (hsize_t)d[j].nl)
+                H5Aread(a, H5T_NATIVE_UINT64, s);
+            H5Aclose(a);
+        }
+        if (nl != (hsize_t)d[j].nl) {
+            prefopt_err_set(err, "%s: tensor '%s' has no checksum attribute", path, first->name);
+            rc = 1;
+            free(s);
+            H5Sclose(fs);
+            H5Dclose(ds);
+            break;
+        }
+        for (int l = 0; l < d[j].nl; l++)
+            stored[d[j].items[l]] = s[l];
+        free(s);
+        H5Sselect_none(fs);
+        size_t total = 0;
+        for (int l = 0; l < d[j].nl; l++) {
+            const ck_item *it = &items[d[j].items[l]];
+            if (it->p.active && piece_count(&it->p)) {
+                select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
+                total += piece_count(&it->p);
+            }
+        }
+        if (total > stage_cap) {
+            free(stage);
+            stage_cap = total;
+            stage = prefopt_xmalloc(sizeof(float) * stage_cap, "checkpoint staging buffer");
+        }
+        hsize_t mdim = total ? total : 1;
+        hid_t ms = H5Screate_simple(1, &mdim, NULL);
+        if (!total)
+            H5Sselect_none(ms);
+        if (H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
+            /* may differ between ranks: recorded, agreed on below */
+            prefopt_err_set(err, "%s: reading tensor '%s' failed (truncated file?)", path, first->name);
+            rc = 2;
+        }
+        H5Sclose(ms);
+        H5Sclose(fs);
+        H5Dclose(ds);
+        size_t off = 0;
+        for (int l = 0; l < d[j].nl && rc != 2; l++) {
+            int i = d[j].items[l];
+            ck_item *it = &items[i];
+            if (!it->p.active || !piece_count(&it->p))
+                continue;
+            unpack(&it->p, stage + off);
+            off += piece_count(&it->p);
+            if (it->p.sums)
+                sums[i] = ck_checksum_piece(&it->p);
+        }
+        if (rc == 2) { /* keep going collectively; reported after the loop */
+            rc = 0;
+            ioerr = 1;
+        }
+    }
+    int failed = rc || ioerr;
+    if (sum_comm != MPI_COMM_NULL && sum_comm != MPI_COMM_SELF) {
+        /* a read failure on one rank makes all fail before the checksum comparison */
+        MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, sum_comm);
+        if (!failed)
+            MPI_Allreduce(MPI_IN_PLACE, sums, n, MPI_UINT64_T, MPI_SUM, sum_comm);
+    }
+    if (failed && !err->set)
+        prefopt_err_set(err, "%s: reading failed on another rank", path);
+    for (int i = 0; i < n && !failed; i++)
+        if (sums[i] != stored[i]) {
+            prefopt_err_set(err, "checkpoint %s: tensor '%s' is corrupt (checksum mismatch)", path, items[i].name);
+            failed = 1;
+        }
+    free(stage);
+    free(sums);
+    free(stored);
+    H5Pclose(dxpl);
+    H5Gclose(grp);
+    free_plan(d, nd);
+    return failed;
+}
+
+/* ---- whole tensors, one at a time (import, export) ------------------------------------------------------- */
+
+static int spec_items(const prefopt_tensor_spec *specs, int n, ck_item **out)
+{
+    ck_item *it = prefopt_xcalloc((size_t)n + 1, sizeof *it, "items");
+    for (int i = 0; i < n; i++) {
+        snprintf(it[i].name, sizeof it[i].name, "%s", specs[i].name);
+        it[i].ndim = specs[i].ndim;
+        it[i].shape[0] = specs[i].shape[0];
+        it[i].shape[1] = specs[i].shape[1];
+    }
+    *out = it;
+    return n;
+}
+
+int ck_create_datasets(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *specs, int n,
+                       prefopt_err *err)
+{
+    ck_item *items;
+    spec_items(specs, n, &items);
+    ck_dset *d;
+    int nd, rc = 0;
+    if (plan(path, items, n, &d, &nd, err)) {
+        free(items);
+        return 1;
+    }
+    hid_t grp = open_group(file, group, 1);
+    for (int j = 0; j < nd; j++) {
+        hid_t ds = create_dset(grp, &d[j]);
+        if (ds < 0) {
+            prefopt_err_set(err, "%s: cannot create dataset '%s/%s'", path, group, d[j].ds);
+            rc = 1;
+            break;
+        }
+        H5Dclose(ds);
+    }
+    H5Gclose(grp);
+    free_plan(d, nd);
+    free(items);
+    return rc;
+}
+
+static hid_t open_full(hid_t file, const char *group, const prefopt_tensor_spec *spec, hid_t *fs, int *layer)
+{
+    char ds[128], full[256];
+    *layer = ck_stacked_name(spec->name, ds, sizeof ds);
+    snprintf(full, sizeof full, "%s/%s", group, ds);
+    if (H5Lexists(file, group, H5P_DEFAULT) <= 0 || H5Lexists(file, full, H5P_DEFAULT) <= 0)
+        return -1;
+    hid_t d = H5Dopen2(file, full, H5P_DEFAULT);
+    *fs = H5Dget_space(d);
+    return d;
+}
+
+int ck_write_full(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *spec, const float *data,
+                  uint64_t *checksum, prefopt_err *err)
+{
+    hid_t fs;
+    int layer;
+    hid_t ds = open_full(file, group, spec, &fs, &layer);
+    if (ds < 0) {
+        prefopt_err_set(err, "%s: no dataset for tensor '%s'", path, spec->name);
+        return 1;
+    }
+    ck_piece p;
+    ck_piece_full(&p, spec->ndim, spec->shape, (float *)data, 1);
+    H5Sselect_none(fs);
+    select_piece(fs, layer, spec->ndim, &p);
+    hsize_t cnt = piece_count(&p) ? piece_count(&p) : 1;
+    hid_t ms = H5Screate_simple(1, &cnt, NULL);
+    if (!piece_count(&p)) {
+        H5Sselect_none(ms);
+        H5Sselect_none(fs);
+    }
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER); /* independent: the other ranks write other tensors meanwhile */
+    herr_t r = H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data);
+    H5Pclose(dxpl);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(ds);
+    if (r < 0) {
+        prefopt_err_set(err, "%s: writing tensor '%s' failed", path, spec->name);
+        return 1;
+    }
+    *checksum = ck_checksum_piece(&p);
+    return 0;
+}
+
+int ck_write_checksums(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *specs, int n,
+                       const uint64_t *sums, prefopt_err *err)
+{
+    ck_item *items;
+    spec_items(specs, n, &items);
+    ck_dset *d;
+    int nd, rc = 0;
+    if (plan(path, items, n, &d, &nd, err)) {
+        free(items);
+        return 1;
+    }
+    hid_t grp = open_group(file, group, 0);
+    for (int j = 0; j < nd && !rc; j++) {
+        hid_t ds = H5Dopen2(grp, d[j].ds, H5P_DEFAULT);
+        uint64_t *s = prefopt_xmalloc(sizeof *s * (size_t)d[j].nl, "checksums");
+        for (int l = 0; l < d[j].nl; l++)
+            s[l] = sums[d[j].items[l]];
+        if (ds < 0 || write_checksum_attr(ds, s, d[j].nl)) {
+            prefopt_err_set(err, "%s: writing the checksum of '%s/%s' failed", path, group, d[j].ds);
+            rc = 1;
+        }
+        free(s);
+        if (ds >= 0)
+            H5Dclose(ds);
+    }
+    H5Gclose(grp);
+    free_plan(d, nd);
+    free(items);
+    return rc;
+}
+
+int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *spec, float *data,
+                 prefopt_err *err)
+{
+    ck_item it;
+    memset(&it, 0, sizeof it);
+    snprintf(it.name, sizeof it.name, "%s", spec->name);
+    it.ndim = spec->ndim;
+    it.shape[0] = spec->shape[0];
+    it.shape[1] = spec->shape[1];
+    ck_piece_full(&it.p, spec->ndim, spec->shape, data, 1);
+    /* one logical tensor of a stacked dataset: read it as the only "layer" we ask for */
+    hid_t fs;
+    int layer;
+    hid_t ds = open_full(file, group, spec, &fs, &layer);
+    if (ds < 0) {
+        prefopt_err_set(err, "%s: tensor '%s' missing", path, spec->name);
+        return 1;
+    }
+    int r = H5Sget_simple_extent_ndims(fs);
+    hsize_t have[3] = {0, 0, 0};
+    H5Sget_simple_extent_dims(fs, have, NULL);
+    int off = layer >= 0 ? 1 : 0;
+    int ok = r == off + spec->ndim && (layer < 0 || (hsize_t)layer < have[0]) && have[off] == (hsize_t)spec->shape[0] &&
+             (spec->ndim == 1 || have[off + 1] == (hsize_t)spec->shape[1]);
+    if (!ok) {
+        char a[64];
+        shape_str(a, sizeof a, have, r < 0 || r > 3 ? 0 : r);
+        prefopt_err_set(err, "%s: tensor '%s': dataset shape %s does not hold [%lld%s%lld]", path, spec->name, a,
+                        (long long)spec->shape[0], spec->ndim == 2 ? "," : "",
+                        spec->ndim == 2 ? (long long)spec->shape[1] : 0LL);
+        H5Sclose(fs);
+        H5Dclose(ds);
+        return 1;
+    }
+    uint64_t *sums = prefopt_xcalloc(layer >= 0 ? have[0] : 1, sizeof *sums, "checksums");
+    hid_t a = H5Aexists(ds, "checksum") > 0 ? H5Aopen(ds, "checksum", H5P_DEFAULT) : -1;
+    int have_sum = a >= 0 && H5Aread(a, H5T_NATIVE_UINT64, sums) >= 0;
+    if (a >= 0)
+        H5Aclose(a);
+    H5Sselect_none(fs);
+    select_piece(fs, layer, spec->ndim, &it.p);
+    hsize_t cnt = piece_count(&it.p) ? piece_count(&it.p) : 1;
+    hid_t ms = H5Screate_simple(1, &cnt, NULL);
+    if (!piece_count(&it.p)) {
+        H5Sselect_none(ms);
+        H5Sselect_none(fs);
+    }
+    hid_t dxpl = make_dxpl(file);
+    herr_t rr = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data);
+    H5Pclose(dxpl);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(ds);
+    int rc = 0;
+    if (rr < 0) {
+        prefopt_err_set(err, "%s: reading tensor '%s' failed (truncated file?)", path, spec->name);
+        rc = 1;
+    } else if (!have_sum) {
+        prefopt_err_set(err, "%s: tensor '%s' has no checksum attribute", path, spec->name);
+        rc = 1;
+    } else if (ck_checksum_piece(&it.p) != sums[layer >= 0 ? layer : 0]) {
+        prefopt_err_set(err, "checkpoint %s: tensor '%s' is corrupt (checksum mismatch)", path, spec->name);
+        rc = 1;
+    }
+    free(sums);
+    return rc;
+}

@@ -1,0 +1,83 @@
+/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (src/checkpoint.c).
+ *
+ * A logical tensor "prefix.<L>.rest" (L a decimal layer index) is stored as layer L of the stacked dataset
+ * "<group>/prefix.rest" of shape [nlayers][out][in] (or [nlayers][n] for vectors); any other name is stored as
+ * its own dataset of its logical shape. Each dataset has the attribute "checksum" (uint64[nlayers] or uint64[1]):
+ * per logical tensor, sum over elements of mix(row-major index, float bits) mod 2^64 -- order-independent, so
+ * ranks add up their block-cyclic pieces with one MPI_Allreduce, and a change of any single element always
+ * changes it (mix is a bijection of the bits for a fixed index). */
+#ifndef PREFOPT_CKPT_IO_H
+#define PREFOPT_CKPT_IO_H
+
+#include "prefopt/checkpoint.h"
+
+#include <hdf5.h>
+
+/* One rank's block-cyclic piece of a logical tensor, in dmat.h's terms: the tensor [out][in] is the
+ * column-major m = in by n = out matrix (vectors: m = 1). */
+typedef struct {
+    int m, n, mb, nb;
+    int nprow, npcol, myrow, mycol; /* a rep_rows vector uses nprow = 1, myrow = 0 */
+    int lld;
+    float *data;                    /* lld x nloc column-major */
+    int active;                     /* this rank transfers this piece */
+    int sums;                       /* this rank's elements count toward the checksum (read side) */
+} ck_piece;
+
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    ck_piece p;
+} ck_item;
+
+/* A whole tensor on one rank (nprow = npcol = 1). */
+void ck_piece_full(ck_piece *p, int ndim, const int64_t shape[2], float *data, int active);
+/* A dmat's piece; active/sums for a rep_rows vector only on process row 0. */
+void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_dmat *d);
+
+/* Dataset name and layer of a logical tensor ("h.3.attn.q_proj.weight" -> "h.attn.q_proj.weight", 3; -1 if none). */
+int ck_stacked_name(const char *name, char *ds, size_t len);
+
+/* File access: comm != MPI_COMM_NULL opens with the MPI-IO driver (collective), else with the serial driver.
+ * HDF5's own error printing is silenced; messages come back in err. */
+int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
+int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
+int ck_close(hid_t file, const char *path, prefopt_err *err);
+
+/* Root attributes: kind ("model" or "checkpoint"), format version, the model config, the tokenizer. */
+int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cfg, const prefopt_tokenizer_record *tok,
+                    MPI_Comm comm, prefopt_err *err);
+int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, prefopt_err *err);
+int ck_read_tokenizer(hid_t file, const char *path, prefopt_tokenizer_record *tok, prefopt_err *err);
+int ck_attr_int64(hid_t obj, const char *name, int64_t *v, int n, int write);
+int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write);
+
+/* Writes (collectively over the file's communicator) the items of one group; every rank passes the same list of
+ * names and shapes, each with its own piece. Replica dp_rank writes only the logical tensors it owns
+ * ((layer + dataset index) mod dp_size), so replicas share the writing. Checksums are summed over sum_comm. */
+int ck_write_items(hid_t file, const char *path, const char *group, ck_item *items, int n, int dp_rank, int dp_size,
+                   MPI_Comm sum_comm, prefopt_err *err);
+/* Reads them back (each rank its own pieces, any layout) and verifies every checksum, summed over sum_comm. */
+int ck_read_items(hid_t file, const char *path, const char *group, ck_item *items, int n, MPI_Comm sum_comm,
+                  prefopt_err *err);
+
+/* Creates the (stacked) datasets of specs in group, for writers that fill them tensor by tensor (import). */
+int ck_create_datasets(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *specs, int n,
+                       prefopt_err *err);
+/* Writes one whole tensor independently (no other rank takes part) and returns its checksum. */
+int ck_write_full(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *spec, const float *data,
+                  uint64_t *checksum, prefopt_err *err);
+/* Stores checksums (one per spec, same order) as the datasets' attributes; collective. */
+int ck_write_checksums(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *specs, int n,
+                       const uint64_t *sums, prefopt_err *err);
+/* Reads one whole tensor and verifies its checksum (serial readers: export, tests). */
+int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *spec, float *data,
+                 prefopt_err *err);
+
+uint64_t ck_checksum_piece(const ck_piece *p);
+
+/* Test hook: PREFOPT_TEST_CKPT_KILL_AFTER_TENSORS=k makes every rank SIGKILL itself after writing k datasets. */
+void ck_kill_hook_tick(void);
+
+#endif

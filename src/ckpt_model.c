@@ -1,0 +1,611 @@
+/* Model files and checkpoint directories on top of the HDF5 layer (checkpoint.c): a prefopt_model's parameters
+ * (and AdamW moments with the same flat layout) as block-cyclic pieces, the atomic save protocol, latest,
+ * keep-last-N, resume. */
+#define _GNU_SOURCE
+#include "ckpt_io.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <nettle/sha2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- tokenizer records ----------------------------------------------------------------------------------- */
+
+void prefopt_tokenizer_record_free(prefopt_tokenizer_record *t)
+{
+    free(t->json);
+    t->json = NULL;
+    t->len = 0;
+}
+
+int prefopt_tokenizer_record_load(const char *path, prefopt_tokenizer_record *t, prefopt_err *err)
+{
+    memset(t, 0, sizeof *t);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        prefopt_err_set(err, "%s: cannot open: %s", path, strerror(errno));
+        return 1;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    t->json = prefopt_xmalloc((size_t)n + 1, "tokenizer.json");
+    t->len = fread(t->json, 1, (size_t)n, f);
+    fclose(f);
+    t->json[t->len] = '\0';
+    struct sha256_ctx c;
+    uint8_t dig[SHA256_DIGEST_SIZE];
+    sha256_init(&c);
+    sha256_update(&c, t->len, (const uint8_t *)t->json);
+    sha256_digest(&c, sizeof dig, dig);
+    int o = snprintf(t->identity, sizeof t->identity, "sha256:");
+    for (int i = 0; i < SHA256_DIGEST_SIZE; i++)
+        o += snprintf(t->identity + o, sizeof t->identity - (size_t)o, "%02x", dig[i]);
+    return 0;
+}
+
+/* ---- model files ----------------------------------------------------------------------------------------- */
+
+int prefopt_model_file_read_config(const char *path, prefopt_model_config *cfg, prefopt_err *err)
+{
+    hid_t f;
+    if (ck_open(path, MPI_COMM_NULL, &f, err))
+        return 1;
+    int rc = ck_read_config(f, path, cfg, err);
+    H5Fclose(f);
+    return rc;
+}
+
+int prefopt_model_file_read_tokenizer(const char *path, prefopt_tokenizer_record *tok, prefopt_err *err)
+{
+    hid_t f;
+    if (ck_open(path, MPI_COMM_NULL, &f, err))
+        return 1;
+    int rc = ck_read_tokenizer(f, path, tok, err);
+    H5Fclose(f);
+    return rc;
+}
+
+/* The model's parameters as items; with buf != NULL, pieces point into buf (a flat buffer of the parameter
+ * buffer's layout: the moments) instead of the weights. */
+static ck_item *model_items(prefopt_model *m, const float *buf, int *n)
+{
+    size_t count;
+    float *base = prefopt_model_param_data(m, &count);
+    int np = prefopt_model_param_count(m);
+    ck_item *it = prefopt_xcalloc((size_t)np + 1, sizeof *it, "checkpoint items");
+    for (int i = 0; i < np; i++) {
+        prefopt_param *p = prefopt_model_param_at(m, i);
+        snprintf(it[i].name, sizeof it[i].name, "%s", p->name);
+        it[i].ndim = p->ndim;
+        it[i].shape[0] = p->shape[0];
+        it[i].shape[1] = p->shape[1];
+        prefopt_dmat d = *p->value;
+        if (buf)
+            d.data = (float *)buf + (d.data - base);
+        ck_piece_dmat(&it[i].p, p->ndim, p->shape, &d);
+    }
+    *n = np;
+    return it;
+}
+
+static int config_matches(const char *path, const prefopt_model_config *f, const prefopt_model_config *m,
+                          prefopt_err *err)
+{
+    if (f->arch != m->arch) {
+        prefopt_err_set(err, "%s: arch is %s, the model is %s", path, f->arch == PREFOPT_ARCH_GPT2 ? "gpt2" : "llama",
+                        m->arch == PREFOPT_ARCH_GPT2 ? "gpt2" : "llama");
+        return 1;
+    }
+#define CMP(x)                                                                                                 \
+    if (f->x != m->x) {                                                                                        \
+        prefopt_err_set(err, "%s: config '%s' is %d in the file, %d in the model", path, #x, (int)f->x, (int)m->x); \
+        return 1;                                                                                              \
+    }
+    CMP(vocab_size) CMP(hidden_size) CMP(num_layers) CMP(num_heads) CMP(num_kv_heads) CMP(head_dim)
+    CMP(intermediate_size) CMP(max_position) CMP(qkv_bias) CMP(tie_word_embeddings)
+#undef CMP
+    return 0;
+}
+
+static int fsync_path(const char *path, int dir)
+{
+    int fd = open(path, O_RDONLY | (dir ? O_DIRECTORY : 0));
+    if (fd < 0)
+        return 1;
+    int r = fsync(fd);
+    close(fd);
+    return r != 0;
+}
+
+static void dir_of(const char *path, char *dir, size_t len)
+{
+    const char *s = strrchr(path, '/');
+    if (!s)
+        snprintf(dir, len, ".");
+    else if (s == path)
+        snprintf(dir, len, "/");
+    else
+        snprintf(dir, len, "%.*s", (int)(s - path), path);
+}
+
+/* Rank 0 after the collective close: make the data durable, then publish the name atomically. */
+static int publish(const char *tmp, const char *final, prefopt_err *err)
+{
+    char dir[4096];
+    dir_of(final, dir, sizeof dir);
+    if (fsync_path(tmp, 0)) {
+        prefopt_err_set(err, "%s: fsync failed: %s", tmp, strerror(errno));
+        return 1;
+    }
+    if (rename(tmp, final)) {
+        prefopt_err_set(err, "%s: rename to %s failed: %s", tmp, final, strerror(errno));
+        return 1;
+    }
+    fsync_path(dir, 1);
+    return 0;
+}
+
+static int mark_complete(hid_t f)
+{
+    int64_t one = 1;
+    return ck_attr_int64(f, "complete", &one, 1, 1);
+}
+
+int prefopt_model_file_load(prefopt_model *m, const char *path, prefopt_err *err)
+{
+    const prefopt_grid *g = prefopt_model_get_grid(m);
+    hid_t f;
+    int rc = ck_open(path, g->world, &f, err);
+    if (prefopt_agree(g->world, err))
+        return 1;
+    prefopt_model_config fc;
+    rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(m), err);
+    if (!rc) {
+        int n;
+        ck_item *it = model_items(m, NULL, &n);
+        rc = ck_read_items(f, path, "model", it, n, g->tp, err);
+        free(it);
+    }
+    H5Fclose(f);
+    return prefopt_agree(g->world, err) || rc;
+}
+
+int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_tokenizer_record *tok, prefopt_err *err)
+{
+    const prefopt_grid *g = prefopt_model_get_grid(m);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    hid_t f;
+    ck_create(tmp, g->world, &f, err);
+    if (prefopt_agree(g->world, err))
+        return 1;
+    int rc = ck_write_config(f, "model", prefopt_model_get_config(m), tok, g->world, err);
+    int n;
+    ck_item *it = model_items(m, NULL, &n);
+    rc |= ck_write_items(f, tmp, "model", it, n, g->dp_rank, g->dp_size, g->world, err);
+    free(it);
+    rc |= mark_complete(f);
+    rc |= ck_close(f, tmp, err);
+    if (rc && !err->set)
+        prefopt_err_set(err, "%s: write failed", tmp);
+    if (prefopt_agree(g->world, err)) {
+        if (g->world_rank == 0)
+            unlink(tmp);
+        return 1;
+    }
+    if (g->world_rank == 0)
+        publish(tmp, path, err);
+    return prefopt_agree(g->world, err);
+}
+
+int prefopt_model_file_export_weights(const char *src, const char *dst, prefopt_err *err)
+{
+    hid_t in, out;
+    if (ck_open(src, MPI_COMM_NULL, &in, err))
+        return 1;
+    prefopt_model_config cfg;
+    prefopt_tokenizer_record tok;
+    if (ck_read_config(in, src, &cfg, err) || ck_read_tokenizer(in, src, &tok, err)) {
+        H5Fclose(in);
+        return 1;
+    }
+    /* verify every tensor before copying: an export must not launder a corrupt checkpoint */
+    prefopt_tensor_spec *specs;
+    int n = prefopt_model_tensor_specs(&cfg, &specs), rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        size_t cnt = (size_t)specs[i].shape[0] * (size_t)(specs[i].ndim == 2 ? specs[i].shape[1] : 1);
+        float *buf = prefopt_xmalloc(sizeof(float) * (cnt ? cnt : 1), "tensor");
+        rc = ck_read_full(in, src, "model", &specs[i], buf, err);
+        free(buf);
+    }
+    free(specs);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+    if (!rc)
+        rc = ck_create(tmp, MPI_COMM_NULL, &out, err);
+    if (!rc) {
+        rc = ck_write_config(out, "model", &cfg, &tok, MPI_COMM_NULL, err);
+        if (!rc && H5Ocopy(in, "model", out, "model", H5P_DEFAULT, H5P_DEFAULT) < 0) {
+            prefopt_err_set(err, "%s: copying the weights failed", tmp);
+            rc = 1;
+        }
+        rc |= mark_complete(out);
+        rc |= ck_close(out, tmp, err);
+        if (!rc)
+            rc = publish(tmp, dst, err);
+        else
+            unlink(tmp);
+    }
+    prefopt_tokenizer_record_free(&tok);
+    H5Fclose(in);
+    return rc;
+}
+
+/* ---- checkpoints ----------------------------------------------------------------------------------------- */
+
+static int mkdirs(const char *dir)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = '\0';
+            mkdir(p, 0777);
+            *s = '/';
+        }
+    return mkdir(p, 0777) && errno != EEXIST;
+}
+
+static int parse_step(const char *name, long long *step, int *tmp)
+{
+    int len = 0;
+    if (sscanf(name, "step-%lld.h5%n", step, &len) != 1 || len == 0)
+        return 0;
+    if (name[len] == '\0')
+        *tmp = 0;
+    else if (!strcmp(name + len, ".tmp"))
+        *tmp = 1;
+    else
+        return 0;
+    return 1;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Newest first; with tmps, the .tmp leftovers of killed writers instead. */
+static int list_steps(const char *dir, long long **out, int tmps)
+{
+    DIR *d = opendir(dir);
+    int n = 0, cap = 16;
+    long long *v = prefopt_xmalloc(sizeof *v * (size_t)cap, "steps");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        long long s;
+        int t;
+        if (parse_step(e->d_name, &s, &t) && t == tmps) {
+            if (n == cap)
+                v = realloc(v, sizeof *v * (size_t)(cap *= 2));
+            v[n++] = s;
+        }
+    }
+    if (d)
+        closedir(d);
+    qsort(v, (size_t)n, sizeof *v, cmp_desc);
+    *out = v;
+    return n;
+}
+
+static int is_complete(const char *path)
+{
+    hid_t f;
+    prefopt_err e = {0};
+    if (ck_open(path, MPI_COMM_NULL, &f, &e))
+        return 0;
+    int64_t c = 0;
+    int ok = !ck_attr_int64(f, "complete", &c, 1, 0) && c == 1;
+    H5Fclose(f);
+    return ok;
+}
+
+int prefopt_ckpt_find_latest(const char *dir, char *path, size_t len)
+{
+    char p[4200], name[256] = "";
+    snprintf(p, sizeof p, "%s/latest", dir);
+    FILE *f = fopen(p, "r");
+    if (f) {
+        if (fgets(name, sizeof name, f))
+            name[strcspn(name, "\r\n")] = '\0';
+        fclose(f);
+        snprintf(p, sizeof p, "%s/%s", dir, name);
+        if (name[0] && is_complete(p)) {
+            snprintf(path, len, "%s", p);
+            return 0;
+        }
+    }
+    long long *steps;
+    int n = list_steps(dir, &steps, 0), rc = 1;
+    for (int i = 0; i < n && rc; i++) {
+        snprintf(p, sizeof p, "%s/step-%08lld.h5", dir, steps[i]);
+        if (is_complete(p)) {
+            snprintf(path, len, "%s", p);
+            rc = 0;
+        }
+    }
+    free(steps);
+    return rc;
+}
+
+static int write_latest(const char *dir, const char *name, prefopt_err *err)
+{
+    char p[4200], t[4300];
+    snprintf(p, sizeof p, "%s/latest", dir);
+    snprintf(t, sizeof t, "%s.tmp", p);
+    FILE *f = fopen(t, "w");
+    if (!f || fprintf(f, "%s\n", name) < 0 || fflush(f) || fsync(fileno(f))) {
+        prefopt_err_set(err, "%s: cannot write: %s", t, strerror(errno));
+        if (f)
+            fclose(f);
+        return 1;
+    }
+    fclose(f);
+    if (rename(t, p)) {
+        prefopt_err_set(err, "%s: rename failed: %s", p, strerror(errno));
+        return 1;
+    }
+    fsync_path(dir, 1);
+    return 0;
+}
+
+static void prune(const char *dir, int keep, long long current)
+{
+    long long *steps;
+    int n = list_steps(dir, &steps, 0);
+    char p[4200];
+    for (int i = keep > 0 ? keep : 1; i < n; i++)
+        if (steps[i] != current) {
+            snprintf(p, sizeof p, "%s/step-%08lld.h5", dir, steps[i]);
+            unlink(p);
+        }
+    free(steps);
+    /* leftovers of writers killed mid-write */
+    n = list_steps(dir, &steps, 1);
+    for (int i = 0; i < n; i++)
+        if (steps[i] != current) {
+            snprintf(p, sizeof p, "%s/step-%08lld.h5.tmp", dir, steps[i]);
+            unlink(p);
+        }
+    free(steps);
+}
+
+static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_grid *g, prefopt_err *err)
+{
+    /* the scalar state is rank 0's (attributes are written collectively with identical values) */
+    prefopt_train_state st = *st_in;
+    int64_t v[10] = {st.step, st.sched_step, st.epoch, st.tokens_seen, st.cursor[0], st.cursor[1], st.cursor[2],
+                     st.cursor[3], g->world_size, 0};
+    MPI_Bcast(v, 10, MPI_INT64_T, 0, g->world);
+    MPI_Bcast(&st.lr, 1, MPI_DOUBLE, 0, g->world);
+    hid_t grp = H5Gcreate2(f, "state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = grp < 0;
+    bad |= ck_attr_int64(grp, "step", &v[0], 1, 1);
+    bad |= ck_attr_int64(grp, "sched_step", &v[1], 1, 1);
+    bad |= ck_attr_int64(grp, "epoch", &v[2], 1, 1);
+    bad |= ck_attr_int64(grp, "tokens_seen", &v[3], 1, 1);
+    bad |= ck_attr_int64(grp, "cursor", &v[4], 4, 1);
+    bad |= ck_attr_int64(grp, "world_size", &v[8], 1, 1);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(grp, "lr", H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    bad |= a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, &st.lr) < 0;
+    if (a >= 0)
+        H5Aclose(a);
+    H5Sclose(sp);
+    /* rng: one row per rank */
+    hsize_t dims[2] = {(hsize_t)g->world_size, 4}, start[2] = {(hsize_t)g->world_rank, 0}, cnt[2] = {1, 4};
+    hid_t fs = H5Screate_simple(2, dims, NULL);
+    hid_t ds = H5Dcreate2(grp, "rng", H5T_STD_U64LE, fs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
+    hid_t ms = H5Screate_simple(2, cnt, NULL);
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    bad |= ds < 0 || H5Dwrite(ds, H5T_NATIVE_UINT64, ms, fs, dxpl, st.rng) < 0;
+    H5Pclose(dxpl);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    if (ds >= 0)
+        H5Dclose(ds);
+    /* the INI text: rank 0's copy, written by rank 0 */
+    long long len = st.train_config ? (long long)strlen(st.train_config) : 0;
+    MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, g->world);
+    if (len > 0) {
+        hsize_t d = (hsize_t)len;
+        hid_t s2 = H5Screate_simple(1, &d, NULL);
+        hid_t ds2 = H5Dcreate2(grp, "train_config", H5T_STD_U8LE, s2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        hid_t m2 = H5Screate_simple(1, &d, NULL);
+        if (g->world_rank != 0) {
+            H5Sselect_none(s2);
+            H5Sselect_none(m2);
+        }
+        hid_t x2 = H5Pcreate(H5P_DATASET_XFER);
+        H5Pset_dxpl_mpio(x2, H5FD_MPIO_COLLECTIVE);
+        bad |= ds2 < 0 || H5Dwrite(ds2, H5T_NATIVE_UCHAR, m2, s2, x2, st.train_config) < 0;
+        H5Pclose(x2);
+        H5Sclose(m2);
+        H5Sclose(s2);
+        if (ds2 >= 0)
+            H5Dclose(ds2);
+    }
+    if (grp >= 0)
+        H5Gclose(grp);
+    if (bad)
+        prefopt_err_set(err, "cannot write the training state");
+    return bad;
+}
+
+static int read_state(hid_t f, const char *path, prefopt_train_state *st, const prefopt_grid *g, prefopt_err *err)
+{
+    memset(st, 0, sizeof *st);
+    hid_t grp = H5Lexists(f, "state", H5P_DEFAULT) > 0 ? H5Gopen2(f, "state", H5P_DEFAULT) : -1;
+    if (grp < 0) {
+        prefopt_err_set(err, "%s: group 'state' missing (a model file, not a checkpoint?)", path);
+        return 1;
+    }
+    int64_t ws = 0;
+    const char *bad = NULL;
+    if (ck_attr_int64(grp, "step", &st->step, 1, 0))
+        bad = "step";
+    else if (ck_attr_int64(grp, "sched_step", &st->sched_step, 1, 0))
+        bad = "sched_step";
+    else if (ck_attr_int64(grp, "epoch", &st->epoch, 1, 0))
+        bad = "epoch";
+    else if (ck_attr_int64(grp, "tokens_seen", &st->tokens_seen, 1, 0))
+        bad = "tokens_seen";
+    else if (ck_attr_int64(grp, "cursor", st->cursor, 4, 0))
+        bad = "cursor";
+    else if (ck_attr_int64(grp, "world_size", &ws, 1, 0))
+        bad = "world_size";
+    if (!bad) {
+        hid_t a = H5Aopen(grp, "lr", H5P_DEFAULT);
+        if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &st->lr) < 0)
+            bad = "lr";
+        if (a >= 0)
+            H5Aclose(a);
+    }
+    if (bad) {
+        prefopt_err_set(err, "%s: state attribute '%s' missing", path, bad);
+        H5Gclose(grp);
+        return 1;
+    }
+    hid_t ds = H5Dopen2(grp, "rng", H5P_DEFAULT);
+    hsize_t row = ws == g->world_size ? (hsize_t)g->world_rank : 0;
+    hsize_t dims[2] = {(hsize_t)ws, 4}, start[2] = {row, 0}, cnt[2] = {1, 4};
+    hid_t fs = H5Screate_simple(2, dims, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
+    hid_t ms = H5Screate_simple(2, cnt, NULL);
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    int rc = ds < 0 || H5Dread(ds, H5T_NATIVE_UINT64, ms, fs, dxpl, st->rng) < 0;
+    H5Pclose(dxpl);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    if (ds >= 0)
+        H5Dclose(ds);
+    if (rc)
+        prefopt_err_set(err, "%s: state dataset 'rng' unreadable", path);
+    size_t len;
+    if (!rc && H5Lexists(grp, "train_config", H5P_DEFAULT) > 0) {
+        hid_t d2 = H5Dopen2(grp, "train_config", H5P_DEFAULT);
+        hid_t s2 = H5Dget_space(d2);
+        len = (size_t)H5Sget_simple_extent_npoints(s2);
+        H5Sclose(s2);
+        st->train_config = prefopt_xmalloc(len + 1, "train_config");
+        hid_t x2 = H5Pcreate(H5P_DATASET_XFER);
+        H5Pset_dxpl_mpio(x2, H5FD_MPIO_COLLECTIVE);
+        rc = H5Dread(d2, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, x2, st->train_config) < 0;
+        H5Pclose(x2);
+        H5Dclose(d2);
+        st->train_config[len] = '\0';
+        if (rc)
+            prefopt_err_set(err, "%s: state dataset 'train_config' unreadable", path);
+    }
+    H5Gclose(grp);
+    return rc;
+}
+
+int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const float *adam_m, const float *adam_v,
+                      const prefopt_train_state *st, char *path_out, size_t path_len, prefopt_err *err)
+{
+    const prefopt_grid *g = prefopt_model_get_grid(policy);
+    long long step = st->step;
+    MPI_Bcast(&step, 1, MPI_LONG_LONG, 0, g->world);
+    char final[4200], tmp[4300], name[64];
+    snprintf(name, sizeof name, "step-%08lld.h5", step);
+    snprintf(final, sizeof final, "%s/%s", o->dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    if (g->world_rank == 0 && mkdirs(o->dir))
+        prefopt_err_set(err, "%s: cannot create the checkpoint directory: %s", o->dir, strerror(errno));
+    if (prefopt_agree(g->world, err))
+        return 1;
+    hid_t f;
+    ck_create(tmp, g->world, &f, err);
+    if (prefopt_agree(g->world, err))
+        return 1;
+    int rc = ck_write_config(f, "checkpoint", prefopt_model_get_config(policy), o->tok, g->world, err);
+    int n;
+    ck_item *it = model_items(policy, NULL, &n);
+    rc |= ck_write_items(f, tmp, "model", it, n, g->dp_rank, g->dp_size, g->world, err);
+    free(it);
+    if (adam_m) {
+        it = model_items(policy, adam_m, &n);
+        rc |= ck_write_items(f, tmp, "optim/m", it, n, g->dp_rank, g->dp_size, g->world, err);
+        free(it);
+    }
+    if (adam_v) {
+        it = model_items(policy, adam_v, &n);
+        rc |= ck_write_items(f, tmp, "optim/v", it, n, g->dp_rank, g->dp_size, g->world, err);
+        free(it);
+    }
+    rc |= write_state(f, st, g, err);
+    rc |= mark_complete(f);
+    rc |= ck_close(f, tmp, err);
+    if (rc && !err->set)
+        prefopt_err_set(err, "%s: write failed", tmp);
+    if (prefopt_agree(g->world, err)) {
+        if (g->world_rank == 0)
+            unlink(tmp);
+        return 1;
+    }
+    if (g->world_rank == 0 && !publish(tmp, final, err) && !write_latest(o->dir, name, err))
+        prune(o->dir, o->keep_last, step);
+    if (prefopt_agree(g->world, err))
+        return 1;
+    if (path_out)
+        snprintf(path_out, path_len, "%s", final);
+    return 0;
+}
+
+int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, float *adam_v, prefopt_train_state *st,
+                      prefopt_err *err)
+{
+    const prefopt_grid *g = prefopt_model_get_grid(policy);
+    hid_t f;
+    ck_open(path, g->world, &f, err);
+    if (prefopt_agree(g->world, err))
+        return 1;
+    prefopt_model_config fc;
+    int64_t complete = 0;
+    int rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(policy), err);
+    if (!rc && (ck_attr_int64(f, "complete", &complete, 1, 0) || complete != 1)) {
+        prefopt_err_set(err, "%s: not marked complete (an interrupted write)", path);
+        rc = 1;
+    }
+    int n;
+    if (!rc) {
+        ck_item *it = model_items(policy, NULL, &n);
+        rc = ck_read_items(f, path, "model", it, n, g->tp, err);
+        free(it);
+    }
+    if (!rc && adam_m) {
+        ck_item *it = model_items(policy, adam_m, &n);
+        rc = ck_read_items(f, path, "optim/m", it, n, g->tp, err);
+        free(it);
+    }
+    if (!rc && adam_v) {
+        ck_item *it = model_items(policy, adam_v, &n);
+        rc = ck_read_items(f, path, "optim/v", it, n, g->tp, err);
+        free(it);
+    }
+    if (!rc && st)
+        rc = read_state(f, path, st, g, err);
+    H5Fclose(f);
+    return prefopt_agree(g->world, err) || rc;
+}

@@ -1,0 +1,167 @@
+/* prefopt export: a model file or checkpoint -> a Hugging Face directory (config.json, model.safetensors in fp32,
+ * tokenizer.json when recorded). Tensors are read one at a time (checksums verified) and streamed into the
+ * safetensors file in the order its header declares; GPT-2's q/k/v are fused back into c_attn and the Conv1D
+ * weights transposed back to [in][out]. */
+#define _GNU_SOURCE
+#include "ckpt_io.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef struct {
+    char hf[160];
+    int ndim;
+    int64_t shape[2];
+    int kind;   /* 0 copy, 1 transpose, 2 fuse q/k/v weights (transposed), 3 fuse q/k/v biases */
+    int src[3]; /* spec indices */
+} out_tensor;
+
+static int find(const prefopt_tensor_spec *s, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s[i].name, name))
+            return i;
+    return -1;
+}
+
+static int plan(const prefopt_model_config *cfg, const prefopt_tensor_spec *specs, int ns, out_tensor **out)
+{
+    out_tensor *o = prefopt_xcalloc((size_t)ns + 1, sizeof *o, "export plan");
+    int n = 0;
+    for (int i = 0; i < ns; i++) {
+        const prefopt_tensor_spec *s = &specs[i];
+        out_tensor *t = &o[n];
+        t->ndim = s->ndim;
+        t->shape[0] = s->shape[0];
+        t->shape[1] = s->shape[1];
+        t->src[0] = i;
+        if (cfg->arch == PREFOPT_ARCH_LLAMA) {
+            if (!strcmp(s->name, "embed_tokens"))
+                snprintf(t->hf, sizeof t->hf, "model.embed_tokens.weight");
+            else if (!strcmp(s->name, "lm_head.weight"))
+                snprintf(t->hf, sizeof t->hf, "lm_head.weight");
+            else
+                snprintf(t->hf, sizeof t->hf, "model.%s", s->name);
+            n++;
+            continue;
+        }
+        int l, k = 0;
+        if (!strcmp(s->name, "wte") || !strcmp(s->name, "wpe")) {
+            snprintf(t->hf, sizeof t->hf, "transformer.%s.weight", s->name);
+        } else if (sscanf(s->name, "h.%d.attn.%n", &l, &k) == 1 && k > 0 &&
+                   (!strncmp(s->name + k, "k_proj", 6) || !strncmp(s->name + k, "v_proj", 6))) {
+            continue; /* fused into c_attn with q_proj */
+        } else if (k > 0 && !strncmp(s->name + k, "q_proj", 6)) {
+            int w = !strcmp(s->name + k + 6, ".weight");
+            snprintf(t->hf, sizeof t->hf, "transformer.h.%d.attn.c_attn.%s", l, w ? "weight" : "bias");
+            char nm[96];
+            snprintf(nm, sizeof nm, "h.%d.attn.k_proj.%s", l, w ? "weight" : "bias");
+            t->src[1] = find(specs, ns, nm);
+            snprintf(nm, sizeof nm, "h.%d.attn.v_proj.%s", l, w ? "weight" : "bias");
+            t->src[2] = find(specs, ns, nm);
+            t->kind = w ? 2 : 3;
+            if (w) {
+                t->shape[0] = s->shape[1];
+                t->shape[1] = 3 * s->shape[0];
+            } else
+                t->shape[0] = 3 * s->shape[0];
+        } else {
+            snprintf(t->hf, sizeof t->hf, "transformer.%s", s->name);
+            size_t len = strlen(s->name);
+            if (s->ndim == 2 && len > 7 && !strcmp(s->name + len - 7, ".weight")) { /* Conv1D */
+                t->kind = 1;
+                t->shape[0] = s->shape[1];
+                t->shape[1] = s->shape[0];
+            }
+        }
+        n++;
+    }
+    *out = o;
+    return n;
+}
+
+static size_t numel(const prefopt_tensor_spec *s) { return (size_t)s->shape[0] * (size_t)(s->ndim == 2 ? s->shape[1] : 1); }
+
+static void transpose(const float *src, float *dst, int64_t rows, int64_t cols)
+{
+    for (int64_t r0 = 0; r0 < rows; r0 += 64)
+        for (int64_t c0 = 0; c0 < cols; c0 += 64)
+            for (int64_t r = r0; r < r0 + 64 && r < rows; r++)
+                for (int64_t c = c0; c < c0 + 64 && c < cols; c++)
+                    dst[c * rows + r] = src[r * cols + c];
+}
+
+int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
+{
+    hid_t f;
+    if (ck_open(model_path, MPI_COMM_NULL, &f, err))
+        return 1;
+    prefopt_model_config cfg;
+    prefopt_tokenizer_record tok = {0};
+    if (ck_read_config(f, model_path, &cfg, err) || ck_read_tokenizer(f, model_path, &tok, err)) {
+        H5Fclose(f);
+        return 1;
+    }
+    mkdir(dir, 0777);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    int rc = prefopt_hf_config_write(p, &cfg, err);
+    prefopt_tensor_spec *specs;
+    int ns = prefopt_model_tensor_specs(&cfg, &specs);
+    out_tensor *o = NULL;
+    int no = plan(&cfg, specs, ns, &o);
+    const char **names = prefopt_xmalloc(sizeof(char *) * (size_t)no, "names");
+    int *ndims = prefopt_xmalloc(sizeof(int) * (size_t)no, "ndims");
+    int64_t(*shapes)[2] = prefopt_xmalloc(sizeof *shapes * (size_t)no, "shapes");
+    for (int i = 0; i < no; i++) {
+        names[i] = o[i].hf;
+        ndims[i] = o[i].ndim;
+        shapes[i][0] = o[i].shape[0];
+        shapes[i][1] = o[i].shape[1];
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    prefopt_st_writer *w = rc ? NULL : prefopt_st_writer_open(p, no, names, ndims, (const int64_t(*)[2])shapes, err);
+    rc |= !w;
+    for (int i = 0; i < no && !rc; i++) {
+        out_tensor *t = &o[i];
+        const prefopt_tensor_spec *s = &specs[t->src[0]];
+        size_t n = numel(s), total = t->kind >= 2 ? 3 * n : n;
+        float *a = prefopt_xmalloc(sizeof(float) * (total ? total : 1), "tensor");
+        for (int k = 0; k < (t->kind >= 2 ? 3 : 1) && !rc; k++)
+            rc = ck_read_full(f, model_path, "model", &specs[t->src[k]], a + k * n, err);
+        if (!rc && (t->kind == 1 || t->kind == 2)) {
+            /* [out][in] (for c_attn: q, k, v rows stacked) -> Conv1D [in][out] */
+            float *b = prefopt_xmalloc(sizeof(float) * total, "transpose");
+            int64_t in = s->shape[1];
+            transpose(a, b, (int64_t)(total / (size_t)in), in);
+            free(a);
+            a = b;
+        }
+        if (!rc)
+            rc = prefopt_st_writer_put(w, t->hf, a, err);
+        free(a);
+    }
+    if (w)
+        rc |= prefopt_st_writer_close(w, rc ? NULL : err);
+    if (!rc && tok.json) {
+        snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+        FILE *tf = fopen(p, "wb");
+        if (!tf || fwrite(tok.json, 1, tok.len, tf) != tok.len) {
+            prefopt_err_set(err, "%s: cannot write: %s", p, strerror(errno));
+            rc = 1;
+        }
+        if (tf)
+            fclose(tf);
+    }
+    free(names);
+    free(ndims);
+    free(shapes);
+    free(o);
+    free(specs);
+    prefopt_tokenizer_record_free(&tok);
+    H5Fclose(f);
+    return rc;
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# HF interop: tiny HF directories written by an independent numpy writer (tests/tools/make_tiny_hf.py) in
+# fp32/fp16/bf16, single-file and sharded, for GPT-2, Llama, Mistral and Qwen2; import on 1 and 3 ranks checked
+# tensor by tensor (and checksum by checksum) by tests/tools/check_hf_import.py; import -> export -> import is
+# bit-identical; bad inputs fail with a message naming the tensor or key.
+set -u
+B=$1
+PY=/usr/bin/python3
+T=$PREFOPT_SOURCE_DIR/tests/tools
+$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py"; exit 77; }
+W=$(mktemp -d "$B/test_hf.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+cd "$W"
+MPI="mpiexec --oversubscribe --bind-to none"
+fail=0
+die() { echo "FAIL: $*"; fail=1; }
+
+n=0
+for spec in "gpt2 f32 1" "gpt2 f16 2 --no-prefix" "gpt2 bf16 1" "llama f32 1" "llama bf16 3" "llama f16 1 --tie" \
+            "mistral bf16 2" "qwen2 f16 1 --tie" "qwen2 f32 2"; do
+  set -- $spec
+  arch=$1 dt=$2 shards=$3; shift 3
+  n=$((n + 1)); d=m$n
+  $PY "$T/make_tiny_hf.py" $d/hf --arch $arch --dtype $dt --shards $shards --seed $n "$@" || die "generator $spec"
+  np=$(( n % 2 == 0 ? 3 : 1 ))
+  $MPI -n $np "$PREFOPT" import --hf $d/hf --out $d/a.h5 > /dev/null || { die "import $spec on $np ranks"; continue; }
+  $PY "$T/check_hf_import.py" $d/hf $d/a.h5 || die "check $spec"
+  "$PREFOPT" export --model $d/a.h5 --hf $d/hf2 > /dev/null || { die "export $spec"; continue; }
+  $PY -c "import json,sys; c=json.load(open('$d/hf2/config.json')); sys.exit(c['torch_dtype']!='float32')" || die "config dtype $spec"
+  cmp -s $d/hf/tokenizer.json $d/hf2/tokenizer.json || die "tokenizer.json not carried through $spec"
+  $MPI -n 2 "$PREFOPT" import --hf $d/hf2 --out $d/b.h5 > /dev/null || { die "re-import $spec"; continue; }
+  $PY "$T/check_hf_import.py" $d/hf2 $d/b.h5 > /dev/null || die "check re-import $spec"
+  h5diff $d/a.h5 $d/b.h5 /model /model > /dev/null || die "import -> export -> import not bit-identical: $spec"
+  "$PREFOPT" export --model $d/b.h5 --hf $d/hf3 > /dev/null && cmp -s $d/hf2/model.safetensors $d/hf3/model.safetensors \
+    || die "second export differs: $spec"
+  echo "ok $spec (import on $np ranks)"
+done
+
+# errors: exit 1 and one line naming the tensor or key, identical on every rank
+expect_err() { # expect_err "pattern" generator-args...
+  local pat=$1; shift
+  rm -rf bad; $PY "$T/make_tiny_hf.py" bad "$@"
+  out=$($MPI -n 2 "$PREFOPT" import --hf bad --out bad.h5 2>&1); rc=$?
+  [ $rc -ne 0 ] || die "no error for: $*"
+  [ "$(echo "$out" | grep -c -F "prefopt: error: $pat")" = 2 ] || die "expected '$pat' from both ranks for: $*; got: $out"
+  [ ! -e bad.h5 ] || die "bad.h5 left behind for: $*"
+}
+expect_err "model.safetensors: tensor for 'layers.1.mlp.up_proj.weight' missing" --arch llama --drop model.layers.1.mlp.up_proj.weight
+expect_err "model.safetensors: tensor 'transformer.h.1.mlp.c_fc.weight': shape [17,64] expected [16,64]" --arch gpt2 --bad-shape transformer.h.1.mlp.c_fc.weight
+expect_err "model.safetensors: truncated: tensor 'transformer.ln_f.weight'" --arch gpt2 --truncate
+expect_err "model-00002-of-00002.safetensors: truncated: tensor" --arch llama --shards 2 --truncate
+expect_err "config.json: model_type 'gptj' is not supported" --arch llama --set-config 'model_type="gptj"'
+expect_err "config.json: key 'rope_scaling' is set" --arch llama --set-config 'rope_scaling={"type":"linear","factor":2.0}'
+expect_err "config.json: key 'hidden_act' is 'gelu'" --arch llama --set-config 'hidden_act="gelu"'
+expect_err "config.json: key 'num_hidden_layers' missing" --arch llama --set-config 'num_hidden_layers=null'
+expect_err "model.safetensors: tensor for 'h.2.ln_1.weight' missing" --arch gpt2 --set-config 'n_layer=3'
+expect_err "model.safetensors: tensor 'transformer.h.1.ln_1.weight' is not part of this gpt2 model (config.json says 1 layers)" --arch gpt2 --set-config 'n_layer=1'
+expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this llama model" --arch qwen2 --set-config 'model_type="llama"'
+
+# a model file that is not one
+echo "not hdf5" > junk.h5
+out=$("$PREFOPT" export --model junk.h5 --hf junk 2>&1) && die "export of junk succeeded"
+echo "$out" | grep -q "junk.h5: cannot open as HDF5" || die "junk export message: $out"
+exit $fail
