@@ -84,6 +84,8 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
         {"ref-sync-steps", PREFOPT_OPT_LONG, &p->ref_sync_steps, "0",
          "TR-DPO: mix the reference towards the policy every N optimizer steps (0: never)"},
         {"ref-mixup-alpha", PREFOPT_OPT_DOUBLE, &p->ref_mixup_alpha, "0.6", "TR-DPO: ref <- (1-a) ref + a policy"},
+        {"rpo-alpha", PREFOPT_OPT_DOUBLE, &p->rpo_alpha, "0",
+         "RPO (TRL 0.27 rpo_alpha): add the chosen NLL with this weight; the same as \",sft:ALPHA\" in --loss"},
         {"f-divergence", PREFOPT_OPT_STRING, &p->f_divergence, "reverse_kl",
          "f-DPO score of the log-ratios: reverse_kl, forward_kl, js_divergence or alpha_divergence"},
         {"f-alpha-divergence-coef", PREFOPT_OPT_DOUBLE, &p->f_alpha_divergence_coef, "0.5",
@@ -175,6 +177,22 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
     if (parse_terms(obj, p->loss, err))
         return -1;
     const char *spec = p->loss;
+    if (p->rpo_alpha != 0) {
+        if (!(p->rpo_alpha > 0) || !isfinite(p->rpo_alpha)) {
+            prefopt_err_set(err, "--rpo-alpha must be a finite number > 0, got %g", p->rpo_alpha);
+            return -1;
+        }
+        if (has_term(obj, PREFOPT_LOSS_SFT)) {
+            prefopt_err_set(err, "--rpo-alpha and an sft term in --loss \"%s\" are the same thing; give one", spec);
+            return -1;
+        }
+        if (obj->nterms == PREFOPT_MAX_LOSS_TERMS) {
+            prefopt_err_set(err, "--loss \"%s\" plus --rpo-alpha: more than %d terms", spec, PREFOPT_MAX_LOSS_TERMS);
+            return -1;
+        }
+        obj->kind[obj->nterms] = PREFOPT_LOSS_SFT;
+        obj->weight[obj->nterms++] = p->rpo_alpha;
+    }
     int n_unpaired = 0, n_pair = 0, uses_eps = 0, only_reffree = 1;
     for (int i = 0; i < obj->nterms; i++) {
         prefopt_loss_kind k = obj->kind[i];

@@ -339,6 +339,19 @@ static void test_parse(void)
     err.set = 0;
     CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "needs a reference"), "TR-DPO with simpo");
 
+    /* rpo_alpha appends the sft term (TRL 0.27's RPO) */
+    prefopt_objective_params_default(&p);
+    p.rpo_alpha = 0.25;
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) == 0 && o.nterms == 2 && o.kind[1] == PREFOPT_LOSS_SFT &&
+              o.weight[1] == 0.25 && o.layout == PREFOPT_LAYOUT_PAIRS, "rpo_alpha: %s", err.msg);
+    p.loss = "dpo,sft:1";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "same thing"), "rpo_alpha with sft");
+    p.loss = "kto";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "cannot be combined"), "rpo_alpha with kto");
+
     /* TR-DPO schedule */
     prefopt_objective_params_default(&p);
     p.ref_sync_steps = 4;

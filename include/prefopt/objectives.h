@@ -98,6 +98,7 @@ typedef struct {
     int sft_all_tokens;            /* 0: plain-text SFT, the loss covers every predicted token (logp_all) */
     long ref_sync_steps;           /* 0 = off; TR-DPO: every N optimizer steps ref <- (1-a) ref + a policy */
     double ref_mixup_alpha;        /* 0.6 (TRL ref_model_mixup_alpha) */
+    double rpo_alpha;              /* 0: TRL-0.27 rpo_alpha, the same as appending ",sft:ALPHA" to the loss */
     const char *f_divergence;      /* "reverse_kl": or forward_kl, js_divergence, alpha_divergence (TRL-1.x) */
     double f_alpha_divergence_coef; /* 0.5 (TRL-1.x default) */
 } prefopt_objective_params;
@@ -110,8 +111,8 @@ typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDI
 
 /* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
- * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "f-divergence",
- * "f-alpha-divergence-coef") pointing into
+ * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "rpo-alpha",
+ * "f-divergence", "f-alpha-divergence-coef") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
