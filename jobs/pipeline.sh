@@ -11,7 +11,7 @@
 #   IMPORT          array: `prefopt import` options; empty: no import stage
 #   PACK            array of strings, one `prefopt pack` option string per pack job (split on spaces)
 #   SFT_CONFIG, SFT_SBATCH_ARGS (array)           empty SFT_CONFIG: no SFT stage
-#   DPO_CONFIG, DPO_SBATCH_ARGS (array), DPO_INIT (default $RUN_ROOT/sft/checkpoints/latest)
+#   DPO_CONFIG, DPO_SBATCH_ARGS (array), DPO_INIT (default $RUN_ROOT/sft/model.h5, the final SFT weights)
 #   EVAL            array: `prefopt eval` options; empty: no eval stage
 # Prints "stage jobid" lines and writes them to $RUN_ROOT/jobs.txt.
 set -euo pipefail
@@ -51,7 +51,7 @@ if [ -n "$SFT_CONFIG" ]; then
   sft_id=$LAST_ID
 fi
 if [ -n "$DPO_CONFIG" ]; then
-  export PREFOPT_INIT=${DPO_INIT:-$RUN_ROOT/sft/checkpoints/latest}   # sbatch exports the environment
+  export PREFOPT_INIT=${DPO_INIT:-$RUN_ROOT/sft/model.h5}   # sbatch exports the environment
   submit dpo "$(join "$sft_id" "$pack_ids")" "${DPO_SBATCH_ARGS[@]}" "$JOBS_DIR/dpo.sbatch" "$DPO_CONFIG" "$RUN_ROOT/dpo"
   unset PREFOPT_INIT
   dpo_id=$LAST_ID

@@ -86,7 +86,7 @@ SFT_CONFIG=$W/dpo.ini
 SFT_SBATCH_ARGS=(--ntasks-per-node=2)
 DPO_CONFIG=$W/dpo.ini
 DPO_SBATCH_ARGS=(--ntasks-per-node=2)
-EVAL=(--model $2/dpo/checkpoints/latest --data $2/pairs.h5 --out $2/eval.jsonl)
+EVAL=(--model $2/dpo/model.h5 --data $2/pairs.h5 --out $2/eval.jsonl)
 ENV
 }
 wait_all() {  # run_root timeout -> prints "stage state" lines
@@ -106,10 +106,10 @@ write_pipeline "$W/p-ok.env" "$W/p-ok"
 PREFOPT=$FAKE "$J/pipeline.sh" "$W/p-ok.env" > /dev/null
 states=$(wait_all "$W/p-ok" 90)
 echo "$states" | grep -v " COMPLETED" && fail "pipeline stages not all COMPLETED: $states"
-for f in model.h5 sft.h5 pairs.h5 sft/metrics.jsonl dpo/metrics.jsonl eval.jsonl; do
+for f in model.h5 sft.h5 pairs.h5 sft/metrics.jsonl sft/model.h5 dpo/metrics.jsonl dpo/model.h5 eval.jsonl; do
   [ -s "$W/p-ok/$f" ] || fail "pipeline output $f missing"
 done
-grep -q -- "--init $W/p-ok/sft/checkpoints/latest" "$W/p-ok/dpo/start-0-0.txt" || fail "DPO did not get the SFT checkpoint"
+grep -q -- "--init $W/p-ok/sft/model.h5" "$W/p-ok/dpo/start-0-0.txt" || fail "DPO did not get the SFT checkpoint"
 # order: each stage started no earlier than the stages it depends on ended (scontrol times, 1 s resolution)
 jtime() { date -d "$(scontrol show job "$(awk -v s="$1" '$1 == s {print $2}' "$W/p-ok/jobs.txt")" |
                      sed -n "s/.* $2=\([^ ]*\).*/\1/p")" +%s; }
