@@ -4,6 +4,7 @@
  * (sequence, KV group) pairs, which write disjoint outputs: deterministic under OpenMP. */
 #include "model_internal.h"
 
+#include <blis.h>
 #include <math.h>
 #include <string.h>
 
@@ -29,6 +30,16 @@ static void store_head(prefopt_dmat *x, const float *src, int s, int T, int c0, 
     }
 }
 
+/* C = alpha op(A) op(B) + beta C on row-major buffers (BLIS takes the strides directly) */
+static void gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                    int ldb, float beta, float *c, int ldc)
+{
+    bli_sgemm(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, m, n, k, &alpha,
+              (float *)a, lda, 1, (float *)b, ldb, 1, &beta, c, ldc, 1);
+}
+
+/* Scores and products are full T x T GEMMs (twice the causal work, at GEMM speed); the mask is applied in the
+ * softmax, where masked and padded entries become exact zeros. */
 void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, const prefopt_dmat *q,
                           const prefopt_dmat *k, const prefopt_dmat *v)
 {
@@ -47,38 +58,25 @@ void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, c
             int c0 = kb * m->qnb + hh * D;
             float *P = att + ((size_t)pr * G + hh) * T * T;
             load_head(qh, q, s, T, c0, D);
-            memset(oh, 0, sizeof(float) * T * D);
-            memset(P, 0, sizeof(float) * T * T);
+            gemm_rm(0, 1, T, T, D, scale, qh, D, kh, D, 0.0f, P, T);
             for (int i = 0; i < T; i++) {
-                if (seg[i] < 0)
-                    continue; /* padded query: zero output, zero probabilities */
-                float *Pi = P + (size_t)i * T, mx = -INFINITY;
-                const float *qi = qh + (size_t)i * D;
-                for (int j = 0; j <= i; j++) {
-                    if (!visible(seg, i, j))
-                        continue;
-                    float sc = 0;
-                    for (int d = 0; d < D; d++)
-                        sc += qi[d] * kh[(size_t)j * D + d];
-                    Pi[j] = sc * scale;
-                    mx = fmaxf(mx, Pi[j]);
+                float *Pi = P + (size_t)i * T, mx = -INFINITY, sum = 0;
+                if (seg[i] < 0) { /* padded query: zero output, zero probabilities */
+                    memset(Pi, 0, sizeof(float) * T);
+                    continue;
                 }
-                float sum = 0;
                 for (int j = 0; j <= i; j++)
-                    if (visible(seg, i, j)) {
-                        Pi[j] = expf(Pi[j] - mx);
-                        sum += Pi[j];
-                    }
-                float inv = 1.0f / sum; /* i sees itself, so sum >= 1 */
-                float *oi = oh + (size_t)i * D;
-                for (int j = 0; j <= i; j++) {
-                    if (!visible(seg, i, j))
-                        continue;
-                    Pi[j] *= inv;
-                    for (int d = 0; d < D; d++)
-                        oi[d] += Pi[j] * vh[(size_t)j * D + d];
+                    if (visible(seg, i, j))
+                        mx = fmaxf(mx, Pi[j]);
+                for (int j = 0; j < T; j++) {
+                    Pi[j] = j <= i && visible(seg, i, j) ? expf(Pi[j] - mx) : 0.0f;
+                    sum += Pi[j];
                 }
+                float inv = 1.0f / sum; /* i sees itself, so sum >= 1 */
+                for (int j = 0; j <= i; j++)
+                    Pi[j] *= inv;
             }
+            gemm_rm(0, 0, T, D, T, 1.0f, P, T, vh, D, 0.0f, oh, D);
             store_head(y, oh, s, T, c0, D);
         }
         free(kh);
@@ -95,10 +93,9 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
-        const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
-        float *kh = prefopt_xmalloc(sizeof(float) * (7 * T * D + T), "attention scratch");
+        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)7 * T * D + (size_t)T * T), "attention scratch");
         float *vh = kh + T * D, *qh = vh + T * D, *doh = qh + T * D, *dqh = doh + T * D, *dkh = dqh + T * D;
-        float *dvh = dkh + T * D, *dP = dvh + T * D;
+        float *dvh = dkh + T * D, *dS = dvh + T * D;
         load_head(kh, k, s, T, kb * D, D);
         load_head(vh, v, s, T, kb * D, D);
         memset(dkh, 0, sizeof(float) * 2 * T * D);
@@ -107,33 +104,18 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
             const float *P = att + ((size_t)pr * G + hh) * T * T;
             load_head(qh, q, s, T, c0, D);
             load_head(doh, dy, s, T, c0, D);
-            memset(dqh, 0, sizeof(float) * T * D);
-            for (int i = 0; i < T; i++) {
-                if (seg[i] < 0)
-                    continue;
-                const float *Pi = P + (size_t)i * T, *doi = doh + (size_t)i * D;
-                float rowdot = 0;
-                for (int j = 0; j <= i; j++) {
-                    float acc = 0;
-                    if (Pi[j] != 0.0f) {
-                        for (int d = 0; d < D; d++) {
-                            acc += doi[d] * vh[(size_t)j * D + d];
-                            dvh[(size_t)j * D + d] += Pi[j] * doi[d];
-                        }
-                    }
-                    dP[j] = acc;
-                    rowdot += Pi[j] * acc;
-                }
-                for (int j = 0; j <= i; j++) {
-                    float ds = Pi[j] * (dP[j] - rowdot) * scale;
-                    if (ds == 0.0f)
-                        continue;
-                    for (int d = 0; d < D; d++) {
-                        dqh[(size_t)i * D + d] += ds * kh[(size_t)j * D + d];
-                        dkh[(size_t)j * D + d] += ds * qh[(size_t)i * D + d];
-                    }
-                }
+            gemm_rm(1, 0, T, D, T, 1.0f, P, T, doh, D, 1.0f, dvh, D);  /* dV += P^T dO */
+            gemm_rm(0, 1, T, T, D, 1.0f, doh, D, vh, D, 0.0f, dS, T); /* dP = dO V^T */
+            for (int i = 0; i < T; i++) { /* dS = P (dP - rowsum(P dP)) */
+                const float *Pi = P + (size_t)i * T;
+                float *dSi = dS + (size_t)i * T, rowdot = 0;
+                for (int j = 0; j < T; j++)
+                    rowdot += Pi[j] * dSi[j];
+                for (int j = 0; j < T; j++)
+                    dSi[j] = Pi[j] * (dSi[j] - rowdot);
             }
+            gemm_rm(0, 0, T, D, T, scale, dS, T, kh, D, 0.0f, dqh, D); /* dQ = scale dS K */
+            gemm_rm(1, 0, T, D, T, scale, dS, T, qh, D, 1.0f, dkh, D); /* dK += scale dS^T Q */
             store_head(dq, dqh, s, T, c0, D);
         }
         store_head(dk, dkh, s, T, kb * D, D);
