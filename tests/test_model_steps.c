@@ -127,6 +127,41 @@ static void logits_at_check(prefopt_arch arch, const prefopt_grid *g)
     prefopt_model_free(m);
 }
 
+/* bad batches are refused with a message naming row and position; an empty batch is fine */
+static void bad_input_check(prefopt_arch arch, const prefopt_grid *g)
+{
+    prefopt_model *m = make(arch, g, 1);
+    test_batch tb;
+    tm_stats s;
+    prefopt_unit_stats us = tm_stats_view(&s);
+    struct {
+        int row, i, what, value;
+        const char *expect;
+    } cases[] = {{1, 4, 0, 37, "token id 37"}, {0, 2, 1, 5000, "position id 5000"}, {2, 3, 2, 7, "parent 7"},
+                 {0, 5, 3, 9, "unit 9"}, {1, 11, 2, 3, "padding has a parent"}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        tb_standard(&tb);
+        int t = cases[c].row * tb.T + cases[c].i;
+        int32_t *field[] = {tb.tokens, tb.pos, tb.parent, tb.unit};
+        field[cases[c].what][t] = cases[c].value;
+        prefopt_batch b = tb_view(&tb);
+        prefopt_err err = {0};
+        char want[64];
+        snprintf(want, sizeof want, "row %d position %d", cases[c].row, cases[c].i);
+        if (prefopt_model_forward(m, &b, &us, &err) == 0 || !strstr(err.msg, cases[c].expect) || !strstr(err.msg, want))
+            FAIL("bad batch case %zu not refused properly: '%s'", c, err.msg);
+    }
+    tb_init(&tb, 0, 8);
+    prefopt_batch b = tb_view(&tb);
+    prefopt_err err = {0};
+    float d[1] = {0};
+    if (prefopt_model_forward(m, &b, &us, &err))
+        FAIL("empty batch refused: %s", err.msg);
+    else
+        prefopt_model_backward(m, d, d);
+    prefopt_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -154,6 +189,7 @@ int main(int argc, char **argv)
         prefopt_grid_init(&g, MPI_COMM_WORLD, 1, size, 1, &err);
         packed_vs_separate((prefopt_arch)arch, &g);
         logits_at_check((prefopt_arch)arch, &g);
+        bad_input_check((prefopt_arch)arch, &g);
         prefopt_grid_free(&g);
         prefopt_grid_init(&g, MPI_COMM_WORLD, size, 1, 1, &err);
         logits_at_check((prefopt_arch)arch, &g);
