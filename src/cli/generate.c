@@ -1,0 +1,507 @@
+/* prefopt generate: sample completions for prompts with a model on a tensor-parallel grid (data-parallel
+ * replicas take every dp-th prompt). Greedy (temperature 0), temperature, top-k and top-p sampling; stops at EOS
+ * or the length limit. With --ref, each completion is also scored under the policy and the reference, giving the
+ * per-sample log-ratio whose mean estimates KL(policy || reference) on the generated distribution. */
+#define _GNU_SOURCE
+#include "prefopt/banner.h"
+#include "prefopt/checkpoint.h"
+#include "prefopt/opts.h"
+#include "prefopt/runctl.h"
+#include "prefopt/tokenizer.h"
+#include "prefopt/train.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    int64_t index;
+    char *prompt;
+    int32_t *ids; /* prompt ids, then generated ids */
+    int nprompt, n, cap;
+    int done;
+    double logp_pol, logp_ref;
+} sample;
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* A uniform draw that depends only on (seed, example, position): the same on every rank of a grid and the same
+ * whatever the batch composition, so outputs do not depend on the layout. */
+static double uniform(uint64_t seed, int64_t example, int pos)
+{
+    uint64_t h = mix64(seed ^ mix64((uint64_t)example * 0x100000001b3ULL + (uint64_t)pos));
+    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+typedef struct {
+    float logit;
+    int id;
+} cand;
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return x->id - y->id;
+}
+
+static int pick(const float *logits, int V, double temperature, int top_k, double top_p, double u, cand *scratch)
+{
+    if (temperature <= 0) {
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[best])
+                best = v;
+        return best;
+    }
+    for (int v = 0; v < V; v++)
+        scratch[v] = (cand){logits[v], v};
+    qsort(scratch, (size_t)V, sizeof *scratch, cmp_cand);
+    int k = top_k > 0 && top_k < V ? top_k : V;
+    double mx = scratch[0].logit, z = 0;
+    double *pr = prefopt_xmalloc(sizeof(double) * (size_t)k, "sampling");
+    for (int i = 0; i < k; i++)
+        z += pr[i] = exp((scratch[i].logit - mx) / temperature);
+    /* nucleus: the smallest prefix of the sorted distribution with mass >= top_p */
+    if (top_p > 0 && top_p < 1) {
+        double acc = 0;
+        int keep = k;
+        for (int i = 0; i < k; i++) {
+            acc += pr[i] / z;
+            if (acc >= top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        k = keep;
+        z = 0;
+        for (int i = 0; i < k; i++)
+            z += pr[i];
+    }
+    double r = u * z, acc = 0;
+    int id = scratch[k - 1].id;
+    for (int i = 0; i < k; i++) {
+        acc += pr[i];
+        if (r < acc) {
+            id = scratch[i].id;
+            break;
+        }
+    }
+    free(pr);
+    return id;
+}
+
+/* Rows = samples, prompt then generated tokens, right-padded; one branch (seg 0), no units unless score. */
+typedef struct {
+    prefopt_batch b;
+    int32_t *tok, *pos, *parent, *unit;
+    int8_t *seg;
+    uint8_t *comp;
+} rows;
+
+static void build_rows(rows *r, sample **s, int n, int pad, int score)
+{
+    int T = 1;
+    for (int i = 0; i < n; i++)
+        T = s[i]->n > T ? s[i]->n : T;
+    T = (T + 7) / 8 * 8;
+    size_t N = (size_t)n * (size_t)T;
+    r->tok = prefopt_xmalloc(N * 4, "batch");
+    r->pos = prefopt_xmalloc(N * 4, "batch");
+    r->parent = prefopt_xmalloc(N * 4, "batch");
+    r->unit = prefopt_xmalloc(N * 4, "batch");
+    r->seg = prefopt_xmalloc(N, "batch");
+    r->comp = prefopt_xmalloc(N, "batch");
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < T; j++) {
+            size_t k = (size_t)i * T + j;
+            int real = j < s[i]->n;
+            r->tok[k] = real ? s[i]->ids[j] : pad;
+            r->pos[k] = real ? j : 0;
+            r->seg[k] = real ? 0 : -1;
+            r->parent[k] = real && j > 0 ? j - 1 : -1;
+            r->unit[k] = real && j > 0 && score ? i : -1;
+            r->comp[k] = real && j >= s[i]->nprompt && score;
+        }
+    r->b = (prefopt_batch){n, T, score ? n : 0, r->tok, r->pos, r->seg, r->parent, r->unit, r->comp};
+}
+
+static void free_rows(rows *r)
+{
+    free(r->tok), free(r->pos), free(r->parent), free(r->unit), free(r->seg), free(r->comp);
+}
+
+static int read_prompts(const char *path, const prefopt_tokenizer *tk, int add_bos, sample **out, int *nout,
+                        prefopt_err *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        prefopt_err_set(err, "%s: cannot open prompts file", path);
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0, ncap = 0, lineno = 0;
+    sample *s = NULL;
+    while (getline(&line, &cap, f) > 0) {
+        lineno++;
+        if (line[strspn(line, " \t\r\n")] == '\0')
+            continue;
+        cJSON *o = cJSON_Parse(line);
+        const cJSON *pt = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt") : NULL;
+        const cJSON *pi = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt_ids") : NULL;
+        if (!o || (!cJSON_IsString(pt) && !cJSON_IsArray(pi))) {
+            prefopt_err_set(err, "%s:%d: expected a JSON object with \"prompt\" (text) or \"prompt_ids\"", path, lineno);
+            cJSON_Delete(o);
+            break;
+        }
+        if (n == ncap) {
+            ncap = ncap ? 2 * ncap : 64;
+            s = realloc(s, sizeof *s * (size_t)ncap);
+            if (!s)
+                prefopt_die("out of memory reading prompts");
+        }
+        sample *x = &s[n];
+        memset(x, 0, sizeof *x);
+        x->index = n;
+        size_t nid = 0, icap = 0;
+        int32_t *ids = NULL;
+        if (add_bos && prefopt_tokenizer_bos(tk) >= 0) {
+            ids = prefopt_xmalloc(sizeof *ids * 16, "prompt ids");
+            icap = 16;
+            ids[nid++] = prefopt_tokenizer_bos(tk);
+        }
+        if (cJSON_IsString(pt)) {
+            x->prompt = strdup(pt->valuestring);
+            if (prefopt_tokenizer_encode(tk, pt->valuestring, strlen(pt->valuestring), 0, &ids, &nid, &icap, err)) {
+                cJSON_Delete(o);
+                break;
+            }
+        } else {
+            const cJSON *it;
+            cJSON_ArrayForEach(it, pi)
+            {
+                if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= prefopt_tokenizer_vocab_size(tk)) {
+                    prefopt_err_set(err, "%s:%d: field 'prompt_ids': not a token id of the vocabulary", path, lineno);
+                    break;
+                }
+                if (nid == icap) {
+                    icap = icap ? 2 * icap : 64;
+                    ids = realloc(ids, sizeof *ids * icap);
+                }
+                ids[nid++] = it->valueint;
+            }
+            if (err->set) {
+                cJSON_Delete(o);
+                break;
+            }
+            x->prompt = prefopt_tokenizer_decode(tk, ids, nid, 0, err);
+        }
+        cJSON_Delete(o);
+        if (nid == 0) {
+            prefopt_err_set(err, "%s:%d: empty prompt", path, lineno);
+            break;
+        }
+        x->ids = ids;
+        x->n = x->nprompt = (int)nid;
+        x->cap = (int)icap;
+        n++;
+    }
+    free(line);
+    fclose(f);
+    *out = s;
+    *nout = n;
+    return err->set ? -1 : 0;
+}
+
+int prefopt_cmd_generate(int argc, char **argv)
+{
+    const char *model_path, *ref_path, *prompts_path, *out_path;
+    int grid_rows, grid_cols, dp, max_new, top_k, batch, add_bos, skip_special;
+    double temperature, top_p;
+    long seed;
+    const prefopt_opt opts[] = {
+        {"model", PREFOPT_OPT_STRING, &model_path, "", "model file or checkpoint (required)"},
+        {"ref", PREFOPT_OPT_STRING, &ref_path, "", "reference model: score each completion under both (KL estimate)"},
+        {"prompts", PREFOPT_OPT_STRING, &prompts_path, "", "JSONL with \"prompt\" (text) or \"prompt_ids\" (required)"},
+        {"out", PREFOPT_OPT_STRING, &out_path, "", "output JSONL (index, prompt, completion, ids) (required)"},
+        {"max-new-tokens", PREFOPT_OPT_INT, &max_new, "64", "generated tokens per prompt at most"},
+        {"temperature", PREFOPT_OPT_DOUBLE, &temperature, "0", "0: greedy; > 0: sample from softmax(logits/T)"},
+        {"top-k", PREFOPT_OPT_INT, &top_k, "0", "sample among the k most likely tokens (0: all)"},
+        {"top-p", PREFOPT_OPT_DOUBLE, &top_p, "1", "nucleus sampling mass (1: off)"},
+        {"seed", PREFOPT_OPT_LONG, &seed, "1234", "sampling seed (draws depend on seed, example and position only)"},
+        {"batch-size", PREFOPT_OPT_INT, &batch, "32", "prompts generated together on one replica"},
+        {"add-bos", PREFOPT_OPT_FLAG, &add_bos, "0", "prepend BOS to text prompts (match how the data was packed)"},
+        {"skip-special", PREFOPT_OPT_FLAG, &skip_special, "1", "leave special tokens out of the completion text"},
+        {"grid-rows", PREFOPT_OPT_INT, &grid_rows, "1", "process rows of each tensor-parallel grid"},
+        {"grid-cols", PREFOPT_OPT_INT, &grid_cols, "1", "process columns of each tensor-parallel grid"},
+        {"dp", PREFOPT_OPT_INT, &dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+    };
+    const int nopts = (int)(sizeof opts / sizeof opts[0]);
+    char msg[1024];
+    prefopt_err err = {0};
+    int rc = prefopt_opts_parse("generate", "Generate completions for prompts (JSONL) with a model; greedy or sampled.",
+                                opts, nopts, argc, argv, msg, sizeof msg);
+    if (rc == PREFOPT_OPTS_EXIT)
+        return 0;
+    if (rc == PREFOPT_OPTS_OK && (!*model_path || !*prompts_path || !*out_path))
+        snprintf(msg, sizeof msg, "generate needs --model, --prompts and --out"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_OK && (batch < 1 || max_new < 0 || temperature < 0 || top_p <= 0 || top_p > 1))
+        snprintf(msg, sizeof msg, "generate: need --batch-size >= 1, --max-new-tokens >= 0, --temperature >= 0 and "
+                                  "0 < --top-p <= 1"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_ERROR) {
+        prefopt_err_set(&err, "%s", msg);
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    int world;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    int tp = grid_rows * grid_cols;
+    prefopt_grid g;
+    if (prefopt_grid_init(&g, MPI_COMM_WORLD, grid_rows, grid_cols, dp > 0 ? dp : (tp > 0 ? world / tp : 0), &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_banner(stderr, &g);
+
+    prefopt_model_config cfg;
+    prefopt_tokenizer_record rec = {0};
+    prefopt_tokenizer *tk = NULL;
+    if (!prefopt_model_file_read_config(model_path, &cfg, &err) &&
+        !prefopt_model_file_read_tokenizer(model_path, &rec, &err)) {
+        if (!rec.json)
+            tk = prefopt_tokenizer_byte();
+        else {
+            /* the tokenizer travels inside the model file; the loader reads files, so stage it in one */
+            char tmp[] = "/tmp/prefopt-tokenizer-XXXXXX";
+            int fd = mkstemp(tmp);
+            if (fd < 0 || write(fd, rec.json, rec.len) != (ssize_t)rec.len)
+                prefopt_err_set(&err, "cannot stage the tokenizer of %s in /tmp", model_path);
+            if (fd >= 0)
+                close(fd);
+            if (!err.set)
+                prefopt_tokenizer_load(tmp, &tk, &err);
+            unlink(tmp);
+        }
+    }
+    sample *s = NULL;
+    int ns = 0;
+    if (!err.set)
+        read_prompts(prompts_path, tk, add_bos, &s, &ns, &err);
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+
+    prefopt_model_options mo = {0, 0, 0, 0, 0};
+    prefopt_model *m = prefopt_model_create(&cfg, &g, &mo, &err), *ref = NULL;
+    if (m)
+        prefopt_model_file_load(m, model_path, &err);
+    if (!err.set && *ref_path) {
+        ref = prefopt_model_create(&cfg, &g, &mo, &err);
+        if (ref)
+            prefopt_model_file_load(ref, ref_path, &err);
+    }
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+
+    const int V = cfg.vocab_size, eos = prefopt_tokenizer_eos(tk);
+    int pad = prefopt_tokenizer_pad(tk);
+    pad = pad >= 0 ? pad : 0;
+    /* this replica's prompts, in batches; every replica runs the same number of batches (collectives inside) */
+    int mine = 0;
+    sample **my = prefopt_xmalloc(sizeof *my * (size_t)(ns + 1), "samples");
+    for (int i = g.dp_rank; i < ns; i += g.dp_size)
+        my[mine++] = &s[i];
+    int nb = (mine + batch - 1) / batch, nbmax = 0;
+    MPI_Allreduce(&nb, &nbmax, 1, MPI_INT, MPI_MAX, g.dp);
+    float *logits = prefopt_xmalloc(sizeof(float) * (size_t)batch * V, "logits");
+    cand *scratch = prefopt_xmalloc(sizeof(cand) * (size_t)V, "sampling");
+    int32_t *last = prefopt_xmalloc(sizeof(int32_t) * (size_t)batch, "positions");
+    double t0 = prefopt_now();
+    long generated = 0;
+    for (int bi = 0; bi < nbmax; bi++) {
+        int lo = bi * batch, n = lo < mine ? (mine - lo < batch ? mine - lo : batch) : 0;
+        sample **bs = my + lo;
+        for (int step = 0; step < max_new; step++) {
+            int active = 0;
+            for (int i = 0; i < n; i++)
+                active += !bs[i]->done && bs[i]->n < cfg.max_position;
+            if (!active)
+                break;
+            rows r;
+            build_rows(&r, bs, n, pad, 0);
+            for (int i = 0; i < n; i++)
+                last[i] = bs[i]->n - 1;
+            if (prefopt_model_logits_at(m, &r.b, last, logits, &err))
+                prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* the engine agrees it on the grid */
+            free_rows(&r);
+            for (int i = 0; i < n; i++) {
+                sample *x = bs[i];
+                if (x->done || x->n >= cfg.max_position) {
+                    x->done = 1;
+                    continue;
+                }
+                int id = pick(logits + (size_t)i * V, V, temperature, top_k, top_p,
+                              uniform((uint64_t)seed, x->index, x->n), scratch);
+                if (x->n == x->cap) {
+                    x->cap = x->cap ? 2 * x->cap : 64;
+                    x->ids = realloc(x->ids, sizeof *x->ids * (size_t)x->cap);
+                    if (!x->ids)
+                        prefopt_die("out of memory generating");
+                }
+                x->ids[x->n++] = id;
+                generated++;
+                if (id == eos)
+                    x->done = 1;
+            }
+        }
+        if (ref && n > 0) {
+            rows r;
+            build_rows(&r, bs, n, pad, 1);
+            prefopt_unit_stats a, b;
+            prefopt_unit_stats_alloc(&a, n);
+            prefopt_unit_stats_alloc(&b, n);
+            if (prefopt_model_forward(m, &r.b, &a, &err) || prefopt_model_forward(ref, &r.b, &b, &err))
+                prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+            for (int i = 0; i < n; i++) {
+                bs[i]->logp_pol = a.logp_completion[i];
+                bs[i]->logp_ref = b.logp_completion[i];
+            }
+            prefopt_unit_stats_free(&a);
+            prefopt_unit_stats_free(&b);
+            free_rows(&r);
+        }
+    }
+    double dt = prefopt_now() - t0;
+    MPI_Allreduce(MPI_IN_PLACE, &generated, 1, MPI_LONG, MPI_SUM, g.dp);
+
+    /* gather every sample's generated ids and scores at world rank 0 (tp rank 0 of each replica sends) */
+    int send_n = g.tp_rank == 0 ? mine : 0;
+    int *counts = prefopt_xcalloc((size_t)world, sizeof(int), "counts");
+    MPI_Gather(&send_n, 1, MPI_INT, counts, 1, MPI_INT, 0, g.world);
+    long *hdr = prefopt_xmalloc(sizeof(long) * 2 * (size_t)(send_n + 1), "gather");
+    double *sc = prefopt_xmalloc(sizeof(double) * 2 * (size_t)(send_n + 1), "gather");
+    int nid = 0;
+    for (int i = 0; i < send_n; i++) {
+        hdr[2 * i] = (long)my[i]->index;
+        hdr[2 * i + 1] = my[i]->n - my[i]->nprompt;
+        sc[2 * i] = my[i]->logp_pol;
+        sc[2 * i + 1] = my[i]->logp_ref;
+        nid += my[i]->n - my[i]->nprompt;
+    }
+    int32_t *ids = prefopt_xmalloc(sizeof(int32_t) * (size_t)(nid + 1), "gather");
+    for (int i = 0, k = 0; i < send_n; i++)
+        for (int j = my[i]->nprompt; j < my[i]->n; j++)
+            ids[k++] = my[i]->ids[j];
+    int total = 0;
+    if (g.world_rank == 0)
+        for (int r = 0; r < world; r++)
+            total += counts[r];
+    int *idcounts = prefopt_xcalloc((size_t)world, sizeof(int), "counts");
+    MPI_Gather(&nid, 1, MPI_INT, idcounts, 1, MPI_INT, 0, g.world);
+    int *d1 = prefopt_xcalloc((size_t)world, sizeof(int), "displs"), *d2 = prefopt_xcalloc((size_t)world, sizeof(int), "d");
+    int *c2 = prefopt_xcalloc((size_t)world, sizeof(int), "counts");
+    long *all_hdr = NULL;
+    double *all_sc = NULL;
+    int32_t *all_ids = NULL;
+    int idtotal = 0;
+    if (g.world_rank == 0) {
+        for (int r = 0, a = 0, b = 0; r < world; r++) {
+            c2[r] = 2 * counts[r];
+            d1[r] = a;
+            d2[r] = b;
+            a += c2[r];
+            b += idcounts[r];
+            idtotal = b;
+        }
+        all_hdr = prefopt_xmalloc(sizeof(long) * 2 * (size_t)(total + 1), "gather");
+        all_sc = prefopt_xmalloc(sizeof(double) * 2 * (size_t)(total + 1), "gather");
+        all_ids = prefopt_xmalloc(sizeof(int32_t) * (size_t)(idtotal + 1), "gather");
+    }
+    MPI_Gatherv(hdr, 2 * send_n, MPI_LONG, all_hdr, c2, d1, MPI_LONG, 0, g.world);
+    MPI_Gatherv(sc, 2 * send_n, MPI_DOUBLE, all_sc, c2, d1, MPI_DOUBLE, 0, g.world);
+    MPI_Gatherv(ids, nid, MPI_INT32_T, all_ids, idcounts, d2, MPI_INT32_T, 0, g.world);
+
+    if (g.world_rank == 0) {
+        /* results in prompt order */
+        int64_t *where = prefopt_xmalloc(sizeof(int64_t) * (size_t)(ns + 1), "order");
+        int *len = prefopt_xmalloc(sizeof(int) * (size_t)(ns + 1), "order");
+        for (int i = 0, off = 0; i < total; i++) {
+            where[all_hdr[2 * i]] = off;
+            len[all_hdr[2 * i]] = (int)all_hdr[2 * i + 1];
+            s[all_hdr[2 * i]].logp_pol = all_sc[2 * i];
+            s[all_hdr[2 * i]].logp_ref = all_sc[2 * i + 1];
+            off += (int)all_hdr[2 * i + 1];
+        }
+        size_t cap = 1 << 16, used = 0;
+        char *buf = prefopt_xmalloc(cap, "output");
+        double kl = 0;
+        for (int i = 0; i < ns && !err.set; i++) {
+            const int32_t *gid = all_ids + where[i];
+            int glen = len[i];
+            int text_len = glen;
+            if (skip_special && glen > 0 && gid[glen - 1] == eos)
+                text_len--;
+            char *text = prefopt_tokenizer_decode(tk, gid, (size_t)text_len, skip_special, &err);
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "index", i);
+            cJSON_AddStringToObject(o, "prompt", s[i].prompt ? s[i].prompt : "");
+            cJSON_AddStringToObject(o, "completion", text ? text : "");
+            cJSON *arr = cJSON_AddArrayToObject(o, "ids");
+            for (int j = 0; j < glen; j++)
+                cJSON_AddItemToArray(arr, cJSON_CreateNumber(gid[j]));
+            cJSON_AddBoolToObject(o, "stopped_at_eos", glen > 0 && gid[glen - 1] == eos);
+            if (ref) {
+                cJSON_AddNumberToObject(o, "logp", s[i].logp_pol);
+                cJSON_AddNumberToObject(o, "ref_logp", s[i].logp_ref);
+                kl += s[i].logp_pol - s[i].logp_ref;
+            }
+            char *line = cJSON_PrintUnformatted(o);
+            size_t l = strlen(line);
+            if (used + l + 2 > cap) {
+                while (used + l + 2 > cap)
+                    cap *= 2;
+                buf = realloc(buf, cap);
+                if (!buf)
+                    prefopt_die("out of memory writing generations");
+            }
+            memcpy(buf + used, line, l);
+            used += l;
+            buf[used++] = '\n';
+            free(line);
+            free(text);
+            cJSON_Delete(o);
+        }
+        if (!err.set)
+            prefopt_write_atomic(out_path, buf, used, &err);
+        free(buf);
+        if (!err.set) {
+            fprintf(stderr, "generate: %d prompts, %ld tokens in %.2f s (%.1f tok/s) -> %s", ns, generated, dt,
+                    dt > 0 ? (double)generated / dt : 0.0, out_path);
+            if (ref)
+                fprintf(stderr, " | KL(policy||ref) estimate %.4f nats per sample", ns ? kl / ns : 0.0);
+            fprintf(stderr, "\n");
+        }
+        free(where), free(len);
+    }
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    free(all_hdr), free(all_sc), free(all_ids), free(hdr), free(sc), free(ids), free(counts), free(idcounts);
+    free(d1), free(d2), free(c2), free(logits), free(scratch), free(last), free(my);
+    for (int i = 0; i < ns; i++)
+        free(s[i].ids), free(s[i].prompt);
+    free(s);
+    prefopt_model_free(m);
+    if (ref)
+        prefopt_model_free(ref);
+    prefopt_tokenizer_free(tk);
+    prefopt_tokenizer_record_free(&rec);
+    prefopt_grid_free(&g);
+    return 0;
+}

@@ -1,0 +1,28 @@
+/* prefopt train: options (command line and INI job file) to the training loop in src/train.c. */
+#include "prefopt/train.h"
+
+#include <stdio.h>
+
+int prefopt_cmd_train(int argc, char **argv)
+{
+    static prefopt_train_params p;
+    static prefopt_opt opts[128];
+    int n = prefopt_train_options(opts, 128, &p);
+    if (n < 0)
+        prefopt_die("train: option table overflow");
+    char msg[1024];
+    int rc = prefopt_opts_parse(
+        "train",
+        "Train a policy with SFT or a DPO-family objective (--loss), tensor-parallel over a grid-rows x grid-cols "
+        "process grid and data-parallel over --dp replicas. Writes RUN_DIR/metrics.jsonl, RUN_DIR/checkpoints/ and "
+        "RUN_DIR/model.h5; exits 99 after a checkpoint on SIGTERM/SIGUSR1.",
+        opts, n, argc, argv, msg, sizeof msg);
+    if (rc == PREFOPT_OPTS_EXIT)
+        return 0;
+    if (rc == PREFOPT_OPTS_ERROR) {
+        prefopt_err err = {0};
+        prefopt_err_set(&err, "%s", msg);
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    return prefopt_train_run(&p, opts, n);
+}

@@ -1,0 +1,683 @@
+/* The training loop of `prefopt train`: data, policy and reference on one grid per replica, objective, AdamW,
+ * metrics, held-out evaluation, checkpoints, resume and the stop-signal protocol of the job scripts. */
+#define _GNU_SOURCE
+#include "prefopt/train.h"
+
+#include "prefopt/banner.h"
+#include "prefopt/metrics.h"
+#include "prefopt/runctl.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
+{
+    const prefopt_opt base[] = {
+        {"data", PREFOPT_OPT_STRING, &p->data, "", "training dataset (HDF5, from prefopt pack) (required)"},
+        {"eval-data", PREFOPT_OPT_STRING, &p->eval_data, "", "held-out dataset evaluated every --eval-interval steps"},
+        {"init", PREFOPT_OPT_STRING, &p->init, "", "model file or checkpoint to start from (empty: from scratch)"},
+        {"ref-model", PREFOPT_OPT_STRING, &p->ref_model, "", "reference model file (default: the --init weights)"},
+        {"run-dir", PREFOPT_OPT_STRING, &p->run_dir, "runs/train", "run directory: metrics, checkpoints, model.h5"},
+        {"resume", PREFOPT_OPT_STRING, &p->resume, "auto",
+         "auto: continue from RUN_DIR/checkpoints/latest if present; never; or a checkpoint path"},
+        {"arch", PREFOPT_OPT_STRING, &p->arch.arch, "gpt2", "from scratch: gpt2 or llama"},
+        {"n-layer", PREFOPT_OPT_INT, &p->arch.n_layer, "4", "from scratch: layers"},
+        {"n-embd", PREFOPT_OPT_INT, &p->arch.n_embd, "128", "from scratch: hidden size"},
+        {"n-head", PREFOPT_OPT_INT, &p->arch.n_head, "4", "from scratch: attention heads"},
+        {"n-kv-head", PREFOPT_OPT_INT, &p->arch.n_kv_head, "0", "from scratch (llama): key/value heads (0 = n-head)"},
+        {"n-inner", PREFOPT_OPT_INT, &p->arch.n_inner, "0", "from scratch: MLP width (0 = 4C gpt2, 8C/3 llama)"},
+        {"max-position", PREFOPT_OPT_INT, &p->arch.max_position, "256", "from scratch: positions (gpt2 wpe rows)"},
+        {"norm-eps", PREFOPT_OPT_DOUBLE, &p->arch.norm_eps, "0", "from scratch: norm epsilon (0 = 1e-5 / 1e-6)"},
+        {"rope-theta", PREFOPT_OPT_DOUBLE, &p->arch.rope_theta, "10000", "from scratch (llama): RoPE base"},
+        {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
+        {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
+        {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+        {"batch-size", PREFOPT_OPT_INT, &p->batch_size, "8", "examples (pairs) per optimizer step, all replicas"},
+        {"micro-batch-size", PREFOPT_OPT_INT, &p->micro_batch_size, "0",
+         "examples per forward/backward on one replica (0: batch-size/dp, no accumulation)"},
+        {"pad-multiple", PREFOPT_OPT_INT, &p->pad_multiple, "8", "pad each micro-batch's length to a multiple"},
+        {"bucket-window", PREFOPT_OPT_INT, &p->bucket_window, "0", "group similar lengths within windows of N batches"},
+        {"max-steps", PREFOPT_OPT_LONG, &p->max_steps, "0", "optimizer steps (0: from --epochs)"},
+        {"epochs", PREFOPT_OPT_DOUBLE, &p->epochs, "1", "epochs when --max-steps is 0"},
+        {"seed", PREFOPT_OPT_LONG, &p->seed, "1234", "seed of data order and from-scratch init"},
+        {"activation-checkpoint", PREFOPT_OPT_FLAG, &p->activation_checkpoint, "0",
+         "recompute each layer in backward instead of keeping its activations"},
+        {"use-precomputed-ref", PREFOPT_OPT_FLAG, &p->use_precomputed_ref, "1",
+         "use reference log-probs stored in the dataset (prefopt eval --store-ref) instead of a reference model"},
+        {"log-interval", PREFOPT_OPT_INT, &p->log_interval, "10", "progress line every N steps"},
+        {"eval-interval", PREFOPT_OPT_INT, &p->eval_interval, "0", "evaluate --eval-data every N steps (0: at end)"},
+        {"eval-batch-size", PREFOPT_OPT_INT, &p->eval_batch_size, "0", "micro-batch of evaluation (0: micro-batch)"},
+        {"save-interval", PREFOPT_OPT_INT, &p->save_interval, "0", "checkpoint every N steps (0: only at the end)"},
+        {"keep-last", PREFOPT_OPT_INT, &p->keep_last, "2", "checkpoints kept"},
+        {"max-nonfinite", PREFOPT_OPT_INT, &p->max_nonfinite, "5",
+         "stop after this many consecutive steps skipped for a non-finite loss or gradient"},
+    };
+    int n = (int)(sizeof base / sizeof base[0]);
+    if (n > max)
+        return -1;
+    memcpy(o, base, sizeof base);
+    int k = prefopt_objective_options(o + n, max - n, &p->obj);
+    if (k < 0)
+        return -1;
+    n += k;
+    k = prefopt_optim_options(o + n, max - n, &p->optim);
+    if (k < 0)
+        return -1;
+    return n + k;
+}
+
+/* ---- the trainer state --------------------------------------------------------------------------------- */
+
+typedef struct {
+    prefopt_train_params *p;
+    prefopt_grid g;
+    prefopt_model *policy, *ref;
+    prefopt_objective obj;
+    prefopt_adamw adam;
+    prefopt_schedule sched;
+    prefopt_dataset *ds, *eval_ds;
+    prefopt_ds_loader *loader;
+    prefopt_tokenizer_record tok;
+    int micro, eval_micro;
+    int live_ref;          /* the reference runs as a model (else: precomputed log-probs or none) */
+    long step, total_steps;
+    double peak;           /* measured sgemm GFLOP/s per rank */
+    char ckpt_dir[4096], metrics_path[4096];
+} trainer;
+
+#define FAIL_IF(t, cond, err)                                                                                   \
+    do {                                                                                                       \
+        if (prefopt_agree((t)->g.world, (err)) || (cond))                                                      \
+            prefopt_exit_error((err), PREFOPT_EXIT_ERROR);                                                     \
+    } while (0)
+
+static void log_line(trainer *t, cJSON *o)
+{
+    if (t->g.world_rank != 0) {
+        cJSON_Delete(o);
+        return;
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    prefopt_err e = {0};
+    if (!s || prefopt_append_line(t->metrics_path, s, 0, &e))
+        fprintf(stderr, "prefopt: warning: %s\n", s ? e.msg : "out of memory writing metrics");
+    free(s);
+    cJSON_Delete(o);
+}
+
+/* The policy's (and reference's) log-probs of one micro-batch and the objective batch over them. */
+typedef struct {
+    prefopt_unit_stats pol, refst;
+    double *ref_logp;
+    double *dcomp, *dall;
+    float *fcomp, *fall;
+    prefopt_objective_batch ob;
+    int32_t *kl_units;
+    int nkl;
+} micro_state;
+
+static void micro_prepare(micro_state *s, const trainer *t, const prefopt_ds_batch *mb)
+{
+    memset(s, 0, sizeof *s);
+    int nu = mb->b.nunits;
+    prefopt_unit_stats_alloc(&s->pol, nu);
+    prefopt_unit_counts(&s->pol, &mb->b);
+    s->ref_logp = prefopt_xcalloc((size_t)nu + 1, sizeof(double), "reference log-probs");
+    s->dcomp = prefopt_xcalloc((size_t)nu + 1, sizeof(double), "gradients");
+    s->dall = prefopt_xcalloc((size_t)nu + 1, sizeof(double), "gradients");
+    s->fcomp = prefopt_xcalloc((size_t)nu + 1, sizeof(float), "gradients");
+    s->fall = prefopt_xcalloc((size_t)nu + 1, sizeof(float), "gradients");
+    s->kl_units = prefopt_xcalloc((size_t)mb->nexamples + 1, sizeof(int32_t), "KL units");
+    prefopt_objective_batch *ob = &s->ob;
+    ob->policy = &s->pol;
+    ob->nunits = nu;
+    ob->ref_logp = t->obj.uses_reference ? s->ref_logp : NULL;
+    switch (t->obj.layout) {
+    case PREFOPT_LAYOUT_PAIRS:
+        ob->npairs = mb->nexamples;
+        ob->chosen = mb->chosen_unit;
+        ob->rejected = mb->rejected_unit;
+        break;
+    case PREFOPT_LAYOUT_UNPAIRED:
+        ob->nexamples = mb->nexamples;
+        ob->example = mb->chosen_unit;
+        ob->desirable = mb->label;
+        for (int k = 0; k < mb->nexamples; k++)
+            if (mb->kl_unit[k] >= 0)
+                s->kl_units[s->nkl++] = mb->kl_unit[k];
+        break;
+    case PREFOPT_LAYOUT_SFT:
+        ob->nsft = mb->nexamples;
+        ob->sft = mb->chosen_unit;
+        break;
+    }
+}
+
+static void micro_release(micro_state *s)
+{
+    prefopt_unit_stats_free(&s->pol);
+    if (s->refst.logp_completion)
+        prefopt_unit_stats_free(&s->refst);
+    free(s->ref_logp);
+    free(s->dcomp);
+    free(s->dall);
+    free(s->fcomp);
+    free(s->fall);
+    free(s->kl_units);
+}
+
+/* Forward passes of one micro-batch: policy stats, then reference log-probs (live or precomputed). */
+static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb)
+{
+    prefopt_err err = {0};
+    int nu = mb->b.nunits;
+    prefopt_model_forward(t->policy, &mb->b, &s->pol, &err);
+    /* a bad batch (token id beyond the vocabulary) is reported by every rank of the grid alike */
+    if (prefopt_agree(t->g.tp, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    if (!t->obj.uses_reference && !t->obj.uses_kl)
+        return;
+    if (t->live_ref) {
+        prefopt_unit_stats_alloc(&s->refst, nu);
+        prefopt_model_forward(t->ref, &mb->b, &s->refst, &err);
+        if (prefopt_agree(t->g.tp, &err))
+            prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+        memcpy(s->ref_logp, s->refst.logp_completion, sizeof(double) * (size_t)nu);
+    } else if (mb->ref_logps) {
+        memcpy(s->ref_logp, mb->ref_logps, sizeof(double) * (size_t)nu);
+    }
+}
+
+static void count_norm(prefopt_objective_norm *norm, const trainer *t, const prefopt_ds_step *st)
+{
+    memset(norm, 0, sizeof *norm);
+    for (int k = 0; k < st->nmicro; k++) {
+        micro_state s;
+        micro_prepare(&s, t, &st->micro[k]);
+        prefopt_objective_count(norm, &t->obj, &s.ob);
+        micro_release(&s);
+    }
+    prefopt_objective_norm_allreduce(norm, t->g.dp);
+}
+
+/* Runs the micro-batches of one global batch: forward, objective, and (when train) backward. Returns the
+ * summed loss of this replica and 1 in *nonfinite when a loss or log-prob was not finite. */
+static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_metrics *met, int train,
+                               int *nonfinite, double *flops)
+{
+    prefopt_objective_norm norm;
+    count_norm(&norm, t, st);
+    int nmax = st->nmicro;
+    MPI_Allreduce(MPI_IN_PLACE, &nmax, 1, MPI_INT, MPI_MAX, t->g.dp);
+    double loss_sum = 0;
+    *nonfinite = 0;
+    for (int k = 0; k < nmax; k++) {
+        const prefopt_ds_batch *mb = k < st->nmicro ? &st->micro[k] : NULL;
+        micro_state s;
+        int have = mb != NULL;
+        if (have) {
+            micro_prepare(&s, t, mb);
+            micro_forward(t, &s, mb);
+            double f = prefopt_model_forward_flops(t->policy, &mb->b);
+            *flops += f * (train ? 3.0 : 1.0) + (t->live_ref ? f : 0.0);
+        }
+        if (t->obj.uses_kl) {
+            /* KTO's KL estimate is pooled over the replicas: every replica takes part, batch or not */
+            double *pk = NULL, *rk = NULL;
+            int n = have ? s.nkl : 0;
+            if (n) {
+                pk = prefopt_xmalloc(sizeof(double) * (size_t)n, "KL");
+                rk = prefopt_xmalloc(sizeof(double) * (size_t)n, "KL");
+                for (int j = 0; j < n; j++) {
+                    pk[j] = s.pol.logp_completion[s.kl_units[j]];
+                    rk[j] = s.ref_logp[s.kl_units[j]];
+                }
+            }
+            double kl = prefopt_kto_kl(pk, rk, n, t->g.dp);
+            if (have)
+                s.ob.kl = kl;
+            free(pk);
+            free(rk);
+        }
+        if (!have)
+            continue;
+        double loss = 0;
+        prefopt_err err = {0};
+        if (prefopt_objective_eval(&loss, s.dcomp, s.dall, NULL, met, &t->obj, &s.ob, &norm, &err))
+            prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* a layout mismatch: the same on every rank */
+        int finite = isfinite(loss);
+        for (int u = 0; u < mb->b.nunits && finite; u++)
+            finite = isfinite(s.dcomp[u]) && isfinite(s.dall[u]);
+        if (!finite)
+            *nonfinite = 1;
+        loss_sum += loss;
+        if (train && finite) {
+            for (int u = 0; u < mb->b.nunits; u++) {
+                s.fcomp[u] = (float)s.dcomp[u];
+                s.fall[u] = (float)s.dall[u];
+            }
+            prefopt_model_backward(t->policy, s.fcomp, s.fall);
+        }
+        micro_release(&s);
+    }
+    return loss_sum;
+}
+
+static prefopt_ds_loader *make_loader(trainer *t, prefopt_dataset *ds, int global, int micro, int shuffle,
+                                      int drop_last)
+{
+    prefopt_ds_loader_opts lo = {0};
+    lo.global_batch = global;
+    lo.micro_batch = micro;
+    lo.seed = (uint64_t)t->p->seed;
+    lo.shuffle = shuffle;
+    lo.bucket_window = shuffle ? t->p->bucket_window : 0;
+    lo.drop_last = drop_last;
+    lo.pad_multiple = t->p->pad_multiple;
+    lo.kl_units = t->obj.uses_kl;
+    prefopt_ds_loader *L = NULL;
+    prefopt_err err = {0};
+    prefopt_ds_loader_create(ds, &lo, t->g.dp_rank, t->g.dp_size, &L, &err);
+    FAIL_IF(t, 0, &err);
+    return L;
+}
+
+/* One pass over the held-out set; metrics with the "eval/" prefix. Loss: the example-weighted mean of the
+ * per-batch losses (each normalised over its own batch). */
+static void evaluate(trainer *t)
+{
+    const int dp = t->g.dp_size;
+    /* file order, every example once: the last batch takes the remainder (replicas may get none) */
+    const int global = t->eval_micro * dp;
+    prefopt_ds_loader *L = make_loader(t, t->eval_ds, global, t->eval_micro, 0, 0);
+    int64_t steps = prefopt_ds_loader_steps_per_epoch(L);
+    prefopt_metrics total;
+    prefopt_metrics_reset(&total);
+    double wloss = 0, wsum = 0, flops = 0;
+    for (int64_t s = 0; s < steps; s++) {
+        prefopt_ds_step st;
+        prefopt_err err = {0};
+        prefopt_ds_loader_next(L, &st, &err);
+        FAIL_IF(t, 0, &err);
+        prefopt_metrics m;
+        prefopt_metrics_reset(&m);
+        int nonfinite = 0;
+        run_step_batches(t, &st, &m, 0, &nonfinite, &flops);
+        prefopt_metrics_allreduce(&m, t->g.dp);
+        double l = prefopt_metrics_value(&m, PREFOPT_M_LOSS);
+        if (isfinite(l)) {
+            wloss += l * st.global_examples;
+            wsum += st.global_examples;
+        }
+        m.sum[PREFOPT_M_LOSS] = 0;
+        m.count[PREFOPT_M_LOSS] = 0;
+        prefopt_metrics_merge(&total, &m);
+        prefopt_ds_step_free(&st);
+    }
+    prefopt_ds_loader_free(L);
+    total.sum[PREFOPT_M_LOSS] = wsum > 0 ? wloss / wsum : NAN;
+    total.count[PREFOPT_M_LOSS] = 1;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "step", (double)t->step);
+    prefopt_metrics_to_json(o, &total, "eval/");
+    if (t->g.world_rank == 0)
+        printf("eval  step %ld | loss %.4f | acc %.3f | margin %.4f | logps/chosen %.2f\n", t->step,
+               prefopt_metrics_value(&total, PREFOPT_M_LOSS),
+               prefopt_metrics_value(&total, PREFOPT_M_REWARDS_ACCURACIES),
+               prefopt_metrics_value(&total, PREFOPT_M_REWARDS_MARGINS),
+               prefopt_metrics_value(&total, PREFOPT_M_LOGPS_CHOSEN));
+    log_line(t, o);
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------------------ */
+
+static void ref_path(char *buf, size_t len, const trainer *t, long step)
+{
+    snprintf(buf, len, "%s/ref-step-%08ld.h5", t->ckpt_dir, step);
+}
+
+static void save_checkpoint(trainer *t)
+{
+    prefopt_err err = {0};
+    prefopt_train_state st = {0};
+    st.step = t->step;
+    st.sched_step = t->step;
+    prefopt_ds_cursor c;
+    prefopt_ds_loader_get_cursor(t->loader, &c);
+    int64_t v[PREFOPT_DS_CURSOR_NVALUES];
+    prefopt_ds_cursor_to_values(&c, v);
+    st.epoch = c.epoch;
+    /* the checkpoint keeps seed, epoch, step and batch size; the other fingerprints come from the options */
+    for (int i = 0; i < 4; i++)
+        st.cursor[i] = v[i];
+    st.lr = prefopt_schedule_lr(&t->sched, t->step);
+    if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
+        /* TR-DPO changes the reference: it is saved beside the checkpoint, under the same step */
+        char rp[4200];
+        ref_path(rp, sizeof rp, t, t->step);
+        prefopt_model_file_save(t->ref, rp, &t->tok, &err);
+        FAIL_IF(t, 0, &err);
+    }
+    prefopt_ckpt_opts o = {t->ckpt_dir, t->p->keep_last, &t->tok};
+    char path[4200];
+    double t0 = prefopt_now();
+    prefopt_ckpt_save(&o, t->policy, t->adam.m, t->adam.v, &st, path, sizeof path, &err);
+    FAIL_IF(t, 0, &err);
+    if (t->g.world_rank == 0)
+        printf("checkpoint: %s (%.2f s)\n", path, prefopt_now() - t0);
+}
+
+static int try_resume(trainer *t)
+{
+    const char *r = t->p->resume;
+    if (!strcmp(r, "never"))
+        return 0;
+    char path[4200];
+    if (!strcmp(r, "auto")) {
+        if (prefopt_ckpt_find_latest(t->ckpt_dir, path, sizeof path))
+            return 0;
+    } else
+        snprintf(path, sizeof path, "%s", r);
+    prefopt_err err = {0};
+    prefopt_train_state st = {0};
+    prefopt_ckpt_load(path, t->policy, t->adam.m, t->adam.v, &st, &err);
+    FAIL_IF(t, 0, &err);
+    free(st.train_config);
+    t->step = st.step;
+    t->adam.step = st.step;
+    prefopt_ds_cursor c;
+    prefopt_ds_loader_get_cursor(t->loader, &c);
+    int64_t v[PREFOPT_DS_CURSOR_NVALUES];
+    prefopt_ds_cursor_to_values(&c, v);
+    for (int i = 0; i < 4; i++)
+        v[i] = st.cursor[i];
+    prefopt_ds_cursor_from_values(v, &c);
+    prefopt_ds_loader_set_cursor(t->loader, &c, &err);
+    FAIL_IF(t, 0, &err);
+    if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
+        char rp[4200];
+        ref_path(rp, sizeof rp, t, st.step);
+        prefopt_model_file_load(t->ref, rp, &err);
+        FAIL_IF(t, 0, &err);
+    }
+    if (t->g.world_rank == 0)
+        printf("resumed from %s at step %ld\n", path, t->step);
+    return 1;
+}
+
+/* ---- set-up ------------------------------------------------------------------------------------------------ */
+
+static void setup(trainer *t, const prefopt_opt *opts, int nopts)
+{
+    prefopt_train_params *p = t->p;
+    prefopt_err err = {0};
+    int world;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    int tp = p->grid_rows * p->grid_cols;
+    int dp = p->dp > 0 ? p->dp : (tp > 0 ? world / tp : 0);
+    if (!*p->data)
+        prefopt_err_set(&err, "train needs --data (an HDF5 dataset from prefopt pack)");
+    if (err.set || prefopt_grid_init(&t->g, MPI_COMM_WORLD, p->grid_rows, p->grid_cols, dp, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_banner(stdout, &t->g);
+    prefopt_stop_install();
+
+    prefopt_objective_init(&t->obj, &p->obj, &err);
+    if (!err.set && p->batch_size % dp)
+        prefopt_err_set(&err, "--batch-size %d is not divisible by the %d data-parallel replicas", p->batch_size, dp);
+    t->micro = p->micro_batch_size > 0 ? p->micro_batch_size : p->batch_size / dp;
+    t->eval_micro = p->eval_batch_size > 0 ? p->eval_batch_size : t->micro;
+    if (!err.set && t->micro < 1)
+        prefopt_err_set(&err, "--micro-batch-size must be >= 1");
+    FAIL_IF(t, 0, &err);
+
+    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", p->run_dir);
+    snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl", p->run_dir);
+    if (t->g.world_rank == 0 && !prefopt_mkdirs(t->ckpt_dir, &err)) {
+        char cfgpath[4200];
+        snprintf(cfgpath, sizeof cfgpath, "%s/config.ini", p->run_dir);
+        if (prefopt_opts_write("train", opts, nopts, cfgpath))
+            prefopt_err_set(&err, "%s: cannot write", cfgpath);
+    }
+    FAIL_IF(t, 0, &err);
+
+    /* the model config first: the dataset is checked against its vocabulary and tokenizer */
+    prefopt_model_config cfg;
+    int have_init = *p->init != '\0';
+    if (have_init) {
+        if (!prefopt_model_file_read_config(p->init, &cfg, &err))
+            prefopt_model_file_read_tokenizer(p->init, &t->tok, &err);
+    } else
+        snprintf(t->tok.identity, sizeof t->tok.identity, "byte");
+    FAIL_IF(t, 0, &err);
+    prefopt_ds_expect ex = {have_init ? cfg.vocab_size : 0, t->tok.identity, 0};
+    prefopt_dataset_open(p->data, MPI_COMM_WORLD, &ex, &t->ds, &err);
+    FAIL_IF(t, 0, &err);
+    const prefopt_ds_info *info = prefopt_dataset_info(t->ds);
+    static const prefopt_layout want[] = {PREFOPT_LAYOUT_PAIRS, PREFOPT_LAYOUT_UNPAIRED, PREFOPT_LAYOUT_SFT};
+    if (want[info->kind] != t->obj.layout)
+        prefopt_err_set(&err, "%s: a '%s' dataset does not fit --loss %s", p->data, prefopt_ds_kind_name(info->kind),
+                        p->obj.loss);
+    if (!have_init && !err.set)
+        prefopt_arch_config(&cfg, &p->arch, info, &err);
+    FAIL_IF(t, 0, &err);
+    if (*p->eval_data) {
+        prefopt_dataset_open(p->eval_data, MPI_COMM_WORLD, &ex, &t->eval_ds, &err);
+        FAIL_IF(t, 0, &err);
+    }
+
+    /* the reference: precomputed log-probs when the dataset has them (and nothing else needs the model) */
+    int precomputed = p->use_precomputed_ref && info->has_ref && !t->obj.uses_kl && p->obj.ref_sync_steps == 0 &&
+                      (!t->eval_ds || prefopt_dataset_info(t->eval_ds)->has_ref);
+    t->live_ref = (t->obj.uses_reference || t->obj.uses_kl) && !precomputed;
+
+    prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0};
+    t->policy = prefopt_model_create(&cfg, &t->g, &mo, &err);
+    FAIL_IF(t, !t->policy, &err);
+    size_t n = 0;
+    prefopt_model_param_data(t->policy, &n);
+    if (t->live_ref) {
+        prefopt_model_options ro = {0, 0, 0, 0, 0};
+        t->ref = prefopt_model_create(&cfg, &t->g, &ro, &err);
+        FAIL_IF(t, !t->ref, &err);
+    }
+    if (t->g.world_rank == 0) {
+        double mib = 4.0 * (double)n / (1 << 20);
+        printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | state per rank: weights %.1f MiB, "
+               "grads %.1f, AdamW %.1f, reference %.1f => %.1f MiB before activations | reference: %s\n",
+               cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
+               mib, mib, 2 * mib, t->live_ref ? mib : 0.0, (4 + (t->live_ref ? 1 : 0)) * mib,
+               t->live_ref ? "model on the same ranks" : precomputed ? "precomputed log-probs" : "none");
+        fflush(stdout);
+    }
+    if (have_init)
+        prefopt_model_file_load(t->policy, p->init, &err);
+    else
+        prefopt_model_init_random(t->policy, (uint64_t)p->seed);
+    FAIL_IF(t, 0, &err);
+    if (t->live_ref) {
+        if (*p->ref_model)
+            prefopt_model_file_load(t->ref, p->ref_model, &err);
+        else
+            prefopt_model_copy_weights(t->ref, t->policy);
+        FAIL_IF(t, 0, &err);
+    }
+
+    int nranges = 0;
+    prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
+    prefopt_adamw_config ac = {p->optim.adam_beta1, p->optim.adam_beta2, p->optim.adam_eps, p->optim.weight_decay};
+    prefopt_adamw_init(&t->adam, &ac, n, ranges, nranges, &err);
+    free(ranges);
+    FAIL_IF(t, 0, &err);
+
+    t->loader = make_loader(t, t->ds, p->batch_size, t->micro, 1, 1);
+    int64_t spe = prefopt_ds_loader_steps_per_epoch(t->loader);
+    t->total_steps = p->max_steps > 0 ? p->max_steps : (long)ceil(p->epochs * (double)spe);
+    long warm = p->optim.warmup_steps > 0 ? p->optim.warmup_steps
+                                         : prefopt_warmup_steps(t->total_steps, p->optim.warmup_ratio);
+    prefopt_schedule_init(&t->sched, p->optim.lr_scheduler, p->optim.lr, warm, t->total_steps, p->optim.min_lr_ratio,
+                          &err);
+    FAIL_IF(t, 0, &err);
+    t->peak = prefopt_measure_sgemm_peak(t->g.world);
+    if (t->g.world_rank == 0) {
+        printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d replicas) | %ld steps | "
+               "sgemm peak %.1f GFLOP/s per rank\n",
+               p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
+               p->batch_size, t->micro, dp, t->total_steps, t->peak * 1e-9);
+        fflush(stdout);
+    }
+}
+
+static void teardown(trainer *t)
+{
+    prefopt_ds_loader_free(t->loader);
+    prefopt_dataset_close(t->ds);
+    if (t->eval_ds)
+        prefopt_dataset_close(t->eval_ds);
+    prefopt_adamw_free(&t->adam);
+    prefopt_model_free(t->policy);
+    if (t->ref)
+        prefopt_model_free(t->ref);
+    prefopt_tokenizer_record_free(&t->tok);
+    prefopt_grid_free(&t->g);
+}
+
+/* ---- the loop ---------------------------------------------------------------------------------------------- */
+
+static void progress(trainer *t, const prefopt_metrics *m, double lr, double tok_s, double flops_s, double t_start)
+{
+    double el = prefopt_now() - t_start;
+    char e1[32], e2[32];
+    double left = t->total_steps > t->step ? el / (double)t->step * (double)(t->total_steps - t->step) : 0;
+    printf("step %ld/%ld | loss %.4f | acc %.3f | margin %.4f | lr %.2e | %.0f tok/s | %.2f GFLOP/s | MFU %.3f | "
+           "%s elapsed | ETA %s\n",
+           t->step, t->total_steps, prefopt_metrics_value(m, PREFOPT_M_LOSS),
+           prefopt_metrics_value(m, PREFOPT_M_REWARDS_ACCURACIES), prefopt_metrics_value(m, PREFOPT_M_REWARDS_MARGINS),
+           lr, tok_s, flops_s * 1e-9, flops_s / (t->peak * t->g.world_size),
+           prefopt_format_duration(el, e1, sizeof e1), prefopt_format_duration(left, e2, sizeof e2));
+    fflush(stdout);
+}
+
+int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopts)
+{
+    trainer T, *t = &T;
+    memset(t, 0, sizeof T);
+    t->p = p;
+    setup(t, opts, nopts);
+    try_resume(t);
+
+    size_t n = 0;
+    float *params = prefopt_model_param_data(t->policy, &n);
+    float *grads = prefopt_model_grad_data(t->policy, &n);
+    int nranges = 0;
+    prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
+    double t_start = prefopt_now();
+    long start_step = t->step, consecutive_bad = 0, skipped = 0;
+    int rc = PREFOPT_EXIT_OK;
+    while (t->step < t->total_steps) {
+        if (prefopt_stop_agreed(t->g.world)) {
+            if (t->g.world_rank == 0)
+                printf("stop signal: checkpointing at step %ld and exiting with %d (requeue)\n", t->step,
+                       PREFOPT_EXIT_REQUEUE);
+            save_checkpoint(t);
+            rc = PREFOPT_EXIT_REQUEUE;
+            break;
+        }
+        double t0 = prefopt_now();
+        prefopt_ds_step st;
+        prefopt_err err = {0};
+        prefopt_ds_loader_next(t->loader, &st, &err);
+        FAIL_IF(t, 0, &err);
+        double tokens = 0, flops = 0;
+        for (int k = 0; k < st.nmicro; k++)
+            tokens += (double)(st.micro[k].prompt_tokens + st.micro[k].completion_tokens);
+        prefopt_metrics m;
+        prefopt_metrics_reset(&m);
+        prefopt_model_zero_grad(t->policy);
+        int nonfinite = 0;
+        run_step_batches(t, &st, &m, 1, &nonfinite, &flops);
+        prefopt_model_allreduce_grads(t->policy);
+        double norm = prefopt_global_norm(prefopt_sumsq(grads, ranges, nranges), t->g.tp);
+        int bad = nonfinite || !isfinite(norm);
+        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, t->g.world);
+        double lr = prefopt_schedule_lr(&t->sched, t->step);
+        double red[2] = {tokens, flops};
+        MPI_Allreduce(MPI_IN_PLACE, red, 2, MPI_DOUBLE, MPI_SUM, t->g.dp);
+        prefopt_metrics_allreduce(&m, t->g.dp);
+        t->step++;
+        if (bad) {
+            skipped++;
+            consecutive_bad++;
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "step", (double)t->step);
+            cJSON_AddStringToObject(o, "skipped", "non-finite loss or gradient");
+            cJSON *ex = cJSON_AddArrayToObject(o, "examples");
+            for (int k = 0; k < st.nmicro; k++)
+                for (int j = 0; j < st.micro[k].nexamples; j++)
+                    cJSON_AddItemToArray(ex, cJSON_CreateNumber((double)st.micro[k].example[j]));
+            if (t->g.world_rank == 0)
+                fprintf(stderr, "prefopt: warning: step %ld skipped: non-finite loss or gradient (%ld in a row; "
+                                "examples in metrics.jsonl)\n", t->step, consecutive_bad);
+            log_line(t, o);
+            prefopt_ds_step_free(&st);
+            if (consecutive_bad >= p->max_nonfinite) {
+                prefopt_err_set(&err, "%ld consecutive steps had a non-finite loss or gradient (last: step %ld); "
+                                      "stopping (lower --lr, check the data, or raise --max-nonfinite)",
+                                consecutive_bad, t->step);
+                prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+            }
+            continue;
+        }
+        consecutive_bad = 0;
+        prefopt_adamw_step(&t->adam, params, grads, lr, prefopt_clip_coef(norm, p->optim.max_grad_norm));
+        if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step))
+            prefopt_model_mix_weights(t->ref, t->policy, (float)t->obj.p.ref_mixup_alpha);
+        double dt = prefopt_now() - t0;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "step", (double)t->step);
+        cJSON_AddNumberToObject(o, "epoch", (double)st.epoch + (double)(st.step + 1) /
+                                                  (double)prefopt_ds_loader_steps_per_epoch(t->loader));
+        prefopt_metrics_to_json(o, &m, "");
+        cJSON_AddNumberToObject(o, "learning_rate", lr);
+        cJSON_AddNumberToObject(o, "grad_norm", norm);
+        cJSON_AddNumberToObject(o, "step_time", dt);
+        cJSON_AddNumberToObject(o, "tokens_per_s", red[0] / dt);
+        cJSON_AddNumberToObject(o, "gflops", red[1] / dt * 1e-9);
+        cJSON_AddNumberToObject(o, "mfu", red[1] / dt / (t->peak * t->g.world_size));
+        if (skipped)
+            cJSON_AddNumberToObject(o, "skipped_steps", (double)skipped);
+        log_line(t, o);
+        prefopt_ds_step_free(&st);
+        if (t->g.world_rank == 0 && (t->step % p->log_interval == 0 || t->step == t->total_steps ||
+                                     t->step == start_step + 1))
+            progress(t, &m, lr, red[0] / dt, red[1] / dt, t_start);
+        if (t->eval_ds && p->eval_interval > 0 && t->step % p->eval_interval == 0)
+            evaluate(t);
+        if (p->save_interval > 0 && t->step % p->save_interval == 0 && t->step < t->total_steps)
+            save_checkpoint(t);
+    }
+    free(ranges);
+    if (rc == PREFOPT_EXIT_OK) {
+        if (t->eval_ds && (p->eval_interval <= 0 || t->step % p->eval_interval))
+            evaluate(t);
+        save_checkpoint(t);
+        char mp[4200];
+        snprintf(mp, sizeof mp, "%s/model.h5", p->run_dir);
+        prefopt_err err = {0};
+        prefopt_model_file_save(t->policy, mp, &t->tok, &err);
+        FAIL_IF(t, 0, &err);
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        double rss = (double)ru.ru_maxrss / 1024.0, maxrss = 0;
+        MPI_Allreduce(&rss, &maxrss, 1, MPI_DOUBLE, MPI_MAX, t->g.world);
+        if (t->g.world_rank == 0)
+            printf("done: %ld steps (%ld skipped) in %.1f s | model %s | peak RSS %.0f MiB per rank\n", t->step,
+                   skipped, prefopt_now() - t_start, mp, maxrss);
+    }
+    teardown(t);
+    return rc;
+}

@@ -1,0 +1,136 @@
+/* Pieces of the training driver that eval and bench share: unit statistics, from-scratch model configs,
+ * optimizer ranges from the parameter registry, and the measured sgemm peak that MFU is reported against. */
+#include "prefopt/train.h"
+
+#include <blis.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void prefopt_unit_stats_alloc(prefopt_unit_stats *s, int n)
+{
+    double *a = prefopt_xcalloc((size_t)(n > 0 ? n : 1) * 6, sizeof(double), "unit statistics");
+    s->logp_completion = a;
+    s->logp_all = a + n;
+    s->n_completion = a + 2 * n;
+    s->n_all = a + 3 * n;
+    s->logits_sum = a + 4 * n;
+    s->argmax_hits = a + 5 * n;
+}
+
+void prefopt_unit_stats_free(prefopt_unit_stats *s)
+{
+    free(s->logp_completion);
+    memset(s, 0, sizeof *s);
+}
+
+void prefopt_unit_counts(prefopt_unit_stats *s, const prefopt_batch *b)
+{
+    memset(s->n_completion, 0, sizeof(double) * (size_t)b->nunits);
+    memset(s->n_all, 0, sizeof(double) * (size_t)b->nunits);
+    for (size_t i = 0; i < (size_t)b->nrows * (size_t)b->T; i++) {
+        int u = b->unit[i];
+        if (u < 0 || b->parent[i] < 0)
+            continue;
+        s->n_all[u] += 1;
+        if (b->completion[i])
+            s->n_completion[u] += 1;
+    }
+}
+
+int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a, const prefopt_ds_info *ds,
+                        prefopt_err *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    int gpt2 = !strcmp(a->arch, "gpt2"), llama = !strcmp(a->arch, "llama");
+    if (!gpt2 && !llama) {
+        prefopt_err_set(err, "--arch '%s' is not supported (gpt2 or llama)", a->arch);
+        return -1;
+    }
+    if (a->n_layer < 1 || a->n_embd < 1 || a->n_head < 1 || a->n_embd % a->n_head) {
+        prefopt_err_set(err, "--n-layer %d --n-embd %d --n-head %d: need n_layer, n_head >= 1 and n_embd divisible "
+                             "by n_head", a->n_layer, a->n_embd, a->n_head);
+        return -1;
+    }
+    int kv = a->n_kv_head > 0 ? a->n_kv_head : a->n_head;
+    if (gpt2 && kv != a->n_head) {
+        prefopt_err_set(err, "--n-kv-head %d: GPT-2 has no grouped-query attention (leave it 0)", a->n_kv_head);
+        return -1;
+    }
+    if (a->n_head % kv) {
+        prefopt_err_set(err, "--n-kv-head %d must divide --n-head %d", kv, a->n_head);
+        return -1;
+    }
+    cfg->arch = gpt2 ? PREFOPT_ARCH_GPT2 : PREFOPT_ARCH_LLAMA;
+    snprintf(cfg->hf_model_type, sizeof cfg->hf_model_type, "%s", gpt2 ? "gpt2" : "llama");
+    cfg->vocab_size = ds->vocab_size;
+    cfg->hidden_size = a->n_embd;
+    cfg->num_layers = a->n_layer;
+    cfg->num_heads = a->n_head;
+    cfg->num_kv_heads = kv;
+    cfg->head_dim = a->n_embd / a->n_head;
+    /* Llama's default MLP width: 8/3 C rounded up to a multiple of 32, as in the Llama reference code. */
+    cfg->intermediate_size = a->n_inner > 0 ? a->n_inner : gpt2 ? 4 * a->n_embd : ((8 * a->n_embd / 3 + 31) / 32) * 32;
+    cfg->max_position = a->max_position;
+    cfg->norm_eps = (float)(a->norm_eps > 0 ? a->norm_eps : gpt2 ? 1e-5 : 1e-6);
+    cfg->rope_theta = (float)a->rope_theta;
+    cfg->qkv_bias = gpt2;
+    cfg->tie_word_embeddings = 1;
+    cfg->bos_id = ds->bos_id;
+    cfg->eos_id = ds->eos_id;
+    cfg->pad_id = ds->pad_id;
+    return 0;
+}
+
+prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n)
+{
+    int np = prefopt_model_param_count(m);
+    size_t total = 0;
+    float *base = prefopt_model_param_data(m, &total);
+    const prefopt_grid *g = prefopt_model_get_grid(m);
+    prefopt_param_range *r = prefopt_xcalloc((size_t)np, sizeof *r, "parameter ranges");
+    for (int i = 0; i < np; i++) {
+        prefopt_param *p = prefopt_model_param_at(m, i);
+        r[i].offset = (size_t)(p->value->data - base);
+        r[i].count = prefopt_dmat_local_size(p->value);
+        r[i].weight_decay = p->weight_decay;
+        /* a row vector is replicated over process rows: only process row 0 counts it in the norm */
+        r[i].in_norm = !p->value->rep_rows || g->myrow == 0;
+    }
+    *n = np;
+    return r;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double prefopt_measure_sgemm_peak(MPI_Comm comm)
+{
+    /* 1024^3 is large enough for BLIS to reach its steady rate and takes ~10 ms per product at peak. */
+    const int n = 1024, reps = 7;
+    float *a = prefopt_xmalloc(sizeof(float) * (size_t)n * n * 3, "sgemm peak buffers");
+    float *b = a + (size_t)n * n, *c = b + (size_t)n * n;
+    for (size_t i = 0; i < (size_t)n * n; i++) {
+        a[i] = (float)((i * 7) % 13) * 0.01f;
+        b[i] = (float)((i * 5) % 11) * 0.01f;
+        c[i] = 0.0f;
+    }
+    double t[7];
+    const float one = 1.0f, zero = 0.0f;
+    MPI_Barrier(comm);
+    for (int r = 0; r < reps; r++) {
+        double t0 = prefopt_now();
+        sgemm_("N", "N", &n, &n, &n, &one, a, &n, b, &n, &zero, c, &n);
+        t[r] = prefopt_now() - t0;
+    }
+    free(a);
+    qsort(t, reps, sizeof t[0], cmp_double);
+    double mine = 2.0 * n * n * n / t[reps / 2], sum = 0;
+    int size;
+    MPI_Comm_size(comm, &size);
+    MPI_Allreduce(&mine, &sum, 1, MPI_DOUBLE, MPI_SUM, comm);
+    return sum / size;
+}
