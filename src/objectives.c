@@ -56,6 +56,7 @@ void prefopt_objective_params_default(prefopt_objective_params *p)
     p->desirable_weight = 1.0;
     p->undesirable_weight = 1.0;
     p->ref_mixup_alpha = 0.6;
+    p->sft_reduction = "token";
     p->f_divergence = "reverse_kl";
     p->f_alpha_divergence_coef = 0.5;
 }
@@ -84,6 +85,9 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
         {"ref-sync-steps", PREFOPT_OPT_LONG, &p->ref_sync_steps, "0",
          "TR-DPO: mix the reference towards the policy every N optimizer steps (0: never)"},
         {"ref-mixup-alpha", PREFOPT_OPT_DOUBLE, &p->ref_mixup_alpha, "0.6", "TR-DPO: ref <- (1-a) ref + a policy"},
+        {"sft-reduction", PREFOPT_OPT_STRING, &p->sft_reduction, "token",
+         "NLL of the sft term: token (mean over all tokens, TRL), sequence_mean (mean of per-sequence token "
+         "means, OpenRLHF) or sequence_sum (mean of per-sequence sums, NeMo)"},
         {"rpo-alpha", PREFOPT_OPT_DOUBLE, &p->rpo_alpha, "0",
          "RPO (TRL 0.27 rpo_alpha): add the chosen NLL with this weight; the same as \",sft:ALPHA\" in --loss"},
         {"f-divergence", PREFOPT_OPT_STRING, &p->f_divergence, "reverse_kl",
@@ -253,6 +257,17 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
     obj->gamma = p->simpo_gamma_beta_ratio != 0 ? p->simpo_gamma_beta_ratio * p->beta : p->simpo_gamma;
     if (!isfinite(obj->gamma)) {
         prefopt_err_set(err, "SimPO gamma is not finite");
+        return -1;
+    }
+    const char *sr = p->sft_reduction && *p->sft_reduction ? p->sft_reduction : "token";
+    if (!strcmp(sr, "token"))
+        obj->sft_reduction = PREFOPT_SFT_TOKEN_MEAN;
+    else if (!strcmp(sr, "sequence_mean"))
+        obj->sft_reduction = PREFOPT_SFT_SEQ_MEAN;
+    else if (!strcmp(sr, "sequence_sum"))
+        obj->sft_reduction = PREFOPT_SFT_SEQ_SUM;
+    else {
+        prefopt_err_set(err, "--sft-reduction \"%s\" is not one of token, sequence_mean, sequence_sum", sr);
         return -1;
     }
     const char *fd = p->f_divergence && *p->f_divergence ? p->f_divergence : "reverse_kl";
@@ -559,6 +574,7 @@ void prefopt_objective_count(prefopt_objective_norm *acc, const prefopt_objectiv
         acc->examples += b->nexamples;
         break;
     case PREFOPT_LAYOUT_SFT:
+        acc->examples += b->nsft;
         for (int i = 0; i < b->nsft; i++)
             acc->tokens += obj->p.sft_all_tokens ? s->n_all[b->sft[i]] : s->n_completion[b->sft[i]];
         break;
@@ -580,6 +596,43 @@ static int need_norm(double v, const char *what, prefopt_err *err)
         return -1;
     }
     return 0;
+}
+
+/* One sequence's NLL term (log-prob lp over ntok tokens) normalised for the whole step, and d/d lp:
+ * token mean (TRL): -lp / N_tokens; sequence mean of token means (OpenRLHF): -lp / (L N_seq);
+ * sequence mean of sums (NeMo): -lp / N_seq. */
+static double sft_term(double *d, const prefopt_objective *o, double lp, double ntok, double n_tokens, double n_seqs)
+{
+    double den;
+    switch (o->sft_reduction) {
+    case PREFOPT_SFT_SEQ_MEAN:
+        den = (ntok < 1 ? 1 : ntok) * n_seqs;
+        break;
+    case PREFOPT_SFT_SEQ_SUM:
+        den = n_seqs;
+        break;
+    default:
+        den = n_tokens;
+        break;
+    }
+    *d = -1 / den;
+    return -lp / den;
+}
+
+/* The nll_loss metric's sum for one sequence (adding its count), matching sft_term's reduction. */
+static double sft_metric(double *count, const prefopt_objective *o, double lp, double ntok)
+{
+    switch (o->sft_reduction) {
+    case PREFOPT_SFT_SEQ_MEAN:
+        *count += 1;
+        return -lp / (ntok < 1 ? 1 : ntok);
+    case PREFOPT_SFT_SEQ_SUM:
+        *count += 1;
+        return -lp;
+    default:
+        *count += ntok;
+        return -lp;
+    }
 }
 
 typedef struct {
@@ -653,10 +706,11 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
         return 0;
     int has_sft = has_term(o, PREFOPT_LOSS_SFT), has_orpo = has_term(o, PREFOPT_LOSS_ORPO);
     if (need_norm(norm->pairs, "number of pairs", err) ||
-        (has_sft && need_norm(norm->chosen_tokens, "number of chosen completion tokens", err)) ||
+        (has_sft && o->sft_reduction == PREFOPT_SFT_TOKEN_MEAN &&
+         need_norm(norm->chosen_tokens, "number of chosen completion tokens", err)) ||
         (has_orpo && need_norm(norm->chosen_all_tokens, "number of prompt+chosen tokens", err)))
         return -1;
-    double total = 0, nll_sum = 0, nll_all_sum = 0, lor_sum = 0, loc_sum = 0;
+    double total = 0, nll_sum = 0, nll_cnt = 0, nll_all_sum = 0, lor_sum = 0, loc_sum = 0;
     for (int i = 0; i < b->npairs; i++) {
         int c = b->chosen[i], r = b->rejected[i];
         double pc = s->logp_completion[c], pr = s->logp_completion[r];
@@ -665,9 +719,9 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
         for (int t = 0; t < o->nterms; t++) {
             double w = o->weight[t], g[4];
             if (o->kind[t] == PREFOPT_LOSS_SFT) {
-                /* token-mean NLL of the chosen completions: each token weighs 1/N globally */
-                total += w * -pc / norm->chosen_tokens;
-                d_c[c] += -w / norm->chosen_tokens;
+                double d;
+                total += w * sft_term(&d, o, pc, lc, norm->chosen_tokens, norm->pairs);
+                d_c[c] += w * d;
                 continue;
             }
             if (o->kind[t] == PREFOPT_LOSS_AOT || o->kind[t] == PREFOPT_LOSS_AOT_UNPAIRED)
@@ -686,7 +740,7 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
                 d_ref[r] += sc * g[3];
             }
         }
-        nll_sum += -pc;
+        nll_sum += sft_metric(&nll_cnt, o, pc, lc);
         nll_all_sum += -s->logp_all[c];
         if (has_orpo) {
             double ac = fmin(pc / (lc < 1 ? 1 : lc), -1e-30), ar = fmin(pr / (lr < 1 ? 1 : lr), -1e-30);
@@ -725,10 +779,7 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
             prefopt_metrics_add(m, PREFOPT_M_LOG_ODDS_RATIO, lor_sum, b->npairs);
             prefopt_metrics_add(m, PREFOPT_M_LOG_ODDS_CHOSEN, loc_sum, b->npairs);
         } else if (has_sft) {
-            double n = 0;
-            for (int i = 0; i < b->npairs; i++)
-                n += s->n_completion[b->chosen[i]];
-            prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll_sum, n);
+            prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll_sum, nll_cnt);
         }
     }
     *loss = total;
@@ -791,22 +842,23 @@ static int eval_sft(double *loss, double *d_c, double *d_all, prefopt_metrics *m
         return -1;
     if (b->nsft == 0)
         return 0;
-    if (need_norm(norm->tokens, "number of SFT tokens", err))
+    if (o->sft_reduction == PREFOPT_SFT_TOKEN_MEAN ? need_norm(norm->tokens, "number of SFT tokens", err)
+                                                   : need_norm(norm->examples, "number of SFT examples", err))
         return -1;
     const int all = o->p.sft_all_tokens;
-    double w = o->weight[0], total = 0, nll = 0, ntok = 0, hits = 0, ncomp = 0;
+    double w = o->weight[0], total = 0, nll = 0, ncnt = 0, hits = 0, ncomp = 0;
     for (int i = 0; i < b->nsft; i++) {
         int u = b->sft[i];
-        double lp = all ? s->logp_all[u] : s->logp_completion[u];
-        total += w * -lp / norm->tokens;
-        (all ? d_all : d_c)[u] += -w / norm->tokens;
-        nll += -lp;
-        ntok += all ? s->n_all[u] : s->n_completion[u];
+        double lp = all ? s->logp_all[u] : s->logp_completion[u], d;
+        double ntok = all ? s->n_all[u] : s->n_completion[u];
+        total += w * sft_term(&d, o, lp, ntok, norm->tokens, norm->examples);
+        (all ? d_all : d_c)[u] += w * d;
+        nll += sft_metric(&ncnt, o, lp, ntok);
         hits += s->argmax_hits[u];
         ncomp += s->n_completion[u];
     }
     if (m) {
-        prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll, ntok);
+        prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll, ncnt);
         prefopt_metrics_add(m, PREFOPT_M_MEAN_TOKEN_ACCURACY, hits, ncomp);
     }
     *loss = total;

@@ -151,41 +151,41 @@ static void test_pair_losses(void)
     const double alphas[5] = {0.5, 0.5, 0.5, 0.5, 1.7};
     for (int ki = 0; ki < NPAIR_KINDS; ki++)
         for (int fi = 0; fi < 5; fi++) {
-        prefopt_loss_kind k = pair_kinds[ki];
-        if (fi > 0 && (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO))
-            continue;
-        for (int bi = 0; bi < 3; bi++)
-            for (int ei = 0; ei < 2; ei++)
-                for (int pi = 0; pi < (int)(sizeof pts / sizeof pts[0]); pi++) {
-                    int reads_eps = k == PREFOPT_LOSS_ROBUST || k == PREFOPT_LOSS_EXO_PAIR ||
-                                    k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_DPO;
-                    double eps = reads_eps ? epss[ei] : 0;
-                    prefopt_objective o;
-                    if (make_obj_f(&o, prefopt_loss_name(k), betas[bi], eps, k == PREFOPT_LOSS_DPO, fds[fi],
-                                   alphas[fi])) {
-                        failures++;
-                        continue;
+            prefopt_loss_kind k = pair_kinds[ki];
+            if (fi > 0 && (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO))
+                continue;
+            for (int bi = 0; bi < 3; bi++)
+                for (int ei = 0; ei < 2; ei++)
+                    for (int pi = 0; pi < (int)(sizeof pts / sizeof pts[0]); pi++) {
+                        int reads_eps = k == PREFOPT_LOSS_ROBUST || k == PREFOPT_LOSS_EXO_PAIR ||
+                                        k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_DPO;
+                        double eps = reads_eps ? epss[ei] : 0;
+                        prefopt_objective o;
+                        if (make_obj_f(&o, prefopt_loss_name(k), betas[bi], eps, k == PREFOPT_LOSS_DPO, fds[fi],
+                                       alphas[fi])) {
+                            failures++;
+                            continue;
+                        }
+                        sheet_params sp = {betas[bi], eps, o.gamma, o.p.discopop_tau, k == PREFOPT_LOSS_DPO, fds[fi],
+                                           alphas[fi]};
+                        const double *x = pts[pi];
+                        double g[4];
+                        double l = prefopt_pair_loss(g, k, &o, x[0], x[1], x[2], x[3], x[4], x[5]);
+                        double want = sheet_pair(k, &sp, x, x[4], x[5]);
+                        CHECK(close_to(l, want, 1e-12), "%s (%s %g) beta %g eps %g point %d: loss %.15g, sheet %.15g",
+                              prefopt_loss_name(k), fdiv_names[fds[fi]], alphas[fi], betas[bi], eps, pi, l, want);
+                        for (int j = 0; j < 4; j++) {
+                            double xp[4], xm[4], h = 1e-6 * fmax(1, fabs(x[j]));
+                            memcpy(xp, x, sizeof xp);
+                            memcpy(xm, x, sizeof xm);
+                            xp[j] += h;
+                            xm[j] -= h;
+                            double fd = (sheet_pair(k, &sp, xp, x[4], x[5]) - sheet_pair(k, &sp, xm, x[4], x[5])) / (2 * h);
+                            CHECK(fabs(g[j] - fd) <= 1e-6 * (1 + fabs(fd)),
+                                  "%s (%s %g) beta %g eps %g point %d: d/dx%d = %.12g, finite difference %.12g",
+                                  prefopt_loss_name(k), fdiv_names[fds[fi]], alphas[fi], betas[bi], eps, pi, j, g[j], fd);
+                        }
                     }
-                    sheet_params sp = {betas[bi], eps, o.gamma, o.p.discopop_tau, k == PREFOPT_LOSS_DPO, fds[fi],
-                                       alphas[fi]};
-                    const double *x = pts[pi];
-                    double g[4];
-                    double l = prefopt_pair_loss(g, k, &o, x[0], x[1], x[2], x[3], x[4], x[5]);
-                    double want = sheet_pair(k, &sp, x, x[4], x[5]);
-                    CHECK(close_to(l, want, 1e-12), "%s (%s %g) beta %g eps %g point %d: loss %.15g, sheet %.15g",
-                          prefopt_loss_name(k), fdiv_names[fds[fi]], alphas[fi], betas[bi], eps, pi, l, want);
-                    for (int j = 0; j < 4; j++) {
-                        double xp[4], xm[4], h = 1e-6 * fmax(1, fabs(x[j]));
-                        memcpy(xp, x, sizeof xp);
-                        memcpy(xm, x, sizeof xm);
-                        xp[j] += h;
-                        xm[j] -= h;
-                        double fd = (sheet_pair(k, &sp, xp, x[4], x[5]) - sheet_pair(k, &sp, xm, x[4], x[5])) / (2 * h);
-                        CHECK(fabs(g[j] - fd) <= 1e-6 * (1 + fabs(fd)),
-                              "%s (%s %g) beta %g eps %g point %d: d/dx%d = %.12g, finite difference %.12g",
-                              prefopt_loss_name(k), fdiv_names[fds[fi]], alphas[fi], betas[bi], eps, pi, j, g[j], fd);
-                    }
-                }
         }
 }
 
@@ -482,6 +482,27 @@ static void test_combination(void)
         prefopt_objective_count(&n, &o, &b);
         check_batch_grads(mixes[i], &o, &u, &b, &n);
     }
+    /* RPO with OpenRLHF's per-sequence mean NLL */
+    prefopt_objective_params ps;
+    prefopt_objective_params_default(&ps);
+    ps.loss = "dpo,sft:0.3";
+    ps.sft_reduction = "sequence_mean";
+    prefopt_err e2 = {0};
+    CHECK(prefopt_objective_init(&o, &ps, &e2) == 0, "sequence_mean: %s", e2.msg);
+    memset(&n, 0, sizeof n);
+    prefopt_objective_count(&n, &o, &b);
+    want = 0;
+    for (int i = 0; i < 3; i++) {
+        double D = (u.lp[ch[i]] - u.ref[ch[i]]) - (u.lp[rj[i]] - u.ref[rj[i]]);
+        want += log1p(exp(-0.1 * D)) / 3 + 0.3 * -(u.lp[ch[i]] / u.nc[ch[i]]) / 3;
+    }
+    got = eval_loss(&o, &b, &n);
+    CHECK(close_to(got, want, 1e-13), "dpo,sft:0.3 sequence_mean: %.15g, by hand %.15g", got, want);
+    check_batch_grads("dpo,sft:0.3 sequence_mean", &o, &u, &b, &n);
+    ps.sft_reduction = "median";
+    e2.set = 0;
+    CHECK(prefopt_objective_init(&o, &ps, &e2) != 0 && strstr(e2.msg, "median"), "unknown sft reduction");
+
     /* aot / aot_unpaired: sort within the micro-batch, by hand with an insertion sort */
     for (int unp = 0; unp < 2; unp++) {
         make_obj(&o, unp ? "aot_unpaired:0.7" : "aot:0.7", 0.2, 0.1, 0);
@@ -567,8 +588,11 @@ static void test_accumulation(void)
 {
     units u;
     units_init(&u, 12, 11);
-    const char *specs[] = {"dpo", "dpo:1,sft:0.2", "orpo", "ipo", "simpo,sft:1", "robust", "kto", "sft"};
-    const double eps[] = {0, 0, 0, 0, 0.1, 0.2, 0, 0};
+    const char *specs[] = {"dpo", "dpo:1,sft:0.2", "orpo", "ipo", "simpo,sft:1", "robust", "kto", "sft",
+                           "dpo,sft:0.5", "sft", "sft"};
+    const double eps[] = {0, 0, 0, 0, 0.1, 0.2, 0, 0, 0, 0, 0};
+    const char *reds[] = {"token", "token", "token", "token", "token", "token", "token", "token",
+                          "sequence_mean", "sequence_mean", "sequence_sum"};
     for (int si = 0; si < (int)(sizeof specs / sizeof specs[0]); si++)
         for (int all = 0; all < 2; all++) {
             if (all && strcmp(specs[si], "sft"))
@@ -579,6 +603,7 @@ static void test_accumulation(void)
             p.loss = specs[si];
             p.label_smoothing = eps[si];
             p.sft_all_tokens = all;
+            p.sft_reduction = reds[si];
             prefopt_err err = {0};
             if (prefopt_objective_init(&o, &p, &err)) {
                 CHECK(0, "%s: %s", specs[si], err.msg);
@@ -731,30 +756,36 @@ static void test_sft(void)
     units u;
     units_init(&u, 3, 5);
     int32_t idx[3] = {0, 1, 2};
-    for (int all = 0; all < 2; all++) {
-        prefopt_objective_params p;
-        prefopt_objective_params_default(&p);
-        p.loss = "sft";
-        p.sft_all_tokens = all;
-        prefopt_objective o;
-        prefopt_err err = {0};
-        prefopt_objective_init(&o, &p, &err);
-        prefopt_objective_batch b = {.policy = &u.st, .nunits = 3, .nsft = 3, .sft = idx};
-        prefopt_objective_norm n = {0};
-        prefopt_objective_count(&n, &o, &b);
-        const double *lp = all ? u.la : u.lp, *cnt = all ? u.na : u.nc;
-        double want = -(lp[0] + lp[1] + lp[2]) / (cnt[0] + cnt[1] + cnt[2]);
-        prefopt_metrics m;
-        prefopt_metrics_reset(&m);
-        double loss, dc[MAXU], da[MAXU];
-        CHECK(prefopt_objective_eval(&loss, dc, da, NULL, &m, &o, &b, &n, &err) == 0, "sft: %s", err.msg);
-        CHECK(close_to(loss, want, 1e-14), "sft%s: %.15g, by hand %.15g", all ? " all tokens" : "", loss, want);
-        CHECK(close_to(prefopt_metrics_value(&m, PREFOPT_M_NLL_LOSS), want, 1e-14), "sft nll_loss metric");
-        CHECK(close_to(prefopt_metrics_value(&m, PREFOPT_M_MEAN_TOKEN_ACCURACY),
-                       (u.hits[0] + u.hits[1] + u.hits[2]) / (u.nc[0] + u.nc[1] + u.nc[2]), 1e-14),
-              "sft mean_token_accuracy");
-        check_batch_grads(all ? "sft all tokens" : "sft", &o, &u, &b, &n);
-    }
+    const char *reds[3] = {"token", "sequence_mean", "sequence_sum"};
+    for (int all = 0; all < 2; all++)
+        for (int ri = 0; ri < 3; ri++) {
+            prefopt_objective_params p;
+            prefopt_objective_params_default(&p);
+            p.loss = "sft";
+            p.sft_all_tokens = all;
+            p.sft_reduction = reds[ri];
+            prefopt_objective o;
+            prefopt_err err = {0};
+            CHECK(prefopt_objective_init(&o, &p, &err) == 0, "sft %s: %s", reds[ri], err.msg);
+            prefopt_objective_batch b = {.policy = &u.st, .nunits = 3, .nsft = 3, .sft = idx};
+            prefopt_objective_norm n = {0};
+            prefopt_objective_count(&n, &o, &b);
+            const double *lp = all ? u.la : u.lp, *cnt = all ? u.na : u.nc;
+            double want = ri == 0   ? -(lp[0] + lp[1] + lp[2]) / (cnt[0] + cnt[1] + cnt[2])
+                          : ri == 1 ? -(lp[0] / cnt[0] + lp[1] / cnt[1] + lp[2] / cnt[2]) / 3
+                                    : -(lp[0] + lp[1] + lp[2]) / 3;
+            prefopt_metrics m;
+            prefopt_metrics_reset(&m);
+            double loss, dc[MAXU], da[MAXU];
+            CHECK(prefopt_objective_eval(&loss, dc, da, NULL, &m, &o, &b, &n, &err) == 0, "sft: %s", err.msg);
+            CHECK(close_to(loss, want, 1e-14), "sft%s %s: %.15g, by hand %.15g", all ? " all tokens" : "", reds[ri],
+                  loss, want);
+            CHECK(close_to(prefopt_metrics_value(&m, PREFOPT_M_NLL_LOSS), want, 1e-14), "sft nll_loss metric");
+            CHECK(close_to(prefopt_metrics_value(&m, PREFOPT_M_MEAN_TOKEN_ACCURACY),
+                           (u.hits[0] + u.hits[1] + u.hits[2]) / (u.nc[0] + u.nc[1] + u.nc[2]), 1e-14),
+                  "sft mean_token_accuracy");
+            check_batch_grads(all ? "sft all tokens" : "sft", &o, &u, &b, &n);
+        }
 }
 
 /* DPO metrics by hand: rewards, ties as 0 in accuracies, token-weighted logits. */

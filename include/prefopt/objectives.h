@@ -99,6 +99,7 @@ typedef struct {
     long ref_sync_steps;           /* 0 = off; TR-DPO: every N optimizer steps ref <- (1-a) ref + a policy */
     double ref_mixup_alpha;        /* 0.6 (TRL ref_model_mixup_alpha) */
     double rpo_alpha;              /* 0: TRL-0.27 rpo_alpha, the same as appending ",sft:ALPHA" to the loss */
+    const char *sft_reduction;     /* "token" (TRL), "sequence_mean" (OpenRLHF), "sequence_sum" (NeMo) */
     const char *f_divergence;      /* "reverse_kl": or forward_kl, js_divergence, alpha_divergence (TRL-1.x) */
     double f_alpha_divergence_coef; /* 0.5 (TRL-1.x default) */
 } prefopt_objective_params;
@@ -107,12 +108,17 @@ typedef struct {
  * forward_kl: s = -exp(-r); js_divergence: s = log sig(r); alpha_divergence (a): s = exp(min((a-1) r, 80))/(a-1),
  * a = 1 meaning reverse_kl. As in TRL, apo_zero, the first term of apo_down and aot/aot_unpaired keep the raw
  * log-ratios; the rewards metrics are always beta * r. */
+/* How the sft term (and SFT training) reduces the NLL: over all tokens of the step, as the mean over sequences
+ * of each sequence's token mean, or as the mean over sequences of each sequence's sum. ORPO's NLL is always the
+ * token mean over prompt+chosen. */
+typedef enum { PREFOPT_SFT_TOKEN_MEAN = 0, PREFOPT_SFT_SEQ_MEAN, PREFOPT_SFT_SEQ_SUM } prefopt_sft_reduction;
+
 typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDIV_JS, PREFOPT_FDIV_ALPHA } prefopt_fdiv;
 
 /* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
- * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "rpo-alpha",
- * "f-divergence", "f-alpha-divergence-coef") pointing into
+ * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "sft-reduction",
+ * "rpo-alpha", "f-divergence", "f-alpha-divergence-coef") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
@@ -137,6 +143,7 @@ typedef struct {
     int length_avg_metrics; /* CPO/ORPO-style metrics: rewards = beta * mean logp, logps averaged */
     double gamma;       /* effective SimPO gamma */
     prefopt_fdiv fdiv;
+    prefopt_sft_reduction sft_reduction;
 } prefopt_objective;
 
 /* Parses p->loss and validates every parameter the terms read. Errors name the offending item. */
@@ -165,7 +172,7 @@ typedef struct {
     double pairs;             /* PAIRS */
     double chosen_tokens;     /* PAIRS: sum of n_completion over chosen units (sft term) */
     double chosen_all_tokens; /* PAIRS: sum of n_all over chosen units (ORPO's NLL) */
-    double examples;          /* UNPAIRED */
+    double examples;          /* UNPAIRED; SFT: examples (for the sequence reductions) */
     double tokens;            /* SFT: sum of n_completion (n_all with sft_all_tokens) */
 } prefopt_objective_norm;
 
