@@ -8,6 +8,7 @@
 #include "prefopt/dmat.h"
 
 #include <blis.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,70 +39,77 @@ typedef struct {
     int m, n, k, mbA, nbA, mbB, nbB, mbC, nbC;
 } shape;
 
-static double time_psgemm(const prefopt_grid *g, const shape *s, int kb, int reps, double *maxdiff_out,
-                          float **result)
-{
+typedef struct {
     prefopt_dmat A, B, C;
+} ps_ctx;
+
+static void ps_setup(ps_ctx *x, const prefopt_grid *g, const shape *s)
+{
     int am = s->ta == 'N' ? s->m : s->k, an = s->ta == 'N' ? s->k : s->m;
     int bm = s->tb == 'N' ? s->k : s->n, bn = s->tb == 'N' ? s->n : s->k;
-    prefopt_dmat_init(&A, g, am, an, s->mbA, s->nbA);
-    prefopt_dmat_init(&B, g, bm, bn, s->mbB, s->nbB);
-    prefopt_dmat_init(&C, g, s->m, s->n, s->mbC, s->nbC);
-    A.data = malloc(sizeof(float) * prefopt_dmat_local_size(&A) + 64);
-    B.data = malloc(sizeof(float) * prefopt_dmat_local_size(&B) + 64);
-    C.data = calloc(prefopt_dmat_local_size(&C) + 16, sizeof(float));
-    fill(A.data, prefopt_dmat_local_size(&A), 1 + g->tp_rank);
-    fill(B.data, prefopt_dmat_local_size(&B), 100 + g->tp_rank);
+    prefopt_dmat_init(&x->A, g, am, an, s->mbA, s->nbA);
+    prefopt_dmat_init(&x->B, g, bm, bn, s->mbB, s->nbB);
+    prefopt_dmat_init(&x->C, g, s->m, s->n, s->mbC, s->nbC);
+    x->A.data = malloc(sizeof(float) * prefopt_dmat_local_size(&x->A) + 64);
+    x->B.data = malloc(sizeof(float) * prefopt_dmat_local_size(&x->B) + 64);
+    x->C.data = calloc(prefopt_dmat_local_size(&x->C) + 16, sizeof(float));
+    fill(x->A.data, prefopt_dmat_local_size(&x->A), 1 + g->tp_rank);
+    fill(x->B.data, prefopt_dmat_local_size(&x->B), 100 + g->tp_rank);
+}
+
+static double ps_run(ps_ctx *x, const prefopt_grid *g, const shape *s, int kb)
+{
     prefopt_dmat_set_panel_width(kb);
-    double t[64];
-    for (int r = -1; r < reps; r++) {
-        MPI_Barrier(g->tp);
-        double t0 = MPI_Wtime();
-        prefopt_dmat_gemm(s->ta, s->tb, 1.0f, &A, &B, 0.0f, &C);
-        MPI_Barrier(g->tp);
-        if (r >= 0)
-            t[r] = MPI_Wtime() - t0;
-    }
-    /* keep the product to compare panel widths: same inputs, results must agree to fp32 rounding */
-    size_t n = prefopt_dmat_local_size(&C);
-    if (!*result) {
-        *result = malloc(sizeof(float) * n + 16);
-        memcpy(*result, C.data, sizeof(float) * n);
-        *maxdiff_out = 0;
-    } else {
-        double md = 0;
-        for (size_t i = 0; i < n; i++) {
-            double d = C.data[i] - (*result)[i];
-            md = d > md ? d : -d > md ? -d : md;
-        }
-        MPI_Allreduce(MPI_IN_PLACE, &md, 1, MPI_DOUBLE, MPI_MAX, g->tp);
-        *maxdiff_out = md;
-    }
-    free(A.data), free(B.data), free(C.data);
-    return median(t, reps);
+    MPI_Barrier(g->tp);
+    double t0 = MPI_Wtime();
+    prefopt_dmat_gemm(s->ta, s->tb, 1.0f, &x->A, &x->B, 0.0f, &x->C);
+    MPI_Barrier(g->tp);
+    return MPI_Wtime() - t0;
 }
 
 /* Each rank: C_p = A[:, K_p] B[K_p, :] with K_p = K/P, then MPI_Allreduce(C). */
-static double time_local(const prefopt_grid *g, const shape *s, int reps)
+typedef struct {
+    float *a, *b, *c;
+    int kp;
+} loc_ctx;
+
+static void loc_setup(loc_ctx *x, const prefopt_grid *g, const shape *s)
 {
-    int P = g->tp_size, kp = (s->k + P - 1) / P;
-    float *a = malloc(sizeof(float) * (size_t)s->m * kp + 64), *b = malloc(sizeof(float) * (size_t)kp * s->n + 64);
-    float *c = malloc(sizeof(float) * (size_t)s->m * s->n + 64);
-    fill(a, (size_t)s->m * kp, 3);
-    fill(b, (size_t)kp * s->n, 4);
+    x->kp = (s->k + g->tp_size - 1) / g->tp_size;
+    x->a = malloc(sizeof(float) * (size_t)s->m * x->kp + 64);
+    x->b = malloc(sizeof(float) * (size_t)x->kp * s->n + 64);
+    x->c = malloc(sizeof(float) * (size_t)s->m * s->n + 64);
+    fill(x->a, (size_t)s->m * x->kp, 3);
+    fill(x->b, (size_t)x->kp * s->n, 4);
+}
+
+static double loc_run(loc_ctx *x, const prefopt_grid *g, const shape *s)
+{
     float one = 1, zero = 0;
-    double t[64];
-    for (int r = -1; r < reps; r++) {
-        MPI_Barrier(g->tp);
-        double t0 = MPI_Wtime();
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, s->m, s->n, kp, &one, a, 1, s->m, b, 1, kp, &zero, c, 1, s->m);
-        if (P > 1)
-            MPI_Allreduce(MPI_IN_PLACE, c, s->m * s->n, MPI_FLOAT, MPI_SUM, g->tp);
-        if (r >= 0)
-            t[r] = MPI_Wtime() - t0;
-    }
-    free(a), free(b), free(c);
-    return median(t, reps);
+    MPI_Barrier(g->tp);
+    double t0 = MPI_Wtime();
+    bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, s->m, s->n, x->kp, &one, x->a, 1, s->m, x->b, 1, x->kp, &zero,
+              x->c, 1, s->m);
+    if (g->tp_size > 1)
+        MPI_Allreduce(MPI_IN_PLACE, x->c, s->m * s->n, MPI_FLOAT, MPI_SUM, g->tp);
+    MPI_Barrier(g->tp);
+    return MPI_Wtime() - t0;
+}
+
+/* max |C(kb=32) - C(kb)| over the grid: same inputs, the results must agree to fp32 rounding */
+static double ps_diff(ps_ctx *x, const prefopt_grid *g, const shape *s, int kb)
+{
+    size_t n = prefopt_dmat_local_size(&x->C);
+    float *ref = malloc(sizeof(float) * n + 16);
+    ps_run(x, g, s, 32);
+    memcpy(ref, x->C.data, sizeof(float) * n);
+    ps_run(x, g, s, kb);
+    double md = 0;
+    for (size_t i = 0; i < n; i++)
+        md = fmax(md, fabs((double)x->C.data[i] - ref[i]));
+    MPI_Allreduce(MPI_IN_PLACE, &md, 1, MPI_DOUBLE, MPI_MAX, g->tp);
+    free(ref);
+    return md;
 }
 
 int main(int argc, char **argv)
@@ -144,17 +152,27 @@ int main(int argc, char **argv)
                g.npcol, prefopt_blis_version(), prefopt_blis_arch(), prefopt_blis_threads(), reps);
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         const shape *s = &shapes[i];
-        double flop = 2.0 * s->m * s->n * s->k, diff = 0;
-        float *res = NULL;
+        double flop = 2.0 * s->m * s->n * s->k;
+        ps_ctx px;
+        loc_ctx lx;
+        ps_setup(&px, &g, s);
+        loc_setup(&lx, &g, s);
         long calls0 = prefopt_dmat_pilaenv_calls();
-        double t32 = time_psgemm(&g, s, 32, reps, &diff, &res);
-        double tkb = time_psgemm(&g, s, kb, reps, &diff, &res);
+        double diff = ps_diff(&px, &g, s, kb);
         long calls = prefopt_dmat_pilaenv_calls() - calls0;
-        free(res);
-        double tloc = time_local(&g, s, reps);
+        /* interleaved, so that load from other jobs on the node hits the three variants alike */
+        double a32[64], akb[64], aloc[64];
+        loc_run(&lx, &g, s);
+        for (int r = 0; r < reps; r++) {
+            a32[r] = ps_run(&px, &g, s, 32);
+            akb[r] = ps_run(&px, &g, s, kb);
+            aloc[r] = loc_run(&lx, &g, s);
+        }
+        double t32 = median(a32, reps), tkb = median(akb, reps), tloc = median(aloc, reps);
+        free(px.A.data), free(px.B.data), free(px.C.data), free(lx.a), free(lx.b), free(lx.c);
         if (rank == 0) {
             printf("  %-32s psgemm kb=32 %7.2f GF/s | kb=%d %7.2f GF/s | local sgemm+allreduce %7.2f GF/s | "
-                   "speed-up %.2fx, override/local %.2f, |diff| %.2g, pilaenv_ calls %ld\n",
+                   "speed-up %.2fx, override/local %.2f, |diff| %.2g, pilaenv_ calls during 2 psgemm %ld\n",
                    s->name, flop / t32 * 1e-9, kb, flop / tkb * 1e-9, flop / tloc * 1e-9, t32 / tkb, tloc / tkb, diff,
                    calls);
             printf("{\"bench\":\"psgemm\",\"shape\":\"%s\",\"ranks\":%d,\"grid\":\"%dx%d\",\"panel\":%d,"
