@@ -1,0 +1,278 @@
+/* prefopt eval: summed completion log-probs of every example under a model (and a reference), the preference
+ * metrics over the set, and --store-ref, which writes the model's log-probs into the dataset as precomputed
+ * reference log-probs so that training needs no reference model. */
+#include "prefopt/banner.h"
+#include "prefopt/checkpoint.h"
+#include "prefopt/dataset.h"
+#include "prefopt/metrics.h"
+#include "prefopt/objectives.h"
+#include "prefopt/opts.h"
+#include "prefopt/runctl.h"
+#include "prefopt/train.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Per example: index, then up to two policy sums, two reference sums and a label. */
+enum { REC = 6 };
+
+static void fail_if(const prefopt_grid *g, prefopt_err *err)
+{
+    if (prefopt_agree(g->world, err))
+        prefopt_exit_error(err, PREFOPT_EXIT_ERROR);
+}
+
+static prefopt_model *load_model(const char *path, const prefopt_model_config *cfg, const prefopt_grid *g,
+                                 prefopt_err *err)
+{
+    prefopt_model_options mo = {0, 0, 0, 0, 0};
+    prefopt_model *m = prefopt_model_create(cfg, g, &mo, err);
+    if (m)
+        prefopt_model_file_load(m, path, err);
+    return m;
+}
+
+int prefopt_cmd_eval(int argc, char **argv)
+{
+    const char *model_path, *ref_path, *data_path, *out_path;
+    int grid_rows, grid_cols, dp, batch, store_ref;
+    static prefopt_objective_params op;
+    static prefopt_opt opts[64];
+    const prefopt_opt base[] = {
+        {"model", PREFOPT_OPT_STRING, &model_path, "", "model file or checkpoint (required)"},
+        {"ref", PREFOPT_OPT_STRING, &ref_path, "", "reference model file (else the dataset's stored reference, if any)"},
+        {"data", PREFOPT_OPT_STRING, &data_path, "", "dataset (HDF5 from prefopt pack) (required)"},
+        {"out", PREFOPT_OPT_STRING, &out_path, "", "per-example JSONL output (summary in OUT.summary.json)"},
+        {"store-ref", PREFOPT_OPT_FLAG, &store_ref, "0",
+         "write the model's log-probs into the dataset as precomputed reference log-probs"},
+        {"batch-size", PREFOPT_OPT_INT, &batch, "16", "examples per forward on one replica"},
+        {"grid-rows", PREFOPT_OPT_INT, &grid_rows, "1", "process rows of each tensor-parallel grid"},
+        {"grid-cols", PREFOPT_OPT_INT, &grid_cols, "1", "process columns of each tensor-parallel grid"},
+        {"dp", PREFOPT_OPT_INT, &dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+    };
+    int nopts = (int)(sizeof base / sizeof base[0]);
+    memcpy(opts, base, sizeof base);
+    nopts += prefopt_objective_options(opts + nopts, 64 - nopts, &op);
+    char msg[1024];
+    prefopt_err err = {0};
+    int rc = prefopt_opts_parse("eval",
+                                "Score a dataset with a model: per-example summed completion log-probs (and the "
+                                "reference's), preference metrics of the objective (--loss, --beta), --store-ref.",
+                                opts, nopts, argc, argv, msg, sizeof msg);
+    if (rc == PREFOPT_OPTS_EXIT)
+        return 0;
+    if (rc == PREFOPT_OPTS_OK && (!*model_path || !*data_path || (!*out_path && !store_ref)))
+        snprintf(msg, sizeof msg, "eval needs --model, --data and --out (or --store-ref)"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_OK && batch < 1)
+        snprintf(msg, sizeof msg, "eval: --batch-size must be >= 1"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_ERROR) {
+        prefopt_err_set(&err, "%s", msg);
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    int world;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    int tp = grid_rows * grid_cols;
+    prefopt_grid g;
+    if (prefopt_grid_init(&g, MPI_COMM_WORLD, grid_rows, grid_cols, dp > 0 ? dp : (tp > 0 ? world / tp : 0), &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_banner(stderr, &g);
+
+    prefopt_model_config cfg;
+    prefopt_tokenizer_record tok = {0};
+    if (!prefopt_model_file_read_config(model_path, &cfg, &err))
+        prefopt_model_file_read_tokenizer(model_path, &tok, &err);
+    fail_if(&g, &err);
+    prefopt_dataset *ds = NULL;
+    prefopt_ds_expect ex = {cfg.vocab_size, tok.identity, 0};
+    prefopt_dataset_open(data_path, MPI_COMM_WORLD, &ex, &ds, &err);
+    fail_if(&g, &err);
+    const prefopt_ds_info info = *prefopt_dataset_info(ds);
+    const int paired = info.kind == PREFOPT_DS_PAIRS;
+
+    prefopt_model *m = load_model(model_path, &cfg, &g, &err), *ref = NULL;
+    fail_if(&g, &err);
+    if (*ref_path) {
+        ref = load_model(ref_path, &cfg, &g, &err);
+        fail_if(&g, &err);
+    }
+    const int have_ref = ref != NULL || info.has_ref;
+
+    /* the objective is only for the summary metrics; a loss that does not fit the data is left out */
+    prefopt_objective obj;
+    int use_obj = !prefopt_objective_init(&obj, &op, &err);
+    prefopt_err_clear(&err);
+    static const prefopt_layout want[] = {PREFOPT_LAYOUT_PAIRS, PREFOPT_LAYOUT_UNPAIRED, PREFOPT_LAYOUT_SFT};
+    use_obj = use_obj && want[info.kind] == obj.layout && (!obj.uses_reference || have_ref) && !obj.uses_kl;
+
+    prefopt_ds_loader_opts lo = {batch * g.dp_size, batch, 0, 0, 0, 0, 8, 0};
+    prefopt_ds_loader *L = NULL;
+    prefopt_ds_loader_create(ds, &lo, g.dp_rank, g.dp_size, &L, &err);
+    fail_if(&g, &err);
+    int64_t steps = prefopt_ds_loader_steps_per_epoch(L);
+    double *rec = prefopt_xmalloc(sizeof(double) * REC * (size_t)(info.num_examples / g.dp_size + batch + 1), "results");
+    int nrec = 0;
+    prefopt_metrics total;
+    prefopt_metrics_reset(&total);
+    double wloss = 0, wsum = 0, t0 = prefopt_now();
+    for (int64_t s = 0; s < steps; s++) {
+        prefopt_ds_step st;
+        prefopt_ds_loader_next(L, &st, &err);
+        fail_if(&g, &err);
+        prefopt_metrics mstep;
+        prefopt_metrics_reset(&mstep);
+        prefopt_objective_norm norm;
+        memset(&norm, 0, sizeof norm);
+        prefopt_unit_stats *pol = prefopt_xcalloc((size_t)st.nmicro + 1, sizeof *pol, "stats");
+        double **rl = prefopt_xcalloc((size_t)st.nmicro + 1, sizeof *rl, "stats");
+        prefopt_objective_batch *ob = prefopt_xcalloc((size_t)st.nmicro + 1, sizeof *ob, "batches");
+        for (int k = 0; k < st.nmicro; k++) {
+            const prefopt_ds_batch *mb = &st.micro[k];
+            int nu = mb->b.nunits;
+            prefopt_unit_stats_alloc(&pol[k], nu);
+            prefopt_model_forward(m, &mb->b, &pol[k], &err);
+            fail_if(&g, &err);
+            rl[k] = prefopt_xcalloc((size_t)nu + 1, sizeof(double), "reference");
+            if (ref) {
+                prefopt_unit_stats rs;
+                prefopt_unit_stats_alloc(&rs, nu);
+                prefopt_model_forward(ref, &mb->b, &rs, &err);
+                fail_if(&g, &err);
+                memcpy(rl[k], rs.logp_completion, sizeof(double) * (size_t)nu);
+                prefopt_unit_stats_free(&rs);
+            } else if (mb->ref_logps)
+                memcpy(rl[k], mb->ref_logps, sizeof(double) * (size_t)nu);
+            for (int j = 0; j < mb->nexamples; j++) {
+                double *r = rec + REC * nrec++;
+                int cu = mb->chosen_unit[j], ru = mb->rejected_unit[j];
+                r[0] = (double)mb->example[j];
+                r[1] = pol[k].logp_completion[cu];
+                r[2] = paired ? pol[k].logp_completion[ru] : NAN;
+                r[3] = have_ref ? rl[k][cu] : NAN;
+                r[4] = have_ref && paired ? rl[k][ru] : NAN;
+                r[5] = mb->label ? mb->label[j] : -1;
+            }
+            ob[k] = (prefopt_objective_batch){.policy = &pol[k], .nunits = nu, .ref_logp = have_ref ? rl[k] : NULL};
+            if (paired)
+                ob[k].npairs = mb->nexamples, ob[k].chosen = mb->chosen_unit, ob[k].rejected = mb->rejected_unit;
+            else if (info.kind == PREFOPT_DS_UNPAIRED)
+                ob[k].nexamples = mb->nexamples, ob[k].example = mb->chosen_unit, ob[k].desirable = mb->label;
+            else
+                ob[k].nsft = mb->nexamples, ob[k].sft = mb->chosen_unit;
+            if (use_obj)
+                prefopt_objective_count(&norm, &obj, &ob[k]);
+        }
+        if (use_obj) {
+            prefopt_objective_norm_allreduce(&norm, g.dp);
+            for (int k = 0; k < st.nmicro; k++) {
+                int nu = st.micro[k].b.nunits;
+                double loss, *dc = prefopt_xmalloc(sizeof(double) * (size_t)(nu + 1), "grad"),
+                             *da = prefopt_xmalloc(sizeof(double) * (size_t)(nu + 1), "grad");
+                if (prefopt_objective_eval(&loss, dc, da, NULL, &mstep, &obj, &ob[k], &norm, &err))
+                    prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+                free(dc), free(da);
+            }
+            prefopt_metrics_allreduce(&mstep, g.dp);
+            double l = prefopt_metrics_value(&mstep, PREFOPT_M_LOSS);
+            if (isfinite(l))
+                wloss += l * st.global_examples, wsum += st.global_examples;
+            mstep.sum[PREFOPT_M_LOSS] = mstep.count[PREFOPT_M_LOSS] = 0;
+            prefopt_metrics_merge(&total, &mstep);
+        }
+        for (int k = 0; k < st.nmicro; k++)
+            prefopt_unit_stats_free(&pol[k]), free(rl[k]);
+        free(pol), free(rl), free(ob);
+        prefopt_ds_step_free(&st);
+    }
+    double dt = prefopt_now() - t0;
+    prefopt_ds_loader_free(L);
+    prefopt_dataset_close(ds);
+
+    /* one copy of each example's result: tp rank 0 of each replica */
+    int send = g.tp_rank == 0 ? nrec : 0, *cnt = prefopt_xcalloc((size_t)world, sizeof(int), "counts");
+    int *dsp = prefopt_xcalloc((size_t)world, sizeof(int), "displs");
+    MPI_Allgather(&send, 1, MPI_INT, cnt, 1, MPI_INT, g.world);
+    int all = 0;
+    for (int r = 0; r < world; r++)
+        dsp[r] = all * REC, all += cnt[r], cnt[r] *= REC;
+    double *allrec = prefopt_xmalloc(sizeof(double) * REC * (size_t)(all + 1), "results");
+    MPI_Allgatherv(rec, send * REC, MPI_DOUBLE, allrec, cnt, dsp, MPI_DOUBLE, g.world);
+
+    if (store_ref) {
+        /* the model just scored becomes the reference of this dataset */
+        int64_t *idx = prefopt_xmalloc(sizeof(int64_t) * (size_t)(send + 1), "store-ref");
+        double *v0 = prefopt_xmalloc(sizeof(double) * (size_t)(send + 1), "store-ref");
+        double *v1 = prefopt_xmalloc(sizeof(double) * (size_t)(send + 1), "store-ref");
+        for (int i = 0; i < send; i++)
+            idx[i] = (int64_t)rec[REC * i], v0[i] = rec[REC * i + 1], v1[i] = rec[REC * i + 2];
+        const double *vals[2] = {v0, v1};
+        prefopt_dataset_store_ref(data_path, g.world, send, idx, vals, model_path, &err);
+        fail_if(&g, &err);
+        if (g.world_rank == 0)
+            fprintf(stderr, "eval: stored reference log-probs of %s into %s\n", model_path, data_path);
+        free(idx), free(v0), free(v1);
+    }
+
+    if (use_obj) {
+        total.sum[PREFOPT_M_LOSS] = wsum > 0 ? wloss / wsum : NAN;
+        total.count[PREFOPT_M_LOSS] = 1;
+    }
+    if (g.world_rank == 0 && *out_path) {
+        /* sort by example index: replicas hold strided shares */
+        double *ord = prefopt_xmalloc(sizeof(double) * REC * (size_t)(info.num_examples + 1), "order");
+        for (int i = 0; i < all; i++)
+            memcpy(ord + REC * (size_t)allrec[REC * i], allrec + REC * i, sizeof(double) * REC);
+        size_t cap = 1 << 16, used = 0;
+        char *buf = prefopt_xmalloc(cap, "output");
+        for (int64_t i = 0; i < info.num_examples; i++) {
+            const double *r = ord + REC * i;
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "index", (double)i);
+            cJSON_AddNumberToObject(o, paired ? "chosen_logps" : "completion_logps", r[1]);
+            if (paired)
+                cJSON_AddNumberToObject(o, "rejected_logps", r[2]);
+            if (have_ref) {
+                cJSON_AddNumberToObject(o, paired ? "ref_chosen_logps" : "ref_completion_logps", r[3]);
+                if (paired)
+                    cJSON_AddNumberToObject(o, "ref_rejected_logps", r[4]);
+            }
+            if (r[5] >= 0)
+                cJSON_AddBoolToObject(o, "label", r[5] > 0);
+            char *line = cJSON_PrintUnformatted(o);
+            size_t l = strlen(line);
+            while (used + l + 2 > cap)
+                cap *= 2, buf = realloc(buf, cap);
+            if (!buf)
+                prefopt_die("out of memory writing %s", out_path);
+            memcpy(buf + used, line, l), used += l, buf[used++] = '\n';
+            free(line), cJSON_Delete(o);
+        }
+        prefopt_write_atomic(out_path, buf, used, &err);
+        free(buf), free(ord);
+        cJSON *sum = cJSON_CreateObject();
+        cJSON_AddStringToObject(sum, "model", model_path);
+        cJSON_AddStringToObject(sum, "data", data_path);
+        cJSON_AddNumberToObject(sum, "examples", (double)info.num_examples);
+        if (use_obj)
+            prefopt_metrics_to_json(sum, &total, "eval/");
+        char *s = cJSON_PrintUnformatted(sum);
+        char sp[4200];
+        snprintf(sp, sizeof sp, "%s.summary.json", out_path);
+        if (!err.set)
+            prefopt_write_atomic(sp, s, strlen(s), &err);
+        if (!err.set)
+            printf("%s\n", s);
+        fprintf(stderr, "eval: %lld examples in %.2f s -> %s\n", (long long)info.num_examples, dt, out_path);
+        free(s), cJSON_Delete(sum);
+    }
+    fail_if(&g, &err);
+    free(rec), free(allrec), free(cnt), free(dsp);
+    prefopt_model_free(m);
+    if (ref)
+        prefopt_model_free(ref);
+    prefopt_tokenizer_record_free(&tok);
+    prefopt_grid_free(&g);
+    return 0;
+}
