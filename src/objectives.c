@@ -85,6 +85,8 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
         {"ref-sync-steps", PREFOPT_OPT_LONG, &p->ref_sync_steps, "0",
          "TR-DPO: mix the reference towards the policy every N optimizer steps (0: never)"},
         {"ref-mixup-alpha", PREFOPT_OPT_DOUBLE, &p->ref_mixup_alpha, "0.6", "TR-DPO: ref <- (1-a) ref + a policy"},
+        {"alphapo-alpha", PREFOPT_OPT_DOUBLE, &p->alphapo_alpha, "0",
+         "AlphaPO: simpo compares (1 - p^-alpha)/alpha of the mean token probability p (0: plain SimPO)"},
         {"sft-reduction", PREFOPT_OPT_STRING, &p->sft_reduction, "token",
          "NLL of the sft term: token (mean over all tokens, TRL), sequence_mean (mean of per-sequence token "
          "means, OpenRLHF) or sequence_sum (mean of per-sequence sums, NeMo)"},
@@ -254,6 +256,10 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         prefopt_err_set(err, "--ref-mixup-alpha must be in (0, 1], got %g", p->ref_mixup_alpha);
         return -1;
     }
+    if (p->alphapo_alpha != 0 && (!isfinite(p->alphapo_alpha) || !has_term(obj, PREFOPT_LOSS_SIMPO))) {
+        prefopt_err_set(err, "--alphapo-alpha %g applies to simpo only (and must be finite)", p->alphapo_alpha);
+        return -1;
+    }
     obj->gamma = p->simpo_gamma_beta_ratio != 0 ? p->simpo_gamma_beta_ratio * p->beta : p->simpo_gamma;
     if (!isfinite(obj->gamma)) {
         prefopt_err_set(err, "SimPO gamma is not finite");
@@ -344,6 +350,17 @@ static double smoothed_sigmoid_loss(double *dz, double z, double e)
 {
     *dz = -(1 - e) * sigmoid(-z) + e * sigmoid(z);
     return -(1 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
+}
+
+/* AlphaPO's reward of a mean log-prob x: (1 - p^-a)/a with p = e^x, i.e. -expm1(-a x)/a; x itself at a = 0. */
+static double alphapo_reward(double *deriv, double a, double x)
+{
+    if (a == 0) {
+        *deriv = 1;
+        return x;
+    }
+    *deriv = exp(-a * x);
+    return -expm1(-a * x) / a;
 }
 
 /* The f-divergence score s = f(r) of a log-ratio and f'(r) (TRL-1.x _compute_loss). */
@@ -473,10 +490,13 @@ double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obje
         break;
     }
     case PREFOPT_LOSS_SIMPO: {
-        double h = b * (pi_c / lc - pi_r / lr) - obj->gamma, dh;
+        double dRc, dRr;
+        double Rc = alphapo_reward(&dRc, obj->p.alphapo_alpha, pi_c / lc);
+        double Rr = alphapo_reward(&dRr, obj->p.alphapo_alpha, pi_r / lr);
+        double h = b * (Rc - Rr) - obj->gamma, dh;
         l = smoothed_sigmoid_loss(&dh, h, e);
-        grad[0] = dh * b / lc;
-        grad[1] = -dh * b / lr;
+        grad[0] = dh * b * dRc / lc;
+        grad[1] = -dh * b * dRr / lr;
         return l; /* no reference */
     }
     case PREFOPT_LOSS_ORPO: {
@@ -754,8 +774,9 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
                 xc = pc / (lc < 1 ? 1 : lc), xr = pr / (lr < 1 ? 1 : lr);
             else
                 xc = pc, xr = pr;
-            double wc = o->length_avg_metrics ? beta * xc : beta * (pc - fc);
-            double wr = o->length_avg_metrics ? beta * xr : beta * (pr - fr);
+            double dummy, alpha = has_term(o, PREFOPT_LOSS_SIMPO) ? o->p.alphapo_alpha : 0;
+            double wc = o->length_avg_metrics ? beta * alphapo_reward(&dummy, alpha, xc) : beta * (pc - fc);
+            double wr = o->length_avg_metrics ? beta * alphapo_reward(&dummy, alpha, xr) : beta * (pr - fr);
             prefopt_metrics_add(m, PREFOPT_M_REWARDS_CHOSEN, wc, 1);
             prefopt_metrics_add(m, PREFOPT_M_REWARDS_REJECTED, wr, 1);
             prefopt_metrics_add(m, PREFOPT_M_REWARDS_ACCURACIES, wc > wr ? 1 : 0, 1);

@@ -34,6 +34,7 @@ typedef struct {
     int cdpo;
     int fdiv; /* 0 reverse_kl, 1 forward_kl, 2 js_divergence, 3 alpha_divergence */
     double alpha;
+    double alphapo;
 } sheet_params;
 
 static double fscore(const sheet_params *s, double r)
@@ -87,7 +88,12 @@ static double sheet_pair(prefopt_loss_kind k, const sheet_params *s, const doubl
     case PREFOPT_LOSS_SIGMOID_NORM:
         return -lsig(b * (rc / lc - rr / lr));
     case PREFOPT_LOSS_SIMPO: {
-        double h = b * (x[0] / lc - x[1] / lr) - s->gamma;
+        double pc = x[0] / lc, pr = x[1] / lr;
+        if (s->alphapo != 0) { /* AlphaPO: R = (1 - p^-alpha) / alpha with p the mean token probability */
+            pc = (1 - pow(exp(pc), -s->alphapo)) / s->alphapo;
+            pr = (1 - pow(exp(pr), -s->alphapo)) / s->alphapo;
+        }
+        double h = b * (pc - pr) - s->gamma;
         return -(1 - e) * lsig(h) - e * lsig(-h);
     }
     case PREFOPT_LOSS_ORPO: {
@@ -167,7 +173,7 @@ static void test_pair_losses(void)
                             continue;
                         }
                         sheet_params sp = {betas[bi], eps, o.gamma, o.p.discopop_tau, k == PREFOPT_LOSS_DPO, fds[fi],
-                                           alphas[fi]};
+                                           alphas[fi], 0};
                         const double *x = pts[pi];
                         double g[4];
                         double l = prefopt_pair_loss(g, k, &o, x[0], x[1], x[2], x[3], x[4], x[5]);
@@ -265,6 +271,35 @@ static void test_edge_cases(void)
     double sr = exp(2.0 * -3) / 2, zc = 1e-35 * (exp(80.0) / 2 - sr);
     CHECK(close_to(la, -log(sig(zc)), 1e-12) && ga[0] == 0 && ga[1] != 0,
           "alpha_divergence clamp: loss %g (want %g), d/dpi_c %g (want 0)", la, -log(sig(zc)), ga[0]);
+    /* AlphaPO: the sheet's R(y) = (1 - p^-alpha)/alpha of the mean token probability, and its gradient */
+    {
+        prefopt_objective_params pp;
+        prefopt_objective_params_default(&pp);
+        pp.loss = "simpo";
+        pp.beta = 2.0;
+        pp.alphapo_alpha = 0.25;
+        pp.label_smoothing = 0.1;
+        prefopt_err err = {0};
+        CHECK(prefopt_objective_init(&a, &pp, &err) == 0, "alphapo: %s", err.msg);
+        sheet_params sp = {2.0, 0.1, a.gamma, 0.05, 0, 0, 0.5, 0.25};
+        const double x[4] = {-6, -9, 0, 0};
+        la = prefopt_pair_loss(ga, PREFOPT_LOSS_SIMPO, &a, x[0], x[1], 0, 0, 4, 3);
+        double w = sheet_pair(PREFOPT_LOSS_SIMPO, &sp, x, 4, 3);
+        CHECK(close_to(la, w, 1e-13), "alphapo: %.15g, sheet %.15g", la, w);
+        for (int j = 0; j < 2; j++) {
+            double xp[4], xm[4];
+            memcpy(xp, x, sizeof xp);
+            memcpy(xm, x, sizeof xm);
+            xp[j] += 1e-6;
+            xm[j] -= 1e-6;
+            double fd = (sheet_pair(PREFOPT_LOSS_SIMPO, &sp, xp, 4, 3) - sheet_pair(PREFOPT_LOSS_SIMPO, &sp, xm, 4, 3)) / 2e-6;
+            CHECK(fabs(ga[j] - fd) <= 1e-7 * (1 + fabs(fd)), "alphapo d/dx%d %.12g, finite difference %.12g", j, ga[j], fd);
+        }
+        pp.loss = "dpo";
+        pp.label_smoothing = 0;
+        err.set = 0;
+        CHECK(prefopt_objective_init(&a, &pp, &err) != 0 && strstr(err.msg, "simpo only"), "alphapo on dpo");
+    }
     /* orpo at probability 1 (mean log-prob 0): finite loss and gradient */
     make_obj(&a, "orpo", 0.1, 0, 0);
     la = prefopt_pair_loss(ga, PREFOPT_LOSS_ORPO, &a, 0, -5, 0, 0, 5, 5);

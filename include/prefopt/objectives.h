@@ -36,7 +36,8 @@
  *                                 (both sort within one micro-batch of one rank, as TRL sorts within the
  *                                 per-device batch, so they are the one exception to micro-batch invariance)
  *   simpo         CPO "simpo"     -(1-e) log sig(h) - e log sig(-h), h = beta (pi_c/L_c - pi_r/L_r) - gamma;
- *                                 no reference; CPO-SimPO = "simpo,sft:1" (cpo_alpha 1)
+ *                                 no reference; CPO-SimPO = "simpo,sft:1" (cpo_alpha 1); AlphaPO with
+ *                                 alphapo_alpha a != 0 uses R = (1 - e^{-a pi/L})/a in place of pi/L
  *   orpo          ORPO            NLL(prompt+chosen, token mean) - beta * mean log sig(log_odds), log_odds from
  *                                 length-averaged completion log-probs; no reference; beta is ORPO's lambda
  *   sft           sft             token-mean NLL of the chosen completions (alone: of the SFT examples'
@@ -46,7 +47,7 @@
  * CPO (reference-free sigmoid + NLL) is "dpo,sft:1" with reference_free.
  *
  * Not supported (they need per-token data the engine does not return, or cross-step state): WPO weighting,
- * LD-DPO, TRL-0.27 bco_pair running mean and f-divergence parameterisation, AlphaPO. */
+ * LD-DPO, TRL-0.27 bco_pair running mean and f-divergence parameterisation. */
 #ifndef PREFOPT_OBJECTIVES_H
 #define PREFOPT_OBJECTIVES_H
 
@@ -91,6 +92,7 @@ typedef struct {
     int cdpo;                      /* 0: 1 applies label smoothing to dpo as TRL-0.27 did (cDPO) */
     double simpo_gamma;            /* 0.5: absolute margin gamma of SimPO */
     double simpo_gamma_beta_ratio; /* 0: when non-zero, gamma = ratio * beta (the SimPO repo's knob) */
+    double alphapo_alpha;          /* 0: AlphaPO (TRL CPO alpha): simpo on R = (1 - p^-alpha)/alpha, p = e^mean_logp */
     double discopop_tau;           /* 0.05 */
     double desirable_weight;       /* 1.0 (KTO w_D) */
     double undesirable_weight;     /* 1.0 (KTO w_U) */
@@ -117,8 +119,8 @@ typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDI
 
 /* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
- * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "sft-reduction",
- * "rpo-alpha", "f-divergence", "f-alpha-divergence-coef") pointing into
+ * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "alphapo-alpha",
+ * "sft-reduction", "rpo-alpha", "f-divergence", "f-alpha-divergence-coef") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
