@@ -508,18 +508,16 @@ static int word_symbols(const prefopt_tokenizer *t, const char *s, uint32_t len,
             return 1;
         }
         int32_t id = tok_strmap_get(&t->tokmap, s + i, (uint32_t)l);
+        int fallback = id < 0 && t->byte_fallback;
+        for (int j = 0; fallback && j < l; j++)
+            fallback = t->fallback_id[(unsigned char)s[i + j]] >= 0;
         if (id >= 0) {
             sym_push(mb, ns, id);
             prev_unk = 0;
-        } else if (t->byte_fallback && t->fallback_id[(unsigned char)s[i]] >= 0) {
-            int ok = 1;
+        } else if (fallback) { /* every byte of the character has its <0xNN> token */
             for (int j = 0; j < l; j++)
-                ok &= t->fallback_id[(unsigned char)s[i + j]] >= 0;
-            if (ok) {
-                for (int j = 0; j < l; j++)
-                    sym_push(mb, ns, t->fallback_id[(unsigned char)s[i + j]]);
-                prev_unk = 0;
-            }
+                sym_push(mb, ns, t->fallback_id[(unsigned char)s[i + j]]);
+            prev_unk = 0;
         } else if (t->unk_id >= 0) {
             if (!(t->fuse_unk && prev_unk))
                 sym_push(mb, ns, t->unk_id);
@@ -709,8 +707,18 @@ int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, 
     if (pre_tokenize(t, &k, err))
         rc = 1;
     merge_buf mb = {0};
-    for (size_t i = 0; !rc && i < k.nw; i++)
-        rc = encode_word(t, wptr(&k, &k.w[i]), k.w[i].len, byte_level, &mb, ids, n, cap, err);
+    for (size_t i = 0; !rc && i < k.nw; i++) {
+        const char *w = wptr(&k, &k.w[i]);
+        uint32_t wl = k.w[i].len, start = 0;
+        if (t->sp_split && !byte_level) /* cut before each run of U+2581 (see sp_split) */
+            for (uint32_t j = 1; !rc && j + 3 <= wl; j++)
+                if (!memcmp(w + j, "\xe2\x96\x81", 3) && (j < 3 || memcmp(w + j - 3, "\xe2\x96\x81", 3))) {
+                    rc = encode_word(t, w + start, j - start, byte_level, &mb, ids, n, cap, err);
+                    start = j;
+                }
+        if (!rc)
+            rc = encode_word(t, w + start, wl - start, byte_level, &mb, ids, n, cap, err);
+    }
     free(mb.s);
     free(mb.h);
     free(k.w);

@@ -95,6 +95,8 @@ struct prefopt_tokenizer {
     int32_t *pair_rank, *pair_id;
     size_t pair_cap;
     int unk_id, byte_fallback, fuse_unk, ignore_merges;
+    int sp_split; /* no vocabulary token has U+2581 after a non-U+2581 character: words may be cut before each
+                     run of U+2581 without changing the merges (the cut lets SentencePiece-style text use the cache) */
     int byte_id[256];      /* ByteLevel: id of each byte's mapped character; <0xNN> ids for byte fallback */
     int fallback_id[256];
     uint32_t byte_cp[256]; /* ByteLevel byte -> code point, and back (-1: not a mapped code point) */

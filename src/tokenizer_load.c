@@ -77,12 +77,42 @@ static void *grow(void *p, int n, size_t size)
     return q;
 }
 
+/* Oniguruma (what Hugging Face tokenizers runs) reads \s as the Unicode White_Space property; PCRE2 10.42's \s
+ * also takes U+180E and similar historical spaces. Spelling the property out gives Oniguruma's matches. */
+static char *onig_spaces(const char *pat)
+{
+    size_t n = strlen(pat), cnt = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (pat[i] == '\\') {
+            cnt += pat[i + 1] == 's' || pat[i + 1] == 'S';
+            i++;
+        }
+    char *o = prefopt_xmalloc(n + cnt * 16 + 1, "pattern"), *w = o;
+    for (size_t i = 0; i < n; i++) {
+        if (pat[i] == '\\' && i + 1 < n) {
+            if (pat[i + 1] == 's' || pat[i + 1] == 'S')
+                w += sprintf(w, "\\%c{White_Space}", pat[i + 1] == 's' ? 'p' : 'P');
+            else {
+                *w++ = pat[i];
+                *w++ = pat[i + 1];
+            }
+            i++;
+        } else {
+            *w++ = pat[i];
+        }
+    }
+    *w = '\0';
+    return o;
+}
+
 static int compile_re(tok_pre *p, const char *pat, int literal, const char *file, const char *where, prefopt_err *err)
 {
     int ec;
     PCRE2_SIZE eo;
-    p->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0),
-                          &ec, &eo, NULL);
+    char *px = literal ? NULL : onig_spaces(pat);
+    p->re = pcre2_compile((PCRE2_SPTR)(px ? px : pat), PCRE2_ZERO_TERMINATED,
+                          PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &ec, &eo, NULL);
+    free(px);
     if (!p->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
@@ -511,6 +541,18 @@ static int load_json(prefopt_tokenizer *t, const cJSON *root, const char *file, 
         parse_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), file, err) ||
         parse_dec(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), file, err))
         return 1;
+    int bytelevel = 0;
+    for (int i = 0; i < t->npre; i++)
+        bytelevel |= t->pre[i].type == TOK_PRE_BYTELEVEL;
+    t->sp_split = !bytelevel;
+    for (size_t i = 0; t->sp_split && i < t->tokmap.cap; i++) {
+        const char *k = t->tokmap.key[i];
+        size_t l = k ? t->tokmap.klen[i] : 0, j = 0;
+        while (j + 3 <= l && !memcmp(k + j, "\xe2\x96\x81", 3))
+            j += 3;
+        if (j < l && memmem(k + j, l - j, "\xe2\x96\x81", 3))
+            t->sp_split = 0;
+    }
     t->cache = tok_cache_new();
     return 0;
 }

@@ -1,0 +1,11 @@
+// Seeded random mixed-script texts (ASCII, other scripts and digits, exotic spaces, combining marks, emoji, CJK,
+// tags): the last 20 texts of corpus.json are the first 20 of these that are 51 to 399 code points long.
+//   node tokenizer_random_texts.js random.json
+// random Unicode text: mixes ASCII words, digits of many scripts, whitespace kinds, combining marks, emoji, CJK
+const fs=require("fs"); let s=12345; const r=n=>{s=(s*1103515245+12345)%2147483648; return s%n;};
+const ranges=[[0x20,0x7e],[0x20,0x7e],[0x20,0x7e],[0x9,0xd],[0xa0,0x17f],[0x300,0x36f],[0x370,0x3ff],[0x400,0x4ff],[0x600,0x6ff],[0x660,0x669],[0x900,0x97f],[0x966,0x96f],[0xe00,0xe7f],[0x1100,0x11ff],[0x2000,0x206f],[0x2070,0x209f],[0x2150,0x218f],[0x2460,0x24ff],[0x3000,0x303f],[0x3040,0x30ff],[0x4e00,0x4fff],[0xac00,0xad00],[0xff00,0xffef],[0x1f300,0x1f6ff],[0x1f900,0x1f9ff],[0x10000,0x1007f],[0x1d400,0x1d7ff],[0xe0000,0xe007f],[0x85,0x85],[0x1680,0x1680],[0x180e,0x180e],[0x200b,0x200d],[0x2028,0x2029],[0xfeff,0xfeff]];
+let out=[];
+for(let doc=0;doc<400;doc++){ let t=""; const len=r(600);
+ for(let i=0;i<len;i++){ const k=r(10)<6? r(3): r(ranges.length); const [a,b]=ranges[k]; const cp=a+r(b-a+1); if(cp>=0xd800&&cp<=0xdfff) continue; t+=String.fromCodePoint(cp); if(r(6)==0) t+=" "; if(r(40)==0) t+="'s"; }
+ out.push(t);}
+fs.writeFileSync(process.argv[2] || "random.json", JSON.stringify(out));
