@@ -87,6 +87,8 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
         {"ref-mixup-alpha", PREFOPT_OPT_DOUBLE, &p->ref_mixup_alpha, "0.6", "TR-DPO: ref <- (1-a) ref + a policy"},
         {"alphapo-alpha", PREFOPT_OPT_DOUBLE, &p->alphapo_alpha, "0",
          "AlphaPO: simpo compares (1 - p^-alpha)/alpha of the mean token probability p (0: plain SimPO)"},
+        {"bco-running-mean", PREFOPT_OPT_FLAG, &p->bco_running_mean, "0",
+         "bco_pair as TRL 0.27: shift the rewards by their running mean over steps and ranks"},
         {"sft-reduction", PREFOPT_OPT_STRING, &p->sft_reduction, "token",
          "NLL of the sft term: token (mean over all tokens, TRL), sequence_mean (mean of per-sequence token "
          "means, OpenRLHF) or sequence_sum (mean of per-sequence sums, NeMo)"},
@@ -256,6 +258,11 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         prefopt_err_set(err, "--ref-mixup-alpha must be in (0, 1], got %g", p->ref_mixup_alpha);
         return -1;
     }
+    if (p->bco_running_mean && !has_term(obj, PREFOPT_LOSS_BCO_PAIR)) {
+        prefopt_err_set(err, "--bco-running-mean applies to bco_pair, which \"%s\" does not contain", spec);
+        return -1;
+    }
+    obj->uses_bco_delta = p->bco_running_mean != 0;
     if (p->alphapo_alpha != 0 && (!isfinite(p->alphapo_alpha) || !has_term(obj, PREFOPT_LOSS_SIMPO))) {
         prefopt_err_set(err, "--alphapo-alpha %g applies to simpo only (and must be finite)", p->alphapo_alpha);
         return -1;
@@ -388,8 +395,18 @@ static double fdiv_score(double *deriv, const prefopt_objective *o, double r)
     return r;
 }
 
+static double pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c, double pi_r,
+                        double ref_c, double ref_r, double len_c, double len_r, double bco_delta);
+
 double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
                          double pi_r, double ref_c, double ref_r, double len_c, double len_r)
+{
+    return pair_loss(grad, k, obj, pi_c, pi_r, ref_c, ref_r, len_c, len_r, 0.0);
+}
+
+/* bco_delta: TRL-0.27's running-mean shift of bco_pair (0 in TRL-1.x). */
+static double pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c, double pi_r,
+                        double ref_c, double ref_r, double len_c, double len_r, double bco_delta)
 {
     const double b = obj->p.beta, e = obj->p.label_smoothing;
     const double raw_c = pi_c - ref_c, raw_r = pi_r - ref_r;
@@ -463,9 +480,9 @@ double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obje
         d_rr = 0.5 * b * sigmoid(b * rr);
         break;
     case PREFOPT_LOSS_BCO_PAIR:
-        l = -log_sigmoid(b * rc) - log_sigmoid(-b * rr);
-        d_rc = -b * sigmoid(-b * rc);
-        d_rr = b * sigmoid(b * rr);
+        l = -log_sigmoid(b * rc - bco_delta) - log_sigmoid(-(b * rr - bco_delta));
+        d_rc = -b * sigmoid(-(b * rc - bco_delta));
+        d_rr = b * sigmoid(b * rr - bco_delta);
         break;
     case PREFOPT_LOSS_SPPO_HARD: {
         double a = rc - 1 / (2 * b), c = rr + 1 / (2 * b);
@@ -559,6 +576,31 @@ double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, 
         return 0;
     double kl = s[0] / s[1];
     return kl > 0 ? kl : 0;
+}
+
+double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, const prefopt_objective_batch *b,
+                          MPI_Comm comm)
+{
+    /* this rank's micro-batch mean of the detached rewards [beta r_c ; beta r_r] */
+    double s[2] = {0, 0};
+    if (b->npairs > 0) {
+        double sum = 0;
+        for (int i = 0; i < b->npairs; i++) {
+            int c = b->chosen[i], r = b->rejected[i];
+            double fc = obj->uses_reference ? b->ref_logp[c] : 0, fr = obj->uses_reference ? b->ref_logp[r] : 0;
+            sum += obj->p.beta * (b->policy->logp_completion[c] - fc) + obj->p.beta * (b->policy->logp_completion[r] - fr);
+        }
+        s[0] = sum / (2.0 * b->npairs);
+        s[1] = 1;
+    }
+    if (comm != MPI_COMM_NULL)
+        MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, comm);
+    if (s[1] > 0) { /* RunningMoments.update on one value per rank: a count-weighted running mean */
+        double xs_mean = s[0] / s[1], tot = st->count + s[1];
+        st->mean += (xs_mean - st->mean) * s[1] / tot;
+        st->count = tot;
+    }
+    return st->mean;
 }
 
 /* ---- batches --------------------------------------------------------------------------------------------- */
@@ -750,7 +792,7 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
                 total += w * -s->logp_all[c] / norm->chosen_all_tokens;
                 d_all[c] += -w / norm->chosen_all_tokens;
             }
-            double l = prefopt_pair_loss(g, o->kind[t], o, pc, pr, fc, fr, lc, lr);
+            double l = pair_loss(g, o->kind[t], o, pc, pr, fc, fr, lc, lr, b->bco_delta);
             double sc = w / norm->pairs;
             total += sc * l;
             d_c[c] += sc * g[0];

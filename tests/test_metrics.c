@@ -135,6 +135,40 @@ static void test_kto_kl(void)
     CHECK(kl == (nranks == 1 ? 1.0 : 0.0), "kto kl, rank means +1 and -1: %g", kl);
 }
 
+/* TRL-0.27 bco_pair's running mean: one value per rank and update, pooled over ranks */
+static void test_bco_running_mean(void)
+{
+    prefopt_objective_params p;
+    prefopt_objective_params_default(&p);
+    p.loss = "bco_pair";
+    p.bco_running_mean = 1;
+    prefopt_objective o;
+    prefopt_err err = {0};
+    CHECK(prefopt_objective_init(&o, &p, &err) == 0, "bco: %s", err.msg);
+    prefopt_bco_state st = {0, 0};
+    /* rank r holds pair r (units 2r, 2r+1 of the data); rank 1 holds none in the second update */
+    double expect_sum = 0;
+    int expect_n = 0;
+    for (int upd = 0; upd < 2; upd++) {
+        int r = rank % NP;
+        prefopt_unit_stats s = {lp + 2 * r, la + 2 * r, nc + 2 * r, na + 2 * r, lg + 2 * r, hits + 2 * r};
+        int32_t ch[1] = {0}, rj[1] = {1};
+        int have = !(upd == 1 && rank == 1);
+        prefopt_objective_batch b = {.policy = &s, .nunits = 2, .ref_logp = ref + 2 * r, .npairs = have,
+                                     .chosen = ch, .rejected = rj};
+        double d = prefopt_bco_update(&st, &o, &b, MPI_COMM_WORLD);
+        for (int q = 0; q < nranks; q++) {
+            if (upd == 1 && q == 1)
+                continue;
+            int qq = q % NP;
+            expect_sum += 0.1 * ((lp[2 * qq] - ref[2 * qq]) + (lp[2 * qq + 1] - ref[2 * qq + 1])) / 2;
+            expect_n++;
+        }
+        CHECK(close_to(d, expect_sum / expect_n, 1e-14), "bco running mean, update %d: %.17g, want %.17g", upd, d,
+              expect_sum / expect_n);
+    }
+}
+
 static void test_json(void)
 {
     prefopt_metrics m;
@@ -179,6 +213,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < (int)(sizeof specs / sizeof specs[0]); i++)
         test_data_parallel(specs[i]);
     test_kto_kl();
+    test_bco_running_mean();
     test_json();
     int any = failures;
     MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -569,6 +569,45 @@ static void test_combination(void)
         double g4[4];
         CHECK(isnan(prefopt_pair_loss(g4, o.kind[0], &o, -1, -2, -1, -2, 1, 1)), "aot has no per-pair form");
     }
+    /* TRL-0.27 bco_pair: the running mean of the rewards, updated before use, shifts both terms */
+    {
+        prefopt_objective_params pb;
+        prefopt_objective_params_default(&pb);
+        pb.loss = "bco_pair";
+        pb.beta = 0.3;
+        pb.bco_running_mean = 1;
+        prefopt_err eb = {0};
+        CHECK(prefopt_objective_init(&o, &pb, &eb) == 0 && o.uses_bco_delta, "bco running mean: %s", eb.msg);
+        prefopt_bco_state st = {0, 0};
+        double m1 = 0, m2 = 0;
+        for (int i = 0; i < 3; i++)
+            m1 += 0.3 * (u.lp[ch[i]] - u.ref[ch[i]]) + 0.3 * (u.lp[rj[i]] - u.ref[rj[i]]);
+        m1 /= 6;
+        double d1 = prefopt_bco_update(&st, &o, &b, MPI_COMM_NULL);
+        CHECK(close_to(d1, m1, 1e-14) && st.count == 1, "bco running mean after one update: %.15g, want %.15g", d1, m1);
+        /* a second micro-batch: only pair 0 */
+        prefopt_objective_batch b0 = b;
+        b0.npairs = 1;
+        m2 = (0.3 * (u.lp[0] - u.ref[0]) + 0.3 * (u.lp[1] - u.ref[1])) / 2;
+        double d2 = prefopt_bco_update(&st, &o, &b0, MPI_COMM_NULL);
+        CHECK(close_to(d2, (m1 + m2) / 2, 1e-14), "bco running mean after two updates: %.15g, want %.15g", d2,
+              (m1 + m2) / 2);
+        b.bco_delta = d2;
+        memset(&n, 0, sizeof n);
+        prefopt_objective_count(&n, &o, &b);
+        want = 0;
+        for (int i = 0; i < 3; i++) {
+            double rc = 0.3 * (u.lp[ch[i]] - u.ref[ch[i]]), rr = 0.3 * (u.lp[rj[i]] - u.ref[rj[i]]);
+            want += (-log(sig(rc - d2)) - log(sig(-(rr - d2)))) / 3;
+        }
+        got = eval_loss(&o, &b, &n);
+        CHECK(close_to(got, want, 1e-13), "bco_pair with running mean: %.15g, by hand %.15g", got, want);
+        check_batch_grads("bco_pair running mean", &o, &u, &b, &n);
+        b.bco_delta = 0;
+        pb.loss = "dpo";
+        eb.set = 0;
+        CHECK(prefopt_objective_init(&o, &pb, &eb) != 0 && strstr(eb.msg, "bco_pair"), "bco running mean on dpo");
+    }
     /* the MPO combination equals the weighted sum of the separately evaluated terms */
     prefopt_objective t1, t2, t3, mix;
     make_obj(&mix, "sigmoid:0.8,bco_pair:0.2,sft:1", 0.2, 0, 0);

@@ -24,7 +24,8 @@
  *   robust        robust          [-(1-e) log sig(z) + e log sig(-z)] / (1 - 2e), e in [0, 0.5)
  *   exo_pair      exo_pair        sig(z)(log sig(z) - log(1-e)) + sig(-z)(log sig(-z) - log e), e > 0
  *   nca_pair      nca_pair        -log sig(beta r_c) - 1/2 log sig(-beta r_c) - 1/2 log sig(-beta r_r)
- *   bco_pair      bco_pair        -log sig(beta r_c) - log sig(-beta r_r)   (TRL-1.x: no running-mean shift)
+ *   bco_pair      bco_pair        -log sig(beta r_c) - log sig(-beta r_r)   (TRL-1.x: no running-mean shift;
+ *                                 bco_running_mean: -log sig(beta r_c - d) - log sig(-(beta r_r - d)), TRL-0.27)
  *   sppo_hard     sppo_hard       (r_c - 1/(2 beta))^2 + (r_r + 1/(2 beta))^2
  *   apo_zero      apo_zero        (1 - sig(beta r_c)) + sig(beta r_r)
  *   apo_down      apo_down        sig(beta r_c) + (1 - sig(z))
@@ -47,7 +48,7 @@
  * CPO (reference-free sigmoid + NLL) is "dpo,sft:1" with reference_free.
  *
  * Not supported (they need per-token data the engine does not return, or cross-step state): WPO weighting,
- * LD-DPO, TRL-0.27 bco_pair running mean and f-divergence parameterisation. */
+ * LD-DPO, TRL-0.27's f-divergence parameterisation and its IPO length-normalising of every loss. */
 #ifndef PREFOPT_OBJECTIVES_H
 #define PREFOPT_OBJECTIVES_H
 
@@ -102,6 +103,7 @@ typedef struct {
     double ref_mixup_alpha;        /* 0.6 (TRL ref_model_mixup_alpha) */
     double rpo_alpha;              /* 0: TRL-0.27 rpo_alpha, the same as appending ",sft:ALPHA" to the loss */
     const char *sft_reduction;     /* "token" (TRL), "sequence_mean" (OpenRLHF), "sequence_sum" (NeMo) */
+    int bco_running_mean;          /* 0: 1 gives TRL-0.27's bco_pair, shifted by a running reward mean */
     const char *f_divergence;      /* "reverse_kl": or forward_kl, js_divergence, alpha_divergence (TRL-1.x) */
     double f_alpha_divergence_coef; /* 0.5 (TRL-1.x default) */
 } prefopt_objective_params;
@@ -120,7 +122,7 @@ typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDI
 /* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
  * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "alphapo-alpha",
- * "sft-reduction", "rpo-alpha", "f-divergence", "f-alpha-divergence-coef") pointing into
+ * "bco-running-mean", "sft-reduction", "rpo-alpha", "f-divergence", "f-alpha-divergence-coef") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
@@ -142,6 +144,7 @@ typedef struct {
     prefopt_layout layout;
     int uses_reference; /* some term reads reference log-probs and reference_free is off */
     int uses_kl;        /* kto: the caller passes the KL estimate (prefopt_kto_kl) in each batch */
+    int uses_bco_delta; /* bco_running_mean: the caller passes prefopt_bco_update's mean in each batch */
     int length_avg_metrics; /* CPO/ORPO-style metrics: rewards = beta * mean logp, logps averaged */
     double gamma;       /* effective SimPO gamma */
     prefopt_fdiv fdiv;
@@ -164,6 +167,7 @@ typedef struct {
     const int32_t *example;    /* [nexamples] */
     const uint8_t *desirable;  /* [nexamples] 1 desirable, 0 undesirable */
     double kl;                 /* kto: the detached, averaged and clamped KL estimate (prefopt_kto_kl) */
+    double bco_delta;          /* PAIRS with bco_running_mean: prefopt_bco_update's result; 0 otherwise */
     /* PREFOPT_LAYOUT_SFT */
     int nsft;
     const int32_t *sft;        /* [nsft] */
@@ -211,6 +215,20 @@ double prefopt_unpaired_loss(double grad[2], prefopt_loss_kind k, const prefopt_
  * that when ranks hold the same number of units, and stays right when they do not). comm may be
  * MPI_COMM_NULL (this rank only). Treat the result as a constant (no gradient flows through it). Collective. */
 double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, MPI_Comm comm);
+
+/* TRL-0.27 bco_pair: the running mean of the detached rewards [beta r_c ; beta r_r], over every micro-batch of
+ * every rank so far (RunningMoments: each update adds one value per rank, the rank's micro-batch mean). Its two
+ * numbers are training state: save them in checkpoints to resume exactly. Zero-initialise. */
+typedef struct {
+    double mean;
+    double count;
+} prefopt_bco_state;
+
+/* Updates st with this micro-batch (collective over comm, the data-parallel communicator; MPI_COMM_NULL: this
+ * rank only; a rank with no pairs adds nothing) and returns the new mean, to put in the batch's bco_delta before
+ * prefopt_objective_eval, as TRL updates before use. Needs the policy and reference log-probs of the batch. */
+double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, const prefopt_objective_batch *b,
+                          MPI_Comm comm);
 
 /* TR-DPO: 1 when the reference must be mixed towards the policy after optimizer step `step` (1-based):
  * ref_sync_steps > 0 and step % ref_sync_steps == 0. Then call
