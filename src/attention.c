@@ -11,15 +11,18 @@
 /* token j is visible from token i (both in the same row): causal, not padding, same branch or shared prefix */
 static inline int visible(const int8_t *seg, int i, int j) { return seg[j] >= 0 && (seg[j] == 0 || seg[j] == seg[i]); }
 
-/* copy the D columns starting at local column c0 of rows s*T.. into a row-major T x D buffer (and back) */
-static void load_head(float *dst, const prefopt_dmat *x, int s, int T, int c0, int D)
+/* copy n rows (from local row row0) of the D columns starting at local column c0 into a row-major n x D buffer */
+static void load_rows(float *dst, const prefopt_dmat *x, int row0, int n, int c0, int D)
 {
     for (int d = 0; d < D; d++) {
-        const float *col = pf_at(x, s * T, c0 + d);
-        for (int i = 0; i < T; i++)
+        const float *col = pf_at(x, row0, c0 + d);
+        for (int i = 0; i < n; i++)
             dst[(size_t)i * D + d] = col[i];
     }
 }
+
+/* the T x D block of sequence s (and back) */
+static void load_head(float *dst, const prefopt_dmat *x, int s, int T, int c0, int D) { load_rows(dst, x, s * T, T, c0, D); }
 
 static void store_head(prefopt_dmat *x, const float *src, int s, int T, int c0, int D)
 {
@@ -121,5 +124,53 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
         store_head(dk, dkh, s, T, kb * D, D);
         store_head(dv, dvh, s, T, kb * D, D);
         free(kh);
+    }
+}
+
+/* Decoding step: this step's rows are the new tokens of each sequence (valid ones first, then padding). Their
+ * keys and values are appended to the layer's cache after the kv_len[r] cached ones; query i attends to cache
+ * entries 0 .. kv_len[r] + i. */
+void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const prefopt_dmat *q, const prefopt_dmat *k,
+                         const prefopt_dmat *v)
+{
+    const int T = m->b.T, D = m->cfg.head_dim, G = m->cfg.num_heads / m->cfg.num_kv_heads, M = m->kv_max;
+    const int nkb = k->nloc / D, nseq = m->nloc_seq, npair = nseq * nkb;
+    const float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for schedule(dynamic)
+    for (int pr = 0; pr < npair; pr++) {
+        int s = pr / nkb, kb = pr % nkb, r = pf_seq_row(m, s), len = m->kv_len[r];
+        const int8_t *seg = m->b.seg + (size_t)r * T;
+        size_t base = ((((size_t)layer * m->kv_nseq + s) * m->kv_nkb + kb) * M) * D;
+        float *kc = m->kv_k + base, *vc = m->kv_v + base;
+        int nv = 0;
+        while (nv < T && seg[nv] >= 0)
+            nv++;
+        float *tmp = prefopt_xmalloc(sizeof(float) * ((size_t)2 * T * D + (size_t)T * M + 1), "decode scratch");
+        float *qh = tmp, *oh = qh + T * D, *S = oh + T * D;
+        load_rows(kc + (size_t)len * D, k, s * T, nv, kb * D, D);
+        load_rows(vc + (size_t)len * D, v, s * T, nv, kb * D, D);
+        int ctx = len + nv;
+        for (int hh = 0; hh < G; hh++) {
+            int c0 = kb * m->qnb + hh * D;
+            load_head(qh, q, s, T, c0, D);
+            memset(oh, 0, sizeof(float) * T * D);
+            if (nv > 0) {
+                gemm_rm(0, 1, nv, ctx, D, scale, qh, D, kc, D, 0.0f, S, ctx);
+                for (int i = 0; i < nv; i++) {
+                    float *Si = S + (size_t)i * ctx, mx = -INFINITY, sum = 0;
+                    for (int j = 0; j <= len + i; j++)
+                        mx = fmaxf(mx, Si[j]);
+                    for (int j = 0; j < ctx; j++) {
+                        Si[j] = j <= len + i ? expf(Si[j] - mx) : 0.0f;
+                        sum += Si[j];
+                    }
+                    for (int j = 0; j < ctx; j++)
+                        Si[j] /= sum;
+                }
+                gemm_rm(0, 0, nv, D, ctx, 1.0f, S, ctx, vc, D, 0.0f, oh, D);
+            }
+            store_head(y, oh, s, T, c0, D);
+        }
+        free(tmp);
     }
 }

@@ -219,6 +219,9 @@ void prefopt_model_free(prefopt_model *m)
     free_batch(m);
     free(m->rope_cos);
     free(m->rope_sin);
+    free(m->kv_k);
+    free(m->kv_v);
+    free(m->kv_len);
     free(m->param_data);
     free(m->grad_data);
     free(m->vscr);
@@ -453,7 +456,10 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         pf_rope_apply(m, &A->q, 0);
         pf_rope_apply(m, &A->k, 0);
     }
-    pf_attention_forward(m, &A->y, A->att, &A->q, &A->k, &A->v);
+    if (m->decoding)
+        pf_attention_cached(m, l, &A->y, &A->q, &A->k, &A->v);
+    else
+        pf_attention_forward(m, &A->y, A->att, &A->q, &A->k, &A->v);
     copy_dmat(&A->xmid, x);
     pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
     pf_norm_forward(m, &A->n2, A->n2_mean, A->n2_rstd, &A->xmid, P->ln2_w, P->ln2_b);
@@ -513,17 +519,10 @@ int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit
 
 /* The rows' last hidden states go into an nrows x C dmat with mb = 1, which deals row r to process row
  * r % nprow exactly as the batch's sequences are dealt, so the copy is local; only nrows x V logits are formed
- * and gathered. */
-int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int32_t *last, float *logits,
-                            prefopt_err *err)
+ * and gathered. A row with last[r] < 0 gets zero logits. */
+static void last_logits(prefopt_model *m, const int32_t *last, float *logits)
 {
-    for (int r = 0; r < b->nrows; r++)
-        if (last[r] < 0 || last[r] >= b->T || b->seg[(size_t)r * b->T + last[r]] < 0)
-            return prefopt_err_set(err, "logits_at: row %d: position %d is outside the row or padding", r, last[r]),
-                   -1;
-    if (run_trunk(m, b, err))
-        return -1;
-    const int V = m->cfg.vocab_size, C = m->cfg.hidden_size, nr = b->nrows;
+    const int V = m->cfg.vocab_size, C = m->cfg.hidden_size, nr = m->b.nrows, T = m->b.T;
     prefopt_dmat X, Y;
     prefopt_dmat_init(&X, m->g, nr, C, 1, m->nbh);
     prefopt_dmat_init(&Y, m->g, nr, V, 1, m->nbv);
@@ -531,8 +530,9 @@ int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int3
     Y.data = prefopt_xcalloc(prefopt_dmat_local_size(&Y) + 1, sizeof(float), "last logits");
     for (int il = 0; il < X.mloc; il++) {
         int r = prefopt_dmat_row_l2g(&X, il);
-        for (int jl = 0; jl < X.nloc; jl++)
-            *pf_at(&X, il, jl) = *pf_at(&m->xf, il * b->T + last[r], jl);
+        if (last[r] >= 0)
+            for (int jl = 0; jl < X.nloc; jl++)
+                *pf_at(&X, il, jl) = *pf_at(&m->xf, il * T + last[r], jl);
     }
     prefopt_dmat_gemm('N', 'N', 1.0f, &X, m->head->value, 0.0f, &Y);
     float *full = prefopt_xmalloc(sizeof(float) * (size_t)nr * V + 4, "gathered logits");
@@ -544,7 +544,84 @@ int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int3
     free(X.data);
     free(Y.data);
     m->have_batch = 0; /* nothing for backward */
+}
+
+int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int32_t *last, float *logits,
+                            prefopt_err *err)
+{
+    for (int r = 0; r < b->nrows; r++)
+        if (last[r] < 0 || last[r] >= b->T || b->seg[(size_t)r * b->T + last[r]] < 0)
+            return prefopt_err_set(err, "logits_at: row %d: position %d is outside the row or padding", r, last[r]),
+                   -1;
+    if (run_trunk(m, b, err))
+        return -1;
+    last_logits(m, last, logits);
     return 0;
+}
+
+int prefopt_model_decode_begin(prefopt_model *m, int nrows, int max_len, prefopt_err *err)
+{
+    if (nrows < 0 || max_len < 1 || max_len > m->cfg.max_position)
+        return prefopt_err_set(err, "decode: %d rows of up to %d tokens (max_position %d)", nrows, max_len,
+                               m->cfg.max_position),
+               -1;
+    const int D = m->cfg.head_dim;
+    prefopt_dmat probe;
+    prefopt_dmat_init(&probe, m->g, nrows > 0 ? nrows : 1, m->cfg.num_kv_heads * D, 1, D);
+    m->kv_nseq = nrows > 0 ? probe.mloc : 0;
+    m->kv_nkb = probe.nloc / D;
+    m->kv_rows = nrows;
+    m->kv_max = max_len;
+    size_t n = (size_t)m->cfg.num_layers * m->kv_nseq * m->kv_nkb * max_len * D;
+    free(m->kv_k);
+    free(m->kv_v);
+    free(m->kv_len);
+    m->kv_k = prefopt_xcalloc(n + 1, sizeof(float), "key cache");
+    m->kv_v = prefopt_xcalloc(n + 1, sizeof(float), "value cache");
+    m->kv_len = prefopt_xcalloc((size_t)nrows + 1, sizeof(int), "cache lengths");
+    return 0;
+}
+
+int prefopt_model_decode_step(prefopt_model *m, const int32_t *tokens, const int32_t *n, int width, float *logits,
+                              prefopt_err *err)
+{
+    if (!m->kv_len)
+        return prefopt_err_set(err, "decode: no prefopt_model_decode_begin before decode_step"), -1;
+    const int nr = m->kv_rows;
+    for (int r = 0; r < nr; r++)
+        if (n[r] < 0 || n[r] > width || m->kv_len[r] + n[r] > m->kv_max)
+            return prefopt_err_set(err, "decode: row %d: %d new tokens (width %d) after %d cached exceed the cache of %d",
+                                   r, n[r], width, m->kv_len[r], m->kv_max),
+                   -1;
+    if (width < 1)
+        return prefopt_err_set(err, "decode: width %d < 1", width), -1;
+    size_t nt = (size_t)nr * width;
+    int32_t *pos = prefopt_xmalloc(sizeof(int32_t) * (3 * nt + 1) + nr * sizeof(int32_t), "decode batch");
+    int32_t *par = pos + nt, *unit = par + nt, *last = unit + nt;
+    int8_t *seg = prefopt_xmalloc(nt + 1, "decode batch");
+    uint8_t *comp = prefopt_xcalloc(nt + 1, 1, "decode batch");
+    for (int r = 0; r < nr; r++) {
+        last[r] = n[r] - 1;
+        for (int i = 0; i < width; i++) {
+            size_t t = (size_t)r * width + i;
+            seg[t] = i < n[r] ? 0 : -1;
+            pos[t] = m->kv_len[r] + i;
+            par[t] = unit[t] = -1;
+        }
+    }
+    prefopt_batch b = {nr, width, 0, tokens, pos, seg, par, unit, comp};
+    m->decoding = 1;
+    int rc = run_trunk(m, &b, err);
+    m->decoding = 0;
+    if (!rc) {
+        last_logits(m, last, logits);
+        for (int r = 0; r < nr; r++)
+            m->kv_len[r] += n[r];
+    }
+    free(pos);
+    free(seg);
+    free(comp);
+    return rc;
 }
 
 void prefopt_model_backward(prefopt_model *m, const float *d_completion, const float *d_all)

@@ -56,6 +56,10 @@ struct prefopt_model {
     /* backward scratch */
     prefopt_dmat dx, dn, dq, dk, dv, dy, dh1, dh2, da;
     float *emb_full;              /* nrows*T x C: embedding all-reduce buffer */
+    /* key/value cache of incremental decoding: [L][local seq][local KV head][kv_max][D] */
+    float *kv_k, *kv_v;
+    int *kv_len;                  /* tokens cached per batch row (all rows, on every rank) */
+    int kv_rows, kv_max, kv_nseq, kv_nkb, decoding;
     float **bufs;                 /* every activation allocation, freed together */
     int nbufs, capbufs;
 };
@@ -84,6 +88,9 @@ void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, c
 void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
                            const prefopt_dmat *dy, const float *att, const prefopt_dmat *q, const prefopt_dmat *k,
                            const prefopt_dmat *v);
+
+void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const prefopt_dmat *q, const prefopt_dmat *k,
+                         const prefopt_dmat *v);
 
 /* model_head.c */
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);

@@ -3,7 +3,9 @@
  * (b) Packed pairs: the log-probs of chosen and rejected from one packed row [prompt | chosen | rejected] equal
  * those of two separate rows [prompt | chosen] and [prompt | rejected] (1e-5 relative), on a 1x2 grid.
  * (c) prefopt_model_logits_at: on 1xP and Px1 grids, the gathered last-position logits of each row give the same
- * log-prob, mean logit and argmax as the vocab-parallel head of prefopt_model_forward. */
+ * log-prob, mean logit and argmax as the vocab-parallel head of prefopt_model_forward.
+ * (d) KV-cache decoding: a prompt step with rows of different lengths then single-token steps give the logits of
+ * prefopt_model_logits_at on the whole sequences so far (1e-4 of the largest logit). */
 #include "test_model_util.h"
 
 #include <math.h>
@@ -127,6 +129,66 @@ static void logits_at_check(prefopt_arch arch, const prefopt_grid *g)
     prefopt_model_free(m);
 }
 
+static void decode_check(prefopt_arch arch, const prefopt_grid *g)
+{
+    enum { R = 3, W = 5, STEPS = 4, V = 37 };
+    static const int prompt[R][W] = {{3, 17, 5, 0, 0}, {30, 2, 9, 14, 21}, {8, 36, 0, 0, 0}};
+    static const int plen[R] = {3, 5, 2};
+    static const int gen[STEPS][R] = {{4, 11, 7}, {19, 1, 33}, {6, 6, 25}, {12, 28, 2}};
+    prefopt_model *m = make(arch, g, 0);
+    prefopt_err err = {0};
+    float lg[R * V], ref[R * V];
+    int32_t toks[R * W], n[R];
+    for (int r = 0; r < R; r++) {
+        n[r] = plen[r];
+        for (int i = 0; i < W; i++)
+            toks[r * W + i] = i < plen[r] ? prompt[r][i] : 999; /* padding: never read */
+    }
+    if (prefopt_model_decode_begin(m, R, 16, &err) || prefopt_model_decode_step(m, toks, n, W, lg, &err))
+        FAIL("decode: %s", err.msg);
+    for (int step = 0; step <= STEPS; step++) {
+        /* reference: the whole sequences so far through the uncached forward */
+        test_batch tb;
+        tb_init(&tb, R, W + STEPS);
+        int32_t last[R];
+        for (int r = 0; r < R; r++) {
+            int seq[16], len = 0;
+            for (int i = 0; i < plen[r]; i++)
+                seq[len++] = prompt[r][i];
+            for (int k = 0; k < step; k++)
+                seq[len++] = gen[k][r];
+            tb_seq(&tb, r, seq, len, NULL, 0);
+            last[r] = len - 1;
+        }
+        prefopt_batch b = tb_view(&tb);
+        if (prefopt_model_logits_at(m, &b, last, ref, &err))
+            FAIL("decode reference: %s", err.msg);
+        double mx = 0, worst = 0;
+        for (int e = 0; e < R * V; e++)
+            mx = fmax(mx, fabs(ref[e]));
+        for (int e = 0; e < R * V; e++)
+            worst = fmax(worst, fabs(lg[e] - ref[e]));
+        if (!(worst <= 1e-4 * mx))
+            FAIL("decode grid %dx%d step %d: logits differ from the uncached forward by %.3g (max %.3g)", g->nprow,
+                 g->npcol, step, worst, mx);
+        if (step == STEPS)
+            break;
+        int32_t one[R], ones[R] = {1, 1, 1};
+        for (int r = 0; r < R; r++)
+            one[r] = gen[step][r];
+        if (prefopt_model_decode_step(m, one, ones, 1, lg, &err))
+            FAIL("decode step: %s", err.msg);
+    }
+    int32_t one[R] = {1, 1, 1}, ones[R] = {1, 1, 1};
+    prefopt_model_decode_begin(m, R, 2, &err);
+    prefopt_model_decode_step(m, one, ones, 1, lg, &err);
+    prefopt_model_decode_step(m, one, ones, 1, lg, &err);
+    prefopt_err e2 = {0};
+    if (prefopt_model_decode_step(m, one, ones, 1, lg, &e2) == 0)
+        FAIL("decode: a full cache was not refused");
+    prefopt_model_free(m);
+}
+
 /* bad batches are refused with a message naming row and position; an empty batch is fine */
 static void bad_input_check(prefopt_arch arch, const prefopt_grid *g)
 {
@@ -190,9 +252,11 @@ int main(int argc, char **argv)
         packed_vs_separate((prefopt_arch)arch, &g);
         logits_at_check((prefopt_arch)arch, &g);
         bad_input_check((prefopt_arch)arch, &g);
+        decode_check((prefopt_arch)arch, &g);
         prefopt_grid_free(&g);
         prefopt_grid_init(&g, MPI_COMM_WORLD, size, 1, 1, &err);
         logits_at_check((prefopt_arch)arch, &g);
+        decode_check((prefopt_arch)arch, &g);
         prefopt_grid_free(&g);
     }
     int total = 0;

@@ -124,12 +124,23 @@ int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit
 
 /* Forward for generation and evaluation: for each row r, the full-vocabulary logits at row position last[r]
  * (logits: nrows x vocab_size, row-major, identical on every rank of the TP group). Only those rows' logits are
- * formed and gathered. There is no KV cache yet: each call recomputes the whole batch, so a generation loop
- * costs O(T^2) per token; fine for demos and evaluation, not for long samples. Invalidates the activations of
+ * formed and gathered. Each call recomputes the whole batch (a generation loop built on it costs O(T^2) per
+ * token; prefopt_model_decode_step below is the cached way). Invalidates the activations of
  * the last forward (call prefopt_model_forward again before backward). Returns non-zero (err filled, the same
  * on every rank) on a bad batch or a last[r] outside its row or on padding. */
 int prefopt_model_logits_at(prefopt_model *m, const prefopt_batch *b, const int32_t *last, float *logits,
                             prefopt_err *err);
+
+/* Incremental decoding with a key/value cache (generation). decode_begin sizes and empties the cache for nrows
+ * sequences of at most max_len tokens (<= max_position). decode_step appends n[r] tokens to row r, read from
+ * tokens[r*width .. r*width + n[r] - 1] (0 <= n[r] <= width; a prompt of any length is one step, then one token
+ * per step), at positions following the row's cached tokens, and returns in logits (nrows x vocab_size,
+ * row-major, every rank of the TP group) each row's logits after its last new token (zeros when n[r] = 0).
+ * Collective over the grid. Invalidates the activations of the last forward. Returns non-zero (err filled, the
+ * same on every rank) on a bad token or a full cache. */
+int prefopt_model_decode_begin(prefopt_model *m, int nrows, int max_len, prefopt_err *err);
+int prefopt_model_decode_step(prefopt_model *m, const int32_t *tokens, const int32_t *n, int width, float *logits,
+                              prefopt_err *err);
 
 /* Backward of sum_u (d_completion[u] * logp_completion[u] + d_all[u] * logp_all[u]) for the batch of the last
  * forward; ACCUMULATES into the gradient buffer (zero it with prefopt_model_zero_grad). Gradients of rep_rows
