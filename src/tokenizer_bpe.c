@@ -374,7 +374,8 @@ static int pre_tokenize(const prefopt_tokenizer *t, work *k, prefopt_err *err)
                 for (uint32_t j = 0; j < w->len; j++)
                     nsp += s[j] == ' ';
                 int pre = 0;
-                if (p->prepend_scheme != TOK_PREPEND_NEVER &&
+                /* after the replacement: a word that starts with a space already starts with it */
+                if (p->prepend_scheme != TOK_PREPEND_NEVER && !(w->len && s[0] == ' ') &&
                     !(w->len >= p->replen && !memcmp(s, p->replacement, p->replen)))
                     pre = p->prepend_scheme == TOK_PREPEND_ALWAYS || w->first;
                 if (!nsp && !pre)

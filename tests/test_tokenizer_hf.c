@@ -1,7 +1,8 @@
 /* Real tokenizer.json files (GPT-2, Llama 3, a Llama-2-style SentencePiece BPE, Qwen3) against the ids, decoded
  * texts and re-encodings that Hugging Face tokenizers (Rust) produced for tests/data/tokenizers/corpus.json
  * (tests/tools/tokenizer_reference.js wrote reference.json). Also the special-token ids from each
- * tokenizer_config.json and the sha256 identity against sha256sum. */
+ * tokenizer_config.json and the sha256 identity against sha256sum. Two variants of the llama2 file with the newer
+ * Metaspace pre-tokenizer layout are derived here and in the node script the same way. */
 #define _GNU_SOURCE
 #include "prefopt/tokenizer.h"
 
@@ -67,16 +68,56 @@ static void print_ids(const char *what, const int32_t *a, size_t n, size_t from)
     fputc('\n', stderr);
 }
 
+/* The newer SentencePiece-style layout, derived from the llama2 file exactly as tokenizer_reference.js does. */
+static int derive_metaspace(const char *dir, const char *scheme, int split)
+{
+    char path[512], cmd[600];
+    snprintf(cmd, sizeof cmd, "cat %s/tokenizer.json", dir);
+    size_t len;
+    char *txt = slurp_cmd(cmd, &len);
+    cJSON *j = txt ? cJSON_Parse(txt) : NULL;
+    free(txt);
+    if (!j)
+        return 1;
+    cJSON_ReplaceItemInObject(j, "normalizer", cJSON_CreateNull());
+    cJSON *pre = cJSON_CreateObject();
+    cJSON_AddStringToObject(pre, "type", "Metaspace");
+    cJSON_AddStringToObject(pre, "replacement", "\xe2\x96\x81");
+    cJSON_AddStringToObject(pre, "prepend_scheme", scheme);
+    cJSON_AddBoolToObject(pre, "split", split);
+    cJSON *dec = cJSON_CreateObject(), *list = cJSON_CreateArray(), *x;
+    cJSON_AddStringToObject(dec, "type", "Sequence");
+    cJSON_AddItemToArray(list, cJSON_Duplicate(pre, 1));
+    cJSON_AddItemToArray(list, x = cJSON_CreateObject());
+    cJSON_AddStringToObject(x, "type", "ByteFallback");
+    cJSON_AddItemToArray(list, x = cJSON_CreateObject());
+    cJSON_AddStringToObject(x, "type", "Fuse");
+    cJSON_AddItemToObject(dec, "decoders", list);
+    cJSON_ReplaceItemInObject(j, "pre_tokenizer", pre);
+    cJSON_ReplaceItemInObject(j, "decoder", dec);
+    char *out = cJSON_PrintUnformatted(j);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    FILE *f = fopen(path, "w");
+    int rc = !f || fputs(out, f) < 0;
+    if (f)
+        fclose(f);
+    free(out);
+    cJSON_Delete(j);
+    return rc;
+}
+
 static void check_tokenizer(const char *src, const char *name, const cJSON *cases, const cJSON *texts,
                             int want_bos, int want_eos, int want_pad)
 {
     char cmd[4096], dir[256], path[512];
+    const char *data = strncmp(name, "llama2_", 7) ? name : "llama2";
     snprintf(dir, sizeof dir, "tok_%s", name);
     mkdir(dir, 0755);
     snprintf(cmd, sizeof cmd, "gzip -dc '%s/tests/data/tokenizers/%s/tokenizer.json.gz' > %s/tokenizer.json && "
                               "cp '%s/tests/data/tokenizers/%s/tokenizer_config.json' %s/",
-             src, name, dir, src, name, dir);
-    if (system(cmd) != 0) {
+             src, data, dir, src, data, dir);
+    if (system(cmd) != 0 || (data != name && derive_metaspace(dir, strstr(name, "first") ? "first" : "always",
+                                                             strstr(name, "always") != NULL))) {
         CHECK(0, "could not unpack %s", name);
         return;
     }
@@ -171,6 +212,8 @@ int main(void)
         {"llama3", 128000, 128001, 128001},    /* <|begin_of_text|>, <|end_of_text|> */
         {"llama2", 1, 2, 2},                   /* <s>, </s>, pad_token null */
         {"qwen3", -1, 151645, 151643},         /* bos_token null, <|im_end|>, <|endoftext|> */
+        {"llama2_metaspace_first", 1, 2, 2},   /* llama2 with a Metaspace pre-tokenizer, prepend_scheme first */
+        {"llama2_metaspace_always", 1, 2, 2},  /* ... prepend_scheme always, split */
     };
     int seen = 0;
     for (size_t i = 0; i < sizeof fam / sizeof fam[0]; i++) {
@@ -181,7 +224,7 @@ int main(void)
         check_tokenizer(src, fam[i].name, cJSON_GetObjectItem(tk, "cases"), texts, fam[i].bos, fam[i].eos, fam[i].pad);
         seen++;
     }
-    CHECK(seen == 4, "%d tokenizers checked", seen);
+    CHECK(seen == 6, "%d tokenizers checked", seen);
     cJSON_Delete(ref);
     cJSON_Delete(corp);
     free(reftxt);

@@ -15,7 +15,24 @@ async function main() {
   for (const name of fs.readdirSync(dir).sort()) {
     const gz = path.join(dir, name, "tokenizer.json.gz");
     if (!fs.existsSync(gz)) continue;
-    const tok = Tokenizer.fromString(zlib.gunzipSync(fs.readFileSync(gz)).toString("utf8"));
+    const json = zlib.gunzipSync(fs.readFileSync(gz)).toString("utf8");
+    out.tokenizers[name] = { cases: await run(Tokenizer.fromString(json), texts) };
+    if (name === "llama2") {
+      // The newer SentencePiece-style layout (Mistral v0.3, Llama 2 with legacy=false): no normalizer, a Metaspace
+      // pre-tokenizer and decoder. Derived from the llama2 file the same way test_tokenizer_hf.c derives it.
+      for (const [variant, scheme, split] of [["llama2_metaspace_first", "first", false], ["llama2_metaspace_always", "always", true]]) {
+        const j = JSON.parse(json);
+        j.normalizer = null;
+        j.pre_tokenizer = { type: "Metaspace", replacement: "\u2581", prepend_scheme: scheme, split };
+        j.decoder = { type: "Sequence", decoders: [{ type: "Metaspace", replacement: "\u2581", prepend_scheme: scheme, split }, { type: "ByteFallback" }, { type: "Fuse" }] };
+        out.tokenizers[variant] = { cases: await run(Tokenizer.fromString(JSON.stringify(j)), texts) };
+      }
+    }
+  }
+  fs.writeFileSync(path.join(dir, "reference.json"), JSON.stringify(out));
+}
+
+async function run(tok, texts) {
     const cases = [];
     for (const text of texts) {
       const ids = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
@@ -24,8 +41,6 @@ async function main() {
       const reencoded = (await tok.encode(decoded, null, { addSpecialTokens: false })).getIds();
       cases.push({ ids, decoded, decoded_skip, reencoded });
     }
-    out.tokenizers[name] = { cases };
-  }
-  fs.writeFileSync(path.join(dir, "reference.json"), JSON.stringify(out));
+    return cases;
 }
 main().catch((e) => { console.error(e); process.exit(1); });
