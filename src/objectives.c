@@ -1,6 +1,6 @@
-/* Preference objectives and SFT: loss and gradient with respect to sequence log-probs (see objectives.h).
- * Everything is in double: the inputs are sums over hundreds of tokens and the losses subtract them. */
-#include "prefopt/objectives.h"
+/* Preference objectives and SFT (see objectives.h): names, parameters and their validation. The kernels are in
+ * objectives_loss.c, micro-batches and normalisation in objectives_batch.c. */
+#include "objectives_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -32,7 +32,7 @@ const char *prefopt_loss_name(prefopt_loss_kind k)
     return "?";
 }
 
-static int is_unpaired(prefopt_loss_kind k)
+int prefopt__is_unpaired(prefopt_loss_kind k)
 {
     return k == PREFOPT_LOSS_KTO || k == PREFOPT_LOSS_APO_ZERO_UNPAIRED;
 }
@@ -170,7 +170,7 @@ static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
     return 0;
 }
 
-static int has_term(const prefopt_objective *o, prefopt_loss_kind k)
+int prefopt__has_term(const prefopt_objective *o, prefopt_loss_kind k)
 {
     for (int i = 0; i < o->nterms; i++)
         if (o->kind[i] == k)
@@ -190,7 +190,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
             prefopt_err_set(err, "--rpo-alpha must be a finite number > 0, got %g", p->rpo_alpha);
             return -1;
         }
-        if (has_term(obj, PREFOPT_LOSS_SFT)) {
+        if (prefopt__has_term(obj, PREFOPT_LOSS_SFT)) {
             prefopt_err_set(err, "--rpo-alpha and an sft term in --loss \"%s\" are the same thing; give one", spec);
             return -1;
         }
@@ -204,8 +204,8 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
     int n_unpaired = 0, n_pair = 0, uses_eps = 0, only_reffree = 1;
     for (int i = 0; i < obj->nterms; i++) {
         prefopt_loss_kind k = obj->kind[i];
-        n_unpaired += is_unpaired(k);
-        n_pair += !is_unpaired(k) && k != PREFOPT_LOSS_SFT;
+        n_unpaired += prefopt__is_unpaired(k);
+        n_pair += !prefopt__is_unpaired(k) && k != PREFOPT_LOSS_SFT;
         if (k == PREFOPT_LOSS_ROBUST || k == PREFOPT_LOSS_EXO_PAIR || k == PREFOPT_LOSS_SIMPO ||
             k == PREFOPT_LOSS_AOT || k == PREFOPT_LOSS_AOT_UNPAIRED ||
             (k == PREFOPT_LOSS_DPO && p->cdpo))
@@ -213,7 +213,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         if (reads_reference(k))
             only_reffree = 0;
     }
-    if (n_unpaired && (n_pair || has_term(obj, PREFOPT_LOSS_SFT))) {
+    if (n_unpaired && (n_pair || prefopt__has_term(obj, PREFOPT_LOSS_SFT))) {
         prefopt_err_set(err, "--loss \"%s\": kto and apo_zero_unpaired train on unpaired examples and cannot be "
                         "combined with pair losses or sft", spec);
         return -1;
@@ -233,15 +233,15 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
                         "exo_pair, aot, aot_unpaired, simpo, and by dpo with --cdpo as TRL 0.27 did)", e, spec);
         return -1;
     }
-    if (has_term(obj, PREFOPT_LOSS_ROBUST) && !(e < 0.5)) {
+    if (prefopt__has_term(obj, PREFOPT_LOSS_ROBUST) && !(e < 0.5)) {
         prefopt_err_set(err, "robust needs --label-smoothing in [0, 0.5) (it divides by 1 - 2e), got %g", e);
         return -1;
     }
-    if (has_term(obj, PREFOPT_LOSS_EXO_PAIR) && !(e > 0)) {
+    if (prefopt__has_term(obj, PREFOPT_LOSS_EXO_PAIR) && !(e > 0)) {
         prefopt_err_set(err, "exo_pair needs --label-smoothing > 0 (it takes log e; the EXO paper recommends 1e-3)");
         return -1;
     }
-    if (has_term(obj, PREFOPT_LOSS_DISCOPOP) && !(p->discopop_tau > 0)) {
+    if (prefopt__has_term(obj, PREFOPT_LOSS_DISCOPOP) && !(p->discopop_tau > 0)) {
         prefopt_err_set(err, "--discopop-tau must be > 0, got %g", p->discopop_tau);
         return -1;
     }
@@ -258,12 +258,12 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         prefopt_err_set(err, "--ref-mixup-alpha must be in (0, 1], got %g", p->ref_mixup_alpha);
         return -1;
     }
-    if (p->bco_running_mean && !has_term(obj, PREFOPT_LOSS_BCO_PAIR)) {
+    if (p->bco_running_mean && !prefopt__has_term(obj, PREFOPT_LOSS_BCO_PAIR)) {
         prefopt_err_set(err, "--bco-running-mean applies to bco_pair, which \"%s\" does not contain", spec);
         return -1;
     }
     obj->uses_bco_delta = p->bco_running_mean != 0;
-    if (p->alphapo_alpha != 0 && (!isfinite(p->alphapo_alpha) || !has_term(obj, PREFOPT_LOSS_SIMPO))) {
+    if (p->alphapo_alpha != 0 && (!isfinite(p->alphapo_alpha) || !prefopt__has_term(obj, PREFOPT_LOSS_SIMPO))) {
         prefopt_err_set(err, "--alphapo-alpha %g applies to simpo only (and must be finite)", p->alphapo_alpha);
         return -1;
     }
@@ -304,7 +304,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
     if (obj->fdiv != PREFOPT_FDIV_REVERSE_KL)
         for (int i = 0; i < obj->nterms; i++) {
             prefopt_loss_kind k = obj->kind[i];
-            if (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO || is_unpaired(k) ||
+            if (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO || prefopt__is_unpaired(k) ||
                 obj->layout == PREFOPT_LAYOUT_SFT) {
                 prefopt_err_set(err, "--f-divergence %s applies to the DPO pair losses, not to %s", fd,
                                 prefopt_loss_name(k));
@@ -317,7 +317,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
                         p->reference_free ? " with --reference-free" : "");
         return -1;
     }
-    obj->uses_kl = has_term(obj, PREFOPT_LOSS_KTO);
+    obj->uses_kl = prefopt__has_term(obj, PREFOPT_LOSS_KTO);
     if (obj->uses_kl && p->reference_free) {
         prefopt_err_set(err, "kto needs a reference model (--reference-free is not allowed)");
         return -1;
@@ -329,647 +329,4 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
 int prefopt_objective_ref_sync_due(const prefopt_objective *obj, long step)
 {
     return obj->p.ref_sync_steps > 0 && step > 0 && step % obj->p.ref_sync_steps == 0;
-}
-
-/* ---- the per-pair and per-example kernels ---------------------------------------------------------------- */
-
-static double log_sigmoid(double x)
-{
-    return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x));
-}
-
-static double sigmoid(double x)
-{
-    if (x >= 0)
-        return 1.0 / (1.0 + exp(-x));
-    double t = exp(x);
-    return t / (1.0 + t);
-}
-
-/* log(1 - e^x) for x < 0, the two-branch form of Maechler's note (switch at -ln 2). */
-static double log1mexp(double x)
-{
-    return x < -M_LN2 ? log1p(-exp(x)) : log(-expm1(x));
-}
-
-/* -(1-e) log sig(z) - e log sig(-z) and its derivative in z. */
-static double smoothed_sigmoid_loss(double *dz, double z, double e)
-{
-    *dz = -(1 - e) * sigmoid(-z) + e * sigmoid(z);
-    return -(1 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
-}
-
-/* AlphaPO's reward of a mean log-prob x: (1 - p^-a)/a with p = e^x, i.e. -expm1(-a x)/a; x itself at a = 0. */
-static double alphapo_reward(double *deriv, double a, double x)
-{
-    if (a == 0) {
-        *deriv = 1;
-        return x;
-    }
-    *deriv = exp(-a * x);
-    return -expm1(-a * x) / a;
-}
-
-/* The f-divergence score s = f(r) of a log-ratio and f'(r) (TRL-1.x _compute_loss). */
-static double fdiv_score(double *deriv, const prefopt_objective *o, double r)
-{
-    switch (o->fdiv) {
-    case PREFOPT_FDIV_FORWARD_KL:
-        *deriv = exp(-r);
-        return -exp(-r);
-    case PREFOPT_FDIV_JS:
-        *deriv = sigmoid(-r);
-        return log_sigmoid(r);
-    case PREFOPT_FDIV_ALPHA: {
-        double a1 = o->p.f_alpha_divergence_coef - 1, t = a1 * r;
-        if (fabs(a1) < 1e-6) /* a = 1 is reverse KL, as in TRL */
-            break;
-        /* TRL clamps (a-1) r at 80 (fp32) before exp; past it the score is flat and has no gradient */
-        *deriv = t <= 80 ? exp(t) : 0;
-        return exp(fmin(t, 80)) / a1;
-    }
-    default:
-        break;
-    }
-    *deriv = 1;
-    return r;
-}
-
-static double pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c, double pi_r,
-                        double ref_c, double ref_r, double len_c, double len_r, double bco_delta);
-
-double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
-                         double pi_r, double ref_c, double ref_r, double len_c, double len_r)
-{
-    return pair_loss(grad, k, obj, pi_c, pi_r, ref_c, ref_r, len_c, len_r, 0.0);
-}
-
-/* bco_delta: TRL-0.27's running-mean shift of bco_pair (0 in TRL-1.x). */
-static double pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c, double pi_r,
-                        double ref_c, double ref_r, double len_c, double len_r, double bco_delta)
-{
-    const double b = obj->p.beta, e = obj->p.label_smoothing;
-    const double raw_c = pi_c - ref_c, raw_r = pi_r - ref_r;
-    /* TRL-1.x passes the log-ratios through the f-divergence score first; apo_zero, apo_down's first term
-     * and aot keep the raw log-ratios. fc, fr: the score's derivatives, applied to d_rc, d_rr at the end. */
-    double fc, fr;
-    const double rc = fdiv_score(&fc, obj, raw_c), rr = fdiv_score(&fr, obj, raw_r);
-    const double delta = rc - rr, z = b * delta;
-    const double lc = len_c < 1 ? 1 : len_c, lr = len_r < 1 ? 1 : len_r;
-    double l, dz = 0; /* loss terms of z = beta*delta report dz; others set d_rc, d_rr directly */
-    double d_rc = 0, d_rr = 0, d_raw_c = 0; /* d_raw_c: the part of d/d r_c that bypasses the score */
-    int via_z = 1;
-    grad[0] = grad[1] = grad[2] = grad[3] = 0;
-    switch (k) {
-    case PREFOPT_LOSS_DPO:
-        l = smoothed_sigmoid_loss(&dz, z, obj->p.cdpo ? e : 0.0);
-        break;
-    case PREFOPT_LOSS_HINGE:
-        l = z < 1 ? 1 - z : 0;
-        dz = z < 1 ? -1 : 0;
-        break;
-    case PREFOPT_LOSS_ROBUST:
-        l = (-(1 - e) * log_sigmoid(z) + e * log_sigmoid(-z)) / (1 - 2 * e);
-        dz = (-(1 - e) * sigmoid(-z) - e * sigmoid(z)) / (1 - 2 * e);
-        break;
-    case PREFOPT_LOSS_EXO_PAIR: {
-        double qw = sigmoid(z), ql = sigmoid(-z);
-        l = qw * (log_sigmoid(z) - log1p(-e)) + ql * (log_sigmoid(-z) - log(e));
-        /* d/dz: qw' = -ql' = qw*ql and log sig(z) - log sig(-z) = z, the rest cancels */
-        dz = qw * ql * (z - log1p(-e) + log(e));
-        break;
-    }
-    case PREFOPT_LOSS_APO_DOWN: {
-        double sc = sigmoid(b * raw_c), sz = sigmoid(z);
-        l = sc + (1 - sz);
-        dz = -sz * (1 - sz);
-        d_raw_c = b * sc * (1 - sc);
-        break;
-    }
-    case PREFOPT_LOSS_DISCOPOP: {
-        double tau = obj->p.discopop_tau;
-        double m = sigmoid(z / tau), lsz = log_sigmoid(z);
-        double em = exp(log_sigmoid(z / tau) - z); /* m * exp(-z) without overflow for very negative z */
-        /* dl/dz = m' log sig(z) - (1-m) sig(-z) + m' e^{-z} - m e^{-z}, m' = m(1-m)/tau, in log space */
-        double dm = m * (1 - m) / tau;
-        l = (1 - m) * (-lsz) + em;
-        dz = dm * lsz - (1 - m) * sigmoid(-z) + exp(log_sigmoid(z / tau) + log_sigmoid(-z / tau) - z) / tau - em;
-        break;
-    }
-    default:
-        via_z = 0;
-        break;
-    }
-    if (via_z) {
-        d_rc = b * dz * fc + d_raw_c;
-        d_rr = -b * dz * fr;
-        grad[0] = d_rc, grad[1] = d_rr, grad[2] = -d_rc, grad[3] = -d_rr;
-        return l;
-    }
-    switch (k) {
-    case PREFOPT_LOSS_IPO: {
-        double u = rc / lc - rr / lr - 1 / (2 * b);
-        l = u * u;
-        d_rc = 2 * u / lc;
-        d_rr = -2 * u / lr;
-        break;
-    }
-    case PREFOPT_LOSS_NCA_PAIR:
-        l = -log_sigmoid(b * rc) - 0.5 * log_sigmoid(-b * rc) - 0.5 * log_sigmoid(-b * rr);
-        d_rc = -b * sigmoid(-b * rc) + 0.5 * b * sigmoid(b * rc);
-        d_rr = 0.5 * b * sigmoid(b * rr);
-        break;
-    case PREFOPT_LOSS_BCO_PAIR:
-        l = -log_sigmoid(b * rc - bco_delta) - log_sigmoid(-(b * rr - bco_delta));
-        d_rc = -b * sigmoid(-(b * rc - bco_delta));
-        d_rr = b * sigmoid(b * rr - bco_delta);
-        break;
-    case PREFOPT_LOSS_SPPO_HARD: {
-        double a = rc - 1 / (2 * b), c = rr + 1 / (2 * b);
-        l = a * a + c * c;
-        d_rc = 2 * a;
-        d_rr = 2 * c;
-        break;
-    }
-    case PREFOPT_LOSS_APO_ZERO: { /* raw log-ratios: undo the chain factor applied below */
-        double sc = sigmoid(b * raw_c), sr = sigmoid(b * raw_r);
-        l = (1 - sc) + sr;
-        d_rc = -b * sc * (1 - sc);
-        d_rr = b * sr * (1 - sr);
-        fc = fr = 1;
-        break;
-    }
-    case PREFOPT_LOSS_SIGMOID_NORM: {
-        double x = b * (rc / lc - rr / lr);
-        l = -log_sigmoid(x);
-        d_rc = -b * sigmoid(-x) / lc;
-        d_rr = b * sigmoid(-x) / lr;
-        break;
-    }
-    case PREFOPT_LOSS_SIMPO: {
-        double dRc, dRr;
-        double Rc = alphapo_reward(&dRc, obj->p.alphapo_alpha, pi_c / lc);
-        double Rr = alphapo_reward(&dRr, obj->p.alphapo_alpha, pi_r / lr);
-        double h = b * (Rc - Rr) - obj->gamma, dh;
-        l = smoothed_sigmoid_loss(&dh, h, e);
-        grad[0] = dh * b * dRc / lc;
-        grad[1] = -dh * b * dRr / lr;
-        return l; /* no reference */
-    }
-    case PREFOPT_LOSS_ORPO: {
-        /* p = 0 (probability 1) makes log1mexp infinite; the gradient has a finite limit, reached numerically
-         * by keeping p a hair below 0. */
-        double pc = fmin(pi_c / lc, -1e-30), pr = fmin(pi_r / lr, -1e-30);
-        double lo = (pc - pr) - (log1mexp(pc) - log1mexp(pr));
-        l = -b * log_sigmoid(lo);
-        double dlo = -b * sigmoid(-lo);
-        /* d lo / d pc = 1/(1 - e^pc) = -1/expm1(pc); d lo / d pr = 1/expm1(pr) */
-        grad[0] = dlo * (-1 / expm1(pc)) / lc;
-        grad[1] = dlo * (1 / expm1(pr)) / lr;
-        return l;
-    }
-    default:
-        return NAN;
-    }
-    d_rc *= fc;
-    d_rr *= fr;
-    grad[0] = d_rc, grad[1] = d_rr, grad[2] = -d_rc, grad[3] = -d_rr;
-    return l;
-}
-
-double prefopt_unpaired_loss(double grad[2], prefopt_loss_kind k, const prefopt_objective *obj, double pi,
-                             double ref, int desirable, double kl)
-{
-    const double b = obj->p.beta, r = pi - ref;
-    double l, dr;
-    grad[0] = grad[1] = 0;
-    if (k == PREFOPT_LOSS_KTO) {
-        if (desirable) {
-            double s = sigmoid(b * (r - kl));
-            l = obj->p.desirable_weight * (1 - s);
-            dr = -obj->p.desirable_weight * b * s * (1 - s);
-        } else {
-            double s = sigmoid(b * (kl - r));
-            l = obj->p.undesirable_weight * (1 - s);
-            dr = obj->p.undesirable_weight * b * s * (1 - s);
-        }
-    } else if (k == PREFOPT_LOSS_APO_ZERO_UNPAIRED) {
-        double s = sigmoid(b * r);
-        l = desirable ? 1 - s : s;
-        dr = (desirable ? -1 : 1) * b * s * (1 - s);
-    } else {
-        return NAN;
-    }
-    grad[0] = dr;
-    grad[1] = -dr;
-    return l;
-}
-
-double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, MPI_Comm comm)
-{
-    double s[2] = {0, (double)n};
-    for (int i = 0; i < n; i++)
-        s[0] += policy_logp[i] - ref_logp[i];
-    if (comm != MPI_COMM_NULL)
-        MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, comm);
-    if (s[1] == 0)
-        return 0;
-    double kl = s[0] / s[1];
-    return kl > 0 ? kl : 0;
-}
-
-double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, const prefopt_objective_batch *b,
-                          MPI_Comm comm)
-{
-    /* this rank's micro-batch mean of the detached rewards [beta r_c ; beta r_r] */
-    double s[2] = {0, 0};
-    if (b->npairs > 0) {
-        double sum = 0;
-        for (int i = 0; i < b->npairs; i++) {
-            int c = b->chosen[i], r = b->rejected[i];
-            double fc = obj->uses_reference ? b->ref_logp[c] : 0, fr = obj->uses_reference ? b->ref_logp[r] : 0;
-            sum += obj->p.beta * (b->policy->logp_completion[c] - fc) + obj->p.beta * (b->policy->logp_completion[r] - fr);
-        }
-        s[0] = sum / (2.0 * b->npairs);
-        s[1] = 1;
-    }
-    if (comm != MPI_COMM_NULL)
-        MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, comm);
-    if (s[1] > 0) { /* RunningMoments.update on one value per rank: a count-weighted running mean */
-        double xs_mean = s[0] / s[1], tot = st->count + s[1];
-        st->mean += (xs_mean - st->mean) * s[1] / tot;
-        st->count = tot;
-    }
-    return st->mean;
-}
-
-/* ---- batches --------------------------------------------------------------------------------------------- */
-
-static int check_units(const int32_t *u, int n, int nunits, const char *what, prefopt_err *err)
-{
-    if (n > 0 && !u) {
-        prefopt_err_set(err, "objective: %d %s but no unit indices", n, what);
-        return -1;
-    }
-    for (int i = 0; i < n; i++)
-        if (u[i] < 0 || u[i] >= nunits) {
-            prefopt_err_set(err, "objective: %s[%d] = %d is outside the %d units of the micro-batch", what, i,
-                            (int)u[i], nunits);
-            return -1;
-        }
-    return 0;
-}
-
-void prefopt_objective_count(prefopt_objective_norm *acc, const prefopt_objective *obj,
-                             const prefopt_objective_batch *b)
-{
-    const prefopt_unit_stats *s = b->policy;
-    switch (obj->layout) {
-    case PREFOPT_LAYOUT_PAIRS:
-        acc->pairs += b->npairs;
-        for (int i = 0; i < b->npairs; i++) {
-            acc->chosen_tokens += s->n_completion[b->chosen[i]];
-            acc->chosen_all_tokens += s->n_all[b->chosen[i]];
-        }
-        break;
-    case PREFOPT_LAYOUT_UNPAIRED:
-        acc->examples += b->nexamples;
-        break;
-    case PREFOPT_LAYOUT_SFT:
-        acc->examples += b->nsft;
-        for (int i = 0; i < b->nsft; i++)
-            acc->tokens += obj->p.sft_all_tokens ? s->n_all[b->sft[i]] : s->n_completion[b->sft[i]];
-        break;
-    }
-}
-
-void prefopt_objective_norm_allreduce(prefopt_objective_norm *n, MPI_Comm comm)
-{
-    double v[5] = {n->pairs, n->chosen_tokens, n->chosen_all_tokens, n->examples, n->tokens};
-    MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_DOUBLE, MPI_SUM, comm);
-    n->pairs = v[0], n->chosen_tokens = v[1], n->chosen_all_tokens = v[2], n->examples = v[3], n->tokens = v[4];
-}
-
-static int need_norm(double v, const char *what, prefopt_err *err)
-{
-    if (!(v > 0)) {
-        prefopt_err_set(err, "objective: the global %s of the step is %g; count the step with "
-                        "prefopt_objective_count before evaluating", what, v);
-        return -1;
-    }
-    return 0;
-}
-
-/* One sequence's NLL term (log-prob lp over ntok tokens) normalised for the whole step, and d/d lp:
- * token mean (TRL): -lp / N_tokens; sequence mean of token means (OpenRLHF): -lp / (L N_seq);
- * sequence mean of sums (NeMo): -lp / N_seq. */
-static double sft_term(double *d, const prefopt_objective *o, double lp, double ntok, double n_tokens, double n_seqs)
-{
-    double den;
-    switch (o->sft_reduction) {
-    case PREFOPT_SFT_SEQ_MEAN:
-        den = (ntok < 1 ? 1 : ntok) * n_seqs;
-        break;
-    case PREFOPT_SFT_SEQ_SUM:
-        den = n_seqs;
-        break;
-    default:
-        den = n_tokens;
-        break;
-    }
-    *d = -1 / den;
-    return -lp / den;
-}
-
-/* The nll_loss metric's sum for one sequence (adding its count), matching sft_term's reduction. */
-static double sft_metric(double *count, const prefopt_objective *o, double lp, double ntok)
-{
-    switch (o->sft_reduction) {
-    case PREFOPT_SFT_SEQ_MEAN:
-        *count += 1;
-        return -lp / (ntok < 1 ? 1 : ntok);
-    case PREFOPT_SFT_SEQ_SUM:
-        *count += 1;
-        return -lp;
-    default:
-        *count += ntok;
-        return -lp;
-    }
-}
-
-typedef struct {
-    double x;
-    int i;
-} keyed;
-
-static int cmp_keyed(const void *a, const void *b)
-{
-    const keyed *p = a, *q = b;
-    return p->x < q->x ? -1 : p->x > q->x ? 1 : (p->i > q->i) - (p->i < q->i);
-}
-
-/* AOT: the k-th smallest of one quantity is matched with the k-th smallest of another,
- * d_k = sa_k - sb_k, smoothed sigmoid on beta d_k; the gradient goes to the pairs that sit at rank k.
- * aot:          a = pi_c - pi_r,  b = ref_c - ref_r
- * aot_unpaired: a = r_c,          b = r_r
- * Returns the weighted loss sum (scale = weight / global pairs) and adds into d_c and d_ref. */
-static double aot_term(double *d_c, double *d_ref, const prefopt_objective *o, prefopt_loss_kind k, double scale,
-                       const prefopt_objective_batch *b)
-{
-    const prefopt_unit_stats *s = b->policy;
-    const int n = b->npairs, unp = k == PREFOPT_LOSS_AOT_UNPAIRED;
-    keyed *ka = prefopt_xmalloc(2 * (size_t)n * sizeof *ka, "aot sort keys"), *kb = ka + n;
-    for (int i = 0; i < n; i++) {
-        int c = b->chosen[i], r = b->rejected[i];
-        double pc = s->logp_completion[c], pr = s->logp_completion[r];
-        double fc = o->uses_reference ? b->ref_logp[c] : 0, fr = o->uses_reference ? b->ref_logp[r] : 0;
-        ka[i] = (keyed){unp ? pc - fc : pc - pr, i};
-        kb[i] = (keyed){unp ? pr - fr : fc - fr, i};
-    }
-    qsort(ka, (size_t)n, sizeof *ka, cmp_keyed);
-    qsort(kb, (size_t)n, sizeof *kb, cmp_keyed);
-    double total = 0;
-    for (int j = 0; j < n; j++) {
-        double dz, z = o->p.beta * (ka[j].x - kb[j].x);
-        total += scale * smoothed_sigmoid_loss(&dz, z, o->p.label_smoothing);
-        double g = scale * o->p.beta * dz; /* d/d(sa_j), and -g is d/d(sb_j) */
-        int ia = ka[j].i, ib = kb[j].i;
-        int ca = b->chosen[ia], ra = b->rejected[ia], cb = b->chosen[ib], rb = b->rejected[ib];
-        if (unp) { /* sa = pi_c - ref_c of pair ia; sb = pi_r - ref_r of pair ib */
-            d_c[ca] += g;
-            d_c[rb] -= g;
-            if (d_ref) {
-                d_ref[ca] -= g;
-                d_ref[rb] += g;
-            }
-        } else { /* sa = pi_c - pi_r of pair ia; sb = ref_c - ref_r of pair ib */
-            d_c[ca] += g;
-            d_c[ra] -= g;
-            if (d_ref) {
-                d_ref[cb] -= g;
-                d_ref[rb] += g;
-            }
-        }
-    }
-    free(ka);
-    return total;
-}
-
-static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, prefopt_metrics *m,
-                      const prefopt_objective *o, const prefopt_objective_batch *b,
-                      const prefopt_objective_norm *norm, prefopt_err *err)
-{
-    const prefopt_unit_stats *s = b->policy;
-    const double beta = o->p.beta;
-    if (check_units(b->chosen, b->npairs, b->nunits, "chosen", err) ||
-        check_units(b->rejected, b->npairs, b->nunits, "rejected", err))
-        return -1;
-    if (b->npairs == 0)
-        return 0;
-    int has_sft = has_term(o, PREFOPT_LOSS_SFT), has_orpo = has_term(o, PREFOPT_LOSS_ORPO);
-    if (need_norm(norm->pairs, "number of pairs", err) ||
-        (has_sft && o->sft_reduction == PREFOPT_SFT_TOKEN_MEAN &&
-         need_norm(norm->chosen_tokens, "number of chosen completion tokens", err)) ||
-        (has_orpo && need_norm(norm->chosen_all_tokens, "number of prompt+chosen tokens", err)))
-        return -1;
-    double total = 0, nll_sum = 0, nll_cnt = 0, nll_all_sum = 0, lor_sum = 0, loc_sum = 0;
-    for (int i = 0; i < b->npairs; i++) {
-        int c = b->chosen[i], r = b->rejected[i];
-        double pc = s->logp_completion[c], pr = s->logp_completion[r];
-        double fc = o->uses_reference ? b->ref_logp[c] : 0, fr = o->uses_reference ? b->ref_logp[r] : 0;
-        double lc = s->n_completion[c], lr = s->n_completion[r];
-        for (int t = 0; t < o->nterms; t++) {
-            double w = o->weight[t], g[4];
-            if (o->kind[t] == PREFOPT_LOSS_SFT) {
-                double d;
-                total += w * sft_term(&d, o, pc, lc, norm->chosen_tokens, norm->pairs);
-                d_c[c] += w * d;
-                continue;
-            }
-            if (o->kind[t] == PREFOPT_LOSS_AOT || o->kind[t] == PREFOPT_LOSS_AOT_UNPAIRED)
-                continue; /* micro-batch level, below */
-            if (o->kind[t] == PREFOPT_LOSS_ORPO) {
-                total += w * -s->logp_all[c] / norm->chosen_all_tokens;
-                d_all[c] += -w / norm->chosen_all_tokens;
-            }
-            double l = pair_loss(g, o->kind[t], o, pc, pr, fc, fr, lc, lr, b->bco_delta);
-            double sc = w / norm->pairs;
-            total += sc * l;
-            d_c[c] += sc * g[0];
-            d_c[r] += sc * g[1];
-            if (d_ref) {
-                d_ref[c] += sc * g[2];
-                d_ref[r] += sc * g[3];
-            }
-        }
-        nll_sum += sft_metric(&nll_cnt, o, pc, lc);
-        nll_all_sum += -s->logp_all[c];
-        if (has_orpo) {
-            double ac = fmin(pc / (lc < 1 ? 1 : lc), -1e-30), ar = fmin(pr / (lr < 1 ? 1 : lr), -1e-30);
-            double lo = (ac - ar) - (log1mexp(ac) - log1mexp(ar));
-            lor_sum += log_sigmoid(lo);
-            loc_sum += lo;
-        }
-        if (m) {
-            double xc, xr; /* what the metrics call the log-probs */
-            if (o->length_avg_metrics)
-                xc = pc / (lc < 1 ? 1 : lc), xr = pr / (lr < 1 ? 1 : lr);
-            else
-                xc = pc, xr = pr;
-            double dummy, alpha = has_term(o, PREFOPT_LOSS_SIMPO) ? o->p.alphapo_alpha : 0;
-            double wc = o->length_avg_metrics ? beta * alphapo_reward(&dummy, alpha, xc) : beta * (pc - fc);
-            double wr = o->length_avg_metrics ? beta * alphapo_reward(&dummy, alpha, xr) : beta * (pr - fr);
-            prefopt_metrics_add(m, PREFOPT_M_REWARDS_CHOSEN, wc, 1);
-            prefopt_metrics_add(m, PREFOPT_M_REWARDS_REJECTED, wr, 1);
-            prefopt_metrics_add(m, PREFOPT_M_REWARDS_ACCURACIES, wc > wr ? 1 : 0, 1);
-            prefopt_metrics_add(m, PREFOPT_M_REWARDS_MARGINS, wc - wr, 1);
-            prefopt_metrics_add(m, PREFOPT_M_LOGPS_CHOSEN, xc, 1);
-            prefopt_metrics_add(m, PREFOPT_M_LOGPS_REJECTED, xr, 1);
-            prefopt_metrics_add(m, PREFOPT_M_LOGITS_CHOSEN, s->logits_sum[c], lc);
-            prefopt_metrics_add(m, PREFOPT_M_LOGITS_REJECTED, s->logits_sum[r], lr);
-            prefopt_metrics_add(m, PREFOPT_M_MEAN_TOKEN_ACCURACY, s->argmax_hits[c], lc);
-        }
-    }
-    for (int t = 0; t < o->nterms; t++)
-        if (o->kind[t] == PREFOPT_LOSS_AOT || o->kind[t] == PREFOPT_LOSS_AOT_UNPAIRED)
-            total += aot_term(d_c, d_ref, o, o->kind[t], o->weight[t] / norm->pairs, b);
-    if (m) {
-        if (has_orpo) {
-            double n_all = 0;
-            for (int i = 0; i < b->npairs; i++)
-                n_all += s->n_all[b->chosen[i]];
-            prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll_all_sum, n_all);
-            prefopt_metrics_add(m, PREFOPT_M_LOG_ODDS_RATIO, lor_sum, b->npairs);
-            prefopt_metrics_add(m, PREFOPT_M_LOG_ODDS_CHOSEN, loc_sum, b->npairs);
-        } else if (has_sft) {
-            prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll_sum, nll_cnt);
-        }
-    }
-    *loss = total;
-    return 0;
-}
-
-static int eval_unpaired(double *loss, double *d_c, double *d_ref, prefopt_metrics *m, const prefopt_objective *o,
-                         const prefopt_objective_batch *b, const prefopt_objective_norm *norm, prefopt_err *err)
-{
-    const prefopt_unit_stats *s = b->policy;
-    if (check_units(b->example, b->nexamples, b->nunits, "example", err))
-        return -1;
-    if (b->nexamples > 0 && !b->desirable) {
-        prefopt_err_set(err, "objective: unpaired examples without desirable/undesirable labels");
-        return -1;
-    }
-    if (o->uses_kl && !(b->kl >= 0)) {
-        prefopt_err_set(err, "objective: the KTO KL estimate must be >= 0 (clamped), got %g", b->kl);
-        return -1;
-    }
-    if (b->nexamples == 0)
-        return 0;
-    if (need_norm(norm->examples, "number of examples", err))
-        return -1;
-    double total = 0;
-    for (int i = 0; i < b->nexamples; i++) {
-        int u = b->example[i];
-        double pi = s->logp_completion[u], ref = o->uses_reference ? b->ref_logp[u] : 0;
-        int des = b->desirable[i] != 0;
-        for (int t = 0; t < o->nterms; t++) {
-            double g[2], sc = o->weight[t] / norm->examples;
-            total += sc * prefopt_unpaired_loss(g, o->kind[t], o, pi, ref, des, b->kl);
-            d_c[u] += sc * g[0];
-            if (d_ref)
-                d_ref[u] += sc * g[1];
-        }
-        if (m) {
-            double rw = o->p.beta * (pi - ref);
-            prefopt_metrics_add(m, des ? PREFOPT_M_REWARDS_CHOSEN : PREFOPT_M_REWARDS_REJECTED, rw, 1);
-            prefopt_metrics_add(m, des ? PREFOPT_M_LOGPS_CHOSEN : PREFOPT_M_LOGPS_REJECTED, pi, 1);
-            prefopt_metrics_add(m, des ? PREFOPT_M_LOGITS_CHOSEN : PREFOPT_M_LOGITS_REJECTED, s->logits_sum[u],
-                                s->n_completion[u]);
-        }
-    }
-    if (m) {
-        m->kto = 1;
-        /* the count makes it one value per micro-batch and rank, averaged over the step */
-        if (o->uses_kl)
-            prefopt_metrics_add(m, PREFOPT_M_KL, b->kl, 1);
-    }
-    *loss = total;
-    return 0;
-}
-
-static int eval_sft(double *loss, double *d_c, double *d_all, prefopt_metrics *m, const prefopt_objective *o,
-                    const prefopt_objective_batch *b, const prefopt_objective_norm *norm, prefopt_err *err)
-{
-    const prefopt_unit_stats *s = b->policy;
-    if (check_units(b->sft, b->nsft, b->nunits, "sft", err))
-        return -1;
-    if (b->nsft == 0)
-        return 0;
-    if (o->sft_reduction == PREFOPT_SFT_TOKEN_MEAN ? need_norm(norm->tokens, "number of SFT tokens", err)
-                                                   : need_norm(norm->examples, "number of SFT examples", err))
-        return -1;
-    const int all = o->p.sft_all_tokens;
-    double w = o->weight[0], total = 0, nll = 0, ncnt = 0, hits = 0, ncomp = 0;
-    for (int i = 0; i < b->nsft; i++) {
-        int u = b->sft[i];
-        double lp = all ? s->logp_all[u] : s->logp_completion[u], d;
-        double ntok = all ? s->n_all[u] : s->n_completion[u];
-        total += w * sft_term(&d, o, lp, ntok, norm->tokens, norm->examples);
-        (all ? d_all : d_c)[u] += w * d;
-        nll += sft_metric(&ncnt, o, lp, ntok);
-        hits += s->argmax_hits[u];
-        ncomp += s->n_completion[u];
-    }
-    if (m) {
-        prefopt_metrics_add(m, PREFOPT_M_NLL_LOSS, nll, ncnt);
-        prefopt_metrics_add(m, PREFOPT_M_MEAN_TOKEN_ACCURACY, hits, ncomp);
-    }
-    *loss = total;
-    return 0;
-}
-
-int prefopt_objective_eval(double *loss, double *d_completion, double *d_all, double *d_ref,
-                           prefopt_metrics *metrics, const prefopt_objective *obj,
-                           const prefopt_objective_batch *b, const prefopt_objective_norm *norm,
-                           prefopt_err *err)
-{
-    *loss = 0;
-    if (b->nunits < 0 || (b->nunits > 0 && !b->policy)) {
-        prefopt_err_set(err, "objective: a micro-batch with %d units needs the policy statistics", b->nunits);
-        return -1;
-    }
-    for (int u = 0; u < b->nunits; u++) {
-        d_completion[u] = 0;
-        d_all[u] = 0;
-        if (d_ref)
-            d_ref[u] = 0;
-    }
-    if (obj->uses_reference && b->nunits > 0 && !b->ref_logp) {
-        prefopt_err_set(err, "objective: \"%s\" needs reference log-probs (or --reference-free)", obj->p.loss);
-        return -1;
-    }
-    int bad = (obj->layout != PREFOPT_LAYOUT_PAIRS && b->npairs) ||
-              (obj->layout != PREFOPT_LAYOUT_UNPAIRED && b->nexamples) ||
-              (obj->layout != PREFOPT_LAYOUT_SFT && b->nsft);
-    if (bad) {
-        static const char *names[] = {"pairs", "unpaired examples", "SFT examples"};
-        prefopt_err_set(err, "objective: \"%s\" trains on %s, but the micro-batch holds %d pairs, %d unpaired and "
-                        "%d SFT examples", obj->p.loss, names[obj->layout], b->npairs, b->nexamples, b->nsft);
-        return -1;
-    }
-    int rc;
-    switch (obj->layout) {
-    case PREFOPT_LAYOUT_PAIRS:
-        rc = eval_pairs(loss, d_completion, d_all, d_ref, metrics, obj, b, norm, err);
-        break;
-    case PREFOPT_LAYOUT_UNPAIRED:
-        rc = eval_unpaired(loss, d_completion, d_ref, metrics, obj, b, norm, err);
-        break;
-    default:
-        rc = eval_sft(loss, d_completion, d_all, metrics, obj, b, norm, err);
-        break;
-    }
-    if (rc == 0 && metrics)
-        prefopt_metrics_add(metrics, PREFOPT_M_LOSS, *loss, 1);
-    return rc;
 }
