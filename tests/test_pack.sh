@@ -50,6 +50,22 @@ if not errs: print("ok: h5py reads and checks the packed files")
 sys.exit(1 if errs else 0)
 EOF
 
+# a Hugging Face BPE tokenizer: ids equal `prefopt tokenize`, identity = sha256 of the tokenizer.json
+TOKGZ="$DATA/tokenizers/gpt2/tokenizer.json.gz"
+if [ -f "$TOKGZ" ]; then
+  mkdir gpt2 && gunzip -c "$TOKGZ" > gpt2/tokenizer.json
+  want_ids="$("$PREFOPT" tokenize --tokenizer gpt2 --text 'yes!' --no-special) 50256"
+  want_id="sha256:$(sha256sum gpt2/tokenizer.json | cut -d' ' -f1)"
+  "$PREFOPT" pack --input "$DATA/pairs.jsonl" --output bpe.h5 --tokenizer gpt2 > bpe.log 2>&1 || { bad "pack with gpt2"; cat bpe.log; }
+  got=$($PY -c '
+import h5py
+f = h5py.File("bpe.h5", "r"); o = f["chosen/offsets"]
+print(f.attrs["tokenizer"].decode(), int(f.attrs["vocab_size"]), int(f.attrs["eos_id"]))
+print(" ".join(str(x) for x in f["chosen/tokens"][o[1]:o[2]]))')
+  [ "$got" = "$want_id 50257 50256
+$want_ids" ] && ok "gpt2 tokenizer: ids and identity" || bad "gpt2 tokenizer: got '$got', want '$want_id 50257 50256 / $want_ids'"
+fi
+
 # truncation: keep_end keeps the prompt's end and cuts completions; drop drops
 "$PREFOPT" pack --input "$DATA/pairs.jsonl" --output t.h5 --max-prompt-len 2 --max-len 5 > t.log 2>&1 || bad "pack keep_end"
 $PY - <<'EOF' || fail=1
