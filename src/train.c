@@ -324,12 +324,18 @@ static void evaluate(trainer *t)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "step", (double)t->step);
     prefopt_metrics_to_json(o, &total, "eval/");
-    if (t->g.world_rank == 0)
-        printf("eval  step %ld | loss %.4f | acc %.3f | margin %.4f | logps/chosen %.2f\n", t->step,
-               prefopt_metrics_value(&total, PREFOPT_M_LOSS),
-               prefopt_metrics_value(&total, PREFOPT_M_REWARDS_ACCURACIES),
-               prefopt_metrics_value(&total, PREFOPT_M_REWARDS_MARGINS),
-               prefopt_metrics_value(&total, PREFOPT_M_LOGPS_CHOSEN));
+    if (t->g.world_rank == 0) {
+        if (prefopt_metrics_has(&total, PREFOPT_M_REWARDS_ACCURACIES))
+            printf("eval  step %ld | loss %.4f | acc %.3f | margin %.4f | logps/chosen %.2f\n", t->step,
+                   prefopt_metrics_value(&total, PREFOPT_M_LOSS),
+                   prefopt_metrics_value(&total, PREFOPT_M_REWARDS_ACCURACIES),
+                   prefopt_metrics_value(&total, PREFOPT_M_REWARDS_MARGINS),
+                   prefopt_metrics_value(&total, PREFOPT_M_LOGPS_CHOSEN));
+        else
+            printf("eval  step %ld | loss %.4f | token acc %.3f\n", t->step, prefopt_metrics_value(&total, PREFOPT_M_LOSS),
+                   prefopt_metrics_value(&total, PREFOPT_M_MEAN_TOKEN_ACCURACY));
+        fflush(stdout);
+    }
     log_line(t, o);
 }
 
@@ -551,14 +557,22 @@ static void teardown(trainer *t)
 static void progress(trainer *t, const prefopt_metrics *m, double lr, double tok_s, double flops_s, double t_start)
 {
     double el = prefopt_now() - t_start;
-    char e1[32], e2[32];
+    char e1[32], e2[32], what[160];
     double left = t->total_steps > t->step ? el / (double)t->step * (double)(t->total_steps - t->step) : 0;
-    printf("step %ld/%ld | loss %.4f | acc %.3f | margin %.4f | lr %.2e | %.0f tok/s | %.2f GFLOP/s | MFU %.3f | "
-           "%s elapsed | ETA %s\n",
-           t->step, t->total_steps, prefopt_metrics_value(m, PREFOPT_M_LOSS),
-           prefopt_metrics_value(m, PREFOPT_M_REWARDS_ACCURACIES), prefopt_metrics_value(m, PREFOPT_M_REWARDS_MARGINS),
-           lr, tok_s, flops_s * 1e-9, flops_s / (t->peak * t->g.world_size),
-           prefopt_format_duration(el, e1, sizeof e1), prefopt_format_duration(left, e2, sizeof e2));
+    /* the figures that matter for the objective: preference accuracy and margin, KTO's KL, or SFT's token accuracy */
+    if (prefopt_metrics_has(m, PREFOPT_M_REWARDS_ACCURACIES))
+        snprintf(what, sizeof what, "acc %.3f | margin %.4f | logps/chosen %.2f",
+                 prefopt_metrics_value(m, PREFOPT_M_REWARDS_ACCURACIES),
+                 prefopt_metrics_value(m, PREFOPT_M_REWARDS_MARGINS), prefopt_metrics_value(m, PREFOPT_M_LOGPS_CHOSEN));
+    else if (prefopt_metrics_has(m, PREFOPT_M_KL))
+        snprintf(what, sizeof what, "kl %.4f | rewards/chosen %.4f", prefopt_metrics_value(m, PREFOPT_M_KL),
+                 prefopt_metrics_value(m, PREFOPT_M_REWARDS_CHOSEN));
+    else
+        snprintf(what, sizeof what, "token acc %.3f", prefopt_metrics_value(m, PREFOPT_M_MEAN_TOKEN_ACCURACY));
+    printf("step %ld/%ld | loss %.4f | %s | lr %.2e | %.0f tok/s | %.2f GFLOP/s | MFU %.3f | %s elapsed | ETA %s\n",
+           t->step, t->total_steps, prefopt_metrics_value(m, PREFOPT_M_LOSS), what, lr, tok_s, flops_s * 1e-9,
+           flops_s / (t->peak * t->g.world_size), prefopt_format_duration(el, e1, sizeof e1),
+           prefopt_format_duration(left, e2, sizeof e2));
     fflush(stdout);
 }
 
