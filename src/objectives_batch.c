@@ -260,6 +260,11 @@ static int eval_unpaired(double *loss, double *d_c, double *d_ref, prefopt_metri
         prefopt_err_set(err, "objective: unpaired examples without desirable/undesirable labels");
         return -1;
     }
+    if (o->uses_kl && isnan(b->kl)) {
+        prefopt_err_set(err, "objective: the KTO KL estimate is NaN: a policy or reference log-prob of the mismatched "
+                        "KL completions is missing or not finite");
+        return -1;
+    }
     if (o->uses_kl && !(b->kl >= 0)) {
         prefopt_err_set(err, "objective: the KTO KL estimate must be >= 0 (clamped), got %g", b->kl);
         return -1;

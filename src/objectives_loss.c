@@ -226,6 +226,8 @@ double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, 
     if (s[1] == 0)
         return 0;
     double kl = s[0] / s[1];
+    if (isnan(kl)) /* a missing reference log-prob must not be clamped into a plausible 0 */
+        return NAN;
     return kl > 0 ? kl : 0;
 }
 

@@ -809,6 +809,14 @@ static void test_kto(void)
     CHECK(close_to(prefopt_kto_kl(pol, ref, 3, MPI_COMM_NULL), (1 + 0.5 + 0.25) / 3, 1e-15), "kto kl mean");
     CHECK(prefopt_kto_kl(pol, ref2, 3, MPI_COMM_NULL) == 0, "kto kl not clamped at 0");
     CHECK(prefopt_kto_kl(pol, ref2, 0, MPI_COMM_NULL) == 0, "kto kl of no units");
+    double refnan[3] = {-11, NAN, -7.25};
+    double klnan = prefopt_kto_kl(pol, refnan, 3, MPI_COMM_NULL);
+    CHECK(isnan(klnan), "kto kl with a missing reference log-prob: %g, want NaN (not clamped to 0)", klnan);
+    b.kl = klnan;
+    err.set = 0;
+    CHECK(prefopt_objective_eval(&loss, dc, da, dr, NULL, &o, &b, &n, &err) != 0 && strstr(err.msg, "NaN"),
+          "NaN KL accepted: %s", err.msg);
+    b.kl = kl;
 
     /* apo_zero_unpaired: desirable 1 - sig(beta r), undesirable sig(beta r) */
     p.loss = "apo_zero_unpaired";

@@ -213,7 +213,9 @@ double prefopt_unpaired_loss(double grad[2], prefopt_loss_kind k, const prefopt_
 /* KTO's KL estimate: the mean over the mismatched units of every rank of comm of (policy - reference)
  * completion log-probs, clamped at 0 (TRL: gather(mean).mean().clamp(min=0); pooling sums and counts equals
  * that when ranks hold the same number of units, and stays right when they do not). comm may be
- * MPI_COMM_NULL (this rank only). Treat the result as a constant (no gradient flows through it). Collective. */
+ * MPI_COMM_NULL (this rank only). Treat the result as a constant (no gradient flows through it). NaN when any
+ * input is NaN (e.g. a reference log-prob that was never computed), which prefopt_objective_eval rejects.
+ * Collective. */
 double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, MPI_Comm comm);
 
 /* TRL-0.27 bco_pair: the running mean of the detached rewards [beta r_c ; beta r_r], over every micro-batch of
