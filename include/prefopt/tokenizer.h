@@ -19,12 +19,19 @@ typedef struct prefopt_tokenizer prefopt_tokenizer;
 prefopt_tokenizer *prefopt_tokenizer_byte(void);
 
 /* Loads a tokenizer.json (path to the file, or to a directory holding one). Unsupported models, pre-tokenizers
- * or normalizers fail with a message naming them. */
+ * or normalizers fail with a message naming them. Supported: model BPE (string or pair-list merges, byte_fallback,
+ * fuse_unk, ignore_merges, unk_token); normalizers Sequence, Prepend, Replace (string), NFC, NFKC; pre-tokenizers
+ * Sequence, Split (regex or string, every behavior, invert), ByteLevel, Metaspace; decoders Sequence, ByteLevel,
+ * ByteFallback, Fuse, Replace (string), Strip, Metaspace. bos/eos/pad come from tokenizer_config.json beside the
+ * file when there is one, else from the usual token names. */
 int prefopt_tokenizer_load(const char *path, prefopt_tokenizer **out, prefopt_err *err);
 void prefopt_tokenizer_free(prefopt_tokenizer *t);
 
 /* Encodes len bytes of UTF-8 text, appending ids to *ids (grown with realloc; *n and *cap updated).
- * Special tokens written literally in the text (e.g. "<|endoftext|>") are matched when allow_special is set. */
+ * Special tokens written literally in the text (e.g. "<|endoftext|>") are matched when allow_special is set.
+ * Adds no BOS/EOS (Hugging Face's add_special_tokens=False): callers add prefopt_tokenizer_bos/eos themselves.
+ * Fails (non-zero, err filled) on text that is not valid UTF-8, except with the byte-level tokenizer.
+ * Not thread-safe on one tokenizer: encode fills a per-tokenizer word cache; load one tokenizer per thread. */
 int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_t len, int allow_special,
                              int32_t **ids, size_t *n, size_t *cap, prefopt_err *err);
 
