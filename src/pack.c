@@ -557,6 +557,7 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
     ids_t *fl[PREFOPT_DS_MAX_FIELDS] = {&store[0], &store[1], &store[2]};
     writer w[2] = {0};
     int opened = 0, kind = forced;
+    prefopt_ds_kind okind = PREFOPT_DS_PAIRS; /* of the output: unpaired under --unpair */
     histo h = {0};
     char *line = NULL;
     size_t lcap = 0;
@@ -608,8 +609,12 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
             kind = lk;
         if (!opened) {
             opened = 1;
-            if (writer_open(&w[0], o->output, (prefopt_ds_kind)kind, err) ||
-                (o->eval_output && writer_open(&w[1], o->eval_output, (prefopt_ds_kind)kind, err))) {
+            if (o->unpair && kind != PREFOPT_DS_PAIRS)
+                prefopt_err_set(err, "%s: --unpair needs pairs (prompt, chosen, rejected), the input holds %s", o->input,
+                                prefopt_ds_kind_name((prefopt_ds_kind)kind));
+            okind = o->unpair ? PREFOPT_DS_UNPAIRED : (prefopt_ds_kind)kind;
+            if (err->set || writer_open(&w[0], o->output, okind, err) ||
+                (o->eval_output && writer_open(&w[1], o->eval_output, okind, err))) {
                 cJSON_Delete(obj);
                 break;
             }
@@ -625,16 +630,22 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
             st->dropped[why]++;
             continue;
         }
-        int s = goes_to_eval(o, c.line);
-        if (writer_add(&w[s], fl, label)) {
-            prefopt_err_set(err, "%s: writing failed (disk full?)", w[s].tmp);
-            break;
+        int s = goes_to_eval(o, c.line); /* both halves of an unpaired pair go to the same split */
+        for (int half = 0; half < (o->unpair ? 2 : 1); half++) {
+            ids_t *out[PREFOPT_DS_MAX_FIELDS] = {fl[0], fl[1], fl[2]};
+            int onf = nf;
+            if (o->unpair) /* TRL's unpair_preference_dataset: (prompt, chosen, true), (prompt, rejected, false) */
+                out[1] = fl[1 + half], label = (uint8_t)!half, onf = 2;
+            if (writer_add(&w[s], out, label)) {
+                prefopt_err_set(err, "%s: writing failed (disk full?)", w[s].tmp);
+                break;
+            }
+            size_t rowlen = 0;
+            for (int f = 0; f < onf; f++)
+                st->tokens[s][f] += (int64_t)out[f]->n, rowlen += out[f]->n;
+            st->kept[s]++;
+            histo_add(&h, rowlen);
         }
-        size_t rowlen = 0;
-        for (int f = 0; f < nf; f++)
-            st->tokens[s][f] += (int64_t)fl[f]->n, rowlen += fl[f]->n;
-        st->kept[s]++;
-        histo_add(&h, rowlen);
     }
     cJSON_InitHooks(NULL);
     arena_reset(1);
@@ -644,7 +655,7 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
         prefopt_err_set(err, "%s: no examples (the file is empty)", o->input);
     fclose(in);
     free(line);
-    st->kind = kind >= 0 ? (prefopt_ds_kind)kind : PREFOPT_DS_PAIRS;
+    st->kind = okind;
     for (int s = 0; s < 2; s++)
         writer_finish(&w[s], !err->set, st->kind, o->tok, err);
     H5Eset_auto2(H5E_DEFAULT, efn, edata);

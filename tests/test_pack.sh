@@ -66,6 +66,19 @@ print(" ".join(str(x) for x in f["chosen/tokens"][o[1]:o[2]]))')
 $want_ids" ] && ok "gpt2 tokenizer: ids and identity" || bad "gpt2 tokenizer: got '$got', want '$want_id 50257 50256 / $want_ids'"
 fi
 
+# --unpair: each pair becomes (prompt, chosen, 1) and (prompt, rejected, 0)
+"$PREFOPT" pack --input "$DATA/pairs.jsonl" --output up.h5 --unpair > up.log 2>&1 || bad "pack --unpair"
+$PY - <<'EOF' || fail=1
+import h5py, sys
+with h5py.File("up.h5", "r") as f:
+    o, t, po, pt = f["completion/offsets"][:], f["completion/tokens"][:], f["prompt/offsets"][:], f["prompt/tokens"][:]
+    c = lambda i: t[o[i]:o[i+1]].tolist()
+    good = f.attrs["kind"] == b"unpaired" and f["label"][:].tolist() == [1, 0] * 5 and c(2) == list(b"yes!") + [257] \
+        and c(3) == list(b"no") + [257] and pt[po[2]:po[3]].tolist() == pt[po[3]:po[4]].tolist() == list(b"Q?")
+    print("ok: --unpair" if good else "FAIL: --unpair")
+    sys.exit(0 if good else 1)
+EOF
+
 # truncation: keep_end keeps the prompt's end and cuts completions; drop drops
 "$PREFOPT" pack --input "$DATA/pairs.jsonl" --output t.h5 --max-prompt-len 2 --max-len 5 > t.log 2>&1 || bad "pack keep_end"
 $PY - <<'EOF' || fail=1
@@ -119,6 +132,11 @@ expect_bad_input bad2.jsonl "bad2.jsonl:2: invalid JSON"
 expect_bad_input bad3.jsonl "bad3.jsonl:1: field 'chosen_ids': token id 900 at index 1 is outside the vocabulary"
 expect_bad_input bad4.jsonl "bad4.jsonl:2: a 'sft' example in a 'pairs' dataset"
 expect_bad_input bad5.jsonl "bad5.jsonl:1: field 'label': expected true/false or 1/0"
+MPI="mpiexec -n 2 --oversubscribe --bind-to none"
+timeout 30 $MPI "$PREFOPT" pack --input bad1.jsonl --output out.h5 > /dev/null 2> err.txt
+rc=$?
+[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$(grep -c "^prefopt: error: bad1.jsonl:3: field 'chosen'" err.txt)" -eq 2 ] && [ ! -e out.h5 ] \
+  && ok "pack under mpiexec -n 2: both ranks report the bad line" || { bad "pack under mpiexec -n 2 (rc $rc)"; cat err.txt; }
 
 # malformed dataset files, written with h5py: both ranks stop with the same line, non-zero, within 30 s
 $PY - <<'EOF'
@@ -136,7 +154,6 @@ variant("nonmono.h5", nonmono); variant("bigid.h5", bigid); variant("floats.h5",
 variant("missing.h5", missing); variant("kind.h5", kind)
 open("noth5.h5", "w").write("hello\n")
 EOF
-MPI="mpiexec -n 2 --oversubscribe --bind-to none"
 expect_malformed() {
   local f=$1 pat=$2; shift 2
   local t0=$(date +%s)

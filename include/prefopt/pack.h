@@ -18,7 +18,9 @@
  * Then: BOS is prepended to the prompt (add_bos), EOS appended to each completion not already ending in it
  * (append_eos), and lengths are enforced: truncation "keep_end" keeps the last max_prompt_len tokens of the prompt
  * and cuts each completion to max_len - prompt (examples whose prompt alone reaches max_len are dropped);
- * truncation "drop" drops any example over either limit. Examples with an empty completion are dropped. */
+ * truncation "drop" drops any example over either limit. Examples with an empty completion are dropped.
+ * unpair turns each pair into two KTO examples, (prompt, chosen, desirable) and (prompt, rejected, undesirable),
+ * as TRL's unpair_preference_dataset does; kept/token counts then count the unpaired examples. */
 #ifndef PREFOPT_PACK_H
 #define PREFOPT_PACK_H
 
@@ -41,6 +43,7 @@ typedef struct {
     int truncation;          /* PREFOPT_TRUNC_* */
     int append_eos, add_bos;
     const prefopt_tokenizer *tok;
+    int unpair;              /* pairs input -> unpaired output: (prompt, chosen, 1) and (prompt, rejected, 0) */
 } prefopt_pack_opts;
 
 enum { PREFOPT_PACK_DROP_PROMPT = 0, PREFOPT_PACK_DROP_LENGTH, PREFOPT_PACK_DROP_EMPTY, PREFOPT_PACK_NDROP };
