@@ -77,6 +77,23 @@ void prefopt_adamw_free(prefopt_adamw *opt)
     memset(opt, 0, sizeof *opt);
 }
 
+/* One range. keep = 1 - lr wd, or exactly 1 where no decay applies (p * 1.0f == p, so no branch is needed).
+ * The pointers do not alias, which lets the loop vectorise. */
+static void adamw_range(float *restrict p, const float *restrict g, float *restrict m, float *restrict v, size_t n,
+                        float keep, float gs, float b1, float omb1, float b2, float omb2, float step_size,
+                        float bc2_sqrt, float eps)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        float mi = b1 * m[i] + omb1 * gi;
+        float vi = b2 * v[i] + omb2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * keep - step_size * (mi / (__builtin_sqrtf(vi) / bc2_sqrt + eps));
+    }
+}
+
 void prefopt_adamw_step(prefopt_adamw *opt, float *params, const float *grads, double lr, double grad_scale)
 {
     const long t = opt->step + 1;
@@ -87,18 +104,11 @@ void prefopt_adamw_step(prefopt_adamw *opt, float *params, const float *grads, d
     const float eps = (float)opt->cfg.eps, fb1 = (float)b1, fb2 = (float)b2;
     const float omb1 = (float)(1 - b1), omb2 = (float)(1 - b2), gs = (float)grad_scale;
     const float decay = (float)(1 - lr * opt->cfg.weight_decay);
-    float *m = opt->m, *v = opt->v;
     for (int r = 0; r < opt->nranges; r++) {
-        const size_t lo = opt->ranges[r].offset, hi = lo + opt->ranges[r].count;
-        const int wd = opt->ranges[r].weight_decay && opt->cfg.weight_decay != 0;
-#pragma omp parallel for schedule(static)
-        for (size_t i = lo; i < hi; i++) {
-            float g = grads[i] * gs;
-            float p = wd ? params[i] * decay : params[i];
-            m[i] = fb1 * m[i] + omb1 * g;
-            v[i] = fb2 * v[i] + omb2 * g * g;
-            params[i] = p - step_size * (m[i] / (sqrtf(v[i]) / bc2_sqrt + eps));
-        }
+        const size_t lo = opt->ranges[r].offset;
+        const float keep = opt->ranges[r].weight_decay && opt->cfg.weight_decay != 0 ? decay : 1.0f;
+        adamw_range(params + lo, grads + lo, opt->m + lo, opt->v + lo, opt->ranges[r].count, keep, gs, fb1, omb1, fb2,
+                    omb2, step_size, bc2_sqrt, eps);
     }
     opt->step = t;
 }
