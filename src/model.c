@@ -636,7 +636,7 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
     pf_norm_backward(m, &m->dx, &m->dn, &m->xs[L], m->nf_mean, m->nf_rstd, m->lnf_w, m->lnf_b);
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *A = &m->acts[m->nacts == 1 ? 0 : l];
-        if (m->nacts == 1 && L > 1) /* checkpointing: recompute this layer from its kept input */
+        if (m->nacts == 1 && l < L - 1) /* checkpointing: recompute (the last layer is still in place) */
             layer_forward(m, l, A, &m->xs[l], &m->xs[l + 1]);
         layer_backward(m, l, A, &m->xs[l]);
     }
