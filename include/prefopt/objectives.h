@@ -42,13 +42,14 @@
  *   orpo          ORPO            NLL(prompt+chosen, token mean) - beta * mean log sig(log_odds), log_odds from
  *                                 length-averaged completion log-probs; no reference; beta is ORPO's lambda
  *   sft           sft             token-mean NLL of the chosen completions (alone: of the SFT examples'
- *                                 completions, or of every predicted token with sft_all_tokens)
+ *                                 completions, or of every predicted token with sft_all_tokens); other
+ *                                 reductions with sft_reduction
  *   kto           KTO "kto"       desirable w_D (1 - sig(beta (r - kl))), undesirable w_U (1 - sig(beta (kl - r)))
  *   apo_zero_unpaired             desirable 1 - sig(beta r), undesirable sig(beta r)
  * CPO (reference-free sigmoid + NLL) is "dpo,sft:1" with reference_free.
  *
- * Not supported (they need per-token data the engine does not return, or cross-step state): WPO weighting,
- * LD-DPO, TRL-0.27's f-divergence parameterisation and its IPO length-normalising of every loss. */
+ * Not supported: WPO weighting and LD-DPO (they need per-token data the engine does not return), TRL-0.27's
+ * f-divergence parameterisation, and TRL-0.27's IPO that length-normalises every loss of the list. */
 #ifndef PREFOPT_OBJECTIVES_H
 #define PREFOPT_OBJECTIVES_H
 
