@@ -6,9 +6,12 @@
  *       writes DIR/sft.jsonl          {"prompt","completion"}   (a share F of the completions is wrong)
  *              DIR/pairs.jsonl        {"prompt","chosen","rejected"}   (correct vs plausible wrong answer)
  *              DIR/eval_prompts.jsonl {"prompt","answer"}   (held out: no prompt occurs in sft or pairs)
+ *              DIR/eval_pairs.jsonl   {"prompt","chosen","rejected"} on the held-out prompts (reward accuracy)
  *   prefopt_demo_task check --prompts eval_prompts.jsonl --generations gen.jsonl [--label NAME]
  *       reads generations {"index":i,"prompt":"...","completion":"...","ids":[...]} (one per eval prompt),
- *       prints "accuracy A (c/n)" and one JSON line {"label","n","correct","accuracy","well_formed",...}.
+ *       prints "accuracy A (c/n)" and one JSON line {"label","n","correct","accuracy","well_formed"[,"kl"]}; with
+ *       "logp" and "ref_logp" in every line (prefopt generate --ref), "kl" = mean(logp - ref_logp): for sampled
+ *       generations an estimate of KL(policy || reference) in nats per sample.
  *
  * Tasks: "add": "12+345=" -> "357" (operands 0 .. 10^D-1); wrong answers are a dropped carry or one digit off
  * by one. "reverse": "rev:abcd=" -> "dcba" (3-6 letters a-h); wrong answers swap two neighbouring letters or
@@ -390,6 +393,37 @@ static int cmd_gen(int argc, char **argv)
         put_json(fp, "pairs.jsonl", k, v, 3);
     }
     close_out(fp, out_dir, "pairs.jsonl");
+
+    /* held-out preference pairs on the held-out prompts (reward accuracy), drawn again in the same order */
+    FILE *fh = open_out(out_dir, "eval_pairs.jsonl");
+    {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/eval_prompts.jsonl", out_dir);
+        FILE *fr = fopen(path, "r");
+        if (!fr)
+            die("cannot read back %s: %s", path, strerror(errno));
+        char *line = NULL;
+        size_t lcap = 0;
+        while (getline(&line, &lcap, fr) > 0) {
+            cJSON *o = cJSON_Parse(line);
+            cJSON *pr = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+            cJSON *an = cJSON_GetObjectItemCaseSensitive(o, "answer");
+            if (!cJSON_IsString(pr) || !cJSON_IsString(an))
+                die("%s: unexpected line", path);
+            memset(&it, 0, sizeof it);
+            snprintf(it.prompt, sizeof it.prompt, "%s", pr->valuestring);
+            snprintf(it.answer, sizeof it.answer, "%s", an->valuestring);
+            if (cfg.task == TASK_ADD && sscanf(it.prompt, "%lu+%lu=", &it.a, &it.b) != 2)
+                die("%s: unexpected prompt %s", path, it.prompt);
+            task_wrong(&cfg, &r, &it, wrong, sizeof wrong);
+            const char *k[] = {"prompt", "chosen", "rejected"}, *v[] = {it.prompt, it.answer, wrong};
+            put_json(fh, "eval_pairs.jsonl", k, v, 3);
+            cJSON_Delete(o);
+        }
+        free(line);
+        fclose(fr);
+    }
+    close_out(fh, out_dir, "eval_pairs.jsonl");
     strset_free(&held);
     printf("demo_task: %s: %ld sft (%ld wrong), %ld pairs, %ld held-out prompts (task %s, seed %" PRIu64 ")\n",
            out_dir, n_sft, n_wrong, n_pairs, n_eval, cfg.task == TASK_ADD ? "add" : "reverse", seed);
@@ -399,7 +433,8 @@ static int cmd_gen(int argc, char **argv)
 /* ---- check ------------------------------------------------------------------------------------------- */
 typedef struct {
     char *prompt, *answer;
-    int seen, correct, well_formed;
+    int seen, correct, well_formed, has_logp;
+    double log_ratio; /* logp - ref_logp of the generation (prefopt generate --ref) */
 } eval_item;
 
 static char *read_line(FILE *f, size_t *cap, char **buf)
@@ -500,7 +535,7 @@ static int cmd_check(int argc, char **argv)
             if (!items)
                 die("out of memory");
         }
-        items[n++] = (eval_item){strdup(p->valuestring), strdup(ans->valuestring), 0, 0, 0};
+        items[n++] = (eval_item){strdup(p->valuestring), strdup(ans->valuestring), 0, 0, 0, 0, 0.0};
         cJSON_Delete(o);
     }
     fclose(f);
@@ -535,6 +570,14 @@ static int cmd_check(int argc, char **argv)
         if (items[i].seen)
             die("%s:%ld: a second generation for index %ld", gens, line, i);
         items[i].seen = 1;
+        cJSON *lp = cJSON_GetObjectItemCaseSensitive(o, "logp");
+        cJSON *rlp = cJSON_GetObjectItemCaseSensitive(o, "ref_logp");
+        if ((lp || rlp) && !(cJSON_IsNumber(lp) && cJSON_IsNumber(rlp)))
+            die("%s:%ld: \"logp\" and \"ref_logp\" must both be numbers", gens, line);
+        if (lp) {
+            items[i].has_logp = 1;
+            items[i].log_ratio = lp->valuedouble - rlp->valuedouble;
+        }
         extract_answer(c->valuestring, got, sizeof got);
         items[i].correct = !strcmp(got, items[i].answer);
         items[i].well_formed = well_formed(got, items[i].answer);
@@ -543,7 +586,8 @@ static int cmd_check(int argc, char **argv)
     fclose(f);
     free(buf);
 
-    size_t correct = 0, wf = 0, missing = 0;
+    size_t correct = 0, wf = 0, missing = 0, nlp = 0;
+    double kl = 0;
     for (size_t i = 0; i < n; i++) {
         if (!items[i].seen) {
             if (!missing)
@@ -553,17 +597,26 @@ static int cmd_check(int argc, char **argv)
         }
         correct += (size_t)items[i].correct;
         wf += (size_t)items[i].well_formed;
+        nlp += (size_t)items[i].has_logp;
+        kl += items[i].log_ratio;
     }
     if (missing)
         die("%s: %zu of %zu prompts have no generation", gens, missing, n);
     double acc = (double)correct / (double)n;
-    printf("%s%saccuracy %.4f (%zu/%zu), well-formed %zu\n", label, *label ? ": " : "", acc, correct, n, wf);
+    if (nlp && nlp != n)
+        die("%s: %zu of %zu generations carry logp/ref_logp: all or none", gens, nlp, n);
+    printf("%s%saccuracy %.4f (%zu/%zu), well-formed %zu", label, *label ? ": " : "", acc, correct, n, wf);
+    if (nlp)
+        printf(", mean log(pi/ref) of the completions %.4f nats", kl / (double)n);
+    printf("\n");
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "label", label);
     cJSON_AddNumberToObject(o, "n", (double)n);
     cJSON_AddNumberToObject(o, "correct", (double)correct);
     cJSON_AddNumberToObject(o, "accuracy", acc);
     cJSON_AddNumberToObject(o, "well_formed", (double)wf);
+    if (nlp) /* with sampled (temperature 1) generations, an estimate of KL(policy || reference) per sample */
+        cJSON_AddNumberToObject(o, "kl", kl / (double)n);
     char *s = cJSON_PrintUnformatted(o);
     printf("%s\n", s);
     free(s);

@@ -12,7 +12,7 @@ for task in add reverse; do
   "$T" gen --task $task --out-dir "$W/a" --seed 7 --n-sft 3000 --n-pairs 1500 --n-eval 200 --wrong-frac 0.3 >/dev/null
   "$T" gen --task $task --out-dir "$W/b" --seed 7 --n-sft 3000 --n-pairs 1500 --n-eval 200 --wrong-frac 0.3 >/dev/null
   "$T" gen --task $task --out-dir "$W/c" --seed 8 --n-sft 3000 --n-pairs 1500 --n-eval 200 --wrong-frac 0.3 >/dev/null
-  for f in sft.jsonl pairs.jsonl eval_prompts.jsonl; do
+  for f in sft.jsonl pairs.jsonl eval_prompts.jsonl eval_pairs.jsonl; do
     cmp -s "$W/a/$f" "$W/b/$f" || fail "$task: $f differs for the same seed"
     cmp -s "$W/a/$f" "$W/c/$f" && fail "$task: $f identical for seeds 7 and 8"
   done
@@ -30,6 +30,9 @@ def truth(p):
     m = re.fullmatch(r"rev:([a-h]{3,6})=", p); assert m, p
     return m[1][::-1]
 evp = [e["prompt"] for e in ev]
+evpairs = rows("eval_pairs.jsonl")
+assert [r["prompt"] for r in evpairs] == evp, "eval_pairs prompts are not the held-out prompts"
+assert all(r["chosen"] == truth(r["prompt"]) != r["rejected"] for r in evpairs), "bad held-out pair"
 assert len(set(evp)) == len(evp), "duplicate held-out prompts"
 assert all(truth(e["prompt"]) == e["answer"] for e in ev), "wrong held-out answer"
 train = {r["prompt"] for r in sft} | {r["prompt"] for r in pairs}
@@ -76,6 +79,11 @@ write("good.jsonl", lambda i, e: e["answer"])
 write("bad.jsonl", lambda i, e: str(int(e["answer"]) + 1))
 write("half.jsonl", lambda i, e: e["answer"] + ("<|eos|>" if i % 4 == 0 else "") if i % 2 == 0 else e["answer"] + "0")
 lines = open(f"{w}/good.jsonl").read().splitlines()
+with open(f"{w}/kl.jsonl", "w") as f:   # log-ratios 0.5 for even, -0.25 for odd indices: mean 0.125
+    for i, l in enumerate(lines):
+        o = json.loads(l); o["logp"] = -3.0; o["ref_logp"] = -3.5 if i % 2 == 0 else -2.75
+        f.write(json.dumps(o) + "\n")
+open(f"{w}/klpart.jsonl", "w").write("\n".join([open(f"{w}/kl.jsonl").read().splitlines()[0]] + lines[1:]) + "\n")
 open(f"{w}/malformed.jsonl", "w").write("\n".join(lines[:2] + ['{"index": 2, "completion": 5']+ lines[3:]) + "\n")
 open(f"{w}/missing.jsonl", "w").write("\n".join(lines[:-1]) + "\n")
 open(f"{w}/dup.jsonl", "w").write("\n".join(lines + lines[:1]) + "\n")
@@ -89,6 +97,10 @@ echo "$out" | grep -q '"accuracy":0,' || fail "all-wrong file: $out"
 echo "$out" | grep -q '"well_formed":200' || fail "all-wrong file should be well-formed: $out"
 out=$("$T" check --prompts "$P" --generations "$W/half.jsonl")
 echo "$out" | grep -q '"accuracy":0.5,' || fail "half-correct file: $out"
+out=$("$T" check --prompts "$P" --generations "$W/kl.jsonl")
+echo "$out" | grep -q '"kl":0.125}' || fail "KL estimate: $out"
+out=$("$T" check --prompts "$P" --generations "$W/good.jsonl")
+echo "$out" | grep -q '"kl"' && fail "KL reported without logp fields: $out"
 expect_error() {  # file, pattern
   local rc=0 err
   err=$("$T" check --prompts "$P" --generations "$W/$1" 2>&1 >/dev/null) || rc=$?
@@ -96,6 +108,7 @@ expect_error() {  # file, pattern
   echo "$err" | grep -q "$2" || fail "$1: error does not say '$2': $err"
   echo "  $1 -> $err" | head -1
 }
+expect_error klpart.jsonl "1 of 200 generations carry logp/ref_logp"
 expect_error malformed.jsonl "malformed.jsonl:3: not a JSON object"
 expect_error missing.jsonl "199 of 200\|1 of 200 prompts have no generation"
 expect_error dup.jsonl "dup.jsonl:201: a second generation for index 0"
