@@ -1,9 +1,11 @@
 /* Metrics and the objectives' collectives under MPI (run with 2 ranks as data-parallel replicas):
  * metric sums reduced over ranks equal the one-rank metrics of the whole batch, the loss and gradient summed
  * over ranks equal the one-batch loss (global normalisation), KTO's KL is averaged over ranks before the clamp,
- * and the JSON output carries the TRL keys. */
+ * bco_pair's running mean pools ranks, the JSON output carries the TRL keys, and the optimizer's global gradient
+ * norm counts a replicated vector once. */
 #include "prefopt/metrics.h"
 #include "prefopt/objectives.h"
+#include "prefopt/optim.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -169,6 +171,19 @@ static void test_bco_running_mean(void)
     }
 }
 
+/* Global gradient norm over ranks: each rank holds its shard [0, 4) plus a copy of a replicated vector [4, 6)
+ * that only rank 0 counts. */
+static void test_global_norm(void)
+{
+    float g[6] = {(float)(rank + 1), 1, 0, -2, 3, 4};
+    prefopt_param_range r[2] = {{0, 4, 1, 1}, {4, 2, 0, rank == 0}};
+    double norm = prefopt_global_norm(prefopt_sumsq(g, r, 2), MPI_COMM_WORLD);
+    double want = 25; /* 3^2 + 4^2, once */
+    for (int q = 0; q < nranks; q++)
+        want += (q + 1.0) * (q + 1.0) + 1 + 4;
+    CHECK(close_to(norm, sqrt(want), 1e-15), "global norm %.17g, want %.17g", norm, sqrt(want));
+}
+
 static void test_json(void)
 {
     prefopt_metrics m;
@@ -214,6 +229,7 @@ int main(int argc, char **argv)
         test_data_parallel(specs[i]);
     test_kto_kl();
     test_bco_running_mean();
+    test_global_norm();
     test_json();
     int any = failures;
     MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -256,6 +256,21 @@ static void test_edge_cases(void)
     la = prefopt_pair_loss(ga, PREFOPT_LOSS_ROBUST, &a, -9, -14, -10, -11, 5, 5);
     CHECK(close_to(la, lb, 1e-15), "robust eps 0 %g != dpo %g", la, lb);
 
+    /* every pair loss stays finite (loss and gradient) far in both tails, z = beta D = +-2000 */
+    for (int ki = 0; ki < NPAIR_KINDS; ki++) {
+        prefopt_loss_kind k = pair_kinds[ki];
+        int reads_eps = k == PREFOPT_LOSS_ROBUST || k == PREFOPT_LOSS_EXO_PAIR || k == PREFOPT_LOSS_SIMPO;
+        make_obj(&a, prefopt_loss_name(k), 1.0, reads_eps ? 0.1 : 0, 0);
+        for (int sgn = -1; sgn <= 1; sgn += 2) {
+            la = prefopt_pair_loss(ga, k, &a, sgn * -1.0, sgn * -2001.0, -1, -1, 4000, 1);
+            CHECK(isfinite(la) && isfinite(ga[0]) && isfinite(ga[1]) && isfinite(ga[2]) && isfinite(ga[3]),
+                  "%s at z = %d: loss %g grad %g %g %g %g", prefopt_loss_name(k), sgn * 2000, la, ga[0], ga[1], ga[2],
+                  ga[3]);
+        }
+    }
+    make_obj(&a, "dpo", 1.0, 0, 0);
+    la = prefopt_pair_loss(ga, PREFOPT_LOSS_DPO, &a, -2001, -1, 0, 0, 1, 1);
+    CHECK(close_to(la, 2000, 1e-15) && close_to(ga[0], -1, 1e-15), "dpo at z = -2000: %.17g, grad %.17g", la, ga[0]);
     /* discopop far in the tails stays finite */
     make_obj(&a, "discopop", 0.1, 0, 0);
     la = prefopt_pair_loss(ga, PREFOPT_LOSS_DISCOPOP, &a, -9000, -10, 0, 0, 5, 5);
