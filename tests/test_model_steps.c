@@ -189,6 +189,37 @@ static void decode_check(prefopt_arch arch, const prefopt_grid *g)
     prefopt_model_free(m);
 }
 
+/* the frozen reference (no gradients) has the policy's layout: copied weights give bit-identical log-probs, and
+ * mixing is (1-a) dst + a src elementwise */
+static void reference_check(prefopt_arch arch, const prefopt_grid *g)
+{
+    prefopt_model *pol = make(arch, g, 1), *ref = make(arch, g, 0);
+    size_t np, nr;
+    float *wp = prefopt_model_param_data(pol, &np), *wr = prefopt_model_param_data(ref, &nr);
+    for (size_t e = 0; e < np; e++)
+        wp[e] += 0.01f * (float)cos(0.3 * e);
+    if (np != nr || prefopt_model_grad_data(ref, NULL) != NULL)
+        FAIL("reference layout: %zu vs %zu floats, grads %p", np, nr, (void *)prefopt_model_grad_data(ref, NULL));
+    prefopt_model_copy_weights(ref, pol);
+    test_batch tb;
+    tb_standard(&tb);
+    prefopt_batch b = tb_view(&tb);
+    tm_stats a, c;
+    prefopt_unit_stats ua = tm_stats_view(&a), uc = tm_stats_view(&c);
+    prefopt_err err = {0};
+    prefopt_model_forward(pol, &b, &ua, &err);
+    prefopt_model_forward(ref, &b, &uc, &err);
+    if (memcmp(a.c, c.c, sizeof(double) * tb.nunits) || memcmp(a.a, c.a, sizeof(double) * tb.nunits))
+        FAIL("reference with copied weights gives different log-probs");
+    float before = wr[3], src = wp[3] * 2.0f;
+    wp[3] = src;
+    prefopt_model_mix_weights(ref, pol, 0.25f);
+    if (fabsf(wr[3] - (0.75f * before + 0.25f * src)) > 1e-7f)
+        FAIL("mix_weights: %g, want %g", wr[3], 0.75f * before + 0.25f * src);
+    prefopt_model_free(pol);
+    prefopt_model_free(ref);
+}
+
 /* bad batches are refused with a message naming row and position; an empty batch is fine */
 static void bad_input_check(prefopt_arch arch, const prefopt_grid *g)
 {
@@ -252,6 +283,7 @@ int main(int argc, char **argv)
         packed_vs_separate((prefopt_arch)arch, &g);
         logits_at_check((prefopt_arch)arch, &g);
         bad_input_check((prefopt_arch)arch, &g);
+        reference_check((prefopt_arch)arch, &g);
         decode_check((prefopt_arch)arch, &g);
         prefopt_grid_free(&g);
         prefopt_grid_init(&g, MPI_COMM_WORLD, size, 1, 1, &err);
