@@ -669,7 +669,7 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
         size_t total = 0;
         for (int l = 0; l < d[j].nl; l++) {
             const ck_item *it = &items[d[j].items[l]];
-            if (it->p.active && (l + j) % dp_size == dp_rank)
+            if (it->p.active && it->p.sums && (l + j) % dp_size == dp_rank)
                 total += piece_count(&it->p);
         }
         if (total > stage_cap) {
@@ -681,7 +681,8 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
         for (int l = 0; l < d[j].nl; l++) {
             int i = d[j].items[l];
             const ck_item *it = &items[i];
-            if (!it->p.active || (l + j) % dp_size != dp_rank || piece_count(&it->p) == 0)
+            /* one copy of each element is written: replicated vectors by process row 0 only */
+            if (!it->p.active || !it->p.sums || (l + j) % dp_size != dp_rank || piece_count(&it->p) == 0)
                 continue;
             /* the file selection iterates (layer, out, in) in row-major order, which is the order of the local
              * column-major pieces because the local-to-global maps are increasing */

@@ -21,7 +21,8 @@ typedef struct {
     int lld;
     float *data;                    /* lld x nloc column-major */
     int active;                     /* this rank transfers this piece */
-    int sums;                       /* this rank's elements count toward the checksum (read side) */
+    int sums;                       /* this rank holds the primary copy: it writes it and its elements count
+                                     * toward the checksum (0 on process rows > 0 for replicated vectors) */
 } ck_piece;
 
 typedef struct {
