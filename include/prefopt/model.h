@@ -20,6 +20,15 @@
  *   (head tied to wte)                            lm_head.weight [V][C] unless tie_word_embeddings
  *
  * Note GPT-2's HF Conv1D stores [in][out]; import/export transpose so the table above holds for both.
+ *
+ * Distribution (src/model*.c, src/attention.c). Weights are (in x out) dmats with the input dimension over
+ * process rows and the output over process columns; blocks: hidden block_hidden, MLP block_ffn, vocab
+ * block_vocab, Q (H/KV)*D (one KV group's query heads), K/V D. Activations are (tokens x features) with mb = T,
+ * so row r of a batch lives whole on process row r % nprow and its features are split over process columns with
+ * the same blocks: query group j and KV head j sit on one process column, and attention is local. Norm
+ * statistics are all-reduced over grid->row; the LM head is vocab-parallel (max and sum of exponentials
+ * all-reduced over grid->row); per-unit sums over grid->col. Embedding lookups all-reduce an nrows*T x C buffer
+ * over the TP group (forward and backward): simple, and small next to the matmuls.
  */
 #ifndef PREFOPT_MODEL_H
 #define PREFOPT_MODEL_H
