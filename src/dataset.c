@@ -153,6 +153,9 @@ static hid_t open_checked(hid_t file, const char *path, const char *name, H5T_cl
              8 * size);
     int ok = H5Tget_class(t) == cls && H5Tget_size(t) == size &&
              (cls != H5T_INTEGER || sign < 0 || (H5Tget_sign(t) == H5T_SGN_NONE) == (sign == 0));
+    /* h5py stores numpy bool as a 1-byte enum {FALSE, TRUE}: as good as uint8 for labels */
+    if (!ok && cls == H5T_INTEGER && size == 1 && H5Tget_class(t) == H5T_ENUM && H5Tget_size(t) == 1)
+        ok = 1;
     if (!ok)
         prefopt_err_set(err, "%s: dataset '%s' has type %s, expected %s", path, name, type_desc(t, got, sizeof got),
                         want);
@@ -342,11 +345,14 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
     }
     if (in->kind == PREFOPT_DS_UNPAIRED) {
         int64_t len;
-        hid_t d = open_checked(ds->file, path, "label", H5T_INTEGER, 1, -1, N, &len, err);
+        hid_t d = open_checked(ds->file, path, "label", H5T_INTEGER, 1, 0, N, &len, err);
         if (d < 0)
             return;
         ds->label = prefopt_xmalloc((size_t)N + 1, "labels");
-        int bad = read_all(ds, d, H5T_NATIVE_UINT8, ds->label, "label", err);
+        /* read in the file's own 1-byte type: HDF5 converts no enum to an integer */
+        hid_t ft = H5Dget_type(d), mt = H5Tget_native_type(ft, H5T_DIR_ASCEND);
+        int bad = read_all(ds, d, mt, ds->label, "label", err);
+        H5Tclose(mt), H5Tclose(ft);
         H5Dclose(d);
         if (bad)
             return;

@@ -10,6 +10,7 @@ W=$(mktemp -d /tmp/prefopt_test_pack.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
 fail=0
+MPI="mpiexec -n 2 --oversubscribe --bind-to none"
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fail=1; }
 
@@ -79,6 +80,20 @@ with h5py.File("up.h5", "r") as f:
     sys.exit(0 if good else 1)
 EOF
 
+# the format is an interface: a dataset written from scratch by h5py (str attributes, int64 scalars, bool labels)
+$PY - <<'EOF'
+import h5py, numpy as np
+with h5py.File("byhand.h5", "w") as f:
+    f.attrs.update(format_version=1, kind="unpaired", num_examples=2, vocab_size=259, tokenizer="byte",
+                   bos_id=256, eos_id=257, pad_id=258)
+    for name, seqs in (("prompt", [[1, 2], [3]]), ("completion", [[4, 257], [5, 6, 257]])):
+        f[name + "/tokens"] = np.array(sum(seqs, []), dtype=np.int32)
+        f[name + "/offsets"] = np.cumsum([0] + [len(x) for x in seqs]).astype(np.int64)
+    f["label"] = np.array([True, False])
+EOF
+timeout 30 $MPI "$PREFOPT" inspect --file byhand.h5 > out.txt 2>&1 && grep -q "labels: 1 desirable, 1 undesirable" out.txt \
+  && ok "a dataset written by h5py alone passes validation" || { bad "h5py-written dataset"; cat out.txt; }
+
 # truncation: keep_end keeps the prompt's end and cuts completions; drop drops
 "$PREFOPT" pack --input "$DATA/pairs.jsonl" --output t.h5 --max-prompt-len 2 --max-len 5 > t.log 2>&1 || bad "pack keep_end"
 $PY - <<'EOF' || fail=1
@@ -132,7 +147,6 @@ expect_bad_input bad2.jsonl "bad2.jsonl:2: invalid JSON"
 expect_bad_input bad3.jsonl "bad3.jsonl:1: field 'chosen_ids': token id 900 at index 1 is outside the vocabulary"
 expect_bad_input bad4.jsonl "bad4.jsonl:2: a 'sft' example in a 'pairs' dataset"
 expect_bad_input bad5.jsonl "bad5.jsonl:1: field 'label': expected true/false or 1/0"
-MPI="mpiexec -n 2 --oversubscribe --bind-to none"
 timeout 30 $MPI "$PREFOPT" pack --input bad1.jsonl --output out.h5 > /dev/null 2> err.txt
 rc=$?
 [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$(grep -c "^prefopt: error: bad1.jsonl:3: field 'chosen'" err.txt)" -eq 2 ] && [ ! -e out.h5 ] \

@@ -19,7 +19,13 @@
  *     pairs: ref/chosen_logps, ref/rejected_logps;   unpaired, sft: ref/completion_logps
  *     attribute ref.model (string): identity of the reference model that produced them.
  * The sum is over completion tokens only (the prompt is never scored), the same sums prefopt_model_forward gives.
- * Datasets are chunked and unfiltered; any layout and chunking a writer chooses is readable.
+ * label may also be h5py's numpy-bool enum. String attributes may be fixed- or variable-length (h5py's str).
+ * prefopt pack writes chunked, unfiltered datasets; any layout, chunking or filter a writer chooses is readable.
+ * Writing one without prefopt (h5py):
+ *     f.attrs.update(format_version=1, kind="sft", num_examples=N, vocab_size=V, tokenizer="byte",
+ *                    bos_id=256, eos_id=257, pad_id=258)
+ *     f["completion/tokens"] = np.concatenate(seqs).astype(np.int32)
+ *     f["completion/offsets"] = np.cumsum([0] + [len(s) for s in seqs]).astype(np.int64)   (same for prompt)
  *
  * READER. prefopt_dataset_open validates everything above collectively (and, unless told not to, scans every
  * token id against vocab_size, the scan split over the ranks); any problem stops every rank of the
@@ -27,7 +33,8 @@
  * permutation of (seed, epoch); replica r of dp takes the contiguous share [r*B/dp, (r+1)*B/dp) of each batch
  * and cuts it into micro-batches. All token reads are collective hyperslab reads on the file's communicator
  * (ranks of one tensor-parallel group read the same selection). The cursor (a few integers) is what a checkpoint
- * stores to resume with the identical sequence of batches.
+ * stores to resume with the identical sequence of batches. Ranks of one tensor-parallel group pass the same
+ * dp_rank and get the same batches. dp size and micro-batch may change between runs: the global batches do not.
  *
  * BATCH LAYOUT (prefopt_batch in model.h). Row k of a micro-batch holds example k:
  *     pairs:     [prompt | chosen | rejected], seg 0/1/2; unit 2k = chosen (prompt tokens count here with
