@@ -69,7 +69,7 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
          "apo_zero apo_down discopop sigmoid_norm aot aot_unpaired simpo orpo kto apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO)"},
         {"beta", PREFOPT_OPT_DOUBLE, &p->beta, "0.1", "beta of the DPO family, KTO and SimPO; lambda of ORPO"},
         {"label-smoothing", PREFOPT_OPT_DOUBLE, &p->label_smoothing, "0",
-         "epsilon of robust, exo_pair, simpo, and of dpo with --cdpo"},
+         "epsilon of robust, exo_pair, aot, aot_unpaired, simpo, and of dpo with --cdpo"},
         {"cdpo", PREFOPT_OPT_FLAG, &p->cdpo, "0", "apply label smoothing to dpo (cDPO, as TRL 0.27 did)"},
         {"simpo-gamma", PREFOPT_OPT_DOUBLE, &p->simpo_gamma, "0.5", "SimPO margin gamma (absolute)"},
         {"simpo-gamma-beta-ratio", PREFOPT_OPT_DOUBLE, &p->simpo_gamma_beta_ratio, "0",

@@ -167,6 +167,11 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
         return -1;
     if (b->npairs == 0)
         return 0;
+    if (o->uses_bco_delta && !b->bco_ready) {
+        prefopt_err_set(err, "objective: bco_pair with --bco-running-mean needs prefopt_bco_update on each micro-batch "
+                        "before the loss (the running mean was not updated)");
+        return -1;
+    }
     int has_sft = prefopt__has_term(o, PREFOPT_LOSS_SFT), has_orpo = prefopt__has_term(o, PREFOPT_LOSS_ORPO);
     if (need_norm(norm->pairs, "number of pairs", err) ||
         (has_sft && o->sft_reduction == PREFOPT_SFT_TOKEN_MEAN &&

@@ -231,7 +231,7 @@ double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, 
     return kl > 0 ? kl : 0;
 }
 
-double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, const prefopt_objective_batch *b,
+double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, prefopt_objective_batch *b,
                           MPI_Comm comm)
 {
     /* this rank's micro-batch mean of the detached rewards [beta r_c ; beta r_r] */
@@ -253,5 +253,7 @@ double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, c
         st->mean += (xs_mean - st->mean) * s[1] / tot;
         st->count = tot;
     }
+    b->bco_delta = st->mean;
+    b->bco_ready = 1;
     return st->mean;
 }

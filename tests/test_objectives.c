@@ -607,6 +607,7 @@ static void test_combination(void)
         double d2 = prefopt_bco_update(&st, &o, &b0, MPI_COMM_NULL);
         CHECK(close_to(d2, (m1 + m2) / 2, 1e-14), "bco running mean after two updates: %.15g, want %.15g", d2,
               (m1 + m2) / 2);
+        CHECK(b0.bco_ready && b0.bco_delta == d2, "prefopt_bco_update stores the mean in the batch");
         b.bco_delta = d2;
         memset(&n, 0, sizeof n);
         prefopt_objective_count(&n, &o, &b);
@@ -618,7 +619,14 @@ static void test_combination(void)
         got = eval_loss(&o, &b, &n);
         CHECK(close_to(got, want, 1e-13), "bco_pair with running mean: %.15g, by hand %.15g", got, want);
         check_batch_grads("bco_pair running mean", &o, &u, &b, &n);
+        prefopt_objective_batch nb = b;
+        nb.bco_ready = 0;
+        double lx, dcx[MAXU], dax[MAXU];
+        eb.set = 0;
+        CHECK(prefopt_objective_eval(&lx, dcx, dax, NULL, NULL, &o, &nb, &n, &eb) != 0 &&
+                  strstr(eb.msg, "prefopt_bco_update"), "bco batch without an update accepted");
         b.bco_delta = 0;
+        b.bco_ready = 0;
         pb.loss = "dpo";
         eb.set = 0;
         CHECK(prefopt_objective_init(&o, &pb, &eb) != 0 && strstr(eb.msg, "bco_pair"), "bco running mean on dpo");

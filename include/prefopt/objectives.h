@@ -145,7 +145,7 @@ typedef struct {
     prefopt_layout layout;
     int uses_reference; /* some term reads reference log-probs and reference_free is off */
     int uses_kl;        /* kto: the caller passes the KL estimate (prefopt_kto_kl) in each batch */
-    int uses_bco_delta; /* bco_running_mean: the caller passes prefopt_bco_update's mean in each batch */
+    int uses_bco_delta; /* bco_running_mean: the caller runs prefopt_bco_update on each batch before eval */
     int length_avg_metrics; /* CPO/ORPO-style metrics: rewards = beta * mean logp, logps averaged */
     double gamma;       /* effective SimPO gamma */
     prefopt_fdiv fdiv;
@@ -168,7 +168,8 @@ typedef struct {
     const int32_t *example;    /* [nexamples] */
     const uint8_t *desirable;  /* [nexamples] 1 desirable, 0 undesirable */
     double kl;                 /* kto: the detached, averaged and clamped KL estimate (prefopt_kto_kl) */
-    double bco_delta;          /* PAIRS with bco_running_mean: prefopt_bco_update's result; 0 otherwise */
+    double bco_delta;          /* PAIRS with bco_running_mean: set by prefopt_bco_update; 0 otherwise */
+    int bco_ready;             /* set by prefopt_bco_update; eval refuses a bco_running_mean batch without it */
     /* PREFOPT_LAYOUT_SFT */
     int nsft;
     const int32_t *sft;        /* [nsft] */
@@ -228,9 +229,10 @@ typedef struct {
 } prefopt_bco_state;
 
 /* Updates st with this micro-batch (collective over comm, the data-parallel communicator; MPI_COMM_NULL: this
- * rank only; a rank with no pairs adds nothing) and returns the new mean, to put in the batch's bco_delta before
- * prefopt_objective_eval, as TRL updates before use. Needs the policy and reference log-probs of the batch. */
-double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, const prefopt_objective_batch *b,
+ * rank only; a rank with no pairs adds nothing; every rank calls it once per micro-batch round) and stores the
+ * new mean in b->bco_delta (b->bco_ready = 1) for prefopt_objective_eval: TRL updates before use. Needs the
+ * policy and reference log-probs of the batch. Returns the new mean. */
+double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, prefopt_objective_batch *b,
                           MPI_Comm comm);
 
 /* TR-DPO: 1 when the reference must be mixed towards the policy after optimizer step `step` (1-based):
