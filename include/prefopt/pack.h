@@ -56,7 +56,7 @@ typedef struct {
     int64_t tokens[2][PREFOPT_DS_MAX_FIELDS];
     int64_t len_p50, len_p90, len_p99, len_max; /* packed row length (prompt + all completions) of kept examples */
     prefopt_ds_kind kind;
-    double bytes, seconds;
+    double bytes, seconds, cpu_seconds; /* input bytes, wall and CPU time of prefopt_pack */
 } prefopt_pack_stats;
 
 /* Serial. On bad input fills err ("file:line: field 'x': ...") and leaves no output file. */
