@@ -447,7 +447,8 @@ static int shape_example(const prefopt_pack_opts *o, const prefopt_tokenizer *t,
                          prefopt_pack_stats *st)
 {
     int bos = prefopt_tokenizer_bos(t), eos = prefopt_tokenizer_eos(t);
-    if (o->add_bos && bos >= 0 && fl[0]->n && fl[0]->v[0] != bos) {
+    /* an empty prompt (plain text) becomes [BOS] so the text's first token is predicted too */
+    if (o->add_bos && bos >= 0 && (!fl[0]->n || fl[0]->v[0] != bos)) {
         ids_push(fl[0], 0);
         memmove(fl[0]->v + 1, fl[0]->v, (fl[0]->n - 1) * sizeof(int32_t));
         fl[0]->v[0] = bos;

@@ -94,6 +94,14 @@ EOF
 timeout 30 $MPI "$PREFOPT" inspect --file byhand.h5 > out.txt 2>&1 && grep -q "labels: 1 desirable, 1 undesirable" out.txt \
   && ok "a dataset written by h5py alone passes validation" || { bad "h5py-written dataset"; cat out.txt; }
 
+# --add-bos: plain text gets [BOS] as its prompt, so every text token is predicted
+"$PREFOPT" pack --input "$DATA/sft.jsonl" --output bos.h5 --add-bos > bos.log 2>&1 || bad "pack --add-bos"
+$PY -c '
+import h5py, sys
+f = h5py.File("bos.h5", "r"); o, t = f["prompt/offsets"][:], f["prompt/tokens"][:]
+sys.exit(0 if t[o[1]:o[2]].tolist() == [256] and t[o[0]:o[1]].tolist() == [256] + list(b"x=") else 1)' \
+  && ok "--add-bos" || bad "--add-bos"
+
 # truncation: keep_end keeps the prompt's end and cuts completions; drop drops
 "$PREFOPT" pack --input "$DATA/pairs.jsonl" --output t.h5 --max-prompt-len 2 --max-len 5 > t.log 2>&1 || bad "pack keep_end"
 $PY - <<'EOF' || fail=1

@@ -15,7 +15,7 @@
  *   a completion list starting with an assistant message omits that message's header (the prompt holds it).
  * The markers are tokenized with special tokens allowed (one id each where the tokenizer defines them), the
  * contents without.
- * Then: BOS is prepended to the prompt (add_bos), EOS appended to each completion not already ending in it
+ * Then: BOS is prepended to the prompt, even an empty one (add_bos), EOS appended to each completion not already ending in it
  * (append_eos), and lengths are enforced: truncation "keep_end" keeps the last max_prompt_len tokens of the prompt
  * and cuts each completion to max_len - prompt (examples whose prompt alone reaches max_len are dropped);
  * truncation "drop" drops any example over either limit. Examples with an empty completion are dropped.

@@ -22,7 +22,7 @@ int prefopt_cmd_pack(int argc, char **argv)
         {"truncation", PREFOPT_OPT_STRING, &trunc, "keep_end",
          "keep_end: keep the end of the prompt, cut completions; drop: drop over-long examples"},
         {"append-eos", PREFOPT_OPT_FLAG, &append_eos, "1", "append EOS to completions not ending with it"},
-        {"add-bos", PREFOPT_OPT_FLAG, &add_bos, "0", "prepend BOS to non-empty prompts"},
+        {"add-bos", PREFOPT_OPT_FLAG, &add_bos, "0", "prepend BOS to prompts (an empty prompt becomes [BOS])"},
         {"eval-fraction", PREFOPT_OPT_DOUBLE, &eval_fraction, "0", "fraction of lines held out to --eval-out"},
         {"eval-out", PREFOPT_OPT_STRING, &eval_out, "", "HDF5 file for the held-out split"},
         {"seed", PREFOPT_OPT_LONG, &seed, "0", "seed of the held-out split (decided per line: it streams)"},
