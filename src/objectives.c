@@ -21,6 +21,8 @@ static const struct {
     {"simpo", PREFOPT_LOSS_SIMPO},       {"orpo", PREFOPT_LOSS_ORPO},
     {"kto", PREFOPT_LOSS_KTO},           {"apo_zero_unpaired", PREFOPT_LOSS_APO_ZERO_UNPAIRED},
     {"aot", PREFOPT_LOSS_AOT},           {"aot_unpaired", PREFOPT_LOSS_AOT_UNPAIRED},
+    {"rpo_sq", PREFOPT_LOSS_RPO_SQ},     {"rpo_fwd_kl", PREFOPT_LOSS_RPO_FWD_KL},
+    {"rpo_bwd_kl", PREFOPT_LOSS_RPO_BWD_KL},
 };
 #define NLOSS_NAMES ((int)(sizeof loss_names / sizeof loss_names[0]))
 
@@ -57,6 +59,9 @@ void prefopt_objective_params_default(prefopt_objective_params *p)
     p->undesirable_weight = 1.0;
     p->ref_mixup_alpha = 0.6;
     p->sft_reduction = "token";
+    p->gt_reward_scale = 1.0;
+    p->default_chosen_reward = 1.0;
+    p->default_rejected_reward = 0.0;
     p->f_divergence = "reverse_kl";
     p->f_alpha_divergence_coef = 0.5;
 }
@@ -66,7 +71,8 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
     const prefopt_opt t[] = {
         {"loss", PREFOPT_OPT_STRING, &p->loss, "dpo",
          "objective: NAME[:WEIGHT],... of sft dpo(=sigmoid) hinge ipo robust exo_pair nca_pair bco_pair sppo_hard "
-         "apo_zero apo_down discopop sigmoid_norm aot aot_unpaired simpo orpo kto apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO)"},
+         "apo_zero apo_down discopop sigmoid_norm aot aot_unpaired rpo_sq rpo_fwd_kl rpo_bwd_kl simpo orpo kto "
+         "apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO)"},
         {"beta", PREFOPT_OPT_DOUBLE, &p->beta, "0.1", "beta of the DPO family, KTO and SimPO; lambda of ORPO"},
         {"label-smoothing", PREFOPT_OPT_DOUBLE, &p->label_smoothing, "0",
          "epsilon of robust, exo_pair, aot, aot_unpaired, simpo, and of dpo with --cdpo"},
@@ -94,6 +100,12 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
          "means, OpenRLHF) or sequence_sum (mean of per-sequence sums, NeMo)"},
         {"rpo-alpha", PREFOPT_OPT_DOUBLE, &p->rpo_alpha, "0",
          "RPO (TRL 0.27 rpo_alpha): add the chosen NLL with this weight; the same as \",sft:ALPHA\" in --loss"},
+        {"gt-reward-scale", PREFOPT_OPT_DOUBLE, &p->gt_reward_scale, "1.0",
+         "rpo_sq/rpo_fwd_kl/rpo_bwd_kl: scale eta of the ground-truth reward gap (NeMo gt_reward_scale)"},
+        {"default-chosen-reward", PREFOPT_OPT_DOUBLE, &p->default_chosen_reward, "1.0",
+         "rpo_*: ground-truth reward of a chosen completion when the data has none"},
+        {"default-rejected-reward", PREFOPT_OPT_DOUBLE, &p->default_rejected_reward, "0.0",
+         "rpo_*: ground-truth reward of a rejected completion when the data has none"},
         {"f-divergence", PREFOPT_OPT_STRING, &p->f_divergence, "reverse_kl",
          "f-DPO score of the log-ratios: reverse_kl, forward_kl, js_divergence or alpha_divergence"},
         {"f-alpha-divergence-coef", PREFOPT_OPT_DOUBLE, &p->f_alpha_divergence_coef, "0.5",
@@ -146,8 +158,8 @@ static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
                 found = i;
         if (found < 0) {
             prefopt_err_set(err, "--loss \"%s\": unknown loss \"%s\" (known: sft dpo sigmoid hinge ipo robust "
-                            "exo_pair nca_pair bco_pair sppo_hard apo_zero apo_down discopop sigmoid_norm simpo "
-                            "aot aot_unpaired orpo kto apo_zero_unpaired)", spec, tok);
+                            "exo_pair nca_pair bco_pair sppo_hard apo_zero apo_down discopop sigmoid_norm aot "
+                            "aot_unpaired rpo_sq rpo_fwd_kl rpo_bwd_kl simpo orpo kto apo_zero_unpaired)", spec, tok);
             return -1;
         }
         for (int j = 0; j < o->nterms; j++)
@@ -245,6 +257,10 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         prefopt_err_set(err, "--discopop-tau must be > 0, got %g", p->discopop_tau);
         return -1;
     }
+    if (!isfinite(p->gt_reward_scale) || !isfinite(p->default_chosen_reward) || !isfinite(p->default_rejected_reward)) {
+        prefopt_err_set(err, "--gt-reward-scale, --default-chosen-reward and --default-rejected-reward must be finite");
+        return -1;
+    }
     if (!(p->desirable_weight >= 0) || !(p->undesirable_weight >= 0)) {
         prefopt_err_set(err, "--desirable-weight and --undesirable-weight must be >= 0, got %g and %g",
                         p->desirable_weight, p->undesirable_weight);
@@ -305,6 +321,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
         for (int i = 0; i < obj->nterms; i++) {
             prefopt_loss_kind k = obj->kind[i];
             if (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO || prefopt__is_unpaired(k) ||
+                k == PREFOPT_LOSS_RPO_SQ || k == PREFOPT_LOSS_RPO_FWD_KL || k == PREFOPT_LOSS_RPO_BWD_KL ||
                 obj->layout == PREFOPT_LAYOUT_SFT) {
                 prefopt_err_set(err, "--f-divergence %s applies to the DPO pair losses, not to %s", fd,
                                 prefopt_loss_name(k));

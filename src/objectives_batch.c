@@ -198,7 +198,10 @@ static int eval_pairs(double *loss, double *d_c, double *d_all, double *d_ref, p
                 total += w * -s->logp_all[c] / norm->chosen_all_tokens;
                 d_all[c] += -w / norm->chosen_all_tokens;
             }
-            double l = prefopt__pair_loss(g, o->kind[t], o, pc, pr, fc, fr, lc, lr, b->bco_delta);
+            double gt = o->p.gt_reward_scale *
+                        ((b->gt_reward_chosen ? b->gt_reward_chosen[i] : o->p.default_chosen_reward) -
+                         (b->gt_reward_rejected ? b->gt_reward_rejected[i] : o->p.default_rejected_reward));
+            double l = prefopt__pair_loss(g, o->kind[t], o, pc, pr, fc, fr, lc, lr, b->bco_delta, gt);
             double sc = w / norm->pairs;
             total += sc * l;
             d_c[c] += sc * g[0];

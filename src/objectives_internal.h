@@ -33,8 +33,9 @@ int prefopt__has_term(const prefopt_objective *o, prefopt_loss_kind k);
 double prefopt__smoothed_sigmoid_loss(double *dz, double z, double e);
 /* AlphaPO's reward of a mean log-prob and its derivative (the identity at a = 0). */
 double prefopt__alphapo_reward(double *deriv, double a, double x);
-/* prefopt_pair_loss with TRL-0.27's running-mean shift bco_delta of bco_pair (0 in TRL-1.x). */
+/* prefopt_pair_loss with TRL-0.27's running-mean shift bco_delta of bco_pair (0 in TRL-1.x) and the ground-truth
+ * reward gap gt_delta = eta (R_c - R_r) of the rpo_* losses. */
 double prefopt__pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c, double pi_r,
-                          double ref_c, double ref_r, double len_c, double len_r, double bco_delta);
+                          double ref_c, double ref_r, double len_c, double len_r, double bco_delta, double gt_delta);
 
 #endif

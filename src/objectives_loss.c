@@ -53,11 +53,13 @@ static double fdiv_score(double *deriv, const prefopt_objective *o, double r)
 double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
                          double pi_r, double ref_c, double ref_r, double len_c, double len_r)
 {
-    return prefopt__pair_loss(grad, k, obj, pi_c, pi_r, ref_c, ref_r, len_c, len_r, 0.0);
+    const prefopt_objective_params *p = &obj->p;
+    return prefopt__pair_loss(grad, k, obj, pi_c, pi_r, ref_c, ref_r, len_c, len_r, 0.0,
+                              p->gt_reward_scale * (p->default_chosen_reward - p->default_rejected_reward));
 }
 
 double prefopt__pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c, double pi_r,
-                          double ref_c, double ref_r, double len_c, double len_r, double bco_delta)
+                          double ref_c, double ref_r, double len_c, double len_r, double bco_delta, double gt_delta)
 {
     const double b = obj->p.beta, e = obj->p.label_smoothing;
     const double raw_c = pi_c - ref_c, raw_r = pi_r - ref_r;
@@ -105,6 +107,22 @@ double prefopt__pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_obj
         double dm = m * (1 - m) / tau;
         l = (1 - m) * (-lsz) + em;
         dz = dm * lsz - (1 - m) * sigmoid(-z) + exp(log_sigmoid(z / tau) + log_sigmoid(-z / tau) - z) / tau - em;
+        break;
+    }
+    case PREFOPT_LOSS_RPO_SQ:
+        l = (z - gt_delta) * (z - gt_delta);
+        dz = 2 * (z - gt_delta);
+        break;
+    case PREFOPT_LOSS_RPO_BWD_KL: { /* KL(Bernoulli(sig g) || Bernoulli(sig z)) */
+        double ag = sigmoid(gt_delta), bg = sigmoid(-gt_delta);
+        l = ag * (log_sigmoid(gt_delta) - log_sigmoid(z)) + bg * (log_sigmoid(-gt_delta) - log_sigmoid(-z));
+        dz = sigmoid(z) - ag;
+        break;
+    }
+    case PREFOPT_LOSS_RPO_FWD_KL: { /* KL(Bernoulli(sig z) || Bernoulli(sig g)) */
+        double az = sigmoid(z), bz = sigmoid(-z);
+        l = az * (log_sigmoid(z) - log_sigmoid(gt_delta)) + bz * (log_sigmoid(-z) - log_sigmoid(-gt_delta));
+        dz = az * bz * (z - gt_delta);
         break;
     }
     default:

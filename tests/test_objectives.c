@@ -96,6 +96,12 @@ static double sheet_pair(prefopt_loss_kind k, const sheet_params *s, const doubl
         double h = b * (pc - pr) - s->gamma;
         return -(1 - e) * lsig(h) - e * lsig(-h);
     }
+    case PREFOPT_LOSS_RPO_SQ: /* NeMo-Aligner with the default rewards 1 and 0, gt_reward_scale 1: g = 1 */
+        return pow(z - 1.0, 2);
+    case PREFOPT_LOSS_RPO_BWD_KL:
+        return sig(1.0) * (lsig(1.0) - lsig(z)) + sig(-1.0) * (lsig(-1.0) - lsig(-z));
+    case PREFOPT_LOSS_RPO_FWD_KL:
+        return sig(z) * (lsig(z) - lsig(1.0)) + sig(-z) * (lsig(-z) - lsig(-1.0));
     case PREFOPT_LOSS_ORPO: {
         double pc = x[0] / lc, pr = x[1] / lr;
         double lo = (pc - pr) - (log(1 - exp(pc)) - log(1 - exp(pr)));
@@ -110,7 +116,8 @@ static const prefopt_loss_kind pair_kinds[] = {
     PREFOPT_LOSS_DPO,      PREFOPT_LOSS_HINGE,    PREFOPT_LOSS_IPO,      PREFOPT_LOSS_ROBUST,
     PREFOPT_LOSS_EXO_PAIR, PREFOPT_LOSS_NCA_PAIR, PREFOPT_LOSS_BCO_PAIR, PREFOPT_LOSS_SPPO_HARD,
     PREFOPT_LOSS_APO_ZERO, PREFOPT_LOSS_APO_DOWN, PREFOPT_LOSS_DISCOPOP, PREFOPT_LOSS_SIGMOID_NORM,
-    PREFOPT_LOSS_SIMPO,    PREFOPT_LOSS_ORPO,
+    PREFOPT_LOSS_SIMPO,    PREFOPT_LOSS_ORPO,     PREFOPT_LOSS_RPO_SQ,   PREFOPT_LOSS_RPO_FWD_KL,
+    PREFOPT_LOSS_RPO_BWD_KL,
 };
 #define NPAIR_KINDS ((int)(sizeof pair_kinds / sizeof pair_kinds[0]))
 
@@ -158,7 +165,8 @@ static void test_pair_losses(void)
     for (int ki = 0; ki < NPAIR_KINDS; ki++)
         for (int fi = 0; fi < 5; fi++) {
             prefopt_loss_kind k = pair_kinds[ki];
-            if (fi > 0 && (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO))
+            if (fi > 0 && (k == PREFOPT_LOSS_SIMPO || k == PREFOPT_LOSS_ORPO || k == PREFOPT_LOSS_RPO_SQ ||
+                           k == PREFOPT_LOSS_RPO_FWD_KL || k == PREFOPT_LOSS_RPO_BWD_KL))
                 continue;
             for (int bi = 0; bi < 3; bi++)
                 for (int ei = 0; ei < 2; ei++)
@@ -531,6 +539,37 @@ static void test_combination(void)
         memset(&n, 0, sizeof n);
         prefopt_objective_count(&n, &o, &b);
         check_batch_grads(mixes[i], &o, &u, &b, &n);
+    }
+    /* NeMo's reward-aware PO with per-pair ground-truth rewards from the batch and eta = 2 */
+    {
+        double Rc[3] = {0.9, 0.2, 3.0}, Rr[3] = {0.1, 0.7, 1.0};
+        const char *rpos[3] = {"rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl"};
+        for (int v = 0; v < 3; v++) {
+            prefopt_objective_params pr;
+            prefopt_objective_params_default(&pr);
+            pr.loss = rpos[v];
+            pr.beta = 0.4;
+            pr.gt_reward_scale = 2.0;
+            prefopt_err er = {0};
+            CHECK(prefopt_objective_init(&o, &pr, &er) == 0, "%s: %s", rpos[v], er.msg);
+            prefopt_objective_batch br = b;
+            br.gt_reward_chosen = Rc;
+            br.gt_reward_rejected = Rr;
+            memset(&n, 0, sizeof n);
+            prefopt_objective_count(&n, &o, &br);
+            want = 0;
+            for (int i = 0; i < 3; i++) {
+                double zz = 0.4 * ((u.lp[ch[i]] - u.ref[ch[i]]) - (u.lp[rj[i]] - u.ref[rj[i]]));
+                double gg = 2.0 * (Rc[i] - Rr[i]);
+                double li = v == 0   ? pow(zz - gg, 2)
+                            : v == 1 ? sig(zz) * (lsig(zz) - lsig(gg)) + sig(-zz) * (lsig(-zz) - lsig(-gg))
+                                     : sig(gg) * (lsig(gg) - lsig(zz)) + sig(-gg) * (lsig(-gg) - lsig(-zz));
+                want += li / 3;
+            }
+            got = eval_loss(&o, &br, &n);
+            CHECK(close_to(got, want, 1e-13), "%s with rewards: %.15g, by hand %.15g", rpos[v], got, want);
+            check_batch_grads(rpos[v], &o, &u, &br, &n);
+        }
     }
     /* RPO with OpenRLHF's per-sequence mean NLL */
     prefopt_objective_params ps;

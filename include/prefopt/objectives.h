@@ -36,6 +36,10 @@
  *   aot_unpaired  aot_unpaired    the same with d_k = sort(r_c)_k - sort(r_r)_k
  *                                 (both sort within one micro-batch of one rank, as TRL sorts within the
  *                                 per-device batch, so they are the one exception to micro-batch invariance)
+ *   rpo_sq        NeMo rpo_sq     (z - g)^2, g = eta (R_c - R_r): ground-truth rewards of the pair (batch arrays,
+ *                                 or default_chosen_reward / default_rejected_reward), eta = gt_reward_scale
+ *   rpo_fwd_kl    NeMo rpo_fwd_kl sum over y in {c, r} of sig(+-z) (log sig(+-z) - log sig(+-g))
+ *   rpo_bwd_kl    NeMo rpo_bwd_kl sum over y in {c, r} of sig(+-g) (log sig(+-g) - log sig(+-z))
  *   simpo         CPO "simpo"     -(1-e) log sig(h) - e log sig(-h), h = beta (pi_c/L_c - pi_r/L_r) - gamma;
  *                                 no reference; CPO-SimPO = "simpo,sft:1" (cpo_alpha 1); AlphaPO with
  *                                 alphapo_alpha a != 0 uses R = (1 - e^{-a pi/L})/a in place of pi/L
@@ -81,6 +85,9 @@ typedef enum {
     PREFOPT_LOSS_APO_ZERO_UNPAIRED,
     PREFOPT_LOSS_AOT,          /* micro-batch level: sorts, see below */
     PREFOPT_LOSS_AOT_UNPAIRED,
+    PREFOPT_LOSS_RPO_SQ,       /* NeMo-Aligner reward-aware PO, against ground-truth rewards */
+    PREFOPT_LOSS_RPO_FWD_KL,
+    PREFOPT_LOSS_RPO_BWD_KL,
     PREFOPT_LOSS_NKINDS
 } prefopt_loss_kind;
 
@@ -103,6 +110,9 @@ typedef struct {
     long ref_sync_steps;           /* 0 = off; TR-DPO: every N optimizer steps ref <- (1-a) ref + a policy */
     double ref_mixup_alpha;        /* 0.6 (TRL ref_model_mixup_alpha) */
     double rpo_alpha;              /* 0: TRL-0.27 rpo_alpha, the same as appending ",sft:ALPHA" to the loss */
+    double gt_reward_scale;        /* 1.0: eta of the rpo_* losses (NeMo gt_reward_scale) */
+    double default_chosen_reward;  /* 1.0: R_c of the rpo_* losses when the batch carries no rewards */
+    double default_rejected_reward; /* 0.0: R_r likewise */
     const char *sft_reduction;     /* "token" (TRL), "sequence_mean" (OpenRLHF), "sequence_sum" (NeMo) */
     int bco_running_mean;          /* 0: 1 gives TRL-0.27's bco_pair, shifted by a running reward mean */
     const char *f_divergence;      /* "reverse_kl": or forward_kl, js_divergence, alpha_divergence (TRL-1.x) */
@@ -123,7 +133,8 @@ typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDI
 /* Fills out[0..n) with the option-table entries of the parameters above (names "loss", "beta",
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
  * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "alphapo-alpha",
- * "bco-running-mean", "sft-reduction", "rpo-alpha", "f-divergence", "f-alpha-divergence-coef") pointing into
+ * "bco-running-mean", "sft-reduction", "rpo-alpha", "gt-reward-scale", "default-chosen-reward",
+ * "default-rejected-reward", "f-divergence", "f-alpha-divergence-coef") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
@@ -170,6 +181,7 @@ typedef struct {
     double kl;                 /* kto: the detached, averaged and clamped KL estimate (prefopt_kto_kl) */
     double bco_delta;          /* PAIRS with bco_running_mean: set by prefopt_bco_update; 0 otherwise */
     int bco_ready;             /* set by prefopt_bco_update; eval refuses a bco_running_mean batch without it */
+    const double *gt_reward_chosen, *gt_reward_rejected; /* [npairs] rpo_* ground-truth rewards; NULL: defaults */
     /* PREFOPT_LAYOUT_SFT */
     int nsft;
     const int32_t *sft;        /* [nsft] */
@@ -203,7 +215,7 @@ int prefopt_objective_eval(double *loss, double *d_completion, double *d_all, do
 
 /* One pair term on its own (no weight, no normalisation): loss and grad[4] = d/d(pi_c, pi_r, ref_c, ref_r),
  * with len_c, len_r the completion token counts (used by ipo, sigmoid_norm, simpo, orpo). For orpo this is the
- * odds-ratio part only, -beta * log sig(log_odds). Returns NAN for sft, aot, aot_unpaired and the unpaired
+ * odds-ratio part only, -beta * log sig(log_odds); the rpo_* losses use the default ground-truth rewards. Returns NAN for sft, aot, aot_unpaired and the unpaired
  * kinds. */
 double prefopt_pair_loss(double grad[4], prefopt_loss_kind k, const prefopt_objective *obj, double pi_c,
                          double pi_r, double ref_c, double ref_r, double len_c, double len_r);
