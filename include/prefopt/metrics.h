@@ -20,12 +20,12 @@ typedef enum {
     PREFOPT_M_LOGPS_REJECTED,      /* "logps/rejected" */
     PREFOPT_M_LOGITS_CHOSEN,       /* "logits/chosen": token-weighted mean over vocab-mean logits */
     PREFOPT_M_LOGITS_REJECTED,     /* "logits/rejected" */
-    PREFOPT_M_NLL_LOSS,            /* "nll_loss": token-mean NLL of the sft term (or ORPO's prompt+chosen NLL) */
+    PREFOPT_M_NLL_LOSS,            /* "nll_loss": the sft term's NLL in its reduction (or ORPO's prompt+chosen NLL) */
     PREFOPT_M_LOG_ODDS_RATIO,      /* "log_odds_ratio" (ORPO): mean of log sigma(log_odds) */
     PREFOPT_M_LOG_ODDS_CHOSEN,     /* "log_odds_chosen" (ORPO): mean of log_odds */
     PREFOPT_M_KL,                  /* "kl" (KTO): the clamped KL estimate used by the loss */
     PREFOPT_M_MEAN_TOKEN_ACCURACY, /* "mean_token_accuracy": argmax hits over chosen (SFT: all) completion tokens */
-    PREFOPT_M_NUM_TOKENS,          /* "num_tokens": tokens predicted in this step (a sum) */
+    PREFOPT_M_NUM_TOKENS,          /* "num_tokens": a sum the trainer adds itself (the objectives do not) */
     PREFOPT_M_COUNT
 } prefopt_metric;
 
