@@ -40,11 +40,17 @@ int main(int argc, char **argv)
         prefopt_exit_error(&err, 2);
     prefopt_model_config c = {0};
     if (llama) { /* a Llama-3.2-1B-like block, narrower vocab */
-        c = (prefopt_model_config){PREFOPT_ARCH_LLAMA, 32000, 2048, L, 32, 8, 64, 8192, 4096, 1e-5f, 500000.0f, 0, 1,
-                                   -1, -1, -1, "llama"};
+        c = (prefopt_model_config){.arch = PREFOPT_ARCH_LLAMA, .vocab_size = 32000, .hidden_size = 2048,
+                                   .num_layers = L, .num_heads = 32, .num_kv_heads = 8, .head_dim = 64,
+                                   .intermediate_size = 8192, .max_position = 4096, .norm_eps = 1e-5f,
+                                   .rope_theta = 500000.0f, .tie_word_embeddings = 1, .bos_id = -1, .eos_id = -1,
+                                   .pad_id = -1, .hf_model_type = "llama"};
     } else { /* GPT-2 small */
-        c = (prefopt_model_config){PREFOPT_ARCH_GPT2, 50257, 768, L, 12, 12, 64, 3072, 1024, 1e-5f, 0, 1, 1,
-                                   -1, -1, -1, "gpt2"};
+        c = (prefopt_model_config){.arch = PREFOPT_ARCH_GPT2, .vocab_size = 50257, .hidden_size = 768,
+                                   .num_layers = L, .num_heads = 12, .num_kv_heads = 12, .head_dim = 64,
+                                   .intermediate_size = 3072, .max_position = 1024, .norm_eps = 1e-5f,
+                                   .qkv_bias = 1, .tie_word_embeddings = 1, .bos_id = -1, .eos_id = -1,
+                                   .pad_id = -1, .hf_model_type = "gpt2"};
     }
     prefopt_model_options o = {.with_grads = 1};
     prefopt_model *m = prefopt_model_create(&c, &g, &o, &err);

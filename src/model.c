@@ -137,6 +137,15 @@ static int check_config(const prefopt_model_config *c, prefopt_err *err)
         return prefopt_err_set(err, "model config: RoPE needs an even head_dim (%d) and rope_theta > 0 (%g)",
                                c->head_dim, (double)c->rope_theta),
                -1;
+    if (c->arch == PREFOPT_ARCH_LLAMA && c->rope_llama3 &&
+        (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) ||
+         !(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_max_position < 1))
+        return prefopt_err_set(err,
+                               "model config: llama3 rope_scaling needs factor > 0, 0 < low_freq_factor < "
+                               "high_freq_factor and original_max_position_embeddings >= 1 (got %g, %g, %g, %d)",
+                               (double)c->rope_factor, (double)c->rope_low_freq_factor,
+                               (double)c->rope_high_freq_factor, c->rope_original_max_position),
+               -1;
     if (!(c->norm_eps > 0))
         return prefopt_err_set(err, "model config: norm eps must be > 0 (%g)", (double)c->norm_eps), -1;
     return 0;

@@ -244,8 +244,21 @@ void pf_rope_tables(prefopt_model *m)
     m->rope_npos = maxp + 1;
     m->rope_cos = prefopt_xmalloc(sizeof(float) * m->rope_npos * h + 4, "rope cos");
     m->rope_sin = prefopt_xmalloc(sizeof(float) * m->rope_npos * h + 4, "rope sin");
+    const prefopt_model_config *c = &m->cfg;
     for (int i = 0; i < h; i++) {
-        float inv = 1.0f / powf(m->cfg.rope_theta, (float)(2 * i) / (float)D);
+        float inv = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)D);
+        if (c->rope_llama3) { /* HF _compute_llama3_parameters, in float32 like torch */
+            float old_len = (float)c->rope_original_max_position;
+            float low_wl = old_len / c->rope_low_freq_factor, high_wl = old_len / c->rope_high_freq_factor;
+            float wl = 2.0f * (float)M_PI / inv;
+            float scaled = wl > low_wl ? inv / c->rope_factor : inv;
+            if (!(wl < high_wl) && !(wl > low_wl)) {
+                float smooth = (old_len / wl - c->rope_low_freq_factor) /
+                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                scaled = (1.0f - smooth) * scaled / c->rope_factor + smooth * scaled;
+            }
+            inv = scaled;
+        }
         for (int p = 0; p < m->rope_npos; p++) {
             float ang = inv * (float)p;
             m->rope_cos[(size_t)p * h + i] = cosf(ang);

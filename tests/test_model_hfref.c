@@ -1,6 +1,6 @@
 /* Forward against an independent implementation of the Hugging Face architectures: this program writes tiny
  * models (GPT-2; a Qwen2-like Llama with GQA, QKV bias and an untied head; a plain Llama with multi-query
- * attention, no bias and a tied head), the standard test batch and the engine's per-unit results; then
+ * attention, no bias and a tied head; one with Llama 3.1 rope_scaling), the standard test batch and the engine's per-unit results; then
  * tests/test_model_hfref.py recomputes every unit in float64 with numpy, written from the HF modeling code
  * (GPT2LMHeadModel, LlamaForCausalLM), running each branch as its own unpacked sequence with HF's default
  * position ids. Runs on a 2x2 grid when started on 4 ranks (the engine side), 1x1 otherwise. Exits 77 when
@@ -31,6 +31,9 @@ static void dump(const char *dir, const char *tag, prefopt_model_config *cfg, co
                 cfg->vocab_size, cfg->hidden_size, cfg->num_layers, cfg->num_heads, cfg->num_kv_heads, cfg->head_dim,
                 cfg->intermediate_size, cfg->max_position, (double)cfg->norm_eps, (double)cfg->rope_theta,
                 cfg->qkv_bias, cfg->tie_word_embeddings);
+    if (f && cfg->rope_llama3)
+        fprintf(f, "rope_llama3 %.9g %.9g %.9g %d\n", (double)cfg->rope_factor, (double)cfg->rope_low_freq_factor,
+                (double)cfg->rope_high_freq_factor, cfg->rope_original_max_position);
     for (int i = 0; i < prefopt_model_param_count(m); i++) {
         prefopt_param *p = prefopt_model_param_at(m, i);
         size_t n = (size_t)p->value->m * p->value->n;
@@ -112,12 +115,25 @@ int main(int argc, char **argv)
     c.rope_theta = 500000.0f;
     c.norm_eps = 1e-6f;
     dump(dir, "llama_mqa", &c, &g, rank);
+    /* Llama 3.1-style rope_scaling with frequencies in all three regimes (D = 8, theta 1e4: wavelengths 6.3,
+     * 63, 628, 6283 against 256/8 = 32 and 256/1 = 256) */
+    tm_config(&c, PREFOPT_ARCH_LLAMA);
+    c.num_heads = 2;
+    c.num_kv_heads = 1;
+    c.head_dim = 8;
+    c.qkv_bias = 0;
+    c.rope_llama3 = 1;
+    c.rope_factor = 8.0f;
+    c.rope_low_freq_factor = 1.0f;
+    c.rope_high_freq_factor = 8.0f;
+    c.rope_original_max_position = 256;
+    dump(dir, "llama3_rope", &c, &g, rank);
     int rc = 0;
     if (rank == 0) {
         const char *src = getenv("PREFOPT_SOURCE_DIR");
         char cmd[1024];
-        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/test_model_hfref.py %s/gpt2.txt %s/qwen2.txt %s/llama_mqa.txt",
-                 src ? src : "..", dir, dir, dir);
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/test_model_hfref.py %s/gpt2.txt %s/qwen2.txt %s/llama_mqa.txt "
+                 "%s/llama3_rope.txt", src ? src : "..", dir, dir, dir, dir);
         rc = system(cmd) != 0;
         snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
         if (system(cmd) != 0)

@@ -16,6 +16,8 @@ def load(path):
                 cfg = dict(arch=w[1], V=int(w[2]), C=int(w[3]), L=int(w[4]), H=int(w[5]), KV=int(w[6]),
                            D=int(w[7]), F=int(w[8]), P=int(w[9]), eps=float(w[10]), theta=float(w[11]),
                            qkv_bias=int(w[12]), tie=int(w[13]))
+            elif w[0] == "rope_llama3":
+                cfg["llama3"] = (float(w[1]), float(w[2]), float(w[3]), int(w[4]))
             elif w[0] == "param":
                 shape = (int(w[3]), int(w[4])) if w[2] == "2" else (int(w[3]),)
                 params[w[1]] = np.array([float(x) for x in w[5:]], dtype=np.float64).reshape(shape)
@@ -73,6 +75,15 @@ def llama_logits(c, p, ids):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + c["eps"]) * w
 
     inv_freq = 1.0 / (c["theta"] ** (np.arange(0, D, 2) / D))
+    if "llama3" in c:  # transformers' _compute_llama3_parameters
+        factor, low, high, old_len = c["llama3"]
+        low_wl, high_wl = old_len / low, old_len / high
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > low_wl, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        inv_freq = np.where(medium, smoothed, scaled)
     freqs = np.outer(np.arange(T), inv_freq)
     emb = np.concatenate([freqs, freqs], -1)
     cos, sin = np.cos(emb), np.sin(emb)

@@ -53,6 +53,11 @@ typedef struct {
     int tie_word_embeddings;
     int bos_id, eos_id, pad_id; /* -1 when absent */
     char hf_model_type[32]; /* "gpt2", "llama", "mistral", "qwen2": written back on export */
+    /* HF rope_scaling {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
+     * original_max_position_embeddings} (Llama 3.1/3.2); rope_llama3 = 0: no scaling (all zero by default) */
+    int rope_llama3;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position;
 } prefopt_model_config;
 
 /* A batch on one TP group. Rows are sequences padded to length T. Several branches of one row may share a
