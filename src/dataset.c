@@ -452,6 +452,12 @@ int64_t prefopt_dataset_len(const prefopt_dataset *ds, int f, int64_t i)
     return ds->offsets[f][i + 1] - ds->offsets[f][i];
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds)
 {
     const prefopt_ds_info *in = &ds->info;
@@ -459,8 +465,19 @@ void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds)
             kind_names[in->kind], in->num_examples);
     fprintf(f, "  vocab_size %d, tokenizer %s, bos %d, eos %d, pad %d\n", in->vocab_size, in->tokenizer, in->bos_id,
             in->eos_id, in->pad_id);
-    for (int k = 0; k < ds->nfields; k++)
-        fprintf(f, "  %-10s %" PRId64 " tokens\n", field_names[in->kind][k], in->num_tokens[k]);
+    const int64_t N = in->num_examples;
+    int64_t *len = prefopt_xmalloc((size_t)(N ? N : 1) * sizeof(int64_t), "lengths");
+    for (int k = 0; k < ds->nfields; k++) {
+        for (int64_t i = 0; i < N; i++)
+            len[i] = ds->offsets[k][i + 1] - ds->offsets[k][i];
+        qsort(len, (size_t)N, sizeof(int64_t), cmp_i64);
+        fprintf(f, "  %-10s %" PRId64 " tokens", field_names[in->kind][k], in->num_tokens[k]);
+        if (N)
+            fprintf(f, "; length min %" PRId64 ", p50 %" PRId64 ", p90 %" PRId64 ", max %" PRId64, len[0],
+                    len[(N - 1) / 2], len[(N - 1) * 9 / 10], len[N - 1]);
+        fprintf(f, "\n");
+    }
+    free(len);
     if (in->kind == PREFOPT_DS_UNPAIRED) {
         int64_t pos = 0;
         for (int64_t i = 0; i < in->num_examples; i++)
