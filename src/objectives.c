@@ -343,6 +343,27 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
     return 0;
 }
 
+int prefopt_objective_describe(char *buf, size_t len, const prefopt_objective *obj)
+{
+    static const char *layouts[] = {"pairs", "unpaired examples", "SFT examples"};
+    static const char *fdivs[] = {"reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"};
+    char terms[512] = "", extra[256] = "";
+    size_t at = 0;
+    for (int i = 0; i < obj->nterms && at < sizeof terms; i++)
+        at += (size_t)snprintf(terms + at, sizeof terms - at, "%s%g*%s", i ? " + " : "", obj->weight[i],
+                               prefopt_loss_name(obj->kind[i]));
+    at = 0;
+    if (obj->p.label_smoothing != 0)
+        at += (size_t)snprintf(extra + at, sizeof extra - at, " | label smoothing %g", obj->p.label_smoothing);
+    if (obj->fdiv != PREFOPT_FDIV_REVERSE_KL && at < sizeof extra)
+        at += (size_t)snprintf(extra + at, sizeof extra - at, " | f-divergence %s", fdivs[obj->fdiv]);
+    if (obj->p.ref_sync_steps > 0 && at < sizeof extra)
+        snprintf(extra + at, sizeof extra - at, " | TR-DPO every %ld steps, alpha %g", obj->p.ref_sync_steps,
+                 obj->p.ref_mixup_alpha);
+    return snprintf(buf, len, "%s | beta %g%s | %s | %s", terms, obj->p.beta, extra,
+                    obj->uses_reference ? "reference model" : "no reference", layouts[obj->layout]);
+}
+
 int prefopt_objective_ref_sync_due(const prefopt_objective *obj, long step)
 {
     return obj->p.ref_sync_steps > 0 && step > 0 && step % obj->p.ref_sync_steps == 0;

@@ -410,6 +410,12 @@ static void test_parse(void)
     err.set = 0;
     CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "cannot be combined"), "rpo_alpha with kto");
 
+    /* the log line */
+    char line[512];
+    make_obj(&o, "dpo:1,sft:0.2", 0.1, 0, 0);
+    prefopt_objective_describe(line, sizeof line, &o);
+    CHECK(!strcmp(line, "1*dpo + 0.2*sft | beta 0.1 | reference model | pairs"), "describe: \"%s\"", line);
+
     /* TR-DPO schedule */
     prefopt_objective_params_default(&p);
     p.ref_sync_steps = 4;

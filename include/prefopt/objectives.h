@@ -166,6 +166,10 @@ typedef struct {
 /* Parses p->loss and validates every parameter the terms read. Errors name the offending item. */
 int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_params *p, prefopt_err *err);
 
+/* One line for logs and run banners, e.g. "1*dpo + 0.2*sft | beta 0.1 | reference model | pairs". Returns the
+ * snprintf-style length. */
+int prefopt_objective_describe(char *buf, size_t len, const prefopt_objective *obj);
+
 /* One micro-batch of this rank. Unit indices refer to the policy stats arrays [0, nunits). */
 typedef struct {
     const prefopt_unit_stats *policy;
