@@ -98,11 +98,13 @@ void tok_ids_push(int32_t **ids, size_t *n, size_t *cap, int32_t id)
 static int added_cmp(const void *pa, const void *pb)
 {
     const tok_added *a = pa, *b = pb;
-    int fa = (unsigned char)a->content[0], fb = (unsigned char)b->content[0];
+    int fa = (unsigned char)a->match[0], fb = (unsigned char)b->match[0];
+    if (a->normalized != b->normalized)
+        return a->normalized - b->normalized;
     if (fa != fb)
         return fa - fb;
-    if (a->len != b->len)
-        return a->len > b->len ? -1 : 1; /* longest first: leftmost-longest matching */
+    if (a->mlen != b->mlen)
+        return a->mlen > b->mlen ? -1 : 1; /* longest first: leftmost-longest matching */
     return a->id - b->id;
 }
 
@@ -110,9 +112,9 @@ void tok_added_index(prefopt_tokenizer *t)
 {
     qsort(t->added, (size_t)t->nadded, sizeof *t->added, added_cmp);
     for (int c = 0; c < 256; c++)
-        t->added_first[c] = -1;
+        t->added_first[0][c] = t->added_first[1][c] = -1;
     for (int i = t->nadded - 1; i >= 0; i--)
-        t->added_first[(unsigned char)t->added[i].content[0]] = i;
+        t->added_first[t->added[i].normalized][(unsigned char)t->added[i].match[0]] = i;
 }
 
 static int is_space(unsigned char c)
@@ -125,27 +127,28 @@ static int is_word(unsigned char c)
     return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
 }
 
-/* Finds the leftmost-longest added token in s[from..len). Returns its index in t->added or -1; mstart..mend
- * is the span it covers including whitespace absorbed by lstrip/rstrip. */
-static int find_added(const prefopt_tokenizer *t, const char *s, size_t from, size_t len, int allow_special,
-                      size_t *mstart, size_t *mend)
+/* Finds the leftmost-longest added token of one set (normalized or not, as Hugging Face's two tries) in
+ * s[from..len). Returns its index in t->added or -1; mstart..mend is the span it covers including whitespace
+ * absorbed by lstrip/rstrip. */
+static int find_added(const prefopt_tokenizer *t, int set, const char *s, size_t from, size_t len,
+                      int allow_special, size_t *mstart, size_t *mend)
 {
     if (!t->nadded)
         return -1;
     for (size_t i = from; i < len; i++) {
-        int k = t->added_first[(unsigned char)s[i]];
+        int k = t->added_first[set][(unsigned char)s[i]];
         if (k < 0)
             continue;
-        for (; k < t->nadded && t->added[k].content[0] == s[i]; k++) {
+        for (; k < t->nadded && t->added[k].normalized == set && t->added[k].match[0] == s[i]; k++) {
             const tok_added *a = &t->added[k];
             if (a->special && !allow_special)
                 continue;
-            if (a->len > len - i || memcmp(s + i, a->content, a->len))
+            if (a->mlen > len - i || memcmp(s + i, a->match, a->mlen))
                 continue;
             if (a->single_word && ((i > 0 && is_word((unsigned char)s[i - 1])) ||
-                                   (i + a->len < len && is_word((unsigned char)s[i + a->len]))))
+                                   (i + a->mlen < len && is_word((unsigned char)s[i + a->mlen]))))
                 continue;
-            size_t b = i, e = i + a->len;
+            size_t b = i, e = i + a->mlen;
             if (a->lstrip)
                 while (b > from && is_space((unsigned char)s[b - 1]))
                     b--;
@@ -166,20 +169,48 @@ static void byte_encode_piece(const char *s, size_t len, int32_t **ids, size_t *
         tok_ids_push(ids, n, cap, (unsigned char)s[i]);
 }
 
+/* Second pass over one normalized piece: split on the normalized added tokens, encode what is between. */
+static int encode_normalized(const prefopt_tokenizer *t, const char *s, size_t len, int first, int allow_special,
+                             int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
+{
+    size_t pos = 0;
+    while (pos <= len) {
+        size_t ms = len, me = len;
+        int k = find_added(t, 1, s, pos, len, allow_special, &ms, &me);
+        if (k < 0)
+            ms = me = len;
+        if (ms > pos && tok_bpe_encode_piece(t, s + pos, ms - pos, first && pos == 0, ids, n, cap, err))
+            return 1;
+        if (k < 0)
+            break;
+        tok_ids_push(ids, n, cap, t->added[k].id);
+        pos = me;
+    }
+    return 0;
+}
+
 int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_t len, int allow_special,
                              int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
 {
     size_t pos = 0;
     while (pos <= len) {
         size_t ms = len, me = len;
-        int k = find_added(t, text, pos, len, allow_special, &ms, &me);
+        int k = find_added(t, 0, text, pos, len, allow_special, &ms, &me);
         if (k < 0)
             ms = me = len;
         if (ms > pos) {
-            if (t->kind == TOK_KIND_BYTE)
+            if (t->kind == TOK_KIND_BYTE) {
                 byte_encode_piece(text + pos, ms - pos, ids, n, cap);
-            else if (tok_bpe_encode_piece(t, text + pos, ms - pos, pos == 0, ids, n, cap, err))
-                return 1;
+            } else {
+                char *norm = NULL;
+                size_t nl = ms - pos;
+                if (tok_bpe_normalize(t, text + pos, ms - pos, &norm, &nl, err))
+                    return 1;
+                int rc = encode_normalized(t, norm ? norm : text + pos, nl, pos == 0, allow_special, ids, n, cap, err);
+                free(norm);
+                if (rc)
+                    return 1;
+            }
         }
         if (k < 0)
             break;
@@ -258,7 +289,7 @@ prefopt_tokenizer *prefopt_tokenizer_byte(void)
         t->toklen[id] = 7;
         t->is_special[id] = 1;
         tok_strmap_put(&t->tokmap, s, 7, id);
-        t->added[i] = (tok_added){.content = s, .len = 7, .id = id, .special = 1};
+        t->added[i] = (tok_added){.content = s, .len = 7, .id = id, .special = 1, .match = s, .mlen = 7};
     }
     t->nadded = 3;
     tok_added_index(t);
@@ -275,6 +306,9 @@ void prefopt_tokenizer_free(prefopt_tokenizer *t)
     free(t->tok);
     free(t->toklen);
     free(t->is_special);
+    for (int i = 0; i < t->nadded; i++)
+        if (t->added[i].match != t->added[i].content)
+            free(t->added[i].match);
     free(t->added);
     free(t->arena);
     free(t);

@@ -643,9 +643,8 @@ static char *replace_all(const char *s, size_t len, const char *a, size_t alen, 
     return o;
 }
 
-/* *out is NULL when no step changed the text. */
-static int normalize(const prefopt_tokenizer *t, const char *s, size_t len, char **out, size_t *outlen,
-                     prefopt_err *err)
+int tok_bpe_normalize(const prefopt_tokenizer *t, const char *s, size_t len, char **out, size_t *outlen,
+                      prefopt_err *err)
 {
     char *cur = NULL;
     size_t cl = len;
@@ -696,10 +695,7 @@ int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, 
         return 1;
     }
     size_t nl = len;
-    char *norm = NULL;
-    if (t->nnorm && normalize(t, s, len, &norm, &nl, err))
-        return 1;
-    work k = {.src = norm ? norm : s, .srclen = nl};
+    work k = {.src = s, .srclen = nl};
     int rc = 0, byte_level = 0;
     out_word(&k, (word){0, (uint32_t)nl, 0, (uint8_t)(first != 0)});
     swap_words(&k);
@@ -725,7 +721,6 @@ int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, 
     free(k.w);
     free(k.w2);
     free(k.arena);
-    free(norm);
     return rc;
 }
 

@@ -31,6 +31,9 @@ typedef struct {
     uint32_t len;
     int32_t id;
     uint8_t special, lstrip, rstrip, single_word;
+    uint8_t normalized; /* matched in normalized text (after the normalizer), against `match` */
+    char *match;        /* content, or its normalized form (malloc'd) for a normalized token */
+    uint32_t mlen;
 } tok_added;
 
 /* Normalizer steps (applied in order). */
@@ -86,8 +89,8 @@ struct prefopt_tokenizer {
 
     tok_added *added;
     int nadded;
-    int added_first[256]; /* index of the first added token starting with this byte in `added` (sorted by first
-                             byte, then longest first), -1 if none */
+    int added_first[2][256]; /* [normalized][byte]: index of the first added token whose match string starts
+                                with this byte in `added` (sorted by normalized, first byte, longest first), or -1 */
 
     /* BPE model */
     char *arena; /* owns every token string */
@@ -112,7 +115,10 @@ struct prefopt_tokenizer {
     tok_cache *cache;
 };
 
-/* tokenizer_bpe.c: encodes one piece of text that holds no added token (normalize, pre-tokenize, merge).
+/* tokenizer_bpe.c: runs the normalizer over s; *out is NULL when nothing changed (then use s as it is). */
+int tok_bpe_normalize(const prefopt_tokenizer *t, const char *s, size_t len, char **out, size_t *outlen,
+                      prefopt_err *err);
+/* Encodes one piece of normalized text that holds no added token (pre-tokenize, merge).
  * first: the piece starts at offset 0 of the whole input (Metaspace prepend_scheme "first"). */
 int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, int first, int32_t **ids,
                          size_t *n, size_t *cap, prefopt_err *err);

@@ -507,12 +507,12 @@ static int load_json(prefopt_tokenizer *t, const cJSON *root, const char *file, 
         t->tok[id] = a; /* an added token's content wins over the model's string, as in Hugging Face */
         t->toklen[id] = (uint32_t)l;
         t->is_special[id] = (uint8_t)jbool(e, "special", 0);
-        t->added[t->nadded++] = (tok_added){a, (uint32_t)l, id, (uint8_t)jbool(e, "special", 0),
-                                            (uint8_t)jbool(e, "lstrip", 0), (uint8_t)jbool(e, "rstrip", 0),
-                                            (uint8_t)jbool(e, "single_word", 0)};
+        int special = jbool(e, "special", 0);
+        t->added[t->nadded++] = (tok_added){a, (uint32_t)l, id, (uint8_t)special, (uint8_t)jbool(e, "lstrip", 0),
+                                            (uint8_t)jbool(e, "rstrip", 0), (uint8_t)jbool(e, "single_word", 0),
+                                            (uint8_t)jbool(e, "normalized", !special), a, (uint32_t)l};
         a += l + 1;
     }
-    tok_added_index(t);
     if (parse_merges(t, merges, file, err))
         return 1;
 
@@ -541,6 +541,29 @@ static int load_json(prefopt_tokenizer *t, const cJSON *root, const char *file, 
         parse_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), file, err) ||
         parse_dec(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), file, err))
         return 1;
+    /* a normalized added token is looked for in normalized text, so in its normalized form (as Hugging Face's
+       AddedVocabulary builds its normalized trie) */
+    for (int i = 0; i < t->nadded; i++) {
+        tok_added *ad = &t->added[i];
+        char *nm = NULL;
+        size_t nl = ad->len;
+        if (ad->normalized && tok_bpe_normalize(t, ad->content, ad->len, &nm, &nl, err)) {
+            prefopt_err_set(err, "%s: added_tokens: '%s' does not normalize", file, ad->content);
+            return 1;
+        }
+        if (nm && !nl) {
+            free(nm);
+            nm = NULL;
+        }
+        if (nm) {
+            ad->match = nm;
+            ad->mlen = (uint32_t)nl;
+            /* Hugging Face also decodes it from its normalized form (through the decoder) */
+            t->tok[ad->id] = nm;
+            t->toklen[ad->id] = (uint32_t)nl;
+        }
+    }
+    tok_added_index(t);
     int bytelevel = 0;
     for (int i = 0; i < t->npre; i++)
         bytelevel |= t->pre[i].type == TOK_PRE_BYTELEVEL;

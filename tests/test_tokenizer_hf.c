@@ -68,9 +68,25 @@ static void print_ids(const char *what, const int32_t *a, size_t n, size_t from)
     fputc('\n', stderr);
 }
 
-/* The newer SentencePiece-style layout, derived from the llama2 file exactly as tokenizer_reference.js does. */
-static int derive_metaspace(const char *dir, const char *scheme, int split)
+static void add_token(cJSON *list, int id, const char *content, int lstrip, int rstrip, int normalized, int special)
 {
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddNumberToObject(a, "id", id);
+    cJSON_AddStringToObject(a, "content", content);
+    cJSON_AddBoolToObject(a, "single_word", 0);
+    cJSON_AddBoolToObject(a, "lstrip", lstrip);
+    cJSON_AddBoolToObject(a, "rstrip", rstrip);
+    cJSON_AddBoolToObject(a, "normalized", normalized);
+    cJSON_AddBoolToObject(a, "special", special);
+    cJSON_AddItemToArray(list, a);
+}
+
+/* Variants derived exactly as tokenizer_reference.js derives them: "<base>_added" adds added tokens of every kind;
+ * "llama2_metaspace_*" is the newer SentencePiece-style layout (Metaspace pre-tokenizer and decoder). */
+static int derive(const char *dir, const char *name)
+{
+    int split = strstr(name, "always") != NULL;
+    const char *scheme = split ? "always" : "first";
     char path[512], cmd[600];
     snprintf(cmd, sizeof cmd, "cat %s/tokenizer.json", dir);
     size_t len;
@@ -79,22 +95,34 @@ static int derive_metaspace(const char *dir, const char *scheme, int split)
     free(txt);
     if (!j)
         return 1;
-    cJSON_ReplaceItemInObject(j, "normalizer", cJSON_CreateNull());
-    cJSON *pre = cJSON_CreateObject();
-    cJSON_AddStringToObject(pre, "type", "Metaspace");
-    cJSON_AddStringToObject(pre, "replacement", "\xe2\x96\x81");
-    cJSON_AddStringToObject(pre, "prepend_scheme", scheme);
-    cJSON_AddBoolToObject(pre, "split", split);
-    cJSON *dec = cJSON_CreateObject(), *list = cJSON_CreateArray(), *x;
-    cJSON_AddStringToObject(dec, "type", "Sequence");
-    cJSON_AddItemToArray(list, cJSON_Duplicate(pre, 1));
-    cJSON_AddItemToArray(list, x = cJSON_CreateObject());
-    cJSON_AddStringToObject(x, "type", "ByteFallback");
-    cJSON_AddItemToArray(list, x = cJSON_CreateObject());
-    cJSON_AddStringToObject(x, "type", "Fuse");
-    cJSON_AddItemToObject(dec, "decoders", list);
-    cJSON_ReplaceItemInObject(j, "pre_tokenizer", pre);
-    cJSON_ReplaceItemInObject(j, "decoder", dec);
+    if (strstr(name, "_added")) {
+        int base = 0;
+        const cJSON *v;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(cJSON_GetObjectItem(j, "model"), "vocab"))
+        base = v->valueint + 1 > base ? v->valueint + 1 : base;
+        cJSON *list = cJSON_GetObjectItem(j, "added_tokens");
+        add_token(list, base, "<tool>", 0, 0, 1, 0);
+        add_token(list, base + 1, " [SEP] ", 0, 0, 1, 0);
+        add_token(list, base + 2, "<raw>", 0, 0, 0, 0);
+        add_token(list, base + 3, "<|sp|>", 1, 1, 0, 1);
+    } else {
+        cJSON_ReplaceItemInObject(j, "normalizer", cJSON_CreateNull());
+        cJSON *pre = cJSON_CreateObject();
+        cJSON_AddStringToObject(pre, "type", "Metaspace");
+        cJSON_AddStringToObject(pre, "replacement", "\xe2\x96\x81");
+        cJSON_AddStringToObject(pre, "prepend_scheme", scheme);
+        cJSON_AddBoolToObject(pre, "split", split);
+        cJSON *dec = cJSON_CreateObject(), *list = cJSON_CreateArray(), *x;
+        cJSON_AddStringToObject(dec, "type", "Sequence");
+        cJSON_AddItemToArray(list, cJSON_Duplicate(pre, 1));
+        cJSON_AddItemToArray(list, x = cJSON_CreateObject());
+        cJSON_AddStringToObject(x, "type", "ByteFallback");
+        cJSON_AddItemToArray(list, x = cJSON_CreateObject());
+        cJSON_AddStringToObject(x, "type", "Fuse");
+        cJSON_AddItemToObject(dec, "decoders", list);
+        cJSON_ReplaceItemInObject(j, "pre_tokenizer", pre);
+        cJSON_ReplaceItemInObject(j, "decoder", dec);
+    }
     char *out = cJSON_PrintUnformatted(j);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     FILE *f = fopen(path, "w");
@@ -110,14 +138,14 @@ static void check_tokenizer(const char *src, const char *name, const cJSON *case
                             int want_bos, int want_eos, int want_pad)
 {
     char cmd[4096], dir[256], path[512];
-    const char *data = strncmp(name, "llama2_", 7) ? name : "llama2";
+    char data[64];
+    snprintf(data, sizeof data, "%.*s", (int)strcspn(name, "_"), name);
     snprintf(dir, sizeof dir, "tok_%s", name);
     mkdir(dir, 0755);
     snprintf(cmd, sizeof cmd, "gzip -dc '%s/tests/data/tokenizers/%s/tokenizer.json.gz' > %s/tokenizer.json && "
                               "cp '%s/tests/data/tokenizers/%s/tokenizer_config.json' %s/",
              src, data, dir, src, data, dir);
-    if (system(cmd) != 0 || (data != name && derive_metaspace(dir, strstr(name, "first") ? "first" : "always",
-                                                             strstr(name, "always") != NULL))) {
+    if (system(cmd) != 0 || (strcmp(data, name) && derive(dir, name))) {
         CHECK(0, "could not unpack %s", name);
         return;
     }
@@ -214,6 +242,8 @@ int main(void)
         {"qwen3", -1, 151645, 151643},         /* bos_token null, <|im_end|>, <|endoftext|> */
         {"llama2_metaspace_first", 1, 2, 2},   /* llama2 with a Metaspace pre-tokenizer, prepend_scheme first */
         {"llama2_metaspace_always", 1, 2, 2},  /* ... prepend_scheme always, split */
+        {"llama2_added", 1, 2, 2},             /* llama2 + added tokens (normalized or not, special, l/rstrip) */
+        {"gpt2_added", 50256, 50256, 50256},   /* gpt2 + the same added tokens */
     };
     int seen = 0;
     for (size_t i = 0; i < sizeof fam / sizeof fam[0]; i++) {
@@ -224,7 +254,7 @@ int main(void)
         check_tokenizer(src, fam[i].name, cJSON_GetObjectItem(tk, "cases"), texts, fam[i].bos, fam[i].eos, fam[i].pad);
         seen++;
     }
-    CHECK(seen == 6, "%d tokenizers checked", seen);
+    CHECK(seen == 8, "%d tokenizers checked", seen);
     cJSON_Delete(ref);
     cJSON_Delete(corp);
     free(reftxt);

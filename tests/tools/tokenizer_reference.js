@@ -17,6 +17,18 @@ async function main() {
     if (!fs.existsSync(gz)) continue;
     const json = zlib.gunzipSync(fs.readFileSync(gz)).toString("utf8");
     out.tokenizers[name] = { cases: await run(Tokenizer.fromString(json), texts) };
+    if (name === "llama2" || name === "gpt2") {
+      // Added tokens of every kind (normalized or not, special, lstrip/rstrip) on top of the file, derived the same
+      // way test_tokenizer_hf.c derives them.
+      const j = JSON.parse(json);
+      const base = Math.max(...Object.values(j.model.vocab)) + 1;
+      j.added_tokens.push(
+        { id: base, content: "<tool>", single_word: false, lstrip: false, rstrip: false, normalized: true, special: false },
+        { id: base + 1, content: " [SEP] ", single_word: false, lstrip: false, rstrip: false, normalized: true, special: false },
+        { id: base + 2, content: "<raw>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: false },
+        { id: base + 3, content: "<|sp|>", single_word: false, lstrip: true, rstrip: true, normalized: false, special: true });
+      out.tokenizers[name + "_added"] = { cases: await run(Tokenizer.fromString(JSON.stringify(j)), texts) };
+    }
     if (name === "llama2") {
       // The newer SentencePiece-style layout (Mistral v0.3, Llama 2 with legacy=false): no normalizer, a Metaspace
       // pre-tokenizer and decoder. Derived from the llama2 file the same way test_tokenizer_hf.c derives it.
