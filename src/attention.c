@@ -41,8 +41,35 @@ static void gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const floa
               (float *)a, lda, 1, (float *)b, ldb, 1, &beta, c, ldc, 1);
 }
 
-/* Scores and products are full T x T GEMMs (twice the causal work, at GEMM speed); the mask is applied in the
- * softmax, where masked and padded entries become exact zeros. */
+/* P = softmax over the visible keys of scale * Q K^T, written as exp(S - lse) so that backward recomputes the
+ * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
+ * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
+ * causal work, at GEMM speed); masked and padded entries become exact zeros. */
+static void probs(float *P, const float *qh, const float *kh, const int8_t *seg, int T, int D, float scale,
+                  float *lse, int fresh)
+{
+    gemm_rm(0, 1, T, T, D, scale, qh, D, kh, D, 0.0f, P, T);
+    for (int i = 0; i < T; i++) {
+        float *Pi = P + (size_t)i * T;
+        if (seg[i] < 0) { /* padded query: zero output, zero gradients */
+            memset(Pi, 0, sizeof(float) * T);
+            continue;
+        }
+        if (fresh) {
+            float mx = -INFINITY, sum = 0;
+            for (int j = 0; j <= i; j++)
+                if (visible(seg, i, j))
+                    mx = fmaxf(mx, Pi[j]);
+            for (int j = 0; j <= i; j++)
+                if (visible(seg, i, j))
+                    sum += expf(Pi[j] - mx);
+            lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
+        }
+        for (int j = 0; j < T; j++)
+            Pi[j] = j <= i && visible(seg, i, j) ? expf(Pi[j] - lse[i]) : 0.0f;
+    }
+}
+
 void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, const prefopt_dmat *q,
                           const prefopt_dmat *k, const prefopt_dmat *v)
 {
@@ -53,32 +80,14 @@ void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, c
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
         const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
-        float *kh = prefopt_xmalloc(sizeof(float) * 4 * T * D, "attention scratch");
-        float *vh = kh + T * D, *qh = vh + T * D, *oh = qh + T * D;
+        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)4 * T * D + (size_t)T * T), "attention scratch");
+        float *vh = kh + T * D, *qh = vh + T * D, *oh = qh + T * D, *P = oh + T * D;
         load_head(kh, k, s, T, kb * D, D);
         load_head(vh, v, s, T, kb * D, D);
         for (int hh = 0; hh < G; hh++) {
             int c0 = kb * m->qnb + hh * D;
-            float *P = att + ((size_t)pr * G + hh) * T * T;
             load_head(qh, q, s, T, c0, D);
-            gemm_rm(0, 1, T, T, D, scale, qh, D, kh, D, 0.0f, P, T);
-            for (int i = 0; i < T; i++) {
-                float *Pi = P + (size_t)i * T, mx = -INFINITY, sum = 0;
-                if (seg[i] < 0) { /* padded query: zero output, zero probabilities */
-                    memset(Pi, 0, sizeof(float) * T);
-                    continue;
-                }
-                for (int j = 0; j <= i; j++)
-                    if (visible(seg, i, j))
-                        mx = fmaxf(mx, Pi[j]);
-                for (int j = 0; j < T; j++) {
-                    Pi[j] = j <= i && visible(seg, i, j) ? expf(Pi[j] - mx) : 0.0f;
-                    sum += Pi[j];
-                }
-                float inv = 1.0f / sum; /* i sees itself, so sum >= 1 */
-                for (int j = 0; j <= i; j++)
-                    Pi[j] *= inv;
-            }
+            probs(P, qh, kh, seg, T, D, scale, att + ((size_t)pr * G + hh) * T, 1);
             gemm_rm(0, 0, T, D, T, 1.0f, P, T, vh, D, 0.0f, oh, D);
             store_head(y, oh, s, T, c0, D);
         }
@@ -96,17 +105,18 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
-        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)7 * T * D + (size_t)T * T), "attention scratch");
+        const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
+        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)7 * T * D + (size_t)2 * T * T), "attention scratch");
         float *vh = kh + T * D, *qh = vh + T * D, *doh = qh + T * D, *dqh = doh + T * D, *dkh = dqh + T * D;
-        float *dvh = dkh + T * D, *dS = dvh + T * D;
+        float *dvh = dkh + T * D, *dS = dvh + T * D, *P = dS + (size_t)T * T;
         load_head(kh, k, s, T, kb * D, D);
         load_head(vh, v, s, T, kb * D, D);
         memset(dkh, 0, sizeof(float) * 2 * T * D);
         for (int hh = 0; hh < G; hh++) {
             int c0 = kb * m->qnb + hh * D;
-            const float *P = att + ((size_t)pr * G + hh) * T * T;
             load_head(qh, q, s, T, c0, D);
             load_head(doh, dy, s, T, c0, D);
+            probs(P, qh, kh, seg, T, D, scale, (float *)att + ((size_t)pr * G + hh) * T, 0);
             gemm_rm(1, 0, T, D, T, 1.0f, P, T, doh, D, 1.0f, dvh, D);  /* dV += P^T dO */
             gemm_rm(0, 1, T, T, D, 1.0f, doh, D, vh, D, 0.0f, dS, T); /* dP = dO V^T */
             for (int i = 0; i < T; i++) { /* dS = P (dP - rowsum(P dP)) */

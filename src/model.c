@@ -423,8 +423,8 @@ static void alloc_acts(prefopt_model *m)
         A->n1_rstd = new_buf(m, nt, "norm stats");
         A->n2_mean = new_buf(m, nt, "norm stats");
         A->n2_rstd = new_buf(m, nt, "norm stats");
-        A->att = new_buf(m, (size_t)m->nloc_seq * (A->k.nloc / D) * (c->num_heads / c->num_kv_heads) * T * T,
-                         "attention probabilities");
+        A->att = new_buf(m, (size_t)m->nloc_seq * (A->k.nloc / D) * (c->num_heads / c->num_kv_heads) * T,
+                         "attention log-normalisers");
     }
     act(m, &m->xf, C, m->nbh);
     act(m, &m->logits, c->vocab_size, m->nbv);

@@ -17,7 +17,7 @@ typedef struct {
 typedef struct {
     prefopt_dmat n1, q, k, v, y, xmid, n2, h1, h2, a;
     float *n1_mean, *n1_rstd, *n2_mean, *n2_rstd; /* per local token */
-    float *att;                                   /* softmax probabilities [local seq][local head][T][T] */
+    float *att;                                   /* softmax log-normalisers [local seq][local head][T] */
 } layer_acts;
 
 struct prefopt_model {
