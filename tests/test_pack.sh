@@ -209,4 +209,11 @@ with open("ids.jsonl", "w") as f:
 EOF
 "$PREFOPT" pack --input ids.jsonl --output ids.h5 > ids.log 2>&1 || bad "pack ids.jsonl"
 grep "throughput" ids.log | sed 's/^ */measured: pack /'
+# streaming: peak memory for ~28 MB of JSONL stays within 16 MB of the peak for a 6-line file
+if [ -x /usr/bin/time ]; then
+  small=$(/usr/bin/time -f %M "$PREFOPT" pack --input "$DATA/pairs.jsonl" --output m1.h5 --quiet 2>&1 | tail -1)
+  big=$(/usr/bin/time -f %M "$PREFOPT" pack --input ids.jsonl --output m2.h5 --quiet 2>&1 | tail -1)
+  [ $((big - small)) -lt 16384 ] && ok "bounded memory: peak RSS ${small} KB (6 lines) vs ${big} KB (28 MB)" \
+    || bad "memory grows with the input: ${small} KB vs ${big} KB"
+fi
 exit $fail
