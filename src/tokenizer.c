@@ -266,6 +266,7 @@ prefopt_tokenizer *prefopt_tokenizer_byte(void)
     t->bos = PREFOPT_BYTE_BOS;
     t->eos = PREFOPT_BYTE_EOS;
     t->pad = PREFOPT_BYTE_PAD;
+    t->tmpl_first = t->tmpl_last = -1;
     t->unk_id = -1;
     strcpy(t->identity, "byte");
     t->tok = prefopt_xcalloc(PREFOPT_BYTE_VOCAB, sizeof *t->tok, "byte tokenizer pieces");
@@ -315,6 +316,12 @@ void prefopt_tokenizer_free(prefopt_tokenizer *t)
 }
 
 /* ---- accessors ------------------------------------------------------------ */
+
+void prefopt_tokenizer_template(const prefopt_tokenizer *t, int *first, int *last)
+{
+    *first = t->tmpl_first;
+    *last = t->tmpl_last;
+}
 
 int prefopt_tokenizer_vocab_size(const prefopt_tokenizer *t) { return t->vocab_size; }
 int prefopt_tokenizer_bos(const prefopt_tokenizer *t) { return t->bos; }

@@ -79,6 +79,7 @@ struct prefopt_tokenizer {
     int kind;
     int vocab_size; /* max id + 1 */
     int bos, eos, pad;
+    int tmpl_first, tmpl_last; /* post_processor TemplateProcessing specials around a single text, -1 if none */
     char identity[80];
 
     /* id -> token string as written in the vocabulary (NULL for holes in the id range) */

@@ -111,7 +111,7 @@ static int compile_re(tok_pre *p, const char *pat, int literal, const char *file
     PCRE2_SIZE eo;
     char *px = literal ? NULL : onig_spaces(pat);
     p->re = pcre2_compile((PCRE2_SPTR)(px ? px : pat), PCRE2_ZERO_TERMINATED,
-                          PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &ec, &eo, NULL);
+                          PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP), &ec, &eo, NULL);
     free(px);
     if (!p->re) {
         PCRE2_UCHAR msg[256];
@@ -307,6 +307,46 @@ static int parse_dec(prefopt_tokenizer *t, const cJSON *n, const char *file, pre
     return 0;
 }
 
+/* post_processor: only TemplateProcessing's "single" template matters here (the specials around one text). */
+static int parse_post(prefopt_tokenizer *t, const cJSON *n, const char *file, prefopt_err *err)
+{
+    const char *type = jstr(n, "type");
+    if (!type)
+        return 0;
+    if (!strcmp(type, "Sequence")) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "processors"))
+        if (parse_post(t, c, file, err))
+            return 1;
+        return 0;
+    }
+    if (strcmp(type, "TemplateProcessing"))
+        return 0; /* ByteLevel (offsets only), or a processor whose specials prefopt does not add */
+    const cJSON *e, *specials = cJSON_GetObjectItemCaseSensitive(n, "special_tokens");
+    int seen_seq = 0;
+    t->tmpl_first = t->tmpl_last = -1;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(n, "single"))
+    {
+        const char *name = jstr(cJSON_GetObjectItemCaseSensitive(e, "SpecialToken"), "id");
+        if (!name) {
+            seen_seq |= cJSON_GetObjectItemCaseSensitive(e, "Sequence") != NULL;
+            continue;
+        }
+        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(specials, name), "ids");
+        int id = cJSON_IsNumber(cJSON_GetArrayItem(ids, 0)) ? cJSON_GetArrayItem(ids, 0)->valueint
+                                                             : prefopt_tokenizer_token_id(t, name);
+        if (id < 0 || id >= t->vocab_size) {
+            prefopt_err_set(err, "%s: post_processor special token '%s' is not in the vocabulary", file, name);
+            return 1;
+        }
+        if (!seen_seq && t->tmpl_first < 0)
+            t->tmpl_first = id;
+        else if (seen_seq)
+            t->tmpl_last = id;
+    }
+    return 0;
+}
+
 static int parse_merges(prefopt_tokenizer *t, const cJSON *merges, const char *file, prefopt_err *err)
 {
     int nm = cJSON_GetArraySize(merges);
@@ -429,6 +469,12 @@ static void find_specials(prefopt_tokenizer *t, const char *json_path)
 static int load_json(prefopt_tokenizer *t, const cJSON *root, const char *file, prefopt_err *err)
 {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+    if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0) {
+        prefopt_err_set(err, "%s: model.dropout %g is not supported (BPE dropout makes ids random)", file,
+                        dropout->valuedouble);
+        return 1;
+    }
     if (!cJSON_IsObject(model)) {
         prefopt_err_set(err, "%s: no \"model\" object (is this a Hugging Face tokenizer.json?)", file);
         return 1;
@@ -540,6 +586,9 @@ static int load_json(prefopt_tokenizer *t, const cJSON *root, const char *file, 
     if (parse_norm(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), file, err) ||
         parse_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), file, err) ||
         parse_dec(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), file, err))
+        return 1;
+    t->tmpl_first = t->tmpl_last = -1;
+    if (parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), file, err))
         return 1;
     /* a normalized added token is looked for in normalized text, so in its normalized form (as Hugging Face's
        AddedVocabulary builds its normalized trie) */

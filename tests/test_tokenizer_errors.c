@@ -108,6 +108,22 @@ int main(void)
     prefopt_tokenizer_free(ts);
     prefopt_tokenizer_free(tl);
 
+    /* a Split with a literal string pattern (PCRE2_LITERAL), behavior Removed: "abcab" -> "ab" "ab" */
+    const char *lit = "{\"model\":{\"type\":\"BPE\",\"vocab\":" VOCAB ",\"merges\":[\"a b\"]},"
+                      "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                      "{\"String\":\"c\"},\"behavior\":\"Removed\",\"invert\":false},{\"type\":\"ByteLevel\","
+                      "\"add_prefix_space\":false,\"use_regex\":false}]}}";
+    prefopt_tokenizer *tlit = load_text("literal", lit, &err);
+    CHECK(tlit, "literal Split: %s", err.msg);
+    if (tlit) {
+        int32_t ids[8];
+        size_t n = enc(tlit, "abcab", ids, 8);
+        CHECK(n == 2 && ids[0] == 4 && ids[1] == 4, "literal Split: %zu ids", n);
+    }
+    prefopt_tokenizer_free(tlit);
+
+    expect_error("dropout", "{\"model\":{\"type\":\"BPE\",\"dropout\":0.1,\"vocab\":{\"a\":0},\"merges\":[]}}",
+                 "model.dropout 0.1 is not supported");
     expect_error("unigram", "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"a\",0.0]]}}", "model.type 'Unigram' is not supported (BPE only)");
     expect_error("wordpiece", "{\"model\":{\"type\":\"WordPiece\",\"vocab\":{\"a\":0}}}", "'WordPiece' is not supported");
     expect_error("nomodel", "{\"version\":\"1.0\"}", "no \"model\"");

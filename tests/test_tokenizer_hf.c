@@ -157,6 +157,10 @@ static void check_tokenizer(const char *src, const char *name, const cJSON *case
     CHECK(prefopt_tokenizer_bos(t) == want_bos, "%s bos %d want %d", name, prefopt_tokenizer_bos(t), want_bos);
     CHECK(prefopt_tokenizer_eos(t) == want_eos, "%s eos %d want %d", name, prefopt_tokenizer_eos(t), want_eos);
     CHECK(prefopt_tokenizer_pad(t) == want_pad, "%s pad %d want %d", name, prefopt_tokenizer_pad(t), want_pad);
+    /* Hugging Face encode("hi there", add_special_tokens=True) adds <s> (1) in front for the llama2 files only */
+    int first, last;
+    prefopt_tokenizer_template(t, &first, &last);
+    CHECK(first == (strncmp(name, "llama2", 6) ? -1 : 1) && last == -1, "%s template %d %d", name, first, last);
 
     snprintf(path, sizeof path, "sha256sum %s/tokenizer.json", dir);
     size_t len;

@@ -40,6 +40,11 @@ int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_
 char *prefopt_tokenizer_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
                                prefopt_err *err);
 
+/* The special tokens Hugging Face's encode(add_special_tokens=True) puts around one text, from the tokenizer.json
+ * post_processor (TemplateProcessing, also inside a Sequence): *first before the text, *last after it, -1 where
+ * there is none (e.g. Llama 2: 1 and -1; GPT-2, Qwen2: -1 and -1; the byte-level tokenizer: -1 and -1). */
+void prefopt_tokenizer_template(const prefopt_tokenizer *t, int *first, int *last);
+
 int prefopt_tokenizer_vocab_size(const prefopt_tokenizer *t);
 int prefopt_tokenizer_bos(const prefopt_tokenizer *t); /* -1 if none */
 int prefopt_tokenizer_eos(const prefopt_tokenizer *t); /* -1 if none */
