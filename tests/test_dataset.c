@@ -453,6 +453,29 @@ static void test_ref(void)
           "%s", err.msg);
 }
 
+/* The builder alone: a pair with an empty prompt has nothing to predict its branches' first tokens from. */
+static void test_empty_prompt_pair(void)
+{
+    int32_t p[1] = {0}, c[2] = {1, 2}, r[1] = {3};
+    int64_t sp[2] = {0, 0}, sc[2] = {0, 2}, sr[2] = {0, 1}, ex = 7;
+    int32_t *tok[3] = {p, c, r};
+    int64_t *start[3] = {sp, sc, sr};
+    double ref[2] = {-1.5, -2.5};
+    prefopt_ds_batch b;
+    prefopt_ds_batch_build(PREFOPT_DS_PAIRS, 1, &ex, tok, start, NULL, ref, 0, 99, 4, &b);
+    const int32_t wt[4] = {1, 2, 3, 99}, wpos[4] = {0, 1, 0, 0}, wpar[4] = {-1, 0, -1, -1}, wu[4] = {-1, 0, -1, -1};
+    const int8_t ws[4] = {1, 1, 2, -1};
+    const uint8_t wc[4] = {0, 1, 0, 0};
+    CHECK(b.b.T == 4 && b.b.nrows == 1 && b.b.nunits == 2 && b.example[0] == 7, "shape T %d", b.b.T);
+    for (int i = 0; i < 4 && b.b.T == 4; i++)
+        CHECK(b.b.tokens[i] == wt[i] && b.b.pos[i] == wpos[i] && b.b.parent[i] == wpar[i] && b.b.unit[i] == wu[i] &&
+                  b.b.seg[i] == ws[i] && b.b.completion[i] == wc[i],
+              "cell %d", i);
+    CHECK(b.ref_logps && b.ref_logps[0] == -1.5 && b.ref_logps[1] == -2.5, "ref");
+    CHECK(b.prompt_tokens == 0 && b.completion_tokens == 3 && b.pad_tokens == 1, "token counts");
+    prefopt_ds_batch_free(&b);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -468,6 +491,7 @@ int main(int argc, char **argv)
             return 1;
     }
     MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+    test_empty_prompt_pair();
     test_pairs_roundtrip();
     test_unpaired_and_sft();
     make_big(203);
