@@ -974,6 +974,24 @@ static void test_pair_metrics(void)
     CHECK(prefopt_metrics_value(&m, PREFOPT_M_LOSS) == loss, "loss metric");
     CHECK(!prefopt_metrics_has(&m, PREFOPT_M_KL) && !prefopt_metrics_has(&m, PREFOPT_M_LOG_ODDS_RATIO),
           "kl/log_odds present for dpo");
+    /* merging two micro-batches' accumulators equals accumulating both into one */
+    prefopt_metrics ma, mb, mab;
+    prefopt_metrics_reset(&ma);
+    prefopt_metrics_reset(&mb);
+    prefopt_metrics_reset(&mab);
+    prefopt_objective_batch b1 = b, b2 = b;
+    b1.npairs = 1;
+    b2.npairs = 1, b2.chosen = ch + 1, b2.rejected = rj + 1;
+    double l1, l2;
+    prefopt_objective_eval(&l1, dc, da, NULL, &ma, &o, &b1, &n, &err);
+    prefopt_objective_eval(&l2, dc, da, NULL, &mb, &o, &b2, &n, &err);
+    prefopt_objective_eval(&l1, dc, da, NULL, &mab, &o, &b1, &n, &err);
+    prefopt_objective_eval(&l2, dc, da, NULL, &mab, &o, &b2, &n, &err);
+    prefopt_metrics_merge(&ma, &mb);
+    CHECK(memcmp(ma.sum, mab.sum, sizeof ma.sum) == 0 && memcmp(ma.count, mab.count, sizeof ma.count) == 0,
+          "prefopt_metrics_merge differs from accumulating");
+    CHECK(close_to(prefopt_metrics_value(&ma, PREFOPT_M_LOSS), loss, 1e-14), "merged loss %.17g, batch loss %.17g",
+          prefopt_metrics_value(&ma, PREFOPT_M_LOSS), loss);
     char *js = prefopt_metrics_json_string(&m, "eval_", 12);
     CHECK(js && strstr(js, "\"step\":12") && strstr(js, "\"eval_rewards/accuracies\":") &&
               strstr(js, "\"eval_loss\":") && !strstr(js, "eval_kl"), "json: %s", js ? js : "(null)");
