@@ -139,13 +139,18 @@ int main(int argc, char **argv)
     }
     prefopt_dmat_set_panel_width(panel);
     const int kb = prefopt_dmat_panel_width();
-    /* 2048^3, and a GPT-2-small layer: 512 tokens (one sequence, mb = T) x 768 -> 2304 (QKV), with its two
-     * backward products (dX = dY W^T, dW = X^T dY) */
+    /* 2048^3, and a GPT-2-small layer: 512-token sequences (mb = T), one per process row (a batch has at least
+     * that many), 768 -> 2304 (QKV), with its two backward products (dX = dY W^T, dW = X^T dY) */
+    const int M = 512 * g.nprow;
+    char n1[64], n2[64], n3[64];
+    snprintf(n1, sizeof n1, "gpt2 qkv fwd %dx2304x768 NN", M);
+    snprintf(n2, sizeof n2, "gpt2 qkv dX %dx768x2304 NT", M);
+    snprintf(n3, sizeof n3, "gpt2 qkv dW 768x2304x%d TN", M);
     const shape shapes[] = {
         {"square 2048^3 NN", 'N', 'N', 2048, 2048, 2048, 128, 128, 128, 128, 128, 128},
-        {"gpt2 qkv fwd 512x2304x768 NN", 'N', 'N', 512, 2304, 768, 512, 64, 64, 64, 512, 64},
-        {"gpt2 qkv dX 512x768x2304 NT", 'N', 'T', 512, 768, 2304, 512, 64, 64, 64, 512, 64},
-        {"gpt2 qkv dW 768x2304x512 TN", 'T', 'N', 768, 2304, 512, 512, 64, 512, 64, 64, 64},
+        {n1, 'N', 'N', M, 2304, 768, 512, 64, 64, 64, 512, 64},
+        {n2, 'N', 'T', M, 768, 2304, 512, 64, 64, 64, 512, 64},
+        {n3, 'T', 'N', 768, 2304, M, 512, 64, 512, 64, 64, 64},
     };
     if (rank == 0)
         printf("bench_psgemm: %d ranks, grid %dx%d, BLIS %s arch %s, %d threads/rank, median of %d\n", size, g.nprow,
@@ -171,7 +176,7 @@ int main(int argc, char **argv)
         double t32 = median(a32, reps), tkb = median(akb, reps), tloc = median(aloc, reps);
         free(px.A.data), free(px.B.data), free(px.C.data), free(lx.a), free(lx.b), free(lx.c);
         if (rank == 0) {
-            printf("  %-32s psgemm kb=32 %7.2f GF/s | kb=%d %7.2f GF/s | local sgemm+allreduce %7.2f GF/s | "
+            printf("  %-30s psgemm kb=32 %7.2f GF/s | kb=%d %7.2f GF/s | local sgemm+allreduce %7.2f GF/s | "
                    "speed-up %.2fx, override/local %.2f, |diff| %.2g, pilaenv_ calls during 2 psgemm %ld\n",
                    s->name, flop / t32 * 1e-9, kb, flop / tkb * 1e-9, flop / tloc * 1e-9, t32 / tkb, tloc / tkb, diff,
                    calls);
