@@ -193,6 +193,20 @@ int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_
                              int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
 {
     size_t pos = 0;
+    if (t->kind != TOK_KIND_BYTE) /* checked once here, so the error can say where */
+        for (size_t i = 0; i < len;) {
+            if ((unsigned char)text[i] < 0x80) {
+                i++;
+                continue;
+            }
+            int l = tok_utf8_len((const unsigned char *)text + i, len - i);
+            if (!l) {
+                prefopt_err_set(err, "tokenizer: text is not valid UTF-8 at byte %zu (0x%02x)", i,
+                                (unsigned char)text[i]);
+                return 1;
+            }
+            i += (size_t)l;
+        }
     while (pos <= len) {
         size_t ms = len, me = len;
         int k = find_added(t, 0, text, pos, len, allow_special, &ms, &me);

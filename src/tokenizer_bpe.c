@@ -130,7 +130,7 @@ static void cache_put(tok_cache *c, uint64_t h, const char *w, uint32_t len, con
 /* ---- UTF-8 ------------------------------------------------------------------- */
 
 /* Length of the UTF-8 character at s (strict: no overlongs, surrogates or values past U+10FFFF), 0 if invalid. */
-static int utf8_len(const unsigned char *s, size_t avail)
+int tok_utf8_len(const unsigned char *s, size_t avail)
 {
     unsigned c = s[0];
     int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
@@ -274,7 +274,7 @@ static int split_regex(work *k, const tok_pre *p, prefopt_err *err)
             if (me == ms) { /* empty match: step over one character */
                 if (me >= w.len)
                     break;
-                int l = utf8_len((const unsigned char *)s + me, w.len - me);
+                int l = tok_utf8_len((const unsigned char *)s + me, w.len - me);
                 pos = me + (l ? (size_t)l : 1);
             }
         }
@@ -503,7 +503,7 @@ static int word_symbols(const prefopt_tokenizer *t, const char *s, uint32_t len,
                 sym_push(mb, ns, t->unk_id);
             continue;
         }
-        int l = utf8_len((const unsigned char *)s + i, len - i);
+        int l = tok_utf8_len((const unsigned char *)s + i, len - i);
         if (!l) {
             prefopt_err_set(err, "tokenizer: input text is not valid UTF-8 (byte 0x%02x)", (unsigned char)s[i]);
             return 1;
@@ -782,7 +782,7 @@ char *tok_bpe_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, i
                 int ok = 1;
                 while (j < q->len && ok) {
                     const unsigned char *u = (const unsigned char *)q->s + j;
-                    int l = utf8_len(u, q->len - j);
+                    int l = tok_utf8_len(u, q->len - j);
                     uint32_t cp = l == 1 ? u[0] : l == 2 ? ((u[0] & 31u) << 6 | (u[1] & 63u)) : 0xffffffffu;
                     int b = cp < 0x144 ? t->cp_byte[cp] : -1;
                     if (b < 0)

@@ -132,6 +132,8 @@ int tok_pair_put(prefopt_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32
 uint32_t tok_byte_to_cp(int b);
 
 tok_cache *tok_cache_new(void);
+/* Length of the UTF-8 character at s (strict), 0 if it is not valid UTF-8. */
+int tok_utf8_len(const unsigned char *s, size_t avail);
 
 /* tokenizer.c helpers */
 void tok_ids_push(int32_t **ids, size_t *n, size_t *cap, int32_t id);

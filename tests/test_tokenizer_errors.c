@@ -101,7 +101,7 @@ int main(void)
         int32_t *ids = NULL;
         size_t n = 0, cap = 0;
         prefopt_err_clear(&err);
-        CHECK(prefopt_tokenizer_encode(ts, "ab\xff\xfe", 4, 1, &ids, &n, &cap, &err) && strstr(err.msg, "UTF-8"),
+        CHECK(prefopt_tokenizer_encode(ts, "ab\xff\xfe", 4, 1, &ids, &n, &cap, &err) && strstr(err.msg, "UTF-8 at byte 2"),
               "invalid UTF-8: %s", err.msg);
         free(ids);
     }
