@@ -23,4 +23,15 @@ cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan -L unit --output-on-failure --timeout 900
 
+# Fuzzing (issue 11): every parser's libFuzzer harness over its seeds and saved crash inputs, then briefly
+# (PREFOPT_FUZZ_SECONDS per harness, default 18); tests/fuzz/run_fuzz.sh. Needs clang's libFuzzer runtime.
+if command -v clang > /dev/null && compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" > /dev/null; then
+  CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPREFOPT_WERROR=ON -DPREFOPT_FUZZ=ON \
+    > build-fuzz.configure.log 2>&1 || { cat build-fuzz.configure.log; exit 1; }
+  cmake --build build-fuzz -j"$jobs" --target prefopt_fuzz
+  bash tests/fuzz/run_fuzz.sh build-fuzz "${PREFOPT_FUZZ_SECONDS:-18}"
+else
+  echo "tests/run.sh: fuzz step SKIPPED: clang or its libFuzzer runtime (libclang-rt-14-dev) is not installed"
+fi
+
 echo "tests/run.sh: all suites passed in $(( $(date +%s) - start )) s"
