@@ -343,6 +343,20 @@ int prefopt_tokenizer_eos(const prefopt_tokenizer *t) { return t->eos; }
 int prefopt_tokenizer_pad(const prefopt_tokenizer *t) { return t->pad >= 0 ? t->pad : t->eos; }
 const char *prefopt_tokenizer_identity(const prefopt_tokenizer *t) { return t->identity; }
 
+const char *prefopt_tokenizer_token(const prefopt_tokenizer *t, int id, size_t *len)
+{
+    if (id < 0 || id >= t->vocab_size || !t->tok[id])
+        return NULL;
+    /* an added token's own spelling, not the normalized form decode uses */
+    for (int i = 0; i < t->nadded; i++)
+        if (t->added[i].id == id) {
+            *len = t->added[i].len;
+            return t->added[i].content;
+        }
+    *len = t->toklen[id];
+    return t->tok[id];
+}
+
 int prefopt_tokenizer_token_id(const prefopt_tokenizer *t, const char *token)
 {
     uint32_t len = (uint32_t)strlen(token);

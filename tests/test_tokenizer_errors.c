@@ -95,6 +95,10 @@ int main(void)
         int32_t bad = 9;
         CHECK(!prefopt_tokenizer_decode(ts, &bad, 1, 0, &err) && strstr(err.msg, "9"), "%s", err.msg);
         CHECK(prefopt_tokenizer_token_id(ts, "<|x|>") == 8 && prefopt_tokenizer_token_id(ts, "ab") == 4, "token_id");
+        size_t tl = 0;
+        const char *tk = prefopt_tokenizer_token(ts, 6, &tl);
+        CHECK(tk && tl == 3 && !memcmp(tk, "\xc4\xa0" "a", 3), "token(6)");
+        CHECK(!prefopt_tokenizer_token(ts, 9, &tl) && !prefopt_tokenizer_token(ts, -1, &tl), "token out of range");
         CHECK(!strncmp(prefopt_tokenizer_identity(ts), "sha256:", 7) && strlen(prefopt_tokenizer_identity(ts)) == 71,
               "identity %s", prefopt_tokenizer_identity(ts));
         /* invalid UTF-8 is an error, not a crash */

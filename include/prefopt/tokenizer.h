@@ -23,7 +23,9 @@ prefopt_tokenizer *prefopt_tokenizer_byte(void);
  * fuse_unk, ignore_merges, unk_token); normalizers Sequence, Prepend, Replace (string), NFC, NFKC; pre-tokenizers
  * Sequence, Split (regex or string, every behavior, invert), ByteLevel, Metaspace; decoders Sequence, ByteLevel,
  * ByteFallback, Fuse, Replace (string), Strip, Metaspace. bos/eos/pad come from tokenizer_config.json beside the
- * file when there is one, else from the usual token names. */
+ * file when there is one, else from the usual token names. Known difference from Hugging Face: split patterns use
+ * Debian 12's PCRE2 (Unicode 14), so letters first assigned in Unicode 15-16 (CJK Ext. H/I, Egyptian Hieroglyphs
+ * Ext.-A, ...) are not \p{L} and texts holding them may split differently. */
 int prefopt_tokenizer_load(const char *path, prefopt_tokenizer **out, prefopt_err *err);
 void prefopt_tokenizer_free(prefopt_tokenizer *t);
 
@@ -51,6 +53,9 @@ int prefopt_tokenizer_eos(const prefopt_tokenizer *t); /* -1 if none */
 int prefopt_tokenizer_pad(const prefopt_tokenizer *t); /* falls back to eos, -1 if neither */
 /* Identity recorded in datasets and checkpoints: "byte" or "sha256:<hex of the tokenizer.json bytes>". */
 const char *prefopt_tokenizer_identity(const prefopt_tokenizer *t);
+/* The token string of an id as the vocabulary spells it (e.g. "\u0120world" for GPT-2, "\u2581Hello" for Llama 2;
+ * the byte itself for ids 0-255 of the byte-level tokenizer), its length in *len; NULL for an id outside it. */
+const char *prefopt_tokenizer_token(const prefopt_tokenizer *t, int id, size_t *len);
 /* Id of a token string (special or regular), -1 if absent. */
 int prefopt_tokenizer_token_id(const prefopt_tokenizer *t, const char *token);
 

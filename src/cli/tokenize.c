@@ -44,7 +44,7 @@ int prefopt_cmd_tokenize(int argc, char **argv)
         {"tokenizer", PREFOPT_OPT_STRING, &tokpath, "", "tokenizer.json (or its directory); empty: byte-level"},
         {"text", PREFOPT_OPT_STRING, &text, "", "text to encode"},
         {"file", PREFOPT_OPT_STRING, &file, "", "encode this file's bytes instead (- for stdin)"},
-        {"pieces", PREFOPT_OPT_FLAG, &pieces, "0", "also print each id's token string (one per line)"},
+        {"pieces", PREFOPT_OPT_FLAG, &pieces, "0", "also print, per line, each id, its token string and its decoded text"},
         {"no-special", PREFOPT_OPT_FLAG, &no_special, "0", "treat special tokens written in the text as plain text"},
         {"decode", PREFOPT_OPT_STRING, &decode, "", "decode these ids (comma or space separated) instead"},
         {"skip-special", PREFOPT_OPT_FLAG, &skip_special, "0", "with --decode: drop special tokens"},
@@ -116,10 +116,12 @@ int prefopt_cmd_tokenize(int argc, char **argv)
         for (size_t i = 0; i < n; i++)
             printf(i ? " %d" : "%d", ids[i]);
         putchar('\n');
-        if (pieces)
+        if (pieces) /* id, the vocabulary's token string, the token decoded on its own */
             for (size_t i = 0; i < n; i++) {
+                size_t tl = 0;
+                const char *tok = prefopt_tokenizer_token(t, ids[i], &tl);
                 char *s = prefopt_tokenizer_decode(t, ids + i, 1, 0, &err);
-                printf("%d\t%s\n", ids[i], s ? s : "?");
+                printf("%d\t%.*s\t%s\n", ids[i], (int)tl, tok ? tok : "", s ? s : "?");
                 free(s);
             }
         free(buf);
