@@ -26,24 +26,28 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
         mx[il].v = -FLT_MAX;
         mx[il].i = INT_MAX;
     }
-    for (int jl = 0; jl < L->nloc; jl++) {
-        int j = prefopt_dmat_col_l2g(L, jl);
-        const float *col = pf_at(L, 0, jl);
-        for (int il = 0; il < nt; il++)
-            if (col[il] > mx[il].v) {
-                mx[il].v = col[il];
-                mx[il].i = j;
-            }
-    }
+#pragma omp parallel for schedule(static)
+    for (int rb = 0; rb < nt; rb += PF_RB)
+        for (int jl = 0; jl < L->nloc; jl++) {
+            int j = prefopt_dmat_col_l2g(L, jl), re = rb + PF_RB < nt ? rb + PF_RB : nt;
+            const float *col = pf_at(L, 0, jl);
+            for (int il = rb; il < re; il++)
+                if (col[il] > mx[il].v) {
+                    mx[il].v = col[il];
+                    mx[il].i = j;
+                }
+        }
     MPI_Allreduce(MPI_IN_PLACE, mx, nt, MPI_FLOAT_INT, MPI_MAXLOC, g->row);
     double *sums = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *sums, "logit sums"); /* sum exp, sum raw */
-    for (int jl = 0; jl < L->nloc; jl++) {
-        const float *col = pf_at(L, 0, jl);
-        for (int il = 0; il < nt; il++) {
-            sums[2 * il] += expf(col[il] - mx[il].v);
-            sums[2 * il + 1] += col[il];
+#pragma omp parallel for schedule(static)
+    for (int rb = 0; rb < nt; rb += PF_RB)
+        for (int jl = 0; jl < L->nloc; jl++) {
+            const float *col = pf_at(L, 0, jl);
+            for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
+                sums[2 * il] += expf(col[il] - mx[il].v);
+                sums[2 * il + 1] += col[il];
+            }
         }
-    }
     MPI_Allreduce(MPI_IN_PLACE, sums, 2 * nt, MPI_DOUBLE, MPI_SUM, g->row);
     for (int il = 0; il < nt; il++)
         m->lse[il] = mx[il].v + (float)log(sums[2 * il]);
@@ -106,6 +110,7 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         w[il] = d_all[u] + (m->b.completion[t] ? d_completion[u] : 0.0f);
         W[(il / T) * T + p] += w[il];
     }
+#pragma omp parallel for schedule(static)
     for (int jl = 0; jl < L->nloc; jl++) {
         float *col = pf_at(L, 0, jl);
         for (int il = 0; il < nt; il++)

@@ -97,6 +97,10 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 
 /* helpers */
+/* Loops that reduce along a row of a column-major local piece run in parallel over blocks of PF_RB rows, each
+ * thread walking all columns of its rows: every row is still summed in column order, so results do not depend
+ * on the thread count. */
+#define PF_RB 64
 static inline int pf_seq_row(const prefopt_model *m, int s) { return s * m->g->nprow + m->g->myrow; }
 static inline float *pf_at(const prefopt_dmat *a, int il, int jl) { return a->data + (size_t)jl * a->lld + il; }
 

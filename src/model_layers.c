@@ -12,6 +12,7 @@ float *pf_vgrad(prefopt_model *m, const prefopt_param *p) { return m->vscr + m->
 static void add_bias(prefopt_dmat *y, const prefopt_param *b)
 {
     const float *bv = b->value->data;
+#pragma omp parallel for schedule(static)
     for (int jl = 0; jl < y->nloc; jl++) {
         float *col = pf_at(y, 0, jl), v = bv[jl];
         for (int il = 0; il < y->mloc; il++)
@@ -38,6 +39,7 @@ void pf_linear_backward(prefopt_model *m, prefopt_dmat *dx, float beta_dx, const
     prefopt_dmat_gemm('T', 'N', 1.0f, x, dy, 1.0f, w->grad);
     if (b) {
         float *db = pf_vgrad(m, b);
+#pragma omp parallel for schedule(static)
         for (int jl = 0; jl < dy->nloc; jl++) {
             const float *col = pf_at(dy, 0, jl);
             float s = 0;
@@ -55,13 +57,15 @@ void pf_norm_forward(prefopt_model *m, prefopt_dmat *y, float *mean, float *rstd
 {
     int nt = x->mloc, C = x->n;
     double *s = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *s, "norm sums");
-    for (int jl = 0; jl < x->nloc; jl++) {
-        const float *col = pf_at(x, 0, jl);
-        for (int il = 0; il < nt; il++) {
-            s[2 * il] += col[il];
-            s[2 * il + 1] += (double)col[il] * col[il];
+#pragma omp parallel for schedule(static)
+    for (int rb = 0; rb < nt; rb += PF_RB)
+        for (int jl = 0; jl < x->nloc; jl++) {
+            const float *col = pf_at(x, 0, jl);
+            for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
+                s[2 * il] += col[il];
+                s[2 * il + 1] += (double)col[il] * col[il];
+            }
         }
-    }
     MPI_Allreduce(MPI_IN_PLACE, s, 2 * nt, MPI_DOUBLE, MPI_SUM, m->g->row);
     for (int il = 0; il < nt; il++) {
         double mu = b ? s[2 * il] / C : 0.0;
@@ -71,6 +75,7 @@ void pf_norm_forward(prefopt_model *m, prefopt_dmat *y, float *mean, float *rstd
     }
     free(s);
     const float *wv = w->value->data, *bv = b ? b->value->data : NULL;
+#pragma omp parallel for schedule(static)
     for (int jl = 0; jl < x->nloc; jl++) {
         const float *xc = pf_at(x, 0, jl);
         float *yc = pf_at(y, 0, jl);
@@ -89,22 +94,31 @@ void pf_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy
     const float *wv = w->value->data;
     float *dw = pf_vgrad(m, w), *db = b ? pf_vgrad(m, b) : NULL;
     double *s = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *s, "norm backward sums");
-    for (int jl = 0; jl < x->nloc; jl++) {
+#pragma omp parallel for schedule(static)
+    for (int jl = 0; jl < x->nloc; jl++) { /* weight and bias gradients: column sums */
         const float *xc = pf_at(x, 0, jl), *gc = pf_at(dy, 0, jl);
         float sw = 0, sb = 0;
         for (int il = 0; il < nt; il++) {
-            float xhat = (xc[il] - mean[il]) * rstd[il];
-            float g = gc[il] * wv[jl];
-            s[2 * il] += g;
-            s[2 * il + 1] += (double)g * xhat;
-            sw += gc[il] * xhat;
+            sw += gc[il] * ((xc[il] - mean[il]) * rstd[il]);
             sb += gc[il];
         }
         dw[jl] += sw;
         if (db)
             db[jl] += sb;
     }
+#pragma omp parallel for schedule(static)
+    for (int rb = 0; rb < nt; rb += PF_RB) /* the row sums the input gradient needs */
+        for (int jl = 0; jl < x->nloc; jl++) {
+            const float *xc = pf_at(x, 0, jl), *gc = pf_at(dy, 0, jl);
+            for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
+                float xhat = (xc[il] - mean[il]) * rstd[il];
+                float g = gc[il] * wv[jl];
+                s[2 * il] += g;
+                s[2 * il + 1] += (double)g * xhat;
+            }
+        }
     MPI_Allreduce(MPI_IN_PLACE, s, 2 * nt, MPI_DOUBLE, MPI_SUM, m->g->row);
+#pragma omp parallel for schedule(static)
     for (int jl = 0; jl < x->nloc; jl++) {
         const float *xc = pf_at(x, 0, jl), *gc = pf_at(dy, 0, jl);
         float *dc = pf_at(dx, 0, jl);
