@@ -73,6 +73,7 @@ void ck_piece_full(ck_piece *p, int ndim, const int64_t shape[2], float *data, i
     p->data = data;
     p->active = active;
     p->sums = active;
+    p->col = MPI_COMM_NULL;
 }
 
 void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_dmat *d)
@@ -97,6 +98,7 @@ void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_
     p->data = d->data;
     p->active = 1;
     p->sums = !d->rep_rows || d->grid->myrow == 0;
+    p->col = d->grid->col;
 }
 
 typedef struct {
@@ -151,11 +153,16 @@ static void select_piece(hid_t space, int layer, int ndim, const ck_piece *p)
         }
 }
 
+static int stacking = 1;
+static double timers[3]; /* pack + checksum, H5Dwrite, create + attributes (benchmarks) */
+void ck_get_timers(double t[3]) { memcpy(t, timers, sizeof timers); }
+void ck_set_stacking(int on) { stacking = on; }
+
 int ck_stacked_name(const char *name, char *ds, size_t len)
 {
     /* the first dot-separated component made only of digits is the layer index */
     const char *s = name;
-    while (*s) {
+    while (*s && stacking) {
         const char *e = strchr(s, '.');
         size_t n = e ? (size_t)(e - s) : strlen(s);
         int digits = n > 0 && s != name && e;
@@ -641,6 +648,99 @@ static void unpack(ck_piece *p, const float *src)
         memcpy(p->data + (size_t)jl * p->lld, src + (size_t)jl * mloc, sizeof(float) * (size_t)mloc);
 }
 
+/* Whole-column regrouping. With nprow > 1 a rank's piece is short runs (mb rows) of many columns: in the file
+ * ([out][in] row-major, a dmat column is a contiguous file row) that is a fragmented pattern, slow through
+ * MPI-IO. The ranks of a process column hold the same columns, so they exchange (one Alltoallv) until each holds
+ * whole columns of a share of them and transfers long contiguous runs. */
+static int regroup(const ck_piece *p) { return p->nprow > 1 && p->col != MPI_COMM_NULL; }
+
+static void col_share(const ck_piece *p, int q, int *c0, int *c1)
+{
+    int nloc = piece_nloc(p);
+    *c0 = (int)((long)q * nloc / p->nprow);
+    *c1 = (int)((long)(q + 1) * nloc / p->nprow);
+}
+
+static size_t regroup_count(const ck_piece *p)
+{
+    int c0, c1;
+    col_share(p, p->myrow, &c0, &c1);
+    return (size_t)p->m * (size_t)(c1 - c0);
+}
+
+/* file selection of my share of whole columns */
+static void select_cols(hid_t space, int layer, const ck_piece *p)
+{
+    int c0, c1;
+    col_share(p, p->myrow, &c0, &c1);
+    for (int jl = c0; jl < c1;) {
+        int j = l2g(jl, p->nb, p->mycol, p->npcol), run = 1;
+        while (jl + run < c1 && l2g(jl + run, p->nb, p->mycol, p->npcol) == j + run)
+            run++;
+        hsize_t st[3], ct[3];
+        int r = 0;
+        if (layer >= 0)
+            st[r] = (hsize_t)layer, ct[r++] = 1;
+        st[r] = (hsize_t)j, ct[r++] = (hsize_t)run;
+        st[r] = 0, ct[r++] = (hsize_t)p->m;
+        H5Sselect_hyperslab(space, H5S_SELECT_OR, st, NULL, ct, NULL);
+        jl += run;
+    }
+}
+
+/* dir 0: my piece -> whole columns of my share into cols[m x share]; dir 1: back */
+static void regroup_exchange(ck_piece *p, float *cols, int dir)
+{
+    int np = p->nprow, r = p->myrow, mloc = piece_mloc(p);
+    int *sc = calloc((size_t)np, sizeof(int)), *sd = calloc((size_t)np, sizeof(int));
+    int *rc = calloc((size_t)np, sizeof(int)), *rd = calloc((size_t)np, sizeof(int));
+    int myc0, myc1;
+    col_share(p, r, &myc0, &myc1);
+    size_t nmine = 0, nshare = 0;
+    for (int q = 0; q < np; q++) {
+        int c0, c1, mq = numroc(p->m, p->mb, q, np);
+        col_share(p, q, &c0, &c1);
+        sc[q] = mloc * (c1 - c0);       /* my rows of q's columns */
+        rc[q] = mq * (myc1 - myc0);     /* q's rows of my columns */
+        sd[q] = (int)nmine;
+        rd[q] = (int)nshare;
+        nmine += (size_t)sc[q];
+        nshare += (size_t)rc[q];
+    }
+    float *a = prefopt_xmalloc(sizeof(float) * (nmine ? nmine : 1), "regroup");
+    float *b = prefopt_xmalloc(sizeof(float) * (nshare ? nshare : 1), "regroup");
+    if (dir == 0) {
+        /* a: my piece's columns in order, mloc rows each (== q's share order since shares are contiguous) */
+        for (int jl = 0; jl < piece_nloc(p); jl++)
+            memcpy(a + (size_t)jl * mloc, p->data + (size_t)jl * p->lld, sizeof(float) * (size_t)mloc);
+        MPI_Alltoallv(a, sc, sd, MPI_FLOAT, b, rc, rd, MPI_FLOAT, p->col);
+        for (int q = 0; q < np; q++) {
+            int mq = numroc(p->m, p->mb, q, np);
+            for (int c = 0; c < myc1 - myc0; c++)
+                for (int il = 0; il < mq; il += p->mb) /* block by block: mb rows are contiguous both sides */
+                    memcpy(cols + (size_t)c * p->m + (size_t)l2g(il, p->mb, q, np), b + rd[q] + (size_t)c * mq + il,
+                           sizeof(float) * (size_t)(mq - il < p->mb ? mq - il : p->mb));
+        }
+    } else {
+        for (int q = 0; q < np; q++) {
+            int mq = numroc(p->m, p->mb, q, np);
+            for (int c = 0; c < myc1 - myc0; c++)
+                for (int il = 0; il < mq; il += p->mb)
+                    memcpy(b + rd[q] + (size_t)c * mq + il, cols + (size_t)c * p->m + (size_t)l2g(il, p->mb, q, np),
+                           sizeof(float) * (size_t)(mq - il < p->mb ? mq - il : p->mb));
+        }
+        MPI_Alltoallv(b, rc, rd, MPI_FLOAT, a, sc, sd, MPI_FLOAT, p->col);
+        for (int jl = 0; jl < piece_nloc(p); jl++)
+            memcpy(p->data + (size_t)jl * p->lld, a + (size_t)jl * mloc, sizeof(float) * (size_t)mloc);
+    }
+    free(a);
+    free(b);
+    free(sc);
+    free(sd);
+    free(rc);
+    free(rd);
+}
+
 int ck_write_items(hid_t file, const char *path, const char *group, ck_item *items, int n, int dp_rank, int dp_size,
                    MPI_Comm sum_comm, prefopt_err *err)
 {
@@ -656,7 +756,9 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
     float *stage = NULL;
     hid_t *dsid = prefopt_xmalloc(sizeof(hid_t) * (size_t)nd, "datasets");
     for (int j = 0; j < nd; j++) {
+        double tc = prefopt_now();
         hid_t ds = dsid[j] = create_dset(grp, &d[j]);
+        timers[2] += prefopt_now() - tc;
         if (ds < 0) {
             prefopt_err_set(err, "%s: cannot create dataset '%s/%s'", path, group, d[j].ds);
             rc = 1;
@@ -666,11 +768,12 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
         int r = dset_dims(&d[j], dims);
         hid_t fs = H5Screate_simple(r, dims, NULL);
         H5Sselect_none(fs);
+        double t0 = prefopt_now();
         size_t total = 0;
         for (int l = 0; l < d[j].nl; l++) {
             const ck_item *it = &items[d[j].items[l]];
             if (it->p.active && it->p.sums && (l + j) % dp_size == dp_rank)
-                total += piece_count(&it->p);
+                total += regroup(&it->p) ? regroup_count(&it->p) : piece_count(&it->p);
         }
         if (total > stage_cap) {
             free(stage);
@@ -682,25 +785,36 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
             int i = d[j].items[l];
             const ck_item *it = &items[i];
             /* one copy of each element is written: replicated vectors by process row 0 only */
-            if (!it->p.active || !it->p.sums || (l + j) % dp_size != dp_rank || piece_count(&it->p) == 0)
+            if (!it->p.active || !it->p.sums || (l + j) % dp_size != dp_rank)
+                continue;
+            sums[i] = ck_checksum_piece(&it->p);
+            if (regroup(&it->p)) { /* collective over the process column, whose ranks all get here */
+                regroup_exchange((ck_piece *)&it->p, stage + off, 0);
+                select_cols(fs, d[j].stacked ? l : -1, &it->p);
+                off += regroup_count(&it->p);
+                continue;
+            }
+            if (piece_count(&it->p) == 0)
                 continue;
             /* the file selection iterates (layer, out, in) in row-major order, which is the order of the local
              * column-major pieces because the local-to-global maps are increasing */
             select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
             pack(&it->p, stage + off);
             off += piece_count(&it->p);
-            sums[i] = ck_checksum_piece(&it->p);
         }
         hsize_t mdim = total ? total : 1;
         hid_t ms = H5Screate_simple(1, &mdim, NULL);
         if (!total)
             H5Sselect_none(ms);
+        double t1 = prefopt_now();
+        timers[0] += t1 - t0;
         if (H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
             prefopt_err_set(err, "%s: writing dataset '%s/%s' failed", path, group, d[j].ds);
             rc = 1;
         }
         H5Sclose(ms);
         H5Sclose(fs);
+        timers[1] += prefopt_now() - t1;
         ck_kill_hook_tick();
     }
     free(stage);
@@ -808,7 +922,10 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
         size_t total = 0;
         for (int l = 0; l < d[j].nl; l++) {
             const ck_item *it = &items[d[j].items[l]];
-            if (it->p.active && piece_count(&it->p)) {
+            if (it->p.active && regroup(&it->p)) {
+                select_cols(fs, d[j].stacked ? l : -1, &it->p);
+                total += regroup_count(&it->p);
+            } else if (it->p.active && piece_count(&it->p)) {
                 select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
                 total += piece_count(&it->p);
             }
@@ -831,13 +948,17 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
         H5Sclose(fs);
         H5Dclose(ds);
         size_t off = 0;
-        for (int l = 0; l < d[j].nl && rc != 2; l++) {
+        for (int l = 0; l < d[j].nl; l++) { /* runs after a failed read too: the regrouping is collective */
             int i = d[j].items[l];
             ck_item *it = &items[i];
-            if (!it->p.active || !piece_count(&it->p))
+            if (it->p.active && regroup(&it->p)) {
+                regroup_exchange(&it->p, stage + off, 1);
+                off += regroup_count(&it->p);
+            } else if (it->p.active && piece_count(&it->p)) {
+                unpack(&it->p, stage + off);
+                off += piece_count(&it->p);
+            } else
                 continue;
-            unpack(&it->p, stage + off);
-            off += piece_count(&it->p);
             if (it->p.sums)
                 sums[i] = ck_checksum_piece(&it->p);
         }

@@ -23,6 +23,8 @@ typedef struct {
     int active;                     /* this rank transfers this piece */
     int sums;                       /* this rank holds the primary copy: it writes it and its elements count
                                      * toward the checksum (0 on process rows > 0 for replicated vectors) */
+    MPI_Comm col;                   /* the ranks of my process column (nprow > 1): pieces are regrouped into
+                                     * whole columns over it so that each rank transfers long contiguous runs */
 } ck_piece;
 
 typedef struct {
@@ -36,6 +38,12 @@ typedef struct {
 void ck_piece_full(ck_piece *p, int ndim, const int64_t shape[2], float *data, int active);
 /* A dmat's piece; active/sums for a rep_rows vector only on process row 0. */
 void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_dmat *d);
+
+/* Benchmarks only (perf/bench_ckpt --no-stack): 0 stores every tensor as its own dataset. Files written so do
+ * not load with stacking on. */
+void ck_set_stacking(int on);
+/* Seconds spent so far in ck_write_items: [0] packing + checksums, [1] H5Dwrite, [2] dataset creation. */
+void ck_get_timers(double t[3]);
 
 /* Dataset name and layer of a logical tensor ("h.3.attn.q_proj.weight" -> "h.attn.q_proj.weight", 3; -1 if none). */
 int ck_stacked_name(const char *name, char *ds, size_t len);
