@@ -58,17 +58,16 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
         m->wpe = add_param(&r, "wpe", c->max_position, C, nbh, nbv, INIT_NORMAL);
     for (int l = 0; l < c->num_layers; l++) {
         layer_params *P = &m->layers[l];
-        const char *pre = gpt2 ? "h" : "layers";
+        const char *pre = gpt2 ? "h" : "layers", *ap = gpt2 ? "attn" : "self_attn";
+/* the names of the table in model.h: <pre>.<l>.<suffix> and <pre>.<l>.<attn>.<suffix> */
 #define NAME(fmt) (snprintf(n, sizeof n, "%s.%d." fmt, pre, l), n)
+#define NAME2(fmt) (snprintf(n, sizeof n, "%s.%d.%s." fmt, pre, l, ap), n)
         if (gpt2) {
             P->ln1_w = add_param(&r, NAME("ln_1.weight"), C, 0, 1, nbh, INIT_ONE);
             P->ln1_b = add_param(&r, NAME("ln_1.bias"), C, 0, 1, nbh, INIT_ZERO);
         } else {
             P->ln1_w = add_param(&r, NAME("input_layernorm.weight"), C, 0, 1, nbh, INIT_ONE);
         }
-#undef NAME
-        const char *ap = gpt2 ? "attn" : "self_attn";
-#define NAME2(fmt) (snprintf(n, sizeof n, "%s.%d.%s." fmt, pre, l, ap), n)
         P->wq = add_param(&r, NAME2("q_proj.weight"), HD, C, nbh, qnb, INIT_NORMAL);
         if (c->qkv_bias)
             P->bq = add_param(&r, NAME2("q_proj.bias"), HD, 0, 1, qnb, INIT_ZERO);
@@ -84,22 +83,21 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
         } else {
             P->wo = add_param(&r, NAME2("o_proj.weight"), C, HD, qnb, nbh, INIT_NORMAL_RESID);
         }
-#undef NAME2
-#define NAME3(fmt) (snprintf(n, sizeof n, "%s.%d." fmt, pre, l), n)
         if (gpt2) {
-            P->ln2_w = add_param(&r, NAME3("ln_2.weight"), C, 0, 1, nbh, INIT_ONE);
-            P->ln2_b = add_param(&r, NAME3("ln_2.bias"), C, 0, 1, nbh, INIT_ZERO);
-            P->wfc = add_param(&r, NAME3("mlp.c_fc.weight"), F, C, nbh, nbf, INIT_NORMAL);
-            P->bfc = add_param(&r, NAME3("mlp.c_fc.bias"), F, 0, 1, nbf, INIT_ZERO);
-            P->wdown = add_param(&r, NAME3("mlp.c_proj.weight"), C, F, nbf, nbh, INIT_NORMAL_RESID);
-            P->bdown = add_param(&r, NAME3("mlp.c_proj.bias"), C, 0, 1, nbh, INIT_ZERO);
+            P->ln2_w = add_param(&r, NAME("ln_2.weight"), C, 0, 1, nbh, INIT_ONE);
+            P->ln2_b = add_param(&r, NAME("ln_2.bias"), C, 0, 1, nbh, INIT_ZERO);
+            P->wfc = add_param(&r, NAME("mlp.c_fc.weight"), F, C, nbh, nbf, INIT_NORMAL);
+            P->bfc = add_param(&r, NAME("mlp.c_fc.bias"), F, 0, 1, nbf, INIT_ZERO);
+            P->wdown = add_param(&r, NAME("mlp.c_proj.weight"), C, F, nbf, nbh, INIT_NORMAL_RESID);
+            P->bdown = add_param(&r, NAME("mlp.c_proj.bias"), C, 0, 1, nbh, INIT_ZERO);
         } else {
-            P->ln2_w = add_param(&r, NAME3("post_attention_layernorm.weight"), C, 0, 1, nbh, INIT_ONE);
-            P->wfc = add_param(&r, NAME3("mlp.gate_proj.weight"), F, C, nbh, nbf, INIT_NORMAL);
-            P->wup = add_param(&r, NAME3("mlp.up_proj.weight"), F, C, nbh, nbf, INIT_NORMAL);
-            P->wdown = add_param(&r, NAME3("mlp.down_proj.weight"), C, F, nbf, nbh, INIT_NORMAL_RESID);
+            P->ln2_w = add_param(&r, NAME("post_attention_layernorm.weight"), C, 0, 1, nbh, INIT_ONE);
+            P->wfc = add_param(&r, NAME("mlp.gate_proj.weight"), F, C, nbh, nbf, INIT_NORMAL);
+            P->wup = add_param(&r, NAME("mlp.up_proj.weight"), F, C, nbh, nbf, INIT_NORMAL);
+            P->wdown = add_param(&r, NAME("mlp.down_proj.weight"), C, F, nbf, nbh, INIT_NORMAL_RESID);
         }
-#undef NAME3
+#undef NAME
+#undef NAME2
     }
     if (gpt2) {
         m->lnf_w = add_param(&r, "ln_f.weight", C, 0, 1, nbh, INIT_ONE);
