@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# prefopt bench on tiny shapes, and the PMPI interposer (tests/perf.cmake). $1: the build directory.
+set -u
+P=${PREFOPT:?}
+B=${1:?build dir}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+fail=0
+check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
+tiny="--shape tiny --prompt-len 8 --chosen-len 4 --rejected-len 4 --steps 2 --warmup 1 --table=0"
+
+# 1. one rank, GPT-2 tiny: every field, FLOPs = the hand formula, loss ln 2 at step 1 (policy == reference)
+"$P" bench $tiny --folded folded.txt --json bench.jsonl > out1.txt 2> err1.txt; rc=$?
+check '[ $rc -eq 0 ]' "bench tiny exits 0 (rc $rc): $(cat err1.txt)"
+grep '^{' out1.txt | tail -1 > j1.json
+check 'cmp -s j1.json bench.jsonl' "--json appends the same line"
+"$PY" - j1.json <<'PYEOF' || fail=1
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+need = ["step_s", "tokens_per_s", "trl_tokens_per_s", "gflops", "sgemm_peak_gflops_per_rank", "mfu", "flops_forward",
+        "flops_step", "flops_forward_trl", "flops_step_trl", "phases_s", "memory_mib", "blis_arch", "blis_threads",
+        "loss_first", "mpi_s"]
+miss = [k for k in need if k not in j]
+assert not miss, f"missing fields {miss}"
+for ph in ["step", "forward", "reference", "loss", "backward", "dp_allreduce", "optimizer"]:
+    v = j["phases_s"][ph]
+    assert v["min"] <= v["avg"] <= v["max"] and v["min"] >= 0, (ph, v)
+for k in ["peak_rss", "state_lower_bound", "baseline_rss", "activations_policy", "activations_reference"]:
+    assert k in j["memory_mib"], k
+assert j["memory_mib"]["peak_rss"]["max"] >= j["memory_mib"]["state_lower_bound"]["max"] > 0
+# hand formula: per layer 2*tok*(4*C*C + 2*C*F) + 4*rows*T*T*C, head 2*tok*C*V (GPT-2 tiny: L2 C32 F128 V64)
+L, C, F, V = 2, 32, 128, 64
+def fwd(rows, T):
+    tok = rows * T
+    return L * (2 * tok * (4 * C * C + 2 * C * F) + 4 * rows * T * T * C) + 2 * tok * C * V
+assert j["flops_forward"] == fwd(2, 16) == 1835008, j["flops_forward"]
+assert j["flops_step"] == 4 * fwd(2, 16), j["flops_step"]
+assert j["flops_forward_trl"] == fwd(4, 12), j["flops_forward_trl"]   # 2 pairs -> 4 rows of 8+4
+assert j["tokens_per_step"] == 32 and j["trl_tokens_per_step"] == 48
+assert abs(j["loss_first"] - math.log(2)) < 1e-6, j["loss_first"]
+assert j["mfu"] > 0 and j["tokens_per_s"] > 0 and j["mpi_s"] is None
+assert abs(j["gflops"] - j["flops_step"] / j["step_s"] * 1e-9) < 1e-6 * j["gflops"]
+PYEOF
+check 'grep -qE "^prefopt_bench;step;forward [0-9]+$" folded.txt' "folded stacks have step;forward: $(head -3 folded.txt)"
+
+# 2. Llama-shaped (GQA, SwiGLU): FLOPs with three MLP matrices and narrower K/V
+"$P" bench --shape custom --arch llama --n-layer 2 --n-embd 32 --n-head 4 --n-kv-head 2 --vocab 64 \
+    --max-position 64 --prompt-len 8 --chosen-len 4 --rejected-len 4 --steps 1 --warmup 0 --table=0 > out2.txt 2>&1; rc=$?
+check '[ $rc -eq 0 ]' "bench llama tiny exits 0: $(tail -2 out2.txt)"
+grep '^{' out2.txt | tail -1 > j2.json
+"$PY" - j2.json <<'PYEOF' || fail=1
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+L, C, HD, KD, F, V, rows, T = 2, 32, 32, 16, 96, 64, 2, 16
+tok = rows * T
+f = L * (2 * tok * (C * HD + 2 * C * KD + HD * C + 3 * C * F) + 4 * rows * T * T * HD) + 2 * tok * C * V
+assert j["ffn"] == F and j["flops_forward"] == f, (j["ffn"], j["flops_forward"], f)
+assert abs(j["loss_first"] - math.log(2)) < 1e-6
+PYEOF
+
+# 3. two ranks on a 1x2 grid with the PMPI library preloaded: its summary lists MPI_Allreduce with bytes > 0,
+#    bench splits MPI time out of the phases, and the data-parallel run (dp 2) all-reduces gradients
+LIB="$B/libprefopt_pmpi.so"
+if ! command -v mpiexec >/dev/null || [ ! -f "$LIB" ]; then echo "no mpiexec or $LIB"; exit 77; fi
+rm -f pmpi.jsonl
+timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi.jsonl" \
+    "$P" bench $tiny --grid-cols 2 > out3.txt 2> err3.txt; rc=$?
+check '[ $rc -eq 0 ]' "2-rank bench under LD_PRELOAD exits 0 (rc $rc): $(tail -3 err3.txt)"
+grep '^{' out3.txt | tail -1 > j3.json
+"$PY" - pmpi.jsonl j3.json <<'PYEOF' || fail=1
+import json, sys
+p = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["pmpi"]
+assert p["ranks"] == 2, p
+a = p["calls"]["MPI_Allreduce"]
+assert a["calls"] > 0 and a["bytes"] > 0 and a["s_min"] <= a["s_avg"] <= a["s_max"], a
+assert "step/forward" in p["regions"] and p["regions"]["step/forward"]["bytes"] > 0, p["regions"].keys()
+j = json.load(open(sys.argv[2]))
+assert j["grid_cols"] == 2 and j["ranks"] == 2
+assert j["mpi_s"] is not None and j["mpi_s"]["forward"]["max"] > 0, j["mpi_s"]
+assert j["flops_forward"] == 1835008
+PYEOF
+timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi_dp.jsonl" \
+    "$P" bench $tiny --dp 2 > out4.txt 2> err4.txt; rc=$?
+check '[ $rc -eq 0 ]' "dp=2 bench exits 0 (rc $rc): $(tail -3 err4.txt)"
+grep '^{' out4.txt | tail -1 > j4.json
+"$PY" - pmpi_dp.jsonl j4.json <<'PYEOF' || fail=1
+import json, sys
+p = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["pmpi"]
+dp = p["regions"]["step/dp_allreduce"]
+j = json.load(open(sys.argv[2]))
+# the gradient all-reduce moves the whole flat gradient buffer once per step on each rank (4 bytes a float)
+per_step_rank = dp["bytes"] / (2 * (j["steps"] + j["warmup"]))
+assert per_step_rank >= 4 * j["params"], (per_step_rank, j["params"])
+assert j["dp"] == 2 and j["tokens_per_step"] == 64 and j["flops_step"] == 2 * 4 * 1835008
+PYEOF
+exit $fail
