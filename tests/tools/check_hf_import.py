@@ -120,4 +120,5 @@ def main():
     print(f"ok: {len(exp)} tensors in {len(seen)} datasets match {d}")
 
 
-main()
+if __name__ == "__main__":
+    main()
