@@ -15,8 +15,8 @@
  *
  * Tasks: "add": "12+345=" -> "357" (operands 0 .. 10^D-1); wrong answers are a dropped carry or one digit off
  * by one. "reverse": "rev:abcd=" -> "dcba" (3-6 letters a-h); wrong answers swap two neighbouring letters or
- * drop one. Output depends only on the arguments: the generator is splitmix64 and the JSON is written
- * unformatted in a fixed key order, so the same seed gives byte-identical files. */
+ * change one letter (same length). Output depends only on the arguments: the generator is splitmix64 and
+ * the JSON is written unformatted in a fixed key order, so the same seed gives byte-identical files. */
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
@@ -223,7 +223,9 @@ static void task_wrong(const task_cfg *c, rng_t *r, const item *it, char *out, s
     }
     size_t n = strlen(it->answer);
     snprintf(out, outlen, "%s", it->answer);
-    /* swap two neighbouring, different letters if there are any, else drop a letter */
+    /* same length as the answer (a length difference would let DPO learn "end later/earlier" instead of the
+     * task): swap two neighbouring, different letters (2/3 of the time, when there are any), else replace one
+     * letter by its alphabet neighbour */
     size_t cand[8], nc = 0;
     for (size_t k = 0; k + 1 < n; k++)
         if (out[k] != out[k + 1])
@@ -236,7 +238,7 @@ static void task_wrong(const task_cfg *c, rng_t *r, const item *it, char *out, s
         return;
     }
     size_t k = (size_t)rng_below(r, n);
-    memmove(out + k, out + k + 1, n - k);
+    out[k] = out[k] == 'a' ? 'b' : out[k] == 'h' ? 'g' : (char)(out[k] + (rng_below(r, 2) ? 1 : -1));
 }
 
 /* ---- gen --------------------------------------------------------------------------------------------- */

@@ -44,6 +44,12 @@ for r in pairs:
     assert r["chosen"] == t and r["rejected"] != t, r
 for c in [r["completion"] for r in wrong] + [r["rejected"] for r in pairs]:
     assert c and (c.isdigit() if task == "add" else re.fullmatch("[a-h]+", c)), f"implausible wrong answer {c!r}"
+if task == "reverse":   # same length, differing by one swap of neighbours or one letter
+    for r in pairs + wrong:
+        t = truth(r["prompt"]); w = r.get("rejected", r.get("completion"))
+        diff = [i for i in range(len(t)) if len(w) == len(t) and w[i] != t[i]]
+        assert len(w) == len(t) and (len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and
+               w[diff[0]] == t[diff[1]] and w[diff[1]] == t[diff[0]])), r
 if task == "add":
     # plausible: the digit-wise sum without carries, or the answer with one digit off by one
     def nocarry(a, b):
