@@ -4,8 +4,9 @@
  *   odd:  the rest is text for one of two fixed tokenizers (byte-level BPE with a Split regex, and
  *         SentencePiece-style with Prepend/Replace, byte fallback and unk), which reach the merge loop deeply.
  * Build and run (clang):
- *   cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DPREFOPT_FUZZ=ON && cmake --build build-fuzz --target fuzz_tokenizer
- *   mkdir -p /tmp/fz && build-fuzz/tests/fuzz_tokenizer -max_total_time=60 -max_len=4096 /tmp/fz */
+ *   CC=clang cmake -S . -B build-fuzz -DPREFOPT_FUZZ=ON && cmake --build build-fuzz --target fuzz_tokenizer
+ *   mkdir -p /tmp/fz && build-fuzz/tests/fuzz_tokenizer -max_total_time=60 -max_len=4096 /tmp/fz
+ * (tests/fuzz/run_fuzz.sh BUILD_DIR runs it with the other harnesses.) */
 #define _GNU_SOURCE
 #include "prefopt/tokenizer.h"
 
@@ -50,6 +51,7 @@ static prefopt_tokenizer *load_bytes(const char *json, size_t len)
     prefopt_err err = {0};
     if (prefopt_tokenizer_load(path, &t, &err) && !err.set)
         abort(); /* a failure must say why */
+    unlink(path); /* load keeps nothing open */
     return t;
 }
 
