@@ -16,6 +16,10 @@ void prefopt_err_set(prefopt_err *e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
+    /* one line whatever the input quoted in it held (file names, JSON strings): control characters become '?' */
+    for (char *c = e->msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
     e->set = 1;
 }
 

@@ -5,12 +5,13 @@
  * Checked: no crash or sanitizer report; an error is one line and, when only the file was given, names the
  * file; an accepted configuration written as RUN_DIR/config.ini is (prefopt_opts_write) reads back to the
  * same values (what a resumed run relies on), except strings that INI cannot carry (';', '#', newlines, edge
- * spaces, over 150 bytes).
+ * white space, over 150 bytes).
  * String options are strdup'd by the parser and never freed (opts.h): run with -detect_leaks=0. */
 #include "fuzz_common.h"
 #include "prefopt/opts.h"
 #include "prefopt/train.h"
 
+#include <ctype.h>
 #include <math.h>
 
 enum { MAXOPT = 256, MAXARG = 24 };
@@ -18,8 +19,8 @@ enum { MAXOPT = 256, MAXARG = 24 };
 static int ini_safe(const char *s)
 {
     size_t n = strlen(s);
-    return n <= 150 && !strpbrk(s, ";#\n\r\"'[]=") && (n == 0 || (s[0] != ' ' && s[0] != '\t' && s[n - 1] != ' ' &&
-                                                                  s[n - 1] != '\t'));
+    return n <= 150 && !strpbrk(s, ";#\n\r\"'[]=") &&
+           (n == 0 || (!isspace((unsigned char)s[0]) && !isspace((unsigned char)s[n - 1])));
 }
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
