@@ -235,6 +235,10 @@ typedef struct {
 
 static int split_regex(work *k, const tok_pre *p, prefopt_err *err)
 {
+    /* match data per call, not per tokenizer: concurrent encodes on one tokenizer must not share it */
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(p->re, NULL);
+    if (!md)
+        prefopt_die("out of memory (PCRE2 match data)");
     seg *sg = NULL, *acc = NULL;
     size_t cap = 0;
     for (size_t wi = 0; wi < k->nw; wi++) {
@@ -250,22 +254,23 @@ static int split_regex(work *k, const tok_pre *p, prefopt_err *err)
                 if (!sg || !acc)
                     prefopt_die("out of memory in the tokenizer (splits)");
             }
-            int rc = pos <= w.len ? pcre2_match(p->re, (PCRE2_SPTR)s, w.len, pos, opts, p->md, NULL)
+            int rc = pos <= w.len ? pcre2_match(p->re, (PCRE2_SPTR)s, w.len, pos, opts, md, NULL)
                                   : PCRE2_ERROR_NOMATCH;
             opts = PCRE2_NO_UTF_CHECK;
             if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
                 if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
                     prefopt_err_set(err, "tokenizer: input text is not valid UTF-8 (near byte %zu of a word)",
-                                    (size_t)pcre2_get_startchar(p->md));
+                                    (size_t)pcre2_get_startchar(md));
                 else
                     prefopt_err_set(err, "tokenizer: regular expression match failed (PCRE2 error %d)", rc);
                 free(sg);
                 free(acc);
+                pcre2_match_data_free(md);
                 return 1;
             }
             if (rc < 0)
                 break;
-            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(p->md);
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
             size_t ms = ov[0], me = ov[1];
             if (ms != prev)
                 sg[ns++] = (seg){(uint32_t)prev, (uint32_t)ms, 0};
@@ -335,6 +340,7 @@ static int split_regex(work *k, const tok_pre *p, prefopt_err *err)
     }
     free(sg);
     free(acc);
+    pcre2_match_data_free(md);
     swap_words(k);
     return 0;
 }
@@ -567,11 +573,12 @@ static void merge_word(const prefopt_tokenizer *t, merge_buf *mb, size_t ns)
     }
 }
 
-static int encode_word(const prefopt_tokenizer *t, const char *s, uint32_t len, int byte_level, merge_buf *mb,
-                       int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
+static int encode_word(const prefopt_tokenizer *t, const char *s, uint32_t len, int byte_level, int use_cache,
+                       merge_buf *mb, int32_t **ids, size_t *n, size_t *cap, prefopt_err *err)
 {
     uint64_t h = 0;
-    if (len <= CACHE_MAX_WORD) {
+    use_cache &= len <= CACHE_MAX_WORD;
+    if (use_cache) {
         h = tok_hash(s, len);
         uint32_t nc;
         const int32_t *hit = cache_get(t->cache, h, s, len, &nc);
@@ -610,7 +617,7 @@ static int encode_word(const prefopt_tokenizer *t, const char *s, uint32_t len, 
         for (size_t i = 0; i < ns; i = mb->s[i].next < 0 ? ns : (size_t)mb->s[i].next)
             tok_ids_push(ids, n, cap, mb->s[i].id);
     }
-    if (len <= CACHE_MAX_WORD)
+    if (use_cache)
         cache_put(t->cache, h, s, len, *ids + n0, (uint32_t)(*n - n0));
     return 0;
 }
@@ -703,6 +710,9 @@ int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, 
         byte_level |= t->pre[i].type == TOK_PRE_BYTELEVEL;
     if (pre_tokenize(t, &k, err))
         rc = 1;
+    /* the word cache serves one encode at a time; a concurrent encode on the same tokenizer goes without it */
+    atomic_flag *busy = (atomic_flag *)&t->cache_busy; /* the tokenizer is heap memory: writable */
+    int use_cache = t->cache && !atomic_flag_test_and_set_explicit(busy, memory_order_acquire);
     merge_buf mb = {0};
     for (size_t i = 0; !rc && i < k.nw; i++) {
         const char *w = wptr(&k, &k.w[i]);
@@ -710,12 +720,14 @@ int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, 
         if (t->sp_split && !byte_level) /* cut before each run of U+2581 (see sp_split) */
             for (uint32_t j = 1; !rc && j + 3 <= wl; j++)
                 if (!memcmp(w + j, "\xe2\x96\x81", 3) && (j < 3 || memcmp(w + j - 3, "\xe2\x96\x81", 3))) {
-                    rc = encode_word(t, w + start, j - start, byte_level, &mb, ids, n, cap, err);
+                    rc = encode_word(t, w + start, j - start, byte_level, use_cache, &mb, ids, n, cap, err);
                     start = j;
                 }
         if (!rc)
-            rc = encode_word(t, w + start, wl - start, byte_level, &mb, ids, n, cap, err);
+            rc = encode_word(t, w + start, wl - start, byte_level, use_cache, &mb, ids, n, cap, err);
     }
+    if (use_cache)
+        atomic_flag_clear_explicit(busy, memory_order_release);
     free(mb.s);
     free(mb.h);
     free(k.w);
@@ -861,7 +873,6 @@ void tok_bpe_free(prefopt_tokenizer *t)
     }
     free(t->norm);
     for (int i = 0; i < t->npre; i++) {
-        pcre2_match_data_free(t->pre[i].md);
         pcre2_code_free(t->pre[i].re);
     }
     free(t->pre);

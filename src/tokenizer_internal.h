@@ -7,6 +7,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,7 +52,6 @@ enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
 typedef struct {
     int type;
     pcre2_code *re;           /* Split (regex or escaped string), ByteLevel with use_regex */
-    pcre2_match_data *md;
     int behavior, invert;     /* Split */
     int add_prefix_space;     /* ByteLevel */
     char replacement[8];      /* Metaspace: the UTF-8 of its replacement char */
@@ -114,6 +114,7 @@ struct prefopt_tokenizer {
     int ndec;
 
     tok_cache *cache;
+    atomic_flag cache_busy; /* set while one encode uses the cache */
 };
 
 /* tokenizer_bpe.c: runs the normalizer over s; *out is NULL when nothing changed (then use s as it is). */

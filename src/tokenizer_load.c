@@ -121,7 +121,6 @@ static int compile_re(tok_pre *p, const char *pat, int literal, const char *file
         return 1;
     }
     pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE); /* best effort: the interpreter gives the same matches */
-    p->md = pcre2_match_data_create_from_pattern(p->re, NULL);
     return 0;
 }
 
@@ -626,6 +625,7 @@ static int load_json(prefopt_tokenizer *t, const cJSON *root, const char *file, 
             t->sp_split = 0;
     }
     t->cache = tok_cache_new();
+    atomic_flag_clear(&t->cache_busy);
     return 0;
 }
 

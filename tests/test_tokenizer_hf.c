@@ -7,6 +7,7 @@
 #include "prefopt/tokenizer.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,50 @@ static int derive(const char *dir, const char *name)
     return rc;
 }
 
+/* Several threads encoding with one tokenizer at once get the reference ids too (the cache serves one of them). */
+typedef struct {
+    const prefopt_tokenizer *t;
+    const cJSON *cases, *texts;
+    int mismatches;
+} thread_job;
+
+static void *encode_all(void *arg)
+{
+    thread_job *j = arg;
+    int32_t *ids = NULL;
+    size_t cap = 0;
+    for (int round = 0; round < 3; round++) {
+        int ci = 0;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, j->cases)
+        {
+            const char *text = cJSON_GetArrayItem(j->texts, ci++)->valuestring;
+            size_t n = 0, d;
+            prefopt_err err = {0};
+            if (prefopt_tokenizer_encode(j->t, text, strlen(text), 1, &ids, &n, &cap, &err) ||
+                !ids_equal(ids, n, cJSON_GetObjectItem(c, "ids"), &d))
+                j->mismatches++;
+        }
+    }
+    free(ids);
+    return NULL;
+}
+
+static void check_threads(const prefopt_tokenizer *t, const char *name, const cJSON *cases, const cJSON *texts)
+{
+    enum { NT = 4 };
+    pthread_t th[NT];
+    thread_job jobs[NT];
+    for (int i = 0; i < NT; i++) {
+        jobs[i] = (thread_job){t, cases, texts, 0};
+        CHECK(!pthread_create(&th[i], NULL, encode_all, &jobs[i]), "pthread_create");
+    }
+    for (int i = 0; i < NT; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(jobs[i].mismatches == 0, "%s: thread %d: %d texts differ", name, i, jobs[i].mismatches);
+    }
+}
+
 static void check_tokenizer(const char *src, const char *name, const cJSON *cases, const cJSON *texts,
                             int want_bos, int want_eos, int want_pad)
 {
@@ -209,6 +254,8 @@ static void check_tokenizer(const char *src, const char *name, const cJSON *case
         ci++;
     }
     CHECK(ci == cJSON_GetArraySize(texts), "%s: %d cases for %d texts", name, ci, cJSON_GetArraySize(texts));
+    if (!strcmp(name, "gpt2") || !strcmp(name, "llama2"))
+        check_threads(t, name, cases, texts);
     printf("%s: %d texts, %d with differing ids\n", name, ci, bad);
     free(ids);
     prefopt_tokenizer_free(t);

@@ -33,7 +33,8 @@ void prefopt_tokenizer_free(prefopt_tokenizer *t);
  * Special tokens written literally in the text (e.g. "<|endoftext|>") are matched when allow_special is set.
  * Adds no BOS/EOS (Hugging Face's add_special_tokens=False): callers add prefopt_tokenizer_bos/eos themselves.
  * Fails (non-zero, err filled) on text that is not valid UTF-8, except with the byte-level tokenizer.
- * Not thread-safe on one tokenizer: encode fills a per-tokenizer word cache; load one tokenizer per thread. */
+ * Thread-safe: threads may encode with one tokenizer at once (one of them at a time uses the word cache, the others
+ * run without it, so one tokenizer per thread is faster). Load and free are not concurrent with anything. */
 int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_t len, int allow_special,
                              int32_t **ids, size_t *n, size_t *cap, prefopt_err *err);
 
