@@ -1,5 +1,5 @@
-/* prefopt: the private layout of a tokenizer, shared by tokenizer.c (API, byte level, added tokens, decode),
- * tokenizer_load.c (tokenizer.json) and tokenizer_bpe.c (normalize, pre-tokenize, BPE merges). */
+/* prefopt: the private layout of a tokenizer, shared by tokenizer.c (API, byte level, added tokens),
+ * tokenizer_load.c (tokenizer.json), tokenizer_bpe.c (normalize, pre-tokenize, BPE merges) and tokenizer_decode.c. */
 #ifndef PREFOPT_TOKENIZER_INTERNAL_H
 #define PREFOPT_TOKENIZER_INTERNAL_H
 
@@ -124,7 +124,8 @@ int tok_bpe_normalize(const prefopt_tokenizer *t, const char *s, size_t len, cha
  * first: the piece starts at offset 0 of the whole input (Metaspace prepend_scheme "first"). */
 int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, int first, int32_t **ids,
                          size_t *n, size_t *cap, prefopt_err *err);
-/* Decodes through the decoder chain (no decoder: pieces joined with spaces, as Hugging Face does). */
+/* tokenizer_decode.c: decodes through the decoder chain (no decoder: pieces joined with spaces, as Hugging Face
+ * does). */
 char *tok_bpe_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special, prefopt_err *err);
 void tok_bpe_free(prefopt_tokenizer *t);
 /* Merge-table lookup helpers used while loading. */
@@ -133,6 +134,9 @@ int tok_pair_put(prefopt_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32
 uint32_t tok_byte_to_cp(int b);
 
 tok_cache *tok_cache_new(void);
+/* s with every occurrence of a replaced by b, malloc'd and NUL-terminated; its length in *outlen. */
+char *tok_replace_all(const char *s, size_t len, const char *a, size_t alen, const char *b, size_t blen,
+                      size_t *outlen);
 /* Length of the UTF-8 character at s (strict), 0 if it is not valid UTF-8. */
 int tok_utf8_len(const unsigned char *s, size_t avail);
 
