@@ -1,7 +1,8 @@
 /* prefopt tokenizers: decoding ids through a tokenizer.json decoder chain (ByteLevel, Replace, ByteFallback, Fuse,
  * Strip, Metaspace), step by step on the list of token strings as Hugging Face tokenizers does. One difference on
  * purpose: bytes (ByteLevel or byte fallback) that do not form valid UTF-8 are kept as they are (Hugging Face writes
- * U+FFFD), so decoding ids one by one and joining the results gives the same bytes as decoding them together. */
+ * U+FFFD), so with a ByteLevel decoder, decoding ids one by one and joining the results gives the same bytes as
+ * decoding them together (SentencePiece-style chains strip or drop a leading space per call, so not there). */
 #define _GNU_SOURCE
 #include "tokenizer_internal.h"
 
