@@ -24,6 +24,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef struct {
     const char *shape, *arch, *loss, *pcontrol, *folded, *json;
@@ -441,6 +444,11 @@ static int run(bench_params *p)
         cJSON_AddNumberToObject(o, "dp", g.dp_size);
         cJSON_AddStringToObject(o, "blis_arch", prefopt_blis_arch());
         cJSON_AddNumberToObject(o, "blis_threads", prefopt_blis_threads());
+#ifdef _OPENMP
+        cJSON_AddNumberToObject(o, "omp_threads", omp_get_max_threads()); /* the engine's own loops */
+#else
+        cJSON_AddNumberToObject(o, "omp_threads", 1);
+#endif
         cJSON_AddBoolToObject(o, "activation_checkpoint", p->activation_checkpoint != 0);
         cJSON_AddNumberToObject(o, "steps", p->steps);
         cJSON_AddNumberToObject(o, "warmup", p->warmup);
