@@ -666,12 +666,15 @@ void prefopt_model_zero_grad(prefopt_model *m)
         memset(m->grad_data, 0, m->flat_count * sizeof(float));
 }
 
-/* Buckets of 8M floats (32 MB): large enough to run at bandwidth, small enough not to double peak memory. */
+void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats) { m->bucket = floats; }
+
+/* Buckets of 8M floats (32 MB) by default: large enough to run at bandwidth, small enough not to double peak
+ * memory inside MPI. */
 void prefopt_model_allreduce_grads(prefopt_model *m)
 {
     if (!m->grad_data || m->g->dp_size == 1)
         return;
-    const size_t bucket = (size_t)8 << 20;
+    const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20;
     for (size_t off = 0; off < m->flat_count; off += bucket) {
         size_t n = m->flat_count - off < bucket ? m->flat_count - off : bucket;
         MPI_Allreduce(MPI_IN_PLACE, m->grad_data + off, (int)n, MPI_FLOAT, MPI_SUM, m->g->dp);

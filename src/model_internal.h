@@ -32,6 +32,7 @@ struct prefopt_model {
     int *init_kind;               /* how prefopt_model_init_random fills each param */
     float *param_data, *grad_data;
     size_t flat_count;
+    size_t bucket;                /* floats per data-parallel all-reduce */
     size_t *vscr_offset;          /* rep_rows params: offset in vscr (else SIZE_MAX) */
     float *vscr;                  /* this backward's row-vector gradients, summed over grid->col at the end */
     size_t vscr_count;

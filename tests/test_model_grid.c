@@ -86,6 +86,7 @@ static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int check
     res->loss = tm_loss(full, &res->s, dc, da);
     prefopt_model_zero_grad(m);
     prefopt_model_backward(m, dc, da);
+    prefopt_model_set_grad_bucket(m, 1000); /* several buckets and a partial last one even on this tiny model */
     prefopt_model_allreduce_grads(m);
     res->grads = malloc(sizeof(float) * tm_total_elems(m));
     tm_gather_all(m, 1, res->grads);

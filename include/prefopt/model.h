@@ -164,6 +164,8 @@ void prefopt_model_zero_grad(prefopt_model *m);
 
 /* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer). */
 void prefopt_model_allreduce_grads(prefopt_model *m);
+/* Floats per all-reduce bucket (0: the default, 8M = 32 MB). */
+void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats);
 
 /* dst := src (same config and grid), e.g. the reference from the policy; and dst := (1-a) dst + a src for TR-DPO. */
 void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src);
