@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Error discipline under MPI (issue 11): for each kind of bad input one rank or all ranks meet, `prefopt train`
+# under `mpiexec -n 4` must end within seconds (timeout 60), with the expected exit code, and every rank must print
+# the same single error line naming the file and the field or tensor. Cases: missing dataset, token id >= vocab,
+# offsets not monotonic, a model file with a corrupt tensor (checksum), a tensor whose shape does not match the
+# config, a dataset whose vocabulary does not match the --init model, a grid that does not divide the ranks, and an
+# allocation failure (ulimit -v) whose message says what did not fit.
+# usage: test_errors_mpi.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
+set -uo pipefail
+build=${1:?usage: test_errors_mpi.sh BUILD_DIR}
+P=${PREFOPT:-$build/prefopt}
+case $P in /*) ;; *) P=$PWD/$P ;; esac
+PY=/usr/bin/python3
+$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py (tests/deps.sh)"; exit 77; }
+command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_mpi_yield_when_idle=1 BLIS_NUM_THREADS=1 OMPI_NUM_THREADS=1
+w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_errors_mpi.XXXXXX")
+trap 'rm -rf "$w"' EXIT
+cd "$w"
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# ---- inputs: a small pairs dataset (byte-level tokens, vocabulary 259) and a 1-layer model trained on it ----
+for i in $(seq 1 24); do
+  printf '{"prompt": "question %d?", "chosen": " answer %d yes", "rejected": " no %d"}\n' "$i" "$i" "$i"
+done > pairs.jsonl
+"$P" pack --input pairs.jsonl --output pairs.h5 > pack.log 2>&1 || { cat pack.log; echo "FAIL: pack"; exit 1; }
+"$P" train --data pairs.h5 --run-dir tiny --n-layer 1 --n-embd 16 --n-head 2 --batch-size 4 --max-steps 1 \
+  --resume never > tiny.log 2>&1 || { cat tiny.log; echo "FAIL: training the tiny model"; exit 1; }
+$PY - <<'EOF' || { echo "FAIL: making the broken inputs"; exit 1; }
+import h5py, numpy as np, shutil
+def copy(src, dst):
+    shutil.copy(src, dst)
+    return h5py.File(dst, 'r+')
+with copy('pairs.h5', 'badtok.h5') as f:       # one token beyond the vocabulary, in the second half of the scan
+    f['chosen/tokens'][150] = 300
+with copy('pairs.h5', 'badoff.h5') as f:       # offsets going backwards at example 4
+    o = f['prompt/offsets']
+    o[5] = o[4] - 1
+with copy('pairs.h5', 'vocab300.h5') as f:     # packed "with another tokenizer": vocabulary 300
+    f.attrs['vocab_size'] = np.int32(300)
+with copy('tiny/model.h5', 'corrupt.h5') as f: # one weight changed behind the checksum's back
+    d = f['model/h.mlp.c_fc.weight']
+    d[0, 3, 5] = d[0, 3, 5] + 1.0
+with copy('tiny/model.h5', 'shape.h5') as f:   # wpe with 128 positions where the config says 256
+    attrs = dict(f['model/wpe'].attrs)
+    del f['model/wpe']
+    n = f['model'].create_dataset('wpe', data=np.zeros((128, 16), 'f4'))
+    for k, v in attrs.items():
+        n.attrs[k] = v
+EOF
+
+# expect NAME RC MIN_LINES 'MESSAGE' -- prefopt ARGS...: runs under mpiexec -n 4 with a 60 s limit; checks the exit
+# code, that it took under 30 s, that at least MIN_LINES ranks printed "prefopt: error: MESSAGE" and that no rank
+# printed any other error line.
+expect() {
+  local name=$1 want_rc=$2 min=$3 msg=$4
+  shift 5
+  local t0=$SECONDS
+  timeout 60 mpiexec -n 4 --oversubscribe --bind-to none "$P" "$@" > "$name.out" 2> "$name.err"
+  local rc=$? dt=$((SECONDS - t0))
+  local n_ok n_all
+  n_ok=$(grep -cxF "prefopt: error: $msg" "$name.err")
+  n_all=$(grep -c "^prefopt: error:" "$name.err")
+  if [ "$rc" = 124 ]; then
+    fail "$name: still running after 60 s (a rank hangs)"
+  elif [ "$rc" != "$want_rc" ]; then
+    fail "$name: exit code $rc, expected $want_rc"
+  elif [ "$dt" -gt 30 ]; then
+    fail "$name: took $dt s"
+  elif [ "$n_ok" -lt "$min" ] || [ "$n_ok" != "$n_all" ]; then
+    fail "$name: $n_ok of $n_all error lines are 'prefopt: error: $msg' (expected at least $min, no other)"
+  else
+    echo "ok: $name: exit $rc in $dt s, $n_ok ranks: prefopt: error: $msg"
+    return
+  fi
+  sed 's/^/    /' "$name.err" | grep -v "^    *$" | head -20
+}
+
+common=(--run-dir run --resume never --batch-size 4 --max-steps 2)
+expect missing_dataset 1 4 "missing.h5: cannot open as an HDF5 file (missing, unreadable or not HDF5)" \
+  -- train --data missing.h5 "${common[@]}"
+expect token_beyond_vocab 1 4 "badtok.h5: dataset 'chosen/tokens': token id 300 at position 150 (example 10) is outside the vocabulary [0, 259)" \
+  -- train --data badtok.h5 "${common[@]}"
+expect offsets_not_monotonic 1 4 "badoff.h5: dataset 'prompt/offsets' is not monotonic at example 4 (43 after 44)" \
+  -- train --data badoff.h5 "${common[@]}"
+expect corrupt_tensor 1 4 "checkpoint corrupt.h5: tensor 'h.0.mlp.c_fc.weight' is corrupt (checksum mismatch)" \
+  -- train --data pairs.h5 --init corrupt.h5 "${common[@]}"
+expect tensor_shape 1 4 "shape.h5: tensor 'wpe' (dataset 'model/wpe'): shape [128,16] expected [256,16]" \
+  -- train --data pairs.h5 --init tiny/model.h5 --ref-model shape.h5 "${common[@]}"
+expect vocab_mismatch 1 4 "vocab300.h5: vocabulary size 300 does not match the model's 259 (packed with another tokenizer?)" \
+  -- train --data vocab300.h5 --init tiny/model.h5 "${common[@]}"
+expect grid_not_dividing 2 4 "grid 3x1 with 1 data-parallel replicas needs 3 ranks, but the job has 4 (set --grid-rows, --grid-cols and --dp so that rows*cols*dp = ranks)" \
+  -- train --data pairs.h5 --grid-rows 3 "${common[@]}"
+# Allocation failure: 3 GB of address space per process, a 1.6 G-parameter model. Every rank fails the same
+# allocation; the first MPI_Abort may stop the others before they print, so one line is the minimum.
+(
+  ulimit -v 3000000
+  expect allocation_failure 1 1 "out of memory allocating 1613156368 x 4 bytes for parameters" \
+    -- train --data pairs.h5 --n-embd 4096 --n-layer 8 --n-head 32 "${common[@]}"
+  exit "$fails"
+) || fails=$((fails + 1))
+
+if [ "$fails" -gt 0 ]; then
+  echo "test_errors_mpi: $fails case(s) failed"
+  exit 1
+fi
+echo "test_errors_mpi: all cases passed"
