@@ -741,6 +741,17 @@ static void regroup_exchange(ck_piece *p, float *cols, int dir)
     free(rd);
 }
 
+/* Layers per collective transfer of a stacked dataset: the staging buffer holds at most about 1 GiB of the global
+ * tensor (divided over the ranks), so memory stays bounded for large models; the same count on every rank. */
+static int layers_per_round(const ck_dset *d)
+{
+    double layer = 4.0 * (double)d->shape[0] * (double)(d->ndim == 2 ? d->shape[1] : 1);
+    const char *t = getenv("PREFOPT_TEST_CKPT_ROUND_BYTES"); /* tests: force one layer per transfer */
+    double limit = t && *t ? atof(t) : (double)(1u << 30);
+    int per = (int)(limit / (layer > 1 ? layer : 1));
+    return per < 1 ? 1 : per > d->nl ? d->nl : per;
+}
+
 int ck_write_items(hid_t file, const char *path, const char *group, ck_item *items, int n, int dp_rank, int dp_size,
                    MPI_Comm sum_comm, prefopt_err *err)
 {
@@ -764,57 +775,61 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
             rc = 1;
             continue;
         }
-        hsize_t dims[3];
-        int r = dset_dims(&d[j], dims);
-        hid_t fs = H5Screate_simple(r, dims, NULL);
-        H5Sselect_none(fs);
-        double t0 = prefopt_now();
-        size_t total = 0;
-        for (int l = 0; l < d[j].nl; l++) {
-            const ck_item *it = &items[d[j].items[l]];
-            if (it->p.active && it->p.sums && (l + j) % dp_size == dp_rank)
-                total += regroup(&it->p) ? regroup_count(&it->p) : piece_count(&it->p);
-        }
-        if (total > stage_cap) {
-            free(stage);
-            stage_cap = total;
-            stage = prefopt_xmalloc(sizeof(float) * stage_cap, "checkpoint staging buffer");
-        }
-        size_t off = 0;
-        for (int l = 0; l < d[j].nl; l++) {
-            int i = d[j].items[l];
-            const ck_item *it = &items[i];
-            /* one copy of each element is written: replicated vectors by process row 0 only */
-            if (!it->p.active || !it->p.sums || (l + j) % dp_size != dp_rank)
-                continue;
-            sums[i] = ck_checksum_piece(&it->p);
-            if (regroup(&it->p)) { /* collective over the process column, whose ranks all get here */
-                regroup_exchange((ck_piece *)&it->p, stage + off, 0);
-                select_cols(fs, d[j].stacked ? l : -1, &it->p);
-                off += regroup_count(&it->p);
-                continue;
+        int per = layers_per_round(&d[j]);
+        for (int l0 = 0; l0 < d[j].nl; l0 += per) {
+            int l1 = l0 + per < d[j].nl ? l0 + per : d[j].nl;
+            hsize_t dims[3];
+            int r = dset_dims(&d[j], dims);
+            hid_t fs = H5Screate_simple(r, dims, NULL);
+            H5Sselect_none(fs);
+            double t0 = prefopt_now();
+            size_t total = 0;
+            for (int l = l0; l < l1; l++) {
+                const ck_item *it = &items[d[j].items[l]];
+                if (it->p.active && it->p.sums && (l + j) % dp_size == dp_rank)
+                    total += regroup(&it->p) ? regroup_count(&it->p) : piece_count(&it->p);
             }
-            if (piece_count(&it->p) == 0)
-                continue;
-            /* the file selection iterates (layer, out, in) in row-major order, which is the order of the local
-             * column-major pieces because the local-to-global maps are increasing */
-            select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
-            pack(&it->p, stage + off);
-            off += piece_count(&it->p);
+            if (total > stage_cap) {
+                free(stage);
+                stage_cap = total;
+                stage = prefopt_xmalloc(sizeof(float) * stage_cap, "checkpoint staging buffer");
+            }
+            size_t off = 0;
+            for (int l = l0; l < l1; l++) {
+                int i = d[j].items[l];
+                const ck_item *it = &items[i];
+                /* one copy of each element is written: replicated vectors by process row 0 only */
+                if (!it->p.active || !it->p.sums || (l + j) % dp_size != dp_rank)
+                    continue;
+                sums[i] = ck_checksum_piece(&it->p);
+                if (regroup(&it->p)) { /* collective over the process column, whose ranks all get here */
+                    regroup_exchange((ck_piece *)&it->p, stage + off, 0);
+                    select_cols(fs, d[j].stacked ? l : -1, &it->p);
+                    off += regroup_count(&it->p);
+                    continue;
+                }
+                if (piece_count(&it->p) == 0)
+                    continue;
+                /* the file selection iterates (layer, out, in) in row-major order, which is the order of the local
+                 * column-major pieces because the local-to-global maps are increasing */
+                select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
+                pack(&it->p, stage + off);
+                off += piece_count(&it->p);
+            }
+            hsize_t mdim = total ? total : 1;
+            hid_t ms = H5Screate_simple(1, &mdim, NULL);
+            if (!total)
+                H5Sselect_none(ms);
+            double t1 = prefopt_now();
+            timers[0] += t1 - t0;
+            if (H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
+                prefopt_err_set(err, "%s: writing dataset '%s/%s' failed", path, group, d[j].ds);
+                rc = 1;
+            }
+            H5Sclose(ms);
+            H5Sclose(fs);
+            timers[1] += prefopt_now() - t1;
         }
-        hsize_t mdim = total ? total : 1;
-        hid_t ms = H5Screate_simple(1, &mdim, NULL);
-        if (!total)
-            H5Sselect_none(ms);
-        double t1 = prefopt_now();
-        timers[0] += t1 - t0;
-        if (H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
-            prefopt_err_set(err, "%s: writing dataset '%s/%s' failed", path, group, d[j].ds);
-            rc = 1;
-        }
-        H5Sclose(ms);
-        H5Sclose(fs);
-        timers[1] += prefopt_now() - t1;
         ck_kill_hook_tick();
     }
     free(stage);
@@ -918,50 +933,54 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
         for (int l = 0; l < d[j].nl; l++)
             stored[d[j].items[l]] = s[l];
         free(s);
-        H5Sselect_none(fs);
-        size_t total = 0;
-        for (int l = 0; l < d[j].nl; l++) {
-            const ck_item *it = &items[d[j].items[l]];
-            if (it->p.active && regroup(&it->p)) {
-                select_cols(fs, d[j].stacked ? l : -1, &it->p);
-                total += regroup_count(&it->p);
-            } else if (it->p.active && piece_count(&it->p)) {
-                select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
-                total += piece_count(&it->p);
+        int per = layers_per_round(&d[j]);
+        for (int l0 = 0; l0 < d[j].nl; l0 += per) {
+            int l1 = l0 + per < d[j].nl ? l0 + per : d[j].nl;
+            H5Sselect_none(fs);
+            size_t total = 0;
+            for (int l = l0; l < l1; l++) {
+                const ck_item *it = &items[d[j].items[l]];
+                if (it->p.active && regroup(&it->p)) {
+                    select_cols(fs, d[j].stacked ? l : -1, &it->p);
+                    total += regroup_count(&it->p);
+                } else if (it->p.active && piece_count(&it->p)) {
+                    select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
+                    total += piece_count(&it->p);
+                }
+            }
+            if (total > stage_cap) {
+                free(stage);
+                stage_cap = total;
+                stage = prefopt_xmalloc(sizeof(float) * stage_cap, "checkpoint staging buffer");
+            }
+            hsize_t mdim = total ? total : 1;
+            hid_t ms = H5Screate_simple(1, &mdim, NULL);
+            if (!total)
+                H5Sselect_none(ms);
+            if (H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
+                /* may differ between ranks: recorded, agreed on below */
+                prefopt_err_set(err, "%s: reading tensor '%s' failed (truncated file?)", path, first->name);
+                rc = 2;
+            }
+            H5Sclose(ms);
+            size_t off = 0;
+            for (int l = l0; l < l1; l++) { /* runs after a failed read too: the regrouping is collective */
+                int i = d[j].items[l];
+                ck_item *it = &items[i];
+                if (it->p.active && regroup(&it->p)) {
+                    regroup_exchange(&it->p, stage + off, 1);
+                    off += regroup_count(&it->p);
+                } else if (it->p.active && piece_count(&it->p)) {
+                    unpack(&it->p, stage + off);
+                    off += piece_count(&it->p);
+                } else
+                    continue;
+                if (it->p.sums)
+                    sums[i] = ck_checksum_piece(&it->p);
             }
         }
-        if (total > stage_cap) {
-            free(stage);
-            stage_cap = total;
-            stage = prefopt_xmalloc(sizeof(float) * stage_cap, "checkpoint staging buffer");
-        }
-        hsize_t mdim = total ? total : 1;
-        hid_t ms = H5Screate_simple(1, &mdim, NULL);
-        if (!total)
-            H5Sselect_none(ms);
-        if (H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
-            /* may differ between ranks: recorded, agreed on below */
-            prefopt_err_set(err, "%s: reading tensor '%s' failed (truncated file?)", path, first->name);
-            rc = 2;
-        }
-        H5Sclose(ms);
         H5Sclose(fs);
         H5Dclose(ds);
-        size_t off = 0;
-        for (int l = 0; l < d[j].nl; l++) { /* runs after a failed read too: the regrouping is collective */
-            int i = d[j].items[l];
-            ck_item *it = &items[i];
-            if (it->p.active && regroup(&it->p)) {
-                regroup_exchange(&it->p, stage + off, 1);
-                off += regroup_count(&it->p);
-            } else if (it->p.active && piece_count(&it->p)) {
-                unpack(&it->p, stage + off);
-                off += piece_count(&it->p);
-            } else
-                continue;
-            if (it->p.sums)
-                sums[i] = ck_checksum_piece(&it->p);
-        }
         if (rc == 2) { /* keep going collectively; reported after the loop */
             rc = 0;
             ioerr = 1;

@@ -117,6 +117,11 @@ static prefopt_train_state make_state(int rank)
 static void test_reshard(prefopt_arch arch)
 {
     const char *an = arch == PREFOPT_ARCH_GPT2 ? "gpt2" : "llama";
+    /* Llama: one layer per collective transfer (the bounded-memory path large models take) */
+    if (arch == PREFOPT_ARCH_LLAMA)
+        setenv("PREFOPT_TEST_CKPT_ROUND_BYTES", "1", 1);
+    else
+        unsetenv("PREFOPT_TEST_CKPT_ROUND_BYTES");
     prefopt_err err = {0};
     prefopt_grid g;
     if (prefopt_grid_init(&g, MPI_COMM_WORLD, 2, 1, 2, &err))
@@ -234,6 +239,10 @@ static void steps(prefopt_model *m, prefopt_adamw *opt, int from, int to, double
 static void test_resume(prefopt_arch arch)
 {
     prefopt_err err = {0};
+    if (arch == PREFOPT_ARCH_LLAMA)
+        setenv("PREFOPT_TEST_CKPT_ROUND_BYTES", "1", 1);
+    else
+        unsetenv("PREFOPT_TEST_CKPT_ROUND_BYTES");
     prefopt_grid g;
     if (prefopt_grid_init(&g, MPI_COMM_WORLD, 2, 1, 2, &err))
         MPI_Abort(MPI_COMM_WORLD, 1);
@@ -478,6 +487,7 @@ int main(int argc, char **argv)
     test_reshard(PREFOPT_ARCH_LLAMA);
     test_resume(PREFOPT_ARCH_GPT2);
     test_resume(PREFOPT_ARCH_LLAMA);
+    unsetenv("PREFOPT_TEST_CKPT_ROUND_BYTES");
     test_corrupt();
     test_rotation();
     int total = failures;
