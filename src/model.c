@@ -425,7 +425,18 @@ static void alloc_acts(prefopt_model *m)
                          "attention log-normalisers");
     }
     act(m, &m->xf, C, m->nbh);
-    act(m, &m->logits, c->vocab_size, m->nbv);
+    /* the LM head's chunk: as many rows as fit the logits budget (default 1 GiB per rank), whole process rows */
+    {
+        prefopt_dmat probe;
+        prefopt_dmat_init(&probe, m->g, 1, c->vocab_size, 1, m->nbv);
+        size_t per_row = (size_t)T * (probe.nloc > 0 ? probe.nloc : 1) * sizeof(float); /* per local sequence */
+        size_t budget = m->logits_budget ? m->logits_budget : (size_t)1 << 30;
+        size_t fit = budget / per_row;
+        int rows = (int)(fit < 1 ? 1 : fit > (size_t)m->b.nrows ? (size_t)m->b.nrows : fit) * m->g->nprow;
+        m->head_rows = rows >= m->b.nrows ? (m->b.nrows > 0 ? m->b.nrows : 1) : rows;
+        prefopt_dmat_init(&m->logits, m->g, m->head_rows * T, c->vocab_size, T, m->nbv);
+        m->logits.data = new_buf(m, prefopt_dmat_local_size(&m->logits), "logits");
+    }
     m->nf_mean = new_buf(m, nt, "norm stats");
     m->nf_rstd = new_buf(m, nt, "norm stats");
     m->lse = new_buf(m, nt, "log-sum-exp");
@@ -667,6 +678,13 @@ void prefopt_model_zero_grad(prefopt_model *m)
 }
 
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats) { m->bucket = floats; }
+
+void prefopt_model_set_logits_budget(prefopt_model *m, size_t bytes)
+{
+    m->logits_budget = bytes;
+    free_acts(m); /* re-plan the head chunks at the next forward */
+    m->have_batch = 0;
+}
 
 /* Buckets of 8M floats (32 MB) by default: large enough to run at bandwidth, small enough not to double peak
  * memory inside MPI. */

@@ -3,6 +3,8 @@
  * process row, the target logit comes from its owner. Full logits are never gathered. */
 #include "model_internal.h"
 
+#include "blacs.h"
+
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -13,73 +15,96 @@ typedef struct {
     int i;
 } val_idx; /* layout of MPI_FLOAT_INT */
 
+/* The head runs over chunks of m->head_rows batch rows (a multiple of nprow, so a chunk starts on process row 0
+ * and its local rows are a contiguous run of xf's): only one chunk's logits exist at a time. With one chunk the
+ * logits are kept for backward; with several, backward recomputes each chunk's logits (one more head GEMM). */
+static void chunk_logits(prefopt_model *m, prefopt_dmat *Lc, int r0, int cr)
+{
+    const int T = m->b.T, ia = r0 * T + 1, one = 1;
+    prefopt_dmat_init(Lc, m->g, cr * T, m->cfg.vocab_size, T, m->nbv);
+    Lc->data = m->logits.data;
+    if (Lc->m == 0 || Lc->n == 0)
+        return;
+    int mm = Lc->m, nn = Lc->n, kk = m->cfg.hidden_size;
+    float alpha = 1.0f, beta = 0.0f;
+    psgemm_("N", "N", &mm, &nn, &kk, &alpha, m->xf.data, &ia, &one, m->xf.desc, m->head->value->data, &one, &one,
+            m->head->value->desc, &beta, Lc->data, &one, &one, Lc->desc);
+}
+
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
 {
-    prefopt_dmat *L = &m->logits;
     const prefopt_grid *g = m->g;
-    const int T = m->b.T, V = m->cfg.vocab_size, nt = L->mloc, nu = m->b.nunits;
-    prefopt_dmat_gemm('N', 'N', 1.0f, &m->xf, m->head->value, 0.0f, L);
+    const int T = m->b.T, V = m->cfg.vocab_size, nu = m->b.nunits;
+    double *acc = prefopt_xcalloc((size_t)6 * nu + 1, sizeof *acc, "unit sums");
+    for (int r0 = 0; r0 < m->b.nrows; r0 += m->head_rows) {
+        int cr = m->b.nrows - r0 < m->head_rows ? m->b.nrows - r0 : m->head_rows;
+        prefopt_dmat Lc, *L = &Lc;
+        chunk_logits(m, L, r0, cr);
+        const int nt = L->mloc, off = r0 / g->nprow * T; /* xf's local row of this chunk's first */
+        float *lse = m->lse + off, *tgt = m->tgt + off;
 
-    /* row max with its (lowest) index: MPI_MAXLOC breaks ties towards the lower index, like torch.argmax */
-    val_idx *mx = prefopt_xmalloc(sizeof *mx * (nt + 1), "logit max");
-    for (int il = 0; il < nt; il++) {
-        mx[il].v = -FLT_MAX;
-        mx[il].i = INT_MAX;
-    }
-#pragma omp parallel for schedule(static)
-    for (int rb = 0; rb < nt; rb += PF_RB)
-        for (int jl = 0; jl < L->nloc; jl++) {
-            int j = prefopt_dmat_col_l2g(L, jl), re = rb + PF_RB < nt ? rb + PF_RB : nt;
-            const float *col = pf_at(L, 0, jl);
-            for (int il = rb; il < re; il++)
-                if (col[il] > mx[il].v) {
-                    mx[il].v = col[il];
-                    mx[il].i = j;
-                }
+        /* row max with its (lowest) index: MPI_MAXLOC breaks ties towards the lower index, like torch.argmax */
+        val_idx *mx = prefopt_xmalloc(sizeof *mx * (nt + 1), "logit max");
+        for (int il = 0; il < nt; il++) {
+            mx[il].v = -FLT_MAX;
+            mx[il].i = INT_MAX;
         }
-    MPI_Allreduce(MPI_IN_PLACE, mx, nt, MPI_FLOAT_INT, MPI_MAXLOC, g->row);
-    double *sums = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *sums, "logit sums"); /* sum exp, sum raw */
 #pragma omp parallel for schedule(static)
-    for (int rb = 0; rb < nt; rb += PF_RB)
-        for (int jl = 0; jl < L->nloc; jl++) {
-            const float *col = pf_at(L, 0, jl);
-            for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
-                sums[2 * il] += expf(col[il] - mx[il].v);
-                sums[2 * il + 1] += col[il];
+        for (int rb = 0; rb < nt; rb += PF_RB)
+            for (int jl = 0; jl < L->nloc; jl++) {
+                int j = prefopt_dmat_col_l2g(L, jl), re = rb + PF_RB < nt ? rb + PF_RB : nt;
+                const float *col = pf_at(L, 0, jl);
+                for (int il = rb; il < re; il++)
+                    if (col[il] > mx[il].v) {
+                        mx[il].v = col[il];
+                        mx[il].i = j;
+                    }
+            }
+        MPI_Allreduce(MPI_IN_PLACE, mx, nt, MPI_FLOAT_INT, MPI_MAXLOC, g->row);
+        double *sums = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *sums, "logit sums"); /* sum exp, sum raw */
+#pragma omp parallel for schedule(static)
+        for (int rb = 0; rb < nt; rb += PF_RB)
+            for (int jl = 0; jl < L->nloc; jl++) {
+                const float *col = pf_at(L, 0, jl);
+                for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
+                    sums[2 * il] += expf(col[il] - mx[il].v);
+                    sums[2 * il + 1] += col[il];
+                }
+            }
+        MPI_Allreduce(MPI_IN_PLACE, sums, 2 * nt, MPI_DOUBLE, MPI_SUM, g->row);
+        for (int il = 0; il < nt; il++)
+            lse[il] = mx[il].v + (float)log(sums[2 * il]);
+
+        /* the logit of each token at its parent's row, from the process column that owns that vocab entry */
+        for (int il = 0; il < nt; il++) {
+            int t = r0 * T + prefopt_dmat_row_l2g(L, il), p = m->b.parent[t], tok = m->b.tokens[t];
+            tgt[il] = 0.0f;
+            if (m->b.seg[t] < 0 || p < 0 || prefopt_dmat_col_owner(L, tok) != g->mycol)
+                continue;
+            tgt[il] = *pf_at(L, (il / T) * T + p, prefopt_dmat_col_g2l(L, tok));
+        }
+        MPI_Allreduce(MPI_IN_PLACE, tgt, nt, MPI_FLOAT, MPI_SUM, g->row);
+
+        /* per-unit sums over this process row's sequences */
+        for (int il = 0; il < nt; il++) {
+            int t = r0 * T + prefopt_dmat_row_l2g(L, il), p = m->b.parent[t], u = m->b.unit[t];
+            if (m->b.seg[t] < 0 || p < 0 || u < 0)
+                continue;
+            int pl = (il / T) * T + p;
+            double lp = (double)tgt[il] - lse[pl];
+            acc[nu + u] += lp;
+            acc[3 * nu + u] += 1;
+            if (m->b.completion[t]) {
+                acc[u] += lp;
+                acc[2 * nu + u] += 1;
+                acc[4 * nu + u] += sums[2 * pl + 1] / V;
+                acc[5 * nu + u] += mx[pl].i == m->b.tokens[t];
             }
         }
-    MPI_Allreduce(MPI_IN_PLACE, sums, 2 * nt, MPI_DOUBLE, MPI_SUM, g->row);
-    for (int il = 0; il < nt; il++)
-        m->lse[il] = mx[il].v + (float)log(sums[2 * il]);
-
-    /* the logit of each token at its parent's row, from the process column that owns that vocab entry */
-    for (int il = 0; il < nt; il++) {
-        int t = prefopt_dmat_row_l2g(L, il), p = m->b.parent[t], tok = m->b.tokens[t];
-        m->tgt[il] = 0.0f;
-        if (m->b.seg[t] < 0 || p < 0 || prefopt_dmat_col_owner(L, tok) != g->mycol)
-            continue;
-        m->tgt[il] = *pf_at(L, (il / T) * T + p, prefopt_dmat_col_g2l(L, tok));
+        free(sums);
+        free(mx);
     }
-    MPI_Allreduce(MPI_IN_PLACE, m->tgt, nt, MPI_FLOAT, MPI_SUM, g->row);
-
-    /* per-unit sums over this process row's sequences, then over process rows */
-    double *acc = prefopt_xcalloc((size_t)6 * nu + 1, sizeof *acc, "unit sums");
-    for (int il = 0; il < nt; il++) {
-        int t = prefopt_dmat_row_l2g(L, il), p = m->b.parent[t], u = m->b.unit[t];
-        if (m->b.seg[t] < 0 || p < 0 || u < 0)
-            continue;
-        int pl = (il / T) * T + p;
-        double lp = (double)m->tgt[il] - m->lse[pl];
-        acc[nu + u] += lp;
-        acc[3 * nu + u] += 1;
-        if (m->b.completion[t]) {
-            acc[u] += lp;
-            acc[2 * nu + u] += 1;
-            acc[4 * nu + u] += sums[2 * pl + 1] / V;
-            acc[5 * nu + u] += mx[pl].i == m->b.tokens[t];
-        }
-    }
-    MPI_Allreduce(MPI_IN_PLACE, acc, 6 * nu, MPI_DOUBLE, MPI_SUM, g->col);
+    MPI_Allreduce(MPI_IN_PLACE, acc, 6 * nu, MPI_DOUBLE, MPI_SUM, g->col); /* over process rows */
     for (int u = 0; u < nu; u++) {
         out->logp_completion[u] = acc[u];
         out->logp_all[u] = acc[nu + u];
@@ -91,39 +116,54 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
             out->argmax_hits[u] = acc[5 * nu + u];
     }
     free(acc);
-    free(sums);
-    free(mx);
 }
 
 /* d loss / d logit[p, v] = sum over tokens i predicted from p of w_i (onehot(tok_i) - softmax(p)). Overwrites
- * the logits with their gradient, then dX_f = dL E^T into m->dn and dE += X_f^T dL. */
+ * a chunk's logits with their gradient, then dX_f = dL E^T into m->dn's rows and dE += X_f^T dL. */
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all)
 {
-    prefopt_dmat *L = &m->logits;
-    const int T = m->b.T, nt = L->mloc;
-    float *W = prefopt_xcalloc((size_t)nt + 1, sizeof *W, "head weights");
-    float *w = prefopt_xcalloc((size_t)nt + 1, sizeof *w, "token weights");
-    for (int il = 0; il < nt; il++) {
-        int t = prefopt_dmat_row_l2g(L, il), p = m->b.parent[t], u = m->b.unit[t];
-        if (m->b.seg[t] < 0 || p < 0 || u < 0)
-            continue;
-        w[il] = d_all[u] + (m->b.completion[t] ? d_completion[u] : 0.0f);
-        W[(il / T) * T + p] += w[il];
-    }
+    const int T = m->b.T, one = 1, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    for (int r0 = 0; r0 < m->b.nrows; r0 += m->head_rows) {
+        int cr = m->b.nrows - r0 < m->head_rows ? m->b.nrows - r0 : m->head_rows;
+        prefopt_dmat Lc, *L = &Lc;
+        if (cr == m->b.nrows) { /* one chunk: the forward's logits are still there */
+            prefopt_dmat_init(L, m->g, cr * T, V, T, m->nbv);
+            L->data = m->logits.data;
+        } else {
+            chunk_logits(m, L, r0, cr);
+        }
+        const int nt = L->mloc, off = r0 / m->g->nprow * T;
+        const float *lse = m->lse + off;
+        float *W = prefopt_xcalloc((size_t)nt + 1, sizeof *W, "head weights");
+        float *w = prefopt_xcalloc((size_t)nt + 1, sizeof *w, "token weights");
+        for (int il = 0; il < nt; il++) {
+            int t = r0 * T + prefopt_dmat_row_l2g(L, il), p = m->b.parent[t], u = m->b.unit[t];
+            if (m->b.seg[t] < 0 || p < 0 || u < 0)
+                continue;
+            w[il] = d_all[u] + (m->b.completion[t] ? d_completion[u] : 0.0f);
+            W[(il / T) * T + p] += w[il];
+        }
 #pragma omp parallel for schedule(static)
-    for (int jl = 0; jl < L->nloc; jl++) {
-        float *col = pf_at(L, 0, jl);
-        for (int il = 0; il < nt; il++)
-            col[il] = W[il] != 0.0f ? -W[il] * expf(col[il] - m->lse[il]) : 0.0f;
-    }
-    for (int il = 0; il < nt; il++) {
-        int t = prefopt_dmat_row_l2g(L, il), tok = m->b.tokens[t];
-        if (w[il] == 0.0f || prefopt_dmat_col_owner(L, tok) != m->g->mycol)
+        for (int jl = 0; jl < L->nloc; jl++) {
+            float *col = pf_at(L, 0, jl);
+            for (int il = 0; il < nt; il++)
+                col[il] = W[il] != 0.0f ? -W[il] * expf(col[il] - lse[il]) : 0.0f;
+        }
+        for (int il = 0; il < nt; il++) {
+            int t = r0 * T + prefopt_dmat_row_l2g(L, il), tok = m->b.tokens[t];
+            if (w[il] == 0.0f || prefopt_dmat_col_owner(L, tok) != m->g->mycol)
+                continue;
+            *pf_at(L, (il / T) * T + m->b.parent[t], prefopt_dmat_col_g2l(L, tok)) += w[il];
+        }
+        free(W);
+        free(w);
+        if (L->m == 0)
             continue;
-        *pf_at(L, (il / T) * T + m->b.parent[t], prefopt_dmat_col_g2l(L, tok)) += w[il];
+        int ia = r0 * T + 1, mm = L->m;
+        float a1 = 1.0f, b0 = 0.0f, b1 = 1.0f;
+        psgemm_("N", "T", &mm, &C, &V, &a1, L->data, &one, &one, L->desc, m->head->value->data, &one, &one,
+                m->head->value->desc, &b0, m->dn.data, &ia, &one, m->dn.desc);
+        psgemm_("T", "N", &C, &V, &mm, &a1, m->xf.data, &ia, &one, m->xf.desc, L->data, &one, &one, L->desc, &b1,
+                m->head->grad->data, &one, &one, m->head->grad->desc);
     }
-    free(W);
-    free(w);
-    prefopt_dmat_gemm('N', 'T', 1.0f, L, m->head->value, 0.0f, &m->dn);
-    prefopt_dmat_gemm('T', 'N', 1.0f, &m->xf, L, 1.0f, m->head->grad);
 }

@@ -48,7 +48,9 @@ struct prefopt_model {
     prefopt_dmat *xs;             /* residual stream: xs[l] input of layer l, xs[L] output of the last */
     layer_acts *acts;             /* L of them, or 1 scratch when checkpointing or without gradients */
     int nacts;
-    prefopt_dmat xf, logits;
+    prefopt_dmat xf, logits;      /* logits: storage for head_rows rows (see model_head.c) */
+    int head_rows;                /* batch rows per LM-head chunk, a multiple of nprow */
+    size_t logits_budget;         /* bytes of local logits a chunk may take (0: default) */
     float *nf_mean, *nf_rstd;
     float *lse;                   /* per local token: log-sum-exp of its logits row */
     float *tgt;                   /* per local token: logit of its own token at its parent's row */

@@ -8,7 +8,8 @@
  * elements that are ~0 by symmetry compare at the tensor's scale). GPT-2's key bias has an identically zero
  * gradient (softmax is shift-invariant), so what is left is rounding of cancelling terms of the size of the
  * other gradients: the tensor scale is floored at 1e-4 of the largest gradient of the model. Different grids sum
- * in a different order (PBLAS panels, norm reductions), which moves fp32 results by ~1e-6 relative. */
+ * in a different order (PBLAS panels, norm reductions), which moves fp32 results by ~1e-6 relative. The LM head
+ * is also run in chunks of one sequence per process row (tiny logits budget), which must agree the same way. */
 #include "test_model_util.h"
 
 #include <math.h>
@@ -46,7 +47,8 @@ typedef struct {
 } result;
 
 /* forward + backward of the rows r with r % dp == dp_rank; stats and gradients summed over g->dp */
-static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int checkpoint, const test_batch *full)
+static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int checkpoint, const test_batch *full,
+                size_t logits_budget)
 {
     prefopt_model_config cfg;
     tm_config(&cfg, arch);
@@ -59,6 +61,7 @@ static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int check
     }
     prefopt_model_init_random(m, 77);
     perturb(m);
+    prefopt_model_set_logits_budget(m, logits_budget);
     test_batch part;
     tb_init(&part, 0, full->T);
     part.nunits = full->nunits;
@@ -146,7 +149,7 @@ int main(int argc, char **argv)
     int nconf = 0;
     for (int arch = 0; arch < 2; arch++) {
         result ref;
-        run(&ref, (prefopt_arch)arch, &serial, 0, &tb);
+        run(&ref, (prefopt_arch)arch, &serial, 0, &tb, 0);
         for (int dp = 1; dp <= 2; dp++)
             for (int pr = 1; pr <= size; pr++) {
                 if (size % (dp * pr))
@@ -156,10 +159,17 @@ int main(int argc, char **argv)
                 prefopt_grid_init(&g, MPI_COMM_WORLD, pr, pc, dp, &err);
                 char what[96];
                 snprintf(what, sizeof what, "%s grid %dx%d dp %d", arch ? "llama" : "gpt2", pr, pc, dp);
-                result a, c;
-                run(&a, (prefopt_arch)arch, &g, 0, &tb);
+                result a, c, h;
+                run(&a, (prefopt_arch)arch, &g, 0, &tb, 0);
                 compare(what, (prefopt_arch)arch, &a, &ref, &tb, &serial);
-                run(&c, (prefopt_arch)arch, &g, 1, &tb);
+                /* a 1-byte logits budget: the LM head runs one sequence per process row at a time and backward
+                 * recomputes each chunk's logits */
+                run(&h, (prefopt_arch)arch, &g, 0, &tb, 1);
+                char what_h[128];
+                snprintf(what_h, sizeof what_h, "%s (chunked head)", what);
+                compare(what_h, (prefopt_arch)arch, &h, &ref, &tb, &serial);
+                free(h.grads);
+                run(&c, (prefopt_arch)arch, &g, 1, &tb, 0);
                 size_t n = 0;
                 for (int u = 0; u < tb.nunits; u++)
                     if (c.s.c[u] != a.s.c[u])

@@ -164,6 +164,10 @@ void prefopt_model_zero_grad(prefopt_model *m);
 
 /* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer). */
 void prefopt_model_allreduce_grads(prefopt_model *m);
+/* The LM head runs over chunks of batch rows whose local logits fit this many bytes (0: the default, 1 GiB);
+ * when the batch needs several chunks, backward recomputes each chunk's logits (one more head GEMM) instead of
+ * keeping nrows*T x vocab logits. Takes effect at the next forward. */
+void prefopt_model_set_logits_budget(prefopt_model *m, size_t bytes);
 /* Floats per all-reduce bucket (0: the default, 8M = 32 MB). */
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats);
 
