@@ -27,4 +27,10 @@ $MPI "$EXE" save "$W/ck" 2 || die "save 2"
 $MPI "$EXE" verify "$W/ck" 2 || die "verify 2"
 [ ! -e "$W/ck/step-00000002.h5.tmp" ] || die ".tmp left after a complete save"
 [ -e "$W/ck/step-00000001.h5" ] || die "step 1 removed although keep_last=3"
+# weights-only export of the latest checkpoint (the directory stands for it), and to HF and back: same weights
+"$PREFOPT" export --model "$W/ck" --out "$W/w.h5" --hf "$W/hf" > /dev/null || die "export of the checkpoint directory"
+h5ls -r "$W/w.h5" | grep -q optim && die "weights-only export carries optimizer state"
+h5diff "$W/ck/step-00000002.h5" "$W/w.h5" /model /model > /dev/null || die "weights-only export differs"
+"$PREFOPT" import --hf "$W/hf" --out "$W/back.h5" > /dev/null || die "import of the exported checkpoint"
+h5diff "$W/ck/step-00000002.h5" "$W/back.h5" /model /model > /dev/null || die "checkpoint -> HF -> import not bit-identical"
 exit $fail

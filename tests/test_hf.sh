@@ -57,6 +57,11 @@ expect_err "model.safetensors: tensor for 'h.2.ln_1.weight' missing" --arch gpt2
 expect_err "model.safetensors: tensor 'transformer.h.1.ln_1.weight' is not part of this gpt2 model (config.json says 1 layers)" --arch gpt2 --set-config 'n_layer=1'
 expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this llama model" --arch qwen2 --set-config 'model_type="llama"'
 
+# a truncated model file
+head -c 30000 m1/a.h5 > trunc.h5
+out=$("$PREFOPT" export --model trunc.h5 --hf trunc 2>&1) && die "export of a truncated file succeeded"
+echo "$out" | grep -q "trunc.h5: cannot open as HDF5 (missing, truncated" || die "truncated export message: $out"
+
 # a model file that is not one
 echo "not hdf5" > junk.h5
 out=$("$PREFOPT" export --model junk.h5 --hf junk 2>&1) && die "export of junk succeeded"
