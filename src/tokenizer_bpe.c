@@ -478,7 +478,7 @@ static cand heap_pop(cand *h, size_t *n)
 typedef struct {
     sym *s;
     cand *h;
-    size_t cap_s, cap_h;
+    size_t cap_s;
 } merge_buf;
 
 static void sym_push(merge_buf *mb, size_t *n, int32_t id)
@@ -486,7 +486,8 @@ static void sym_push(merge_buf *mb, size_t *n, int32_t id)
     if (*n == mb->cap_s) {
         mb->cap_s = mb->cap_s ? mb->cap_s * 2 : 64;
         mb->s = realloc(mb->s, mb->cap_s * sizeof *mb->s);
-        mb->h = realloc(mb->h, mb->cap_s * sizeof *mb->h);
+        /* the heap keeps stale candidates: n-1 at the start plus at most 2 per merge, so under 3n */
+        mb->h = realloc(mb->h, 3 * mb->cap_s * sizeof *mb->h);
         if (!mb->s || !mb->h)
             prefopt_die("out of memory in the tokenizer (symbols)");
     }

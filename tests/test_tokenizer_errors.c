@@ -126,6 +126,81 @@ int main(void)
     }
     prefopt_tokenizer_free(tlit);
 
+    /* a long word whose merges keep making new candidates: 65 "a" -> 4 x a16 + a (the candidate heap outgrows the
+       symbol count here; it once overflowed) */
+    const char *pow2 = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"aa\":1,\"aaaa\":2,\"aaaaaaaa\":3,"
+                       "\"aaaaaaaaaaaaaaaa\":4},\"merges\":[\"a a\",\"aa aa\",\"aaaa aaaa\",\"aaaaaaaa aaaaaaaa\"]}}";
+    prefopt_tokenizer *tp = load_text("pow2", pow2, &err);
+    CHECK(tp, "pow2: %s", err.msg);
+    if (tp) {
+        char word[66];
+        memset(word, 'a', 65);
+        word[65] = '\0';
+        int32_t ids[8];
+        size_t n = enc(tp, word, ids, 8);
+        CHECK(n == 5 && ids[0] == 4 && ids[1] == 4 && ids[2] == 4 && ids[3] == 4 && ids[4] == 0, "pow2: %zu ids", n);
+    }
+    prefopt_tokenizer_free(tp);
+
+    /* every string over {a,b} up to 8 long, every merge of two of them, ranked by length then lexicographically:
+       on this word the candidate heap peaks at 81 entries for 64 symbols (it once overflowed at 64) */
+    {
+        char *json = malloc(1 << 20), *o = json;
+        static char toks[510][9];
+        int nt = 0, stack_len = 0;
+        char cur[9];
+        /* pre-order walk: a, aa, aaa, ... is lexicographic order */
+        int digit[9] = {0};
+        for (;;) {
+            if (stack_len < 8) {
+                cur[stack_len] = 'a';
+                digit[stack_len++] = 0;
+            } else {
+                while (stack_len > 0 && digit[stack_len - 1] == 1)
+                    stack_len--;
+                if (!stack_len)
+                    break;
+                digit[stack_len - 1] = 1;
+                cur[stack_len - 1] = 'b';
+            }
+            memcpy(toks[nt], cur, (size_t)stack_len);
+            toks[nt++][stack_len] = '\0';
+        }
+        o += sprintf(o, "{\"model\":{\"type\":\"BPE\",\"vocab\":{");
+        for (int i = 0; i < nt; i++)
+            o += sprintf(o, "%s\"%s\":%d", i ? "," : "", toks[i], i);
+        o += sprintf(o, "},\"merges\":[");
+        int first = 1;
+        for (size_t len = 2; len <= 8; len++)
+            for (int x = 0; x < nt; x++)
+                for (int y = 0; y < nt; y++)
+                    if (strlen(toks[x]) + strlen(toks[y]) == len) {
+                        o += sprintf(o, "%s\"%s %s\"", first ? "" : ",", toks[x], toks[y]);
+                        first = 0;
+                    }
+        sprintf(o, "]}}");
+        CHECK(nt == 510, "%d strings", nt);
+        prefopt_tokenizer *tab = load_text("ab8", json, &err);
+        CHECK(tab, "ab8: %s", err.msg);
+        const char *w = "bbbbbabbabababbbabbaababababababbaaabbbbabababbaabaaababbbaabaab";
+        int32_t *ids = NULL;
+        size_t n = 0, cap = 0;
+        /* the ids and pieces Hugging Face tokenizers gives for the same file (no decoder: pieces joined by spaces) */
+        static const int32_t want[12] = {495, 214, 224, 202, 161, 174, 34, 464, 177, 72, 224, 75};
+        if (tab && !prefopt_tokenizer_encode(tab, w, strlen(w), 1, &ids, &n, &cap, &err)) {
+            CHECK(n == 12, "ab8: %zu ids", n);
+            for (size_t i = 0; i < n && n == 12; i++)
+                CHECK(ids[i] == want[i], "ab8 id %zu: %d want %d", i, ids[i], want[i]);
+            char *d = prefopt_tokenizer_decode(tab, ids, n, 0, &err);
+            CHECK(d && !strcmp(d, "bbbbb abbabab abbb abbaab abab abababb aaab bbbab ababb aabaaab abbb aabaab"),
+                  "ab8 decode '%s'", d ? d : "(null)");
+            free(d);
+        }
+        free(ids);
+        prefopt_tokenizer_free(tab);
+        free(json);
+    }
+
     expect_error("dropout", "{\"model\":{\"type\":\"BPE\",\"dropout\":0.1,\"vocab\":{\"a\":0},\"merges\":[]}}",
                  "model.dropout 0.1 is not supported");
     expect_error("unigram", "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"a\",0.0]]}}", "model.type 'Unigram' is not supported (BPE only)");
