@@ -1,3 +1,4 @@
 # The training driver and its tools: run control, plotting.
 prefopt_mpi_test(test_runctl 2 test_runctl.c)
 prefopt_script_test(test_plot test_plot.sh)
+prefopt_script_test(test_train test_train.sh)
