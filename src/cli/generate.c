@@ -1,6 +1,6 @@
 /* prefopt generate: sample completions for prompts with a model on a tensor-parallel grid (data-parallel
  * replicas take every dp-th prompt). Greedy (temperature 0), temperature, top-k and top-p sampling; stops at EOS
- * or the length limit. With --ref, each completion is also scored under the policy and the reference, giving the
+ * or the length limit, decoding with the engine's key/value cache. With --ref, each completion is also scored under the policy and the reference, giving the
  * per-sample log-ratio whose mean estimates KL(policy || reference) on the generated distribution. */
 #define _GNU_SOURCE
 #include "prefopt/banner.h"
@@ -322,31 +322,41 @@ int prefopt_cmd_generate(int argc, char **argv)
     MPI_Allreduce(&nb, &nbmax, 1, MPI_INT, MPI_MAX, g.dp);
     float *logits = prefopt_xmalloc(sizeof(float) * (size_t)batch * V, "logits");
     cand *scratch = prefopt_xmalloc(sizeof(cand) * (size_t)V, "sampling");
-    int32_t *last = prefopt_xmalloc(sizeof(int32_t) * (size_t)batch, "positions");
     double t0 = prefopt_now();
     long generated = 0;
     for (int bi = 0; bi < nbmax; bi++) {
         int lo = bi * batch, n = lo < mine ? (mine - lo < batch ? mine - lo : batch) : 0;
         sample **bs = my + lo;
-        for (int step = 0; step < max_new; step++) {
-            int active = 0;
-            for (int i = 0; i < n; i++)
-                active += !bs[i]->done && bs[i]->n < cfg.max_position;
-            if (!active)
-                break;
-            rows r;
-            build_rows(&r, bs, n, pad, 0);
-            for (int i = 0; i < n; i++)
-                last[i] = bs[i]->n - 1;
-            if (prefopt_model_logits_at(m, &r.b, last, logits, &err))
-                prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* the engine agrees it on the grid */
-            free_rows(&r);
+        /* KV-cache decoding: the prompts in one step, then one token per row per step */
+        int maxp = 1;
+        for (int i = 0; i < n; i++)
+            maxp = bs[i]->nprompt > maxp ? bs[i]->nprompt : maxp;
+        int max_len = maxp + max_new < cfg.max_position ? maxp + max_new : cfg.max_position;
+        int32_t *feed = prefopt_xmalloc(sizeof(int32_t) * (size_t)(batch * (maxp + 1)), "decode input");
+        int32_t *nfeed = prefopt_xmalloc(sizeof(int32_t) * (size_t)(batch + 1), "decode input");
+        if (prefopt_model_decode_begin(m, n > 0 ? n : 1, max_len, &err))
+            prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+        for (int step = 0; step <= max_new; step++) {
+            int active = 0, width = step == 0 ? maxp : 1;
             for (int i = 0; i < n; i++) {
                 sample *x = bs[i];
-                if (x->done || x->n >= cfg.max_position) {
-                    x->done = 1;
+                int go = !x->done && x->n < max_len;
+                nfeed[i] = go ? (step == 0 ? x->n : 1) : 0;
+                for (int j = 0; j < nfeed[i]; j++)
+                    feed[(size_t)i * width + j] = x->ids[x->n - nfeed[i] + j];
+                active += go;
+            }
+            /* every replica's grid runs the same number of steps only within itself: stop together */
+            if (!active)
+                break;
+            if (prefopt_model_decode_step(m, feed, nfeed, width, logits, &err))
+                prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* agreed on the grid by the engine */
+            if (step == max_new)
+                break;
+            for (int i = 0; i < n; i++) {
+                sample *x = bs[i];
+                if (!nfeed[i])
                     continue;
-                }
                 int id = pick(logits + (size_t)i * V, V, temperature, top_k, top_p,
                               uniform((uint64_t)seed, x->index, x->n), scratch);
                 if (x->n == x->cap) {
@@ -357,10 +367,12 @@ int prefopt_cmd_generate(int argc, char **argv)
                 }
                 x->ids[x->n++] = id;
                 generated++;
-                if (id == eos)
+                if (id == eos || x->n >= max_len)
                     x->done = 1;
             }
         }
+        free(feed);
+        free(nfeed);
         if (ref && n > 0) {
             rows r;
             build_rows(&r, bs, n, pad, 1);
@@ -493,7 +505,7 @@ int prefopt_cmd_generate(int argc, char **argv)
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
     free(all_hdr), free(all_sc), free(all_ids), free(hdr), free(sc), free(ids), free(counts), free(idcounts);
-    free(d1), free(d2), free(c2), free(logits), free(scratch), free(last), free(my);
+    free(d1), free(d2), free(c2), free(logits), free(scratch), free(my);
     for (int i = 0; i < ns; i++)
         free(s[i].ids), free(s[i].prompt);
     free(s);
