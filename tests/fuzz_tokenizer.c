@@ -1,8 +1,9 @@
 /* libFuzzer harness: tokenizer.json loading, then encode and decode of arbitrary bytes.
  * Input: byte 0 picks the mode.
  *   even: bytes 1.. up to the first NUL are a tokenizer.json, the rest is the text;
- *   odd:  the rest is text for one of two fixed tokenizers (byte-level BPE with a Split regex, and
- *         SentencePiece-style with Prepend/Replace, byte fallback and unk), which reach the merge loop deeply.
+ *   low bits 01: the rest is text for one of two fixed tokenizers (byte-level BPE with a Split regex, and
+ *         SentencePiece-style with Prepend/Replace, byte fallback and unk);
+ *   3 (low two bits set): each bit of the rest is an 'a' or 'b' for a dense {a,b} vocabulary (long merge chains).
  * Build and run (clang):
  *   CC=clang cmake -S . -B build-fuzz -DPREFOPT_FUZZ=ON && cmake --build build-fuzz --target fuzz_tokenizer
  *   mkdir -p /tmp/fz && build-fuzz/tests/fuzz_tokenizer -max_total_time=60 -max_len=4096 /tmp/fz
@@ -36,6 +37,35 @@ static const char *const fixed_json[2] = {
     "\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \","
     "\"start\":1,\"stop\":0},{\"type\":\"Metaspace\"}]}}",
 };
+
+/* Every string over {a,b} up to 6 long and every merge of two of them: long words keep the merge loop busy (a
+ * heap overflow hid there until a 262k-token vocabulary found it). */
+static char *ab_json(void)
+{
+    static char toks[126][7];
+    int nt = 0;
+    for (int len = 1; len <= 6; len++)
+        for (int bits = 0; bits < (1 << len); bits++) {
+            for (int i = 0; i < len; i++)
+                toks[nt][i] = (bits >> (len - 1 - i)) & 1 ? 'b' : 'a';
+            toks[nt++][len] = '\0';
+        }
+    char *json = malloc(1 << 20), *o = json;
+    o += sprintf(o, "{\"model\":{\"type\":\"BPE\",\"vocab\":{");
+    for (int i = 0; i < nt; i++)
+        o += sprintf(o, "%s\"%s\":%d", i ? "," : "", toks[i], i);
+    o += sprintf(o, "},\"merges\":[");
+    int first = 1;
+    for (size_t len = 2; len <= 6; len++)
+        for (int x = 0; x < nt; x++)
+            for (int y = 0; y < nt; y++)
+                if (strlen(toks[x]) + strlen(toks[y]) == len) {
+                    o += sprintf(o, "%s\"%s %s\"", first ? "" : ",", toks[x], toks[y]);
+                    first = 0;
+                }
+    sprintf(o, "]}}");
+    return json;
+}
 
 static prefopt_tokenizer *load_bytes(const char *json, size_t len)
 {
@@ -81,17 +111,30 @@ static void exercise(const prefopt_tokenizer *t, const char *text, size_t len)
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
-    static prefopt_tokenizer *fixed[2];
-    if (!fixed[0])
+    static prefopt_tokenizer *fixed[3];
+    if (!fixed[0]) {
         for (int i = 0; i < 2; i++)
             if (!(fixed[i] = load_bytes(fixed_json[i], strlen(fixed_json[i]))))
                 abort();
+        char *ab = ab_json();
+        if (!(fixed[2] = load_bytes(ab, strlen(ab))))
+            abort();
+        free(ab);
+    }
     if (size < 1)
         return 0;
     const char *p = (const char *)data + 1;
     size_t len = size - 1;
+    if ((data[0] & 3) == 3) { /* the {a,b} vocabulary: each input bit is one letter */
+        char *w = malloc(len * 8 + 1);
+        for (size_t i = 0; i < len * 8; i++)
+            w[i] = (p[i / 8] >> (i % 8)) & 1 ? 'b' : 'a';
+        exercise(fixed[2], w, len * 8);
+        free(w);
+        return 0;
+    }
     if (data[0] & 1) {
-        exercise(fixed[(data[0] >> 1) & 1], p, len);
+        exercise(fixed[(data[0] >> 2) & 1], p, len);
         return 0;
     }
     const char *nul = memchr(p, '\0', len);
