@@ -9,6 +9,7 @@ fail=0
 check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
 tiny="--shape tiny --prompt-len 8 --chosen-len 4 --rejected-len 4 --steps 2 --warmup 1 --table=0"
 
+rm -f bench.jsonl folded.txt pmpi.jsonl pmpi_dp.jsonl
 # 1. one rank, GPT-2 tiny: every field, FLOPs = the hand formula, loss ln 2 at step 1 (policy == reference)
 "$P" bench $tiny --folded folded.txt --json bench.jsonl > out1.txt 2> err1.txt; rc=$?
 check '[ $rc -eq 0 ]' "bench tiny exits 0 (rc $rc): $(cat err1.txt)"
@@ -62,7 +63,7 @@ PYEOF
 #    bench splits MPI time out of the phases, and the data-parallel run (dp 2) all-reduces gradients
 LIB="$B/libprefopt_pmpi.so"
 if ! command -v mpiexec >/dev/null || [ ! -f "$LIB" ]; then echo "no mpiexec or $LIB"; exit 77; fi
-rm -f pmpi.jsonl
+
 timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi.jsonl" \
     "$P" bench $tiny --grid-cols 2 > out3.txt 2> err3.txt; rc=$?
 check '[ $rc -eq 0 ]' "2-rank bench under LD_PRELOAD exits 0 (rc $rc): $(tail -3 err3.txt)"
