@@ -23,7 +23,7 @@ need = ["step_s", "tokens_per_s", "trl_tokens_per_s", "gflops", "sgemm_peak_gflo
         "loss_first", "mpi_s"]
 miss = [k for k in need if k not in j]
 assert not miss, f"missing fields {miss}"
-for ph in ["step", "forward", "reference", "loss", "backward", "dp_allreduce", "optimizer"]:
+for ph in ["step", "forward", "reference", "loss", "backward", "dp_allreduce", "optimizer", "communication"]:
     v = j["phases_s"][ph]
     assert v["min"] <= v["avg"] <= v["max"] and v["min"] >= 0, (ph, v)
 for k in ["peak_rss", "state_lower_bound", "baseline_rss", "activations_policy", "activations_reference"]:
@@ -78,6 +78,7 @@ assert "step/forward" in p["regions"] and p["regions"]["step/forward"]["bytes"] 
 j = json.load(open(sys.argv[2]))
 assert j["grid_cols"] == 2 and j["ranks"] == 2
 assert j["mpi_s"] is not None and j["mpi_s"]["forward"]["max"] > 0, j["mpi_s"]
+assert j["phases_s"]["communication"] == j["mpi_s"]["step"] and j["communication_source"].startswith("pmpi")
 assert j["flops_forward"] == 1835008
 PYEOF
 timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi_dp.jsonl" \
