@@ -2,3 +2,4 @@
 prefopt_mpi_test(test_runctl 2 test_runctl.c)
 prefopt_script_test(test_plot test_plot.sh)
 prefopt_script_test(test_train test_train.sh)
+prefopt_script_test(test_generate_eval test_generate_eval.sh)
