@@ -2,7 +2,8 @@
  * per-layer stacking of checkpoint.h (18 datasets per group) and, with --no-stack, one dataset per tensor
  * (148 per group), against a plain dd-style write+fsync of the same number of bytes from rank 0 (the disk).
  *
- *   mpiexec -n P perf/bench_ckpt [--rows R] [--dp D] [--layers L] [--dir DIR] [--no-stack] [--reps N]
+ *   mpiexec -n P perf/bench_ckpt [--rows R] [--dp D] [--layers L] [--dir DIR] [--no-stack] [--individual-io]
+ *                                [--reps N]
  */
 #include "prefopt/checkpoint.h"
 
@@ -15,6 +16,7 @@
 
 void ck_set_stacking(int on); /* src/ckpt_io.h: benchmark switches */
 void ck_get_timers(double t[3]);
+void ck_set_individual_io(int on);
 
 static double disk_write(const char *dir, size_t bytes)
 {
@@ -54,6 +56,8 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-stack"))
             stack = 0;
+        else if (!strcmp(argv[i], "--individual-io"))
+            ck_set_individual_io(1);
     }
     int size, rank;
     MPI_Comm_size(MPI_COMM_WORLD, &size);

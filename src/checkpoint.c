@@ -242,11 +242,18 @@ static int is_mpio(hid_t file)
     return r;
 }
 
+static int individual_io = 0;
+void ck_set_individual_io(int on) { individual_io = on; }
+
 static hid_t make_dxpl(hid_t file)
 {
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    if (is_mpio(file))
+    if (is_mpio(file)) {
         H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+        /* collective call, but each rank does its own MPI-IO (no two-phase aggregation): benchmarks */
+        if (individual_io)
+            H5Pset_dxpl_mpio_collective_opt(dxpl, H5FD_MPIO_INDIVIDUAL_IO);
+    }
     return dxpl;
 }
 

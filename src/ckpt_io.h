@@ -44,6 +44,8 @@ void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_
 void ck_set_stacking(int on);
 /* Seconds spent so far in ck_write_items: [0] packing + checksums, [1] H5Dwrite, [2] dataset creation. */
 void ck_get_timers(double t[3]);
+/* Benchmarks: 1 makes the collective transfers do independent MPI-IO underneath (H5FD_MPIO_INDIVIDUAL_IO). */
+void ck_set_individual_io(int on);
 
 /* Dataset name and layer of a logical tensor ("h.3.attn.q_proj.weight" -> "h.attn.q_proj.weight", 3; -1 if none). */
 int ck_stacked_name(const char *name, char *ds, size_t len);

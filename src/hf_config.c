@@ -186,6 +186,18 @@ out:
     return rc;
 }
 
+/* the shortest decimal that reads back as the same float: 1e-05, not 9.9999997473787516e-06 */
+static double short_float(float f)
+{
+    char buf[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, (double)f);
+        if ((float)strtod(buf, NULL) == f)
+            return strtod(buf, NULL);
+    }
+    return (double)f;
+}
+
 static void add_id(cJSON *root, const char *key, int id)
 {
     if (id >= 0)
@@ -213,7 +225,7 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
             cJSON_AddNumberToObject(root, "n_inner", cfg->intermediate_size);
         else
             cJSON_AddNullToObject(root, "n_inner");
-        cJSON_AddNumberToObject(root, "layer_norm_epsilon", cfg->norm_eps);
+        cJSON_AddNumberToObject(root, "layer_norm_epsilon", short_float(cfg->norm_eps));
         cJSON_AddNumberToObject(root, "attn_pdrop", 0.0);
         cJSON_AddNumberToObject(root, "embd_pdrop", 0.0);
         cJSON_AddNumberToObject(root, "resid_pdrop", 0.0);
@@ -236,8 +248,8 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
         cJSON_AddNumberToObject(root, "head_dim", cfg->head_dim);
         cJSON_AddNumberToObject(root, "intermediate_size", cfg->intermediate_size);
         cJSON_AddNumberToObject(root, "max_position_embeddings", cfg->max_position);
-        cJSON_AddNumberToObject(root, "rms_norm_eps", cfg->norm_eps);
-        cJSON_AddNumberToObject(root, "rope_theta", cfg->rope_theta);
+        cJSON_AddNumberToObject(root, "rms_norm_eps", short_float(cfg->norm_eps));
+        cJSON_AddNumberToObject(root, "rope_theta", short_float(cfg->rope_theta));
         cJSON_AddNullToObject(root, "rope_scaling");
         cJSON_AddBoolToObject(root, "tie_word_embeddings", cfg->tie_word_embeddings);
         cJSON_AddNumberToObject(root, "attention_dropout", 0.0);

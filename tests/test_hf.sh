@@ -26,7 +26,15 @@ for spec in "gpt2 f32 1" "gpt2 f16 2 --no-prefix" "gpt2 bf16 1" "llama f32 1" "l
   $MPI -n $np "$PREFOPT" import --hf $d/hf --out $d/a.h5 > /dev/null || { die "import $spec on $np ranks"; continue; }
   $PY "$T/check_hf_import.py" $d/hf $d/a.h5 || die "check $spec"
   "$PREFOPT" export --model $d/a.h5 --hf $d/hf2 > /dev/null || { die "export $spec"; continue; }
-  $PY -c "import json,sys; c=json.load(open('$d/hf2/config.json')); sys.exit(c['torch_dtype']!='float32')" || die "config dtype $spec"
+  # every key of the original config comes back with its value (sliding_window is unused in Qwen2 without
+  # use_sliding_window), and the weights are declared float32
+  $PY - "$d/hf/config.json" "$d/hf2/config.json" <<'PYEOF' || die "exported config.json differs: $spec"
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+bad = [k for k in a if k not in ("torch_dtype", "sliding_window") and b.get(k, "<missing>") != a[k]]
+if bad or b["torch_dtype"] != "float32":
+    sys.exit("keys differ: " + ", ".join(f"{k}: {a[k]!r} -> {b.get(k, '<missing>')!r}" for k in bad))
+PYEOF
   cmp -s $d/hf/tokenizer.json $d/hf2/tokenizer.json || die "tokenizer.json not carried through $spec"
   $MPI -n 2 "$PREFOPT" import --hf $d/hf2 --out $d/b.h5 > /dev/null || { die "re-import $spec"; continue; }
   $PY "$T/check_hf_import.py" $d/hf2 $d/b.h5 > /dev/null || die "check re-import $spec"
