@@ -33,7 +33,7 @@ typedef struct {
     const char *shape, *arch, *loss, *pcontrol, *folded, *json;
     int n_layer, n_embd, n_head, n_kv_head, n_inner, vocab, max_position;
     int pairs, prompt_len, chosen_len, rejected_len, steps, warmup;
-    int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table;
+    int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table, logits_budget_mib;
     double beta, lr;
     long seed;
 } bench_params;
@@ -263,6 +263,10 @@ static int run(bench_params *p)
     prefopt_model *ref = pol ? prefopt_model_create(&cfg, &g, &ro, &err) : NULL;
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    if (p->logits_budget_mib > 0) {
+        prefopt_model_set_logits_budget(pol, (size_t)p->logits_budget_mib << 20);
+        prefopt_model_set_logits_budget(ref, (size_t)p->logits_budget_mib << 20);
+    }
     prefopt_model_init_random(pol, (uint64_t)p->seed);
     prefopt_model_copy_weights(ref, pol);
     size_t n = 0;
@@ -488,6 +492,7 @@ static int run(bench_params *p)
         cJSON_AddNumberToObject(o, "omp_threads", 1);
 #endif
         cJSON_AddBoolToObject(o, "activation_checkpoint", p->activation_checkpoint != 0);
+        cJSON_AddNumberToObject(o, "logits_budget_mib", p->logits_budget_mib);
         cJSON_AddNumberToObject(o, "steps", p->steps);
         cJSON_AddNumberToObject(o, "warmup", p->warmup);
         cJSON_AddNumberToObject(o, "step_s", tstep);
@@ -579,6 +584,9 @@ int prefopt_cmd_bench(int argc, char **argv)
         {"dp", PREFOPT_OPT_INT, &p.dp, "1", "data-parallel replicas"},
         {"activation-checkpoint", PREFOPT_OPT_FLAG, &p.activation_checkpoint, "0",
          "recompute each layer in backward (the policy)"},
+        {"logits-budget-mib", PREFOPT_OPT_INT, &p.logits_budget_mib, "0",
+         "LM-head logits per chunk, policy and reference (0: the engine's default; the policy recomputes chunk logits "
+         "in backward when chunked)"},
         {"loss", PREFOPT_OPT_STRING, &p.loss, "dpo", "pair objective (objectives.h)"},
         {"beta", PREFOPT_OPT_DOUBLE, &p.beta, "0.1", "DPO beta"},
         {"lr", PREFOPT_OPT_DOUBLE, &p.lr, "1e-6", "AdamW learning rate"},
