@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
 {
@@ -346,6 +348,28 @@ static void ref_path(char *buf, size_t len, const trainer *t, long step)
     snprintf(buf, len, "%s/ref-step-%08ld.h5", t->ckpt_dir, step);
 }
 
+/* TR-DPO reference files whose checkpoint was rotated away (keep-last) are removed with it. */
+static void prune_refs(const trainer *t)
+{
+    DIR *d = opendir(t->ckpt_dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long step;
+        char tail[8];
+        if (sscanf(e->d_name, "ref-step-%ld.h5%7s", &step, tail) != 1)
+            continue;
+        char ck[4200], rp[4200];
+        snprintf(ck, sizeof ck, "%s/step-%08ld.h5", t->ckpt_dir, step);
+        if (access(ck, F_OK) != 0) {
+            ref_path(rp, sizeof rp, t, step);
+            unlink(rp);
+        }
+    }
+    closedir(d);
+}
+
 static void save_checkpoint(trainer *t)
 {
     prefopt_err err = {0};
@@ -373,8 +397,10 @@ static void save_checkpoint(trainer *t)
     double t0 = prefopt_now();
     prefopt_ckpt_save(&o, t->policy, t->adam.m, t->adam.v, &st, path, sizeof path, &err);
     FAIL_IF(t, 0, &err);
-    if (t->g.world_rank == 0)
+    if (t->g.world_rank == 0) {
         printf("checkpoint: %s (%.2f s)\n", path, prefopt_now() - t0);
+        prune_refs(t);
+    }
 }
 
 static int try_resume(trainer *t)
@@ -464,8 +490,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     prefopt_dataset_open(p->data, MPI_COMM_WORLD, &ex, &t->ds, &err);
     FAIL_IF(t, 0, &err);
     const prefopt_ds_info *info = prefopt_dataset_info(t->ds);
+    /* SFT also runs on pairs (on the chosen answers: the "SFT on chosen" baseline) */
     static const prefopt_layout want[] = {PREFOPT_LAYOUT_PAIRS, PREFOPT_LAYOUT_UNPAIRED, PREFOPT_LAYOUT_SFT};
-    if (want[info->kind] != t->obj.layout)
+    if (want[info->kind] != t->obj.layout && !(t->obj.layout == PREFOPT_LAYOUT_SFT && info->kind == PREFOPT_DS_PAIRS))
         prefopt_err_set(&err, "%s: a '%s' dataset does not fit --loss %s", p->data, prefopt_ds_kind_name(info->kind),
                         p->obj.loss);
     if (!have_init && !err.set)
@@ -473,6 +500,11 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     FAIL_IF(t, 0, &err);
     if (*p->eval_data) {
         prefopt_dataset_open(p->eval_data, MPI_COMM_WORLD, &ex, &t->eval_ds, &err);
+        FAIL_IF(t, 0, &err);
+        prefopt_ds_kind ek = prefopt_dataset_info(t->eval_ds)->kind;
+        if (ek != info->kind)
+            prefopt_err_set(&err, "%s: a '%s' dataset cannot evaluate training on '%s' data (%s)", p->eval_data,
+                            prefopt_ds_kind_name(ek), prefopt_ds_kind_name(info->kind), p->data);
         FAIL_IF(t, 0, &err);
     }
 

@@ -114,5 +114,15 @@ vals straight/metrics.jsonl loss > l1.txt; vals cut/metrics.jsonl loss > l2.txt
 check '[ $(wc -l < l1.txt) -eq 40 ] && cmp -s l1.txt l2.txt' \
       "interrupted + resumed run has bit-identical losses to the uninterrupted one: $(diff l1.txt l2.txt | head -4)"
 
+# TR-DPO: the reference changes during training and is checkpointed with the policy; a run split in two
+# (--max-steps 4, then 8 with --resume auto) matches the straight 8-step run bit for bit
+TR="--data train.h5 --init init/model.h5 --loss dpo --lr 1e-3 --lr-scheduler constant --batch-size 8 --ref-sync-steps 3 --ref-mixup-alpha 0.5 --log-interval 1000"
+"$P" train $TR --max-steps 8 --run-dir tr_straight > tr1.log 2>&1
+"$P" train $TR --max-steps 4 --run-dir tr_cut > tr2.log 2>&1
+"$P" train $TR --max-steps 8 --run-dir tr_cut > tr3.log 2>&1
+vals tr_straight/metrics.jsonl loss > t1.txt; vals tr_cut/metrics.jsonl loss > t2.txt
+check '[ $(wc -l < t1.txt) -eq 8 ] && cmp -s t1.txt t2.txt && ls tr_cut/checkpoints | grep -q ref-step-00000008.h5' \
+      "TR-DPO resumed run equals the straight run: $(diff t1.txt t2.txt | head -4) $(tail -1 tr3.log)"
+
 [ $fail -eq 0 ] && echo "test_train: all checks passed"
 exit $fail
