@@ -391,9 +391,10 @@ static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_
 {
     /* the scalar state is rank 0's (attributes are written collectively with identical values) */
     prefopt_train_state st = *st_in;
-    int64_t v[10] = {st.step, st.sched_step, st.epoch, st.tokens_seen, st.cursor[0], st.cursor[1], st.cursor[2],
-                     st.cursor[3], g->world_size, 0};
-    MPI_Bcast(v, 10, MPI_INT64_T, 0, g->world);
+    int64_t v[13] = {st.step, st.sched_step, st.epoch, st.tokens_seen};
+    memcpy(v + 4, st.cursor, sizeof st.cursor);
+    v[12] = g->world_size;
+    MPI_Bcast(v, 13, MPI_INT64_T, 0, g->world);
     MPI_Bcast(&st.lr, 1, MPI_DOUBLE, 0, g->world);
     hid_t grp = H5Gcreate2(f, "state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     int bad = grp < 0;
@@ -401,8 +402,8 @@ static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_
     bad |= ck_attr_int64(grp, "sched_step", &v[1], 1, 1);
     bad |= ck_attr_int64(grp, "epoch", &v[2], 1, 1);
     bad |= ck_attr_int64(grp, "tokens_seen", &v[3], 1, 1);
-    bad |= ck_attr_int64(grp, "cursor", &v[4], 4, 1);
-    bad |= ck_attr_int64(grp, "world_size", &v[8], 1, 1);
+    bad |= ck_attr_int64(grp, "cursor", &v[4], 8, 1);
+    bad |= ck_attr_int64(grp, "world_size", &v[12], 1, 1);
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(grp, "lr", H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     bad |= a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, &st.lr) < 0;
@@ -469,7 +470,7 @@ static int read_state(hid_t f, const char *path, prefopt_train_state *st, const 
         bad = "epoch";
     else if (ck_attr_int64(grp, "tokens_seen", &st->tokens_seen, 1, 0))
         bad = "tokens_seen";
-    else if (ck_attr_int64(grp, "cursor", st->cursor, 4, 0))
+    else if (ck_attr_int64(grp, "cursor", st->cursor, 8, 0))
         bad = "cursor";
     else if (ck_attr_int64(grp, "world_size", &ws, 1, 0))
         bad = "world_size";

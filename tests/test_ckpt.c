@@ -105,10 +105,10 @@ static prefopt_train_state make_state(int rank)
     st.sched_step = 3;
     st.epoch = 1;
     st.tokens_seen = 123456789012LL;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 8; k++)
         st.cursor[k] = 5 + k;
+    for (int k = 0; k < 4; k++)
         st.rng[k] = 0x1234567890abcdefULL ^ (uint64_t)(rank * 16 + k);
-    }
     st.lr = 2.5e-4;
     st.train_config = "[train]\nbeta = 0.1\nloss = sigmoid\n";
     return st;

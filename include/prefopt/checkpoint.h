@@ -11,7 +11,7 @@
  *                     model/h.attn.q_proj.weight[3]; "wte" is model/wte. A 124M GPT-2 has 18 datasets, not 148.
  *                     Each dataset's attribute "checksum" (uint64 per layer) is verified on every load.
  *   /optim/m/<name>, /optim/v/<name>   AdamW moments, same naming (checkpoints only)
- *   /state            attributes step, sched_step, epoch, tokens_seen, cursor[4], lr, world_size; datasets
+ *   /state            attributes step, sched_step, epoch, tokens_seen, cursor[8], lr, world_size; datasets
  *                     rng uint64[world_size][4] (one row per rank) and train_config (uint8: INI text)
  *
  * Tensors are stored whole at their logical shape, each rank reading/writing its block-cyclic pieces through
@@ -66,7 +66,7 @@ typedef struct {
     int64_t sched_step;    /* learning-rate schedule position */
     int64_t epoch;
     int64_t tokens_seen;
-    int64_t cursor[4];     /* data-loader position, trainer-defined (e.g. index in the epoch's permutation, seed) */
+    int64_t cursor[8];     /* data-loader position, trainer-defined (e.g. index in the epoch's permutation, seed) */
     double lr;             /* the last learning rate (informational; the schedule is recomputed from sched_step) */
     uint64_t rng[4];       /* this rank's generator state */
     char *train_config;    /* INI text of the training options; on load malloc'd (free it), NULL if absent */
