@@ -31,7 +31,8 @@ int main(int argc, char **argv)
         prefopt_exit_error(&err, 1);
     size_t n;
     float *w = prefopt_model_param_data(m, &n);
-    float *mb = malloc(sizeof(float) * n), *vb = malloc(sizeof(float) * n);
+    /* calloc: the flat buffer may have gaps between pieces that no tensor covers (they stay zero) */
+    float *mb = calloc(n, sizeof(float)), *vb = calloc(n, sizeof(float));
     int rc = 0;
     if (!strcmp(argv[1], "save")) {
         prefopt_model_init_random(m, (uint64_t)step);
