@@ -112,6 +112,11 @@ int prefopt_hf_config_read(const char *path, prefopt_model_config *cfg, prefopt_
                             act->valuestring);
             rc = 1;
         }
+        if (!rc && !get_bool(root, "tie_word_embeddings", 1)) {
+            prefopt_err_set(err, "%s: key 'tie_word_embeddings' = false is not supported for gpt2 (the head is wte)",
+                            file);
+            rc = 1;
+        }
         if (!rc && get_bool(root, "scale_attn_by_inverse_layer_idx", 0)) {
             prefopt_err_set(err, "%s: key 'scale_attn_by_inverse_layer_idx' = true is not supported", file);
             rc = 1;
@@ -132,7 +137,11 @@ int prefopt_hf_config_read(const char *path, prefopt_model_config *cfg, prefopt_
         rc |= get_num(root, file, "rms_norm_eps", &cfg->norm_eps, err);
         cfg->rope_theta = 10000.0f;
         rc |= get_num(root, file, "rope_theta", &cfg->rope_theta, err);
-        cfg->qkv_bias = !strcmp(type, "qwen2") || get_bool(root, "attention_bias", 0);
+        cfg->qkv_bias = !strcmp(type, "qwen2");
+        if (!rc && get_bool(root, "attention_bias", 0)) { /* HF then also gives o_proj a bias, which prefopt lacks */
+            prefopt_err_set(err, "%s: key 'attention_bias' = true is not supported (it adds an o_proj bias)", file);
+            rc = 1;
+        }
         cfg->tie_word_embeddings = get_bool(root, "tie_word_embeddings", 0);
         const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
         if (!rc && cJSON_IsString(act) && strcmp(act->valuestring, "silu")) {
@@ -233,6 +242,9 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
         cJSON_AddTrueToObject(root, "scale_attn_weights");
         cJSON_AddTrueToObject(root, "tie_word_embeddings");
     } else {
+        /* q/k/v biases exist in transformers' Llama family only as Qwen2 (Llama's attention_bias also biases o_proj) */
+        if (cfg->qkv_bias)
+            type = "qwen2";
         const char *archname = !strcmp(type, "mistral") ? "MistralForCausalLM"
                                : !strcmp(type, "qwen2") ? "Qwen2ForCausalLM"
                                                         : "LlamaForCausalLM";
@@ -255,7 +267,7 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
         cJSON_AddNumberToObject(root, "attention_dropout", 0.0);
         cJSON_AddNumberToObject(root, "initializer_range", 0.02);
         if (!strcmp(type, "llama")) {
-            cJSON_AddBoolToObject(root, "attention_bias", cfg->qkv_bias);
+            cJSON_AddFalseToObject(root, "attention_bias");
             cJSON_AddFalseToObject(root, "mlp_bias");
         }
         if (!strcmp(type, "mistral"))

@@ -60,6 +60,8 @@ expect_err "model-00002-of-00002.safetensors: truncated: tensor" --arch llama --
 expect_err "config.json: model_type 'gptj' is not supported" --arch llama --set-config 'model_type="gptj"'
 expect_err "config.json: key 'rope_scaling' is set" --arch llama --set-config 'rope_scaling={"type":"linear","factor":2.0}'
 expect_err "config.json: key 'hidden_act' is 'gelu'" --arch llama --set-config 'hidden_act="gelu"'
+expect_err "config.json: key 'attention_bias' = true is not supported" --arch llama --set-config 'attention_bias=true'
+expect_err "config.json: key 'tie_word_embeddings' = false is not supported for gpt2" --arch gpt2 --set-config 'tie_word_embeddings=false'
 expect_err "config.json: key 'num_hidden_layers' missing" --arch llama --set-config 'num_hidden_layers=null'
 expect_err "model.safetensors: tensor for 'h.2.ln_1.weight' missing" --arch gpt2 --set-config 'n_layer=3'
 expect_err "model.safetensors: tensor 'transformer.h.1.ln_1.weight' is not part of this gpt2 model (config.json says 1 layers)" --arch gpt2 --set-config 'n_layer=1'
