@@ -1,3 +1,4 @@
 # Reliability (issue 11): the error discipline under MPI and injected faults. The fuzz harnesses of tests/fuzz are
 # built with -DPREFOPT_FUZZ=ON (clang) and run by tests/fuzz/run_fuzz.sh from tests/run.sh, not by ctest.
 prefopt_script_test(test_errors_mpi test_errors_mpi.sh LABELS "script;mpi")
+prefopt_mpi_test(test_memcheck 2 test_memcheck.c)
