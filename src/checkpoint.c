@@ -322,9 +322,9 @@ int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write)
     size_t sz = H5Tget_size(ft);
     int rc = 1;
     if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
-        char *tmp = prefopt_xcalloc(sz + 1, 1, "attribute");
+        char *tmp = prefopt_xcalloc(sz + 2, 1, "attribute");
         hid_t mt = H5Tcopy(H5T_C_S1);
-        H5Tset_size(mt, sz);
+        H5Tset_size(mt, sz + 1); /* room for the terminator when the file's string is null-padded (h5py) */
         rc = H5Aread(a, mt, tmp) < 0;
         H5Tclose(mt);
         snprintf(buf, len, "%s", tmp);

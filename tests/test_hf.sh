@@ -72,6 +72,18 @@ head -c 30000 m1/a.h5 > trunc.h5
 out=$("$PREFOPT" export --model trunc.h5 --hf trunc 2>&1) && die "export of a truncated file succeeded"
 echo "$out" | grep -q "trunc.h5: cannot open as HDF5 (missing, truncated" || die "truncated export message: $out"
 
+# damaged model files (edited with h5py): a missing tensor, a wrong shape, an unknown architecture
+bad_model() { # bad_model "expected message" python-statements-on-f
+  cp m1/a.h5 dmg.h5
+  $PY -c "import h5py, numpy as np; f = h5py.File('dmg.h5', 'r+'); $1; f.close()"
+  out=$("$PREFOPT" export --model dmg.h5 --hf dmg 2>&1) && die "export of a damaged file succeeded ($1)"
+  echo "$out" | grep -q -F "$2" || die "damaged model ($1): expected '$2', got: $out"
+}
+bad_model "del f['model/h.mlp.c_fc.weight']" "dmg.h5: tensor 'h.0.mlp.c_fc.weight' missing"
+bad_model "del f['model/wpe']; f['model/wpe'] = np.zeros((31, 16), np.float32)" "dmg.h5: tensor 'wpe': dataset shape [31,16] does not hold [32,16]"
+bad_model "f.attrs['arch'] = np.bytes_('bert')" "dmg.h5: attribute 'arch' missing or unknown ('bert')"
+bad_model "del f.attrs['hidden_size']" "dmg.h5: attribute 'hidden_size' missing"
+
 # a model file that is not one
 echo "not hdf5" > junk.h5
 out=$("$PREFOPT" export --model junk.h5 --hf junk 2>&1) && die "export of junk succeeded"
