@@ -8,11 +8,11 @@
 # usage: io/demo.sh            (from anywhere; artefacts in runs/demo/ of the repository)
 # Environment: DEMO_TASK (reverse; or add), DEMO_SEED (1), DEMO_NP (MPI ranks, default: 1 per 2 cores, at least 1), DEMO_SFT_STEPS (600),
 #   DEMO_DPO_STEPS (200), DEMO_SKIP_DEPS=1 (do not run tests/deps.sh), DEMO_SKIP_BUILD=1 (use the build as
-#   is), DEMO_BUILD_DIR (build).
+#   is), DEMO_BUILD_DIR (build), DEMO_RUN_DIR (runs/demo).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-R=runs/demo
+R=${DEMO_RUN_DIR:-runs/demo}
 BUILD=$(realpath -m "${DEMO_BUILD_DIR:-build}")
 SEED=${DEMO_SEED:-1}
 say() { printf '\n== %s\n' "$*"; }
@@ -60,10 +60,10 @@ run train --loss sft --data "$R/sft.h5" --run-dir "$R/sft" --resume never "${MOD
     --log-interval 100 --seed "$SEED"
 
 say "DPO from the SFT model (reference = SFT)"
-# beta 0.5 and a small lr keep the policy near the reference (KL ~0.5 nats); with beta 0.1 / lr 1e-4 it drifted
-# (KL 1.7 nats) and sampled accuracy did not improve
-run train --loss dpo --beta 0.5 --init "$R/sft/model.h5" --data "$R/pairs.h5" --eval-data "$R/eval_pairs.h5" \
-    --run-dir "$R/dpo" --resume never --max-steps "${DEMO_DPO_STEPS:-200}" --batch-size 64 --lr 5e-5 \
+# a small lr keeps the policy near the reference (measured: lr 2e-5, beta 0.1: KL 0.15 nats, sampled accuracy
+# 0.69 -> 0.84); lr 5e-5 (beta 0.5) drifted to KL 1.9 and gained under 2 points, lr 1e-4 lost accuracy
+run train --loss dpo --beta 0.1 --init "$R/sft/model.h5" --data "$R/pairs.h5" --eval-data "$R/eval_pairs.h5" \
+    --run-dir "$R/dpo" --resume never --max-steps "${DEMO_DPO_STEPS:-200}" --batch-size 64 --lr 2e-5 \
     --lr-scheduler linear --warmup-steps 10 --log-interval 50 --seed "$SEED"
 
 say "generate on the 500 held-out prompts (greedy, and sampled at T=1)"
