@@ -1,6 +1,6 @@
 /* The HDF5 layer of model files and checkpoints: block-cyclic pieces <-> whole logical tensors through hyperslab
- * selections, per-layer stacking of same-shaped tensors, checksums, config and tokenizer attributes.
- * The model-level API and checkpoint directories are in ckpt_model.c. */
+ * selections, per-layer stacking of same-shaped tensors, checksums. Files, attributes, config and tokenizer are in
+ * ckpt_file.c; the model-level API and checkpoint directories in ckpt_model.c. */
 #define _GNU_SOURCE
 #include "ckpt_io.h"
 
@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CK_FORMAT_VERSION 1
 
 /* ---- checksums ------------------------------------------------------------------------------------------- */
 
@@ -178,308 +176,6 @@ int ck_stacked_name(const char *name, char *ds, size_t len)
     }
     snprintf(ds, len, "%s", name);
     return -1;
-}
-
-/* ---- files ----------------------------------------------------------------------------------------------- */
-
-static void quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
-
-static hid_t make_fapl(MPI_Comm comm)
-{
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (comm != MPI_COMM_NULL) {
-        H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-        /* metadata: rank 0 reads and broadcasts, the cache is flushed as one collective write (hpc-stack 2.4) */
-        H5Pset_all_coll_metadata_ops(fapl, 1);
-        H5Pset_coll_metadata_write(fapl, 1);
-    }
-    H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
-    /* large datasets start on 1 MiB boundaries (stripe/block friendly); the threshold keeps small tensors packed */
-    H5Pset_alignment(fapl, 4u << 20, 1u << 20);
-    return fapl;
-}
-
-int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
-{
-    quiet();
-    hid_t fapl = make_fapl(comm);
-    *file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    H5Pclose(fapl);
-    if (*file < 0) {
-        prefopt_err_set(err, "%s: cannot create the HDF5 file", path);
-        return 1;
-    }
-    return 0;
-}
-
-int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
-{
-    quiet();
-    hid_t fapl = make_fapl(comm);
-    *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    H5Pclose(fapl);
-    if (*file < 0) {
-        prefopt_err_set(err, "%s: cannot open as HDF5 (missing, truncated or not a prefopt file)", path);
-        return 1;
-    }
-    return 0;
-}
-
-int ck_close(hid_t file, const char *path, prefopt_err *err)
-{
-    if (H5Fclose(file) < 0) {
-        prefopt_err_set(err, "%s: closing failed (disk full?)", path);
-        return 1;
-    }
-    return 0;
-}
-
-static int is_mpio(hid_t file)
-{
-    hid_t fapl = H5Fget_access_plist(file);
-    int r = H5Pget_driver(fapl) == H5FD_MPIO;
-    H5Pclose(fapl);
-    return r;
-}
-
-static int individual_io = 0;
-void ck_set_individual_io(int on) { individual_io = on; }
-
-static hid_t make_dxpl(hid_t file)
-{
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    if (is_mpio(file)) {
-        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-        /* collective call, but each rank does its own MPI-IO (no two-phase aggregation): benchmarks */
-        if (individual_io)
-            H5Pset_dxpl_mpio_collective_opt(dxpl, H5FD_MPIO_INDIVIDUAL_IO);
-    }
-    return dxpl;
-}
-
-/* ---- attributes ------------------------------------------------------------------------------------------ */
-
-int ck_attr_int64(hid_t obj, const char *name, int64_t *v, int n, int write)
-{
-    hsize_t d = (hsize_t)n;
-    if (write) {
-        hid_t sp = n == 1 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &d, NULL);
-        hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-        herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, v);
-        if (a >= 0)
-            H5Aclose(a);
-        H5Sclose(sp);
-        return r < 0;
-    }
-    if (H5Aexists(obj, name) <= 0)
-        return 1;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t sp = H5Aget_space(a);
-    hssize_t np = H5Sget_simple_extent_npoints(sp);
-    H5Sclose(sp);
-    herr_t r = np == n ? H5Aread(a, H5T_NATIVE_INT64, v) : -1;
-    H5Aclose(a);
-    return r < 0;
-}
-
-static int attr_double(hid_t obj, const char *name, double *v, int write)
-{
-    if (write) {
-        hid_t sp = H5Screate(H5S_SCALAR);
-        hid_t a = H5Acreate2(obj, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-        herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_DOUBLE, v);
-        if (a >= 0)
-            H5Aclose(a);
-        H5Sclose(sp);
-        return r < 0;
-    }
-    if (H5Aexists(obj, name) <= 0)
-        return 1;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    herr_t r = H5Aread(a, H5T_NATIVE_DOUBLE, v);
-    H5Aclose(a);
-    return r < 0;
-}
-
-int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write)
-{
-    if (write) {
-        hid_t t = H5Tcopy(H5T_C_S1);
-        H5Tset_size(t, strlen(buf) + 1);
-        hid_t sp = H5Screate(H5S_SCALAR);
-        hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-        herr_t r = a < 0 ? -1 : H5Awrite(a, t, buf);
-        if (a >= 0)
-            H5Aclose(a);
-        H5Sclose(sp);
-        H5Tclose(t);
-        return r < 0;
-    }
-    if (H5Aexists(obj, name) <= 0)
-        return 1;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t ft = H5Aget_type(a);
-    size_t sz = H5Tget_size(ft);
-    int rc = 1;
-    if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
-        char *tmp = prefopt_xcalloc(sz + 2, 1, "attribute");
-        hid_t mt = H5Tcopy(H5T_C_S1);
-        H5Tset_size(mt, sz + 1); /* room for the terminator when the file's string is null-padded (h5py) */
-        rc = H5Aread(a, mt, tmp) < 0;
-        H5Tclose(mt);
-        snprintf(buf, len, "%s", tmp);
-        free(tmp);
-    }
-    H5Tclose(ft);
-    H5Aclose(a);
-    return rc;
-}
-
-/* a uint8 dataset written by rank 0 (collective call, the others select nothing) */
-static int write_bytes(hid_t loc, const char *name, const void *data, size_t len, MPI_Comm comm)
-{
-    int rank = 0;
-    if (comm != MPI_COMM_NULL)
-        MPI_Comm_rank(comm, &rank);
-    hsize_t d = len;
-    hid_t sp = H5Screate_simple(1, &d, NULL);
-    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-    hid_t ds = H5Dcreate2(loc, name, H5T_STD_U8LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    H5Pclose(dcpl);
-    if (ds < 0) {
-        H5Sclose(sp);
-        return 1;
-    }
-    hid_t ms = H5Screate_simple(1, &d, NULL);
-    if (rank != 0) {
-        H5Sselect_none(sp);
-        H5Sselect_none(ms);
-    }
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    if (comm != MPI_COMM_NULL)
-        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    herr_t r = H5Dwrite(ds, H5T_NATIVE_UCHAR, ms, sp, dxpl, data);
-    H5Pclose(dxpl);
-    H5Sclose(ms);
-    H5Sclose(sp);
-    H5Dclose(ds);
-    return r < 0;
-}
-
-static int read_bytes(hid_t loc, const char *name, char **data, size_t *len)
-{
-    if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) {
-        *data = NULL;
-        *len = 0;
-        return 0;
-    }
-    hid_t ds = H5Dopen2(loc, name, H5P_DEFAULT);
-    hid_t sp = H5Dget_space(ds);
-    hssize_t n = H5Sget_simple_extent_npoints(sp);
-    H5Sclose(sp);
-    *data = prefopt_xmalloc((size_t)n + 1, name);
-    hid_t dxpl = make_dxpl(loc);
-    herr_t r = H5Dread(ds, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, dxpl, *data);
-    H5Pclose(dxpl);
-    H5Dclose(ds);
-    (*data)[n] = '\0';
-    *len = (size_t)n;
-    return r < 0;
-}
-
-/* ---- config ---------------------------------------------------------------------------------------------- */
-
-#define CFG_INTS(X)                                                                                          \
-    X(vocab_size) X(hidden_size) X(num_layers) X(num_heads) X(num_kv_heads) X(head_dim) X(intermediate_size)   \
-    X(max_position) X(qkv_bias) X(tie_word_embeddings) X(bos_id) X(eos_id) X(pad_id)
-
-int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cfg, const prefopt_tokenizer_record *tok,
-                    MPI_Comm comm, prefopt_err *err)
-{
-    int bad = 0;
-    char s[96];
-    snprintf(s, sizeof s, "%s", kind);
-    bad |= ck_attr_str(file, "kind", s, 0, 1);
-    int64_t v = CK_FORMAT_VERSION;
-    bad |= ck_attr_int64(file, "format_version", &v, 1, 1);
-    snprintf(s, sizeof s, "%s", cfg->arch == PREFOPT_ARCH_GPT2 ? "gpt2" : "llama");
-    bad |= ck_attr_str(file, "arch", s, 0, 1);
-    snprintf(s, sizeof s, "%s", cfg->hf_model_type);
-    bad |= ck_attr_str(file, "hf_model_type", s, 0, 1);
-#define W(f) v = cfg->f, bad |= ck_attr_int64(file, #f, &v, 1, 1);
-    CFG_INTS(W)
-#undef W
-    double d = cfg->norm_eps;
-    bad |= attr_double(file, "norm_eps", &d, 1);
-    d = cfg->rope_theta;
-    bad |= attr_double(file, "rope_theta", &d, 1);
-    snprintf(s, sizeof s, "%s", tok && tok->json ? tok->identity : "byte");
-    bad |= ck_attr_str(file, "tokenizer_identity", s, 0, 1);
-    if (tok && tok->json)
-        bad |= write_bytes(file, "tokenizer.json", tok->json, tok->len, comm);
-    if (bad)
-        prefopt_err_set(err, "cannot write the model config attributes");
-    return bad;
-}
-
-int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, prefopt_err *err)
-{
-    memset(cfg, 0, sizeof *cfg);
-    char s[96];
-    int64_t v = 0;
-    if (ck_attr_str(file, "kind", s, sizeof s, 0)) {
-        prefopt_err_set(err, "%s: attribute 'kind' missing: not a prefopt model file or checkpoint", path);
-        return 1;
-    }
-    if (ck_attr_int64(file, "format_version", &v, 1, 0) || v != CK_FORMAT_VERSION) {
-        prefopt_err_set(err, "%s: attribute 'format_version' is %lld, this prefopt reads %d", path, (long long)v,
-                        CK_FORMAT_VERSION);
-        return 1;
-    }
-    if (ck_attr_str(file, "arch", s, sizeof s, 0) || (strcmp(s, "gpt2") && strcmp(s, "llama"))) {
-        prefopt_err_set(err, "%s: attribute 'arch' missing or unknown ('%s'): gpt2 and llama are supported", path, s);
-        return 1;
-    }
-    cfg->arch = !strcmp(s, "gpt2") ? PREFOPT_ARCH_GPT2 : PREFOPT_ARCH_LLAMA;
-    if (ck_attr_str(file, "hf_model_type", cfg->hf_model_type, sizeof cfg->hf_model_type, 0)) {
-        prefopt_err_set(err, "%s: attribute 'hf_model_type' missing", path);
-        return 1;
-    }
-#define R(f)                                                                                                   \
-    if (ck_attr_int64(file, #f, &v, 1, 0)) {                                                                   \
-        prefopt_err_set(err, "%s: attribute '%s' missing", path, #f);                                          \
-        return 1;                                                                                              \
-    }                                                                                                          \
-    cfg->f = (int)v;
-    CFG_INTS(R)
-#undef R
-    double d;
-    if (attr_double(file, "norm_eps", &d, 0)) {
-        prefopt_err_set(err, "%s: attribute 'norm_eps' missing", path);
-        return 1;
-    }
-    cfg->norm_eps = (float)d;
-    if (attr_double(file, "rope_theta", &d, 0)) {
-        prefopt_err_set(err, "%s: attribute 'rope_theta' missing", path);
-        return 1;
-    }
-    cfg->rope_theta = (float)d;
-    return 0;
-}
-
-int ck_read_tokenizer(hid_t file, const char *path, prefopt_tokenizer_record *tok, prefopt_err *err)
-{
-    memset(tok, 0, sizeof *tok);
-    if (ck_attr_str(file, "tokenizer_identity", tok->identity, sizeof tok->identity, 0)) {
-        prefopt_err_set(err, "%s: attribute 'tokenizer_identity' missing", path);
-        return 1;
-    }
-    if (read_bytes(file, "tokenizer.json", &tok->json, &tok->len)) {
-        prefopt_err_set(err, "%s: dataset 'tokenizer.json' unreadable", path);
-        return 1;
-    }
-    return 0;
 }
 
 /* ---- tensors --------------------------------------------------------------------------------------------- */
@@ -768,7 +464,7 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
         return 1;
     int rc = 0;
     hid_t grp = open_group(file, group, 1);
-    hid_t dxpl = make_dxpl(file);
+    hid_t dxpl = ck_make_dxpl(file);
     uint64_t *sums = prefopt_xcalloc((size_t)n, sizeof *sums, "checksums");
     size_t stage_cap = 0;
     float *stage = NULL;
@@ -887,7 +583,7 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
         free_plan(d, nd);
         return 1;
     }
-    hid_t dxpl = make_dxpl(file);
+    hid_t dxpl = ck_make_dxpl(file);
     uint64_t *sums = prefopt_xcalloc((size_t)n, sizeof *sums, "checksums");
     uint64_t *stored = prefopt_xcalloc((size_t)n, sizeof *stored, "checksums");
     size_t stage_cap = 0;
@@ -1182,7 +878,7 @@ int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_
         H5Sselect_none(ms);
         H5Sselect_none(fs);
     }
-    hid_t dxpl = make_dxpl(file);
+    hid_t dxpl = ck_make_dxpl(file);
     herr_t rr = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data);
     H5Pclose(dxpl);
     H5Sclose(ms);

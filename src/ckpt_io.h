@@ -1,4 +1,5 @@
-/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (src/checkpoint.c).
+/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (src/checkpoint.c for
+ * tensors, src/ckpt_file.c for files and attributes).
  *
  * A logical tensor "prefix.<L>.rest" (L a decimal layer index) is stored as layer L of the stacked dataset
  * "<group>/prefix.rest" of shape [nlayers][out][in] (or [nlayers][n] for vectors); any other name is stored as
@@ -55,6 +56,8 @@ int ck_stacked_name(const char *name, char *ds, size_t len);
 int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_close(hid_t file, const char *path, prefopt_err *err);
+/* A transfer property list: collective on an MPI-IO file, default on a serial one. */
+hid_t ck_make_dxpl(hid_t file);
 
 /* Root attributes: kind ("model" or "checkpoint"), format version, the model config, the tokenizer. */
 int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cfg, const prefopt_tokenizer_record *tok,
