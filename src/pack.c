@@ -384,7 +384,7 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
                 k++;
             for (size_t i = 0; i < k; i++)
                 ids_push(fl[0], fl[1]->v[i]);
-            for (int f = 1; f <= 2; f++) {
+            for (int f = 1; f <= 2 && k; f++) { /* (k == 0: v may be NULL) */
                 memmove(fl[f]->v, fl[f]->v + k, (fl[f]->n - k) * sizeof(int32_t));
                 fl[f]->n -= k;
             }

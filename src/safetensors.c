@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,27 +123,39 @@ static int add_file(prefopt_st_set *s, const char *path, prefopt_err *err)
         uint64_t numel = 1;
         for (int d = 0; d < t.ndim; d++) {
             cJSON *x = cJSON_GetArrayItem(sh, d);
-            if (!cJSON_IsNumber(x) || x->valuedouble < 0) {
+            /* integers up to 2^53 (exact in JSON's doubles); the product must not overflow either */
+            if (!cJSON_IsNumber(x) || !(x->valuedouble >= 0 && x->valuedouble <= 9007199254740992.0) ||
+                x->valuedouble != floor(x->valuedouble)) {
                 prefopt_err_set(err, "%s: tensor '%s': bad shape", label, t.name);
                 rc = 1;
                 break;
             }
             t.shape[d] = (int64_t)x->valuedouble;
-            numel *= (uint64_t)t.shape[d];
+            if (__builtin_mul_overflow(numel, (uint64_t)t.shape[d], &numel)) {
+                prefopt_err_set(err, "%s: tensor '%s': shape too large", label, t.name);
+                rc = 1;
+                break;
+            }
+        }
+        if (!rc && __builtin_mul_overflow(numel, (uint64_t)esz, &numel)) {
+            prefopt_err_set(err, "%s: tensor '%s': shape too large", label, t.name);
+            rc = 1;
         }
         if (rc)
             break;
         cJSON *b = cJSON_GetArrayItem(of, 0), *en = cJSON_GetArrayItem(of, 1);
-        if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || en->valuedouble < b->valuedouble || b->valuedouble < 0) {
+        if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || !(en->valuedouble >= b->valuedouble) ||
+            !(b->valuedouble >= 0) || en->valuedouble > 9007199254740992.0 || b->valuedouble != floor(b->valuedouble) ||
+            en->valuedouble != floor(en->valuedouble)) {
             prefopt_err_set(err, "%s: tensor '%s': bad data_offsets", label, t.name);
             rc = 1;
             break;
         }
         t.begin = data0 + (uint64_t)b->valuedouble;
         t.end = data0 + (uint64_t)en->valuedouble;
-        if (t.end - t.begin != numel * (uint64_t)esz) {
+        if (t.end - t.begin != numel) { /* numel now counts bytes */
             prefopt_err_set(err, "%s: tensor '%s': data_offsets span %llu bytes, shape and dtype need %llu", label,
-                            t.name, (unsigned long long)(t.end - t.begin), (unsigned long long)(numel * esz));
+                            t.name, (unsigned long long)(t.end - t.begin), (unsigned long long)numel);
             rc = 1;
             break;
         }
