@@ -618,8 +618,8 @@ static int encode_word(const prefopt_tokenizer *t, const char *s, uint32_t len, 
         for (size_t i = 0; i < ns; i = mb->s[i].next < 0 ? ns : (size_t)mb->s[i].next)
             tok_ids_push(ids, n, cap, mb->s[i].id);
     }
-    if (use_cache)
-        cache_put(t->cache, h, s, len, *ids + n0, (uint32_t)(*n - n0));
+    if (use_cache) /* a word may give no ids (no unk token): *ids may still be NULL then */
+        cache_put(t->cache, h, s, len, *n > n0 ? *ids + n0 : NULL, (uint32_t)(*n - n0));
     return 0;
 }
 
