@@ -661,10 +661,25 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "step", (double)t->step);
             cJSON_AddStringToObject(o, "skipped", "non-finite loss or gradient");
-            cJSON *ex = cJSON_AddArrayToObject(o, "examples");
+            /* the examples of the whole global batch: each replica holds its share, gathered over dp */
+            int nloc = 0, ntot = 0;
             for (int k = 0; k < st.nmicro; k++)
+                nloc += st.micro[k].nexamples;
+            int64_t *loc = prefopt_xmalloc(sizeof(int64_t) * ((size_t)nloc + 1), "skipped examples");
+            for (int k = 0, i = 0; k < st.nmicro; k++)
                 for (int j = 0; j < st.micro[k].nexamples; j++)
-                    cJSON_AddItemToArray(ex, cJSON_CreateNumber((double)st.micro[k].example[j]));
+                    loc[i++] = st.micro[k].example[j];
+            int *cnt = prefopt_xmalloc(sizeof(int) * (size_t)t->g.dp_size, "skipped examples");
+            int *disp = prefopt_xmalloc(sizeof(int) * (size_t)t->g.dp_size, "skipped examples");
+            MPI_Allgather(&nloc, 1, MPI_INT, cnt, 1, MPI_INT, t->g.dp);
+            for (int r = 0; r < t->g.dp_size; r++)
+                disp[r] = ntot, ntot += cnt[r];
+            int64_t *all = prefopt_xmalloc(sizeof(int64_t) * ((size_t)ntot + 1), "skipped examples");
+            MPI_Allgatherv(loc, nloc, MPI_INT64_T, all, cnt, disp, MPI_INT64_T, t->g.dp);
+            cJSON *ex = cJSON_AddArrayToObject(o, "examples");
+            for (int i = 0; i < ntot; i++)
+                cJSON_AddItemToArray(ex, cJSON_CreateNumber((double)all[i]));
+            free(loc), free(cnt), free(disp), free(all);
             if (t->g.world_rank == 0)
                 fprintf(stderr, "prefopt: warning: step %ld skipped: non-finite loss or gradient (%ld in a row; "
                                 "examples in metrics.jsonl)\n", t->step, consecutive_bad);
