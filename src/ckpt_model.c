@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sys/resource.h>
+#include <sys/statvfs.h>
 
 /* ---- tokenizer records ----------------------------------------------------------------------------------- */
 
@@ -522,6 +524,30 @@ static int read_state(hid_t f, const char *path, prefopt_train_state *st, const 
     return rc;
 }
 
+/* A full disk (or a file-size limit) met in the middle of the collective HDF5 writes sends the ranks down different
+ * error paths inside HDF5 (one flushes metadata, another truncates) and the save hangs in H5Fclose. So the room is
+ * checked first, on rank 0: the save then fails cleanly and the previous checkpoint stays the latest. */
+static void check_room(const char *dir, const char *name, const prefopt_model_config *cfg, int copies,
+                       prefopt_err *err)
+{
+    prefopt_tensor_spec *specs = NULL;
+    int n = prefopt_model_tensor_specs(cfg, &specs);
+    double need = 1 << 20; /* attributes, state, tokenizer.json, HDF5 metadata */
+    for (int i = 0; i < n; i++)
+        need += 4.0 * copies * (double)specs[i].shape[0] * (specs[i].ndim == 2 ? (double)specs[i].shape[1] : 1.0);
+    free(specs);
+    const double mib = 1 << 20;
+    struct rlimit rl;
+    struct statvfs vfs;
+    if (!getrlimit(RLIMIT_FSIZE, &rl) && rl.rlim_cur != RLIM_INFINITY && need > (double)rl.rlim_cur)
+        prefopt_err_set(err, "%s: checkpoint %s needs about %.1f MiB but the file size limit (ulimit -f) is %.1f MiB "
+                        "(the previous checkpoint is kept)", dir, name, need / mib, (double)rl.rlim_cur / mib);
+    else if (!statvfs(dir, &vfs) && need > (double)vfs.f_bavail * (double)vfs.f_frsize)
+        prefopt_err_set(err, "%s: no room for checkpoint %s: it needs about %.1f MiB, the file system has %.1f MiB "
+                        "free (the previous checkpoint is kept)", dir, name, need / mib,
+                        (double)vfs.f_bavail * (double)vfs.f_frsize / mib);
+}
+
 int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const float *adam_m, const float *adam_v,
                       const prefopt_train_state *st, char *path_out, size_t path_len, prefopt_err *err)
 {
@@ -534,6 +560,8 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     snprintf(tmp, sizeof tmp, "%s.tmp", final);
     if (g->world_rank == 0 && mkdirs(o->dir))
         prefopt_err_set(err, "%s: cannot create the checkpoint directory: %s", o->dir, strerror(errno));
+    if (g->world_rank == 0 && !err->set)
+        check_room(o->dir, name, prefopt_model_get_config(policy), 1 + (adam_m != NULL) + (adam_v != NULL), err);
     if (prefopt_agree(g->world, err))
         return 1;
     hid_t f;

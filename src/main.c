@@ -4,6 +4,7 @@
 #include "prefopt/banner.h"
 #include "prefopt/common.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -79,6 +80,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "prefopt: error: unknown subcommand '%s' (see prefopt --help)\n", argv[1]);
         return PREFOPT_EXIT_USAGE;
     }
+    signal(SIGXFSZ, SIG_IGN); /* a file-size limit (ulimit -f) makes writes fail with EFBIG, reported, not a kill */
     prefopt_blis_select_arch();
     /* FUNNELED: only the main thread calls MPI; BLIS/OpenMP threads compute. Initialising here, before
      * BLACS, stops BLACS from calling plain MPI_Init itself. */

@@ -2,3 +2,4 @@
 # built with -DPREFOPT_FUZZ=ON (clang) and run by tests/fuzz/run_fuzz.sh from tests/run.sh, not by ctest.
 prefopt_script_test(test_errors_mpi test_errors_mpi.sh LABELS "script;mpi")
 prefopt_mpi_test(test_memcheck 2 test_memcheck.c)
+prefopt_script_test(test_faults test_faults.sh LABELS "script;mpi")
