@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +54,7 @@ static int get_token_id(const cJSON *root, const char *file, const char *key, in
         return 0;
     if (cJSON_IsArray(x))
         x = cJSON_GetArrayItem(x, 0);
-    if (!cJSON_IsNumber(x)) {
+    if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || fabs(x->valuedouble) > 2e9) {
         prefopt_err_set(err, "%s: key '%s' is not a token id", file, key);
         return 1;
     }
@@ -99,7 +100,7 @@ int prefopt_hf_config_read(const char *path, prefopt_model_config *cfg, prefopt_
         rc |= get_int(root, file, "n_layer", &cfg->num_layers, 1, err);
         rc |= get_int(root, file, "n_head", &cfg->num_heads, 1, err);
         rc |= get_int(root, file, "n_positions", &cfg->max_position, 1, err);
-        cfg->intermediate_size = 4 * cfg->hidden_size;
+        cfg->intermediate_size = cfg->hidden_size <= INT32_MAX / 4 ? 4 * cfg->hidden_size : 0; /* 0: inconsistent */
         rc |= get_int(root, file, "n_inner", &cfg->intermediate_size, 0, err);
         cfg->norm_eps = 1e-5f;
         rc |= get_num(root, file, "layer_norm_epsilon", &cfg->norm_eps, err);
