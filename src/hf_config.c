@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,8 +32,8 @@ static int get_num(const cJSON *root, const char *file, const char *key, float *
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!x || cJSON_IsNull(x))
         return 0;
-    if (!cJSON_IsNumber(x)) {
-        prefopt_err_set(err, "%s: key '%s' is not a number", file, key);
+    if (!cJSON_IsNumber(x) || !(fabs(x->valuedouble) <= FLT_MAX)) { /* float32 in the model and its files */
+        prefopt_err_set(err, "%s: key '%s' is not a number in float32's range", file, key);
         return 1;
     }
     *out = (float)x->valuedouble;
