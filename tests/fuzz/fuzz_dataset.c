@@ -8,7 +8,8 @@
  * info and reads up to three global batches through a loader.
  * Input whose first byte is 0xFF: the rest is written verbatim as the .h5 file (raw mode; HDF5 itself parses it).
  * Checked: no crash or sanitizer report; failures fill a one-line message naming the file; an accepted file
- * agrees with its recipe (example count, token totals per field, vocabulary). */
+ * agrees with its recipe (example count, token totals per field, vocabulary); no HDF5 file or object stays open
+ * after an accepted or a refused file. */
 #include "fuzz_common.h"
 #include "dataset_internal.h"
 #include "prefopt/dataset.h"
@@ -271,6 +272,17 @@ static void exercise(prefopt_dataset *ds, bytes *b, const char *path)
     prefopt_ds_loader_free(L);
 }
 
+/* Whatever happened, no HDF5 file or object may stay open (a long job opens datasets again and again). */
+static int no_open_handles(void)
+{
+    ssize_t n = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
+    if (n > 0) {
+        fprintf(stderr, "fuzz_dataset: %zd HDF5 files/objects left open\n", n);
+        abort();
+    }
+    return 0;
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     MPI_Init(argc, argv);
@@ -302,7 +314,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
             fprintf(stderr, "fuzz_dataset: the message does not name the file: %s\n", err.msg);
             abort();
         }
-        return 0;
+        return no_open_handles();
     }
     const prefopt_ds_info *in = prefopt_dataset_info(ds);
     if (!raw && (in->num_examples != r.N || (int)in->kind != r.kind || in->vocab_size != r.vattr)) {
@@ -318,5 +330,5 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         }
     exercise(ds, &b, path);
     prefopt_dataset_close(ds);
-    return 0;
+    return no_open_handles();
 }
