@@ -4,6 +4,7 @@
 #include "prefopt/train.h"
 
 #include "prefopt/banner.h"
+#include "prefopt/memcheck.h"
 #include "prefopt/metrics.h"
 #include "prefopt/runctl.h"
 
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <dirent.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -48,6 +50,8 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
         {"seed", PREFOPT_OPT_LONG, &p->seed, "1234", "seed of data order and from-scratch init"},
         {"activation-checkpoint", PREFOPT_OPT_FLAG, &p->activation_checkpoint, "0",
          "recompute each layer in backward instead of keeping its activations"},
+        {"memory-limit", PREFOPT_OPT_STRING, &p->memory_limit, "0",
+         "memory one rank may use, e.g. 12G (0: RLIMIT_AS/DATA, cgroup and MemAvailable decide); checked at start"},
         {"use-precomputed-ref", PREFOPT_OPT_FLAG, &p->use_precomputed_ref, "1",
          "use reference log-probs stored in the dataset (prefopt eval --store-ref) instead of a reference model"},
         {"log-interval", PREFOPT_OPT_INT, &p->log_interval, "10", "progress line every N steps"},
@@ -513,24 +517,36 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
                       (!t->eval_ds || prefopt_dataset_info(t->eval_ds)->has_ref);
     t->live_ref = (t->obj.uses_reference || t->obj.uses_kl) && !precomputed;
 
+    /* State the memory the run needs and stop now, with the option that helps, if a rank cannot have it */
+    double mem_limit = prefopt_mem_parse(p->memory_limit);
+    if (mem_limit < 0)
+        prefopt_err_set(&err, "--memory-limit '%s': expected a size such as 12G, 512M or 0", p->memory_limit);
+    FAIL_IF(t, 0, &err);
+    prefopt_mem_layout ml = {p->grid_rows * p->grid_cols, t->micro,
+                             prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
+                             p->activation_checkpoint};
+    prefopt_mem_estimate me;
+    prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
+    FAIL_IF(t, 0, &err);
+    if (t->g.world_rank == 0) {
+        const double M = 1.0 / (1 << 20);
+        printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | reference: %s\n"
+               "memory per rank (estimated before allocating, rows up to %lld tokens): weights %.1f MiB, grads %.1f, "
+               "AdamW %.1f, reference %.1f, activations %.1f, workspace %.1f => %.1f MiB\n",
+               cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
+               t->live_ref ? "model on the same ranks" : precomputed ? "precomputed log-probs" : "none",
+               (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M, me.reference * M,
+               me.activations * M, me.workspace * M, me.total * M);
+        fflush(stdout);
+    }
+
     prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0};
     t->policy = prefopt_model_create(&cfg, &t->g, &mo, &err);
     FAIL_IF(t, !t->policy, &err);
-    size_t n = 0;
-    prefopt_model_param_data(t->policy, &n);
     if (t->live_ref) {
         prefopt_model_options ro = {0, 0, 0, 0, 0};
         t->ref = prefopt_model_create(&cfg, &t->g, &ro, &err);
         FAIL_IF(t, !t->ref, &err);
-    }
-    if (t->g.world_rank == 0) {
-        double mib = 4.0 * (double)n / (1 << 20);
-        printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | state per rank: weights %.1f MiB, "
-               "grads %.1f, AdamW %.1f, reference %.1f => %.1f MiB before activations | reference: %s\n",
-               cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
-               mib, mib, 2 * mib, t->live_ref ? mib : 0.0, (4 + (t->live_ref ? 1 : 0)) * mib,
-               t->live_ref ? "model on the same ranks" : precomputed ? "precomputed log-probs" : "none");
-        fflush(stdout);
     }
     if (have_init)
         prefopt_model_file_load(t->policy, p->init, &err);
@@ -545,6 +561,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         FAIL_IF(t, 0, &err);
     }
 
+    size_t n = 0;
+    prefopt_model_param_data(t->policy, &n);
     int nranges = 0;
     prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
     prefopt_adamw_config ac = {p->optim.adam_beta1, p->optim.adam_beta2, p->optim.adam_eps, p->optim.weight_decay};
@@ -624,7 +642,13 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     double t_start = prefopt_now();
     long start_step = t->step, consecutive_bad = 0, skipped = 0;
     int rc = PREFOPT_EXIT_OK;
+    /* Test hook: a tiny model finishes its steps faster than a signal can be aimed at the middle of the run;
+     * PREFOPT_TEST_STEP_DELAY_MS slows every step so tests of the stop protocol are not races. */
+    const char *delay_env = getenv("PREFOPT_TEST_STEP_DELAY_MS");
+    long delay_ms = delay_env ? atol(delay_env) : 0;
     while (t->step < t->total_steps) {
+        if (delay_ms > 0)
+            nanosleep(&(struct timespec){delay_ms / 1000, (delay_ms % 1000) * 1000000L}, NULL);
         if (prefopt_stop_agreed(t->g.world)) {
             if (t->g.world_rank == 0)
                 printf("stop signal: checkpointing at step %ld and exiting with %d (requeue)\n", t->step,

@@ -97,7 +97,7 @@ check 'close base/metrics.jsonl tp21/metrics.jsonl 1e-4' "grid 2x1 == 1x1: $(tai
 # --- stop signal, checkpoint, exit 99, resume: bit-identical to the uninterrupted run ---------------------------
 LONG="--data train.h5 --init init/model.h5 --loss dpo --lr 1e-3 --batch-size 8 --max-steps 40 --log-interval 1000"
 $MPI -n 2 "$P" train $LONG --grid-cols 2 --run-dir straight > straight.log 2>&1
-$MPI -n 2 "$P" train $LONG --grid-cols 2 --run-dir cut > cut1.log 2>&1 &
+PREFOPT_TEST_STEP_DELAY_MS=100 $MPI -x PREFOPT_TEST_STEP_DELAY_MS -n 2 "$P" train $LONG --grid-cols 2 --run-dir cut > cut1.log 2>&1 &
 pid=$!
 for i in $(seq 1 600); do
   [ -f cut/metrics.jsonl ] && [ "$(wc -l < cut/metrics.jsonl)" -ge 5 ] && break

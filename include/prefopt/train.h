@@ -36,6 +36,7 @@ typedef struct {
     prefopt_objective_params obj;
     prefopt_optim_params optim;
     int activation_checkpoint, use_precomputed_ref;
+    const char *memory_limit; /* per rank, "0": only what the system limits say (see memcheck.h) */
     /* run control */
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
     int eval_batch_size;
