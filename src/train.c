@@ -54,6 +54,8 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
          "memory one rank may use, e.g. 12G (0: RLIMIT_AS/DATA, cgroup and MemAvailable decide); checked at start"},
         {"use-precomputed-ref", PREFOPT_OPT_FLAG, &p->use_precomputed_ref, "1",
          "use reference log-probs stored in the dataset (prefopt eval --store-ref) instead of a reference model"},
+        {"peak-gflops", PREFOPT_OPT_DOUBLE, &p->peak_gflops, "0",
+         "sgemm GFLOP/s of one rank that MFU divides by (0: measured at start-up, best of 7 products)"},
         {"log-interval", PREFOPT_OPT_INT, &p->log_interval, "10", "progress line every N steps"},
         {"eval-interval", PREFOPT_OPT_INT, &p->eval_interval, "0", "evaluate --eval-data every N steps (0: at end)"},
         {"eval-batch-size", PREFOPT_OPT_INT, &p->eval_batch_size, "0", "micro-batch of evaluation (0: micro-batch)"},
@@ -578,12 +580,12 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     prefopt_schedule_init(&t->sched, p->optim.lr_scheduler, p->optim.lr, warm, t->total_steps, p->optim.min_lr_ratio,
                           &err);
     FAIL_IF(t, 0, &err);
-    t->peak = prefopt_measure_sgemm_peak(t->g.world);
+    t->peak = p->peak_gflops > 0 ? p->peak_gflops * 1e9 : prefopt_measure_sgemm_peak(t->g.world);
     if (t->g.world_rank == 0) {
         printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d replicas) | %ld steps | "
-               "sgemm peak %.1f GFLOP/s per rank\n",
+               "sgemm peak %.1f GFLOP/s per rank%s\n",
                p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
-               p->batch_size, t->micro, dp, t->total_steps, t->peak * 1e-9);
+               p->batch_size, t->micro, dp, t->total_steps, t->peak * 1e-9, p->peak_gflops > 0 ? " (--peak-gflops)" : "");
         fflush(stdout);
     }
 }

@@ -36,6 +36,7 @@ typedef struct {
     prefopt_objective_params obj;
     prefopt_optim_params optim;
     int activation_checkpoint, use_precomputed_ref;
+    double peak_gflops;       /* per rank for MFU; 0: measured at start-up */
     const char *memory_limit; /* per rank, "0": only what the system limits say (see memcheck.h) */
     /* run control */
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
@@ -66,7 +67,7 @@ int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a,
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);
 
 /* sgemm throughput of this rank with its BLIS threads, measured now while every rank of comm runs the same
- * (median of several 1024^3 products): the peak that MFU is reported against. Collective. */
+ * (the fastest of several 1024^3 products): the peak that MFU is reported against. Collective. */
 double prefopt_measure_sgemm_peak(MPI_Comm comm);
 
 #endif
