@@ -320,7 +320,9 @@ void prefopt_regions_print(FILE *f, MPI_Comm comm, const char *title)
         for (int k = 0; k < n; k++) {
             const char *leaf = strrchr(s[k].path, '/');
             char label[64];
-            snprintf(label, sizeof label, "%*s%s", 2 * s[k].depth, "", leaf ? leaf + 1 : s[k].path);
+            if (snprintf(label, sizeof label, "%*s%s", 2 * s[k].depth, "", leaf ? leaf + 1 : s[k].path) >=
+                (int)sizeof label)
+                label[sizeof label - 2] = '~'; /* long names are cut, visibly, to keep the table's columns */
             char mpi[32];
             if (mpi_seconds_fn)
                 snprintf(mpi, sizeof mpi, "%10.4f", s[k].mpi[1]);
