@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CK_FORMAT_VERSION 1
 
@@ -61,6 +62,30 @@ int ck_close(hid_t file, const char *path, prefopt_err *err)
         return 1;
     }
     return 0;
+}
+
+/* After a failed write (a full disk, a file-size limit) H5Fclose on an MPI-IO file hangs: HDF5's ranks take
+ * different error paths inside it (the rank whose metadata write failed skips the flush's barrier and waits in the
+ * truncate's broadcast, the others wait in the barrier). MPI_Finalize would run the same close through HDF5's
+ * MPI_COMM_SELF hook. So the ranks agree on the writes before closing, and a file with a failed write is
+ * abandoned: every rank prints the line, rank 0 removes the temporary file, and the job is aborted. */
+int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, prefopt_err *err)
+{
+    if (comm == MPI_COMM_NULL)
+        return ck_close(file, path, err) || failed;
+    if (failed && !err->set)
+        prefopt_err_set(err, "%s: write failed", path);
+    if (!prefopt_agree(comm, err))
+        return ck_close(file, path, err);
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    fprintf(stderr, "prefopt: error: %s (disk full or over the file size limit? nothing was published)\n", err->msg);
+    fflush(stderr);
+    if (rank == 0)
+        unlink(path);
+    MPI_Barrier(comm);
+    MPI_Abort(comm, PREFOPT_EXIT_ERROR);
+    return 1;
 }
 
 static int is_mpio(hid_t file)

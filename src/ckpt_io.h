@@ -56,6 +56,10 @@ int ck_stacked_name(const char *name, char *ds, size_t len);
 int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_close(hid_t file, const char *path, prefopt_err *err);
+/* Collective close of a file being written (comm: the file's communicator, MPI_COMM_NULL for a serial file):
+ * agrees on failed (non-zero on a rank whose writes failed) first; when any rank failed, prints the error on
+ * every rank, removes path and aborts the job, because HDF5 cannot close such a file in parallel (ckpt_file.c). */
+int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, prefopt_err *err);
 /* A transfer property list: collective on an MPI-IO file, default on a serial one. */
 hid_t ck_make_dxpl(hid_t file);
 

@@ -193,7 +193,7 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     rc |= ck_write_items(f, tmp, "model", it, n, g->dp_rank, g->dp_size, g->world, err);
     free(it);
     rc |= mark_complete(f);
-    rc |= ck_close(f, tmp, err);
+    rc = ck_close_agreed(f, tmp, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
     if (prefopt_agree(g->world, err)) {
@@ -585,7 +585,7 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     }
     rc |= write_state(f, st, g, err);
     rc |= mark_complete(f);
-    rc |= ck_close(f, tmp, err);
+    rc = ck_close_agreed(f, tmp, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
     if (prefopt_agree(g->world, err)) {

@@ -9,6 +9,8 @@
 #                      checkpoint.h): step 2 stays latest, step 4 is only a .tmp; the resumed run is identical;
 #   disk_full          a file-size limit (ulimit -f) below a checkpoint's size: one clear error line on every rank,
 #                      exit 1, the previous checkpoint kept as latest and byte-identical; resuming later is identical;
+#   disk_full_mid_write the same limit met inside the collective write (room check skipped): the ranks agree, every
+#                      rank prints one line, the .tmp is removed, the job aborts with exit 1 in seconds;
 #   poisoned_batch     valid tokens but huge precomputed reference log-probs for one example: the step holding it is
 #                      skipped and logged in metrics.jsonl with the global batch's example indices (the poisoned one
 #                      among them), training goes on and reports the skip;
@@ -156,6 +158,7 @@ fi
 # SIGXFSZ is ignored by prefopt, so writes fail with EFBIG. The shared-memory transport's backing file would hit the
 # limit as well: TCP between the ranks.
 if [ -d k3 ]; then
+  cp -r k3 k4 # the same state for the mid-write case
   cp k3/checkpoints/step-00000002.h5 step2.copy
   timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none \
     bash -c 'ulimit -f 400; exec "$0" "$@"' "$P" "${A[@]}" --run-dir k3 > k3.log 2> k3.err
@@ -173,6 +176,29 @@ if [ -d k3 ]; then
     fail "disk_full: resuming with room again did not continue identically: $(grep -m2 'error\|resumed' k3.resume.log)"
   else
     echo "ok: disk_full: both ranks: ${msg#prefopt: error: }; step 2 kept; resumed identically once there was room"
+  fi
+fi
+
+# The same limit met in the middle of the collective write (the room check skipped by a test hook): HDF5 cannot
+# close such a file in parallel (its ranks take different error paths in H5Fclose), so the ranks agree on the
+# writes, every rank prints the line, the .tmp is removed and the job aborts: exit 1 within seconds, not a hang.
+if [ -d k4 ]; then
+  t0=$SECONDS
+  timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none -x PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK=1 \
+    bash -c 'ulimit -f 400; exec "$0" "$@"' "$P" "${A[@]}" --run-dir k4 > k4.log 2> k4.err
+  rc=$?
+  re="prefopt: error: k4/checkpoints/step-00000004\.h5\.tmp: writing dataset '[a-z/_.0-9]+' failed \(disk full or over the file size limit\? nothing was published\)"
+  if [ "$rc" != 1 ]; then
+    fail "disk_full_mid_write: exit code $rc, expected 1 (124: hung): $(grep -m2 error k4.err)"
+  elif [ $((SECONDS - t0)) -gt 30 ]; then
+    fail "disk_full_mid_write: took $((SECONDS - t0)) s"
+  elif [ "$(grep -cxE "$re" k4.err)" != 2 ] || [ "$(grep -c '^prefopt: error' k4.err)" != 2 ]; then
+    fail "disk_full_mid_write: expected one line matching $re on both ranks; got: $(grep '^prefopt: error' k4.err | head -2)"
+  elif [ "$(cat k4/checkpoints/latest)" != step-00000002.h5 ] || ! cmp -s step2.copy k4/checkpoints/step-00000002.h5 ||
+       [ -e k4/checkpoints/step-00000004.h5 ] || [ -e k4/checkpoints/step-00000004.h5.tmp ]; then
+    fail "disk_full_mid_write: the previous checkpoint was not kept or a partial file is left: $(ls k4/checkpoints | tr '\n' ' ')"
+  else
+    echo "ok: disk_full_mid_write: exit 1 in $((SECONDS - t0)) s, both ranks: $(grep -m1 '^prefopt: error' k4.err | cut -c17-); step 2 kept, no partial file"
   fi
 fi
 
