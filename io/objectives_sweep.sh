@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Which objective wins on a small verifiable task, and what plain DPO does to the chosen answers' likelihood.
 #   task data (prefopt_demo_task gen --task add: "14+39=" -> "53"; pairs are (correct, off-by-ten wrong))
-#   -> SFT a 2-layer 64-wide byte-level GPT-2 from scratch -> from that SFT model, 200 steps of each objective
+#   -> SFT a 2-layer 64-wide byte-level GPT-2 from scratch (2000 steps) -> from that SFT model, 200 steps of each objective
 #   below (same data order, batch 32) -> greedy generation on 500 held-out prompts, checked -> one table row
 #   each: held-out accuracy, KL to the SFT reference, held-out reward accuracy, logps/chosen at the end.
-# usage: io/objectives_sweep.sh            (after a build; about 10 minutes on 2 cores; artefacts in runs/sweep/)
+# usage: io/objectives_sweep.sh            (after a build; about a minute on 2 cores; artefacts in runs/sweep/)
 # Environment: SWEEP_BUILD_DIR (build), SWEEP_RUN_DIR (runs/sweep), SWEEP_SEED (1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +21,7 @@ rm -rf "$R"; mkdir -p "$R"
 "$T" gen --out-dir "$R/data" --seed "$SEED" --task add --n-sft 20000 --n-pairs 10000 --n-eval 500 --wrong-frac 0.35
 for f in sft pairs eval_pairs; do "$P" pack --input "$R/data/$f.jsonl" --output "$R/$f.h5" --quiet; done
 "$P" train --loss sft --data "$R/sft.h5" --run-dir "$R/sft" --resume never --arch gpt2 --n-layer 2 --n-embd 64 \
-    --n-head 4 --max-position 32 --max-steps 600 --batch-size 64 --lr 3e-3 --warmup-steps 20 --log-interval 200 \
+    --n-head 4 --max-position 32 --max-steps 2000 --batch-size 64 --lr 3e-3 --warmup-steps 20 --log-interval 200 \
     --seed "$SEED" > "$R/sft.log"
 PROMPTS=$R/data/eval_prompts.jsonl
 
@@ -55,7 +55,7 @@ print(f"| {name} | `{opts}` | {c['accuracy']:.3f} | {f(c.get('kl'), '.2f')} | "
 PY
 }
 
-printf '| run | options | held-out accuracy (greedy) | KL to SFT (nats) | held-out reward acc | logps/chosen (train step 1 -> held-out end) |\n|---|---|---:|---:|---:|---|\n' > "$R/table.md"
+printf '| run | options | held-out accuracy (greedy) | KL to SFT (nats) | held-out reward acc | logps/chosen (train step 1 -> held-out end; per-token mean for simpo, orpo as in TRL) |\n|---|---|---:|---:|---:|---|\n' > "$R/table.md"
 cat "$R/table.md"
 row sft
 row dpo_lr3e-5 --loss dpo --lr 3e-5
