@@ -39,6 +39,11 @@ $MPI -n 2 "$P" generate $G --out g3.jsonl --dp 2 --batch-size 5 2> g3.log
 check 'cmp -s g1.jsonl g2.jsonl' "sampled generation identical on 1x1 and 1x2: $(tail -1 g2.log)"
 check 'cmp -s g1.jsonl g3.jsonl' "sampled generation identical with 2 replicas and other batches: $(tail -1 g3.log)"
 check '[ $(wc -l < g1.jsonl) -eq 24 ]' "one output line per prompt"
+# prompts straight from a packed dataset: the same rows as the same prompts given as JSONL
+head -24 pairs.jsonl > first24.jsonl
+"$P" pack --input first24.jsonl --output first24.h5 --quiet || fail=1
+$MPI -n 2 "$P" generate ${G/prompts.jsonl/first24.h5} --out g4.jsonl --dp 2 2> g4.log
+check 'cmp -s g1.jsonl g4.jsonl' "generation from a packed dataset equals generation from the JSONL prompts: $(tail -1 g4.log)"
 "$P" generate --model pol/model.h5 --prompts prompts.jsonl --max-new-tokens 6 --out greedy.jsonl \
     --ref pol/model.h5 2> greedy.log
 check "$PY - <<'EOF'

@@ -5,12 +5,14 @@
 #define _GNU_SOURCE
 #include "prefopt/banner.h"
 #include "prefopt/checkpoint.h"
+#include "prefopt/dataset.h"
 #include "prefopt/opts.h"
 #include "prefopt/runctl.h"
 #include "prefopt/tokenizer.h"
 #include "prefopt/train.h"
 
 #include <cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +226,55 @@ static int read_prompts(const char *path, const prefopt_tokenizer *tk, int add_b
     return err->set ? -1 : 0;
 }
 
+/* Prompts from a packed dataset (any kind: field 0 is the prompt), every example in file order, index = example.
+ * Collective over comm; the file is validated against the model's vocabulary and tokenizer like training data. */
+static int read_prompts_dataset(const char *path, MPI_Comm comm, int vocab_size, const char *tokenizer_identity,
+                                const prefopt_tokenizer *tk, sample **out, int *nout, prefopt_err *err)
+{
+    prefopt_dataset *ds = NULL;
+    prefopt_ds_expect ex = {vocab_size, tokenizer_identity, 0};
+    if (prefopt_dataset_open(path, comm, &ex, &ds, err))
+        return -1;
+    const int64_t n = prefopt_dataset_info(ds)->num_examples;
+    if (n > INT_MAX / 2) {
+        prefopt_err_set(err, "%s: %lld examples: too many prompts for one generate run", path, (long long)n);
+        prefopt_dataset_close(ds);
+        return -1;
+    }
+    int64_t *idx = prefopt_xmalloc(sizeof *idx * (size_t)(n ? n : 1), "prompt indices");
+    for (int64_t i = 0; i < n; i++)
+        idx[i] = i;
+    int32_t *tok[PREFOPT_DS_MAX_FIELDS] = {0};
+    int64_t *start[PREFOPT_DS_MAX_FIELDS] = {0};
+    int rc = prefopt_dataset_read(ds, idx, (int)n, tok, start, err);
+    prefopt_dataset_close(ds);
+    free(idx);
+    sample *smp = prefopt_xcalloc((size_t)(n ? n : 1), sizeof *smp, "prompts");
+    for (int64_t i = 0; i < n && !rc; i++) {
+        int len = (int)(start[0][i + 1] - start[0][i]);
+        if (len == 0) {
+            prefopt_err_set(err, "%s: example %lld has an empty prompt (plain-text data has no prompts)", path,
+                            (long long)i);
+            rc = -1;
+            break;
+        }
+        sample *x = &smp[i];
+        x->index = (int)i;
+        x->cap = len;
+        x->ids = prefopt_xmalloc(sizeof *x->ids * (size_t)len, "prompt ids");
+        memcpy(x->ids, tok[0] + start[0][i], sizeof *x->ids * (size_t)len);
+        x->n = x->nprompt = len;
+        x->prompt = prefopt_tokenizer_decode(tk, x->ids, (size_t)len, 0, err);
+        if (!x->prompt)
+            rc = -1;
+    }
+    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
+        free(tok[f]), free(start[f]);
+    *out = smp;
+    *nout = (int)n;
+    return rc;
+}
+
 int prefopt_cmd_generate(int argc, char **argv)
 {
     const char *model_path, *ref_path, *prompts_path, *out_path;
@@ -233,7 +284,8 @@ int prefopt_cmd_generate(int argc, char **argv)
     const prefopt_opt opts[] = {
         {"model", PREFOPT_OPT_STRING, &model_path, "", "model file or checkpoint (required)"},
         {"ref", PREFOPT_OPT_STRING, &ref_path, "", "reference model: score each completion under both (KL estimate)"},
-        {"prompts", PREFOPT_OPT_STRING, &prompts_path, "", "JSONL with \"prompt\" (text) or \"prompt_ids\" (required)"},
+        {"prompts", PREFOPT_OPT_STRING, &prompts_path, "",
+         "JSONL with \"prompt\" (text) or \"prompt_ids\", or a packed dataset (.h5: its prompts) (required)"},
         {"out", PREFOPT_OPT_STRING, &out_path, "", "output JSONL (index, prompt, completion, ids) (required)"},
         {"max-new-tokens", PREFOPT_OPT_INT, &max_new, "64", "generated tokens per prompt at most"},
         {"temperature", PREFOPT_OPT_DOUBLE, &temperature, "0", "0: greedy; > 0: sample from softmax(logits/T)"},
@@ -250,7 +302,7 @@ int prefopt_cmd_generate(int argc, char **argv)
     const int nopts = (int)(sizeof opts / sizeof opts[0]);
     char msg[1024];
     prefopt_err err = {0};
-    int rc = prefopt_opts_parse("generate", "Generate completions for prompts (JSONL) with a model; greedy or sampled.",
+    int rc = prefopt_opts_parse("generate", "Generate completions for prompts (JSONL or a packed dataset) with a model; greedy or sampled.",
                                 opts, nopts, argc, argv, msg, sizeof msg);
     if (rc == PREFOPT_OPTS_EXIT)
         return 0;
@@ -293,7 +345,15 @@ int prefopt_cmd_generate(int argc, char **argv)
     }
     sample *s = NULL;
     int ns = 0;
-    if (!err.set)
+    /* a packed dataset (.h5) is read collectively, so every rank must take part even after a local error */
+    size_t plen = strlen(prompts_path);
+    int from_dataset = plen > 3 && (!strcmp(prompts_path + plen - 3, ".h5") ||
+                                    (plen > 5 && !strcmp(prompts_path + plen - 5, ".hdf5")));
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    if (from_dataset)
+        read_prompts_dataset(prompts_path, g.world, cfg.vocab_size, rec.identity, tk, &s, &ns, &err);
+    else
         read_prompts(prompts_path, tk, add_bos, &s, &ns, &err);
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
