@@ -35,7 +35,11 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
                  V = cfg->vocab_size;
     const double layer = m * T * (10.0 * C + 2.0 * F) / tp + m * H * T * T / tp; /* floats of one layer */
     const double acts = lay->activation_checkpoint ? m * T * C * L / tp + layer : layer * L;
-    e->activations = 4.0 * (acts + 2.0 * m * T * V / tp);
+    /* the head runs over chunks of rows whose logits fit the budget (model.h), keeping one chunk and its gradient */
+    const double budget = lay->logits_budget > 0 ? lay->logits_budget : (double)(1 << 30);
+    double rows = floor(budget / (4.0 * T * V / tp));
+    rows = rows < 1 ? 1 : rows > m ? m : rows;
+    e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp);
     double sum = e->weights + e->grads + e->adam + e->reference + e->activations;
     e->workspace = 0.1 * sum;
     e->total = sum + e->workspace;

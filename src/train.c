@@ -50,6 +50,8 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
         {"seed", PREFOPT_OPT_LONG, &p->seed, "1234", "seed of data order and from-scratch init"},
         {"activation-checkpoint", PREFOPT_OPT_FLAG, &p->activation_checkpoint, "0",
          "recompute each layer in backward instead of keeping its activations"},
+        {"logits-budget-mib", PREFOPT_OPT_INT, &p->logits_budget_mib, "0",
+         "LM-head logits kept per chunk of rows (0: 1024); smaller saves memory, backward recomputes chunk logits"},
         {"memory-limit", PREFOPT_OPT_STRING, &p->memory_limit, "0",
          "memory one rank may use, e.g. 12G (0: RLIMIT_AS/DATA, cgroup and MemAvailable decide); checked at start"},
         {"use-precomputed-ref", PREFOPT_OPT_FLAG, &p->use_precomputed_ref, "1",
@@ -526,7 +528,7 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     FAIL_IF(t, 0, &err);
     prefopt_mem_layout ml = {p->grid_rows * p->grid_cols, t->micro,
                              prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
-                             p->activation_checkpoint};
+                             p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20)};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
@@ -549,6 +551,11 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         prefopt_model_options ro = {0, 0, 0, 0, 0};
         t->ref = prefopt_model_create(&cfg, &t->g, &ro, &err);
         FAIL_IF(t, !t->ref, &err);
+    }
+    if (p->logits_budget_mib > 0) {
+        prefopt_model_set_logits_budget(t->policy, (size_t)p->logits_budget_mib << 20);
+        if (t->ref)
+            prefopt_model_set_logits_budget(t->ref, (size_t)p->logits_budget_mib << 20);
     }
     if (have_init)
         prefopt_model_file_load(t->policy, p->init, &err);

@@ -9,7 +9,8 @@
  *                up to the pad multiple) over L layers:
  *                  m*T * L * (10*C + 2*F) / tp  +  m * H * T * T * L / tp        (layer outputs, attention probs)
  *                with activation checkpointing only the layer inputs m*T*C*L / tp plus one layer's full set;
- *                plus logits and their gradient 2 * m*T*V / tp
+ *                plus logits and their gradient 2 * r*T*V / tp for the r <= m rows of one head chunk (the logits
+ *                budget)
  *   workspace    10% of the above (batch copies, staging buffers, BLAS/ScaLAPACK work)
  * What a rank may use: the smallest of --memory-limit, RLIMIT_AS and RLIMIT_DATA (less what the process already
  * maps), and, shared by the ranks of the node, the cgroup memory limit and MemAvailable. */
@@ -30,6 +31,7 @@ typedef struct {
     int64_t seq_len;           /* T: tokens of the longest packed row (see prefopt_mem_max_row) */
     int live_ref;              /* a reference model runs on the same ranks */
     int activation_checkpoint;
+    double logits_budget;      /* bytes of LM-head logits per chunk (--logits-budget-mib); 0: the engine's 1 GiB */
 } prefopt_mem_layout;
 
 /* The estimate above for cfg and layout. Local. */
