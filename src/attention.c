@@ -3,6 +3,7 @@
  * the same process column, and a sequence's tokens sit whole on one process row. Work is split over
  * (sequence, KV group) pairs, which write disjoint outputs: deterministic under OpenMP. */
 #include "model_internal.h"
+#include "pf_math.h"
 
 #include <blis.h>
 #include <math.h>
@@ -56,17 +57,19 @@ static void probs(float *P, const float *qh, const float *kh, const int8_t *seg,
             continue;
         }
         if (fresh) {
+            /* simd reductions: a fixed (vector-width) summation order, the same on every run and grid */
             float mx = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : mx)
             for (int j = 0; j <= i; j++)
-                if (visible(seg, i, j))
-                    mx = fmaxf(mx, Pi[j]);
+                mx = visible(seg, i, j) ? fmaxf(mx, Pi[j]) : mx;
+#pragma omp simd reduction(+ : sum)
             for (int j = 0; j <= i; j++)
-                if (visible(seg, i, j))
-                    sum += expf(Pi[j] - mx);
+                sum += visible(seg, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
             lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
         }
+        const float li = lse[i];
         for (int j = 0; j < T; j++)
-            Pi[j] = j <= i && visible(seg, i, j) ? expf(Pi[j] - lse[i]) : 0.0f;
+            Pi[j] = j <= i && visible(seg, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
     }
 }
 
@@ -171,7 +174,7 @@ void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const pre
                     for (int j = 0; j <= len + i; j++)
                         mx = fmaxf(mx, Si[j]);
                     for (int j = 0; j < ctx; j++) {
-                        Si[j] = j <= len + i ? expf(Si[j] - mx) : 0.0f;
+                        Si[j] = j <= len + i ? pf_exp(Si[j] - mx) : 0.0f;
                         sum += Si[j];
                     }
                     for (int j = 0; j < ctx; j++)

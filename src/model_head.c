@@ -2,6 +2,7 @@
  * the vocabulary over process columns; the max and the sum of exponentials of a row are all-reduced over the
  * process row, the target logit comes from its owner. Full logits are never gathered. */
 #include "model_internal.h"
+#include "pf_math.h"
 
 #include "blacs.h"
 
@@ -61,19 +62,26 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
                     }
             }
         MPI_Allreduce(MPI_IN_PLACE, mx, nt, MPI_FLOAT_INT, MPI_MAXLOC, g->row);
-        double *sums = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *sums, "logit sums"); /* sum exp, sum raw */
+        /* sums[0..nt): sum of exp(logit - max); sums[nt..2nt): sum of raw logits. Contiguous per-row arrays so
+         * the inner loop over rows vectorises. */
+        double *sums = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *sums, "logit sums");
+        float *mxv = prefopt_xmalloc(sizeof *mxv * (nt + 1), "logit max values");
+        for (int il = 0; il < nt; il++)
+            mxv[il] = mx[il].v;
 #pragma omp parallel for schedule(static)
         for (int rb = 0; rb < nt; rb += PF_RB)
             for (int jl = 0; jl < L->nloc; jl++) {
                 const float *col = pf_at(L, 0, jl);
+                double *se = sums, *sr = sums + nt;
                 for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
-                    sums[2 * il] += expf(col[il] - mx[il].v);
-                    sums[2 * il + 1] += col[il];
+                    se[il] += pf_exp(col[il] - mxv[il]);
+                    sr[il] += col[il];
                 }
             }
+        free(mxv);
         MPI_Allreduce(MPI_IN_PLACE, sums, 2 * nt, MPI_DOUBLE, MPI_SUM, g->row);
         for (int il = 0; il < nt; il++)
-            lse[il] = mx[il].v + (float)log(sums[2 * il]);
+            lse[il] = mx[il].v + (float)log(sums[il]);
 
         /* the logit of each token at its parent's row, from the process column that owns that vocab entry */
         for (int il = 0; il < nt; il++) {
@@ -97,7 +105,7 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
             if (m->b.completion[t]) {
                 acc[u] += lp;
                 acc[2 * nu + u] += 1;
-                acc[4 * nu + u] += sums[2 * pl + 1] / V;
+                acc[4 * nu + u] += sums[nt + pl] / V;
                 acc[5 * nu + u] += mx[pl].i == m->b.tokens[t];
             }
         }
@@ -147,7 +155,7 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         for (int jl = 0; jl < L->nloc; jl++) {
             float *col = pf_at(L, 0, jl);
             for (int il = 0; il < nt; il++)
-                col[il] = W[il] != 0.0f ? -W[il] * expf(col[il] - lse[il]) : 0.0f;
+                col[il] = W[il] != 0.0f ? -W[il] * pf_exp(col[il] - lse[il]) : 0.0f;
         }
         for (int il = 0; il < nt; il++) {
             int t = r0 * T + prefopt_dmat_row_l2g(L, il), tok = m->b.tokens[t];

@@ -3,6 +3,7 @@
  * position embeddings, GELU/SwiGLU and RoPE. Every loop runs over local elements in a fixed order, so the
  * results are bit-reproducible on a given grid. */
 #include "model_internal.h"
+#include "pf_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -205,35 +206,8 @@ void pf_embed_backward(prefopt_model *m, const prefopt_dmat *dx)
 /* GPT-2: gelu_new (tanh approximation). Llama: silu(gate) * up. */
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 
-/* The activations are compiled without trapping math (no FP exception flag is ever read; values are unchanged)
- * so that the clamps below if-convert and the loops vectorise: libm's tanhf and expf are scalar calls, and GELU
- * was about 9% of a GPT-2-small DPO step (perf/README.md). */
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-
-/* exp: Cephes expf (Cody-Waite reduction by ln 2, degree-6 polynomial), relative error below 1e-7 on [-87, 88],
- * clamped outside. tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): absolute error below 1e-7, which is what
- * GELU and its derivative see (they add it to 1). Pure functions of the element: no thread or grid dependence. */
-static inline float pf_exp(float y)
-{
-    y = y > -87.0f ? y : -87.0f; /* two selects: a nested conditional does not if-convert */
-    y = y < 88.0f ? y : 88.0f;
-    float n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* y / ln 2 rounded to nearest */
-    float r = y - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
+/* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): absolute error below 1e-7, which is what GELU and its
+ * derivative see (they add it to 1). */
 static inline float pf_tanh(float u)
 {
     float e = pf_exp(-2.0f * fabsf(u));
@@ -279,7 +253,6 @@ void pf_mlp_act_backward(const prefopt_model *m, prefopt_dmat *dh1, prefopt_dmat
         }
     }
 }
-#pragma GCC pop_options
 
 /* cos/sin of pos * inv_freq[i], computed in float exactly as HF's LlamaRotaryEmbedding does (fp32 inv_freq,
  * fp32 product), so long positions round the same way. */
