@@ -73,10 +73,13 @@ int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, pre
 {
     if (comm == MPI_COMM_NULL)
         return ck_close(file, path, err) || failed;
+    int any = failed != 0;
+    MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm);
+    if (!any)
+        return ck_close(file, path, err);
     if (failed && !err->set)
         prefopt_err_set(err, "%s: write failed", path);
-    if (!prefopt_agree(comm, err))
-        return ck_close(file, path, err);
+    prefopt_agree(comm, err); /* the message of the lowest failing rank, everywhere */
     int rank;
     MPI_Comm_rank(comm, &rank);
     fprintf(stderr, "prefopt: error: %s (disk full or over the file size limit? nothing was published)\n", err->msg);

@@ -57,8 +57,9 @@ int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_close(hid_t file, const char *path, prefopt_err *err);
 /* Collective close of a file being written (comm: the file's communicator, MPI_COMM_NULL for a serial file):
- * agrees on failed (non-zero on a rank whose writes failed) first; when any rank failed, prints the error on
- * every rank, removes path and aborts the job, because HDF5 cannot close such a file in parallel (ckpt_file.c). */
+ * agrees on failed (non-zero on a rank whose HDF5 writes failed) first; when any rank failed, prints the error on
+ * every rank, removes path and aborts the job, because HDF5 cannot close such a file in parallel (ckpt_file.c).
+ * Other errors (bad input read before writing) pass failed = 0: the file closes normally. */
 int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, prefopt_err *err);
 /* A transfer property list: collective on an MPI-IO file, default on a serial one. */
 hid_t ck_make_dxpl(hid_t file);

@@ -195,13 +195,17 @@ static int run_job(hid_t f, const char *tmp, const prefopt_st_set *set, const jo
 {
     int64_t n = prefopt_st_numel(j->src);
     float *a = prefopt_xmalloc(sizeof(float) * (size_t)(n ? n : 1), j->src->name);
-    int rc = prefopt_st_read_f32(set, j->src, a, err);
-    if (!rc && j->kind == JOB_COPY)
+    if (prefopt_st_read_f32(set, j->src, a, err)) {
+        free(a);
+        return 1; /* bad input: the output file is still intact */
+    }
+    int rc = 0;
+    if (j->kind == JOB_COPY)
         rc = ck_write_full(f, tmp, "model", &specs[j->out[0]], a, &sums[j->out[0]], err);
-    else if (!rc && j->kind == JOB_SPLIT3)
+    else if (j->kind == JOB_SPLIT3)
         for (int k = 0; k < 3 && !rc; k++)
             rc = ck_write_full(f, tmp, "model", &specs[j->out[k]], a + k * (n / 3), &sums[j->out[k]], err);
-    else if (!rc) {
+    else {
         /* Conv1D [in][out] -> [out][in]; for c_attn the rows of the result are q, k, v in turn */
         float *b = prefopt_xmalloc(sizeof(float) * (size_t)n, "transpose");
         transpose(a, b, j->src->shape[0], j->src->shape[1]);
@@ -210,7 +214,7 @@ static int run_job(hid_t f, const char *tmp, const prefopt_st_set *set, const jo
         free(b);
     }
     free(a);
-    return rc;
+    return rc ? 2 : 0; /* 2: an HDF5 write failed (disk full?) */
 }
 
 int prefopt_hf_import(const char *dir, const char *out_path, MPI_Comm comm, prefopt_err *err)
@@ -251,7 +255,7 @@ int prefopt_hf_import(const char *dir, const char *out_path, MPI_Comm comm, pref
     uint64_t *sums = prefopt_xcalloc((size_t)ns + 1, sizeof *sums, "checksums");
     for (int i = rank; i < nj && !rc; i += size)
         rc = run_job(f, tmp, set, &jobs[i], specs, sums, err);
-    int failed = rc;
+    int write_failed = rc == 2, failed = rc;
     MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, comm);
     if (!failed) {
         MPI_Allreduce(MPI_IN_PLACE, sums, ns, MPI_UINT64_T, MPI_SUM, comm);
@@ -260,7 +264,7 @@ int prefopt_hf_import(const char *dir, const char *out_path, MPI_Comm comm, pref
         rc |= ck_attr_int64(f, "complete", &one, 1, 1);
     }
     free(sums);
-    rc |= ck_close(f, tmp, err);
+    rc |= ck_close_agreed(f, tmp, comm, write_failed, err);
     if (failed && !err->set)
         prefopt_err_set(err, "%s: import failed on another rank", dir);
     if (prefopt_agree(comm, err)) {

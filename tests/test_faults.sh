@@ -11,6 +11,7 @@
 #                      exit 1, the previous checkpoint kept as latest and byte-identical; resuming later is identical;
 #   disk_full_mid_write the same limit met inside the collective write (room check skipped): the ranks agree, every
 #                      rank prints one line, the .tmp is removed, the job aborts with exit 1 in seconds;
+#   import_disk_full   prefopt import under a file-size limit: the same agreed abort, no partial output;
 #   poisoned_batch     valid tokens but huge precomputed reference log-probs for one example: the step holding it is
 #                      skipped and logged in metrics.jsonl with the global batch's example indices (the poisoned one
 #                      among them), training goes on and reports the skip;
@@ -200,6 +201,27 @@ if [ -d k4 ]; then
   else
     echo "ok: disk_full_mid_write: exit 1 in $((SECONDS - t0)) s, both ranks: $(grep -m1 '^prefopt: error' k4.err | cut -c17-); step 2 kept, no partial file"
   fi
+fi
+
+# The same for `prefopt import` (independent writes, 2 ranks): a file-size limit of half the output's size
+if "$P" export --model base/model.h5 --hf hf_base > export.log 2>&1; then
+  lim=$(( $(stat -c %s base/model.h5) / 2048 ))
+  t0=$SECONDS
+  timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none \
+    bash -c "ulimit -f $lim; exec \"\$0\" \"\$@\"" "$P" import --hf hf_base --out imported.h5 > imp.log 2> imp.err
+  rc=$?
+  re="prefopt: error: imported\.h5\.tmp: writing tensor '[a-z_.0-9]+' failed \(disk full or over the file size limit\? nothing was published\)"
+  if [ "$rc" != 1 ]; then
+    fail "import_disk_full: exit code $rc, expected 1 (124: hung): $(grep -m2 error imp.err)"
+  elif [ "$(grep -cxE "$re" imp.err)" != 2 ] || [ "$(grep -c '^prefopt: error' imp.err)" != 2 ]; then
+    fail "import_disk_full: expected one line matching $re on both ranks; got: $(grep '^prefopt: error' imp.err | head -2)"
+  elif [ -e imported.h5 ] || [ -e imported.h5.tmp ]; then
+    fail "import_disk_full: a partial output is left: $(ls imported.h5*)"
+  else
+    echo "ok: import_disk_full: exit 1 in $((SECONDS - t0)) s, both ranks: $(grep -m1 '^prefopt: error' imp.err | cut -c17-)"
+  fi
+else
+  fail "import_disk_full: exporting the base model failed: $(tail -2 export.log)"
 fi
 
 # ---- a poisoned batch: valid tokens, huge reference log-probs for example 5 -----------------------------------
