@@ -101,13 +101,7 @@ prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n)
     return r;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-double prefopt_measure_sgemm_peak(MPI_Comm comm)
+double prefopt_sgemm_rate(MPI_Comm comm)
 {
     /* 1024^3 is large enough for BLIS to reach its steady rate and takes ~10 ms per product at peak. */
     const int n = 1024, reps = 7;
@@ -118,19 +112,25 @@ double prefopt_measure_sgemm_peak(MPI_Comm comm)
         b[i] = (float)((i * 5) % 11) * 0.01f;
         c[i] = 0.0f;
     }
-    double t[7];
     const float one = 1.0f, zero = 0.0f;
+    double best = 1e30;
     MPI_Barrier(comm);
-    for (int r = 0; r < reps; r++) {
+    for (int r = -1; r < reps; r++) { /* r = -1: warm-up (first touch, BLIS's packing buffers) */
         double t0 = prefopt_now();
         sgemm_("N", "N", &n, &n, &n, &one, a, &n, b, &n, &zero, c, &n);
-        t[r] = prefopt_now() - t0;
+        double t = prefopt_now() - t0;
+        /* The fastest product, not the median: other work on the node only ever slows a product down, and a
+         * peak measured low while the node was busy would report an MFU above 1 for the rest of the run. */
+        if (r >= 0 && t < best)
+            best = t;
     }
     free(a);
-    /* The fastest product, not the median: other work on the node only ever slows a product down, and a peak
-     * measured low while the node was busy would report an MFU above 1 for the rest of the run. */
-    qsort(t, reps, sizeof t[0], cmp_double);
-    double mine = 2.0 * n * n * n / t[0], sum = 0;
+    return 2.0 * n * n * n / best;
+}
+
+double prefopt_measure_sgemm_peak(MPI_Comm comm)
+{
+    double mine = prefopt_sgemm_rate(comm), sum = 0;
     int size;
     MPI_Comm_size(comm, &size);
     MPI_Allreduce(&mine, &sum, 1, MPI_DOUBLE, MPI_SUM, comm);

@@ -67,8 +67,10 @@ int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a,
 /* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);
 
-/* sgemm throughput of this rank with its BLIS threads, measured now while every rank of comm runs the same
- * (the fastest of several 1024^3 products): the peak that MFU is reported against. Collective. */
+/* sgemm throughput (FLOP/s) of this rank with its BLIS threads, measured now while every rank of comm runs the
+ * same: the fastest of 7 products of 1024^3 after a warm-up. Collective (a barrier first). */
+double prefopt_sgemm_rate(MPI_Comm comm);
+/* The mean over the ranks of comm of prefopt_sgemm_rate: the per-rank peak that MFU is reported against. */
 double prefopt_measure_sgemm_peak(MPI_Comm comm);
 
 #endif

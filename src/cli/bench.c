@@ -189,33 +189,6 @@ static void minavgmax(double v, MPI_Comm c, double out[3])
     out[1] /= size;
 }
 
-/* sgemm rate of this rank with its BLIS threads while every rank of comm runs the same: the best of 7
- * products of 1024^3 after one warm-up (noise from other processes only slows a product down, so the best
- * one estimates what the core can do; the step times are medians, so MFU errs low, not high). */
-static double sgemm_best(MPI_Comm comm)
-{
-    const int n = 1024, reps = 7;
-    float *a = prefopt_xmalloc(sizeof(float) * (size_t)n * n * 3, "sgemm peak buffers");
-    float *b = a + (size_t)n * n, *c = b + (size_t)n * n;
-    for (size_t i = 0; i < (size_t)n * n; i++) {
-        a[i] = (float)((i * 7) % 13) * 0.01f;
-        b[i] = (float)((i * 5) % 11) * 0.01f;
-        c[i] = 0.0f;
-    }
-    const float one = 1.0f, zero = 0.0f;
-    double best = 1e30;
-    MPI_Barrier(comm);
-    for (int r = -1; r < reps; r++) {
-        double t0 = prefopt_now();
-        sgemm_("N", "N", &n, &n, &n, &one, a, &n, b, &n, &zero, c, &n);
-        double t = prefopt_now() - t0;
-        if (r >= 0 && t < best)
-            best = t;
-    }
-    free(a);
-    return 2.0 * n * n * n / best;
-}
-
 static const char *const phase_names[] = {"forward", "reference", "loss", "backward", "dp_allreduce", "optimizer"};
 enum { NPHASES = 6 };
 
@@ -308,7 +281,7 @@ static int run(bench_params *p)
 
     /* the sgemm peak with this rank's threads while every rank runs it, then the state touched (gradients and
      * moments are calloc'd: not resident until written) and the baseline of resident memory */
-    double peak_before = sgemm_best(g.world);
+    double peak_before = prefopt_sgemm_rate(g.world);
     prefopt_model_zero_grad(pol);
     memset(adam.m, 0, n * sizeof(float));
     memset(adam.v, 0, n * sizeof(float));
@@ -371,7 +344,7 @@ static int run(bench_params *p)
     }
     prefopt_regions_pcontrol_window(0);
     prefopt_regions_enable(0, pcontrol);
-    double peak_after = sgemm_best(g.world), peak = fmax(peak_before, peak_after);
+    double peak_after = prefopt_sgemm_rate(g.world), peak = fmax(peak_before, peak_after);
     MPI_Allreduce(MPI_IN_PLACE, &peak, 1, MPI_DOUBLE, MPI_SUM, g.world);
     peak /= world; /* per rank: the mean over ranks of each rank's best */
     double pk[2] = {peak_before, peak_after};
