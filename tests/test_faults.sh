@@ -158,17 +158,35 @@ fi
 # Each rank (not mpiexec, whose PMIx store is a file too) runs under a file-size limit below a checkpoint's size;
 # SIGXFSZ is ignored by prefopt, so writes fail with EFBIG. The shared-memory transport's backing file would hit the
 # limit as well: TCP between the ranks.
+# run_limited KB OUT [mpiexec options] -- prefopt arguments: 2 ranks over TCP, each under ulimit -f KB; sets rc,
+# stdout in OUT.log, stderr in OUT.err
+run_limited() {
+  local kb=$1 out=$2 x=()
+  shift 2
+  while [ "$1" != -- ]; do x+=("$1"); shift; done
+  shift
+  timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none "${x[@]}" \
+    bash -c "ulimit -f $kb; exec \"\$0\" \"\$@\"" "$P" "$@" > "$out.log" 2> "$out.err"
+  rc=$?
+}
+# agreed_error_why NAME ERRFILE GREP_FLAGS LINE: empty when the run exited 1 ($rc) and both ranks printed LINE (grep
+# -cx with GREP_FLAGS: F exact, E pattern) and no other error line; else what went wrong
+agreed_error_why() {
+  if [ "$rc" != 1 ]; then
+    echo "$1: exit code $rc, expected 1 (124: hung): $(grep -m2 error "$2")"
+  elif [ "$(grep -cx"$3" -- "$4" "$2")" != 2 ] || [ "$(grep -c '^prefopt: error' "$2")" != 2 ]; then
+    echo "$1: expected on both ranks: $4; got: $(grep '^prefopt: error' "$2" | head -2)"
+  fi
+}
+
 if [ -d k3 ]; then
   cp -r k3 k4 # the same state for the mid-write case
   cp k3/checkpoints/step-00000002.h5 step2.copy
-  timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none \
-    bash -c 'ulimit -f 400; exec "$0" "$@"' "$P" "${A[@]}" --run-dir k3 > k3.log 2> k3.err
-  rc=$?
+  run_limited 400 k3 -- "${A[@]}" --run-dir k3
   msg="prefopt: error: k3/checkpoints: checkpoint step-00000004.h5 needs about 1.5 MiB but the file size limit (ulimit -f) is 0.4 MiB (the previous checkpoint is kept)"
-  if [ "$rc" != 1 ]; then
-    fail "disk_full: exit code $rc, expected 1 (124: hung): $(grep -m2 error k3.err)"
-  elif [ "$(grep -cxF "$msg" k3.err)" != 2 ] || [ "$(grep -c '^prefopt: error' k3.err)" != 2 ]; then
-    fail "disk_full: expected on both ranks: $msg; got: $(grep '^prefopt: error' k3.err | head -2)"
+  why=$(agreed_error_why disk_full k3.err F "$msg")
+  if [ -n "$why" ]; then
+    fail "$why"
   elif [ "$(cat k3/checkpoints/latest)" != step-00000002.h5 ] || ! cmp -s step2.copy k3/checkpoints/step-00000002.h5 ||
        [ -e k3/checkpoints/step-00000004.h5 ]; then
     fail "disk_full: the previous checkpoint was not kept: latest $(cat k3/checkpoints/latest), $(ls k3/checkpoints | tr '\n' ' ')"
@@ -185,16 +203,13 @@ fi
 # writes, every rank prints the line, the .tmp is removed and the job aborts: exit 1 within seconds, not a hang.
 if [ -d k4 ]; then
   t0=$SECONDS
-  timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none -x PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK=1 \
-    bash -c 'ulimit -f 400; exec "$0" "$@"' "$P" "${A[@]}" --run-dir k4 > k4.log 2> k4.err
-  rc=$?
+  run_limited 400 k4 -x PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK=1 -- "${A[@]}" --run-dir k4
   re="prefopt: error: k4/checkpoints/step-00000004\.h5\.tmp: writing dataset '[a-z/_.0-9]+' failed \(disk full or over the file size limit\? nothing was published\)"
-  if [ "$rc" != 1 ]; then
-    fail "disk_full_mid_write: exit code $rc, expected 1 (124: hung): $(grep -m2 error k4.err)"
+  why=$(agreed_error_why disk_full_mid_write k4.err E "$re")
+  if [ -n "$why" ]; then
+    fail "$why"
   elif [ $((SECONDS - t0)) -gt 30 ]; then
     fail "disk_full_mid_write: took $((SECONDS - t0)) s"
-  elif [ "$(grep -cxE "$re" k4.err)" != 2 ] || [ "$(grep -c '^prefopt: error' k4.err)" != 2 ]; then
-    fail "disk_full_mid_write: expected one line matching $re on both ranks; got: $(grep '^prefopt: error' k4.err | head -2)"
   elif [ "$(cat k4/checkpoints/latest)" != step-00000002.h5 ] || ! cmp -s step2.copy k4/checkpoints/step-00000002.h5 ||
        [ -e k4/checkpoints/step-00000004.h5 ] || [ -e k4/checkpoints/step-00000004.h5.tmp ]; then
     fail "disk_full_mid_write: the previous checkpoint was not kept or a partial file is left: $(ls k4/checkpoints | tr '\n' ' ')"
@@ -207,14 +222,11 @@ fi
 if "$P" export --model base/model.h5 --hf hf_base > export.log 2>&1; then
   lim=$(( $(stat -c %s base/model.h5) / 2048 ))
   t0=$SECONDS
-  timeout -k 5 120 mpiexec --mca btl self,tcp -n 2 --oversubscribe --bind-to none \
-    bash -c "ulimit -f $lim; exec \"\$0\" \"\$@\"" "$P" import --hf hf_base --out imported.h5 > imp.log 2> imp.err
-  rc=$?
+  run_limited "$lim" imp -- import --hf hf_base --out imported.h5
   re="prefopt: error: imported\.h5\.tmp: writing tensor '[a-z_.0-9]+' failed \(disk full or over the file size limit\? nothing was published\)"
-  if [ "$rc" != 1 ]; then
-    fail "import_disk_full: exit code $rc, expected 1 (124: hung): $(grep -m2 error imp.err)"
-  elif [ "$(grep -cxE "$re" imp.err)" != 2 ] || [ "$(grep -c '^prefopt: error' imp.err)" != 2 ]; then
-    fail "import_disk_full: expected one line matching $re on both ranks; got: $(grep '^prefopt: error' imp.err | head -2)"
+  why=$(agreed_error_why import_disk_full imp.err E "$re")
+  if [ -n "$why" ]; then
+    fail "$why"
   elif [ -e imported.h5 ] || [ -e imported.h5.tmp ]; then
     fail "import_disk_full: a partial output is left: $(ls imported.h5*)"
   else
