@@ -4,7 +4,6 @@
 #include "model_internal.h"
 #include "pf_math.h"
 
-#include "blacs.h"
 
 #include <float.h>
 #include <limits.h>
@@ -21,15 +20,11 @@ typedef struct {
  * logits are kept for backward; with several, backward recomputes each chunk's logits (one more head GEMM). */
 static void chunk_logits(prefopt_model *m, prefopt_dmat *Lc, int r0, int cr)
 {
-    const int T = m->b.T, ia = r0 * T + 1, one = 1;
+    const int T = m->b.T;
     prefopt_dmat_init(Lc, m->g, cr * T, m->cfg.vocab_size, T, m->nbv);
     Lc->data = m->logits.data;
-    if (Lc->m == 0 || Lc->n == 0)
-        return;
-    int mm = Lc->m, nn = Lc->n, kk = m->cfg.hidden_size;
-    float alpha = 1.0f, beta = 0.0f;
-    psgemm_("N", "N", &mm, &nn, &kk, &alpha, m->xf.data, &ia, &one, m->xf.desc, m->head->value->data, &one, &one,
-            m->head->value->desc, &beta, Lc->data, &one, &one, Lc->desc);
+    prefopt_dmat_gemm_sub('N', 'N', Lc->m, Lc->n, m->cfg.hidden_size, 1.0f, &m->xf, r0 * T, 0, m->head->value, 0, 0,
+                          0.0f, Lc, 0, 0);
 }
 
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
@@ -130,7 +125,7 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
  * a chunk's logits with their gradient, then dX_f = dL E^T into m->dn's rows and dE += X_f^T dL. */
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all)
 {
-    const int T = m->b.T, one = 1, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    const int T = m->b.T, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
     for (int r0 = 0; r0 < m->b.nrows; r0 += m->head_rows) {
         int cr = m->b.nrows - r0 < m->head_rows ? m->b.nrows - r0 : m->head_rows;
         prefopt_dmat Lc, *L = &Lc;
@@ -167,11 +162,7 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         free(w);
         if (L->m == 0)
             continue;
-        int ia = r0 * T + 1, mm = L->m;
-        float a1 = 1.0f, b0 = 0.0f, b1 = 1.0f;
-        psgemm_("N", "T", &mm, &C, &V, &a1, L->data, &one, &one, L->desc, m->head->value->data, &one, &one,
-                m->head->value->desc, &b0, m->dn.data, &ia, &one, m->dn.desc);
-        psgemm_("T", "N", &C, &V, &mm, &a1, m->xf.data, &ia, &one, m->xf.desc, L->data, &one, &one, L->desc, &b1,
-                m->head->grad->data, &one, &one, m->head->grad->desc);
+        prefopt_dmat_gemm_sub('N', 'T', L->m, C, V, 1.0f, L, 0, 0, m->head->value, 0, 0, 0.0f, &m->dn, r0 * T, 0);
+        prefopt_dmat_gemm_sub('T', 'N', C, V, L->m, 1.0f, &m->xf, r0 * T, 0, L, 0, 0, 1.0f, m->head->grad, 0, 0);
     }
 }

@@ -46,6 +46,10 @@ int prefopt_dmat_col_g2l(const prefopt_dmat *a, int j);
 /* C := alpha * op(A) * op(B) + beta * C on whole matrices, through psgemm_. Collective over the grid. */
 void prefopt_dmat_gemm(char transa, char transb, float alpha, const prefopt_dmat *A, const prefopt_dmat *B,
                        float beta, prefopt_dmat *C);
+/* The same on submatrices: op(A) is m x k from A's global row ia, column ja (0-based), and so on; C's block is
+ * m x n. The LM head multiplies one chunk of batch rows at a time. */
+void prefopt_dmat_gemm_sub(char transa, char transb, int m, int n, int k, float alpha, const prefopt_dmat *A, int ia,
+                           int ja, const prefopt_dmat *B, int ib, int jb, float beta, prefopt_dmat *C, int ic, int jc);
 
 /* Whole-matrix copies for tests, import and small tensors: full is m x n column-major on every rank of the
  * grid. gather is collective over the grid; scatter is local (each rank copies its blocks out of full). */
