@@ -9,8 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* sgemm_ (declared by blis.h) is the Fortran BLAS symbol ScaLAPACK calls; its address tells who provides it. */
+/* isa_check.c's constructor lives in a static library: this reference links it into every program that prints
+ * the banner (every subcommand), so it runs before main. */
+void prefopt_isa_check(void);
+__attribute__((used)) static void (*const isa_check_linked)(void) = prefopt_isa_check;
 
+/* sgemm_ (declared by blis.h) is the Fortran BLAS symbol ScaLAPACK calls; its address tells who provides it. */
 
 const char *prefopt_sgemm_provider(void)
 {
@@ -21,6 +25,20 @@ const char *prefopt_sgemm_provider(void)
 }
 
 static const char *arch_note = "";
+
+/* the widest vector instructions this build's own loops may use (PREFOPT_MARCH; isa_check.c enforces it) */
+static const char *built_simd(void)
+{
+#if defined(__AVX512F__)
+    return "AVX-512";
+#elif defined(__AVX2__)
+    return "AVX2";
+#elif defined(__SSE4_2__)
+    return "SSE4.2";
+#else
+    return "baseline x86-64";
+#endif
+}
 
 void prefopt_blis_select_arch(void)
 {
@@ -65,9 +83,9 @@ void prefopt_banner(FILE *f, const prefopt_grid *g)
     H5get_libversion(&maj, &min, &rel);
     const char *job = getenv("SLURM_JOB_ID");
     fprintf(f,
-            "prefopt %s | %s, %d ranks | grid %dx%d x dp %d | BLIS %s (%s%s), %d threads/rank | sgemm_ from %s | "
+            "prefopt %s (-march=%s, %s) | %s, %d ranks | grid %dx%d x dp %d | BLIS %s (%s%s), %d threads/rank | sgemm_ from %s | "
             "HDF5 %u.%u.%u%s%s\n",
-            PREFOPT_VERSION, mpiver, g->world_size, g->nprow, g->npcol, g->dp_size, prefopt_blis_version(),
+            PREFOPT_VERSION, PREFOPT_MARCH_NAME, built_simd(), mpiver, g->world_size, g->nprow, g->npcol, g->dp_size, prefopt_blis_version(),
             prefopt_blis_arch(), arch_note, prefopt_blis_threads(), prefopt_sgemm_provider(), maj, min, rel,
             job ? " | SLURM job " : "", job ? job : "");
     fflush(f);

@@ -25,6 +25,15 @@ check '[ $rc -eq 2 ] && grep -q "unknown option" err.txt' "unknown option: exit 
 
 banner=$("$P" inspect)
 check 'printf "%s" "$banner" | grep -q "sgemm_ from .*libblis"' "banner names libblis as sgemm_ provider: $banner"
+# A binary built for instructions the CPU lacks stops before main with one line (src/isa_check.c), not SIGILL;
+# the test pretends SSE4.2 is missing, which only a build for a baseline x86-64 does not use.
+PREFOPT_ISA_PRETEND_MISSING=sse4.2 "$P" --help >/dev/null 2>err.txt; rc=$?
+if printf "%s" "$banner" | grep -q "baseline x86-64)"; then
+  check '[ $rc -eq 0 ]' "a baseline build does not need SSE4.2 (rc $rc)"
+else
+  check '[ $rc -eq 1 ] && [ $(wc -l < err.txt) -eq 1 ] && grep -q "built with -march=.* but this CPU lacks sse4.2; rebuild" err.txt' \
+        "ISA check: exit 1 and one line (rc $rc: $(cat err.txt))"
+fi
 # ScaLAPACK's own sgemm_ references must bind to BLIS too, whatever the libblas.so.3 alternative says.
 LD_BIND_NOW=1 LD_DEBUG=bindings "$P" inspect 2>bind.txt >/dev/null
 check 'grep -E "binding file [^ ]*libscalapack[^ ]* .* to [^ ]*libblis[^ ]* .*symbol .sgemm_'\''" bind.txt >/dev/null' \
