@@ -39,28 +39,36 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
         const int nt = L->mloc, off = r0 / g->nprow * T; /* xf's local row of this chunk's first */
         float *lse = m->lse + off, *tgt = m->tgt + off;
 
-        /* row max with its (lowest) index: MPI_MAXLOC breaks ties towards the lower index, like torch.argmax */
-        val_idx *mx = prefopt_xmalloc(sizeof *mx * (nt + 1), "logit max");
+        /* row max with its (lowest) index: MPI_MAXLOC breaks ties towards the lower index, like torch.argmax.
+         * Values and indices in separate arrays and a select instead of a branch, so the loop over rows
+         * vectorises (masked blends); a strict > keeps the first of equal values within a rank. */
+        float *mv = prefopt_xmalloc(sizeof *mv * (nt + 1), "logit max values");
+        int *mi = prefopt_xmalloc(sizeof *mi * (nt + 1), "logit argmax");
         for (int il = 0; il < nt; il++) {
-            mx[il].v = -FLT_MAX;
-            mx[il].i = INT_MAX;
+            mv[il] = -FLT_MAX;
+            mi[il] = INT_MAX;
         }
 #pragma omp parallel for schedule(static)
         for (int rb = 0; rb < nt; rb += PF_RB)
             for (int jl = 0; jl < L->nloc; jl++) {
-                int j = prefopt_dmat_col_l2g(L, jl), re = rb + PF_RB < nt ? rb + PF_RB : nt;
+                const int j = prefopt_dmat_col_l2g(L, jl), re = rb + PF_RB < nt ? rb + PF_RB : nt;
                 const float *col = pf_at(L, 0, jl);
-                for (int il = rb; il < re; il++)
-                    if (col[il] > mx[il].v) {
-                        mx[il].v = col[il];
-                        mx[il].i = j;
-                    }
+                for (int il = rb; il < re; il++) {
+                    const float x = col[il];
+                    const int gt = x > mv[il];
+                    mv[il] = gt ? x : mv[il];
+                    mi[il] = gt ? j : mi[il];
+                }
             }
+        val_idx *mx = prefopt_xmalloc(sizeof *mx * (nt + 1), "logit max");
+        for (int il = 0; il < nt; il++)
+            mx[il] = (val_idx){mv[il], mi[il]};
+        free(mi);
         MPI_Allreduce(MPI_IN_PLACE, mx, nt, MPI_FLOAT_INT, MPI_MAXLOC, g->row);
         /* sums[0..nt): sum of exp(logit - max); sums[nt..2nt): sum of raw logits. Contiguous per-row arrays so
          * the inner loop over rows vectorises. */
         double *sums = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *sums, "logit sums");
-        float *mxv = prefopt_xmalloc(sizeof *mxv * (nt + 1), "logit max values");
+        float *mxv = mv; /* now the row maxima over the whole vocabulary */
         for (int il = 0; il < nt; il++)
             mxv[il] = mx[il].v;
 #pragma omp parallel for schedule(static)
