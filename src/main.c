@@ -82,6 +82,7 @@ int main(int argc, char **argv)
     }
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit (ulimit -f) makes writes fail with EFBIG, reported, not a kill */
     prefopt_blis_select_arch();
+    prefopt_malloc_keep_pages();
     /* FUNNELED: only the main thread calls MPI; BLIS/OpenMP threads compute. Initialising here, before
      * BLACS, stops BLACS from calling plain MPI_Init itself. */
     int provided = 0;

@@ -43,6 +43,10 @@ _Noreturn void prefopt_die(const char *fmt, ...) __attribute__((format(printf, 1
 void *prefopt_xmalloc(size_t bytes, const char *what);
 void *prefopt_xcalloc(size_t n, size_t size, const char *what);
 
+/* Keeps freed memory in the process (glibc's heap, never trimmed) instead of returning large blocks to the OS;
+ * called once at start-up by the prefopt executable. See common.c for why. */
+void prefopt_malloc_keep_pages(void);
+
 /* Wall-clock seconds (MPI_Wtime when MPI is initialized, else clock_gettime). */
 double prefopt_now(void);
 
