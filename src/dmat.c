@@ -1,4 +1,4 @@
-/* Block-cyclic distributed matrices on a TP grid: index maps, psgemm, gather/scatter, and the PBLAS panel
+/* Block-cyclic distributed matrices on a TP grid: index maps, gather/scatter, and the PBLAS panel
  * width override (pilaenv_). */
 #include "prefopt/dmat.h"
 
@@ -82,32 +82,6 @@ int prefopt_dmat_row_g2l(const prefopt_dmat *a, int i)
     return a->rep_rows ? i : (i / (a->mb * a->grid->nprow)) * a->mb + i % a->mb;
 }
 int prefopt_dmat_col_g2l(const prefopt_dmat *a, int j) { return (j / (a->nb * a->grid->npcol)) * a->nb + j % a->nb; }
-
-void prefopt_dmat_gemm_sub(char transa, char transb, int m, int n, int k, float alpha, const prefopt_dmat *A, int ia,
-                           int ja, const prefopt_dmat *B, int ib, int jb, float beta, prefopt_dmat *C, int ic, int jc)
-{
-    if (m == 0 || n == 0)
-        return;
-    if (A->grid->nprow == 1 && A->grid->npcol == 1) {
-        /* one process: every operand is whole and local. PBLAS would compute into a zeroed temporary and add it
-         * to C (PB_COutV + stzpad_ + PB_Cpaxpby): about 5% of a single-rank GPT-2-small DPO step for the layers
-         * and as much again for the LM head, whose 154 MB gradient temporary was page-faulted in every step */
-        const float *a = A->data + (size_t)ja * A->lld + ia, *b = B->data + (size_t)jb * B->lld + ib;
-        float *c = C->data + (size_t)jc * C->lld + ic;
-        sgemm_(&transa, &transb, &m, &n, &k, &alpha, a, &A->lld, b, &B->lld, &beta, c, &C->lld);
-        return;
-    }
-    int ia1 = ia + 1, ja1 = ja + 1, ib1 = ib + 1, jb1 = jb + 1, ic1 = ic + 1, jc1 = jc + 1;
-    psgemm_(&transa, &transb, &m, &n, &k, &alpha, A->data, &ia1, &ja1, A->desc, B->data, &ib1, &jb1, B->desc, &beta,
-            C->data, &ic1, &jc1, C->desc);
-}
-
-void prefopt_dmat_gemm(char transa, char transb, float alpha, const prefopt_dmat *A, const prefopt_dmat *B,
-                       float beta, prefopt_dmat *C)
-{
-    int k = (transa == 'N' || transa == 'n') ? A->n : A->m;
-    prefopt_dmat_gemm_sub(transa, transb, C->m, C->n, k, alpha, A, 0, 0, B, 0, 0, beta, C, 0, 0);
-}
 
 /* Each rank writes its blocks into a zeroed full copy and the copies are summed over the TP group: every
  * element has exactly one non-zero contributor, so the sum is exact. A row vector is contributed by process

@@ -1,6 +1,7 @@
 /* Distributed matrices: psgemm through prefopt_dmat_gemm against a naive triple loop for every transpose
- * combination, block sizes that do not divide the sizes, several panel widths; gather/scatter round trip;
- * index maps. Run on 1, 2 and 4 ranks: every grid shape whose size is the world size is tested. */
+ * combination, block sizes that do not divide the sizes, several panel widths; the LM head's sub-matrix
+ * products (row offsets, beta 0 on NaN) through both the one-process-row path and psgemm_; gather/scatter round
+ * trip; index maps. Run on 1, 2 and 4 ranks: every grid shape whose size is the world size is tested. */
 #include "prefopt/dmat.h"
 
 #include <math.h>
@@ -108,6 +109,79 @@ static void gemm_case(const prefopt_grid *g, char ta, char tb, int m, int n, int
     free(fa), free(fb), free(fc), free(ref), free(got), free(A.data), free(B.data), free(C.data);
 }
 
+/* The LM head's products on a chunk of rows: prefopt_dmat_gemm_sub with row offsets into the activations
+ * (T = 6 rows per sequence, rows 6..17 of 18), the three transpose combinations, beta 0 on a C full of NaN (BLAS
+ * semantics: C is not read) and beta != 0. Against a double-precision loop on the whole matrices. */
+static void sub_case(const prefopt_grid *g, float beta)
+{
+    const int T = 6, R = 18, r0 = 6, rows = 12, Cd = 10, V = 23;
+    prefopt_dmat X, E, L, D, G; /* X: R x Cd activations, E: Cd x V head, L: rows x V, D: R x Cd, G: Cd x V */
+    prefopt_dmat_init(&X, g, R, Cd, T, 3);
+    prefopt_dmat_init(&E, g, Cd, V, 3, 4);
+    prefopt_dmat_init(&L, g, rows, V, T, 4);
+    prefopt_dmat_init(&D, g, R, Cd, T, 3);
+    prefopt_dmat_init(&G, g, Cd, V, 3, 4);
+    prefopt_dmat *all[5] = {&X, &E, &L, &D, &G};
+    float *full[5];
+    for (int i = 0; i < 5; i++) {
+        full[i] = malloc(sizeof(float) * all[i]->m * all[i]->n);
+        fill(full[i], all[i]->m, all[i]->n, 10 + i);
+        all[i]->data = malloc(sizeof(float) * prefopt_dmat_local_size(all[i]) + 4);
+        prefopt_dmat_scatter(all[i], full[i]);
+    }
+    const float *fx = full[0], *fe = full[1], *fl = full[2], *fd = full[3], *fg = full[4];
+    float alpha = 1.25f;
+    size_t big = (size_t)R * V;
+    float *got = malloc(sizeof(float) * big), *ref = malloc(sizeof(float) * big);
+    for (int which = 0; which < 3; which++) {
+        prefopt_dmat *C = which == 0 ? &L : which == 1 ? &D : &G;
+        const float *fc = which == 0 ? fl : which == 1 ? fd : fg;
+        int cm = C->m, cn = C->n;
+        for (int j = 0; j < cn; j++)
+            for (int i = 0; i < cm; i++) {
+                double s = 0, c0 = fc[(size_t)j * cm + i];
+                if (which == 0) /* L = X[r0:] E */
+                    for (int l = 0; l < Cd; l++)
+                        s += (double)fx[(size_t)l * R + r0 + i] * fe[(size_t)j * Cd + l];
+                else if (which == 1) /* D[r0:] = L E^T, other rows untouched */
+                    for (int l = 0; l < V && i >= r0; l++)
+                        s += (double)fl[(size_t)l * rows + i - r0] * fe[(size_t)l * Cd + j];
+                else /* G = X[r0:]^T L */
+                    for (int l = 0; l < rows; l++)
+                        s += (double)fx[(size_t)i * R + r0 + l] * fl[(size_t)j * rows + l];
+                int touched = which != 1 || i >= r0;
+                ref[(size_t)j * cm + i] = touched ? (float)(alpha * s + (beta != 0.0f ? beta * c0 : 0.0)) : (float)c0;
+            }
+        if (beta == 0.0f) { /* NaN where the product writes, the original values elsewhere */
+            float *nan = malloc(sizeof(float) * cm * cn);
+            for (int j = 0; j < cn; j++)
+                for (int i = 0; i < cm; i++)
+                    nan[(size_t)j * cm + i] = (which != 1 || i >= r0) ? NAN : fc[(size_t)j * cm + i];
+            prefopt_dmat_scatter(C, nan);
+            free(nan);
+        } else {
+            prefopt_dmat_scatter(C, fc);
+        }
+        if (which == 0)
+            prefopt_dmat_gemm_sub('N', 'N', rows, V, Cd, alpha, &X, r0, 0, &E, 0, 0, beta, &L, 0, 0);
+        else if (which == 1)
+            prefopt_dmat_gemm_sub('N', 'T', rows, Cd, V, alpha, &L, 0, 0, &E, 0, 0, beta, &D, r0, 0);
+        else
+            prefopt_dmat_gemm_sub('T', 'N', Cd, V, rows, alpha, &X, r0, 0, &L, 0, 0, beta, &G, 0, 0);
+        prefopt_dmat_gather(C, got);
+        double maxerr = 0;
+        for (size_t e = 0; e < (size_t)cm * cn; e++)
+            maxerr = isnan(got[e]) ? INFINITY : fmax(maxerr, fabs(got[e] - ref[e]));
+        CHECK(maxerr <= 1e-5 * V, "grid %dx%d sub-matrix product %d (beta %g): max error %g", g->nprow, g->npcol, which,
+              beta, maxerr);
+        /* restore L for the next products */
+        prefopt_dmat_scatter(&L, fl);
+    }
+    for (int i = 0; i < 5; i++)
+        free(full[i]), free(all[i]->data);
+    free(got), free(ref);
+}
+
 static void rowvec_case(const prefopt_grid *g, int n, int nb)
 {
     prefopt_dmat v;
@@ -150,6 +224,13 @@ int main(int argc, char **argv)
         gemm_case(&g, 'N', 'N', 36, 20, 16, 12, 4, 4, 5, 12, 5);
         gemm_case(&g, 'N', 'T', 36, 16, 20, 12, 5, 4, 5, 12, 4);
         gemm_case(&g, 'T', 'N', 16, 20, 36, 12, 4, 12, 5, 4, 5);
+        long row0 = prefopt_dmat_gemm_row_calls();
+        sub_case(&g, 0.0f);
+        sub_case(&g, -0.5f);
+        /* one process row of several columns: the head's products go through the all-gather / reduce-scatter
+         * path, not psgemm_ */
+        CHECK(pr > 1 || size == 1 || prefopt_dmat_gemm_row_calls() - row0 == 6, "grid 1x%d: %ld of 6 sub-matrix "
+              "products took the one-row path", size, prefopt_dmat_gemm_row_calls() - row0);
         rowvec_case(&g, 19, 4);
         rowvec_case(&g, 3, 8);
         prefopt_grid_free(&g);

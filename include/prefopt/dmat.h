@@ -51,6 +51,10 @@ void prefopt_dmat_gemm(char transa, char transb, float alpha, const prefopt_dmat
 void prefopt_dmat_gemm_sub(char transa, char transb, int m, int n, int k, float alpha, const prefopt_dmat *A, int ia,
                            int ja, const prefopt_dmat *B, int ib, int jb, float beta, prefopt_dmat *C, int ic, int jc);
 
+/* How many products went through the one-process-row path (all-gather or reduce-scatter plus a local GEMM,
+ * dmat_gemm.c) instead of psgemm_: tests prove the path runs. */
+long prefopt_dmat_gemm_row_calls(void);
+
 /* Whole-matrix copies for tests, import and small tensors: full is m x n column-major on every rank of the
  * grid. gather is collective over the grid; scatter is local (each rank copies its blocks out of full). */
 void prefopt_dmat_gather(const prefopt_dmat *a, float *full);
