@@ -61,15 +61,16 @@ static void probs(float *P, const float *qh, const float *kh, const int8_t *seg,
             float mx = -INFINITY, sum = 0;
 #pragma omp simd reduction(max : mx)
             for (int j = 0; j <= i; j++)
-                mx = visible(seg, i, j) ? fmaxf(mx, Pi[j]) : mx;
+                mx = visible(seg, i, j) && Pi[j] > mx ? Pi[j] : mx; /* a select, not fmaxf: vectorises */
 #pragma omp simd reduction(+ : sum)
             for (int j = 0; j <= i; j++)
                 sum += visible(seg, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
             lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
         }
         const float li = lse[i];
-        for (int j = 0; j < T; j++)
-            Pi[j] = j <= i && visible(seg, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
+        for (int j = 0; j <= i; j++) /* the causal half only: a vector exp costs the same masked or not */
+            Pi[j] = visible(seg, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
+        memset(Pi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
     }
 }
 
@@ -122,13 +123,14 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
             probs(P, qh, kh, seg, T, D, scale, (float *)att + ((size_t)pr * G + hh) * T, 0);
             gemm_rm(1, 0, T, D, T, 1.0f, P, T, doh, D, 1.0f, dvh, D);  /* dV += P^T dO */
             gemm_rm(0, 1, T, T, D, 1.0f, doh, D, vh, D, 0.0f, dS, T); /* dP = dO V^T */
-            for (int i = 0; i < T; i++) { /* dS = P (dP - rowsum(P dP)) */
+            for (int i = 0; i < T; i++) { /* dS = P (dP - rowsum(P dP)); P is 0 above the diagonal */
                 const float *Pi = P + (size_t)i * T;
                 float *dSi = dS + (size_t)i * T, rowdot = 0;
-                for (int j = 0; j < T; j++)
+                for (int j = 0; j <= i; j++)
                     rowdot += Pi[j] * dSi[j];
-                for (int j = 0; j < T; j++)
+                for (int j = 0; j <= i; j++)
                     dSi[j] = Pi[j] * (dSi[j] - rowdot);
+                memset(dSi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
             }
             gemm_rm(0, 0, T, D, T, scale, dS, T, kh, D, 0.0f, dqh, D); /* dQ = scale dS K */
             gemm_rm(1, 0, T, D, T, scale, dS, T, qh, D, 1.0f, dkh, D); /* dK += scale dS^T Q */

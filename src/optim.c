@@ -200,10 +200,18 @@ double prefopt_sumsq(const float *x, const prefopt_param_range *ranges, int nran
 #pragma omp parallel for schedule(static)
         for (size_t b = 0; b < nb; b++) {
             size_t lo = b * SUMSQ_BLOCK, hi = lo + SUMSQ_BLOCK < n ? lo + SUMSQ_BLOCK : n;
-            double s = 0;
-            for (size_t i = lo; i < hi; i++)
-                s += (double)p[i] * p[i];
-            part[b] = s;
+            /* 16 running sums in a fixed order: the loop vectorises and the result still depends only on the
+             * data and SUMSQ_BLOCK, not on the thread count */
+            double s[16] = {0}, t = 0;
+            size_t i = lo;
+            for (; i + 16 <= hi; i += 16)
+                for (int l = 0; l < 16; l++)
+                    s[l] += (double)p[i + l] * p[i + l];
+            for (; i < hi; i++)
+                t += (double)p[i] * p[i];
+            for (int l = 0; l < 16; l++)
+                t += s[l];
+            part[b] = t;
         }
         for (size_t b = 0; b < nb; b++)
             total += part[b];
