@@ -59,7 +59,8 @@ assert j["ffn"] == F and j["flops_forward"] == f, (j["ffn"], j["flops_forward"],
 assert abs(j["loss_first"] - math.log(2)) < 1e-6
 PYEOF
 
-# 3. two ranks on a 1x2 grid with the PMPI library preloaded: its summary lists MPI_Allreduce with bytes > 0,
+# 3. two ranks on a 1x2 grid with the PMPI library preloaded: its summary lists MPI_Allreduce, MPI_Allgatherv
+#    and MPI_Reduce_scatter with bytes > 0,
 #    bench splits MPI time out of the phases, and the data-parallel run (dp 2) all-reduces gradients
 LIB="$B/libprefopt_pmpi.so"
 if ! command -v mpiexec >/dev/null || [ ! -f "$LIB" ]; then echo "no mpiexec or $LIB"; exit 77; fi
@@ -75,6 +76,9 @@ assert p["ranks"] == 2, p
 a = p["calls"]["MPI_Allreduce"]
 assert a["calls"] > 0 and a["bytes"] > 0 and a["s_min"] <= a["s_avg"] <= a["s_max"], a
 assert "step/forward" in p["regions"] and p["regions"]["step/forward"]["bytes"] > 0, p["regions"].keys()
+# on 1x2 the products all-gather (in place: the bytes are my own share) and reduce-scatter instead of psgemm
+g, r = p["calls"]["MPI_Allgatherv"], p["calls"]["MPI_Reduce_scatter"]
+assert g["calls"] > 0 and g["bytes"] > 0 and r["calls"] > 0 and r["bytes"] > 0, (g, r)
 j = json.load(open(sys.argv[2]))
 assert j["grid_cols"] == 2 and j["ranks"] == 2
 assert j["mpi_s"] is not None and j["mpi_s"]["forward"]["max"] > 0, j["mpi_s"]

@@ -110,6 +110,13 @@ static int comm_size(MPI_Comm c)
     return s;
 }
 
+static int comm_rank(MPI_Comm c)
+{
+    int r = 0;
+    PMPI_Comm_rank(c, &r);
+    return r;
+}
+
 static void account(int call, double t0, double bytes)
 {
     double dt = now() - t0;
@@ -150,7 +157,9 @@ int MPI_Allgather(const void *sb, int sn, MPI_Datatype st, void *rb, int rn, MPI
 int MPI_Allgatherv(const void *sb, int sn, MPI_Datatype st, void *rb, const int rn[], const int d[], MPI_Datatype rt,
                    MPI_Comm c)
 {
-    WRAP(Allgatherv, sb == MPI_IN_PLACE ? 0 : sn * tsize(st), PMPI_Allgatherv(sb, sn, st, rb, rn, d, rt, c));
+    /* in place, my contribution is already in rb: its size is rn[my rank] */
+    WRAP(Allgatherv, sb == MPI_IN_PLACE ? rn[comm_rank(c)] * tsize(rt) : sn * tsize(st),
+         PMPI_Allgatherv(sb, sn, st, rb, rn, d, rt, c));
 }
 int MPI_Gather(const void *sb, int sn, MPI_Datatype st, void *rb, int rn, MPI_Datatype rt, int root, MPI_Comm c)
 {
@@ -159,7 +168,8 @@ int MPI_Gather(const void *sb, int sn, MPI_Datatype st, void *rb, int rn, MPI_Da
 int MPI_Gatherv(const void *sb, int sn, MPI_Datatype st, void *rb, const int rn[], const int d[], MPI_Datatype rt,
                 int root, MPI_Comm c)
 {
-    WRAP(Gatherv, sb == MPI_IN_PLACE ? 0 : sn * tsize(st), PMPI_Gatherv(sb, sn, st, rb, rn, d, rt, root, c));
+    WRAP(Gatherv, sb == MPI_IN_PLACE ? rn[root] * tsize(rt) : sn * tsize(st),
+         PMPI_Gatherv(sb, sn, st, rb, rn, d, rt, root, c));
 }
 int MPI_Scatter(const void *sb, int sn, MPI_Datatype st, void *rb, int rn, MPI_Datatype rt, int root, MPI_Comm c)
 {
