@@ -46,8 +46,8 @@ static void gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const floa
  * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
  * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
  * causal work, at GEMM speed); masked and padded entries become exact zeros. */
-static void probs(float *P, const float *qh, const float *kh, const int8_t *seg, int T, int D, float scale,
-                  float *lse, int fresh)
+static void probs(float *restrict P, const float *qh, const float *kh, const int8_t *restrict seg, int T, int D,
+                  float scale, float *lse, int fresh)
 {
     gemm_rm(0, 1, T, T, D, scale, qh, D, kh, D, 0.0f, P, T);
     for (int i = 0; i < T; i++) {
@@ -68,7 +68,9 @@ static void probs(float *P, const float *qh, const float *kh, const int8_t *seg,
             lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
         }
         const float li = lse[i];
-        for (int j = 0; j <= i; j++) /* the causal half only: a vector exp costs the same masked or not */
+        /* the causal half only; restrict tells GCC the float stores cannot change the int8 mask, which it
+         * otherwise reloads every iteration and does not vectorise */
+        for (int j = 0; j <= i; j++)
             Pi[j] = visible(seg, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
         memset(Pi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
     }
