@@ -40,6 +40,9 @@ def parse():
     ap.add_argument("--chosen-len", type=int, default=64)
     ap.add_argument("--rejected-len", type=int, default=64)
     ap.add_argument("--layout", choices=["packed", "trl"], default="packed")
+    ap.add_argument("--logits-to-keep", type=int, default=1,
+                    help="1: the LM head only at the positions that predict completion tokens (prefopt's "
+                         "--completion-logits 1, TRL's use_logits_to_keep); 0: at every position")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BLIS_NUM_THREADS", "1")))
@@ -89,8 +92,9 @@ class GPT2(torch.nn.Module):
             self.blocks.append(b)
         self.lnf = torch.nn.LayerNorm(C, eps=1e-5)
 
-    def forward(self, tok, pos, mask):
-        """tok, pos: [R, T]; mask: [R, 1, T, T] additive. Returns log-softmax logits [R, T, V]."""
+    def forward(self, tok, pos, mask, keep=None):
+        """tok, pos: [R, T]; mask: [R, 1, T, T] additive; keep: positions to form logits at (None: all).
+        Returns log-softmax logits [R, len(keep) or T, V]."""
         R, T = tok.shape
         H, D = self.H, self.C // self.H
         x = self.wte[tok] + self.wpe[pos]
@@ -104,6 +108,8 @@ class GPT2(torch.nn.Module):
             y = torch.matmul(att, v).transpose(1, 2).reshape(R, T, self.C)
             x = x + b.o(y)
             x = x + b.proj(F.gelu(b.fc(b.ln2(x)), approximate="tanh"))
+        if keep is not None:
+            x = x[:, keep]
         x = self.lnf(x)
         return torch.log_softmax(F.linear(x, self.wte), dim=-1)
 
@@ -147,8 +153,14 @@ def build_rows(pairs, P, Cn, Rn, layout, V, gen):
                 unit.append(r)  # unit 2k = chosen, 2k+1 = rejected
         posr = torch.arange(T).unsqueeze(0).expand(nrows, T)
     mask = torch.zeros(T, T).masked_fill(~vis, float("-inf")).view(1, 1, T, T).expand(nrows, 1, T, T)
+    # the positions that predict a completion token (the same in every row of these layouts), and each predicted
+    # token's index among them: what a head restricted to them reads
+    keep = sorted(set(par))
+    at = {p: q for q, p in enumerate(keep)}
     idx = (torch.tensor(rows), torch.tensor(par), torch.tensor(tgt))
-    return tok, posr.contiguous(), mask.contiguous(), idx, torch.tensor(unit), T, nrows
+    idx_keep = (idx[0], torch.tensor([at[p] for p in par]), idx[2])
+    return (tok, posr.contiguous(), mask.contiguous(), idx, torch.tensor(unit), T, nrows, torch.tensor(keep),
+            idx_keep)
 
 
 def seq_logps(logp, idx, unit, nunits):
@@ -156,11 +168,12 @@ def seq_logps(logp, idx, unit, nunits):
     return torch.zeros(nunits, dtype=lp.dtype).index_add(0, unit, lp)
 
 
-def forward_flops(L, C, H, V, F_, nrows, T):
-    """prefopt_model_forward_flops for GPT-2 (KD = HD = C, two MLP matrices, full T x T attention)."""
+def forward_flops(L, C, H, V, F_, nrows, T, head_rows):
+    """prefopt_model_forward_flops for GPT-2 (KD = HD = C, two MLP matrices, full T x T attention, the LM head at
+    head_rows positions per row)."""
     tok = nrows * T
     per_layer = 2 * tok * (C * C + 2 * C * C + C * C + 2 * C * F_) + 4.0 * nrows * T * T * C
-    return L * per_layer + 2 * tok * C * V
+    return L * per_layer + 2 * nrows * head_rows * C * V
 
 
 def sgemm_peak():
@@ -196,13 +209,17 @@ def main():
     rejected = torch.arange(1, nunits, 2)
     times, losses = [], []
     for s in range(args.warmup + args.steps):
-        tok, pos, mask, idx, unit, T, nrows = build_rows(args.pairs, args.prompt_len, args.chosen_len,
-                                                         args.rejected_len, args.layout, V, gen)
+        tok, pos, mask, idx, unit, T, nrows, keep, idx_keep = build_rows(
+            args.pairs, args.prompt_len, args.chosen_len, args.rejected_len, args.layout, V, gen)
+        if args.logits_to_keep:
+            idx = idx_keep
+        else:
+            keep = None
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        pi = seq_logps(policy(tok, pos, mask), idx, unit, nunits)
+        pi = seq_logps(policy(tok, pos, mask, keep), idx, unit, nunits)
         with torch.no_grad():
-            rf = seq_logps(ref(tok, pos, mask), idx, unit, nunits)
+            rf = seq_logps(ref(tok, pos, mask, keep), idx, unit, nunits)
         z = args.beta * ((pi[chosen] - rf[chosen]) - (pi[rejected] - rf[rejected]))
         loss = -F.logsigmoid(z).mean()
         loss.backward()
@@ -215,7 +232,7 @@ def main():
     tstep = statistics.median(times)
     peak_after = sgemm_peak()
     peak = max(peak_before, peak_after)
-    fwd = forward_flops(L, C, H, V, 4 * C, nrows, T)
+    fwd = forward_flops(L, C, H, V, 4 * C, nrows, T, len(keep) if keep is not None else T)
     flops = 4.0 * fwd
     packed_tokens = args.pairs * (args.prompt_len + args.chosen_len + args.rejected_len)
     trl_tokens = args.pairs * (2 * args.prompt_len + args.chosen_len + args.rejected_len)
@@ -225,7 +242,8 @@ def main():
     blas = re.findall(r"BLAS_INFO=[^,]*|LAPACK_INFO=[^,]*|USE_MKLDNN=[^,]*|Intel\(R\) MKL-DNN v[0-9.]*|"
                       r"CPU capability usage: \w+", cfg)
     out = {
-        "bench": "torch_dpo_step", "torch": torch.__version__, "layout": args.layout, "layers": L, "hidden": C,
+        "bench": "torch_dpo_step", "torch": torch.__version__, "layout": args.layout,
+        "logits_to_keep": bool(args.logits_to_keep), "layers": L, "hidden": C,
         "heads": H, "vocab": V, "params": nparams, "pairs": args.pairs, "prompt_len": args.prompt_len,
         "chosen_len": args.chosen_len, "rejected_len": args.rejected_len, "rows": nrows, "row_tokens": T,
         "threads": args.threads, "blis_arch_type": os.environ.get("BLIS_ARCH_TYPE", ""),

@@ -206,8 +206,11 @@ static void free_acts(prefopt_model *m)
     m->nbufs = m->capbufs = 0;
     free(m->xs);
     free(m->acts);
+    free(m->head_row);
+    free(m->head_pos);
     m->xs = NULL;
     m->acts = NULL;
+    m->head_row = m->head_pos = NULL;
     m->alloc_rows = m->alloc_T = 0;
 }
 
@@ -436,6 +439,13 @@ static void alloc_acts(prefopt_model *m)
         m->head_rows = rows >= m->b.nrows ? (m->b.nrows > 0 ? m->b.nrows : 1) : rows;
         prefopt_dmat_init(&m->logits, m->g, m->head_rows * T, c->vocab_size, T, m->nbv);
         m->logits.data = new_buf(m, prefopt_dmat_local_size(&m->logits), "logits");
+    }
+    if (m->head_kept_only) {
+        act(m, &m->hx, C, m->nbh);
+        if (m->opt.with_grads)
+            act(m, &m->hdn, C, m->nbh);
+        m->head_row = prefopt_xmalloc(sizeof(int) * (size_t)m->b.nrows * T + 4, "head plan");
+        m->head_pos = prefopt_xmalloc(sizeof(int) * (size_t)m->b.nrows * T + 4, "head plan");
     }
     m->nf_mean = new_buf(m, nt, "norm stats");
     m->nf_rstd = new_buf(m, nt, "norm stats");
@@ -679,6 +689,13 @@ void prefopt_model_zero_grad(prefopt_model *m)
 
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats) { m->bucket = floats; }
 
+void prefopt_model_set_completion_logits_only(prefopt_model *m, int on)
+{
+    m->head_kept_only = on != 0;
+    free_acts(m); /* the compact head's buffers are allocated with the activations */
+    m->have_batch = 0;
+}
+
 void prefopt_model_set_logits_budget(prefopt_model *m, size_t bytes)
 {
     m->logits_budget = bytes;
@@ -723,5 +740,5 @@ double prefopt_model_forward_flops(const prefopt_model *m, const prefopt_batch *
     double F = c->intermediate_size, nmlp = c->arch == PREFOPT_ARCH_LLAMA ? 3 : 2;
     double tok = (double)b->nrows * b->T;
     double per_layer = 2 * tok * (C * HD + 2 * C * KD + HD * C + nmlp * C * F) + 4.0 * b->nrows * b->T * b->T * HD;
-    return c->num_layers * per_layer + 2 * tok * C * c->vocab_size;
+    return c->num_layers * per_layer + 2 * (double)b->nrows * pf_head_rows_per_seq(m, b) * C * c->vocab_size;
 }

@@ -52,7 +52,11 @@ struct prefopt_model {
     int head_rows;                /* batch rows per LM-head chunk, a multiple of nprow */
     size_t logits_budget;         /* bytes of local logits a chunk may take (0: default) */
     float *nf_mean, *nf_rstd;
-    float *lse;                   /* per local token: log-sum-exp of its logits row */
+    int head_kept_only;           /* logits only where a completion token is predicted (model_head.c) */
+    int head_R;                   /* the head's rows per sequence in this batch: T, or the most kept positions */
+    prefopt_dmat hx, hdn;         /* head_kept_only: the kept rows of xf, R per sequence, and their gradient */
+    int *head_row, *head_pos;     /* [nrows][T]: a position's compact row (-1: skipped); [nrows][R]: the reverse */
+    float *lse;                   /* per head row: log-sum-exp of its logits */
     float *tgt;                   /* per local token: logit of its own token at its parent's row */
     float *rope_cos, *rope_sin;   /* [max pos in batch + 1][D/2] */
     int rope_npos;
@@ -98,6 +102,7 @@ void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const pre
 /* model_head.c */
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
+int pf_head_rows_per_seq(const prefopt_model *m, const prefopt_batch *b);
 
 /* helpers */
 /* Loops that reduce along a row of a column-major local piece run in parallel over blocks of PF_RB rows, each

@@ -190,6 +190,11 @@ int prefopt__has_term(const prefopt_objective *o, prefopt_loss_kind k)
     return 0;
 }
 
+int prefopt_objective_reads_all_tokens(const prefopt_objective *obj)
+{
+    return prefopt__has_term(obj, PREFOPT_LOSS_ORPO) || obj->p.sft_all_tokens;
+}
+
 int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_params *p, prefopt_err *err)
 {
     memset(obj, 0, sizeof *obj);

@@ -52,6 +52,9 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
          "recompute each layer in backward instead of keeping its activations"},
         {"logits-budget-mib", PREFOPT_OPT_INT, &p->logits_budget_mib, "0",
          "LM-head logits kept per chunk of rows (0: 1024); smaller saves memory, backward recomputes chunk logits"},
+        {"completion-logits", PREFOPT_OPT_INT, &p->completion_logits, "1",
+         "1: LM-head logits only where completion tokens are predicted, when the loss reads nothing else (not "
+         "ORPO, --sft-all-tokens); 0: at every position"},
         {"memory-limit", PREFOPT_OPT_STRING, &p->memory_limit, "0",
          "memory one rank may use, e.g. 12G (0: RLIMIT_AS/DATA, cgroup and MemAvailable decide); checked at start"},
         {"use-precomputed-ref", PREFOPT_OPT_FLAG, &p->use_precomputed_ref, "1",
@@ -556,6 +559,11 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         prefopt_model_set_logits_budget(t->policy, (size_t)p->logits_budget_mib << 20);
         if (t->ref)
             prefopt_model_set_logits_budget(t->ref, (size_t)p->logits_budget_mib << 20);
+    }
+    if (p->completion_logits && !prefopt_objective_reads_all_tokens(&t->obj)) {
+        prefopt_model_set_completion_logits_only(t->policy, 1);
+        if (t->ref)
+            prefopt_model_set_completion_logits_only(t->ref, 1);
     }
     if (have_init)
         prefopt_model_file_load(t->policy, p->init, &err);

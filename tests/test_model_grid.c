@@ -9,7 +9,9 @@
  * gradient (softmax is shift-invariant), so what is left is rounding of cancelling terms of the size of the
  * other gradients: the tensor scale is floored at 1e-4 of the largest gradient of the model. Different grids sum
  * in a different order (PBLAS panels, norm reductions), which moves fp32 results by ~1e-6 relative. The LM head
- * is also run in chunks of one sequence per process row (tiny logits budget), which must agree the same way. */
+ * is also run in chunks of one sequence per process row (tiny logits budget), which must agree the same way, and
+ * with logits only where completion tokens are predicted (whole and chunked), which must give the completion
+ * log-probs, metrics and gradients of the full head on a loss without its all-token term. */
 #include "test_model_util.h"
 
 #include <math.h>
@@ -47,8 +49,10 @@ typedef struct {
 } result;
 
 /* forward + backward of the rows r with r % dp == dp_rank; stats and gradients summed over g->dp */
+/* kept: the completions-only LM head (prefopt_model_set_completion_logits_only); no_all: the loss without its
+ * all-token term (d_all = 0), which is all a completions-only head can give */
 static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int checkpoint, const test_batch *full,
-                size_t logits_budget)
+                size_t logits_budget, int kept, int no_all)
 {
     prefopt_model_config cfg;
     tm_config(&cfg, arch);
@@ -62,6 +66,7 @@ static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int check
     prefopt_model_init_random(m, 77);
     perturb(m);
     prefopt_model_set_logits_budget(m, logits_budget);
+    prefopt_model_set_completion_logits_only(m, kept);
     test_batch part;
     tb_init(&part, 0, full->T);
     part.nunits = full->nunits;
@@ -87,6 +92,8 @@ static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int check
     MPI_Allreduce(MPI_IN_PLACE, &res->s, (int)(sizeof res->s / sizeof(double)), MPI_DOUBLE, MPI_SUM, g->dp);
     float dc[64], da[64];
     res->loss = tm_loss(full, &res->s, dc, da);
+    if (no_all)
+        memset(da, 0, sizeof da);
     prefopt_model_zero_grad(m);
     prefopt_model_backward(m, dc, da);
     prefopt_model_set_grad_bucket(m, 1000); /* several buckets and a partial last one even on this tiny model */
@@ -96,12 +103,13 @@ static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int check
     prefopt_model_free(m);
 }
 
+/* kept: a is from the completions-only head, whose all-token log-probs must be NaN (never a partial sum) */
 static void compare(const char *what, prefopt_arch arch, const result *a, const result *ref, const test_batch *tb,
-                    const prefopt_grid *g)
+                    const prefopt_grid *g, int kept)
 {
     for (int u = 0; u < tb->nunits; u++) {
-        if (fabs(a->s.c[u] - ref->s.c[u]) > 1e-4 * fabs(ref->s.c[u]) ||
-            fabs(a->s.a[u] - ref->s.a[u]) > 1e-4 * fabs(ref->s.a[u]) || a->s.nc[u] != ref->s.nc[u] ||
+        int all_ok = kept ? isnan(a->s.a[u]) : fabs(a->s.a[u] - ref->s.a[u]) <= 1e-4 * fabs(ref->s.a[u]);
+        if (fabs(a->s.c[u] - ref->s.c[u]) > 1e-4 * fabs(ref->s.c[u]) || !all_ok || a->s.nc[u] != ref->s.nc[u] ||
             a->s.na[u] != ref->s.na[u] || fabs(a->s.ls[u] - ref->s.ls[u]) > 1e-4 * (fabs(ref->s.ls[u]) + 1e-3) ||
             a->s.hits[u] != ref->s.hits[u])
             FAIL("%s unit %d: logp %.9g / %.9g (all %.9g / %.9g), counts %g/%g, hits %g/%g", what, u, a->s.c[u],
@@ -148,8 +156,9 @@ int main(int argc, char **argv)
     tb_standard(&tb);
     int nconf = 0;
     for (int arch = 0; arch < 2; arch++) {
-        result ref;
-        run(&ref, (prefopt_arch)arch, &serial, 0, &tb, 0);
+        result ref, ref_no_all;
+        run(&ref, (prefopt_arch)arch, &serial, 0, &tb, 0, 0, 0);
+        run(&ref_no_all, (prefopt_arch)arch, &serial, 0, &tb, 0, 0, 1);
         for (int dp = 1; dp <= 2; dp++)
             for (int pr = 1; pr <= size; pr++) {
                 if (size % (dp * pr))
@@ -160,16 +169,26 @@ int main(int argc, char **argv)
                 char what[96];
                 snprintf(what, sizeof what, "%s grid %dx%d dp %d", arch ? "llama" : "gpt2", pr, pc, dp);
                 result a, c, h;
-                run(&a, (prefopt_arch)arch, &g, 0, &tb, 0);
-                compare(what, (prefopt_arch)arch, &a, &ref, &tb, &serial);
+                run(&a, (prefopt_arch)arch, &g, 0, &tb, 0, 0, 0);
+                compare(what, (prefopt_arch)arch, &a, &ref, &tb, &serial, 0);
                 /* a 1-byte logits budget: the LM head runs one sequence per process row at a time and backward
                  * recomputes each chunk's logits */
-                run(&h, (prefopt_arch)arch, &g, 0, &tb, 1);
+                run(&h, (prefopt_arch)arch, &g, 0, &tb, 1, 0, 0);
                 char what_h[128];
                 snprintf(what_h, sizeof what_h, "%s (chunked head)", what);
-                compare(what_h, (prefopt_arch)arch, &h, &ref, &tb, &serial);
+                compare(what_h, (prefopt_arch)arch, &h, &ref, &tb, &serial, 0);
                 free(h.grads);
-                run(&c, (prefopt_arch)arch, &g, 1, &tb, 0);
+                /* the completions-only head, whole and chunked, against the full head on the same loss without
+                 * its all-token term: same completion log-probs, metrics and every gradient */
+                for (size_t budget = 0; budget <= 1; budget++) {
+                    result k;
+                    run(&k, (prefopt_arch)arch, &g, 0, &tb, budget, 1, 1);
+                    char what_k[160];
+                    snprintf(what_k, sizeof what_k, "%s (completions-only head%s)", what, budget ? ", chunked" : "");
+                    compare(what_k, (prefopt_arch)arch, &k, &ref_no_all, &tb, &serial, 1);
+                    free(k.grads);
+                }
+                run(&c, (prefopt_arch)arch, &g, 1, &tb, 0, 0, 0);
                 size_t n = 0;
                 for (int u = 0; u < tb.nunits; u++)
                     if (c.s.c[u] != a.s.c[u])
@@ -190,6 +209,7 @@ int main(int argc, char **argv)
                 nconf++;
             }
         free(ref.grads);
+        free(ref_no_all.grads);
     }
     int total = 0;
     MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -29,20 +29,40 @@ for ph in ["step", "forward", "reference", "loss", "backward", "dp_allreduce", "
 for k in ["peak_rss", "state_lower_bound", "baseline_rss", "activations_policy", "activations_reference"]:
     assert k in j["memory_mib"], k
 assert j["memory_mib"]["peak_rss"]["max"] >= j["memory_mib"]["state_lower_bound"]["max"] > 0
-# hand formula: per layer 2*tok*(4*C*C + 2*C*F) + 4*rows*T*T*C, head 2*tok*C*V (GPT-2 tiny: L2 C32 F128 V64)
+# hand formula: per layer 2*tok*(4*C*C + 2*C*F) + 4*rows*T*T*C, head 2*rows*R*C*V (GPT-2 tiny: L2 C32 F128 V64)
+# with R the head's positions per row: by default only those that predict a completion token, on [8 | 4 | 4]
+# the chosen answer's parents 7..10 and the rejected's 7, 12..14: R = 7 of T = 16 (TRL's rows 8+4: R = 4)
 L, C, F, V = 2, 32, 128, 64
-def fwd(rows, T):
+def fwd(rows, T, R):
     tok = rows * T
-    return L * (2 * tok * (4 * C * C + 2 * C * F) + 4 * rows * T * T * C) + 2 * tok * C * V
-assert j["flops_forward"] == fwd(2, 16) == 1835008, j["flops_forward"]
-assert j["flops_step"] == 4 * fwd(2, 16), j["flops_step"]
-assert j["flops_forward_trl"] == fwd(4, 12), j["flops_forward_trl"]   # 2 pairs -> 4 rows of 8+4
+    return L * (2 * tok * (4 * C * C + 2 * C * F) + 4 * rows * T * T * C) + 2 * rows * R * C * V
+assert j["completion_logits"] is True
+assert j["flops_forward"] == fwd(2, 16, 7) == 1761280, j["flops_forward"]
+assert j["flops_step"] == 4 * fwd(2, 16, 7), j["flops_step"]
+assert j["flops_forward_trl"] == fwd(4, 12, 4), j["flops_forward_trl"]   # 2 pairs -> 4 rows of 8+4
 assert j["tokens_per_step"] == 32 and j["trl_tokens_per_step"] == 48
 assert abs(j["loss_first"] - math.log(2)) < 1e-6, j["loss_first"]
 assert j["mfu"] > 0 and j["tokens_per_s"] > 0 and j["mpi_s"] is None
 assert abs(j["gflops"] - j["flops_step"] / j["step_s"] * 1e-9) < 1e-6 * j["gflops"]
 PYEOF
 check 'grep -qE "^prefopt_bench;step;forward [0-9]+$" folded.txt' "folded stacks have step;forward: $(head -3 folded.txt)"
+
+# 1b. the LM head at every position (--completion-logits 0): the full head's FLOPs, the same first loss
+"$P" bench $tiny --completion-logits 0 > out1b.txt 2>&1; rc=$?
+check '[ $rc -eq 0 ]' "bench --completion-logits 0 exits 0: $(tail -2 out1b.txt)"
+grep '^{' out1b.txt | tail -1 > j1b.json
+"$PY" - j1b.json <<'PYEOF' || fail=1
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+assert j["completion_logits"] is False
+L, C, F, V = 2, 32, 128, 64
+def fwd(rows, T):
+    tok = rows * T
+    return L * (2 * tok * (4 * C * C + 2 * C * F) + 4 * rows * T * T * C) + 2 * tok * C * V
+assert j["flops_forward"] == fwd(2, 16) == 1835008, j["flops_forward"]
+assert j["flops_forward_trl"] == fwd(4, 12), j["flops_forward_trl"]
+assert abs(j["loss_first"] - math.log(2)) < 1e-6, j["loss_first"]
+PYEOF
 
 # 2. Llama-shaped (GQA, SwiGLU): FLOPs with three MLP matrices and narrower K/V
 "$P" bench --shape custom --arch llama --n-layer 2 --n-embd 32 --n-head 4 --n-kv-head 2 --vocab 64 \
@@ -54,7 +74,7 @@ import json, math, sys
 j = json.load(open(sys.argv[1]))
 L, C, HD, KD, F, V, rows, T = 2, 32, 32, 16, 96, 64, 2, 16
 tok = rows * T
-f = L * (2 * tok * (C * HD + 2 * C * KD + HD * C + 3 * C * F) + 4 * rows * T * T * HD) + 2 * tok * C * V
+f = L * (2 * tok * (C * HD + 2 * C * KD + HD * C + 3 * C * F) + 4 * rows * T * T * HD) + 2 * rows * 7 * C * V
 assert j["ffn"] == F and j["flops_forward"] == f, (j["ffn"], j["flops_forward"], f)
 assert abs(j["loss_first"] - math.log(2)) < 1e-6
 PYEOF
@@ -83,7 +103,7 @@ j = json.load(open(sys.argv[2]))
 assert j["grid_cols"] == 2 and j["ranks"] == 2
 assert j["mpi_s"] is not None and j["mpi_s"]["forward"]["max"] > 0, j["mpi_s"]
 assert j["phases_s"]["communication"] == j["mpi_s"]["step"] and j["communication_source"].startswith("pmpi")
-assert j["flops_forward"] == 1835008
+assert j["flops_forward"] == 1761280
 PYEOF
 timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi_dp.jsonl" \
     "$P" bench $tiny --dp 2 > out4.txt 2> err4.txt; rc=$?
@@ -97,6 +117,6 @@ j = json.load(open(sys.argv[2]))
 # the gradient all-reduce moves the whole flat gradient buffer once per step on each rank (4 bytes a float)
 per_step_rank = dp["bytes"] / (2 * (j["steps"] + j["warmup"]))
 assert per_step_rank >= 4 * j["params"], (per_step_rank, j["params"])
-assert j["dp"] == 2 and j["tokens_per_step"] == 64 and j["flops_step"] == 2 * 4 * 1835008
+assert j["dp"] == 2 and j["tokens_per_step"] == 64 and j["flops_step"] == 2 * 4 * 1761280
 PYEOF
 exit $fail

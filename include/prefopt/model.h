@@ -168,6 +168,11 @@ void prefopt_model_allreduce_grads(prefopt_model *m);
  * when the batch needs several chunks, backward recomputes each chunk's logits (one more head GEMM) instead of
  * keeping nrows*T x vocab logits. Takes effect at the next forward. */
 void prefopt_model_set_logits_budget(prefopt_model *m, size_t bytes);
+/* on: the LM head forms logits only at the positions that predict completion tokens (TRL's use_logits_to_keep,
+ * per row), skipping the prompt's: logp_completion and the metrics are unchanged, logp_all becomes NaN, and a
+ * backward with any non-zero d_all stops. For objectives that read completion log-probs only (DPO and most of
+ * its family; not ORPO or SFT on prompt tokens). Off by default; takes effect at the next forward. */
+void prefopt_model_set_completion_logits_only(prefopt_model *m, int on);
 /* Floats per all-reduce bucket (0: the default, 8M = 32 MB). */
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats);
 
@@ -175,7 +180,8 @@ void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats);
 void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src);
 void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, float alpha);
 
-/* FLOPs of one forward over a batch (matmuls and attention; 2 per multiply-add), for throughput figures. */
+/* FLOPs of one forward over a batch (matmuls and attention; 2 per multiply-add), for throughput figures: the LM
+ * head's as computed, i.e. only the kept positions with prefopt_model_set_completion_logits_only. */
 double prefopt_model_forward_flops(const prefopt_model *m, const prefopt_batch *b);
 
 #endif

@@ -38,6 +38,7 @@ typedef struct {
     int activation_checkpoint, use_precomputed_ref;
     double peak_gflops;       /* per rank for MFU; 0: measured at start-up */
     int logits_budget_mib;    /* LM-head logits per chunk; 0: the engine's default */
+    int completion_logits;    /* LM head at completion positions only when the objective allows (default 1) */
     const char *memory_limit; /* per rank, "0": only what the system limits say (see memcheck.h) */
     /* run control */
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;

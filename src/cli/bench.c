@@ -33,7 +33,7 @@ typedef struct {
     const char *shape, *arch, *loss, *pcontrol, *folded, *json;
     int n_layer, n_embd, n_head, n_kv_head, n_inner, vocab, max_position;
     int pairs, prompt_len, chosen_len, rejected_len, steps, warmup;
-    int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table, logits_budget_mib;
+    int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table, logits_budget_mib, completion_logits;
     double beta, lr;
     long seed;
 } bench_params;
@@ -240,6 +240,10 @@ static int run(bench_params *p)
         prefopt_model_set_logits_budget(pol, (size_t)p->logits_budget_mib << 20);
         prefopt_model_set_logits_budget(ref, (size_t)p->logits_budget_mib << 20);
     }
+    if (p->completion_logits && !prefopt_objective_reads_all_tokens(&obj)) {
+        prefopt_model_set_completion_logits_only(pol, 1);
+        prefopt_model_set_completion_logits_only(ref, 1);
+    }
     prefopt_model_init_random(pol, (uint64_t)p->seed);
     prefopt_model_copy_weights(ref, pol);
     size_t n = 0;
@@ -363,7 +367,9 @@ static int run(bench_params *p)
     double fwd = prefopt_model_forward_flops(pol, &R.b);
     const int Tt = p->prompt_len + (p->chosen_len > p->rejected_len ? p->chosen_len : p->rejected_len);
     prefopt_batch trl = {2 * p->pairs, Tt, 0, NULL, NULL, NULL, NULL, NULL, NULL};
-    double fwd_trl = prefopt_model_forward_flops(pol, &trl);
+    double fwd_trl = prefopt_model_forward_flops(pol, &trl); /* no token arrays: the head at every position */
+    if (p->completion_logits && !prefopt_objective_reads_all_tokens(&obj)) /* TRL's use_logits_to_keep */
+        fwd_trl -= 2.0 * cfg.hidden_size * cfg.vocab_size * trl.nrows * p->prompt_len; /* R = Tt - prompt */
     double flops = 4.0 * fwd * dp, flops_trl = 4.0 * fwd_trl * dp;
     double tokens = (double)dp * p->pairs * T;
     double tokens_trl = (double)dp * p->pairs * (2.0 * p->prompt_len + p->chosen_len + p->rejected_len);
@@ -413,11 +419,13 @@ static int run(bench_params *p)
         const char *shape_s = p->shape;
         printf("bench: %s (%s, %d layers, hidden %d, %d heads/%d kv, vocab %d, %.1fM params) | %d pairs x [%d | %d | "
                "%d] = %d tokens/row | %d ranks: grid %dx%d x dp %d | BLIS %s, %d threads/rank | activation "
-               "checkpointing %s\n",
+               "checkpointing %s | LM head at %s\n",
                shape_s, cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
                cfg.vocab_size, (double)nparams * 1e-6, p->pairs, p->prompt_len, p->chosen_len, p->rejected_len, T,
                world, g.nprow, g.npcol, g.dp_size, prefopt_blis_arch(), prefopt_blis_threads(),
-               p->activation_checkpoint ? "on" : "off");
+               p->activation_checkpoint ? "on" : "off",
+               p->completion_logits && !prefopt_objective_reads_all_tokens(&obj) ? "completion positions only"
+                                                                                 : "every position");
         printf("step %.4f s median of %d (min %.4f, max %.4f) | %.0f tokens/s (%.0f TRL-equivalent) | %.2f GFLOP/s "
                "computed (%.2f TRL-equivalent) | sgemm peak %.2f GFLOP/s/rank (best of before/after) | MFU %.3f | loss %.6f -> %.6f\n",
                tstep, p->steps, tmin, tmax, tokens / tstep, tokens_trl / tstep, gflops, flops_trl / tstep * 1e-9,
@@ -465,6 +473,7 @@ static int run(bench_params *p)
         cJSON_AddNumberToObject(o, "omp_threads", 1);
 #endif
         cJSON_AddBoolToObject(o, "activation_checkpoint", p->activation_checkpoint != 0);
+        cJSON_AddBoolToObject(o, "completion_logits", p->completion_logits && !prefopt_objective_reads_all_tokens(&obj));
         cJSON_AddNumberToObject(o, "logits_budget_mib", p->logits_budget_mib);
         cJSON_AddNumberToObject(o, "steps", p->steps);
         cJSON_AddNumberToObject(o, "warmup", p->warmup);
@@ -560,6 +569,8 @@ int prefopt_cmd_bench(int argc, char **argv)
         {"logits-budget-mib", PREFOPT_OPT_INT, &p.logits_budget_mib, "0",
          "LM-head logits per chunk, policy and reference (0: the engine's default; the policy recomputes chunk logits "
          "in backward when chunked)"},
+        {"completion-logits", PREFOPT_OPT_INT, &p.completion_logits, "1",
+         "1: LM-head logits only where completion tokens are predicted, as train does for DPO; 0: every position"},
         {"loss", PREFOPT_OPT_STRING, &p.loss, "dpo", "pair objective (objectives.h)"},
         {"beta", PREFOPT_OPT_DOUBLE, &p.beta, "0.1", "DPO beta"},
         {"lr", PREFOPT_OPT_DOUBLE, &p.lr, "1e-6", "AdamW learning rate"},
