@@ -2,8 +2,11 @@
 # The measurement set behind perf/README.md's figures, interleaved so each repetition compares configurations
 # measured back to back (ratios are taken within a repetition, then the median over repetitions):
 #   A  prefopt bench, 1 rank x 2 BLIS threads                      (GPT-2 small shape, 2 pairs x [128|64|64])
-#   T  torch_dpo_step.py, packed rows, 2 threads (same BLIS, skx)  (the identical step)
-#   U  torch_dpo_step.py, TRL layout, 2 threads
+#      (the LM head at completion positions only, as train does for DPO: --completion-logits 1)
+#   T  torch_dpo_step.py, packed rows, 2 threads (same BLIS, skx)  (the identical step: --logits-to-keep 1)
+#   F  prefopt bench as A with the LM head at every position     (--completion-logits 0)
+#   G  torch_dpo_step.py as T with the head at every position     (the identical step to F)
+#   U  torch_dpo_step.py, TRL layout, 2 threads, head everywhere  (TRL's default)
 #   B  prefopt bench, 2 ranks x 1 thread, grid 1x2
 #   C  prefopt bench, 2 ranks x 1 thread, grid 2x1
 #   D  prefopt bench, 1 rank x 2 threads, --activation-checkpoint
@@ -27,7 +30,9 @@ run() { # name, then the command; appends the JSON line to OUT/name.jsonl and ke
 for ((r = 1; r <= REPS; r++)); do
   run A env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 "$P" bench "${common[@]}"
   run T env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 /usr/bin/python3 "$HERE/torch_dpo_step.py" --threads 2 --steps "$STEPS" ${TORCH_ARGS:-}
-  run U env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 /usr/bin/python3 "$HERE/torch_dpo_step.py" --threads 2 --steps "$STEPS" ${TORCH_ARGS:-} --layout trl
+  run F env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 "$P" bench "${common[@]}" --completion-logits 0
+  run G env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 /usr/bin/python3 "$HERE/torch_dpo_step.py" --threads 2 --steps "$STEPS" ${TORCH_ARGS:-} --logits-to-keep 0
+  run U env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 /usr/bin/python3 "$HERE/torch_dpo_step.py" --threads 2 --steps "$STEPS" ${TORCH_ARGS:-} --layout trl --logits-to-keep 0
   run B mpiexec -n 2 --bind-to core -x BLIS_NUM_THREADS=1 -x OMP_NUM_THREADS=1 "$P" bench --grid-cols 2 "${common[@]}"
   run C mpiexec -n 2 --bind-to core -x BLIS_NUM_THREADS=1 -x OMP_NUM_THREADS=1 "$P" bench --grid-rows 2 "${common[@]}"
   run D env BLIS_NUM_THREADS=2 OMP_NUM_THREADS=2 "$P" bench --activation-checkpoint "${common[@]}"
@@ -38,11 +43,13 @@ out = sys.argv[1]
 def load(n):
     p = os.path.join(out, n + ".jsonl")
     return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
-R = {n: load(n) for n in "ATUBCD"}
+R = {n: load(n) for n in "ATFGUBCD"}
 med = statistics.median
 def col(n, k): return [j[k] for j in R[n]]
 print(f"{len(R['A'])} repetitions; medians over repetitions (each value itself a median over steps)")
-for n, what in [("A", "prefopt 1 rank x 2 threads"), ("T", "torch packed, 2 threads"), ("U", "torch TRL layout, 2 threads"),
+for n, what in [("A", "prefopt 1 rank x 2 threads"), ("T", "torch packed, 2 threads"),
+                ("F", "prefopt 1 rank x 2 threads, head everywhere"), ("G", "torch packed, head everywhere"),
+                ("U", "torch TRL layout, 2 threads"),
                 ("B", "prefopt 2 ranks x 1 thread, grid 1x2"), ("C", "prefopt 2 ranks x 1 thread, grid 2x1"),
                 ("D", "prefopt 1 rank x 2 threads, activation checkpointing")]:
     if not R[n]:
@@ -55,6 +62,8 @@ def ratio(a, b, k="tokens_per_s"):
     n = min(len(R[a]), len(R[b]))
     return med([R[a][i][k] / R[b][i][k] for i in range(n)]) if n else float("nan")
 print(f"  prefopt / torch packed (same step), tokens/s:        {ratio('A', 'T'):.2f}x")
+print(f"  same, LM head at every position (F / G):             {ratio('F', 'G'):.2f}x")
+print(f"  prefopt completion head / every position (A / F):    {ratio('A', 'F'):.2f}x")
 print(f"  prefopt / torch TRL layout, pair tokens/s:           {ratio('A', 'U'):.2f}x")
 print(f"  2 ranks 1x2 / 1 rank 2 threads, tokens/s:            {ratio('B', 'A'):.3f}")
 print(f"  2 ranks 2x1 / 1 rank 2 threads, tokens/s:            {ratio('C', 'A'):.3f}")
