@@ -83,6 +83,19 @@ static const prefopt_dmat *head_input(prefopt_model *m)
     return &m->hx;
 }
 
+/* the batch row of a chunk's local sequence ls (the chunk's logits L have R rows per sequence) */
+static inline int chunk_seq_row(const prefopt_dmat *L, int r0, int R, int ls)
+{
+    return r0 + prefopt_dmat_row_l2g(L, ls * R) / R;
+}
+
+/* does token t's log-prob enter a unit's sums (with the completion head: a completion sum)? */
+static inline int scored_token(const prefopt_model *m, int t)
+{
+    const prefopt_batch *b = &m->b;
+    return b->seg[t] >= 0 && b->parent[t] >= 0 && b->unit[t] >= 0 && (!m->head_kept_only || b->completion[t]);
+}
+
 /* The L row (local) from which token t (in-row position i of the chunk's local sequence ls) is predicted. */
 static inline int parent_row(const prefopt_model *m, int ls, int r, int p)
 {
@@ -165,7 +178,7 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
 
         /* the logit of each token at its parent's row, from the process column that owns that vocab entry */
         for (int ls = 0; ls < nls; ls++) {
-            const int r = r0 + prefopt_dmat_row_l2g(L, ls * R) / R;
+            const int r = chunk_seq_row(L, r0, R, ls);
             for (int i = 0; i < T; i++) {
                 int t = r * T + i, p = m->b.parent[t], tok = m->b.tokens[t];
                 float *tg = &tgt[ls * T + i];
@@ -180,12 +193,12 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
 
         /* per-unit sums over this process row's sequences */
         for (int ls = 0; ls < nls; ls++) {
-            const int r = r0 + prefopt_dmat_row_l2g(L, ls * R) / R;
+            const int r = chunk_seq_row(L, r0, R, ls);
             for (int i = 0; i < T; i++) {
-                int t = r * T + i, p = m->b.parent[t], u = m->b.unit[t];
-                if (m->b.seg[t] < 0 || p < 0 || u < 0 || (m->head_kept_only && !m->b.completion[t]))
+                const int t = r * T + i, u = m->b.unit[t];
+                if (!scored_token(m, t))
                     continue;
-                int pl = parent_row(m, ls, r, p);
+                int pl = parent_row(m, ls, r, m->b.parent[t]);
                 double lp = (double)tgt[ls * T + i] - lse[pl];
                 acc[nu + u] += lp;
                 acc[3 * nu + u] += 1;
@@ -253,13 +266,13 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         float *W = prefopt_xcalloc((size_t)nt + 1, sizeof *W, "head weights");
         float *w = prefopt_xcalloc((size_t)nls * T + 1, sizeof *w, "token weights");
         for (int ls = 0; ls < nls; ls++) {
-            const int r = r0 + prefopt_dmat_row_l2g(L, ls * R) / R;
+            const int r = chunk_seq_row(L, r0, R, ls);
             for (int i = 0; i < T; i++) {
-                int t = r * T + i, p = m->b.parent[t], u = m->b.unit[t];
-                if (m->b.seg[t] < 0 || p < 0 || u < 0 || (m->head_kept_only && !m->b.completion[t]))
+                const int t = r * T + i, u = m->b.unit[t];
+                if (!scored_token(m, t))
                     continue;
                 w[ls * T + i] = d_all[u] + (m->b.completion[t] ? d_completion[u] : 0.0f);
-                W[parent_row(m, ls, r, p)] += w[ls * T + i];
+                W[parent_row(m, ls, r, m->b.parent[t])] += w[ls * T + i];
             }
         }
 #pragma omp parallel for schedule(static)
@@ -269,7 +282,7 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
                 col[il] = W[il] != 0.0f ? -W[il] * pf_exp(col[il] - lse[il]) : 0.0f;
         }
         for (int ls = 0; ls < nls; ls++) {
-            const int r = r0 + prefopt_dmat_row_l2g(L, ls * R) / R;
+            const int r = chunk_seq_row(L, r0, R, ls);
             for (int i = 0; i < T; i++) {
                 int t = r * T + i, tok = m->b.tokens[t];
                 if (w[ls * T + i] == 0.0f || prefopt_dmat_col_owner(L, tok) != m->g->mycol)
