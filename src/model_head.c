@@ -93,7 +93,7 @@ static inline int chunk_seq_row(const prefopt_dmat *L, int r0, int R, int ls)
 static inline int scored_token(const prefopt_model *m, int t)
 {
     const prefopt_batch *b = &m->b;
-    return b->seg[t] >= 0 && b->parent[t] >= 0 && b->unit[t] >= 0 && (!m->head_kept_only || b->completion[t]);
+    return m->head_kept_only ? completion_token(b, t) : b->seg[t] >= 0 && b->parent[t] >= 0 && b->unit[t] >= 0;
 }
 
 /* The L row (local) from which token t (in-row position i of the chunk's local sequence ls) is predicted. */

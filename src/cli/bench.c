@@ -240,7 +240,9 @@ static int run(bench_params *p)
         prefopt_model_set_logits_budget(pol, (size_t)p->logits_budget_mib << 20);
         prefopt_model_set_logits_budget(ref, (size_t)p->logits_budget_mib << 20);
     }
-    if (p->completion_logits && !prefopt_objective_reads_all_tokens(&obj)) {
+    /* the LM head at completion positions only, as train does, unless the objective reads the prompt's log-probs */
+    const int completion_head = p->completion_logits && !prefopt_objective_reads_all_tokens(&obj);
+    if (completion_head) {
         prefopt_model_set_completion_logits_only(pol, 1);
         prefopt_model_set_completion_logits_only(ref, 1);
     }
@@ -368,7 +370,7 @@ static int run(bench_params *p)
     const int Tt = p->prompt_len + (p->chosen_len > p->rejected_len ? p->chosen_len : p->rejected_len);
     prefopt_batch trl = {2 * p->pairs, Tt, 0, NULL, NULL, NULL, NULL, NULL, NULL};
     double fwd_trl = prefopt_model_forward_flops(pol, &trl); /* no token arrays: the head at every position */
-    if (p->completion_logits && !prefopt_objective_reads_all_tokens(&obj)) /* TRL's use_logits_to_keep */
+    if (completion_head) /* TRL's use_logits_to_keep */
         fwd_trl -= 2.0 * cfg.hidden_size * cfg.vocab_size * trl.nrows * p->prompt_len; /* R = Tt - prompt */
     double flops = 4.0 * fwd * dp, flops_trl = 4.0 * fwd_trl * dp;
     double tokens = (double)dp * p->pairs * T;
@@ -424,8 +426,7 @@ static int run(bench_params *p)
                cfg.vocab_size, (double)nparams * 1e-6, p->pairs, p->prompt_len, p->chosen_len, p->rejected_len, T,
                world, g.nprow, g.npcol, g.dp_size, prefopt_blis_arch(), prefopt_blis_threads(),
                p->activation_checkpoint ? "on" : "off",
-               p->completion_logits && !prefopt_objective_reads_all_tokens(&obj) ? "completion positions only"
-                                                                                 : "every position");
+               completion_head ? "completion positions only" : "every position");
         printf("step %.4f s median of %d (min %.4f, max %.4f) | %.0f tokens/s (%.0f TRL-equivalent) | %.2f GFLOP/s "
                "computed (%.2f TRL-equivalent) | sgemm peak %.2f GFLOP/s/rank (best of before/after) | MFU %.3f | loss %.6f -> %.6f\n",
                tstep, p->steps, tmin, tmax, tokens / tstep, tokens_trl / tstep, gflops, flops_trl / tstep * 1e-9,
@@ -473,7 +474,7 @@ static int run(bench_params *p)
         cJSON_AddNumberToObject(o, "omp_threads", 1);
 #endif
         cJSON_AddBoolToObject(o, "activation_checkpoint", p->activation_checkpoint != 0);
-        cJSON_AddBoolToObject(o, "completion_logits", p->completion_logits && !prefopt_objective_reads_all_tokens(&obj));
+        cJSON_AddBoolToObject(o, "completion_logits", completion_head);
         cJSON_AddNumberToObject(o, "logits_budget_mib", p->logits_budget_mib);
         cJSON_AddNumberToObject(o, "steps", p->steps);
         cJSON_AddNumberToObject(o, "warmup", p->warmup);
