@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void ck_set_stacking(int on); /* src/ckpt_io.h: benchmark switches */
+void ck_set_stacking(int on); /* io/checkpoint/ckpt_io.h: benchmark switches */
 void ck_get_timers(double t[3]);
 void ck_set_individual_io(int on);
 

@@ -1,4 +1,4 @@
-# Area "jobs": the embedded demo task (io/demo_task.c) and the SLURM job scripts (jobs/) on a real single-node SLURM.
+# Area "jobs": the embedded demo task (jobs/demo/demo_task.c) and the SLURM job scripts (jobs/) on a real single-node SLURM.
 # Script paths are relative to tests/ (the test's working directory is the build's tests/ folder).
 prefopt_script_test(jobs_demo_task jobs/demo_task_test.sh LABELS script)
 # A real single-node SLURM (munged, slurmctld, slurmd started and stopped by the test; installs slurm-wlm and
@@ -6,5 +6,5 @@ prefopt_script_test(jobs_demo_task jobs/demo_task_test.sh LABELS script)
 prefopt_script_test(jobs_slurm slurm/slurm_test.sh LABELS slurm)
 prefopt_script_test(jobs_slurm_train slurm/slurm_train_test.sh LABELS slurm)
 set_tests_properties(jobs_slurm jobs_slurm_train PROPERTIES RUN_SERIAL ON TIMEOUT 600)
-# io/demo.sh with a few steps (skips until pack/train/generate exist)
+# jobs/demo/demo.sh with a few steps (skips until pack/train/generate exist)
 prefopt_script_test(jobs_demo_smoke jobs/demo_smoke_test.sh LABELS script)

@@ -25,7 +25,7 @@ check '[ $rc -eq 2 ] && grep -q "unknown option" err.txt' "unknown option: exit 
 
 banner=$("$P" inspect)
 check 'printf "%s" "$banner" | grep -q "sgemm_ from .*libblis"' "banner names libblis as sgemm_ provider: $banner"
-# A binary built for instructions the CPU lacks stops before main with one line (src/isa_check.c), not SIGILL;
+# A binary built for instructions the CPU lacks stops before main with one line (src/base/isa_check.c), not SIGILL;
 # the test pretends SSE4.2 is missing, which only a build for a baseline x86-64 does not use.
 PREFOPT_ISA_PRETEND_MISSING=sse4.2 "$P" --help >/dev/null 2>err.txt; rc=$?
 if printf "%s" "$banner" | grep -q "baseline x86-64)"; then

@@ -1,4 +1,4 @@
-/* prefopt train: options (command line and INI job file) to the training loop in src/train.c. */
+/* prefopt train: options (command line and INI job file) to the training loop in src/train/train.c. */
 #include "prefopt/train.h"
 
 #include <stdio.h>

@@ -1,4 +1,4 @@
-/* libFuzzer harness: the HDF5 dataset validator and reader (src/dataset.c, src/dataset_loader.c, dataset.h).
+/* libFuzzer harness: the HDF5 dataset validator and reader (io/dataset/dataset.c, io/dataset/loader.c, dataset.h).
  * Raw HDF5 bytes mostly exercise the HDF5 library; the interesting inputs are well-formed HDF5 files whose
  * contents break the format's rules. So the input is a recipe (structured fuzzing): the bytes choose the kind,
  * the root attributes (values and types), and per field whether tokens/offsets exist, their types, ranks and

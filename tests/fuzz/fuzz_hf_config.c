@@ -1,4 +1,4 @@
-/* libFuzzer harness: Hugging Face config.json reading (src/hf_config.c, hf.h).
+/* libFuzzer harness: Hugging Face config.json reading (io/hf/config.c, hf.h).
  * Input: the bytes of a config.json -> prefopt_hf_config_read.
  * Checked: no crash or sanitizer report (UBSan catches integer overflow in derived sizes); failures fill a
  * one-line message naming config.json; an accepted config has positive, consistent sizes, its parameter table

@@ -1,5 +1,5 @@
-/* libFuzzer harness: the INI job config and command line of `prefopt train` (src/opts.c with the train option
- * table of src/train.c, which includes the objective and optimizer options).
+/* libFuzzer harness: the INI job config and command line of `prefopt train` (src/base/opts.c with the train option
+ * table of src/train/train.c, which includes the objective and optimizer options).
  * Input: the job file (up to the first NUL), then command-line arguments separated by newlines; the harness runs
  * prefopt_opts_parse("train", argv = {train, --config FILE, args...}).
  * Checked: no crash or sanitizer report; an error is one line and, when only the file was given, names the

@@ -1,4 +1,4 @@
-/* libFuzzer harness: prefopt pack's JSONL parsing (src/pack.c), end to end.
+/* libFuzzer harness: prefopt pack's JSONL parsing (io/pack/pack.c), end to end.
  * Input: byte 0 chooses the options (kind, truncation, limits, BOS/EOS, --unpair, eval split, tokenizer), the rest
  * is the JSONL file. pack has no per-line entry point, so the bytes are written to a file and prefopt_pack runs on
  * it with the byte-level tokenizer or a small byte-level BPE that has the ChatML markers (strict UTF-8).

@@ -1,4 +1,4 @@
-/* libFuzzer harness: safetensors header parsing and tensor reads (src/safetensors.c, hf.h).
+/* libFuzzer harness: safetensors header parsing and tensor reads (io/hf/safetensors.c, hf.h).
  * Input starting with '{': a model.safetensors.index.json in a directory that also holds two fixed, valid shards
  * (a.safetensors: "x" F32 [2,3] and "y" BF16 [4]; b.safetensors: "z" F16 [2]) -> prefopt_st_open_dir.
  * Any other input: a whole .safetensors file (8-byte length, JSON header, data) -> prefopt_st_open_file.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# io/demo.sh end to end with a handful of steps (plumbing only: every stage runs, the table is printed with
+# jobs/demo/demo.sh end to end with a handful of steps (plumbing only: every stage runs, the table is printed with
 # numbers in [0, 1]); the full demo (600 SFT + 200 DPO steps, ~8 min) is not a ctest. Skips while a
 # subcommand it needs is missing.
 set -euo pipefail
@@ -11,7 +11,7 @@ done
 [ -x "$B/prefopt_demo_task" ] || { echo "FAIL: prefopt_demo_task not built"; exit 1; }
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 DEMO_SKIP_DEPS=1 DEMO_SKIP_BUILD=1 DEMO_BUILD_DIR=$B DEMO_RUN_DIR=$W/demo DEMO_NP=1 DEMO_SFT_STEPS=4 DEMO_DPO_STEPS=2 \
-  bash "$SRC/io/demo.sh" > "$W/log" 2>&1 || { tail -20 "$W/log"; echo "FAIL: io/demo.sh exited non-zero"; exit 1; }
+  bash "$SRC/jobs/demo/demo.sh" > "$W/log" 2>&1 || { tail -20 "$W/log"; echo "FAIL: jobs/demo/demo.sh exited non-zero"; exit 1; }
 tail -9 "$W/log"
 python3 - "$W/demo" <<'PY'
 import json, sys

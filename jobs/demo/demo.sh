@@ -5,12 +5,12 @@
 #   the SFT model (the SFT model is the reference) -> greedy generation on the held-out prompts with both ->
 #   programmatic check -> a before/after table: accuracy of SFT vs DPO (greedy and sampled), held-out reward
 #   accuracy, KL to the reference (mean log pi/ref of completions sampled at temperature 1).
-# usage: io/demo.sh            (from anywhere; artefacts in runs/demo/ of the repository)
+# usage: jobs/demo/demo.sh            (from anywhere; artefacts in runs/demo/ of the repository)
 # Environment: DEMO_TASK (reverse; or add), DEMO_SEED (1), DEMO_NP (MPI ranks, default: 1 per 2 cores, at least 1), DEMO_SFT_STEPS (600),
 #   DEMO_DPO_STEPS (200), DEMO_SKIP_DEPS=1 (do not run tests/deps.sh), DEMO_SKIP_BUILD=1 (use the build as
 #   is), DEMO_BUILD_DIR (build), DEMO_RUN_DIR (runs/demo).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 R=${DEMO_RUN_DIR:-runs/demo}
 BUILD=$(realpath -m "${DEMO_BUILD_DIR:-build}")

@@ -1,5 +1,5 @@
-/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (src/checkpoint.c for
- * tensors, src/ckpt_file.c for files and attributes).
+/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (io/checkpoint/checkpoint.c for
+ * tensors, io/checkpoint/ckpt_file.c for files and attributes).
  *
  * A logical tensor "prefix.<L>.rest" (L a decimal layer index) is stored as layer L of the stacked dataset
  * "<group>/prefix.rest" of shape [nlayers][out][in] (or [nlayers][n] for vectors); any other name is stored as

@@ -4,10 +4,10 @@
 #   -> SFT a 2-layer 64-wide byte-level GPT-2 from scratch (2000 steps) -> from that SFT model, 200 steps of each objective
 #   below (same data order, batch 32) -> greedy generation on 500 held-out prompts, checked -> one table row
 #   each: held-out accuracy, KL to the SFT reference, held-out reward accuracy, logps/chosen at the end.
-# usage: io/objectives_sweep.sh            (after a build; about a minute on 2 cores; artefacts in runs/sweep/)
+# usage: jobs/demo/objectives_sweep.sh           (after a build; about a minute on 2 cores; artefacts in runs/sweep/)
 # Environment: SWEEP_BUILD_DIR (build), SWEEP_RUN_DIR (runs/sweep), SWEEP_SEED (1).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 B=$(realpath -m "${SWEEP_BUILD_DIR:-build}")
 R=${SWEEP_RUN_DIR:-runs/sweep}
