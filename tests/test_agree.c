@@ -1,5 +1,5 @@
 /* Error agreement: one rank fails, every rank learns the same message; nobody fails, nobody hears anything. */
-#include "prefopt/common.h"
+#include "prefopt/agree.h"
 
 #include <stdio.h>
 #include <string.h>

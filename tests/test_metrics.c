@@ -3,6 +3,7 @@
  * over ranks equal the one-batch loss (global normalisation), KTO's KL is averaged over ranks before the clamp,
  * bco_pair's running mean pools ranks, the JSON output carries the TRL keys, and the optimizer's global gradient
  * norm counts a replicated vector once. */
+#include "prefopt/agree.h"
 #include "prefopt/metrics.h"
 #include "prefopt/objectives.h"
 #include "prefopt/optim.h"
@@ -12,6 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* sums over MPI_COMM_WORLD, the way train lends its data-parallel reduction to the objectives */
+static MPI_Comm world_comm;
+static prefopt_reduction world;
 
 static int failures;
 #define CHECK(cond, ...)                                                                                      \
@@ -90,7 +95,7 @@ static void test_data_parallel(const char *spec)
     int first = rank * NP / (nranks + 1), last = rank == nranks - 1 ? NP : (rank + 1) * NP / (nranks + 1);
     prefopt_objective_norm n = {0};
     eval_range(NULL, NULL, NULL, &o, first, last - first, NULL, &n);
-    prefopt_objective_norm_allreduce(&n, MPI_COMM_WORLD);
+    prefopt_objective_norm_reduce(&n, &world);
     CHECK(n.pairs == NP && n.chosen_tokens == n1.chosen_tokens, "%s: global counts %g pairs %g tokens", spec,
           n.pairs, n.chosen_tokens);
     double L, dloc[2 * NP], d[2 * NP] = {0};
@@ -101,7 +106,7 @@ static void test_data_parallel(const char *spec)
         d[2 * first + i] = dloc[i];
     MPI_Allreduce(MPI_IN_PLACE, &L, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, d, 2 * NP, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    prefopt_metrics_allreduce(&m, MPI_COMM_WORLD);
+    prefopt_metrics_reduce(&m, &world);
     CHECK(close_to(L, L1, 1e-14), "%s: loss summed over ranks %.17g, one batch %.17g", spec, L, L1);
     for (int i = 0; i < 2 * NP; i++)
         CHECK(close_to(d[i], d1[i], 1e-14), "%s: unit %d gradient %.17g vs %.17g", spec, i, d[i], d1[i]);
@@ -120,20 +125,20 @@ static void test_kto_kl(void)
     double pol1[1] = {-4}, ref1[1] = {-7};
     double kl;
     if (rank == 0)
-        kl = prefopt_kto_kl(pol0, ref0, 2, MPI_COMM_WORLD);
+        kl = prefopt_kto_kl(pol0, ref0, 2, &world);
     else if (rank == 1)
-        kl = prefopt_kto_kl(pol1, ref1, 1, MPI_COMM_WORLD);
+        kl = prefopt_kto_kl(pol1, ref1, 1, &world);
     else
-        kl = prefopt_kto_kl(NULL, NULL, 0, MPI_COMM_WORLD);
+        kl = prefopt_kto_kl(NULL, NULL, 0, &world);
     double want = nranks >= 2 ? (-1 - 1 + 3) / 3.0 : 0.0; /* one rank: -1 clamped to 0 */
     CHECK(close_to(kl, want, 1e-15), "kto kl over %d ranks: %.17g, want %.17g", nranks, kl, want);
     /* every rank negative: clamped to 0 everywhere */
     double p[1] = {-5}, r[1] = {-4.5};
-    kl = prefopt_kto_kl(p, r, 1, MPI_COMM_WORLD);
+    kl = prefopt_kto_kl(p, r, 1, &world);
     CHECK(kl == 0, "kto kl with every rank negative: %g", kl);
     /* rank 0 positive, rank 1 more negative: the average is negative, so 0, though rank 0 alone is not */
     double q[1] = {rank == 0 ? -4.0 : -6.0}, s[1] = {-5.0};
-    kl = prefopt_kto_kl(q, s, 1, MPI_COMM_WORLD);
+    kl = prefopt_kto_kl(q, s, 1, &world);
     CHECK(kl == (nranks == 1 ? 1.0 : 0.0), "kto kl, rank means +1 and -1: %g", kl);
 }
 
@@ -158,7 +163,7 @@ static void test_bco_running_mean(void)
         int have = !(upd == 1 && rank == 1);
         prefopt_objective_batch b = {.policy = &s, .nunits = 2, .ref_logp = ref + 2 * r, .npairs = have,
                                      .chosen = ch, .rejected = rj};
-        double d = prefopt_bco_update(&st, &o, &b, MPI_COMM_WORLD);
+        double d = prefopt_bco_update(&st, &o, &b, &world);
         for (int q = 0; q < nranks; q++) {
             if (upd == 1 && q == 1)
                 continue;
@@ -191,7 +196,7 @@ static void test_json(void)
     prefopt_metrics_add(&m, PREFOPT_M_LOSS, 0.25, 1);
     prefopt_metrics_add(&m, PREFOPT_M_REWARDS_CHOSEN, 1.0 + rank, 2);
     prefopt_metrics_add(&m, PREFOPT_M_NUM_TOKENS, 100, 1);
-    prefopt_metrics_allreduce(&m, MPI_COMM_WORLD);
+    prefopt_metrics_reduce(&m, &world);
     char *s = prefopt_metrics_json_string(&m, "", 7);
     cJSON *o = s ? cJSON_Parse(s) : NULL;
     double rsum = 0;
@@ -221,6 +226,8 @@ static void test_json(void)
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
+    world_comm = MPI_COMM_WORLD;
+    world = prefopt_reduction_over(&world_comm);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     make_data();

@@ -643,13 +643,13 @@ static void test_combination(void)
         for (int i = 0; i < 3; i++)
             m1 += 0.3 * (u.lp[ch[i]] - u.ref[ch[i]]) + 0.3 * (u.lp[rj[i]] - u.ref[rj[i]]);
         m1 /= 6;
-        double d1 = prefopt_bco_update(&st, &o, &b, MPI_COMM_NULL);
+        double d1 = prefopt_bco_update(&st, &o, &b, NULL);
         CHECK(close_to(d1, m1, 1e-14) && st.count == 1, "bco running mean after one update: %.15g, want %.15g", d1, m1);
         /* a second micro-batch: only pair 0 */
         prefopt_objective_batch b0 = b;
         b0.npairs = 1;
         m2 = (0.3 * (u.lp[0] - u.ref[0]) + 0.3 * (u.lp[1] - u.ref[1])) / 2;
-        double d2 = prefopt_bco_update(&st, &o, &b0, MPI_COMM_NULL);
+        double d2 = prefopt_bco_update(&st, &o, &b0, NULL);
         CHECK(close_to(d2, (m1 + m2) / 2, 1e-14), "bco running mean after two updates: %.15g, want %.15g", d2,
               (m1 + m2) / 2);
         CHECK(b0.bco_ready && b0.bco_delta == d2, "prefopt_bco_update stores the mean in the batch");
@@ -874,11 +874,11 @@ static void test_kto(void)
 
     /* the KL estimate on this rank alone: mean of (policy - reference), clamped at 0 */
     double pol[3] = {-10, -12, -7}, ref[3] = {-11, -12.5, -7.25}, ref2[3] = {-9, -11, -6};
-    CHECK(close_to(prefopt_kto_kl(pol, ref, 3, MPI_COMM_NULL), (1 + 0.5 + 0.25) / 3, 1e-15), "kto kl mean");
-    CHECK(prefopt_kto_kl(pol, ref2, 3, MPI_COMM_NULL) == 0, "kto kl not clamped at 0");
-    CHECK(prefopt_kto_kl(pol, ref2, 0, MPI_COMM_NULL) == 0, "kto kl of no units");
+    CHECK(close_to(prefopt_kto_kl(pol, ref, 3, NULL), (1 + 0.5 + 0.25) / 3, 1e-15), "kto kl mean");
+    CHECK(prefopt_kto_kl(pol, ref2, 3, NULL) == 0, "kto kl not clamped at 0");
+    CHECK(prefopt_kto_kl(pol, ref2, 0, NULL) == 0, "kto kl of no units");
     double refnan[3] = {-11, NAN, -7.25};
-    double klnan = prefopt_kto_kl(pol, refnan, 3, MPI_COMM_NULL);
+    double klnan = prefopt_kto_kl(pol, refnan, 3, NULL);
     CHECK(isnan(klnan), "kto kl with a missing reference log-prob: %g, want NaN (not clamped to 0)", klnan);
     b.kl = klnan;
     err.set = 0;

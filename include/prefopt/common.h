@@ -1,8 +1,9 @@
-/* prefopt: shared definitions: error reporting that every rank agrees on, checked allocation, timing. */
+/* prefopt: the base layer's shared definitions: exit codes, error messages carried up to where the ranks agree on
+ * them (prefopt/agree.h), checked allocation, clocks. No MPI here: the objectives and the tokenizer build on this
+ * header alone. */
 #ifndef PREFOPT_COMMON_H
 #define PREFOPT_COMMON_H
 
-#include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,15 +30,11 @@ typedef struct {
 void prefopt_err_set(prefopt_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void prefopt_err_clear(prefopt_err *e);
 
-/* Collective over comm. Returns 1 if any rank has e->set; then every rank's e holds the message of the
- * lowest-numbered failing rank. Returns 0 when no rank failed. */
-int prefopt_agree(MPI_Comm comm, prefopt_err *e);
-
-/* Prints "prefopt: error: <msg>" on this rank to stderr, finalizes MPI if initialized, exits with code. */
-_Noreturn void prefopt_exit_error(const prefopt_err *e, int code);
-
-/* For failures that cannot be agreed on (another rank may be inside a collective): one line, then MPI_Abort. */
+/* For failures that cannot be agreed on (another rank may be inside a collective): one line, then the die hook:
+ * exit(1) by default, MPI_Abort once the dist layer installed it (prefopt_agree_install_abort in agree.h), so
+ * that one failing rank takes its job down at once instead of leaving the others waiting in a collective. */
 _Noreturn void prefopt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void prefopt_set_die_hook(void (*hook)(int code));
 
 /* malloc/calloc that die with the size and purpose on failure. */
 void *prefopt_xmalloc(size_t bytes, const char *what);
@@ -47,10 +44,23 @@ void *prefopt_xcalloc(size_t n, size_t size, const char *what);
  * called once at start-up by the prefopt executable. See common.c for why. */
 void prefopt_malloc_keep_pages(void);
 
-/* Wall-clock seconds (MPI_Wtime when MPI is initialized, else clock_gettime). */
+/* Wall-clock seconds from CLOCK_MONOTONIC (what Open MPI 4.1 reads for MPI_Wtime on Linux as well). */
 double prefopt_now(void);
 
-/* Rank in MPI_COMM_WORLD, 0 before MPI_Init. */
-int prefopt_world_rank(void);
+/* A sum over some group of processes that a caller lends to code that must not know about MPI (the objectives,
+ * the metrics): fn(ctx, v, n) replaces v[0..n) by its sum over the group, with the same result on every member.
+ * A NULL prefopt_reduction means "this process only". The dist layer makes one over a communicator
+ * (prefopt_reduction_over in agree.h). */
+typedef struct {
+    void (*fn)(void *ctx, double *v, int n);
+    void *ctx;
+} prefopt_reduction;
+
+/* Applies r (nothing when r is NULL or r->fn is NULL). */
+static inline void prefopt_reduce_sum(const prefopt_reduction *r, double *v, int n)
+{
+    if (r && r->fn)
+        r->fn(r->ctx, v, n);
+}
 
 #endif

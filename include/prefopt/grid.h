@@ -4,7 +4,7 @@
 #ifndef PREFOPT_GRID_H
 #define PREFOPT_GRID_H
 
-#include "prefopt/common.h"
+#include "prefopt/agree.h"
 
 typedef struct {
     MPI_Comm world;     /* the communicator the grid was made from (not owned) */

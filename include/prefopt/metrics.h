@@ -1,14 +1,14 @@
 /* prefopt: per-step training metrics with the key names and aggregation of TRL (objectives.md, section B).
  *
  * One accumulator holds, for every metric, a sum and a count over one optimizer step. Micro-batches add into
- * it (the objectives do, see objectives.h), prefopt_metrics_allreduce sums it over the data-parallel ranks,
+ * it (the objectives do, see objectives.h), prefopt_metrics_reduce sums it over the data-parallel ranks,
  * and the value of a metric is then sum/count: a global mean over pairs, examples or tokens, the same on every
  * rank whatever the split into micro-batches and ranks. `loss` is the exception: every micro-batch loss is
  * already normalised by the global size of the step (objectives.h), so its value is the plain sum. */
 #ifndef PREFOPT_METRICS_H
 #define PREFOPT_METRICS_H
 
-#include <mpi.h>
+#include "prefopt/common.h"
 
 typedef enum {
     PREFOPT_M_LOSS = 0,            /* "loss" */
@@ -41,10 +41,10 @@ const char *prefopt_metric_name(prefopt_metric k);
 void prefopt_metrics_reset(prefopt_metrics *m);
 void prefopt_metrics_add(prefopt_metrics *m, prefopt_metric k, double sum, double count);
 
-/* In-place MPI_Allreduce(SUM) of sums and counts over comm. Pass the data-parallel communicator (one rank per
- * tensor-parallel group): the ranks of one TP group hold identical unit statistics and must not be counted
- * twice. Collective. */
-void prefopt_metrics_allreduce(prefopt_metrics *m, MPI_Comm comm);
+/* In-place sum of sums and counts through sum (common.h). Pass the reduction over the data-parallel
+ * communicator (one rank per tensor-parallel group): the ranks of one TP group hold identical unit statistics
+ * and must not be counted twice. */
+void prefopt_metrics_reduce(prefopt_metrics *m, const prefopt_reduction *sum);
 
 /* Adds every sum and count of src into dst (for averaging over a logging interval of steps, do it yourself on
  * finalised values: TRL averages per-step values, not pooled sums). */

@@ -21,7 +21,7 @@
  *
  * Note GPT-2's HF Conv1D stores [in][out]; import/export transpose so the table above holds for both.
  *
- * Distribution (src/model*.c, src/attention.c). Weights are (in x out) dmats with the input dimension over
+ * Distribution (src/model/). Weights are (in x out) dmats with the input dimension over
  * process rows and the output over process columns; blocks: hidden block_hidden, MLP block_ffn, vocab
  * block_vocab, Q (H/KV)*D (one KV group's query heads), K/V D. Activations are (tokens x features) with mb = T,
  * so row r of a batch lives whole on process row r % nprow and its features are split over process columns with
@@ -34,6 +34,7 @@
 #define PREFOPT_MODEL_H
 
 #include "prefopt/dmat.h"
+#include "prefopt/unit_stats.h"
 
 typedef enum { PREFOPT_ARCH_GPT2 = 0, PREFOPT_ARCH_LLAMA = 1 } prefopt_arch;
 
@@ -79,16 +80,6 @@ typedef struct {
     const int32_t *unit;       /* [nrows*T] */
     const uint8_t *completion; /* [nrows*T] */
 } prefopt_batch;
-
-/* Per-unit sums, identical on every rank of the TP group after prefopt_model_forward. */
-typedef struct {
-    double *logp_completion;  /* [nunits] sum of log p over completion tokens */
-    double *logp_all;         /* [nunits] sum over every predicted token of the unit (prompt included) */
-    double *n_completion;     /* [nunits] counts */
-    double *n_all;
-    double *logits_sum;       /* [nunits] sum over completion tokens of mean_v(logit) (TRL's logits/ metrics) */
-    double *argmax_hits;      /* [nunits] completion tokens whose argmax logit equals the target */
-} prefopt_unit_stats;
 
 /* One named logical parameter tensor (see the table at the top). */
 typedef struct {

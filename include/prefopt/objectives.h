@@ -9,7 +9,7 @@
  * Global normalisation. Every term is a mean over the whole optimizer step (all micro-batches, all
  * data-parallel ranks): pair terms divide by the global number of pairs, token-mean terms (sft, ORPO's NLL)
  * by the global number of tokens, KTO by the global number of examples. The caller counts them before the
- * step (prefopt_objective_count + prefopt_objective_norm_allreduce), so that summing micro-batch losses and
+ * step (prefopt_objective_count + prefopt_objective_norm_reduce), so that summing micro-batch losses and
  * gradients over micro-batches and ranks (the gradient all-reduce is a SUM) gives exactly the loss and
  * gradient of one big batch. TRL instead averages per micro-batch and divides by the accumulation steps,
  * which weights unevenly filled micro-batches wrongly.
@@ -57,13 +57,12 @@
 #ifndef PREFOPT_OBJECTIVES_H
 #define PREFOPT_OBJECTIVES_H
 
-#include <mpi.h>
 #include <stdint.h>
 
 #include "prefopt/common.h"
 #include "prefopt/metrics.h"
-#include "prefopt/model.h"
 #include "prefopt/opts.h"
+#include "prefopt/unit_stats.h"
 
 typedef enum {
     PREFOPT_LOSS_SFT = 0,
@@ -207,8 +206,8 @@ typedef struct {
  * counts taken from the batch layout before any forward. */
 void prefopt_objective_count(prefopt_objective_norm *acc, const prefopt_objective *obj,
                              const prefopt_objective_batch *b);
-/* In-place sum over comm (the data-parallel communicator). Collective. */
-void prefopt_objective_norm_allreduce(prefopt_objective_norm *n, MPI_Comm comm);
+/* In-place sum through sum (the caller's reduction over the data-parallel replicas; NULL: this process only). */
+void prefopt_objective_norm_reduce(prefopt_objective_norm *n, const prefopt_reduction *sum);
 
 /* The loss of one micro-batch, normalised by the global sizes in norm, and its gradient:
  * d_completion, d_all [nunits] are overwritten; d_ref [nunits] (optional, may be NULL) receives
@@ -233,11 +232,11 @@ double prefopt_unpaired_loss(double grad[2], prefopt_loss_kind k, const prefopt_
 
 /* KTO's KL estimate: the mean over the mismatched units of every rank of comm of (policy - reference)
  * completion log-probs, clamped at 0 (TRL: gather(mean).mean().clamp(min=0); pooling sums and counts equals
- * that when ranks hold the same number of units, and stays right when they do not). comm may be
- * MPI_COMM_NULL (this rank only). Treat the result as a constant (no gradient flows through it). NaN when any
+ * that when ranks hold the same number of units, and stays right when they do not). sum: the reduction over the
+ * data-parallel replicas, NULL for this process only. Treat the result as a constant (no gradient flows through it). NaN when any
  * input is NaN (e.g. a reference log-prob that was never computed), which prefopt_objective_eval rejects.
  * Collective. */
-double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, MPI_Comm comm);
+double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, const prefopt_reduction *sum);
 
 /* TRL-0.27 bco_pair: the running mean of the detached rewards [beta r_c ; beta r_r], over every micro-batch of
  * every rank so far (RunningMoments: each update adds one value per rank, the rank's micro-batch mean). Its two
@@ -247,12 +246,12 @@ typedef struct {
     double count;
 } prefopt_bco_state;
 
-/* Updates st with this micro-batch (collective over comm, the data-parallel communicator; MPI_COMM_NULL: this
- * rank only; a rank with no pairs adds nothing; every rank calls it once per micro-batch round) and stores the
+/* Updates st with this micro-batch (through sum, the reduction over the data-parallel replicas; NULL: this
+ * process only; a rank with no pairs adds nothing; every rank calls it once per micro-batch round) and stores the
  * new mean in b->bco_delta (b->bco_ready = 1) for prefopt_objective_eval: TRL updates before use. Needs the
  * policy and reference log-probs of the batch. Returns the new mean. */
 double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, prefopt_objective_batch *b,
-                          MPI_Comm comm);
+                          const prefopt_reduction *sum);
 
 /* TR-DPO: 1 when the reference must be mixed towards the policy after optimizer step `step` (1-based):
  * ref_sync_steps > 0 and step % ref_sync_steps == 0. Then call

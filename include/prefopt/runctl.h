@@ -3,7 +3,7 @@
 #ifndef PREFOPT_RUNCTL_H
 #define PREFOPT_RUNCTL_H
 
-#include "prefopt/common.h"
+#include "prefopt/agree.h"
 
 #include <stdio.h>
 

@@ -1,184 +1,19 @@
-/* The HDF5 layer of model files and checkpoints: block-cyclic pieces <-> whole logical tensors through hyperslab
- * selections, per-layer stacking of same-shaped tensors, checksums. Files, attributes, config and tokenizer are in
- * ckpt_file.c; the model-level API and checkpoint directories in ckpt_model.c. */
+/* The collective HDF5 transfers of model files and checkpoints: every rank's block-cyclic pieces <-> whole logical
+ * tensors (stacked per layer), regrouped into whole columns, written and read with checksums verified. Geometry and
+ * checksums are in ckpt_piece.c, whole-tensor I/O (import, export) in ckpt_full.c, files and attributes in
+ * ckpt_file.c, the model-level API and checkpoint directories in ckpt_model.c. */
 #define _GNU_SOURCE
 #include "ckpt_io.h"
 
-#include <ctype.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- checksums ------------------------------------------------------------------------------------------- */
+/* ---- tensors --------------------------------------------------------------------------------------------- */
 
-static inline uint64_t mix(uint64_t g, uint32_t b)
-{
-    /* each step is a bijection of x, and b -> b*K1 + c is injective on 32-bit b: a changed element always
-     * changes its term */
-    uint64_t x = (uint64_t)b * 0xff51afd7ed558ccdULL + g * 0x9e3779b97f4a7c15ULL + 0x632be59bd9b4e019ULL;
-    x ^= x >> 29;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 32;
-    return x;
-}
-
-static int numroc(int n, int nb, int p, int np)
-{
-    int nblocks = n / nb, c = (nblocks / np) * nb, extra = nblocks % np;
-    if (p < extra)
-        c += nb;
-    else if (p == extra)
-        c += n % nb;
-    return c;
-}
-
-static inline int l2g(int l, int nb, int p, int np) { return (l / nb) * np * nb + p * nb + l % nb; }
-
-static int piece_mloc(const ck_piece *p) { return numroc(p->m, p->mb, p->myrow, p->nprow); }
-static int piece_nloc(const ck_piece *p) { return numroc(p->n, p->nb, p->mycol, p->npcol); }
-
-uint64_t ck_checksum_piece(const ck_piece *p)
-{
-    int mloc = piece_mloc(p), nloc = piece_nloc(p);
-    uint64_t s = 0;
-    for (int jl = 0; jl < nloc; jl++) {
-        uint64_t j = (uint64_t)l2g(jl, p->nb, p->mycol, p->npcol);
-        const uint32_t *col = (const uint32_t *)(p->data + (size_t)jl * p->lld);
-        if (p->nprow == 1) {
-            uint64_t g0 = j * (uint64_t)p->m;
-            for (int il = 0; il < mloc; il++)
-                s += mix(g0 + (uint64_t)il, col[il]);
-        } else {
-            for (int il = 0; il < mloc; il++)
-                s += mix(j * (uint64_t)p->m + (uint64_t)l2g(il, p->mb, p->myrow, p->nprow), col[il]);
-        }
-    }
-    return s;
-}
-
-/* ---- pieces and selections ------------------------------------------------------------------------------- */
-
-void ck_piece_full(ck_piece *p, int ndim, const int64_t shape[2], float *data, int active)
-{
-    memset(p, 0, sizeof *p);
-    p->n = (int)shape[0];
-    p->m = ndim == 2 ? (int)shape[1] : 1;
-    p->mb = p->m > 0 ? p->m : 1;
-    p->nb = p->n > 0 ? p->n : 1;
-    p->nprow = p->npcol = 1;
-    p->lld = p->m > 1 ? p->m : 1;
-    p->data = data;
-    p->active = active;
-    p->sums = active;
-    p->col = MPI_COMM_NULL;
-}
-
-void ck_piece_dmat(ck_piece *p, int ndim, const int64_t shape[2], const prefopt_dmat *d)
-{
-    (void)ndim;
-    (void)shape;
-    memset(p, 0, sizeof *p);
-    p->m = d->m;
-    p->n = d->n;
-    p->mb = d->mb;
-    p->nb = d->nb;
-    p->npcol = d->grid->npcol;
-    p->mycol = d->grid->mycol;
-    if (d->rep_rows) {
-        p->nprow = 1;
-        p->myrow = 0;
-    } else {
-        p->nprow = d->grid->nprow;
-        p->myrow = d->grid->myrow;
-    }
-    p->lld = d->lld;
-    p->data = d->data;
-    p->active = 1;
-    p->sums = !d->rep_rows || d->grid->myrow == 0;
-    p->col = d->grid->col;
-}
-
-typedef struct {
-    hsize_t start, stride, count, block;
-} dimsel;
-
-/* The blocks of process p of np along one dimension: the full blocks as one strided run, the partial last block
- * (if p owns it) as a second. */
-static int dim_sel(int total, int bs, int np, int p, dimsel out[2])
-{
-    int k = 0, nfull = total / bs, rem = total % bs;
-    if (nfull > p) {
-        out[k].start = (hsize_t)p * bs;
-        out[k].count = (hsize_t)((nfull - p - 1) / np + 1);
-        out[k].block = (hsize_t)bs;
-        out[k].stride = out[k].count > 1 ? (hsize_t)np * bs : (hsize_t)bs;
-        k++;
-    }
-    if (rem && nfull % np == p) {
-        out[k].start = (hsize_t)nfull * bs;
-        out[k].count = 1;
-        out[k].block = out[k].stride = (hsize_t)rem;
-        k++;
-    }
-    return k;
-}
-
-/* ORs the piece's elements, at layer (or no layer dimension when layer < 0), into a file selection. */
-static void select_piece(hid_t space, int layer, int ndim, const ck_piece *p)
-{
-    dimsel rs[2], cs[2];
-    int nr = 1, nc = dim_sel(p->n, p->nb, p->npcol, p->mycol, cs);
-    if (ndim == 2)
-        nr = dim_sel(p->m, p->mb, p->nprow, p->myrow, rs);
-    else
-        rs[0] = (dimsel){0, 1, 1, 1};
-    for (int a = 0; a < nc; a++)
-        for (int b = 0; b < nr; b++) {
-            hsize_t st[3], sd[3], ct[3], bk[3];
-            int r = 0;
-            if (layer >= 0) {
-                st[r] = (hsize_t)layer, sd[r] = 1, ct[r] = 1, bk[r] = 1;
-                r++;
-            }
-            st[r] = cs[a].start, sd[r] = cs[a].stride, ct[r] = cs[a].count, bk[r] = cs[a].block;
-            r++;
-            if (ndim == 2) {
-                st[r] = rs[b].start, sd[r] = rs[b].stride, ct[r] = rs[b].count, bk[r] = rs[b].block;
-                r++;
-            }
-            H5Sselect_hyperslab(space, H5S_SELECT_OR, st, sd, ct, bk);
-        }
-}
-
-static int stacking = 1;
 static double timers[3]; /* pack + checksum, H5Dwrite, create + attributes (benchmarks) */
 void ck_get_timers(double t[3]) { memcpy(t, timers, sizeof timers); }
-void ck_set_stacking(int on) { stacking = on; }
-
-int ck_stacked_name(const char *name, char *ds, size_t len)
-{
-    /* the first dot-separated component made only of digits is the layer index */
-    const char *s = name;
-    while (*s && stacking) {
-        const char *e = strchr(s, '.');
-        size_t n = e ? (size_t)(e - s) : strlen(s);
-        int digits = n > 0 && s != name && e;
-        for (size_t i = 0; i < n && digits; i++)
-            digits = isdigit((unsigned char)s[i]);
-        if (digits) {
-            snprintf(ds, len, "%.*s%s", (int)(s - name - 1), name, e);
-            return atoi(s);
-        }
-        if (!e)
-            break;
-        s = e + 1;
-    }
-    snprintf(ds, len, "%s", name);
-    return -1;
-}
-
-/* ---- tensors --------------------------------------------------------------------------------------------- */
 
 static long kill_after = -2, written_datasets;
 
@@ -195,16 +30,7 @@ void ck_kill_hook_tick(void)
     }
 }
 
-typedef struct {
-    char ds[128];
-    int nl;        /* layers (1 when not stacked) */
-    int stacked;
-    int ndim;
-    int64_t shape[2];
-    int *items;    /* [nl] item index per layer, -1 if absent */
-} ck_dset;
-
-static int plan(const char *path, ck_item *items, int n, ck_dset **out, int *nds, prefopt_err *err)
+int ck_plan(const char *path, ck_item *items, int n, ck_dset **out, int *nds, prefopt_err *err)
 {
     ck_dset *d = prefopt_xcalloc((size_t)n + 1, sizeof *d, "dataset plan");
     int k = 0, *layer = prefopt_xmalloc(sizeof(int) * ((size_t)n + 1), "layers");
@@ -267,14 +93,14 @@ fail:
     return 1;
 }
 
-static void free_plan(ck_dset *d, int k)
+void ck_free_plan(ck_dset *d, int k)
 {
     for (int j = 0; j < k; j++)
         free(d[j].items);
     free(d);
 }
 
-static int dset_dims(const ck_dset *d, hsize_t dims[3])
+int ck_dset_dims(const ck_dset *d, hsize_t dims[3])
 {
     int r = 0;
     if (d->stacked)
@@ -285,7 +111,7 @@ static int dset_dims(const ck_dset *d, hsize_t dims[3])
     return r;
 }
 
-static hid_t open_group(hid_t file, const char *group, int create)
+hid_t ck_open_group(hid_t file, const char *group, int create)
 {
     if (H5Lexists(file, group, H5P_DEFAULT) > 0)
         return H5Gopen2(file, group, H5P_DEFAULT);
@@ -298,10 +124,10 @@ static hid_t open_group(hid_t file, const char *group, int create)
     return g;
 }
 
-static hid_t create_dset(hid_t grp, const ck_dset *d)
+hid_t ck_create_dset(hid_t grp, const ck_dset *d)
 {
     hsize_t dims[3];
-    int r = dset_dims(d, dims);
+    int r = ck_dset_dims(d, dims);
     hid_t sp = H5Screate_simple(r, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     /* every element is written: skip the fill pass, which would double the bytes written */
@@ -313,7 +139,7 @@ static hid_t create_dset(hid_t grp, const ck_dset *d)
     return ds;
 }
 
-static int write_checksum_attr(hid_t ds, const uint64_t *sums, int nl)
+int ck_write_checksum_attr(hid_t ds, const uint64_t *sums, int nl)
 {
     hsize_t d = (hsize_t)nl;
     hid_t sp = H5Screate_simple(1, &d, NULL);
@@ -327,11 +153,9 @@ static int write_checksum_attr(hid_t ds, const uint64_t *sums, int nl)
     return r < 0;
 }
 
-static size_t piece_count(const ck_piece *p) { return (size_t)piece_mloc(p) * (size_t)piece_nloc(p); }
-
 static void pack(const ck_piece *p, float *dst)
 {
-    int mloc = piece_mloc(p), nloc = piece_nloc(p);
+    int mloc = ck_piece_mloc(p), nloc = ck_piece_nloc(p);
     if (mloc == p->lld) {
         memcpy(dst, p->data, sizeof(float) * (size_t)mloc * (size_t)nloc);
         return;
@@ -342,7 +166,7 @@ static void pack(const ck_piece *p, float *dst)
 
 static void unpack(ck_piece *p, const float *src)
 {
-    int mloc = piece_mloc(p), nloc = piece_nloc(p);
+    int mloc = ck_piece_mloc(p), nloc = ck_piece_nloc(p);
     if (mloc == p->lld) {
         memcpy(p->data, src, sizeof(float) * (size_t)mloc * (size_t)nloc);
         return;
@@ -359,7 +183,7 @@ static int regroup(const ck_piece *p) { return p->nprow > 1 && p->col != MPI_COM
 
 static void col_share(const ck_piece *p, int q, int *c0, int *c1)
 {
-    int nloc = piece_nloc(p);
+    int nloc = ck_piece_nloc(p);
     *c0 = (int)((long)q * nloc / p->nprow);
     *c1 = (int)((long)(q + 1) * nloc / p->nprow);
 }
@@ -377,8 +201,8 @@ static void select_cols(hid_t space, int layer, const ck_piece *p)
     int c0, c1;
     col_share(p, p->myrow, &c0, &c1);
     for (int jl = c0; jl < c1;) {
-        int j = l2g(jl, p->nb, p->mycol, p->npcol), run = 1;
-        while (jl + run < c1 && l2g(jl + run, p->nb, p->mycol, p->npcol) == j + run)
+        int j = ck_l2g(jl, p->nb, p->mycol, p->npcol), run = 1;
+        while (jl + run < c1 && ck_l2g(jl + run, p->nb, p->mycol, p->npcol) == j + run)
             run++;
         hsize_t st[3], ct[3];
         int r = 0;
@@ -394,14 +218,14 @@ static void select_cols(hid_t space, int layer, const ck_piece *p)
 /* dir 0: my piece -> whole columns of my share into cols[m x share]; dir 1: back */
 static void regroup_exchange(ck_piece *p, float *cols, int dir)
 {
-    int np = p->nprow, r = p->myrow, mloc = piece_mloc(p);
+    int np = p->nprow, r = p->myrow, mloc = ck_piece_mloc(p);
     int *sc = calloc((size_t)np, sizeof(int)), *sd = calloc((size_t)np, sizeof(int));
     int *rc = calloc((size_t)np, sizeof(int)), *rd = calloc((size_t)np, sizeof(int));
     int myc0, myc1;
     col_share(p, r, &myc0, &myc1);
     size_t nmine = 0, nshare = 0;
     for (int q = 0; q < np; q++) {
-        int c0, c1, mq = numroc(p->m, p->mb, q, np);
+        int c0, c1, mq = ck_numroc(p->m, p->mb, q, np);
         col_share(p, q, &c0, &c1);
         sc[q] = mloc * (c1 - c0);       /* my rows of q's columns */
         rc[q] = mq * (myc1 - myc0);     /* q's rows of my columns */
@@ -414,26 +238,26 @@ static void regroup_exchange(ck_piece *p, float *cols, int dir)
     float *b = prefopt_xmalloc(sizeof(float) * (nshare ? nshare : 1), "regroup");
     if (dir == 0) {
         /* a: my piece's columns in order, mloc rows each (== q's share order since shares are contiguous) */
-        for (int jl = 0; jl < piece_nloc(p); jl++)
+        for (int jl = 0; jl < ck_piece_nloc(p); jl++)
             memcpy(a + (size_t)jl * mloc, p->data + (size_t)jl * p->lld, sizeof(float) * (size_t)mloc);
         MPI_Alltoallv(a, sc, sd, MPI_FLOAT, b, rc, rd, MPI_FLOAT, p->col);
         for (int q = 0; q < np; q++) {
-            int mq = numroc(p->m, p->mb, q, np);
+            int mq = ck_numroc(p->m, p->mb, q, np);
             for (int c = 0; c < myc1 - myc0; c++)
                 for (int il = 0; il < mq; il += p->mb) /* block by block: mb rows are contiguous both sides */
-                    memcpy(cols + (size_t)c * p->m + (size_t)l2g(il, p->mb, q, np), b + rd[q] + (size_t)c * mq + il,
+                    memcpy(cols + (size_t)c * p->m + (size_t)ck_l2g(il, p->mb, q, np), b + rd[q] + (size_t)c * mq + il,
                            sizeof(float) * (size_t)(mq - il < p->mb ? mq - il : p->mb));
         }
     } else {
         for (int q = 0; q < np; q++) {
-            int mq = numroc(p->m, p->mb, q, np);
+            int mq = ck_numroc(p->m, p->mb, q, np);
             for (int c = 0; c < myc1 - myc0; c++)
                 for (int il = 0; il < mq; il += p->mb)
-                    memcpy(b + rd[q] + (size_t)c * mq + il, cols + (size_t)c * p->m + (size_t)l2g(il, p->mb, q, np),
+                    memcpy(b + rd[q] + (size_t)c * mq + il, cols + (size_t)c * p->m + (size_t)ck_l2g(il, p->mb, q, np),
                            sizeof(float) * (size_t)(mq - il < p->mb ? mq - il : p->mb));
         }
         MPI_Alltoallv(b, rc, rd, MPI_FLOAT, a, sc, sd, MPI_FLOAT, p->col);
-        for (int jl = 0; jl < piece_nloc(p); jl++)
+        for (int jl = 0; jl < ck_piece_nloc(p); jl++)
             memcpy(p->data + (size_t)jl * p->lld, a + (size_t)jl * mloc, sizeof(float) * (size_t)mloc);
     }
     free(a);
@@ -460,10 +284,10 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
 {
     ck_dset *d;
     int nd;
-    if (plan(path, items, n, &d, &nd, err))
+    if (ck_plan(path, items, n, &d, &nd, err))
         return 1;
     int rc = 0;
-    hid_t grp = open_group(file, group, 1);
+    hid_t grp = ck_open_group(file, group, 1);
     hid_t dxpl = ck_make_dxpl(file);
     uint64_t *sums = prefopt_xcalloc((size_t)n, sizeof *sums, "checksums");
     size_t stage_cap = 0;
@@ -471,7 +295,7 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
     hid_t *dsid = prefopt_xmalloc(sizeof(hid_t) * (size_t)nd, "datasets");
     for (int j = 0; j < nd; j++) {
         double tc = prefopt_now();
-        hid_t ds = dsid[j] = create_dset(grp, &d[j]);
+        hid_t ds = dsid[j] = ck_create_dset(grp, &d[j]);
         timers[2] += prefopt_now() - tc;
         if (ds < 0) {
             prefopt_err_set(err, "%s: cannot create dataset '%s/%s'", path, group, d[j].ds);
@@ -482,7 +306,7 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
         for (int l0 = 0; l0 < d[j].nl; l0 += per) {
             int l1 = l0 + per < d[j].nl ? l0 + per : d[j].nl;
             hsize_t dims[3];
-            int r = dset_dims(&d[j], dims);
+            int r = ck_dset_dims(&d[j], dims);
             hid_t fs = H5Screate_simple(r, dims, NULL);
             H5Sselect_none(fs);
             double t0 = prefopt_now();
@@ -490,7 +314,7 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
             for (int l = l0; l < l1; l++) {
                 const ck_item *it = &items[d[j].items[l]];
                 if (it->p.active && it->p.sums && (l + j) % dp_size == dp_rank)
-                    total += regroup(&it->p) ? regroup_count(&it->p) : piece_count(&it->p);
+                    total += regroup(&it->p) ? regroup_count(&it->p) : ck_piece_count(&it->p);
             }
             if (total > stage_cap) {
                 free(stage);
@@ -511,13 +335,13 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
                     off += regroup_count(&it->p);
                     continue;
                 }
-                if (piece_count(&it->p) == 0)
+                if (ck_piece_count(&it->p) == 0)
                     continue;
                 /* the file selection iterates (layer, out, in) in row-major order, which is the order of the local
                  * column-major pieces because the local-to-global maps are increasing */
-                select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
+                ck_select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
                 pack(&it->p, stage + off);
-                off += piece_count(&it->p);
+                off += ck_piece_count(&it->p);
             }
             hsize_t mdim = total ? total : 1;
             hid_t ms = H5Screate_simple(1, &mdim, NULL);
@@ -543,7 +367,7 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
         uint64_t *s = prefopt_xmalloc(sizeof *s * (size_t)d[j].nl, "checksums");
         for (int l = 0; l < d[j].nl; l++)
             s[l] = sums[d[j].items[l]];
-        if (write_checksum_attr(dsid[j], s, d[j].nl)) {
+        if (ck_write_checksum_attr(dsid[j], s, d[j].nl)) {
             prefopt_err_set(err, "%s: writing the checksum of '%s/%s' failed", path, group, d[j].ds);
             rc = 1;
         }
@@ -555,11 +379,11 @@ int ck_write_items(hid_t file, const char *path, const char *group, ck_item *ite
     H5Pclose(dxpl);
     if (grp >= 0)
         H5Gclose(grp);
-    free_plan(d, nd);
+    ck_free_plan(d, nd);
     return rc;
 }
 
-static void shape_str(char *buf, size_t len, const hsize_t *dims, int r)
+void ck_shape_str(char *buf, size_t len, const hsize_t *dims, int r)
 {
     size_t o = 0;
     o += (size_t)snprintf(buf + o, len - o, "[");
@@ -574,13 +398,13 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
 {
     ck_dset *d;
     int nd;
-    if (plan(path, items, n, &d, &nd, err))
+    if (ck_plan(path, items, n, &d, &nd, err))
         return 1;
     int rc = 0, ioerr = 0;
-    hid_t grp = open_group(file, group, 0);
+    hid_t grp = ck_open_group(file, group, 0);
     if (grp < 0) {
         prefopt_err_set(err, "%s: group '%s' missing (a model file has no optimizer state)", path, group);
-        free_plan(d, nd);
+        ck_free_plan(d, nd);
         return 1;
     }
     hid_t dxpl = ck_make_dxpl(file);
@@ -600,13 +424,13 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
         hid_t ds = H5Dopen2(grp, d[j].ds, H5P_DEFAULT);
         hid_t fs = H5Dget_space(ds);
         hsize_t want[3], have[3] = {0, 0, 0};
-        int r = dset_dims(&d[j], want), hr = H5Sget_simple_extent_ndims(fs);
+        int r = ck_dset_dims(&d[j], want), hr = H5Sget_simple_extent_ndims(fs);
         if (hr >= 0 && hr <= 3)
             H5Sget_simple_extent_dims(fs, have, NULL);
         if (hr != r || memcmp(want, have, sizeof(hsize_t) * (size_t)r)) {
             char a[64], b[64];
-            shape_str(a, sizeof a, have, hr < 0 || hr > 3 ? 0 : hr);
-            shape_str(b, sizeof b, want, r);
+            ck_shape_str(a, sizeof a, have, hr < 0 || hr > 3 ? 0 : hr);
+            ck_shape_str(b, sizeof b, want, r);
             prefopt_err_set(err, "%s: tensor '%s' (dataset '%s/%s'): shape %s expected %s", path, first->name,
                             group, d[j].ds, a, b);
             rc = 1;
@@ -646,9 +470,9 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
                 if (it->p.active && regroup(&it->p)) {
                     select_cols(fs, d[j].stacked ? l : -1, &it->p);
                     total += regroup_count(&it->p);
-                } else if (it->p.active && piece_count(&it->p)) {
-                    select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
-                    total += piece_count(&it->p);
+                } else if (it->p.active && ck_piece_count(&it->p)) {
+                    ck_select_piece(fs, d[j].stacked ? l : -1, it->ndim, &it->p);
+                    total += ck_piece_count(&it->p);
                 }
             }
             if (total > stage_cap) {
@@ -673,9 +497,9 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
                 if (it->p.active && regroup(&it->p)) {
                     regroup_exchange(&it->p, stage + off, 1);
                     off += regroup_count(&it->p);
-                } else if (it->p.active && piece_count(&it->p)) {
+                } else if (it->p.active && ck_piece_count(&it->p)) {
                     unpack(&it->p, stage + off);
-                    off += piece_count(&it->p);
+                    off += ck_piece_count(&it->p);
                 } else
                     continue;
                 if (it->p.sums)
@@ -708,193 +532,6 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
     free(stored);
     H5Pclose(dxpl);
     H5Gclose(grp);
-    free_plan(d, nd);
+    ck_free_plan(d, nd);
     return failed;
-}
-
-/* ---- whole tensors, one at a time (import, export) ------------------------------------------------------- */
-
-static int spec_items(const prefopt_tensor_spec *specs, int n, ck_item **out)
-{
-    ck_item *it = prefopt_xcalloc((size_t)n + 1, sizeof *it, "items");
-    for (int i = 0; i < n; i++) {
-        snprintf(it[i].name, sizeof it[i].name, "%s", specs[i].name);
-        it[i].ndim = specs[i].ndim;
-        it[i].shape[0] = specs[i].shape[0];
-        it[i].shape[1] = specs[i].shape[1];
-    }
-    *out = it;
-    return n;
-}
-
-int ck_create_datasets(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *specs, int n,
-                       prefopt_err *err)
-{
-    ck_item *items;
-    spec_items(specs, n, &items);
-    ck_dset *d;
-    int nd, rc = 0;
-    if (plan(path, items, n, &d, &nd, err)) {
-        free(items);
-        return 1;
-    }
-    hid_t grp = open_group(file, group, 1);
-    for (int j = 0; j < nd; j++) {
-        hid_t ds = create_dset(grp, &d[j]);
-        if (ds < 0) {
-            prefopt_err_set(err, "%s: cannot create dataset '%s/%s'", path, group, d[j].ds);
-            rc = 1;
-            break;
-        }
-        H5Dclose(ds);
-    }
-    H5Gclose(grp);
-    free_plan(d, nd);
-    free(items);
-    return rc;
-}
-
-static hid_t open_full(hid_t file, const char *group, const prefopt_tensor_spec *spec, hid_t *fs, int *layer)
-{
-    char ds[128], full[256];
-    *layer = ck_stacked_name(spec->name, ds, sizeof ds);
-    snprintf(full, sizeof full, "%s/%s", group, ds);
-    if (H5Lexists(file, group, H5P_DEFAULT) <= 0 || H5Lexists(file, full, H5P_DEFAULT) <= 0)
-        return -1;
-    hid_t d = H5Dopen2(file, full, H5P_DEFAULT);
-    *fs = H5Dget_space(d);
-    return d;
-}
-
-int ck_write_full(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *spec, const float *data,
-                  uint64_t *checksum, prefopt_err *err)
-{
-    hid_t fs;
-    int layer;
-    hid_t ds = open_full(file, group, spec, &fs, &layer);
-    if (ds < 0) {
-        prefopt_err_set(err, "%s: no dataset for tensor '%s'", path, spec->name);
-        return 1;
-    }
-    ck_piece p;
-    ck_piece_full(&p, spec->ndim, spec->shape, (float *)data, 1);
-    H5Sselect_none(fs);
-    select_piece(fs, layer, spec->ndim, &p);
-    hsize_t cnt = piece_count(&p) ? piece_count(&p) : 1;
-    hid_t ms = H5Screate_simple(1, &cnt, NULL);
-    if (!piece_count(&p)) {
-        H5Sselect_none(ms);
-        H5Sselect_none(fs);
-    }
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER); /* independent: the other ranks write other tensors meanwhile */
-    herr_t r = H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data);
-    H5Pclose(dxpl);
-    H5Sclose(ms);
-    H5Sclose(fs);
-    H5Dclose(ds);
-    if (r < 0) {
-        prefopt_err_set(err, "%s: writing tensor '%s' failed", path, spec->name);
-        return 1;
-    }
-    *checksum = ck_checksum_piece(&p);
-    return 0;
-}
-
-int ck_write_checksums(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *specs, int n,
-                       const uint64_t *sums, prefopt_err *err)
-{
-    ck_item *items;
-    spec_items(specs, n, &items);
-    ck_dset *d;
-    int nd, rc = 0;
-    if (plan(path, items, n, &d, &nd, err)) {
-        free(items);
-        return 1;
-    }
-    hid_t grp = open_group(file, group, 0);
-    for (int j = 0; j < nd && !rc; j++) {
-        hid_t ds = H5Dopen2(grp, d[j].ds, H5P_DEFAULT);
-        uint64_t *s = prefopt_xmalloc(sizeof *s * (size_t)d[j].nl, "checksums");
-        for (int l = 0; l < d[j].nl; l++)
-            s[l] = sums[d[j].items[l]];
-        if (ds < 0 || write_checksum_attr(ds, s, d[j].nl)) {
-            prefopt_err_set(err, "%s: writing the checksum of '%s/%s' failed", path, group, d[j].ds);
-            rc = 1;
-        }
-        free(s);
-        if (ds >= 0)
-            H5Dclose(ds);
-    }
-    H5Gclose(grp);
-    free_plan(d, nd);
-    free(items);
-    return rc;
-}
-
-int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_tensor_spec *spec, float *data,
-                 prefopt_err *err)
-{
-    ck_item it;
-    memset(&it, 0, sizeof it);
-    snprintf(it.name, sizeof it.name, "%s", spec->name);
-    it.ndim = spec->ndim;
-    it.shape[0] = spec->shape[0];
-    it.shape[1] = spec->shape[1];
-    ck_piece_full(&it.p, spec->ndim, spec->shape, data, 1);
-    /* one logical tensor of a stacked dataset: read it as the only "layer" we ask for */
-    hid_t fs;
-    int layer;
-    hid_t ds = open_full(file, group, spec, &fs, &layer);
-    if (ds < 0) {
-        prefopt_err_set(err, "%s: tensor '%s' missing", path, spec->name);
-        return 1;
-    }
-    int r = H5Sget_simple_extent_ndims(fs);
-    hsize_t have[3] = {0, 0, 0};
-    H5Sget_simple_extent_dims(fs, have, NULL);
-    int off = layer >= 0 ? 1 : 0;
-    int ok = r == off + spec->ndim && (layer < 0 || (hsize_t)layer < have[0]) && have[off] == (hsize_t)spec->shape[0] &&
-             (spec->ndim == 1 || have[off + 1] == (hsize_t)spec->shape[1]);
-    if (!ok) {
-        char a[64];
-        shape_str(a, sizeof a, have, r < 0 || r > 3 ? 0 : r);
-        prefopt_err_set(err, "%s: tensor '%s': dataset shape %s does not hold [%lld%s%lld]", path, spec->name, a,
-                        (long long)spec->shape[0], spec->ndim == 2 ? "," : "",
-                        spec->ndim == 2 ? (long long)spec->shape[1] : 0LL);
-        H5Sclose(fs);
-        H5Dclose(ds);
-        return 1;
-    }
-    uint64_t *sums = prefopt_xcalloc(layer >= 0 ? have[0] : 1, sizeof *sums, "checksums");
-    hid_t a = H5Aexists(ds, "checksum") > 0 ? H5Aopen(ds, "checksum", H5P_DEFAULT) : -1;
-    int have_sum = a >= 0 && H5Aread(a, H5T_NATIVE_UINT64, sums) >= 0;
-    if (a >= 0)
-        H5Aclose(a);
-    H5Sselect_none(fs);
-    select_piece(fs, layer, spec->ndim, &it.p);
-    hsize_t cnt = piece_count(&it.p) ? piece_count(&it.p) : 1;
-    hid_t ms = H5Screate_simple(1, &cnt, NULL);
-    if (!piece_count(&it.p)) {
-        H5Sselect_none(ms);
-        H5Sselect_none(fs);
-    }
-    hid_t dxpl = ck_make_dxpl(file);
-    herr_t rr = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data);
-    H5Pclose(dxpl);
-    H5Sclose(ms);
-    H5Sclose(fs);
-    H5Dclose(ds);
-    int rc = 0;
-    if (rr < 0) {
-        prefopt_err_set(err, "%s: reading tensor '%s' failed (truncated file?)", path, spec->name);
-        rc = 1;
-    } else if (!have_sum) {
-        prefopt_err_set(err, "%s: tensor '%s' has no checksum attribute", path, spec->name);
-        rc = 1;
-    } else if (ck_checksum_piece(&it.p) != sums[layer >= 0 ? layer : 0]) {
-        prefopt_err_set(err, "checkpoint %s: tensor '%s' is corrupt (checksum mismatch)", path, spec->name);
-        rc = 1;
-    }
-    free(sums);
-    return rc;
 }

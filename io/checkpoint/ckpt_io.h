@@ -1,5 +1,6 @@
-/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (io/checkpoint/checkpoint.c for
- * tensors, io/checkpoint/ckpt_file.c for files and attributes).
+/* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (ckpt_piece.c for
+ * geometry and checksums, checkpoint.c for the collective transfers, ckpt_full.c for whole tensors, ckpt_file.c
+ * for files and attributes).
  *
  * A logical tensor "prefix.<L>.rest" (L a decimal layer index) is stored as layer L of the stacked dataset
  * "<group>/prefix.rest" of shape [nlayers][out][in] (or [nlayers][n] for vectors); any other name is stored as
@@ -34,6 +35,45 @@ typedef struct {
     int64_t shape[2];
     ck_piece p;
 } ck_item;
+
+/* Local sizes of a piece (ScaLAPACK's numroc), local -> global index along one dimension, elements held. */
+static inline int ck_numroc(int n, int nb, int p, int np)
+{
+    int nblocks = n / nb, c = (nblocks / np) * nb, extra = nblocks % np;
+    if (p < extra)
+        c += nb;
+    else if (p == extra)
+        c += n % nb;
+    return c;
+}
+
+static inline int ck_l2g(int l, int nb, int p, int np) { return (l / nb) * np * nb + p * nb + l % nb; }
+
+static inline int ck_piece_mloc(const ck_piece *p) { return ck_numroc(p->m, p->mb, p->myrow, p->nprow); }
+static inline int ck_piece_nloc(const ck_piece *p) { return ck_numroc(p->n, p->nb, p->mycol, p->npcol); }
+
+static inline size_t ck_piece_count(const ck_piece *p) { return (size_t)ck_piece_mloc(p) * (size_t)ck_piece_nloc(p); }
+
+/* ORs the piece's elements, at layer (or no layer dimension when layer < 0), into a file selection. */
+void ck_select_piece(hid_t space, int layer, int ndim, const ck_piece *p);
+
+/* The datasets a list of items maps to (stacked per layer where names allow), for the writers and readers. */
+typedef struct {
+    char ds[128];
+    int nl;        /* layers (1 when not stacked) */
+    int stacked;
+    int ndim;
+    int64_t shape[2];
+    int *items;    /* [nl] item index per layer, -1 if absent */
+} ck_dset;
+
+int ck_plan(const char *path, ck_item *items, int n, ck_dset **out, int *nds, prefopt_err *err);
+void ck_free_plan(ck_dset *d, int k);
+int ck_dset_dims(const ck_dset *d, hsize_t dims[3]);
+hid_t ck_open_group(hid_t file, const char *group, int create);
+hid_t ck_create_dset(hid_t grp, const ck_dset *d);
+int ck_write_checksum_attr(hid_t ds, const uint64_t *sums, int nl);
+void ck_shape_str(char *buf, size_t len, const hsize_t *dims, int r);
 
 /* A whole tensor on one rank (nprow = npcol = 1). */
 void ck_piece_full(ck_piece *p, int ndim, const int64_t shape[2], float *data, int active);

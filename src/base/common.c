@@ -1,4 +1,4 @@
-/* Error agreement across ranks, checked allocation and the allocator setting, clocks. */
+/* Error messages, checked allocation and the allocator setting, clocks (no MPI: see agree.c for the rest). */
 #define _GNU_SOURCE
 #include "prefopt/common.h"
 
@@ -31,32 +31,10 @@ void prefopt_err_clear(prefopt_err *e)
     e->msg[0] = '\0';
 }
 
-int prefopt_agree(MPI_Comm comm, prefopt_err *e)
-{
-    int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    int mine = e->set ? rank : size, first = size;
-    MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
-    if (first == size)
-        return 0;
-    MPI_Bcast(e->msg, (int)sizeof e->msg, MPI_CHAR, first, comm);
-    e->msg[sizeof e->msg - 1] = '\0';
-    e->set = 1;
-    return 1;
-}
+/* How prefopt_die leaves: exit by default; the dist layer installs MPI_Abort (agree.h). */
+static void (*die_hook)(int code);
 
-_Noreturn void prefopt_exit_error(const prefopt_err *e, int code)
-{
-    fprintf(stderr, "prefopt: error: %s\n", e->set ? e->msg : "unknown error");
-    fflush(stderr);
-    int init = 0, fin = 0;
-    MPI_Initialized(&init);
-    MPI_Finalized(&fin);
-    if (init && !fin)
-        MPI_Finalize();
-    exit(code);
-}
+void prefopt_set_die_hook(void (*hook)(int code)) { die_hook = hook; }
 
 _Noreturn void prefopt_die(const char *fmt, ...)
 {
@@ -67,11 +45,8 @@ _Noreturn void prefopt_die(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "prefopt: error: %s\n", buf);
     fflush(stderr);
-    int init = 0, fin = 0;
-    MPI_Initialized(&init);
-    MPI_Finalized(&fin);
-    if (init && !fin)
-        MPI_Abort(MPI_COMM_WORLD, PREFOPT_EXIT_ERROR);
+    if (die_hook)
+        die_hook(PREFOPT_EXIT_ERROR);
     exit(PREFOPT_EXIT_ERROR);
 }
 
@@ -105,22 +80,7 @@ void prefopt_malloc_keep_pages(void)
 
 double prefopt_now(void)
 {
-    int init = 0, fin = 0;
-    MPI_Initialized(&init);
-    MPI_Finalized(&fin);
-    if (init && !fin)
-        return MPI_Wtime();
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int prefopt_world_rank(void)
-{
-    int init = 0, fin = 0, rank = 0;
-    MPI_Initialized(&init);
-    MPI_Finalized(&fin);
-    if (init && !fin)
-        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    return rank;
 }

@@ -2,7 +2,7 @@
  * int prefopt_cmd_<name>(int argc, char **argv) (argv[0] is the subcommand name); the references below are
  * weak so the table lists exactly the subcommands built in. MPI is initialised here once for all of them. */
 #include "prefopt/banner.h"
-#include "prefopt/common.h"
+#include "prefopt/agree.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -87,6 +87,7 @@ int main(int argc, char **argv)
      * BLACS, stops BLACS from calling plain MPI_Init itself. */
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    prefopt_agree_install_abort();
     int rc = fn(argc - 1, argv + 1);
     int fin = 0;
     MPI_Finalized(&fin);

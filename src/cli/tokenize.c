@@ -1,6 +1,7 @@
 /* prefopt tokenize: print the token ids of a text (or decode ids back to text), to check a tokenizer against
  * the model's own before packing a dataset. Runs on rank 0 only; other ranks just return. */
 #define _GNU_SOURCE
+#include "prefopt/agree.h"
 #include "prefopt/opts.h"
 #include "prefopt/tokenizer.h"
 

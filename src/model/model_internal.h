@@ -1,5 +1,7 @@
-/* prefopt engine internals shared by model.c (registry, buffers, driver), model_layers.c (norms, linears,
- * embeddings, elementwise), attention.c and model_head.c (vocab-parallel LM head). Not a public header. */
+/* prefopt engine internals shared by the files of src/model/, which call each other only downwards: params.c
+ * (registry, buffers, init) and decode.c (generation) -> model.c (batch, activations, forward/backward drivers)
+ * -> layers.c (norms, linears, embeddings, elementwise), attention.c, head.c (vocab-parallel LM head). Not a public
+ * header. */
 #ifndef PREFOPT_MODEL_INTERNAL_H
 #define PREFOPT_MODEL_INTERNAL_H
 
@@ -71,7 +73,13 @@ struct prefopt_model {
     int nbufs, capbufs;
 };
 
-/* model_layers.c */
+/* model.c: the trunk (embeddings and every block, the final norm into xf) over a checked copy of the batch;
+ * the activation buffers' teardown (pf_free_acts: only the batch-sized buffers; pf_free_activations: all) */
+int pf_run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err);
+void pf_free_acts(prefopt_model *m);
+void pf_free_activations(prefopt_model *m);
+
+/* layers.c */
 void pf_linear_forward(prefopt_dmat *y, const prefopt_dmat *x, const prefopt_param *w, const prefopt_param *b,
                        float beta);
 void pf_linear_backward(prefopt_model *m, prefopt_dmat *dx, float beta_dx, const prefopt_dmat *dy,
@@ -99,7 +107,7 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
 void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const prefopt_dmat *q, const prefopt_dmat *k,
                          const prefopt_dmat *v);
 
-/* model_head.c */
+/* head.c */
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 int pf_head_rows_per_seq(const prefopt_model *m, const prefopt_batch *b);

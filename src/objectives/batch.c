@@ -44,10 +44,10 @@ void prefopt_objective_count(prefopt_objective_norm *acc, const prefopt_objectiv
     }
 }
 
-void prefopt_objective_norm_allreduce(prefopt_objective_norm *n, MPI_Comm comm)
+void prefopt_objective_norm_reduce(prefopt_objective_norm *n, const prefopt_reduction *sum)
 {
     double v[5] = {n->pairs, n->chosen_tokens, n->chosen_all_tokens, n->examples, n->tokens};
-    MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_DOUBLE, MPI_SUM, comm);
+    prefopt_reduce_sum(sum, v, 5);
     n->pairs = v[0], n->chosen_tokens = v[1], n->chosen_all_tokens = v[2], n->examples = v[3], n->tokens = v[4];
 }
 

@@ -234,13 +234,12 @@ double prefopt_unpaired_loss(double grad[2], prefopt_loss_kind k, const prefopt_
     return l;
 }
 
-double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, MPI_Comm comm)
+double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, const prefopt_reduction *sum)
 {
     double s[2] = {0, (double)n};
     for (int i = 0; i < n; i++)
         s[0] += policy_logp[i] - ref_logp[i];
-    if (comm != MPI_COMM_NULL)
-        MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, comm);
+    prefopt_reduce_sum(sum, s, 2);
     if (s[1] == 0)
         return 0;
     double kl = s[0] / s[1];
@@ -250,7 +249,7 @@ double prefopt_kto_kl(const double *policy_logp, const double *ref_logp, int n, 
 }
 
 double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, prefopt_objective_batch *b,
-                          MPI_Comm comm)
+                          const prefopt_reduction *sum)
 {
     /* this rank's micro-batch mean of the detached rewards [beta r_c ; beta r_r] */
     double s[2] = {0, 0};
@@ -264,8 +263,7 @@ double prefopt_bco_update(prefopt_bco_state *st, const prefopt_objective *obj, p
         s[0] = sum / (2.0 * b->npairs);
         s[1] = 1;
     }
-    if (comm != MPI_COMM_NULL)
-        MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, comm);
+    prefopt_reduce_sum(sum, s, 2);
     if (s[1] > 0) { /* RunningMoments.update on one value per rank: a count-weighted running mean */
         double xs_mean = s[0] / s[1], tot = st->count + s[1];
         st->mean += (xs_mean - st->mean) * s[1] / tot;

@@ -47,13 +47,13 @@ void prefopt_metrics_add(prefopt_metrics *m, prefopt_metric k, double sum, doubl
     m->count[k] += count;
 }
 
-void prefopt_metrics_allreduce(prefopt_metrics *m, MPI_Comm comm)
+void prefopt_metrics_reduce(prefopt_metrics *m, const prefopt_reduction *sum)
 {
     double buf[2 * PREFOPT_M_COUNT + 1];
     memcpy(buf, m->sum, sizeof m->sum);
     memcpy(buf + PREFOPT_M_COUNT, m->count, sizeof m->count);
     buf[2 * PREFOPT_M_COUNT] = m->kto;
-    MPI_Allreduce(MPI_IN_PLACE, buf, 2 * PREFOPT_M_COUNT + 1, MPI_DOUBLE, MPI_SUM, comm);
+    prefopt_reduce_sum(sum, buf, 2 * PREFOPT_M_COUNT + 1);
     memcpy(m->sum, buf, sizeof m->sum);
     memcpy(m->count, buf + PREFOPT_M_COUNT, sizeof m->count);
     m->kto = buf[2 * PREFOPT_M_COUNT] > 0;

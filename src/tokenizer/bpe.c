@@ -8,18 +8,6 @@
 #include <string.h>
 #include <utf8proc.h>
 
-uint32_t tok_byte_to_cp(int b)
-{
-    /* printable Latin-1 bytes map to themselves; the rest, in order, to U+0100.. (openai/gpt-2 encoder.py) */
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))
-        return (uint32_t)b;
-    int n = 0;
-    for (int c = 0; c < b; c++)
-        if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255)))
-            n++;
-    return 256u + (uint32_t)n;
-}
-
 /* ---- merge table --------------------------------------------------------- */
 
 static uint64_t pair_hash(uint64_t k)
@@ -125,27 +113,6 @@ static void cache_put(tok_cache *c, uint64_t h, const char *w, uint32_t len, con
     c->slot[i] = (cache_slot){h, (uint32_t)c->used, len, nids};
     c->used += need;
     c->count++;
-}
-
-/* ---- UTF-8 ------------------------------------------------------------------- */
-
-/* Length of the UTF-8 character at s (strict: no overlongs, surrogates or values past U+10FFFF), 0 if invalid. */
-int tok_utf8_len(const unsigned char *s, size_t avail)
-{
-    unsigned c = s[0];
-    int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (!n || (size_t)n > avail)
-        return 0;
-    for (int i = 1; i < n; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    if (n == 2 && c < 0xc2)
-        return 0;
-    if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0)))
-        return 0;
-    if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || c > 0xf4 || (c == 0xf4 && s[1] >= 0x90)))
-        return 0;
-    return n;
 }
 
 static int put_utf8(char *o, uint32_t cp)
@@ -624,32 +591,6 @@ static int encode_word(const prefopt_tokenizer *t, const char *s, uint32_t len, 
 }
 
 /* ---- normalizers --------------------------------------------------------------- */
-
-char *tok_replace_all(const char *s, size_t len, const char *a, size_t alen, const char *b, size_t blen,
-                         size_t *outlen)
-{
-    size_t cnt = 0;
-    for (size_t i = 0; alen && i + alen <= len;)
-        if (!memcmp(s + i, a, alen)) {
-            cnt++;
-            i += alen;
-        } else {
-            i++;
-        }
-    size_t nl = len + cnt * blen - cnt * alen;
-    char *o = prefopt_xmalloc(nl + 1, "replace"), *p = o;
-    for (size_t i = 0; i < len;) {
-        if (alen && i + alen <= len && !memcmp(s + i, a, alen)) {
-            memcpy(p, b, blen);
-            p += blen;
-            i += alen;
-        } else {
-            *p++ = s[i++];
-        }
-    }
-    *outlen = nl;
-    return o;
-}
 
 int tok_bpe_normalize(const prefopt_tokenizer *t, const char *s, size_t len, char **out, size_t *outlen,
                       prefopt_err *err)

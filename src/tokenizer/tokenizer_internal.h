@@ -1,5 +1,6 @@
-/* prefopt: the private layout of a tokenizer, shared by tokenizer.c (API, byte level, added tokens),
- * tokenizer_load.c (tokenizer.json), tokenizer_bpe.c (normalize, pre-tokenize, BPE merges) and tokenizer_decode.c. */
+/* prefopt: the private layout of a tokenizer, shared by the files of src/tokenizer/, which call each other only
+ * downwards: tables.c (maps, id arrays, byte and UTF-8 helpers) <- bpe.c (normalize, pre-tokenize, BPE merges),
+ * decode.c (decoder chain) <- load.c (tokenizer.json) and tokenizer.c (the public API, byte level, added tokens). */
 #ifndef PREFOPT_TOKENIZER_INTERNAL_H
 #define PREFOPT_TOKENIZER_INTERNAL_H
 
@@ -117,30 +118,30 @@ struct prefopt_tokenizer {
     atomic_flag cache_busy; /* set while one encode uses the cache */
 };
 
-/* tokenizer_bpe.c: runs the normalizer over s; *out is NULL when nothing changed (then use s as it is). */
+/* bpe.c: runs the normalizer over s; *out is NULL when nothing changed (then use s as it is). */
 int tok_bpe_normalize(const prefopt_tokenizer *t, const char *s, size_t len, char **out, size_t *outlen,
                       prefopt_err *err);
 /* Encodes one piece of normalized text that holds no added token (pre-tokenize, merge).
  * first: the piece starts at offset 0 of the whole input (Metaspace prepend_scheme "first"). */
 int tok_bpe_encode_piece(const prefopt_tokenizer *t, const char *s, size_t len, int first, int32_t **ids,
                          size_t *n, size_t *cap, prefopt_err *err);
-/* tokenizer_decode.c: decodes through the decoder chain (no decoder: pieces joined with spaces, as Hugging Face
+/* decode.c: decodes through the decoder chain (no decoder: pieces joined with spaces, as Hugging Face
  * does). */
 char *tok_bpe_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special, prefopt_err *err);
 void tok_bpe_free(prefopt_tokenizer *t);
-/* Merge-table lookup helpers used while loading. */
+/* bpe.c: the merge table and the word cache, filled while loading. */
 int tok_pair_put(prefopt_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id);
+tok_cache *tok_cache_new(void);
+
+/* tables.c (with tok_hash and the tok_strmap functions above) */
 /* The GPT-2 byte -> unicode code point map (bytes_to_unicode in openai/gpt-2 encoder.py). */
 uint32_t tok_byte_to_cp(int b);
-
-tok_cache *tok_cache_new(void);
 /* s with every occurrence of a replaced by b, malloc'd and NUL-terminated; its length in *outlen. */
 char *tok_replace_all(const char *s, size_t len, const char *a, size_t alen, const char *b, size_t blen,
                       size_t *outlen);
 /* Length of the UTF-8 character at s (strict), 0 if it is not valid UTF-8. */
 int tok_utf8_len(const unsigned char *s, size_t avail);
 
-/* tokenizer.c helpers */
 void tok_ids_push(int32_t **ids, size_t *n, size_t *cap, int32_t id);
 void tok_added_index(prefopt_tokenizer *t); /* sorts `added` and fills added_first */
 

@@ -1,4 +1,4 @@
-/* prefopt bench: timed DPO steps on random weights and tokens, the way `prefopt train` runs them (src/train.c):
+/* prefopt bench: timed DPO steps on random weights and tokens, the way `prefopt train` runs them (src/train/train.c):
  * per step, the policy's forward over packed pair rows [prompt | chosen | rejected], the frozen reference's
  * forward over the same rows, the DPO loss, the policy's backward, the data-parallel gradient all-reduce, the
  * global gradient norm and AdamW. Prints the median step time, tokens/s, achieved GFLOP/s against the sgemm peak
@@ -13,6 +13,7 @@
  * prefix sharing does for the same pairs. MFU uses the computed FLOPs; activation-checkpoint recomputation is
  * not counted (model FLOPs, not hardware FLOPs). */
 #include "prefopt/banner.h"
+#include "prefopt/bench.h"
 #include "prefopt/regions.h"
 #include "prefopt/runctl.h"
 #include "prefopt/train.h"
@@ -29,14 +30,6 @@
 #include <omp.h>
 #endif
 
-typedef struct {
-    const char *shape, *arch, *loss, *pcontrol, *folded, *json;
-    int n_layer, n_embd, n_head, n_kv_head, n_inner, vocab, max_position;
-    int pairs, prompt_len, chosen_len, rejected_len, steps, warmup;
-    int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table, logits_budget_mib, completion_logits;
-    double beta, lr;
-    long seed;
-} bench_params;
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -71,7 +64,7 @@ static uint64_t mix(uint64_t x)
 }
 
 /* The shapes the README's figures use; explicit --n-* options override them. */
-static int shape_config(prefopt_model_config *c, const bench_params *p, prefopt_err *err)
+static int shape_config(prefopt_model_config *c, const prefopt_bench_params *p, prefopt_err *err)
 {
     memset(c, 0, sizeof *c);
     int llama = 0, L = 0, C = 0, H = 0, KV = 0, F = 0, V = 0, P = 1024, tie = 1;
@@ -192,7 +185,7 @@ static void minavgmax(double v, MPI_Comm c, double out[3])
 static const char *const phase_names[] = {"forward", "reference", "loss", "backward", "dp_allreduce", "optimizer"};
 enum { NPHASES = 6 };
 
-static int run(bench_params *p)
+int prefopt_bench_run(const prefopt_bench_params *p)
 {
     prefopt_err err = {0};
     int world;
@@ -283,7 +276,8 @@ static int run(bench_params *p)
     prefopt_unit_counts(&pst, &R.b);
     prefopt_objective_norm norm = {0};
     prefopt_objective_count(&norm, &obj, &ob);
-    prefopt_objective_norm_allreduce(&norm, g.dp);
+    prefopt_reduction dp_sum = prefopt_reduction_over(&g.dp);
+    prefopt_objective_norm_reduce(&norm, &dp_sum);
 
     /* the sgemm peak with this rank's threads while every rank runs it, then the state touched (gradients and
      * moments are calloc'd: not resident until written) and the baseline of resident memory */
@@ -541,63 +535,4 @@ static int run(bench_params *p)
     prefopt_model_free(pol);
     prefopt_grid_free(&g);
     return 0;
-}
-
-int prefopt_cmd_bench(int argc, char **argv)
-{
-    static bench_params p;
-    const prefopt_opt opts[] = {
-        {"shape", PREFOPT_OPT_STRING, &p.shape, "gpt2-small", "gpt2-small, tiny, llama-1b, llama-7b or custom"},
-        {"arch", PREFOPT_OPT_STRING, &p.arch, "gpt2", "with --shape custom: gpt2 or llama"},
-        {"n-layer", PREFOPT_OPT_INT, &p.n_layer, "0", "layers (0: the shape's)"},
-        {"n-embd", PREFOPT_OPT_INT, &p.n_embd, "0", "hidden size (0: the shape's)"},
-        {"n-head", PREFOPT_OPT_INT, &p.n_head, "0", "attention heads (0: the shape's)"},
-        {"n-kv-head", PREFOPT_OPT_INT, &p.n_kv_head, "0", "key/value heads (0: the shape's, or n-head)"},
-        {"n-inner", PREFOPT_OPT_INT, &p.n_inner, "0", "MLP width (0: the shape's; custom: 4C gpt2, 8C/3 llama)"},
-        {"vocab", PREFOPT_OPT_INT, &p.vocab, "0", "vocabulary (0: the shape's)"},
-        {"max-position", PREFOPT_OPT_INT, &p.max_position, "0", "positions (0: the shape's)"},
-        {"pairs", PREFOPT_OPT_INT, &p.pairs, "2", "preference pairs per step on each data-parallel replica"},
-        {"prompt-len", PREFOPT_OPT_INT, &p.prompt_len, "128", "prompt tokens of each pair (shared by both branches)"},
-        {"chosen-len", PREFOPT_OPT_INT, &p.chosen_len, "64", "chosen completion tokens"},
-        {"rejected-len", PREFOPT_OPT_INT, &p.rejected_len, "64", "rejected completion tokens"},
-        {"steps", PREFOPT_OPT_INT, &p.steps, "5", "measured steps (the median is reported)"},
-        {"warmup", PREFOPT_OPT_INT, &p.warmup, "1", "steps run before measuring"},
-        {"grid-rows", PREFOPT_OPT_INT, &p.grid_rows, "1", "process rows of each tensor-parallel grid"},
-        {"grid-cols", PREFOPT_OPT_INT, &p.grid_cols, "0", "process columns (0: ranks / (grid-rows * dp))"},
-        {"dp", PREFOPT_OPT_INT, &p.dp, "1", "data-parallel replicas"},
-        {"activation-checkpoint", PREFOPT_OPT_FLAG, &p.activation_checkpoint, "0",
-         "recompute each layer in backward (the policy)"},
-        {"logits-budget-mib", PREFOPT_OPT_INT, &p.logits_budget_mib, "0",
-         "LM-head logits per chunk, policy and reference (0: the engine's default; the policy recomputes chunk logits "
-         "in backward when chunked)"},
-        {"completion-logits", PREFOPT_OPT_INT, &p.completion_logits, "1",
-         "1: LM-head logits only where completion tokens are predicted, as train does for DPO; 0: every position"},
-        {"loss", PREFOPT_OPT_STRING, &p.loss, "dpo", "pair objective (objectives.h)"},
-        {"beta", PREFOPT_OPT_DOUBLE, &p.beta, "0.1", "DPO beta"},
-        {"lr", PREFOPT_OPT_DOUBLE, &p.lr, "1e-6", "AdamW learning rate"},
-        {"seed", PREFOPT_OPT_LONG, &p.seed, "1", "seed of the weights and tokens"},
-        {"pcontrol", PREFOPT_OPT_STRING, &p.pcontrol, "window",
-         "window: MPI_Pcontrol(1)/(0) around the measured steps (mpiP -o, TAU, Extrae); named: also "
-         "MPI_Pcontrol(+1/-1, region) per region (IPM); off"},
-        {"folded", PREFOPT_OPT_STRING, &p.folded, "", "write the region times as folded stacks to this file"},
-        {"folded-per-rank", PREFOPT_OPT_FLAG, &p.folded_per_rank, "0", "one folded file per rank (FILE.RANK)"},
-        {"table", PREFOPT_OPT_FLAG, &p.table, "1", "print the region table (min/avg/max over ranks)"},
-        {"json", PREFOPT_OPT_STRING, &p.json, "", "also append the JSON line to this file"},
-    };
-    const int nopts = (int)(sizeof opts / sizeof opts[0]);
-    char msg[1024];
-    int rc = prefopt_opts_parse("bench",
-                                "Time DPO steps (policy forward+backward, reference forward, loss, data-parallel "
-                                "all-reduce, AdamW) on random weights and tokens; prints tokens/s, GFLOP/s, MFU "
-                                "against the sgemm peak measured in the same run, phases (min/avg/max over ranks), "
-                                "memory, and a JSON line.",
-                                opts, nopts, argc, argv, msg, sizeof msg);
-    if (rc == PREFOPT_OPTS_EXIT)
-        return 0;
-    if (rc == PREFOPT_OPTS_ERROR) {
-        prefopt_err err = {0};
-        prefopt_err_set(&err, "%s", msg);
-        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
-    }
-    return run(&p);
 }

@@ -4,6 +4,7 @@
 #include "prefopt/banner.h"
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
+#include "prefopt/eval.h"
 #include "prefopt/metrics.h"
 #include "prefopt/objectives.h"
 #include "prefopt/opts.h"
@@ -35,43 +36,14 @@ static prefopt_model *load_model(const char *path, const prefopt_model_config *c
     return m;
 }
 
-int prefopt_cmd_eval(int argc, char **argv)
+int prefopt_eval_run(const prefopt_eval_params *p)
 {
-    const char *model_path, *ref_path, *data_path, *out_path;
-    int grid_rows, grid_cols, dp, batch, store_ref;
-    static prefopt_objective_params op;
-    static prefopt_opt opts[64];
-    const prefopt_opt base[] = {
-        {"model", PREFOPT_OPT_STRING, &model_path, "", "model file or checkpoint (required)"},
-        {"ref", PREFOPT_OPT_STRING, &ref_path, "", "reference model file (else the dataset's stored reference, if any)"},
-        {"data", PREFOPT_OPT_STRING, &data_path, "", "dataset (HDF5 from prefopt pack) (required)"},
-        {"out", PREFOPT_OPT_STRING, &out_path, "", "per-example JSONL output (summary in OUT.summary.json)"},
-        {"store-ref", PREFOPT_OPT_FLAG, &store_ref, "0",
-         "write the model's log-probs into the dataset as precomputed reference log-probs"},
-        {"batch-size", PREFOPT_OPT_INT, &batch, "16", "examples per forward on one replica"},
-        {"grid-rows", PREFOPT_OPT_INT, &grid_rows, "1", "process rows of each tensor-parallel grid"},
-        {"grid-cols", PREFOPT_OPT_INT, &grid_cols, "1", "process columns of each tensor-parallel grid"},
-        {"dp", PREFOPT_OPT_INT, &dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
-    };
-    int nopts = (int)(sizeof base / sizeof base[0]);
-    memcpy(opts, base, sizeof base);
-    nopts += prefopt_objective_options(opts + nopts, 64 - nopts, &op);
-    char msg[1024];
+    const char *model_path = p->model_path, *ref_path = p->ref_path, *data_path = p->data_path,
+               *out_path = p->out_path;
+    const int grid_rows = p->grid_rows, grid_cols = p->grid_cols, dp = p->dp, batch = p->batch_size,
+              store_ref = p->store_ref;
+    const prefopt_objective_params op = p->obj;
     prefopt_err err = {0};
-    int rc = prefopt_opts_parse("eval",
-                                "Score a dataset with a model: per-example summed completion log-probs (and the "
-                                "reference's), preference metrics of the objective (--loss, --beta), --store-ref.",
-                                opts, nopts, argc, argv, msg, sizeof msg);
-    if (rc == PREFOPT_OPTS_EXIT)
-        return 0;
-    if (rc == PREFOPT_OPTS_OK && (!*model_path || !*data_path || (!*out_path && !store_ref)))
-        snprintf(msg, sizeof msg, "eval needs --model, --data and --out (or --store-ref)"), rc = PREFOPT_OPTS_ERROR;
-    if (rc == PREFOPT_OPTS_OK && batch < 1)
-        snprintf(msg, sizeof msg, "eval: --batch-size must be >= 1"), rc = PREFOPT_OPTS_ERROR;
-    if (rc == PREFOPT_OPTS_ERROR) {
-        prefopt_err_set(&err, "%s", msg);
-        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
-    }
     int world;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     int tp = grid_rows * grid_cols;
@@ -165,7 +137,8 @@ int prefopt_cmd_eval(int argc, char **argv)
                 prefopt_objective_count(&norm, &obj, &ob[k]);
         }
         if (use_obj) {
-            prefopt_objective_norm_allreduce(&norm, g.dp);
+            prefopt_reduction dp = prefopt_reduction_over(&g.dp);
+            prefopt_objective_norm_reduce(&norm, &dp);
             for (int k = 0; k < st.nmicro; k++) {
                 int nu = st.micro[k].b.nunits;
                 double loss, *dc = prefopt_xmalloc(sizeof(double) * (size_t)(nu + 1), "grad"),
@@ -174,7 +147,7 @@ int prefopt_cmd_eval(int argc, char **argv)
                     prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
                 free(dc), free(da);
             }
-            prefopt_metrics_allreduce(&mstep, g.dp);
+            prefopt_metrics_reduce(&mstep, &dp);
             double l = prefopt_metrics_value(&mstep, PREFOPT_M_LOSS);
             if (isfinite(l))
                 wloss += l * st.global_examples, wsum += st.global_examples;

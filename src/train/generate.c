@@ -9,6 +9,7 @@
 #include "prefopt/opts.h"
 #include "prefopt/runctl.h"
 #include "prefopt/tokenizer.h"
+#include "prefopt/generate.h"
 #include "prefopt/train.h"
 
 #include <cJSON.h>
@@ -275,46 +276,15 @@ static int read_prompts_dataset(const char *path, MPI_Comm comm, int vocab_size,
     return rc;
 }
 
-int prefopt_cmd_generate(int argc, char **argv)
+int prefopt_generate_run(const prefopt_generate_params *p)
 {
-    const char *model_path, *ref_path, *prompts_path, *out_path;
-    int grid_rows, grid_cols, dp, max_new, top_k, batch, add_bos, skip_special;
-    double temperature, top_p;
-    long seed;
-    const prefopt_opt opts[] = {
-        {"model", PREFOPT_OPT_STRING, &model_path, "", "model file or checkpoint (required)"},
-        {"ref", PREFOPT_OPT_STRING, &ref_path, "", "reference model: score each completion under both (KL estimate)"},
-        {"prompts", PREFOPT_OPT_STRING, &prompts_path, "",
-         "JSONL with \"prompt\" (text) or \"prompt_ids\", or a packed dataset (.h5: its prompts) (required)"},
-        {"out", PREFOPT_OPT_STRING, &out_path, "", "output JSONL (index, prompt, completion, ids) (required)"},
-        {"max-new-tokens", PREFOPT_OPT_INT, &max_new, "64", "generated tokens per prompt at most"},
-        {"temperature", PREFOPT_OPT_DOUBLE, &temperature, "0", "0: greedy; > 0: sample from softmax(logits/T)"},
-        {"top-k", PREFOPT_OPT_INT, &top_k, "0", "sample among the k most likely tokens (0: all)"},
-        {"top-p", PREFOPT_OPT_DOUBLE, &top_p, "1", "nucleus sampling mass (1: off)"},
-        {"seed", PREFOPT_OPT_LONG, &seed, "1234", "sampling seed (draws depend on seed, example and position only)"},
-        {"batch-size", PREFOPT_OPT_INT, &batch, "32", "prompts generated together on one replica"},
-        {"add-bos", PREFOPT_OPT_FLAG, &add_bos, "0", "prepend BOS to text prompts (match how the data was packed)"},
-        {"skip-special", PREFOPT_OPT_FLAG, &skip_special, "1", "leave special tokens out of the completion text"},
-        {"grid-rows", PREFOPT_OPT_INT, &grid_rows, "1", "process rows of each tensor-parallel grid"},
-        {"grid-cols", PREFOPT_OPT_INT, &grid_cols, "1", "process columns of each tensor-parallel grid"},
-        {"dp", PREFOPT_OPT_INT, &dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
-    };
-    const int nopts = (int)(sizeof opts / sizeof opts[0]);
-    char msg[1024];
+    const char *model_path = p->model_path, *ref_path = p->ref_path, *prompts_path = p->prompts_path,
+               *out_path = p->out_path;
+    const int grid_rows = p->grid_rows, grid_cols = p->grid_cols, dp = p->dp, max_new = p->max_new_tokens,
+              top_k = p->top_k, batch = p->batch_size, add_bos = p->add_bos, skip_special = p->skip_special;
+    const double temperature = p->temperature, top_p = p->top_p;
+    const long seed = p->seed;
     prefopt_err err = {0};
-    int rc = prefopt_opts_parse("generate", "Generate completions for prompts (JSONL or a packed dataset) with a model; greedy or sampled.",
-                                opts, nopts, argc, argv, msg, sizeof msg);
-    if (rc == PREFOPT_OPTS_EXIT)
-        return 0;
-    if (rc == PREFOPT_OPTS_OK && (!*model_path || !*prompts_path || !*out_path))
-        snprintf(msg, sizeof msg, "generate needs --model, --prompts and --out"), rc = PREFOPT_OPTS_ERROR;
-    if (rc == PREFOPT_OPTS_OK && (batch < 1 || max_new < 0 || temperature < 0 || top_p <= 0 || top_p > 1))
-        snprintf(msg, sizeof msg, "generate: need --batch-size >= 1, --max-new-tokens >= 0, --temperature >= 0 and "
-                                  "0 < --top-p <= 1"), rc = PREFOPT_OPTS_ERROR;
-    if (rc == PREFOPT_OPTS_ERROR) {
-        prefopt_err_set(&err, "%s", msg);
-        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
-    }
     int world;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     int tp = grid_rows * grid_cols;

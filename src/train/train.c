@@ -214,7 +214,8 @@ static void count_norm(prefopt_objective_norm *norm, const trainer *t, const pre
         prefopt_objective_count(norm, &t->obj, &s.ob);
         micro_release(&s);
     }
-    prefopt_objective_norm_allreduce(norm, t->g.dp);
+    prefopt_reduction dp = prefopt_reduction_over(&t->g.dp);
+    prefopt_objective_norm_reduce(norm, &dp);
 }
 
 /* Runs the micro-batches of one global batch: forward, objective, and (when train) backward. Returns the
@@ -250,7 +251,8 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
                     rk[j] = s.ref_logp[s.kl_units[j]];
                 }
             }
-            double kl = prefopt_kto_kl(pk, rk, n, t->g.dp);
+            prefopt_reduction dp = prefopt_reduction_over(&t->g.dp);
+            double kl = prefopt_kto_kl(pk, rk, n, &dp);
             if (have)
                 s.ob.kl = kl;
             free(pk);
@@ -320,7 +322,8 @@ static void evaluate(trainer *t)
         prefopt_metrics_reset(&m);
         int nonfinite = 0;
         run_step_batches(t, &st, &m, 0, &nonfinite, &flops);
-        prefopt_metrics_allreduce(&m, t->g.dp);
+        prefopt_reduction dp = prefopt_reduction_over(&t->g.dp);
+        prefopt_metrics_reduce(&m, &dp);
         double l = prefopt_metrics_value(&m, PREFOPT_M_LOSS);
         if (isfinite(l)) {
             wloss += l * st.global_examples;
@@ -694,7 +697,8 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         double lr = prefopt_schedule_lr(&t->sched, t->step);
         double red[2] = {tokens, flops};
         MPI_Allreduce(MPI_IN_PLACE, red, 2, MPI_DOUBLE, MPI_SUM, t->g.dp);
-        prefopt_metrics_allreduce(&m, t->g.dp);
+        prefopt_reduction dp = prefopt_reduction_over(&t->g.dp);
+        prefopt_metrics_reduce(&m, &dp);
         t->step++;
         if (bad) {
             skipped++;

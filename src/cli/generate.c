@@ -1,0 +1,49 @@
+/* prefopt generate: options (command line and INI job file) to the generation driver in src/train/generate.c. */
+#include "prefopt/agree.h"
+#include "prefopt/generate.h"
+#include "prefopt/opts.h"
+
+#include <stdio.h>
+
+int prefopt_cmd_generate(int argc, char **argv)
+{
+    static prefopt_generate_params q;
+    prefopt_generate_params *p = &q;
+    const prefopt_opt opts[] = {
+        {"model", PREFOPT_OPT_STRING, &p->model_path, "", "model file or checkpoint (required)"},
+        {"ref", PREFOPT_OPT_STRING, &p->ref_path, "", "reference model: score each completion under both (KL estimate)"},
+        {"prompts", PREFOPT_OPT_STRING, &p->prompts_path, "",
+         "JSONL with \"prompt\" (text) or \"prompt_ids\", or a packed dataset (.h5: its prompts) (required)"},
+        {"out", PREFOPT_OPT_STRING, &p->out_path, "", "output JSONL (index, prompt, completion, ids) (required)"},
+        {"max-new-tokens", PREFOPT_OPT_INT, &p->max_new_tokens, "64", "generated tokens per prompt at most"},
+        {"temperature", PREFOPT_OPT_DOUBLE, &p->temperature, "0", "0: greedy; > 0: sample from softmax(logits/T)"},
+        {"top-k", PREFOPT_OPT_INT, &p->top_k, "0", "sample among the k most likely tokens (0: all)"},
+        {"top-p", PREFOPT_OPT_DOUBLE, &p->top_p, "1", "nucleus sampling mass (1: off)"},
+        {"seed", PREFOPT_OPT_LONG, &p->seed, "1234", "sampling seed (draws depend on seed, example and position only)"},
+        {"batch-size", PREFOPT_OPT_INT, &p->batch_size, "32", "prompts generated together on one replica"},
+        {"add-bos", PREFOPT_OPT_FLAG, &p->add_bos, "0", "prepend BOS to text prompts (match how the data was packed)"},
+        {"skip-special", PREFOPT_OPT_FLAG, &p->skip_special, "1", "leave special tokens out of the completion text"},
+        {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
+        {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
+        {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+    };
+    const int nopts = (int)(sizeof opts / sizeof opts[0]);
+    char msg[1024];
+    prefopt_err err = {0};
+    int rc = prefopt_opts_parse(
+        "generate", "Generate completions for prompts (JSONL or a packed dataset) with a model; greedy or sampled.",
+        opts, nopts, argc, argv, msg, sizeof msg);
+    if (rc == PREFOPT_OPTS_EXIT)
+        return 0;
+    if (rc == PREFOPT_OPTS_OK && (!*p->model_path || !*p->prompts_path || !*p->out_path))
+        snprintf(msg, sizeof msg, "generate needs --model, --prompts and --out"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_OK &&
+        (p->batch_size < 1 || p->max_new_tokens < 0 || p->temperature < 0 || p->top_p <= 0 || p->top_p > 1))
+        snprintf(msg, sizeof msg, "generate: need --batch-size >= 1, --max-new-tokens >= 0, --temperature >= 0 and "
+                                  "0 < --top-p <= 1"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_ERROR) {
+        prefopt_err_set(&err, "%s", msg);
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    return prefopt_generate_run(p);
+}

@@ -1,0 +1,347 @@
+/* The transformer's drivers: batch checks, activation buffers sized for the batch, and forward/backward of GPT-2
+ * and the Llama family over the layers (layers.c, attention.c, head.c), plus the data-parallel gradient sum and
+ * the FLOP count. Parameters are in params.c, generation in decode.c. */
+#include "model_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- batch checks and buffers ------------------------------------------------------------------------- */
+
+void pf_free_acts(prefopt_model *m)
+{
+    for (int i = 0; i < m->nbufs; i++)
+        free(m->bufs[i]);
+    free(m->bufs);
+    m->bufs = NULL;
+    m->nbufs = m->capbufs = 0;
+    free(m->xs);
+    free(m->acts);
+    free(m->head_row);
+    free(m->head_pos);
+    m->xs = NULL;
+    m->acts = NULL;
+    m->head_row = m->head_pos = NULL;
+    m->alloc_rows = m->alloc_T = 0;
+}
+
+static void free_batch(prefopt_model *m)
+{
+    free((void *)m->b.tokens);
+    memset(&m->b, 0, sizeof m->b);
+    m->have_batch = 0;
+}
+
+void pf_free_activations(prefopt_model *m)
+{
+    pf_free_acts(m);
+    free_batch(m);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m->kv_k);
+    free(m->kv_v);
+    free(m->kv_len);
+}
+
+static int check_batch(const prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
+{
+    if (b->nrows < 0 || b->T < 1 || b->nunits < 0)
+        return prefopt_err_set(err, "batch: bad shape (rows %d, length %d, units %d)", b->nrows, b->T, b->nunits),
+               -1;
+    if ((int64_t)b->nrows * b->T > (1 << 30))
+        return prefopt_err_set(err, "batch: %d rows x %d tokens is too large", b->nrows, b->T), -1;
+    for (int r = 0; r < b->nrows; r++)
+        for (int i = 0; i < b->T; i++) {
+            size_t t = (size_t)r * b->T + i;
+            int seg = b->seg[t], p = b->parent[t], u = b->unit[t];
+            if (seg < 0) {
+                if (p >= 0 || u >= 0)
+                    return prefopt_err_set(err, "batch row %d position %d: padding has a parent or a unit", r, i), -1;
+                continue;
+            }
+            if (b->tokens[t] < 0 || b->tokens[t] >= m->cfg.vocab_size)
+                return prefopt_err_set(err, "batch row %d position %d: token id %d outside [0, vocab_size %d)", r, i,
+                                       b->tokens[t], m->cfg.vocab_size),
+                       -1;
+            if (b->pos[t] < 0 || b->pos[t] >= m->cfg.max_position)
+                return prefopt_err_set(err, "batch row %d position %d: position id %d outside [0, max_position %d)",
+                                       r, i, b->pos[t], m->cfg.max_position),
+                       -1;
+            if (p >= i || p < -1 || (p >= 0 && (b->seg[(size_t)r * b->T + p] < 0 ||
+                                                (b->seg[(size_t)r * b->T + p] != 0 &&
+                                                 b->seg[(size_t)r * b->T + p] != seg))))
+                return prefopt_err_set(err, "batch row %d position %d: parent %d is not a visible earlier token", r,
+                                       i, p),
+                       -1;
+            if (u < -1 || u >= b->nunits)
+                return prefopt_err_set(err, "batch row %d position %d: unit %d outside [-1, %d)", r, i, u, b->nunits),
+                       -1;
+        }
+    return 0;
+}
+
+static void copy_batch(prefopt_model *m, const prefopt_batch *b)
+{
+    free_batch(m);
+    size_t n = (size_t)b->nrows * b->T;
+    char *mem = prefopt_xmalloc(n * (4 * sizeof(int32_t) + 2) + 16, "batch copy");
+    int32_t *tok = (int32_t *)mem, *pos = tok + n, *par = pos + n, *unit = par + n;
+    int8_t *seg = (int8_t *)(unit + n);
+    uint8_t *comp = (uint8_t *)(seg + n);
+    memcpy(tok, b->tokens, n * sizeof *tok);
+    memcpy(pos, b->pos, n * sizeof *pos);
+    memcpy(par, b->parent, n * sizeof *par);
+    memcpy(unit, b->unit, n * sizeof *unit);
+    memcpy(seg, b->seg, n);
+    memcpy(comp, b->completion, n);
+    m->b = (prefopt_batch){b->nrows, b->T, b->nunits, tok, pos, seg, par, unit, comp};
+    m->have_batch = 1;
+}
+
+static float *new_buf(prefopt_model *m, size_t n, const char *what)
+{
+    if (m->nbufs == m->capbufs) {
+        m->capbufs = m->capbufs ? 2 * m->capbufs : 64;
+        float **nb = prefopt_xmalloc(sizeof *nb * m->capbufs, "buffer list");
+        if (m->nbufs)
+            memcpy(nb, m->bufs, sizeof *nb * m->nbufs);
+        free(m->bufs);
+        m->bufs = nb;
+    }
+    return m->bufs[m->nbufs++] = prefopt_xcalloc(n + 16, sizeof(float), what);
+}
+
+static void act(prefopt_model *m, prefopt_dmat *a, int ncols, int nb)
+{
+    prefopt_dmat_init(a, m->g, m->b.nrows * m->b.T, ncols, m->b.T, nb);
+    a->data = new_buf(m, prefopt_dmat_local_size(a), "activations");
+}
+
+static void alloc_acts(prefopt_model *m)
+{
+    const prefopt_model_config *c = &m->cfg;
+    if (m->alloc_rows == m->b.nrows && m->alloc_T == m->b.T)
+        return;
+    pf_free_acts(m);
+    m->alloc_rows = m->b.nrows;
+    m->alloc_T = m->b.T;
+    const int C = c->hidden_size, HD = c->num_heads * c->head_dim, KD = c->num_kv_heads * c->head_dim;
+    const int F = c->intermediate_size, L = c->num_layers, T = m->b.T, D = c->head_dim;
+    const int llama = c->arch == PREFOPT_ARCH_LLAMA;
+    m->xs = prefopt_xcalloc(L + 1, sizeof *m->xs, "residual streams");
+    for (int l = 0; l <= L; l++)
+        act(m, &m->xs[l], C, m->nbh);
+    m->ntok_loc = m->xs[0].mloc;
+    m->nloc_seq = m->ntok_loc / T;
+    m->nacts = m->opt.with_grads && !m->opt.activation_checkpoint ? L : 1;
+    m->acts = prefopt_xcalloc(m->nacts, sizeof *m->acts, "layer activations");
+    size_t nt = (size_t)m->ntok_loc;
+    for (int i = 0; i < m->nacts; i++) {
+        layer_acts *A = &m->acts[i];
+        act(m, &A->n1, C, m->nbh);
+        act(m, &A->q, HD, m->qnb);
+        act(m, &A->k, KD, D);
+        act(m, &A->v, KD, D);
+        act(m, &A->y, HD, m->qnb);
+        act(m, &A->xmid, C, m->nbh);
+        act(m, &A->n2, C, m->nbh);
+        act(m, &A->h1, F, m->nbf);
+        if (llama)
+            act(m, &A->h2, F, m->nbf);
+        act(m, &A->a, F, m->nbf);
+        A->n1_mean = new_buf(m, nt, "norm stats");
+        A->n1_rstd = new_buf(m, nt, "norm stats");
+        A->n2_mean = new_buf(m, nt, "norm stats");
+        A->n2_rstd = new_buf(m, nt, "norm stats");
+        A->att = new_buf(m, (size_t)m->nloc_seq * (A->k.nloc / D) * (c->num_heads / c->num_kv_heads) * T,
+                         "attention log-normalisers");
+    }
+    act(m, &m->xf, C, m->nbh);
+    /* the LM head's chunk: as many rows as fit the logits budget (default 1 GiB per rank), whole process rows */
+    {
+        prefopt_dmat probe;
+        prefopt_dmat_init(&probe, m->g, 1, c->vocab_size, 1, m->nbv);
+        size_t per_row = (size_t)T * (probe.nloc > 0 ? probe.nloc : 1) * sizeof(float); /* per local sequence */
+        size_t budget = m->logits_budget ? m->logits_budget : (size_t)1 << 30;
+        size_t fit = budget / per_row;
+        int rows = (int)(fit < 1 ? 1 : fit > (size_t)m->b.nrows ? (size_t)m->b.nrows : fit) * m->g->nprow;
+        m->head_rows = rows >= m->b.nrows ? (m->b.nrows > 0 ? m->b.nrows : 1) : rows;
+        prefopt_dmat_init(&m->logits, m->g, m->head_rows * T, c->vocab_size, T, m->nbv);
+        m->logits.data = new_buf(m, prefopt_dmat_local_size(&m->logits), "logits");
+    }
+    if (m->head_kept_only) {
+        act(m, &m->hx, C, m->nbh);
+        if (m->opt.with_grads)
+            act(m, &m->hdn, C, m->nbh);
+        m->head_row = prefopt_xmalloc(sizeof(int) * (size_t)m->b.nrows * T + 4, "head plan");
+        m->head_pos = prefopt_xmalloc(sizeof(int) * (size_t)m->b.nrows * T + 4, "head plan");
+    }
+    m->nf_mean = new_buf(m, nt, "norm stats");
+    m->nf_rstd = new_buf(m, nt, "norm stats");
+    m->lse = new_buf(m, nt, "log-sum-exp");
+    m->tgt = new_buf(m, nt, "target logits");
+    m->emb_full = new_buf(m, (size_t)m->b.nrows * T * C, "embedding exchange");
+    if (m->opt.with_grads) {
+        act(m, &m->dn, C, m->nbh);
+        act(m, &m->dx, C, m->nbh);
+        act(m, &m->dq, HD, m->qnb);
+        act(m, &m->dy, HD, m->qnb);
+        act(m, &m->dk, KD, D);
+        act(m, &m->dv, KD, D);
+        act(m, &m->dh1, F, m->nbf);
+        if (llama)
+            act(m, &m->dh2, F, m->nbf);
+        act(m, &m->da, F, m->nbf);
+    }
+}
+
+/* ---- forward and backward -------------------------------------------------------------------------------- */
+
+static void copy_dmat(prefopt_dmat *dst, const prefopt_dmat *src)
+{
+    memcpy(dst->data, src->data, prefopt_dmat_local_size(src) * sizeof(float));
+}
+
+static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x, prefopt_dmat *xout)
+{
+    const layer_params *P = &m->layers[l];
+    pf_norm_forward(m, &A->n1, A->n1_mean, A->n1_rstd, x, P->ln1_w, P->ln1_b);
+    pf_linear_forward(&A->q, &A->n1, P->wq, P->bq, 0.0f);
+    pf_linear_forward(&A->k, &A->n1, P->wk, P->bk, 0.0f);
+    pf_linear_forward(&A->v, &A->n1, P->wv, P->bv, 0.0f);
+    if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
+        pf_rope_apply(m, &A->q, 0);
+        pf_rope_apply(m, &A->k, 0);
+    }
+    if (m->decoding)
+        pf_attention_cached(m, l, &A->y, &A->q, &A->k, &A->v);
+    else
+        pf_attention_forward(m, &A->y, A->att, &A->q, &A->k, &A->v);
+    copy_dmat(&A->xmid, x);
+    pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
+    pf_norm_forward(m, &A->n2, A->n2_mean, A->n2_rstd, &A->xmid, P->ln2_w, P->ln2_b);
+    pf_linear_forward(&A->h1, &A->n2, P->wfc, P->bfc, 0.0f);
+    if (P->wup)
+        pf_linear_forward(&A->h2, &A->n2, P->wup, NULL, 0.0f);
+    pf_mlp_act_forward(m, &A->a, &A->h1, &A->h2);
+    copy_dmat(xout, &A->xmid);
+    pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
+}
+
+/* m->dx holds d loss / d (layer output) on entry and d loss / d (layer input) on return. */
+static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x)
+{
+    const layer_params *P = &m->layers[l];
+    pf_linear_backward(m, &m->da, 0.0f, &m->dx, &A->a, P->wdown, P->bdown);
+    pf_mlp_act_backward(m, &m->dh1, &m->dh2, &m->da, &A->h1, &A->h2);
+    pf_linear_backward(m, &m->dn, 0.0f, &m->dh1, &A->n2, P->wfc, P->bfc);
+    if (P->wup)
+        pf_linear_backward(m, &m->dn, 1.0f, &m->dh2, &A->n2, P->wup, NULL);
+    pf_norm_backward(m, &m->dx, &m->dn, &A->xmid, A->n2_mean, A->n2_rstd, P->ln2_w, P->ln2_b);
+    pf_linear_backward(m, &m->dy, 0.0f, &m->dx, &A->y, P->wo, P->bo);
+    pf_attention_backward(m, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
+    if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
+        pf_rope_apply(m, &m->dq, 1);
+        pf_rope_apply(m, &m->dk, 1);
+    }
+    pf_linear_backward(m, &m->dn, 0.0f, &m->dq, &A->n1, P->wq, P->bq);
+    pf_linear_backward(m, &m->dn, 1.0f, &m->dk, &A->n1, P->wk, P->bk);
+    pf_linear_backward(m, &m->dn, 1.0f, &m->dv, &A->n1, P->wv, P->bv);
+    pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
+}
+
+/* embeddings, blocks and the final norm: m->xf holds the normed hidden states of every token */
+int pf_run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
+{
+    if (check_batch(m, b, err))
+        return -1;
+    copy_batch(m, b);
+    alloc_acts(m);
+    if (m->cfg.arch == PREFOPT_ARCH_LLAMA)
+        pf_rope_tables(m);
+    pf_embed_forward(m, &m->xs[0]);
+    for (int l = 0; l < m->cfg.num_layers; l++)
+        layer_forward(m, l, &m->acts[m->nacts == 1 ? 0 : l], &m->xs[l], &m->xs[l + 1]);
+    pf_norm_forward(m, &m->xf, m->nf_mean, m->nf_rstd, &m->xs[m->cfg.num_layers], m->lnf_w, m->lnf_b);
+    return 0;
+}
+
+int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err)
+{
+    if (pf_run_trunk(m, b, err))
+        return -1;
+    pf_head_forward(m, out);
+    return 0;
+}
+
+/* The rows' last hidden states go into an nrows x C dmat with mb = 1, which deals row r to process row
+ * r % nprow exactly as the batch's sequences are dealt, so the copy is local; only nrows x V logits are formed
+ * and gathered. A row with last[r] < 0 gets zero logits. */
+void prefopt_model_backward(prefopt_model *m, const float *d_completion, const float *d_all)
+{
+    if (!m->opt.with_grads || !m->have_batch)
+        prefopt_die("prefopt_model_backward: %s", m->opt.with_grads ? "no forward before backward"
+                                                                     : "the model was made without gradients");
+    const int L = m->cfg.num_layers;
+    memset(m->vscr, 0, m->vscr_count * sizeof(float));
+    pf_head_backward(m, d_completion, d_all); /* d xf -> m->dn */
+    memset(m->dx.data, 0, prefopt_dmat_local_size(&m->dx) * sizeof(float));
+    pf_norm_backward(m, &m->dx, &m->dn, &m->xs[L], m->nf_mean, m->nf_rstd, m->lnf_w, m->lnf_b);
+    for (int l = L - 1; l >= 0; l--) {
+        layer_acts *A = &m->acts[m->nacts == 1 ? 0 : l];
+        if (m->nacts == 1 && l < L - 1) /* checkpointing: recompute (the last layer is still in place) */
+            layer_forward(m, l, A, &m->xs[l], &m->xs[l + 1]);
+        layer_backward(m, l, A, &m->xs[l]);
+    }
+    pf_embed_backward(m, &m->dx);
+    /* row-vector gradients: each process row summed its own tokens; add up the process rows */
+    if (m->vscr_count)
+        MPI_Allreduce(MPI_IN_PLACE, m->vscr, (int)m->vscr_count, MPI_FLOAT, MPI_SUM, m->g->col);
+    for (int i = 0; i < m->nparams; i++) {
+        if (!m->values[i].rep_rows)
+            continue;
+        float *gd = m->grads[i].data, *s = m->vscr + m->vscr_offset[i];
+        for (size_t e = 0; e < prefopt_dmat_local_size(&m->grads[i]); e++)
+            gd[e] += s[e];
+    }
+}
+
+void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats) { m->bucket = floats; }
+
+void prefopt_model_set_completion_logits_only(prefopt_model *m, int on)
+{
+    m->head_kept_only = on != 0;
+    pf_free_acts(m); /* the compact head's buffers are allocated with the activations */
+    m->have_batch = 0;
+}
+
+void prefopt_model_set_logits_budget(prefopt_model *m, size_t bytes)
+{
+    m->logits_budget = bytes;
+    pf_free_acts(m); /* re-plan the head chunks at the next forward */
+    m->have_batch = 0;
+}
+
+/* Buckets of 8M floats (32 MB) by default: large enough to run at bandwidth, small enough not to double peak
+ * memory inside MPI. */
+void prefopt_model_allreduce_grads(prefopt_model *m)
+{
+    if (!m->grad_data || m->g->dp_size == 1)
+        return;
+    const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20;
+    for (size_t off = 0; off < m->flat_count; off += bucket) {
+        size_t n = m->flat_count - off < bucket ? m->flat_count - off : bucket;
+        MPI_Allreduce(MPI_IN_PLACE, m->grad_data + off, (int)n, MPI_FLOAT, MPI_SUM, m->g->dp);
+    }
+}
+
+double prefopt_model_forward_flops(const prefopt_model *m, const prefopt_batch *b)
+{
+    const prefopt_model_config *c = &m->cfg;
+    double C = c->hidden_size, HD = (double)c->num_heads * c->head_dim, KD = (double)c->num_kv_heads * c->head_dim;
+    double F = c->intermediate_size, nmlp = c->arch == PREFOPT_ARCH_LLAMA ? 3 : 2;
+    double tok = (double)b->nrows * b->T;
+    double per_layer = 2 * tok * (C * HD + 2 * C * KD + HD * C + nmlp * C * F) + 4.0 * b->nrows * b->T * b->T * HD;
+    return c->num_layers * per_layer + 2 * (double)b->nrows * pf_head_rows_per_seq(m, b) * C * c->vocab_size;
+}
