@@ -1,5 +1,5 @@
 /* libFuzzer harness: tokenizer.json (+ tokenizer_config.json) loading, then encode and decode
- * (src/tokenizer/*.c, tokenizer.h). Complements the tokenizer owner's tests/fuzz_tokenizer.c (which fixes two
+ * (the files of src/tokenizer/, tokenizer.h). Complements the tokenizer owner's tests/fuzz_tokenizer.c (which fixes two
  * tokenizers and fuzzes the text): here the files are the input, and decode also gets arbitrary ids.
  * Input: three parts separated by NUL bytes: tokenizer.json, tokenizer_config.json (absent when empty), text.
  * Checked: no crash or sanitizer report; failures fill a one-line message; a loaded tokenizer has bos/eos/pad
