@@ -12,3 +12,11 @@ if(PREFOPT_FUZZ)
   target_link_options(fuzz_tokenizer PRIVATE -fsanitize=fuzzer,address,undefined)
   set_target_properties(fuzz_tokenizer PROPERTIES ENABLE_EXPORTS ON)
 endif()
+
+# Chat templates (issue 18): the interpreter's own checks (loading, spans, errors), and every vendored real
+# template rendered byte-identically to python3-jinja2 set up as transformers sets it up.
+prefopt_unit_test(test_chat_template test_chat_template.c)
+add_executable(chat_template_tool chat_template_tool.c)
+target_link_libraries(chat_template_tool PRIVATE prefopt_lib)
+set_target_properties(chat_template_tool PROPERTIES ENABLE_EXPORTS ON)
+prefopt_script_test(test_chat_template_ref test_chat_template_ref.sh)

@@ -1,0 +1,2 @@
+#include "prefopt/chat_template.h"
+int main(void) { return 0; }
