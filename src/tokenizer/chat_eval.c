@@ -41,8 +41,8 @@ static void bind(cj_ctx *c, cj_scope *s, const char *name, cj_val *v) { cj_dict_
 
 static void tick(cj_ctx *c, long pos)
 {
-    if (++c->steps > 50000000L)
-        cj_fail(c, pos, "the template runs too long (more than 50 million steps)");
+    if (++c->steps > 5000000L)
+        cj_fail(c, pos, "the template runs too long (more than 5 million steps)");
 }
 
 static cj_val *eval(cj_ctx *c, cj_scope *s, const cj_node *n, int *fl);
@@ -787,10 +787,15 @@ static void exec_for(cj_ctx *c, cj_scope *s, const cj_node *n, int *fl)
     cj_val *lv = cj_alloc(c, sizeof *lv);
     lv->type = CJ_LOOP;
     lv->u.loop = L;
+    /* one scope reused by every iteration (emptied each time: a {% set %} in the body lasts one iteration), so a
+     * long loop costs no memory per iteration */
+    cj_scope *it = new_scope(c, s);
+    cj_val *loop_key = cj_str0(c, "loop");
     for (size_t i = 0; i < cnt; i++) {
         L->i = i;
-        cj_scope *it = new_scope(c, s);
-        bind(c, it, "loop", lv);
+        tick(c, n->pos);
+        it->vars->u.d->n = 0;
+        cj_dict_set(c, it->vars, loop_key, lv);
         assign(c, it, n->a, items[i]);
         int f2 = FLOW_NONE;
         exec_body(c, it, n->kids, n->nkids, &f2);

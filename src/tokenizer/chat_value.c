@@ -113,8 +113,20 @@ cj_val *cj_undef(cj_ctx *c, const char *fmt, ...)
 
 cj_val *cj_bool(int b) { return b ? &cj_true_v : &cj_false_v; }
 
+/* small ints are shared (loops over range() then cost no memory per item); filled before main */
+static cj_val small_ints[1024];
+__attribute__((constructor)) static void init_small_ints(void)
+{
+    for (int i = 0; i < 1024; i++) {
+        small_ints[i].type = CJ_INT;
+        small_ints[i].u.i = i;
+    }
+}
+
 cj_val *cj_int(cj_ctx *c, int64_t i)
 {
+    if (i >= 0 && i < 1024)
+        return &small_ints[i];
     cj_val *v = cj_alloc(c, sizeof *v);
     v->type = CJ_INT;
     v->u.i = i;
