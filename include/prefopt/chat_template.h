@@ -37,6 +37,12 @@ int prefopt_chat_template_parse(const char *source, size_t len, const char *name
  * Returns 0 with *out set, 0 with *out NULL when the tokenizer has no template, non-zero on error. */
 int prefopt_chat_template_load(const char *path, const char *which, prefopt_chat_template **out, prefopt_err *err);
 
+/* A template chosen by the user (e.g. `pack --chat-template FILE`): a Jinja file, or a .json file loaded as above;
+ * the special tokens come from the tokenizer_config.json of tokenizer_path (a tokenizer directory or a file in
+ * it; NULL or "" for none) unless the .json file had its own. */
+int prefopt_chat_template_load_file(const char *template_file, const char *tokenizer_path,
+                                    prefopt_chat_template **out, prefopt_err *err);
+
 void prefopt_chat_template_free(prefopt_chat_template *t);
 
 /* The variables every render of t sees besides messages and add_generation_prompt (a JSON object: the special

@@ -7,9 +7,16 @@
  *   unpaired:  {"prompt", "completion", "label"}  label: true/false or 1/0
  *   sft:       {"prompt", "completion"} or {"text"} (empty prompt) or {"messages": [...]} (the last message,
  *              from the assistant, is the completion; the ones before are the prompt)
- * Each of prompt/chosen/rejected/completion/text may be a string (tokenized, special tokens in the text NOT
- * matched), an array of token ids, or a list of chat messages {"role", "content"}; "<field>_ids" may give the
- * ids instead. Messages are rendered with the ChatML template:
+ * Each of prompt/chosen/rejected/completion/text may be a string (tokenized; special tokens written in the text are
+ * matched as the tokenizer's added tokens, as Hugging Face tokenizers and `prefopt tokenize` do), an array of token
+ * ids, or a list of chat messages {"role", "content"}; "<field>_ids" may give the ids instead.
+ * With the model's chat template (opts.chat, prefopt/chat_template.h) messages are tokenized as TRL 1.x does: the
+ * prompt rendered with add_generation_prompt=True, each completion's ids = ids(render(prompt + completion)) minus
+ * the prompt's ids (cut at the prompt's length, as TRL does, when a token spans the boundary; the summary counts
+ * those), no EOS appended (the template ends the turn); an implicit prompt (no "prompt", or a text "prompt"
+ * beside message lists, the UltraFeedback layout) is the longest common run of leading messages of chosen and
+ * rejected; sft "messages" are prompt = every message but the last, completion = the last.
+ * Without a template (opts.chat NULL) messages are rendered with the ChatML template:
  *   every message:       <|im_start|>{role}\n{content}<|im_end|>\n
  *   a prompt ends with:  <|im_start|>assistant\n   (the generation prompt)
  *   a completion list starting with an assistant message omits that message's header (the prompt holds it).
@@ -24,6 +31,7 @@
 #ifndef PREFOPT_PACK_H
 #define PREFOPT_PACK_H
 
+#include "prefopt/chat_template.h"
 #include "prefopt/dataset.h"
 #include "prefopt/tokenizer.h"
 
@@ -44,6 +52,7 @@ typedef struct {
     int append_eos, add_bos;
     const prefopt_tokenizer *tok;
     int unpair;              /* pairs input -> unpaired output: (prompt, chosen, 1) and (prompt, rejected, 0) */
+    const prefopt_chat_template *chat; /* the model's chat template; NULL: the ChatML rendering above */
 } prefopt_pack_opts;
 
 enum { PREFOPT_PACK_DROP_PROMPT = 0, PREFOPT_PACK_DROP_LENGTH, PREFOPT_PACK_DROP_EMPTY, PREFOPT_PACK_NDROP };
@@ -55,6 +64,8 @@ typedef struct {
     int64_t prompt_truncated, completion_truncated;
     int64_t tokens[2][PREFOPT_DS_MAX_FIELDS];
     int64_t len_p50, len_p90, len_p99, len_max; /* packed row length (prompt + all completions) of kept examples */
+    int64_t conversational;                     /* examples whose messages were rendered with a chat template */
+    int64_t prompt_mismatch; /* of those, examples whose prompt ids are not the start of prompt + completion's */
     prefopt_ds_kind kind;
     double bytes, seconds, cpu_seconds; /* input bytes, wall and CPU time of prefopt_pack */
 } prefopt_pack_stats;

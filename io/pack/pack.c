@@ -245,6 +245,9 @@ typedef struct {
     int64_t line;
     int V;
     prefopt_err *err;
+    int conv; /* this example's completions were rendered with the model's chat template (no EOS appended) */
+    int msgs; /* this example held chat messages */
+    int mismatch; /* the prompt's ids are not the start of render(prompt + completion)'s ids */
 } ctx;
 
 static int encode(ctx *c, const char *s, size_t len, int special, ids_t *out, const char *field)
@@ -264,8 +267,14 @@ static int encode_str(ctx *c, const char *s, int special, ids_t *out, const char
 
 /* mode: 0 prompt (ends with the generation prompt), 1 completion (leading assistant header omitted),
  * 2 whole conversation (no generation prompt). */
+static int chat_ids(ctx *c, const cJSON *msgs, int agp, ids_t *out, const char *field);
 static int render_messages(ctx *c, const cJSON *msgs, int mode, ids_t *out, const char *field)
 {
+    c->msgs = 1;
+    if (c->o->chat) { /* a message list on its own (beside a text prompt or completion): the template renders it */
+        out->n = 0;
+        return chat_ids(c, msgs, mode == 0, out, field);
+    }
     int i = 0;
     for (const cJSON *m = msgs->child; m; m = m->next, i++) {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
@@ -329,8 +338,8 @@ static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, i
             return 1;
         }
     }
-    if (cJSON_IsString(v))
-        return encode_str(c, v->valuestring, 0, out, fname);
+    if (cJSON_IsString(v)) /* special tokens in text are the tokenizer's added tokens, as `prefopt tokenize` reads them */
+        return encode_str(c, v->valuestring, 1, out, fname);
     if (cJSON_IsArray(v)) {
         if (v->child && cJSON_IsObject(v->child))
             return render_messages(c, v, msg_mode, out, fname);
@@ -367,9 +376,154 @@ static int require(ctx *c, int rc, const char *name)
     return rc != 0;
 }
 
+/* ---- conversational examples with the model's chat template (TRL 1.x's tokenization) ------------------------- */
+static int chat_ids(ctx *c, const cJSON *msgs, int agp, ids_t *out, const char *field)
+{
+    char *text;
+    size_t len;
+    prefopt_err e = {0};
+    int i = 0;
+    for (const cJSON *m = msgs->child; m; m = m->next, i++)
+        if (!cJSON_IsObject(m) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "role"))) {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': message %d: expected an object with a string 'role'",
+                            c->file, c->line, field, i);
+            return 1;
+        }
+    if (prefopt_chat_template_render(c->o->chat, msgs, agp, NULL, &text, &len, NULL, NULL, &e)) {
+        prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': %s", c->file, c->line, field, e.msg);
+        return 1;
+    }
+    out->n = 0;
+    int bad = encode(c, text, len, 1, out, field); /* the template's markers are special tokens */
+    free(text);
+    return bad;
+}
+
+static int is_messages(const cJSON *v) { return cJSON_IsArray(v) && v->child && cJSON_IsObject(v->child); }
+
+/* the messages [from, to) of a list, as a new list of references (the arena frees it with the line) */
+static cJSON *msg_slice(const cJSON *a, int from, int to, const cJSON *more)
+{
+    cJSON *r = cJSON_CreateArray();
+    int i = 0;
+    for (const cJSON *m = a ? a->child : NULL; m; m = m->next, i++)
+        if (i >= from && (to < 0 || i < to))
+            cJSON_AddItemReferenceToArray(r, (cJSON *)m);
+    for (const cJSON *m = more ? more->child : NULL; m; m = m->next)
+        cJSON_AddItemReferenceToArray(r, (cJSON *)m);
+    return r;
+}
+
+/* completion ids = ids(render(prompt + completion)) without the prompt's ids (render(prompt, agp=True)) */
+static int chat_completion(ctx *c, const cJSON *prompt, const ids_t *pids, const cJSON *comp, ids_t *out,
+                           const char *field)
+{
+    cJSON *all = msg_slice(prompt, 0, -1, comp);
+    int bad = chat_ids(c, all, 0, out, field);
+    cJSON_Delete(all);
+    if (bad)
+        return 1;
+    /* TRL slices at the prompt's length even when the prompt tokenizes differently at the end of the whole
+     * conversation (e.g. Llama-3's "\n\n" before the answer's first word), and warns: so do we, and count them */
+    if (out->n < pids->n || (pids->n && memcmp(out->v, pids->v, pids->n * sizeof(int32_t))))
+        c->mismatch = 1;
+    if (out->n < pids->n)
+        out->n = pids->n;
+    memmove(out->v, out->v + pids->n, (out->n - pids->n) * sizeof(int32_t));
+    out->n -= pids->n;
+    return 0;
+}
+
+/* prompt messages + completion message lists -> fl[0] and fl[1..n] */
+static int chat_fields(ctx *c, const cJSON *prompt, const cJSON *const comps[], int n, const char *const names[],
+                       ids_t *const fl[])
+{
+    if (!prompt->child) {
+        prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': no prompt messages (chosen and rejected share no leading "
+                                "message)",
+                        c->file, c->line, names[0]);
+        return 1;
+    }
+    c->conv = c->msgs = 1;
+    if (chat_ids(c, prompt, 1, fl[0], names[0]))
+        return 1;
+    for (int k = 0; k < n; k++)
+        if (chat_completion(c, prompt, fl[0], comps[k], fl[k + 1], names[k + 1]))
+            return 1;
+    return 0;
+}
+
+/* 1 error, 0 done, 2 not conversational (the caller's other paths apply) */
+static int parse_chat(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const fl[])
+{
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+    if (kind == PREFOPT_DS_PAIRS) {
+        const cJSON *ch = cJSON_GetObjectItemCaseSensitive(o, "chosen"), *rj = cJSON_GetObjectItemCaseSensitive(o, "rejected");
+        if (!is_messages(ch) || !is_messages(rj))
+            return 2;
+        static const char *const names[] = {"prompt", "chosen", "rejected"};
+        if (is_messages(pr)) {
+            const cJSON *comps[2] = {ch, rj};
+            return chat_fields(c, pr, comps, 2, names, fl);
+        }
+        /* implicit prompt (TRL's extract_prompt): the leading messages chosen and rejected share; a text prompt
+         * beside message lists (UltraFeedback-binarized) is replaced by them, or is the user turn when none */
+        int k = 0;
+        const cJSON *a = ch->child, *b = rj->child;
+        while (a && b && a->next && b->next && cJSON_Compare(a, b, 1))
+            a = a->next, b = b->next, k++;
+        cJSON *pm;
+        if (!k && cJSON_IsString(pr)) {
+            pm = cJSON_CreateArray();
+            cJSON *u = cJSON_CreateObject();
+            cJSON_AddStringToObject(u, "role", "user");
+            cJSON_AddStringToObject(u, "content", pr->valuestring);
+            cJSON_AddItemToArray(pm, u);
+        } else {
+            pm = msg_slice(ch, 0, k, NULL);
+        }
+        cJSON *cs = msg_slice(ch, k, -1, NULL), *rs = msg_slice(rj, k, -1, NULL);
+        const cJSON *comps[2] = {cs, rs};
+        int bad = chat_fields(c, pm, comps, 2, names, fl);
+        cJSON_Delete(pm), cJSON_Delete(cs), cJSON_Delete(rs);
+        return bad;
+    }
+    if (kind == PREFOPT_DS_UNPAIRED || (kind == PREFOPT_DS_SFT && !cJSON_GetObjectItemCaseSensitive(o, "messages"))) {
+        const cJSON *cm = cJSON_GetObjectItemCaseSensitive(o, "completion");
+        if (!is_messages(pr) || !is_messages(cm))
+            return 2;
+        static const char *const names[] = {"prompt", "completion"};
+        const cJSON *comps[1] = {cm};
+        return chat_fields(c, pr, comps, 1, names, fl);
+    }
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+    if (kind != PREFOPT_DS_SFT || !is_messages(msgs))
+        return 2;
+    int n = cJSON_GetArraySize(msgs);
+    const cJSON *last = cJSON_GetArrayItem(msgs, n - 1), *role = cJSON_GetObjectItemCaseSensitive(last, "role");
+    if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant")) {
+        prefopt_err_set(c->err, "%s:%" PRId64 ": field 'messages': expected a list of messages ending with an "
+                                "'assistant' message",
+                        c->file, c->line);
+        return 1;
+    }
+    static const char *const names[] = {"messages", "messages"};
+    cJSON *pm = msg_slice(msgs, 0, n - 1, NULL), *cm = msg_slice(msgs, n - 1, -1, NULL);
+    const cJSON *comps[1] = {cm};
+    int bad = chat_fields(c, pm, comps, 1, names, fl);
+    cJSON_Delete(pm), cJSON_Delete(cm);
+    return bad;
+}
+
 /* Fills fields[0..] (prompt first) and label from one parsed line of the given kind. */
 static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const fl[], uint8_t *label)
 {
+    c->conv = c->msgs = c->mismatch = 0;
+    int chat = 2;
+    if (c->o->chat && (chat = parse_chat(c, o, kind, fl)) == 1)
+        return 1;
+    if (chat == 0 && kind != PREFOPT_DS_UNPAIRED)
+        return 0;
     if (kind == PREFOPT_DS_PAIRS) {
         int rp = get_field(c, o, "prompt", 0, fl[0]);
         if (rp > 0)
@@ -392,8 +546,8 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
         return 0;
     }
     if (kind == PREFOPT_DS_UNPAIRED) {
-        if (require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
-            require(c, get_field(c, o, "completion", 1, fl[1]), "completion"))
+        if (chat != 0 && (require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
+                          require(c, get_field(c, o, "completion", 1, fl[1]), "completion")))
             return 1;
         const cJSON *l = cJSON_GetObjectItemCaseSensitive(o, "label");
         if (cJSON_IsBool(l))
@@ -444,7 +598,7 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
 
 /* Returns the drop reason, or -1 to keep. */
 static int shape_example(const prefopt_pack_opts *o, const prefopt_tokenizer *t, int nf, ids_t *const fl[],
-                         prefopt_pack_stats *st)
+                         prefopt_pack_stats *st, int conv)
 {
     int bos = prefopt_tokenizer_bos(t), eos = prefopt_tokenizer_eos(t);
     /* an empty prompt (plain text) becomes [BOS] so the text's first token is predicted too */
@@ -454,7 +608,7 @@ static int shape_example(const prefopt_pack_opts *o, const prefopt_tokenizer *t,
         fl[0]->v[0] = bos;
     }
     for (int f = 1; f < nf; f++)
-        if (o->append_eos && eos >= 0 && (!fl[f]->n || fl[f]->v[fl[f]->n - 1] != eos))
+        if (o->append_eos && !conv && eos >= 0 && (!fl[f]->n || fl[f]->v[fl[f]->n - 1] != eos))
             ids_push(fl[f], eos);
     size_t P = fl[0]->n;
     if (o->truncation == PREFOPT_TRUNC_DROP) {
@@ -562,7 +716,7 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
         prefopt_err_set(err, "%s: cannot open the input", o->input);
         return 1;
     }
-    ctx c = {o, o->input, 0, prefopt_tokenizer_vocab_size(o->tok), err};
+    ctx c = {o, o->input, 0, prefopt_tokenizer_vocab_size(o->tok), err, 0, 0, 0};
     ids_t store[PREFOPT_DS_MAX_FIELDS] = {0};
     ids_t *fl[PREFOPT_DS_MAX_FIELDS] = {&store[0], &store[1], &store[2]};
     writer w[2] = {0};
@@ -635,7 +789,9 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
         cJSON_Delete(obj);
         if (bad)
             break;
-        int why = shape_example(o, o->tok, nf, fl, st);
+        st->conversational += c.msgs;
+        st->prompt_mismatch += c.mismatch;
+        int why = shape_example(o, o->tok, nf, fl, st, c.conv);
         if (why >= 0) {
             st->dropped[why]++;
             continue;
@@ -685,6 +841,20 @@ void prefopt_pack_print_summary(FILE *f, const prefopt_pack_opts *o, const prefo
     int64_t dropped = st->dropped[0] + st->dropped[1] + st->dropped[2];
     fprintf(f, "pack: %s -> %s (%s, tokenizer %s)\n", o->input, o->output, prefopt_ds_kind_name(st->kind),
             prefopt_tokenizer_identity(o->tok));
+    if (st->conversational) {
+        if (o->chat)
+            fprintf(f, "  chat template: %s (%" PRId64 " conversational examples, tokenized as TRL does)\n",
+                    prefopt_chat_template_name(o->chat), st->conversational);
+        if (st->prompt_mismatch)
+            fprintf(f, "  warning: in %" PRId64 " examples the prompt's tokens are not the start of prompt + completion's "
+                       "(a token spans the boundary); the completion starts after as many tokens as the prompt has, "
+                       "as in TRL\n",
+                    st->prompt_mismatch);
+        else
+            fprintf(f, "  chat template: ChatML fallback (the tokenizer has no chat_template; %" PRId64
+                       " conversational examples; --chat-template FILE sets one)\n",
+                    st->conversational);
+    }
     fprintf(f, "  lines %" PRId64 " (%" PRId64 " blank); kept %" PRId64 " train", st->lines, st->blank, st->kept[0]);
     if (o->eval_output)
         fprintf(f, " + %" PRId64 " eval (%s)", st->kept[1], o->eval_output);

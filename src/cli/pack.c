@@ -5,10 +5,12 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int prefopt_cmd_pack(int argc, char **argv)
 {
-    const char *input = NULL, *output = NULL, *eval_out = NULL, *kind = NULL, *tokenizer = NULL, *trunc = NULL;
+    const char *input = NULL, *output = NULL, *eval_out = NULL, *kind = NULL, *tokenizer = NULL, *trunc = NULL,
+               *chat_file = NULL;
     int max_prompt = 0, max_len = 0, append_eos = 1, add_bos = 0, quiet = 0, unpair = 0;
     long seed = 0;
     double eval_fraction = 0;
@@ -17,6 +19,9 @@ int prefopt_cmd_pack(int argc, char **argv)
         {"output", PREFOPT_OPT_STRING, &output, "", "HDF5 dataset to write (appears only when complete)"},
         {"kind", PREFOPT_OPT_STRING, &kind, "auto", "auto (from the first example), pairs, unpaired or sft"},
         {"tokenizer", PREFOPT_OPT_STRING, &tokenizer, "", "tokenizer.json (file or directory); empty: byte-level"},
+        {"chat-template", PREFOPT_OPT_STRING, &chat_file, "",
+         "chat template for messages: a .jinja file or a tokenizer_config.json; empty: the tokenizer's own "
+         "(tokenizer_config.json / chat_template.jinja beside it), ChatML when it has none"},
         {"max-prompt-len", PREFOPT_OPT_INT, &max_prompt, "0", "prompt token limit (0: none)"},
         {"max-len", PREFOPT_OPT_INT, &max_len, "0", "limit on prompt + each completion (0: none)"},
         {"truncation", PREFOPT_OPT_STRING, &trunc, "keep_end",
@@ -51,17 +56,34 @@ int prefopt_cmd_pack(int argc, char **argv)
             tok = prefopt_tokenizer_byte();
         else
             prefopt_tokenizer_load(tokenizer, &tok, &err);
+        prefopt_chat_template *chat = NULL;
+        if (!err.set && *chat_file)
+            prefopt_chat_template_load_file(chat_file, tokenizer, &chat, &err);
+        else if (!err.set && *tokenizer) { /* the template beside the tokenizer (a directory, or a file in one) */
+            char dir[4096];
+            snprintf(dir, sizeof dir, "%s", tokenizer);
+            struct stat sb;
+            if (!stat(dir, &sb) && !S_ISDIR(sb.st_mode)) {
+                char *sl = strrchr(dir, '/');
+                if (sl)
+                    *sl = '\0';
+                else
+                    snprintf(dir, sizeof dir, ".");
+            }
+            prefopt_chat_template_load(dir, NULL, &chat, &err);
+        }
         if (!err.set) {
             prefopt_pack_opts o = {input, output, *eval_out ? eval_out : NULL, eval_fraction, (uint64_t)seed, kind,
                                    max_prompt, max_len, strcmp(trunc, "drop") ? PREFOPT_TRUNC_KEEP_END
                                                                               : PREFOPT_TRUNC_DROP,
-                                   append_eos, add_bos, tok, unpair};
+                                   append_eos, add_bos, tok, unpair, chat};
             prefopt_pack_stats st;
             if (!prefopt_pack(&o, &st, &err) && !quiet)
                 prefopt_pack_print_summary(stdout, &o, &st);
         }
         if (tok)
             prefopt_tokenizer_free(tok);
+        prefopt_chat_template_free(chat);
     }
     if (prefopt_agree(MPI_COMM_WORLD, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);

@@ -426,3 +426,53 @@ done:
     *out = t;
     return 0;
 }
+
+int prefopt_chat_template_load_file(const char *template_file, const char *tokenizer_path,
+                                    prefopt_chat_template **out, prefopt_err *err)
+{
+    *out = NULL;
+    size_t n = strlen(template_file);
+    if (n > 5 && !strcmp(template_file + n - 5, ".json")) { /* a tokenizer_config.json or chat_template.json */
+        prefopt_chat_template *t = NULL;
+        if (prefopt_chat_template_load(template_file, NULL, &t, err))
+            return 1;
+        if (!t) {
+            prefopt_err_set(err, "%s: has no chat_template", template_file);
+            return 1;
+        }
+        *out = t;
+    } else {
+        size_t len;
+        char *text = read_file(template_file, &len, err);
+        if (!text)
+            return 1;
+        int rc = prefopt_chat_template_parse(text, len, template_file, out, err);
+        free(text);
+        if (rc)
+            return 1;
+    }
+    if (tokenizer_path && *tokenizer_path && !cJSON_GetArraySize((*out)->vars)) {
+        /* the special tokens of the tokenizer the data is packed with */
+        char cfgpath[4200];
+        struct stat st;
+        if (!stat(tokenizer_path, &st) && S_ISDIR(st.st_mode))
+            snprintf(cfgpath, sizeof cfgpath, "%s/tokenizer_config.json", tokenizer_path);
+        else {
+            snprintf(cfgpath, sizeof cfgpath, "%s", tokenizer_path);
+            char *sl = strrchr(cfgpath, '/');
+            snprintf(sl ? sl + 1 : cfgpath, sizeof cfgpath - (size_t)(sl ? sl + 1 - cfgpath : 0),
+                     "tokenizer_config.json");
+        }
+        if (is_file(cfgpath)) {
+            cJSON *cfg = read_json(cfgpath, err);
+            if (!cfg) {
+                prefopt_chat_template_free(*out);
+                *out = NULL;
+                return 1;
+            }
+            add_special_tokens(*out, cfg);
+            cJSON_Delete(cfg);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# pack with the model's own chat template, tokenized as TRL 1.x does (issue 18): for the real Llama-3 and Qwen3
+# tokenizers of tests/data/tokenizers and each layout of tests/data/pack_chat/ (conversational pairs with explicit
+# and implicit prompts, UltraFeedback's text prompt beside message lists, a text pair with a special token written
+# in it, unpaired KTO, sft messages and prompt/completion), the packed ids (read with h5py, no prefopt code) equal
+# tests/data/pack_chat/reference.json, computed by python3-jinja2 + Hugging Face tokenizers (npm) with TRL's
+# splitting (tests/tools/pack_chat_reference.{py,js}). Also: the summary names the template and counts the
+# prompt/completion boundary mismatches; a tokenizer without a template says ChatML is the fallback;
+# --chat-template overrides; a broken template fails with one line naming it and leaves no output.
+set -u
+PY=/usr/bin/python3
+$PY -c 'import h5py' 2>/dev/null || { echo "skip: /usr/bin/python3 has no h5py"; exit 77; }
+DATA="$PREFOPT_SOURCE_DIR/tests/data"
+W=$(mktemp -d /tmp/prefopt_test_pack_chat.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+cd "$W"
+fail=0
+ok() { echo "ok: $*"; }
+bad() { echo "FAIL: $*"; fail=1; }
+for t in llama3 qwen3 llama2; do
+  mkdir -p $t && gzip -dc "$DATA/tokenizers/$t/tokenizer.json.gz" > $t/tokenizer.json && cp "$DATA/tokenizers/$t/tokenizer_config.json" $t/
+done
+for t in llama3 qwen3; do
+  for k in pairs unpaired sft; do
+    if "$PREFOPT" pack --input "$DATA/pack_chat/$k.jsonl" --output $t-$k.h5 --tokenizer $t > $t-$k.log 2>&1; then
+      ok "pack $t $k"
+    else
+      bad "pack $t $k"; cat $t-$k.log
+    fi
+  done
+  grep -q "chat template: .*$t/tokenizer_config.json chat_template" $t-pairs.log && ok "$t: the summary names the template" ||
+    { bad "$t: summary"; cat $t-pairs.log; }
+done
+$PY - "$DATA/pack_chat/reference.json" <<'PYEOF' || fail=1
+import h5py, json, re, sys
+ref = json.load(open(sys.argv[1]))["tokenizers"]
+errs = 0
+for tok, kinds in ref.items():
+    mism = 0
+    for kind, rows in kinds.items():
+        if kind == "prompt_mismatches":
+            continue
+        with h5py.File(f"{tok}-{kind}.h5", "r") as f:
+            fields = {"pairs": ["prompt", "chosen", "rejected"], "unpaired": ["prompt", "completion"],
+                      "sft": ["prompt", "completion"]}[kind]
+            n = int(f.attrs["num_examples"])
+            if n != len(rows):
+                print(f"FAIL: {tok} {kind}: {n} examples packed, {len(rows)} in the reference"); errs += 1; continue
+            for i, r in enumerate(rows):
+                got = []
+                for name in fields:
+                    o = f[name + "/offsets"]
+                    got.append(f[name + "/tokens"][o[i]:o[i + 1]].tolist())
+                if got != r["fields"]:
+                    errs += 1
+                    print(f"FAIL: {tok} {kind} example {i}:\n  prefopt   {got}\n  reference {r['fields']}")
+                if "label" in r and int(f["label"][i]) != r["label"]:
+                    errs += 1
+                    print(f"FAIL: {tok} {kind} example {i}: label {int(f['label'][i])}, reference {r['label']}")
+        m = re.search(r"warning: in (\d+) examples", open(f"{tok}-{kind}.log").read())
+        mism += int(m.group(1)) if m else 0
+    if mism != kinds["prompt_mismatches"]:
+        errs += 1
+        print(f"FAIL: {tok}: the summaries count {mism} prompt/completion mismatches, the reference {kinds['prompt_mismatches']}")
+if errs:
+    sys.exit(1)
+print("ok: every packed id equals the python3-jinja2 + tokenizers reference (TRL 1.x splitting)")
+PYEOF
+# a tokenizer without a chat template: ChatML, said so
+"$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output l2.h5 --tokenizer llama2 > l2.log 2>&1 &&
+  grep -q "chat template: ChatML fallback" l2.log && ok "no template: ChatML fallback announced" || { bad "fallback"; cat l2.log; }
+# --chat-template overrides the tokenizer's own (the ChatML file of tests/data/chat_templates)
+"$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output q-chatml.h5 --tokenizer qwen3 \
+  --chat-template "$DATA/chat_templates/chatml.json" > q-chatml.log 2>&1 &&
+  grep -q "chat template: .*chatml.json chat_template" q-chatml.log && ok "--chat-template FILE" || { bad "--chat-template"; cat q-chatml.log; }
+$PY - <<'PYEOF' || fail=1
+import h5py
+with h5py.File("q-chatml.h5") as a, h5py.File("qwen3-sft.h5") as b:
+    pa, pb = a["completion/tokens"][:].tolist(), b["completion/tokens"][:].tolist()
+    assert pa != pb, "the override changed nothing"
+    # ChatML: no <think> block in the completion; Qwen3's own template adds one (151667)
+    assert 151667 not in pa and 151667 in pb, "override: unexpected tokens"
+print("ok: the override renders differently (no Qwen3 think block)")
+PYEOF
+# a broken template: one line naming the file and position, no output file
+printf '{%% for m in messages %%}\n{{ m.content | nosuch }}{%% endfor %%}' > broken.jinja
+if "$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output broken.h5 --tokenizer qwen3 --chat-template broken.jinja > broken.log 2>&1; then
+  bad "a broken template was accepted"
+else
+  [ "$(grep -c . broken.log)" = 1 ] && grep -q "broken.jinja: line 2:16: unsupported filter 'nosuch'" broken.log && [ ! -e broken.h5 ] &&
+    ok "broken template: one line with file:line:col" || { bad "broken template message"; cat broken.log; }
+fi
+[ $fail = 0 ] && echo "test_pack_chat: all checks passed"
+exit $fail

@@ -1,0 +1,57 @@
+// Step 2 of the reference for tests/test_pack_chat.sh (not run in CI): tokenizes the texts of
+// pack_chat_reference.py with Hugging Face tokenizers (the Rust library through its Node binding, npm "tokenizers")
+// and splits them as TRL 1.x does: prompt ids = encode(prompt); completion ids = encode(prompt + completion) after
+// its first len(prompt ids) ids (TRL 1.x DPO/SFT: sliced even when the prompt's ids are not a prefix, with a
+// warning; counted here); standard completions encoded apart, EOS appended.
+//   cd /tmp/x && npm install tokenizers@0.23.2 && python3 tests/tools/pack_chat_reference.py tests/data/pack_chat \
+//     DIR... > texts.json && node tests/tools/pack_chat_reference.js texts.json DIR... > tests/data/pack_chat/reference.json
+// (each DIR holds tokenizer.json.gz, as tests/data/tokenizers/<name>/ does)
+const fs = require("fs");
+const path = require("path");
+const zlib = require("zlib");
+const { Tokenizer } = require(require.resolve("tokenizers", { paths: [process.cwd()] }));
+
+async function ids(tok, text) {
+  return Array.from((await tok.encode(text, null, { addSpecialTokens: false })).getIds());
+}
+
+async function main() {
+  const texts = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+  const version = JSON.parse(fs.readFileSync(require.resolve("tokenizers/package.json", { paths: [process.cwd()] }))).version;
+  const out = { generator: `python3-jinja2 (transformers' setup) + npm tokenizers ${version}, TRL 1.x splitting`, tokenizers: {} };
+  for (const dir of process.argv.slice(3)) {
+    const name = path.basename(path.resolve(dir));
+    const tok = Tokenizer.fromString(zlib.gunzipSync(fs.readFileSync(path.join(dir, "tokenizer.json.gz"))).toString("utf8"));
+    const per = {};
+    let mismatches = 0;
+    for (const [kind, rows] of Object.entries(texts[name])) {
+      per[kind] = [];
+      for (const r of rows) {
+        const p = await ids(tok, r.prompt);
+        const fields = [p];
+        if (r.full) {
+          let mismatch = 0;
+          for (const full of r.full) {
+            const f = await ids(tok, full);
+            // TRL warns when the prompt's ids are not the start of the whole's, and slices at their length anyway
+            if (f.slice(0, p.length).join() !== p.join()) mismatch = 1;
+            fields.push(f.slice(p.length));
+          }
+          mismatches += mismatch; // examples, as prefopt's summary counts them
+        } else {
+          const eos = tok.tokenToId(r.eos);
+          for (const c of r.completions) {
+            const f = await ids(tok, c);
+            if (f[f.length - 1] !== eos) f.push(eos);
+            fields.push(f);
+          }
+        }
+        per[kind].push(r.label === undefined ? { fields } : { fields, label: r.label });
+      }
+    }
+    per.prompt_mismatches = mismatches;
+    out.tokenizers[name] = per;
+  }
+  process.stdout.write(JSON.stringify(out) + "\n");
+}
+main().catch((e) => { console.error(e); process.exit(1); });

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Step 1 of the reference for tests/test_pack_chat.sh (not run in CI; CI compares prefopt with the stored
+tests/data/pack_chat/reference.json): for every example of tests/data/pack_chat/*.jsonl and every tokenizer
+directory given, the texts TRL 1.x tokenizes, written from TRL's definitions: conversational fields rendered with
+the tokenizer's chat template by python3-jinja2 set up as transformers sets it up (render_chat_template.py), the
+prompt with add_generation_prompt=True, each completion as part of render(prompt + completion); an absent prompt,
+or a text prompt beside message lists (UltraFeedback), replaced by the leading messages chosen and rejected share
+(TRL's extract_prompt); sft "messages" split before the last message. Standard (text) fields as they are, the
+completion followed by the EOS token. Step 2, tests/tools/pack_chat_reference.js, tokenizes them.
+usage: pack_chat_reference.py DATA_DIR TOKENIZER_DIR... > texts.json"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import render_chat_template as R  # noqa: E402
+
+
+def conv(x):
+    return isinstance(x, list) and x and isinstance(x[0], dict)
+
+
+def extract_prompt(chosen, rejected):
+    idx = 0
+    for idx in range(min(len(chosen), len(rejected))):
+        if chosen[idx] != rejected[idx]:
+            break
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def main():
+    data, tokdirs = sys.argv[1], sys.argv[2:]
+    env = R.make_env()
+    out = {}
+    for tokdir in tokdirs:
+        src, tokens = R.template_of({"file": os.path.join(tokdir, "tokenizer_config.json")})
+        tmpl = env.from_string(src)
+
+        def render(msgs, agp):
+            return tmpl.render(messages=msgs, add_generation_prompt=agp, tools=None, documents=None, **tokens)
+
+        eos = tokens["eos_token"]
+        per = {}
+        for kind in ("pairs", "unpaired", "sft"):
+            rows = []
+            with open(os.path.join(data, kind + ".jsonl"), encoding="utf-8") as f:
+                for line in f:
+                    ex = json.loads(line)
+                    if kind == "pairs":
+                        p, comps = ex.get("prompt"), [ex["chosen"], ex["rejected"]]
+                        if conv(comps[0]) and not conv(p):
+                            p, c1, c2 = extract_prompt(*comps)
+                            comps = [c1, c2]
+                    elif "messages" in ex:
+                        p, comps = ex["messages"][:-1], [ex["messages"][-1:]]
+                    else:
+                        p, comps = ex["prompt"], [ex["completion"]]
+                    if conv(p):
+                        row = {"prompt": render(p, True), "full": [render(p + c, False) for c in comps]}
+                    else:  # standard: prompt and completions apart, EOS after each completion
+                        row = {"prompt": p, "completions": [c for c in comps], "eos": eos}
+                    if "label" in ex:
+                        row["label"] = 1 if ex["label"] else 0
+                    rows.append(row)
+            per[kind] = rows
+        out[os.path.basename(os.path.normpath(tokdir))] = per
+    json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
+
+
+if __name__ == "__main__":
+    main()
