@@ -93,7 +93,7 @@ expect corrupt_tensor 1 4 "checkpoint corrupt.h5: tensor 'h.0.mlp.c_fc.weight' i
   -- train --data pairs.h5 --init corrupt.h5 "${common[@]}"
 expect tensor_shape 1 4 "shape.h5: tensor 'wpe' (dataset 'model/wpe'): shape [128,16] expected [256,16]" \
   -- train --data pairs.h5 --init tiny/model.h5 --ref-model shape.h5 "${common[@]}"
-expect vocab_mismatch 1 4 "vocab300.h5: vocabulary size 300 does not match the model's 259 (packed with another tokenizer?)" \
+expect vocab_mismatch 1 4 "vocab300.h5: vocabulary size 300 is larger than the model's 259 rows (packed with another tokenizer?)" \
   -- train --data vocab300.h5 --init tiny/model.h5 "${common[@]}"
 expect grid_not_dividing 2 4 "grid 3x1 with 1 data-parallel replicas needs 3 ranks, but the job has 4 (set --grid-rows, --grid-cols and --dp so that rows*cols*dp = ranks)" \
   -- train --data pairs.h5 --grid-rows 3 "${common[@]}"

@@ -297,8 +297,11 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
                             in->vocab_size);
             return;
         }
-    if (ex && ex->vocab_size > 0 && ex->vocab_size != in->vocab_size) {
-        prefopt_err_set(err, "%s: vocabulary size %d does not match the model's %d (packed with another tokenizer?)",
+    /* a model may have more embedding rows than its tokenizer has tokens (Qwen2/2.5 pad 151669 to 151936, Llama-3
+     * reserves ids): the data fits when every id has a row; which tokenizer it is, is the identity check below */
+    if (ex && ex->vocab_size > 0 && in->vocab_size > ex->vocab_size) {
+        prefopt_err_set(err, "%s: vocabulary size %d is larger than the model's %d rows (packed with another "
+                             "tokenizer?)",
                         path, in->vocab_size, ex->vocab_size);
         return;
     }
