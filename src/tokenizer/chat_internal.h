@@ -1,8 +1,11 @@
 /* prefopt: the private layout of the chat-template interpreter (include/prefopt/chat_template.h), shared by
  * src/tokenizer/chat_*.c, which call each other downwards only:
- *   chat_value.c   (arena, values, Python str/repr, comparisons, JSON, UTF-8 and Unicode helpers)
- *   <- chat_lexer.c (source -> tokens, Jinja's whitespace rules)  <- chat_parser.c (tokens -> tree)
- *   <- chat_methods.c (Python str/dict/list methods, % formatting)  <- chat_filters.c (filters and tests)
+ *   chat_unicode.c (UTF-8, Python's white space and printable characters, case mappings)
+ *   <- chat_value.c (arena, values, Python str/repr, comparisons, JSON)
+ *   <- chat_strings.c (argument binding, Python str methods, % formatting)
+ *   <- chat_methods.c (attribute/item lookup, method calls: dict/list/loop, str.format)
+ *   <- chat_filters.c (filters and tests)  <- chat_lexer.c (source -> tokens, Jinja's whitespace rules),
+ *      chat_parser.c (tokens -> tree; asks chat_filters.c which filter and test names exist)
  *   <- chat_eval.c (statements, expressions, scopes, macros, loops)  <- chat_template.c (the public API).
  *
  * Memory: everything a parse or a render allocates comes from one arena, freed as a whole; errors longjmp to the
@@ -111,6 +114,7 @@ cj_val *cj_float(cj_ctx *c, double f);
 cj_val *cj_str(cj_ctx *c, const char *p, size_t n); /* copies */
 cj_val *cj_str0(cj_ctx *c, const char *p);
 cj_val *cj_list(cj_ctx *c, size_t n, int tuple); /* n NULL slots to fill */
+cj_val *cj_list_from(cj_ctx *c, cj_val **items, size_t n); /* a list of copies of the n pointers */
 cj_val *cj_dict_new(cj_ctx *c, int type);       /* CJ_DICT or CJ_NS */
 void cj_dict_set(cj_ctx *c, cj_val *d, cj_val *k, cj_val *v);
 cj_val *cj_dict_get(const cj_val *d, const cj_val *k); /* NULL if absent */
@@ -146,7 +150,7 @@ void cj_write_json(cj_ctx *c, cj_buf *b, const cj_val *v, const char *indent, co
 cj_val **cj_iter(cj_ctx *c, const cj_val *v, size_t *n, long pos);
 void cj_check_undef(cj_ctx *c, const cj_val *v, long pos); /* fails with the undefined's message */
 
-/* UTF-8 and Unicode */
+/* UTF-8 and Unicode (chat_unicode.c) */
 uint32_t cj_u8_next(const char *p, size_t n, size_t *i); /* decodes at *i (valid UTF-8 assumed), advances */
 int cj_u8_put(char *out, uint32_t cp);                    /* returns bytes written (1-4) */
 size_t cj_u8_len(const char *p, size_t n);                /* code points */
@@ -156,6 +160,8 @@ int cj_isspace(uint32_t cp); /* Python str.isspace */
 uint32_t cj_lower_cp(uint32_t cp);
 uint32_t cj_upper_cp(uint32_t cp); /* simple mappings; U+00DF upper is handled by the callers ("SS") */
 int cj_isalpha_cp(uint32_t cp);
+int cj_cased(uint32_t cp);     /* has a case mapping */
+int cj_printable(uint32_t cp); /* Python str.isprintable, for repr */
 int cj_isdigit_cp(uint32_t cp);
 cj_val *cj_case(cj_ctx *c, const cj_val *s, int mode); /* 0 lower, 1 upper, 2 capitalize, 3 title (str.title) */
 
@@ -215,6 +221,8 @@ cj_val *cj_arg(const cj_args *a, int i, const char *name);
 void cj_args_check(cj_ctx *c, const cj_args *a, int maxpos, const char *const *names, const char *what, long pos);
 int64_t cj_as_int(cj_ctx *c, const cj_val *v, const char *what, long pos);
 
+const cj_val *cj_want_str(cj_ctx *c, const cj_val *v, const char *what, long pos); /* fails unless a str */
+cj_val *cj_str_method(cj_ctx *c, const cj_val *s, const char *m, const cj_args *a, long pos); /* chat_strings.c */
 cj_val *cj_call_method(cj_ctx *c, const cj_val *self, const char *name, const cj_args *a, long pos);
 int cj_has_method(const cj_val *self, const char *name); /* 1 safe, 2 unsafe (mutating), 0 none */
 cj_val *cj_strip(cj_ctx *c, const cj_val *s, const cj_val *chars, int which); /* 1 left, 2 right, 3 both */
@@ -225,7 +233,7 @@ int cj_test(cj_ctx *c, const char *name, const cj_val *v, const cj_args *a, long
 int cj_known_filter(const char *name);
 int cj_known_test(const char *name);
 
-/* chat_eval.c, used by the filters that take an attribute or call a test */
+/* chat_methods.c: jinja's getattr / getitem, and the attribute paths of filters ("a.b.0") */
 cj_val *cj_getattr(cj_ctx *c, const cj_val *obj, const char *name, long pos);
 cj_val *cj_getitem(cj_ctx *c, const cj_val *obj, const cj_val *key, long pos);
 cj_val *cj_attr_path(cj_ctx *c, const cj_val *obj, const cj_val *attr, long pos); /* "a.b.0" like Jinja's */

@@ -1,6 +1,6 @@
-/* prefopt: the Python methods chat templates call on strings, dicts and lists (strip/split/startswith/replace,
- * items/keys/values/get, ...), the loop object's cycle/changed, argument binding, and printf-style `%`
- * formatting. The immutable sandbox refuses the methods that modify a list or dict (append, update, pop, ...):
+/* prefopt: attribute and item lookup as jinja's sandbox does it, the method calls of chat templates (dispatched
+ * here: str methods are chat_strings.c's, str.format this file's; dict items/keys/values/get/copy, list
+ * index/count/copy), and the loop object's attributes and cycle/changed. The immutable sandbox refuses the methods that modify a list or dict (append, update, pop, ...):
  * they are known here so that calling one fails as Jinja does, with a SecurityError-like message. */
 #define _GNU_SOURCE
 #include "chat_internal.h"
@@ -10,51 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- arguments ------------------------------------------------------------------------------------------------ */
-cj_val *cj_arg(const cj_args *a, int i, const char *name)
-{
-    if (i >= 0 && i < a->npos)
-        return a->pos[i];
-    if (name)
-        for (int k = 0; k < a->nkw; k++)
-            if (!strcmp(a->kwn[k], name))
-                return a->kwv[k];
-    return NULL;
-}
-
-void cj_args_check(cj_ctx *c, const cj_args *a, int maxpos, const char *const *names, const char *what, long pos)
-{
-    if (a->npos > maxpos)
-        cj_fail(c, pos, "%s takes at most %d positional argument(s) (%d given)", what, maxpos, a->npos);
-    for (int k = 0; k < a->nkw; k++) {
-        int ok = 0, idx = 0;
-        for (const char *const *n = names; *n; n++, idx++)
-            if (!strcmp(*n, a->kwn[k])) {
-                ok = 1;
-                if (idx < a->npos)
-                    cj_fail(c, pos, "%s got multiple values for argument '%s'", what, a->kwn[k]);
-            }
-        if (!ok)
-            cj_fail(c, pos, "%s got an unexpected keyword argument '%s'", what, a->kwn[k]);
-    }
-}
-
-int64_t cj_as_int(cj_ctx *c, const cj_val *v, const char *what, long pos)
-{
-    cj_check_undef(c, v, pos);
-    if (v->type != CJ_INT && v->type != CJ_BOOL)
-        cj_fail(c, pos, "%s: '%s' object cannot be interpreted as an integer", what, cj_type_name(v));
-    return v->u.i;
-}
-
-static const cj_val *want_str(cj_ctx *c, const cj_val *v, const char *what, long pos)
-{
-    cj_check_undef(c, v, pos);
-    if (v->type != CJ_STR)
-        cj_fail(c, pos, "%s: must be str, not %s", what, cj_type_name(v));
-    return v;
-}
-
 /* ---- which methods exist ---------------------------------------------------------------------------------------- */
 static const char *const str_methods[] = {"strip", "lstrip", "rstrip", "split", "rsplit", "splitlines",
     "startswith", "endswith", "upper", "lower", "title", "capitalize", "replace", "find", "rfind", "index",
@@ -62,7 +17,6 @@ static const char *const str_methods[] = {"strip", "lstrip", "rstrip", "split", 
     "center", "ljust", "rjust", "zfill", "partition", "rpartition", "casefold", "removeprefix", "removesuffix",
     "isnumeric", "isdecimal", "istitle", "swapcase", "expandtabs", "encode", "format_map", "isidentifier",
     "isprintable", "isascii", "maketrans", "translate", NULL};
-static const char *const str_supported_until = "removesuffix"; /* the rest exist in Python but are not done here */
 static const char *const dict_methods[] = {"items", "keys", "values", "get", "copy", NULL};
 static const char *const dict_unsafe[] = {"pop", "popitem", "setdefault", "update", "clear", "fromkeys", NULL};
 static const char *const list_methods[] = {"index", "count", "copy", NULL};
@@ -90,291 +44,147 @@ int cj_has_method(const cj_val *self, const char *name)
     }
 }
 
-/* ---- string helpers -------------------------------------------------------------------------------------------- */
-static int in_chars(const cj_val *chars, uint32_t cp)
+/* ---- attribute and item lookup (SandboxedEnvironment.getattr / getitem) ----------------------------------- */
+static cj_val *method(cj_ctx *c, const cj_val *obj, const char *name)
 {
-    size_t i = 0;
-    while (i < chars->u.s.n)
-        if (cj_u8_next(chars->u.s.p, chars->u.s.n, &i) == cp)
-            return 1;
-    return 0;
+    cj_val *m = cj_alloc(c, sizeof *m);
+    m->type = CJ_METHOD;
+    m->u.meth.self = (cj_val *)obj;
+    m->u.meth.name = name;
+    return m;
 }
 
-/* str.strip/lstrip/rstrip(chars=None): which 1 left, 2 right, 3 both */
-cj_val *cj_strip(cj_ctx *c, const cj_val *s, const cj_val *chars, int which)
+static const char *obj_repr(const cj_val *v)
 {
-    const char *p = s->u.s.p;
-    size_t n = s->u.s.n, a = 0, b = n;
-    int ws = !chars || chars->type == CJ_NONE;
-    if (which & 1)
-        while (a < n) {
-            size_t j = a;
-            uint32_t cp = cj_u8_next(p, n, &j);
-            if (ws ? !cj_isspace(cp) : !in_chars(chars, cp))
-                break;
-            a = j;
-        }
-    if (which & 2)
-        while (b > a) {
-            size_t st = b - 1;
-            while (st > a && ((unsigned char)p[st] & 0xC0) == 0x80)
-                st--;
-            size_t j = st;
-            uint32_t cp = cj_u8_next(p, n, &j);
-            if (ws ? !cj_isspace(cp) : !in_chars(chars, cp))
-                break;
-            b = st;
-        }
-    return cj_str(c, p + a, b - a);
+    return v->type == CJ_NONE ? "None" : v->type == CJ_NS ? "jinja2.utils.Namespace object" : NULL;
 }
 
-static cj_val *list_from(cj_ctx *c, cj_val **items, size_t n)
+static cj_val *no_attr(cj_ctx *c, const cj_val *obj, const cj_val *key)
 {
-    cj_val *l = cj_list(c, n, 0);
-    if (n)
-        memcpy(l->u.l.v, items, n * sizeof *items);
-    return l;
+    cj_buf b = {0};
+    cj_write_repr(c, &b, key, -1);
+    const char *r = obj_repr(obj);
+    if (r)
+        return cj_undef(c, "'%s' has no attribute %s", r, b.p);
+    return cj_undef(c, "'%s object' has no attribute %s", cj_type_name(obj), b.p);
 }
 
-static cj_val *do_split(cj_ctx *c, const cj_val *s, const cj_val *sep, int64_t maxsplit, int right, long pos)
+static cj_val *loop_attr(cj_ctx *c, const cj_val *obj, const char *name)
 {
-    const char *p = s->u.s.p;
-    size_t n = s->u.s.n, cap = 16, k = 0;
-    cj_val **parts = cj_alloc(c, cap * sizeof *parts);
-#define ADD(ptr, len)                                                                                               \
-    do {                                                                                                            \
-        if (k == cap) {                                                                                             \
-            cj_val **np = cj_alloc(c, 2 * cap * sizeof *np);                                                        \
-            memcpy(np, parts, cap * sizeof *np);                                                                    \
-            parts = np;                                                                                             \
-            cap *= 2;                                                                                               \
-        }                                                                                                           \
-        parts[k++] = cj_str(c, (ptr), (len));                                                                       \
-    } while (0)
-    if (!sep || sep->type == CJ_NONE) { /* runs of white space, none at the ends */
-        /* collect words with their spans, then honour maxsplit from the chosen side */
-        size_t wcap = 16, nw = 0, *ws = cj_alloc(c, wcap * 2 * sizeof *ws);
-        for (size_t i = 0; i < n;) {
-            size_t j = i;
-            uint32_t cp = cj_u8_next(p, n, &j);
-            if (cj_isspace(cp)) {
-                i = j;
-                continue;
-            }
-            size_t st = i;
-            while (i < n) {
-                j = i;
-                if (cj_isspace(cj_u8_next(p, n, &j)))
-                    break;
-                i = j;
-            }
-            if (nw == wcap) {
-                size_t *nws = cj_alloc(c, wcap * 4 * sizeof *nws);
-                memcpy(nws, ws, wcap * 2 * sizeof *nws);
-                ws = nws;
-                wcap *= 2;
-            }
-            ws[2 * nw] = st;
-            ws[2 * nw + 1] = i;
-            nw++;
+    const cj_loop *L = obj->u.loop;
+    if (!strcmp(name, "index"))
+        return cj_int(c, (int64_t)L->i + 1);
+    if (!strcmp(name, "index0"))
+        return cj_int(c, (int64_t)L->i);
+    if (!strcmp(name, "revindex"))
+        return cj_int(c, (int64_t)(L->n - L->i));
+    if (!strcmp(name, "revindex0"))
+        return cj_int(c, (int64_t)(L->n - L->i - 1));
+    if (!strcmp(name, "first"))
+        return cj_bool(L->i == 0);
+    if (!strcmp(name, "last"))
+        return cj_bool(L->i + 1 == L->n);
+    if (!strcmp(name, "length"))
+        return cj_int(c, (int64_t)L->n);
+    if (!strcmp(name, "depth"))
+        return cj_int(c, L->depth);
+    if (!strcmp(name, "depth0"))
+        return cj_int(c, L->depth - 1);
+    if (!strcmp(name, "previtem"))
+        return L->i ? L->items[L->i - 1] : cj_undef(c, "there is no previous item");
+    if (!strcmp(name, "nextitem"))
+        return L->i + 1 < L->n ? L->items[L->i + 1] : cj_undef(c, "there is no next item");
+    if (!strcmp(name, "cycle") || !strcmp(name, "changed"))
+        return method(c, obj, name);
+    return cj_undef(c, "'LoopContext object' has no attribute '%s'", name);
+}
+
+cj_val *cj_getattr(cj_ctx *c, const cj_val *obj, const char *name, long pos)
+{
+    cj_check_undef(c, obj, pos);
+    if (name[0] == '_' && name[1] == '_')
+        return cj_undef(c, "access to attribute '%s' of '%s' object is unsafe", name, cj_type_name(obj));
+    if (obj->type == CJ_LOOP)
+        return loop_attr(c, obj, name);
+    int m = cj_has_method(obj, name);
+    if (m == 2) /* the immutable sandbox's unsafe_undefined: empty when printed, fails when called */
+        return cj_undef(c, "access to attribute '%s' of '%s' object is unsafe.", name, cj_type_name(obj));
+    if (m)
+        return method(c, obj, name);
+    if (obj->type == CJ_DICT || obj->type == CJ_NS) {
+        cj_val *v = cj_dict_gets(obj, name);
+        if (v)
+            return v;
+    }
+    return no_attr(c, obj, cj_str0(c, name));
+}
+
+static int64_t index_of(const cj_val *key, int64_t len, int *ok)
+{
+    int64_t i = key->u.i;
+    if (i < 0)
+        i += len;
+    *ok = i >= 0 && i < len;
+    return i;
+}
+
+cj_val *cj_getitem(cj_ctx *c, const cj_val *obj, const cj_val *key, long pos)
+{
+    cj_check_undef(c, obj, pos);
+    int ok;
+    if (obj->type == CJ_DICT) {
+        cj_val *v = cj_dict_get(obj, key);
+        if (v)
+            return v;
+    } else if (obj->type == CJ_LIST && (key->type == CJ_INT || key->type == CJ_BOOL)) {
+        int64_t i = index_of(key, (int64_t)obj->u.l.n, &ok);
+        if (ok)
+            return obj->u.l.v[i];
+    } else if (obj->type == CJ_STR && (key->type == CJ_INT || key->type == CJ_BOOL)) {
+        int64_t len = (int64_t)cj_u8_len(obj->u.s.p, obj->u.s.n);
+        int64_t i = index_of(key, len, &ok);
+        if (ok) {
+            size_t a = cj_u8_offset(obj->u.s.p, obj->u.s.n, (size_t)i), b = a;
+            cj_u8_next(obj->u.s.p, obj->u.s.n, &b);
+            return cj_str(c, obj->u.s.p + a, b - a);
         }
-        if (maxsplit < 0 || (size_t)maxsplit + 1 >= nw) {
-            for (size_t w = 0; w < nw; w++)
-                ADD(p + ws[2 * w], ws[2 * w + 1] - ws[2 * w]);
-        } else if (!right) {
-            for (size_t w = 0; w < (size_t)maxsplit; w++)
-                ADD(p + ws[2 * w], ws[2 * w + 1] - ws[2 * w]);
-            size_t st = ws[2 * maxsplit];
-            size_t en = n;
-            while (en > st) { /* the rest keeps inner white space but not the trailing run */
-                size_t b = en - 1;
-                while (b > st && ((unsigned char)p[b] & 0xC0) == 0x80)
-                    b--;
-                size_t j = b;
-                if (!cj_isspace(cj_u8_next(p, n, &j)))
-                    break;
-                en = b;
-            }
-            ADD(p + st, en - st);
+    }
+    if (key->type == CJ_STR && obj->type != CJ_DICT)
+        return cj_getattr(c, obj, key->u.s.p, pos);
+    if (key->type == CJ_STR && cj_has_method(obj, key->u.s.p))
+        return cj_getattr(c, obj, key->u.s.p, pos);
+    return no_attr(c, obj, key);
+}
+
+/* Jinja's make_attrgetter: "a.b.0" looks up a, then b, then item 0 */
+cj_val *cj_attr_path(cj_ctx *c, const cj_val *obj, const cj_val *attr, long pos)
+{
+    if (attr->type != CJ_STR)
+        return cj_getitem(c, obj, attr, pos);
+    const char *p = attr->u.s.p;
+    cj_val *v = (cj_val *)obj;
+    for (;;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        cj_val *k;
+        int digits = len > 0;
+        for (size_t i = 0; i < len; i++)
+            digits &= p[i] >= '0' && p[i] <= '9';
+        if (digits) {
+            long long x = 0;
+            for (size_t i = 0; i < len && x < 1000000000LL; i++)
+                x = x * 10 + (p[i] - '0');
+            k = cj_int(c, x);
         } else {
-            size_t first = nw - (size_t)maxsplit;
-            ADD(p, ws[2 * (first - 1) + 1]);
-            size_t st = 0;
-            while (st < ws[2 * (first - 1) + 1]) {
-                size_t j = st;
-                if (!cj_isspace(cj_u8_next(p, n, &j)))
-                    break;
-                st = j;
-            }
-            parts[0] = cj_str(c, p + st, ws[2 * (first - 1) + 1] - st);
-            for (size_t w = first; w < nw; w++)
-                ADD(p + ws[2 * w], ws[2 * w + 1] - ws[2 * w]);
+            k = cj_str(c, p, len);
         }
-        return list_from(c, parts, k);
+        v = cj_getitem(c, v, k, pos);
+        if (!dot)
+            return v;
+        p = dot + 1;
     }
-    want_str(c, sep, "split() separator", pos);
-    size_t m = sep->u.s.n;
-    if (!m)
-        cj_fail(c, pos, "empty separator");
-    if (!right) {
-        size_t i = 0;
-        int64_t done = 0;
-        for (;;) {
-            const char *hit = maxsplit >= 0 && done >= maxsplit ? NULL : memmem(p + i, n - i, sep->u.s.p, m);
-            if (!hit) {
-                ADD(p + i, n - i);
-                break;
-            }
-            ADD(p + i, (size_t)(hit - (p + i)));
-            i = (size_t)(hit - p) + m;
-            done++;
-        }
-        return list_from(c, parts, k);
-    }
-    /* rsplit: find from the right */
-    size_t end = n;
-    int64_t done = 0;
-    for (;;) {
-        size_t hit = (size_t)-1;
-        if (!(maxsplit >= 0 && done >= maxsplit) && end >= m)
-            for (size_t q = end - m + 1; q-- > 0;)
-                if (!memcmp(p + q, sep->u.s.p, m)) {
-                    hit = q;
-                    break;
-                }
-        if (hit == (size_t)-1) {
-            ADD(p, end);
-            break;
-        }
-        ADD(p + hit + m, end - hit - m);
-        end = hit;
-        done++;
-    }
-    for (size_t i = 0; i < k / 2; i++) {
-        cj_val *t = parts[i];
-        parts[i] = parts[k - 1 - i];
-        parts[k - 1 - i] = t;
-    }
-    return list_from(c, parts, k);
-#undef ADD
 }
 
-cj_val *cj_replace(cj_ctx *c, const cj_val *s, const cj_val *old, const cj_val *new_, int64_t count)
-{
-    cj_buf b = {0};
-    cj_put(c, &b, "", 0);
-    const char *p = s->u.s.p;
-    size_t n = s->u.s.n, m = old->u.s.n;
-    int64_t done = 0;
-    if (!m) { /* Python inserts new_ before every character and at the end */
-        size_t i = 0;
-        while (i <= n && (count < 0 || done < count)) {
-            cj_put(c, &b, new_->u.s.p, new_->u.s.n);
-            done++;
-            if (i == n) {
-                i++;
-                break;
-            }
-            size_t st = i;
-            cj_u8_next(p, n, &i);
-            cj_put(c, &b, p + st, i - st);
-        }
-        if (i <= n)
-            cj_put(c, &b, p + i, n - i);
-        return cj_buf_str(c, &b);
-    }
-    size_t i = 0;
-    for (;;) {
-        const char *hit = (count >= 0 && done >= count) ? NULL : memmem(p + i, n - i, old->u.s.p, m);
-        if (!hit)
-            break;
-        cj_put(c, &b, p + i, (size_t)(hit - (p + i)));
-        cj_put(c, &b, new_->u.s.p, new_->u.s.n);
-        i = (size_t)(hit - p) + m;
-        done++;
-    }
-    cj_put(c, &b, p + i, n - i);
-    return cj_buf_str(c, &b);
-}
-
-/* code-point bounds start/end of Python's str methods, as byte offsets */
-static void bounds(cj_ctx *c, const cj_val *s, const cj_args *a, int first, size_t *lo, size_t *hi, long pos)
-{
-    int64_t len = (int64_t)cj_u8_len(s->u.s.p, s->u.s.n), st = 0, en = len;
-    cj_val *x = cj_arg(a, first, NULL), *y = cj_arg(a, first + 1, NULL);
-    if (x && x->type != CJ_NONE)
-        st = cj_as_int(c, x, "start", pos);
-    if (y && y->type != CJ_NONE)
-        en = cj_as_int(c, y, "end", pos);
-    if (st < 0)
-        st = st + len < 0 ? 0 : st + len;
-    if (en < 0)
-        en = en + len < 0 ? 0 : en + len;
-    if (st > len)
-        st = len + 1; /* an empty range past the end */
-    if (en > len)
-        en = len;
-    *lo = st > len ? s->u.s.n + 1 : cj_u8_offset(s->u.s.p, s->u.s.n, (size_t)st);
-    *hi = cj_u8_offset(s->u.s.p, s->u.s.n, (size_t)en);
-}
-
-static int affix(cj_ctx *c, const cj_val *s, const cj_args *a, int suffix, long pos)
-{
-    size_t lo, hi;
-    bounds(c, s, a, 1, &lo, &hi, pos);
-    cj_val *x = cj_arg(a, 0, NULL);
-    if (!x)
-        cj_fail(c, pos, "%s() takes at least 1 argument", suffix ? "endswith" : "startswith");
-    size_t n = 1;
-    cj_val *const *opts = &x;
-    if (x->type == CJ_LIST && x->tuple) {
-        opts = x->u.l.v;
-        n = x->u.l.n;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const cj_val *o = want_str(c, opts[i], suffix ? "endswith" : "startswith", pos);
-        if (lo > hi || hi - lo < o->u.s.n)
-            continue;
-        const char *at = suffix ? s->u.s.p + hi - o->u.s.n : s->u.s.p + lo;
-        if (!memcmp(at, o->u.s.p, o->u.s.n))
-            return 1;
-    }
-    return 0;
-}
-
-static int64_t find(const cj_val *s, const cj_val *sub, size_t lo, size_t hi, int right)
-{
-    if (lo > hi || hi - lo < sub->u.s.n)
-        return -1;
-    size_t m = sub->u.s.n;
-    size_t best = (size_t)-1;
-    for (size_t q = lo; q + m <= hi; q++)
-        if (!memcmp(s->u.s.p + q, sub->u.s.p, m)) {
-            best = q;
-            if (!right)
-                break;
-        }
-    if (best == (size_t)-1)
-        return -1;
-    return (int64_t)cj_u8_len(s->u.s.p, best);
-}
-
-static cj_val *pad(cj_ctx *c, const cj_val *s, int64_t width, const char *fill, int mode) /* 0 left, 1 right, 2 center */
-{
-    int64_t len = (int64_t)cj_u8_len(s->u.s.p, s->u.s.n);
-    if (width <= len)
-        return (cj_val *)s;
-    int64_t total = width - len, left = mode == 0 ? 0 : mode == 1 ? total : total / 2 + (total & width & 1);
-    cj_buf b = {0};
-    for (int64_t i = 0; i < left; i++)
-        cj_puts(c, &b, fill);
-    cj_put(c, &b, s->u.s.p, s->u.s.n);
-    for (int64_t i = 0; i < total - left; i++)
-        cj_puts(c, &b, fill);
-    return cj_buf_str(c, &b);
-}
-
-/* str.format with plain fields: {}, {0}, {name}, {name.attr}, {{ and }}, conversions !s !r; no format specs */
 static cj_val *str_format(cj_ctx *c, const cj_val *fmt, const cj_args *a, long pos)
 {
     cj_buf b = {0};
@@ -445,221 +255,11 @@ static cj_val *str_format(cj_ctx *c, const cj_val *fmt, const cj_args *a, long p
 }
 
 /* ---- calls ----------------------------------------------------------------------------------------------------- */
-static cj_val *str_method(cj_ctx *c, const cj_val *s, const char *m, const cj_args *a, long pos)
-{
-    const char *const none[] = {NULL};
-    if (!strcmp(m, "strip") || !strcmp(m, "lstrip") || !strcmp(m, "rstrip")) {
-        cj_args_check(c, a, 1, none, m, pos);
-        cj_val *ch = cj_arg(a, 0, NULL);
-        if (ch && ch->type != CJ_NONE)
-            want_str(c, ch, m, pos);
-        return cj_strip(c, s, ch, m[0] == 'l' ? 1 : m[0] == 'r' ? 2 : 3);
-    }
-    if (!strcmp(m, "split") || !strcmp(m, "rsplit")) {
-        cj_args_check(c, a, 2, (const char *const[]){"sep", "maxsplit", NULL}, m, pos);
-        cj_val *sep = cj_arg(a, 0, "sep"), *mx = cj_arg(a, 1, "maxsplit");
-        return do_split(c, s, sep, mx ? cj_as_int(c, mx, m, pos) : -1, m[0] == 'r', pos);
-    }
-    if (!strcmp(m, "splitlines")) {
-        cj_args_check(c, a, 1, (const char *const[]){"keepends", NULL}, m, pos);
-        cj_val *ke = cj_arg(a, 0, "keepends");
-        int keep = ke && cj_truthy(ke);
-        cj_val **parts = cj_alloc(c, (s->u.s.n + 1) * sizeof *parts);
-        size_t k = 0, i = 0, st = 0;
-        const char *p = s->u.s.p;
-        while (i < s->u.s.n) {
-            size_t j = i;
-            uint32_t cp = cj_u8_next(p, s->u.s.n, &j);
-            int brk = cp == '\n' || cp == '\r' || cp == 0x0B || cp == 0x0C || cp == 0x1C || cp == 0x1D ||
-                      cp == 0x1E || cp == 0x85 || cp == 0x2028 || cp == 0x2029;
-            if (brk) {
-                if (cp == '\r' && j < s->u.s.n && p[j] == '\n')
-                    j++;
-                parts[k++] = cj_str(c, p + st, (keep ? j : i) - st);
-                st = j;
-            }
-            i = j;
-        }
-        if (st < s->u.s.n)
-            parts[k++] = cj_str(c, p + st, s->u.s.n - st);
-        return list_from(c, parts, k);
-    }
-    if (!strcmp(m, "startswith") || !strcmp(m, "endswith")) {
-        cj_args_check(c, a, 3, none, m, pos);
-        return cj_bool(affix(c, s, a, m[0] == 'e', pos));
-    }
-    if (!strcmp(m, "upper") || !strcmp(m, "lower") || !strcmp(m, "title") || !strcmp(m, "capitalize") ||
-        !strcmp(m, "casefold")) {
-        cj_args_check(c, a, 0, none, m, pos);
-        int mode = m[0] == 'u' ? 1 : m[0] == 't' ? 3 : (m[0] == 'c' && m[1] == 'a' && m[2] == 'p') ? 2 : 0;
-        return cj_case(c, s, mode);
-    }
-    if (!strcmp(m, "replace")) {
-        cj_args_check(c, a, 3, none, m, pos);
-        cj_val *o = cj_arg(a, 0, NULL), *nw = cj_arg(a, 1, NULL), *cnt = cj_arg(a, 2, NULL);
-        if (!o || !nw)
-            cj_fail(c, pos, "replace() takes at least 2 arguments");
-        return cj_replace(c, s, want_str(c, o, m, pos), want_str(c, nw, m, pos), cnt ? cj_as_int(c, cnt, m, pos) : -1);
-    }
-    if (!strcmp(m, "find") || !strcmp(m, "rfind") || !strcmp(m, "index") || !strcmp(m, "rindex") ||
-        !strcmp(m, "count")) {
-        cj_args_check(c, a, 3, none, m, pos);
-        cj_val *sub = cj_arg(a, 0, NULL);
-        if (!sub)
-            cj_fail(c, pos, "%s() takes at least 1 argument", m);
-        want_str(c, sub, m, pos);
-        size_t lo, hi;
-        bounds(c, s, a, 1, &lo, &hi, pos);
-        if (!strcmp(m, "count")) {
-            if (lo > hi)
-                return cj_int(c, 0);
-            if (!sub->u.s.n)
-                return cj_int(c, (int64_t)cj_u8_len(s->u.s.p + lo, hi - lo) + 1);
-            int64_t k = 0;
-            for (size_t q = lo; q + sub->u.s.n <= hi;) {
-                if (!memcmp(s->u.s.p + q, sub->u.s.p, sub->u.s.n)) {
-                    k++;
-                    q += sub->u.s.n;
-                } else {
-                    q++;
-                }
-            }
-            return cj_int(c, k);
-        }
-        int64_t r = find(s, sub, lo, hi, m[0] == 'r');
-        if (r < 0 && strstr(m, "index"))
-            cj_fail(c, pos, "substring not found");
-        return cj_int(c, r);
-    }
-    if (!strcmp(m, "join")) {
-        cj_args_check(c, a, 1, none, m, pos);
-        cj_val *it = cj_arg(a, 0, NULL);
-        if (!it)
-            cj_fail(c, pos, "join() takes exactly one argument");
-        size_t n;
-        cj_val **items = cj_iter(c, it, &n, pos);
-        cj_buf b = {0};
-        cj_put(c, &b, "", 0);
-        for (size_t i = 0; i < n; i++) {
-            if (items[i]->type != CJ_STR)
-                cj_fail(c, pos, "sequence item %zu: expected str instance, %s found", i, cj_type_name(items[i]));
-            if (i)
-                cj_put(c, &b, s->u.s.p, s->u.s.n);
-            cj_put(c, &b, items[i]->u.s.p, items[i]->u.s.n);
-        }
-        return cj_buf_str(c, &b);
-    }
-    if (!strcmp(m, "format"))
-        return str_format(c, s, a, pos);
-    if (!strncmp(m, "is", 2) && strcmp(m, "isnumeric") && strcmp(m, "isdecimal") && strcmp(m, "istitle") &&
-        strcmp(m, "isidentifier") && strcmp(m, "isprintable") && strcmp(m, "isascii")) {
-        cj_args_check(c, a, 0, none, m, pos);
-        if (!s->u.s.n)
-            return &cj_false_v;
-        int any_cased = 0, ok = 1;
-        for (size_t i = 0; i < s->u.s.n && ok;) {
-            uint32_t cp = cj_u8_next(s->u.s.p, s->u.s.n, &i);
-            int lo = cj_lower_cp(cp) == cp && cj_upper_cp(cp) != cp, up = cj_upper_cp(cp) == cp && cj_lower_cp(cp) != cp;
-            if (!strcmp(m, "isdigit"))
-                ok = cj_isdigit_cp(cp);
-            else if (!strcmp(m, "isalpha"))
-                ok = cj_isalpha_cp(cp);
-            else if (!strcmp(m, "isalnum"))
-                ok = cj_isalpha_cp(cp) || cj_isdigit_cp(cp);
-            else if (!strcmp(m, "isspace"))
-                ok = cj_isspace(cp);
-            else if (!strcmp(m, "islower")) {
-                ok = !up;
-                any_cased |= lo;
-            } else if (!strcmp(m, "isupper")) {
-                ok = !lo;
-                any_cased |= up;
-            }
-        }
-        if (!strcmp(m, "islower") || !strcmp(m, "isupper"))
-            ok = ok && any_cased;
-        return cj_bool(ok);
-    }
-    if (!strcmp(m, "center") || !strcmp(m, "ljust") || !strcmp(m, "rjust")) {
-        cj_args_check(c, a, 2, none, m, pos);
-        cj_val *w = cj_arg(a, 0, NULL), *f = cj_arg(a, 1, NULL);
-        if (!w)
-            cj_fail(c, pos, "%s() takes at least 1 argument", m);
-        const char *fill = " ";
-        if (f) {
-            want_str(c, f, m, pos);
-            if (cj_u8_len(f->u.s.p, f->u.s.n) != 1)
-                cj_fail(c, pos, "The fill character must be exactly one character long");
-            fill = f->u.s.p;
-        }
-        return pad(c, s, cj_as_int(c, w, m, pos), fill, m[0] == 'l' ? 0 : m[0] == 'r' ? 1 : 2);
-    }
-    if (!strcmp(m, "zfill")) {
-        cj_args_check(c, a, 1, none, m, pos);
-        cj_val *w = cj_arg(a, 0, NULL);
-        if (!w)
-            cj_fail(c, pos, "zfill() takes exactly one argument");
-        int64_t width = cj_as_int(c, w, m, pos), len = (int64_t)cj_u8_len(s->u.s.p, s->u.s.n);
-        if (width <= len)
-            return (cj_val *)s;
-        cj_buf b = {0};
-        size_t st = 0;
-        if (s->u.s.n && (s->u.s.p[0] == '+' || s->u.s.p[0] == '-')) {
-            cj_putc(c, &b, s->u.s.p[0]);
-            st = 1;
-        }
-        for (int64_t i = 0; i < width - len; i++)
-            cj_putc(c, &b, '0');
-        cj_put(c, &b, s->u.s.p + st, s->u.s.n - st);
-        return cj_buf_str(c, &b);
-    }
-    if (!strcmp(m, "partition") || !strcmp(m, "rpartition")) {
-        cj_args_check(c, a, 1, none, m, pos);
-        cj_val *sep = cj_arg(a, 0, NULL);
-        if (!sep)
-            cj_fail(c, pos, "%s() takes exactly one argument", m);
-        want_str(c, sep, m, pos);
-        if (!sep->u.s.n)
-            cj_fail(c, pos, "empty separator");
-        int64_t at = find(s, sep, 0, s->u.s.n, m[0] == 'r');
-        cj_val *t = cj_list(c, 3, 1);
-        cj_val *empty = cj_str(c, "", 0);
-        if (at < 0) {
-            t->u.l.v[0] = m[0] == 'r' ? empty : (cj_val *)s;
-            t->u.l.v[1] = empty;
-            t->u.l.v[2] = m[0] == 'r' ? (cj_val *)s : empty;
-            return t;
-        }
-        size_t b = cj_u8_offset(s->u.s.p, s->u.s.n, (size_t)at);
-        t->u.l.v[0] = cj_str(c, s->u.s.p, b);
-        t->u.l.v[1] = (cj_val *)sep;
-        t->u.l.v[2] = cj_str(c, s->u.s.p + b + sep->u.s.n, s->u.s.n - b - sep->u.s.n);
-        return t;
-    }
-    if (!strcmp(m, "removeprefix") || !strcmp(m, "removesuffix")) {
-        cj_args_check(c, a, 1, none, m, pos);
-        cj_val *x = cj_arg(a, 0, NULL);
-        if (!x)
-            cj_fail(c, pos, "%s() takes exactly one argument", m);
-        want_str(c, x, m, pos);
-        size_t k = x->u.s.n;
-        if (k <= s->u.s.n) {
-            if (m[6] == 'p' && !memcmp(s->u.s.p, x->u.s.p, k))
-                return cj_str(c, s->u.s.p + k, s->u.s.n - k);
-            if (m[6] == 's' && !memcmp(s->u.s.p + s->u.s.n - k, x->u.s.p, k))
-                return cj_str(c, s->u.s.p, s->u.s.n - k);
-        }
-        return (cj_val *)s;
-    }
-    (void)str_supported_until;
-    cj_fail(c, pos, "the str method '%s' is not supported", m);
-}
-
 cj_val *cj_call_method(cj_ctx *c, const cj_val *self, const char *m, const cj_args *a, long pos)
 {
     const char *const none[] = {NULL};
     if (self->type == CJ_STR)
-        return str_method(c, self, m, a, pos);
+        return strcmp(m, "format") ? cj_str_method(c, self, m, a, pos) : str_format(c, self, a, pos);
     if (self->type == CJ_LOOP) {
         cj_loop *L = self->u.loop;
         if (!strcmp(m, "cycle")) {
@@ -713,7 +313,7 @@ cj_val *cj_call_method(cj_ctx *c, const cj_val *self, const char *m, const cj_ar
     if (self->type == CJ_LIST) {
         if (!strcmp(m, "copy")) {
             cj_args_check(c, a, 0, none, m, pos);
-            return list_from(c, self->u.l.v, self->u.l.n);
+            return cj_list_from(c, self->u.l.v, self->u.l.n);
         }
         cj_args_check(c, a, m[0] == 'i' ? 3 : 1, none, m, pos);
         cj_val *x = cj_arg(a, 0, NULL);
@@ -733,124 +333,3 @@ cj_val *cj_call_method(cj_ctx *c, const cj_val *self, const char *m, const cj_ar
     cj_fail(c, pos, "'%s' object has no method '%s'", cj_type_name(self), m);
 }
 
-/* ---- printf-style formatting (str % args) --------------------------------------------------------------------- */
-cj_val *cj_percent(cj_ctx *c, const cj_val *fmt, const cj_val *args, long pos)
-{
-    cj_val *const *items = (cj_val *const *)&args;
-    size_t nitems = 1, used = 0;
-    if (args->type == CJ_LIST && args->tuple) {
-        items = args->u.l.v;
-        nitems = args->u.l.n;
-    }
-    const cj_val *mapping = args->type == CJ_DICT ? args : NULL;
-    cj_buf b = {0};
-    cj_put(c, &b, "", 0);
-    const char *p = fmt->u.s.p;
-    size_t n = fmt->u.s.n;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] != '%') {
-            cj_putc(c, &b, p[i]);
-            continue;
-        }
-        if (++i >= n)
-            cj_fail(c, pos, "incomplete format");
-        const cj_val *v = NULL;
-        if (p[i] == '(') {
-            const char *close = memchr(p + i, ')', n - i);
-            if (!close || !mapping)
-                cj_fail(c, pos, "format requires a mapping");
-            cj_val *key = cj_str(c, p + i + 1, (size_t)(close - p - i - 1));
-            v = cj_dict_get(mapping, key);
-            if (!v)
-                cj_fail(c, pos, "KeyError: '%s'", key->u.s.p);
-            i = (size_t)(close - p) + 1;
-        }
-        char spec[32];
-        size_t k = 0;
-        spec[k++] = '%';
-        while (i < n && strchr("-+ #0", p[i]) && k < 8)
-            spec[k++] = p[i++];
-        while (i < n && p[i] >= '0' && p[i] <= '9' && k < 16)
-            spec[k++] = p[i++];
-        if (i < n && p[i] == '.') {
-            spec[k++] = p[i++];
-            while (i < n && p[i] >= '0' && p[i] <= '9' && k < 24)
-                spec[k++] = p[i++];
-        }
-        if (i >= n)
-            cj_fail(c, pos, "incomplete format");
-        char conv = p[i];
-        if (conv == '%') {
-            cj_putc(c, &b, '%');
-            continue;
-        }
-        if (!v) {
-            if (mapping)
-                v = args;
-            else if (used < nitems)
-                v = items[used++];
-            else
-                cj_fail(c, pos, "not enough arguments for format string");
-        }
-        char out[512];
-        if (conv == 's' || conv == 'r' || conv == 'a') {
-            cj_buf t = {0};
-            cj_put(c, &t, "", 0);
-            if (conv == 's')
-                cj_write_str(c, &t, v, pos);
-            else
-                cj_write_repr(c, &t, v, pos);
-            spec[k] = '\0';
-            int left = strchr(spec, '-') != NULL;
-            const char *w = spec + 1;
-            while (*w && strchr("-+ #0", *w))
-                w++;
-            long width = atol(w), prec = -1;
-            const char *dotp = strchr(spec, '.');
-            if (dotp)
-                prec = atol(dotp + 1);
-            size_t len = cj_u8_len(t.p, t.n), bytes = t.n;
-            if (prec >= 0 && (size_t)prec < len) {
-                bytes = cj_u8_offset(t.p, t.n, (size_t)prec);
-                len = (size_t)prec;
-            }
-            for (long q = (long)len; !left && q < width; q++)
-                cj_putc(c, &b, ' ');
-            cj_put(c, &b, t.p, bytes);
-            for (long q = (long)len; left && q < width; q++)
-                cj_putc(c, &b, ' ');
-            continue;
-        }
-        cj_check_undef(c, v, pos);
-        if (!cj_is_number(v))
-            cj_fail(c, pos, "%%%c format: a real number is required, not %s", conv, cj_type_name(v));
-        if (strchr("diuxXoc", conv)) {
-            long long iv = v->type == CJ_FLOAT ? (long long)trunc(v->u.f) : (long long)v->u.i;
-            if (conv == 'i' || conv == 'u')
-                conv = 'd';
-            if (conv == 'c') {
-                char u8[5] = {0};
-                cj_u8_put(u8, (uint32_t)iv);
-                cj_puts(c, &b, u8);
-                continue;
-            }
-            spec[k++] = 'l';
-            spec[k++] = 'l';
-            spec[k++] = conv;
-            spec[k] = '\0';
-            snprintf(out, sizeof out, spec, iv);
-        } else if (strchr("eEfFgG", conv)) {
-            spec[k++] = conv;
-            spec[k] = '\0';
-            snprintf(out, sizeof out, spec, cj_num(v));
-        } else {
-            cj_fail(c, pos, "unsupported format character '%c'", conv);
-        }
-        cj_puts(c, &b, out);
-    }
-    if (!mapping && used < nitems && args->type == CJ_LIST && args->tuple)
-        cj_fail(c, pos, "not all arguments converted during string formatting");
-    if (!mapping && used == 0 && !(args->type == CJ_LIST && args->tuple))
-        cj_fail(c, pos, "not all arguments converted during string formatting");
-    return cj_buf_str(c, &b);
-}
