@@ -92,6 +92,30 @@ int main(void)
     CHECK(parse(err, sizeof err, 2, "train", "positional") == PREFOPT_OPTS_ERROR);
     CHECK(parse(err, sizeof err, 3, "train", "--steps", "99999999999") == PREFOPT_OPTS_ERROR);
 
+    /* issue 18: --flag 0 as well as --flag=0; TRL names as aliases; "did you mean"; unknown sections */
+    CHECK(parse(err, sizeof err, 4, "train", "--resume", "0", "--steps=2") == PREFOPT_OPTS_OK && resume == 0 && steps == 2);
+    CHECK(parse(err, sizeof err, 3, "train", "--resume", "true") == PREFOPT_OPTS_OK && resume == 1);
+    CHECK(parse(err, sizeof err, 3, "train", "--resume", "--steps=4") == PREFOPT_OPTS_OK && resume == 1 && steps == 4);
+    CHECK(parse(err, sizeof err, 3, "train", "--loss_type", "ipo") == PREFOPT_OPTS_OK && !strcmp(loss, "ipo"));
+    CHECK(parse(err, sizeof err, 2, "train", "--bta=0.2") == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, "did you mean '--beta'?"));
+    CHECK(parse(err, sizeof err, 2, "train", "--frobnicate") == PREFOPT_OPTS_ERROR);
+    CHECK(!strstr(err, "did you mean"));
+    snprintf(path, sizeof path, "opts_sec_%d.ini", (int)getpid());
+    write_file(path, "[train]\nloss_type = kto\nstepz = 3\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, ":3:") && strstr(err, "'stepz'") && strstr(err, "did you mean 'steps'?"));
+    static const char *const sections[] = {"train", "eval", "pack", NULL};
+    prefopt_opts_set_sections(sections);
+    write_file(path, "[common]\nseed = 5\n[trian]\nsteps = 3\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, ":4:") && strstr(err, "unknown section [trian]") && strstr(err, "[eval]"));
+    write_file(path, "[eval]\nnot_a_train_key = 1\n[train]\nlearning_rate_unused = 1\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR && strstr(err, "[train]"));
+    write_file(path, "[eval]\nnot_a_train_key = 1\n[train]\nsteps = 8\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_OK && steps == 8);
+    unlink(path);
+
     /* --print-config writes INI that parses back to the same values. */
     snprintf(path, sizeof path, "opts_round_%d.ini", (int)getpid());
     CHECK(parse(err, sizeof err, 5, "train", "--steps", "3", "--loss", "kto") == PREFOPT_OPTS_OK);

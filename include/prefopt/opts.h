@@ -11,7 +11,7 @@ typedef enum {
     PREFOPT_OPT_LONG,   /* long* */
     PREFOPT_OPT_DOUBLE, /* double* */
     PREFOPT_OPT_STRING, /* const char** (points into storage owned by the parser; never freed) */
-    PREFOPT_OPT_FLAG    /* int*: "--name" sets 1, "--name=0/1/true/false" in files and on the command line */
+    PREFOPT_OPT_FLAG    /* int*: "--name" sets 1; "--name=0", "--name 0" (0/1/true/false/yes/no/on/off), "name = 0" */
 } prefopt_opt_type;
 
 typedef struct {
@@ -26,12 +26,17 @@ enum { PREFOPT_OPTS_OK = 0, PREFOPT_OPTS_EXIT = 1, PREFOPT_OPTS_ERROR = 2 };
 
 /* Parses argv[1..argc-1] (argv[0] is the subcommand name). Handles --help (prints usage to stdout),
  * --config FILE (INI: keys in [cmd] and in [common] sections and at top level apply; unknown keys are errors
- * naming the file, line and key) and --print-config (prints the effective configuration as INI).
+ * naming the file, line and key, with the closest option as "did you mean"; TRL's config names, e.g.
+ * learning_rate or per_device_train_batch_size, are aliases of prefopt's) and --print-config (prints the effective configuration as INI).
  * Positional arguments are not accepted. Returns PREFOPT_OPTS_OK to go on, PREFOPT_OPTS_EXIT after --help or
  * --print-config, PREFOPT_OPTS_ERROR with a one-line message in err. Call on every rank with the same argv:
  * the result is the same everywhere and needs no agreement. */
 int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *opts, int nopts, int argc,
                        char **argv, char *err, size_t errlen);
+
+/* The subcommands of the executable (NULL-terminated; kept, not copied): a job file's [section] that is neither
+ * [common] nor one of them is an error naming it. Unset: every section is accepted. */
+void prefopt_opts_set_sections(const char *const *names);
 
 /* Writes the effective configuration as INI ([cmd] section) to a file, for run directories. */
 int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path);

@@ -20,13 +20,92 @@ static int name_eq(const char *a, const char *b)
     return *a == *b;
 }
 
-static const prefopt_opt *find(const prefopt_opt *opts, int n, const char *name)
+static const prefopt_opt *find_exact(const prefopt_opt *opts, int n, const char *name)
 {
     for (int i = 0; i < n; i++)
         if (name_eq(opts[i].name, name))
             return &opts[i];
     return NULL;
 }
+
+/* TRL's DPOConfig / SFTConfig / KTOConfig (and transformers' TrainingArguments) names of prefopt options, so a
+ * TRL user's keys work in job files and on the command line; used only where the subcommand has the target. */
+static const char *const trl_aliases[][2] = {
+    {"learning_rate", "lr"},
+    {"per_device_train_batch_size", "micro-batch-size"},
+    {"per_device_eval_batch_size", "eval-batch-size"},
+    {"num_train_epochs", "epochs"},
+    {"max_length", "max-len"},
+    {"max_prompt_length", "max-prompt-len"},
+    {"max_completion_length", "max-new-tokens"},
+    {"loss_type", "loss"},
+    {"lr_scheduler_type", "lr-scheduler"},
+    {"adam_epsilon", "adam-eps"},
+    {"logging_steps", "log-interval"},
+    {"save_steps", "save-interval"},
+    {"eval_steps", "eval-interval"},
+    {"output_dir", "run-dir"},
+    {"gradient_checkpointing", "activation-checkpoint"},
+    {"dataset_text_field", "text"},
+};
+
+static const prefopt_opt *find(const prefopt_opt *opts, int n, const char *name)
+{
+    const prefopt_opt *o = find_exact(opts, n, name);
+    for (size_t i = 0; !o && i < sizeof trl_aliases / sizeof *trl_aliases; i++)
+        if (name_eq(trl_aliases[i][0], name))
+            o = find_exact(opts, n, trl_aliases[i][1]);
+    return o;
+}
+
+/* Levenshtein distance of two option names (dashes and underscores equal), capped at 9 */
+static int distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 60 || lb > 60)
+        return 9;
+    int d[61][61];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            char x = a[i - 1] == '_' ? '-' : a[i - 1], y = b[j - 1] == '_' ? '-' : b[j - 1];
+            int best = d[i - 1][j - 1] + (x != y);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            d[i][j] = best;
+        }
+    return d[la][lb] > 9 ? 9 : d[la][lb];
+}
+
+/* " (did you mean '--x'?)" for the closest option within a third of the name's length, else "" */
+static void did_you_mean(const prefopt_opt *opts, int n, const char *name, const char *prefix, char *out,
+                         size_t outlen)
+{
+    int best = 99;
+    const char *hit = NULL;
+    for (int i = 0; i < n; i++) {
+        int d = distance(name, opts[i].name);
+        if (d < best)
+            best = d, hit = opts[i].name;
+    }
+    int limit = (int)strlen(name) / 3;
+    if (limit < 1)
+        limit = 1;
+    if (hit && best <= limit)
+        snprintf(out, outlen, " (did you mean '%s%s'?)", prefix, hit);
+    else
+        out[0] = '\0';
+}
+
+/* the subcommands the executable has, for [section] checks of job files (set by main) */
+static const char *const *known_sections;
+
+void prefopt_opts_set_sections(const char *const *names) { known_sections = names; }
 
 static int set_value(const prefopt_opt *o, const char *val, char *err, size_t errlen, const char *where)
 {
@@ -186,14 +265,31 @@ static int on_ini_value(void *user, const char *section, const char *name, const
         return 0;
     char where[512];
     snprintf(where, sizeof where, "%s:%d", c->path, lineno);
-    /* Sections for other subcommands are skipped, so one job file can serve train, eval and generate. */
-    if (section[0] && strcmp(section, "common") && !name_eq(section, c->cmd))
+    /* Sections for other subcommands are skipped, so one job file can serve train, eval and generate; a section
+     * that is no subcommand (a misspelling: [trian]) would be skipped silently, so it is an error. */
+    if (section[0] && strcmp(section, "common") && !name_eq(section, c->cmd)) {
+        int known = !known_sections;
+        for (const char *const *k = known_sections; k && *k && !known; k++)
+            known = name_eq(*k, section);
+        if (!known) {
+            char list[512] = "[common]";
+            for (const char *const *k = known_sections; *k; k++) {
+                size_t l = strlen(list);
+                snprintf(list + l, sizeof list - l, ", [%s]", *k);
+            }
+            snprintf(c->err, c->errlen, "%s: unknown section [%s] (sections: %s)", where, section, list);
+            c->failed = 1;
+            return 0;
+        }
         return 1;
+    }
     const prefopt_opt *o = find(c->opts, c->n, name);
     if (!o) {
         if (!strcmp(section, "common") || !section[0])
             return 1; /* [common] keys may belong to another subcommand */
-        snprintf(c->err, c->errlen, "%s: unknown option '%s' in section [%s]", where, name, section);
+        char hint[160];
+        did_you_mean(c->opts, c->n, name, "", hint, sizeof hint);
+        snprintf(c->err, c->errlen, "%s: unknown option '%s' in section [%s]%s", where, name, section, hint);
         c->failed = 1;
         return 0;
     }
@@ -276,14 +372,24 @@ int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *
         name[len] = '\0';
         const prefopt_opt *o = find(opts, nopts, name);
         if (!o) {
-            snprintf(err, errlen, "unknown option '--%s' (see prefopt %s --help)", name, cmd);
+            char hint[160];
+            did_you_mean(opts, nopts, name, "--", hint, sizeof hint);
+            snprintf(err, errlen, "unknown option '--%s'%s (see prefopt %s --help)", name, hint, cmd);
             return PREFOPT_OPTS_ERROR;
         }
         const char *val;
         if (eq)
             val = eq + 1;
-        else if (o->type == PREFOPT_OPT_FLAG)
+        else if (o->type == PREFOPT_OPT_FLAG) { /* --flag, or --flag 0 / --flag false as well as --flag=0 */
+            const char *nx = i + 1 < argc ? argv[i + 1] : "";
+            static const char *const words[] = {"0", "1", "true", "false", "yes", "no", "on", "off"};
             val = "1";
+            for (size_t k = 0; k < sizeof words / sizeof *words; k++)
+                if (!strcasecmp(nx, words[k])) {
+                    val = argv[++i];
+                    break;
+                }
+        }
         else if (i + 1 < argc)
             val = argv[++i];
         else {

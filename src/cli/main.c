@@ -3,6 +3,7 @@
  * weak so the table lists exactly the subcommands built in. MPI is initialised here once for all of them. */
 #include "prefopt/banner.h"
 #include "prefopt/agree.h"
+#include "prefopt/opts.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -80,6 +81,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "prefopt: error: unknown subcommand '%s' (see prefopt --help)\n", argv[1]);
         return PREFOPT_EXIT_USAGE;
     }
+    static const char *sections[32];
+    for (int i = 0, k = 0; k < 31; i++) { /* job files may hold a section for any subcommand built in */
+        const char *nm = NULL;
+        prefopt_cmd_fn f2 = lookup(NULL, NULL, i, &nm);
+        if (!nm)
+            break;
+        if (f2)
+            sections[k++] = nm;
+    }
+    prefopt_opts_set_sections(sections);
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit (ulimit -f) makes writes fail with EFBIG, reported, not a kill */
     prefopt_blis_select_arch();
     prefopt_malloc_keep_pages();
