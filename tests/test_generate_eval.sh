@@ -93,5 +93,31 @@ check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $(grep -c "bad.jsonl:2: expected a 
 timeout 60 $MPI -n 2 "$P" eval --model missing.h5 --data pairs.h5 --out x.jsonl > /dev/null 2> miss.log; rc=$?
 check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $(grep -c "missing.h5" miss.log) -eq 2 ]' "missing model: both ranks name it (rc $rc)"
 
+# chat prompts (issue 18): "messages" rendered by --chat-template with the generation prompt; --stop-ids ends
+# completions at extra ids; messages without a template fail with one line naming the file and line
+printf '%s\n' '{"messages": [{"role": "user", "content": "abc:"}]}' '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "dd"}]}' > chat.jsonl
+SRC=${PREFOPT_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+"$P" generate --model pol/model.h5 --prompts chat.jsonl --chat-template "$SRC/tests/data/chat_templates/chatml.json" \
+    --max-new-tokens 4 --out chat.jsonl.out 2> chat.log || { cat chat.log; fail=1; }
+check '$PY -c "
+import json, sys
+rows = [json.loads(l) for l in open(\"chat.jsonl.out\")]
+want = [\"<|im_start|>user\\nabc:<|im_end|>\\n<|im_start|>assistant\\n\",
+        \"<|im_start|>system\\ns<|im_end|>\\n<|im_start|>user\\ndd<|im_end|>\\n<|im_start|>assistant\\n\"]
+sys.exit(0 if [r[\"prompt\"] for r in rows] == want else 1)"' "chat prompts rendered with the ChatML template: $(head -c 300 chat.jsonl.out)"
+first=$($PY -c 'import json; print(json.loads(open("greedy.jsonl").readline())["ids"][0])')
+"$P" generate --model pol/model.h5 --prompts prompts.jsonl --max-new-tokens 6 --stop-ids "$first" --out stop.jsonl 2> stop.log || fail=1
+check '$PY -c "
+import json, sys
+g = [json.loads(l) for l in open(\"greedy.jsonl\")]
+s = [json.loads(l) for l in open(\"stop.jsonl\")]
+ok = all((a[\"ids\"][:a[\"ids\"].index($first) + 1] if $first in a[\"ids\"] else a[\"ids\"]) == b[\"ids\"] for a, b in zip(g, s))
+ok = ok and all(b[\"stopped_at_eos\"] for b in s if b[\"ids\"] and b[\"ids\"][-1] == $first)
+sys.exit(0 if ok and len(g) == len(s) else 1)"' "--stop-ids $first cuts every greedy completion after its first $first"
+"$P" generate --model pol/model.h5 --prompts chat.jsonl --out x.jsonl > /dev/null 2> nochat.log && fail=1
+check 'grep -q "chat.jsonl:1: field .messages.: chat prompts need --chat-template" nochat.log' "messages without a template: $(cat nochat.log)"
+"$P" generate --model pol/model.h5 --prompts prompts.jsonl --stop-ids 1,x --out x.jsonl > /dev/null 2> badstop.log && fail=1
+check 'grep -q "stop-ids .1,x.: expected comma-separated token ids" badstop.log' "bad --stop-ids: $(cat badstop.log)"
+
 [ $fail -eq 0 ] && echo "test_generate_eval: all checks passed"
 exit $fail

@@ -11,6 +11,9 @@ typedef struct {
     double temperature, top_p;
     long seed;
     int grid_rows, grid_cols, dp; /* dp 0: ranks / (rows * cols) */
+    const char *stop_ids;      /* "128009,128001": generation also stops at these ids (besides the tokenizer's EOS) */
+    const char *chat_template; /* for "messages" prompts: a .jinja file, a tokenizer_config.json or its directory;
+                                * its eos_token stops generation too */
 } prefopt_generate_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

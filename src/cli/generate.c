@@ -13,7 +13,8 @@ int prefopt_cmd_generate(int argc, char **argv)
         {"model", PREFOPT_OPT_STRING, &p->model_path, "", "model file or checkpoint (required)"},
         {"ref", PREFOPT_OPT_STRING, &p->ref_path, "", "reference model: score each completion under both (KL estimate)"},
         {"prompts", PREFOPT_OPT_STRING, &p->prompts_path, "",
-         "JSONL with \"prompt\" (text) or \"prompt_ids\", or a packed dataset (.h5: its prompts) (required)"},
+         "JSONL with \"prompt\" (text), \"prompt_ids\" or \"messages\" (chat, needs --chat-template), or a "
+         "packed dataset (.h5: its prompts) (required)"},
         {"out", PREFOPT_OPT_STRING, &p->out_path, "", "output JSONL (index, prompt, completion, ids) (required)"},
         {"max-new-tokens", PREFOPT_OPT_INT, &p->max_new_tokens, "64", "generated tokens per prompt at most"},
         {"temperature", PREFOPT_OPT_DOUBLE, &p->temperature, "0", "0: greedy; > 0: sample from softmax(logits/T)"},
@@ -26,6 +27,11 @@ int prefopt_cmd_generate(int argc, char **argv)
         {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
         {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
         {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+        {"stop-ids", PREFOPT_OPT_STRING, &p->stop_ids, "",
+         "comma-separated token ids that end a completion besides the tokenizer's EOS (e.g. 128009 for <|eot_id|>)"},
+        {"chat-template", PREFOPT_OPT_STRING, &p->chat_template, "",
+         "chat template for \"messages\" prompts (rendered with add_generation_prompt): a .jinja file, or a "
+         "tokenizer_config.json / tokenizer directory; its eos_token also stops generation"},
     };
     const int nopts = (int)(sizeof opts / sizeof opts[0]);
     char msg[1024];

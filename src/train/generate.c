@@ -8,6 +8,7 @@
 #include "prefopt/dataset.h"
 #include "prefopt/opts.h"
 #include "prefopt/runctl.h"
+#include "prefopt/chat_template.h"
 #include "prefopt/tokenizer.h"
 #include "prefopt/generate.h"
 #include "prefopt/train.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -144,8 +146,16 @@ static void free_rows(rows *r)
     free(r->tok), free(r->pos), free(r->parent), free(r->unit), free(r->seg), free(r->comp);
 }
 
-static int read_prompts(const char *path, const prefopt_tokenizer *tk, int add_bos, sample **out, int *nout,
-                        prefopt_err *err)
+static int is_stop(const int *stop, int n, int id)
+{
+    for (int i = 0; i < n; i++)
+        if (stop[i] == id)
+            return 1;
+    return 0;
+}
+
+static int read_prompts(const char *path, const prefopt_tokenizer *tk, const prefopt_chat_template *chat,
+                        int add_bos, sample **out, int *nout, prefopt_err *err)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -163,8 +173,19 @@ static int read_prompts(const char *path, const prefopt_tokenizer *tk, int add_b
         cJSON *o = cJSON_Parse(line);
         const cJSON *pt = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt") : NULL;
         const cJSON *pi = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt_ids") : NULL;
-        if (!o || (!cJSON_IsString(pt) && !cJSON_IsArray(pi))) {
-            prefopt_err_set(err, "%s:%d: expected a JSON object with \"prompt\" (text) or \"prompt_ids\"", path, lineno);
+        const cJSON *pm = o ? cJSON_GetObjectItemCaseSensitive(o, "messages") : NULL;
+        if (!cJSON_IsArray(pm))
+            pm = NULL;
+        if (!o || (!cJSON_IsString(pt) && !cJSON_IsArray(pi) && !pm)) {
+            prefopt_err_set(err, "%s:%d: expected a JSON object with \"prompt\" (text), \"prompt_ids\" or \"messages\"",
+                            path, lineno);
+            cJSON_Delete(o);
+            break;
+        }
+        if (pm && !cJSON_IsString(pt) && !chat) {
+            prefopt_err_set(err, "%s:%d: field 'messages': chat prompts need --chat-template (a .jinja file or the "
+                                 "model's tokenizer_config.json)",
+                            path, lineno);
             cJSON_Delete(o);
             break;
         }
@@ -184,7 +205,21 @@ static int read_prompts(const char *path, const prefopt_tokenizer *tk, int add_b
             icap = 16;
             ids[nid++] = prefopt_tokenizer_bos(tk);
         }
-        if (cJSON_IsString(pt)) {
+        if (pm && !cJSON_IsString(pt)) { /* chat: the template's rendering with the generation prompt, as TRL */
+            char *text = NULL;
+            size_t tl = 0;
+            prefopt_err e = {0};
+            if (prefopt_chat_template_render(chat, pm, 1, NULL, &text, &tl, NULL, NULL, &e)) {
+                prefopt_err_set(err, "%s:%d: field 'messages': %s", path, lineno, e.msg);
+                cJSON_Delete(o);
+                break;
+            }
+            x->prompt = text;
+            if (prefopt_tokenizer_encode(tk, text, tl, 1, &ids, &nid, &icap, err)) {
+                cJSON_Delete(o);
+                break;
+            }
+        } else if (cJSON_IsString(pt)) {
             x->prompt = strdup(pt->valuestring);
             if (prefopt_tokenizer_encode(tk, pt->valuestring, strlen(pt->valuestring), 0, &ids, &nid, &icap, err)) {
                 cJSON_Delete(o);
@@ -313,6 +348,39 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             unlink(tmp);
         }
     }
+    /* the chat template for "messages" prompts, and every id that ends a completion */
+    prefopt_chat_template *chat = NULL;
+    if (!err.set && p->chat_template && *p->chat_template) {
+        struct stat sb;
+        if (!stat(p->chat_template, &sb) && S_ISDIR(sb.st_mode))
+            prefopt_chat_template_load(p->chat_template, NULL, &chat, &err);
+        else
+            prefopt_chat_template_load_file(p->chat_template, NULL, &chat, &err);
+        if (!err.set && !chat)
+            prefopt_err_set(&err, "--chat-template %s: no chat template there", p->chat_template);
+    }
+    int stop[64], nstop = 0;
+    if (!err.set && tk && prefopt_tokenizer_eos(tk) >= 0)
+        stop[nstop++] = prefopt_tokenizer_eos(tk);
+    if (!err.set && chat) {
+        const cJSON *et = cJSON_GetObjectItemCaseSensitive(prefopt_chat_template_vars(chat), "eos_token");
+        int id = cJSON_IsString(et) ? prefopt_tokenizer_token_id(tk, et->valuestring) : -1;
+        if (id >= 0)
+            stop[nstop++] = id;
+    }
+    for (const char *q = p->stop_ids ? p->stop_ids : ""; !err.set && *q;) {
+        char *end;
+        long v = strtol(q, &end, 10);
+        if (end == q || v < 0 || v >= cfg.vocab_size || (*end && *end != ',')) {
+            prefopt_err_set(&err, "--stop-ids '%s': expected comma-separated token ids below the model's vocabulary "
+                                  "size %d",
+                            p->stop_ids, cfg.vocab_size);
+            break;
+        }
+        if (nstop < 64)
+            stop[nstop++] = (int)v;
+        q = *end ? end + 1 : end;
+    }
     sample *s = NULL;
     int ns = 0;
     /* a packed dataset (.h5) is read collectively, so every rank must take part even after a local error */
@@ -324,7 +392,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     if (from_dataset)
         read_prompts_dataset(prompts_path, g.world, cfg.vocab_size, rec.identity, tk, &s, &ns, &err);
     else
-        read_prompts(prompts_path, tk, add_bos, &s, &ns, &err);
+        read_prompts(prompts_path, tk, chat, add_bos, &s, &ns, &err);
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
 
@@ -340,7 +408,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
 
-    const int V = cfg.vocab_size, eos = prefopt_tokenizer_eos(tk);
+    const int V = cfg.vocab_size;
     int pad = prefopt_tokenizer_pad(tk);
     pad = pad >= 0 ? pad : 0;
     /* this replica's prompts, in batches; every replica runs the same number of batches (collectives inside) */
@@ -397,7 +465,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
                 }
                 x->ids[x->n++] = id;
                 generated++;
-                if (id == eos || x->n >= max_len)
+                if (is_stop(stop, nstop, id) || x->n >= max_len)
                     x->done = 1;
             }
         }
@@ -488,7 +556,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             const int32_t *gid = all_ids + where[i];
             int glen = len[i];
             int text_len = glen;
-            if (skip_special && glen > 0 && gid[glen - 1] == eos)
+            if (skip_special && glen > 0 && is_stop(stop, nstop, gid[glen - 1]))
                 text_len--;
             char *text = prefopt_tokenizer_decode(tk, gid, (size_t)text_len, skip_special, &err);
             cJSON *o = cJSON_CreateObject();
@@ -498,7 +566,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             cJSON *arr = cJSON_AddArrayToObject(o, "ids");
             for (int j = 0; j < glen; j++)
                 cJSON_AddItemToArray(arr, cJSON_CreateNumber(gid[j]));
-            cJSON_AddBoolToObject(o, "stopped_at_eos", glen > 0 && gid[glen - 1] == eos);
+            cJSON_AddBoolToObject(o, "stopped_at_eos", glen > 0 && is_stop(stop, nstop, gid[glen - 1]));
             if (ref) {
                 cJSON_AddNumberToObject(o, "logp", s[i].logp_pol);
                 cJSON_AddNumberToObject(o, "ref_logp", s[i].logp_ref);
@@ -543,6 +611,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     if (ref)
         prefopt_model_free(ref);
     prefopt_tokenizer_free(tk);
+    prefopt_chat_template_free(chat);
     prefopt_tokenizer_record_free(&rec);
     prefopt_grid_free(&g);
     return 0;
