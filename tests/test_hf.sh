@@ -67,6 +67,31 @@ expect_err "model.safetensors: tensor for 'h.2.ln_1.weight' missing" --arch gpt2
 expect_err "model.safetensors: tensor 'transformer.h.1.ln_1.weight' is not part of this gpt2 model (config.json says 1 layers)" --arch gpt2 --set-config 'n_layer=1'
 expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this llama model" --arch qwen2 --set-config 'model_type="llama"'
 
+# issue 18: the tokenizer's side files travel import -> model file -> export (tokenizer_config.json with the chat
+# template, special_tokens_map.json, generation_config.json with its eos list), into a directory whose parents do
+# not exist yet, with no temporary file left; a model imported without them exports a generation_config.json
+# holding its config's ids
+d=side
+$PY "$T/make_tiny_hf.py" $d/hf --arch llama --dtype f32 --shards 1 --seed 7 || die "generator side"
+cp "$PREFOPT_SOURCE_DIR/tests/data/chat_templates/llama3_1_instruct.json" $d/hf/tokenizer_config.json
+printf '{"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}\n' > $d/hf/special_tokens_map.json
+printf '{"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}\n' > $d/hf/generation_config.json
+"$PREFOPT" import --hf $d/hf --out $d/a.h5 > /dev/null || die "import with side files"
+"$PREFOPT" export --model $d/a.h5 --hf $d/deep/er/out > /dev/null || die "export into missing parent folders"
+for f in tokenizer_config.json special_tokens_map.json generation_config.json tokenizer.json; do
+  cmp -s $d/hf/$f $d/deep/er/out/$f || die "$f not carried through import -> export"
+done
+ls $d/deep/er/out | grep -q tmp && die "export left a temporary file: $(ls $d/deep/er/out)"
+"$PREFOPT" export --model m1/a.h5 --hf $d/plain > /dev/null || die "export without side files"
+$PY - m1/hf/config.json $d/plain/generation_config.json <<'PYEOF' || die "synthesized generation_config.json"
+import json, sys
+c, g = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for k in ("bos_token_id", "eos_token_id"):
+    if k in c and c[k] is not None and g.get(k) != c[k]:
+        sys.exit(f"{k}: config {c[k]}, generation_config {g.get(k)}")
+PYEOF
+[ $fail = 0 ] && echo "ok side files (tokenizer_config, special_tokens_map, generation_config) carried; parents created"
+
 # a truncated model file
 head -c 30000 m1/a.h5 > trunc.h5
 out=$("$PREFOPT" export --model trunc.h5 --hf trunc 2>&1) && die "export of a truncated file succeeded"

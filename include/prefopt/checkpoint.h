@@ -27,15 +27,24 @@
 #include "prefopt/hf.h"
 #include "prefopt/model.h"
 
+/* The Hugging Face files that travel with the tokenizer from import to export (and that generate reads: the chat
+ * template, every eos id), stored in model files and checkpoints as byte datasets of the same names. */
+enum { PREFOPT_TOK_CONFIG, PREFOPT_TOK_SPECIAL_MAP, PREFOPT_TOK_CHAT_JINJA, PREFOPT_TOK_GENERATION, PREFOPT_TOK_NSIDE };
+extern const char *const prefopt_tokenizer_side_names[PREFOPT_TOK_NSIDE]; /* "tokenizer_config.json", ... */
+
 /* The tokenizer a model file carries. json == NULL means the byte-level default. */
 typedef struct {
     char *json;         /* tokenizer.json bytes (malloc'd when returned by a read; free with ..._record_free) */
     size_t len;
     char identity[80];  /* "byte" or "sha256:<hex>" (prefopt_tokenizer_identity's form) */
+    char *side[PREFOPT_TOK_NSIDE]; /* the files beside tokenizer.json (NULL when absent), malloc'd */
+    size_t side_len[PREFOPT_TOK_NSIDE];
 } prefopt_tokenizer_record;
 
 void prefopt_tokenizer_record_free(prefopt_tokenizer_record *t);
-/* Reads a tokenizer.json file into a record and computes its identity. */
+/* Reads a tokenizer.json file into a record and computes its identity (of tokenizer.json alone); the side files
+ * beside it (tokenizer_config.json, special_tokens_map.json, chat_template.jinja, generation_config.json) come
+ * along when present. */
 int prefopt_tokenizer_record_load(const char *path, prefopt_tokenizer_record *t, prefopt_err *err);
 
 /* ---- model files ----------------------------------------------------------------------------------------- */

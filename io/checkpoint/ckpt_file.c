@@ -273,8 +273,12 @@ int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cf
     bad |= attr_double(file, "rope_theta", &d, 1);
     snprintf(s, sizeof s, "%s", tok && tok->json ? tok->identity : "byte");
     bad |= ck_attr_str(file, "tokenizer_identity", s, 0, 1);
-    if (tok && tok->json)
+    if (tok && tok->json) {
         bad |= write_bytes(file, "tokenizer.json", tok->json, tok->len, comm);
+        for (int i = 0; i < PREFOPT_TOK_NSIDE; i++)
+            if (tok->side[i])
+                bad |= write_bytes(file, prefopt_tokenizer_side_names[i], tok->side[i], tok->side_len[i], comm);
+    }
     if (bad)
         prefopt_err_set(err, "cannot write the model config attributes");
     return bad;
@@ -336,5 +340,10 @@ int ck_read_tokenizer(hid_t file, const char *path, prefopt_tokenizer_record *to
         prefopt_err_set(err, "%s: dataset 'tokenizer.json' unreadable", path);
         return 1;
     }
+    for (int i = 0; i < PREFOPT_TOK_NSIDE; i++)
+        if (read_bytes(file, prefopt_tokenizer_side_names[i], &tok->side[i], &tok->side_len[i])) {
+            prefopt_err_set(err, "%s: dataset '%s' unreadable", path, prefopt_tokenizer_side_names[i]);
+            return 1;
+        }
     return 0;
 }

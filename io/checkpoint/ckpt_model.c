@@ -18,11 +18,35 @@
 
 /* ---- tokenizer records ----------------------------------------------------------------------------------- */
 
+const char *const prefopt_tokenizer_side_names[PREFOPT_TOK_NSIDE] = {"tokenizer_config.json", "special_tokens_map.json",
+                                                                      "chat_template.jinja", "generation_config.json"};
+
 void prefopt_tokenizer_record_free(prefopt_tokenizer_record *t)
 {
     free(t->json);
     t->json = NULL;
     t->len = 0;
+    for (int i = 0; i < PREFOPT_TOK_NSIDE; i++) {
+        free(t->side[i]);
+        t->side[i] = NULL;
+        t->side_len[i] = 0;
+    }
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = n >= 0 ? prefopt_xmalloc((size_t)n + 1, path) : NULL;
+    *len = b ? fread(b, 1, (size_t)n, f) : 0;
+    if (b)
+        b[*len] = '\0';
+    fclose(f);
+    return b;
 }
 
 int prefopt_tokenizer_record_load(const char *path, prefopt_tokenizer_record *t, prefopt_err *err)
@@ -48,6 +72,18 @@ int prefopt_tokenizer_record_load(const char *path, prefopt_tokenizer_record *t,
     int o = snprintf(t->identity, sizeof t->identity, "sha256:");
     for (int i = 0; i < SHA256_DIGEST_SIZE; i++)
         o += snprintf(t->identity + o, sizeof t->identity - (size_t)o, "%02x", dig[i]);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *sl = strrchr(dir, '/');
+    if (sl)
+        *sl = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    for (int i = 0; i < PREFOPT_TOK_NSIDE; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/%s", dir, prefopt_tokenizer_side_names[i]);
+        t->side[i] = slurp(p, &t->side_len[i]);
+    }
     return 0;
 }
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 typedef struct {
@@ -94,6 +95,45 @@ static void transpose(const float *src, float *dst, int64_t rows, int64_t cols)
                     dst[c * rows + r] = src[r * cols + c];
 }
 
+/* mkdir -p */
+static int mkdir_parents(const char *dir, prefopt_err *err)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *q = p + 1; *q; q++)
+        if (*q == '/') {
+            *q = '\0';
+            if (mkdir(p, 0777) && errno != EEXIST) {
+                prefopt_err_set(err, "%s: cannot create the directory: %s", p, strerror(errno));
+                return 1;
+            }
+            *q = '/';
+        }
+    if (mkdir(p, 0777) && errno != EEXIST) {
+        prefopt_err_set(err, "%s: cannot create the directory: %s", p, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* dir/name written as dir/name.tmp.<pid>, then renamed: a reader never sees half a file */
+static int write_atomic(const char *dir, const char *name, const char *data, size_t len, prefopt_err *err)
+{
+    char p[4200], tmp[4300];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", p, (int)getpid());
+    FILE *tf = fopen(tmp, "wb");
+    int bad = !tf || fwrite(data, 1, len, tf) != len;
+    if (tf && fclose(tf))
+        bad = 1;
+    if (bad || rename(tmp, p)) {
+        prefopt_err_set(err, "%s: cannot write: %s", p, strerror(errno));
+        unlink(tmp);
+        return 1;
+    }
+    return 0;
+}
+
 int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
 {
     hid_t f;
@@ -105,7 +145,11 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
         H5Fclose(f);
         return 1;
     }
-    mkdir(dir, 0777);
+    if (mkdir_parents(dir, err)) {
+        prefopt_tokenizer_record_free(&tok);
+        H5Fclose(f);
+        return 1;
+    }
     char p[4200];
     snprintf(p, sizeof p, "%s/config.json", dir);
     int rc = prefopt_hf_config_write(p, &cfg, err);
@@ -146,15 +190,24 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
     }
     if (w)
         rc |= prefopt_st_writer_close(w, rc ? NULL : err);
-    if (!rc && tok.json) {
-        snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-        FILE *tf = fopen(p, "wb");
-        if (!tf || fwrite(tok.json, 1, tok.len, tf) != tok.len) {
-            prefopt_err_set(err, "%s: cannot write: %s", p, strerror(errno));
-            rc = 1;
-        }
-        if (tf)
-            fclose(tf);
+    if (!rc && tok.json)
+        rc = write_atomic(dir, "tokenizer.json", tok.json, tok.len, err);
+    /* what transformers and serving stacks read besides: the tokenizer's config (chat template, special tokens),
+     * its special-token map, a chat_template.jinja, and generation_config.json (every eos id) */
+    for (int i = 0; i < PREFOPT_TOK_NSIDE && !rc; i++)
+        if (tok.side[i])
+            rc = write_atomic(dir, prefopt_tokenizer_side_names[i], tok.side[i], tok.side_len[i], err);
+    if (!rc && !tok.side[PREFOPT_TOK_GENERATION]) { /* none imported: the ids of the config */
+        char g[256];
+        int n = snprintf(g, sizeof g, "{\n  \"_from_model_config\": true");
+        if (cfg.bos_id >= 0)
+            n += snprintf(g + n, sizeof g - (size_t)n, ",\n  \"bos_token_id\": %d", cfg.bos_id);
+        if (cfg.eos_id >= 0)
+            n += snprintf(g + n, sizeof g - (size_t)n, ",\n  \"eos_token_id\": %d", cfg.eos_id);
+        if (cfg.pad_id >= 0)
+            n += snprintf(g + n, sizeof g - (size_t)n, ",\n  \"pad_token_id\": %d", cfg.pad_id);
+        n += snprintf(g + n, sizeof g - (size_t)n, "\n}\n");
+        rc = write_atomic(dir, "generation_config.json", g, (size_t)n, err);
     }
     free(names);
     free(ndims);

@@ -358,6 +358,31 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             prefopt_chat_template_load_file(p->chat_template, NULL, &chat, &err);
         if (!err.set && !chat)
             prefopt_err_set(&err, "--chat-template %s: no chat template there", p->chat_template);
+    } else if (!err.set && (rec.side[PREFOPT_TOK_CONFIG] || rec.side[PREFOPT_TOK_CHAT_JINJA])) {
+        /* the template imported with the model (tokenizer_config.json / chat_template.jinja in the model file) */
+        char tdir[] = "/tmp/prefopt-chat-XXXXXX";
+        if (!mkdtemp(tdir)) {
+            prefopt_err_set(&err, "cannot stage the chat template of %s in /tmp", model_path);
+        } else {
+            for (int i = PREFOPT_TOK_CONFIG; i <= PREFOPT_TOK_CHAT_JINJA; i++)
+                if (rec.side[i] && i != PREFOPT_TOK_SPECIAL_MAP) {
+                    char fp[256];
+                    snprintf(fp, sizeof fp, "%s/%s", tdir, prefopt_tokenizer_side_names[i]);
+                    FILE *tf = fopen(fp, "wb");
+                    if (!tf || fwrite(rec.side[i], 1, rec.side_len[i], tf) != rec.side_len[i])
+                        prefopt_err_set(&err, "cannot stage %s in /tmp", prefopt_tokenizer_side_names[i]);
+                    if (tf)
+                        fclose(tf);
+                }
+            if (!err.set)
+                prefopt_chat_template_load(tdir, NULL, &chat, &err);
+            for (int i = PREFOPT_TOK_CONFIG; i <= PREFOPT_TOK_CHAT_JINJA; i++) {
+                char fp[256];
+                snprintf(fp, sizeof fp, "%s/%s", tdir, prefopt_tokenizer_side_names[i]);
+                unlink(fp);
+            }
+            rmdir(tdir);
+        }
     }
     int stop[64], nstop = 0;
     if (!err.set && tk && prefopt_tokenizer_eos(tk) >= 0)
@@ -367,6 +392,16 @@ int prefopt_generate_run(const prefopt_generate_params *p)
         int id = cJSON_IsString(et) ? prefopt_tokenizer_token_id(tk, et->valuestring) : -1;
         if (id >= 0)
             stop[nstop++] = id;
+    }
+    if (!err.set && rec.side[PREFOPT_TOK_GENERATION]) { /* generation_config.json: eos_token_id, one or a list */
+        cJSON *gc = cJSON_Parse(rec.side[PREFOPT_TOK_GENERATION]);
+        const cJSON *e = gc ? cJSON_GetObjectItemCaseSensitive(gc, "eos_token_id") : NULL;
+        if (cJSON_IsNumber(e) && nstop < 64)
+            stop[nstop++] = e->valueint;
+        const cJSON *x;
+        if (cJSON_IsArray(e))
+            cJSON_ArrayForEach(x, e) if (cJSON_IsNumber(x) && nstop < 64) stop[nstop++] = x->valueint;
+        cJSON_Delete(gc);
     }
     for (const char *q = p->stop_ids ? p->stop_ids : ""; !err.set && *q;) {
         char *end;
