@@ -9,7 +9,8 @@
  *              from the assistant, is the completion; the ones before are the prompt)
  * Each of prompt/chosen/rejected/completion/text may be a string (tokenized; special tokens written in the text are
  * matched as the tokenizer's added tokens, as Hugging Face tokenizers and `prefopt tokenize` do), an array of token
- * ids, or a list of chat messages {"role", "content"}; "<field>_ids" may give the ids instead.
+ * ids, or a list of chat messages {"role", "content"}; "<field>_ids" may give the ids instead. A text completion
+ * after a text prompt is tokenized as TRL 1.x does: the ids of prompt + completion after the prompt's length.
  * With the model's chat template (opts.chat, prefopt/chat_template.h) messages are tokenized as TRL 1.x does: the
  * prompt rendered with add_generation_prompt=True, each completion's ids = ids(render(prompt + completion)) minus
  * the prompt's ids (cut at the prompt's length, as TRL does, when a token spans the boundary; the summary counts

@@ -515,6 +515,37 @@ static int parse_chat(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const
     return bad;
 }
 
+/* Standard (text) prompt and completions, as TRL 1.x tokenizes them: a completion's ids are those of
+ * prompt + completion after the prompt's length (a SentencePiece completion tokenized alone would start with a
+ * lone "▁"); a completion given as ids or messages keeps its own. */
+static int rejoin_text(ctx *c, const cJSON *o, const char *const names[], int n, ids_t *const fl[])
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, names[0]);
+    if (!cJSON_IsString(p) || !p->valuestring[0])
+        return 0;
+    size_t pl = strlen(p->valuestring);
+    for (int k = 1; k <= n; k++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, names[k]);
+        if (!cJSON_IsString(x))
+            continue;
+        size_t xl = strlen(x->valuestring);
+        char *both = prefopt_xmalloc(pl + xl + 1, "prompt + completion");
+        memcpy(both, p->valuestring, pl);
+        memcpy(both + pl, x->valuestring, xl + 1);
+        fl[k]->n = 0;
+        int bad = encode(c, both, pl + xl, 1, fl[k], names[k]);
+        free(both);
+        if (bad)
+            return 1;
+        if (fl[k]->n < fl[0]->n || (fl[0]->n && memcmp(fl[k]->v, fl[0]->v, fl[0]->n * sizeof(int32_t))))
+            c->mismatch = 1;
+        size_t cut = fl[k]->n < fl[0]->n ? fl[k]->n : fl[0]->n;
+        memmove(fl[k]->v, fl[k]->v + cut, (fl[k]->n - cut) * sizeof(int32_t));
+        fl[k]->n -= cut;
+    }
+    return 0;
+}
+
 /* Fills fields[0..] (prompt first) and label from one parsed line of the given kind. */
 static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const fl[], uint8_t *label)
 {
@@ -532,6 +563,9 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
         if (require(c, get_field(c, o, "chosen", mode, fl[1]), "chosen") ||
             require(c, get_field(c, o, "rejected", mode, fl[2]), "rejected"))
             return 1;
+        static const char *const names[] = {"prompt", "chosen", "rejected"};
+        if (rp == 0 && rejoin_text(c, o, names, 2, fl))
+            return 1;
         if (rp < 0) { /* implicit prompt: the common prefix */
             size_t k = 0;
             while (k < fl[1]->n && k < fl[2]->n && fl[1]->v[k] == fl[2]->v[k])
@@ -546,8 +580,10 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
         return 0;
     }
     if (kind == PREFOPT_DS_UNPAIRED) {
+        static const char *const names[] = {"prompt", "completion"};
         if (chat != 0 && (require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
-                          require(c, get_field(c, o, "completion", 1, fl[1]), "completion")))
+                          require(c, get_field(c, o, "completion", 1, fl[1]), "completion") ||
+                          rejoin_text(c, o, names, 1, fl)))
             return 1;
         const cJSON *l = cJSON_GetObjectItemCaseSensitive(o, "label");
         if (cJSON_IsBool(l))
@@ -592,8 +628,9 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
         fl[0]->n = 0;
         return require(c, get_field(c, o, "text", 2, fl[1]), "text");
     }
+    static const char *const names[] = {"prompt", "completion"};
     return require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
-           require(c, get_field(c, o, "completion", 1, fl[1]), "completion");
+           require(c, get_field(c, o, "completion", 1, fl[1]), "completion") || rejoin_text(c, o, names, 1, fl);
 }
 
 /* Returns the drop reason, or -1 to keep. */
@@ -845,16 +882,17 @@ void prefopt_pack_print_summary(FILE *f, const prefopt_pack_opts *o, const prefo
         if (o->chat)
             fprintf(f, "  chat template: %s (%" PRId64 " conversational examples, tokenized as TRL does)\n",
                     prefopt_chat_template_name(o->chat), st->conversational);
-        if (st->prompt_mismatch)
-            fprintf(f, "  warning: in %" PRId64 " examples the prompt's tokens are not the start of prompt + completion's "
-                       "(a token spans the boundary); the completion starts after as many tokens as the prompt has, "
-                       "as in TRL\n",
-                    st->prompt_mismatch);
+
         else
             fprintf(f, "  chat template: ChatML fallback (the tokenizer has no chat_template; %" PRId64
                        " conversational examples; --chat-template FILE sets one)\n",
                     st->conversational);
     }
+    if (st->prompt_mismatch)
+        fprintf(f, "  warning: in %" PRId64 " examples the prompt's tokens are not the start of prompt + completion's "
+                   "(a token spans the boundary); the completion starts after as many tokens as the prompt has, as in "
+                   "TRL\n",
+                st->prompt_mismatch);
     fprintf(f, "  lines %" PRId64 " (%" PRId64 " blank); kept %" PRId64 " train", st->lines, st->blank, st->kept[0]);
     if (o->eval_output)
         fprintf(f, " + %" PRId64 " eval (%s)", st->kept[1], o->eval_output);

@@ -35,7 +35,12 @@ async function main() {
             const f = await ids(tok, full);
             // TRL warns when the prompt's ids are not the start of the whole's, and slices at their length anyway
             if (f.slice(0, p.length).join() !== p.join()) mismatch = 1;
-            fields.push(f.slice(p.length));
+            const comp = f.slice(p.length);
+            if (r.eos !== undefined) { // standard (text) example: EOS appended when missing, as TRL does
+              const eos = tok.tokenToId(r.eos);
+              if (comp[comp.length - 1] !== eos) comp.push(eos);
+            }
+            fields.push(comp);
           }
           mismatches += mismatch; // examples, as prefopt's summary counts them
         } else {

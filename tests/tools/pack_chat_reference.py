@@ -33,20 +33,27 @@ def main():
     env = R.make_env()
     out = {}
     for tokdir in tokdirs:
-        src, tokens = R.template_of({"file": os.path.join(tokdir, "tokenizer_config.json")})
-        tmpl = env.from_string(src)
+        with open(os.path.join(tokdir, "tokenizer_config.json"), encoding="utf-8") as f:
+            has_template = "chat_template" in json.load(f)
+        if has_template:
+            src, tokens = R.template_of({"file": os.path.join(tokdir, "tokenizer_config.json")})
+            tmpl = env.from_string(src)
+        else:  # text data only (tokenizer_config.json's special tokens)
+            with open(os.path.join(tokdir, "tokenizer_config.json"), encoding="utf-8") as f:
+                cfg = json.load(f)
+            tokens = {k: R.token_text(cfg[k]) for k in R.SPECIAL if R.token_text(cfg.get(k)) is not None}
 
         def render(msgs, agp):
             return tmpl.render(messages=msgs, add_generation_prompt=agp, tools=None, documents=None, **tokens)
 
         eos = tokens["eos_token"]
         per = {}
-        for kind in ("pairs", "unpaired", "sft"):
+        for kind in ("pairs", "unpaired", "sft", "text_pairs") if has_template else ("text_pairs",):
             rows = []
             with open(os.path.join(data, kind + ".jsonl"), encoding="utf-8") as f:
                 for line in f:
                     ex = json.loads(line)
-                    if kind == "pairs":
+                    if kind in ("pairs", "text_pairs"):
                         p, comps = ex.get("prompt"), [ex["chosen"], ex["rejected"]]
                         if conv(comps[0]) and not conv(p):
                             p, c1, c2 = extract_prompt(*comps)
@@ -57,8 +64,10 @@ def main():
                         p, comps = ex["prompt"], [ex["completion"]]
                     if conv(p):
                         row = {"prompt": render(p, True), "full": [render(p + c, False) for c in comps]}
-                    else:  # standard: prompt and completions apart, EOS after each completion
-                        row = {"prompt": p, "completions": [c for c in comps], "eos": eos}
+                    elif isinstance(p, str) and p:  # standard: ids(prompt + completion) after the prompt's, EOS
+                        row = {"prompt": p, "full": [p + c for c in comps], "eos": eos}
+                    else:
+                        row = {"prompt": p or "", "completions": list(comps), "eos": eos}
                     if "label" in ex:
                         row["label"] = 1 if ex["label"] else 0
                     rows.append(row)
