@@ -69,6 +69,26 @@ if errs:
     sys.exit(1)
 print("ok: every packed id equals the python3-jinja2 + tokenizers reference (TRL 1.x splitting)")
 PYEOF
+# --assistant-only-loss: loss on the final assistant turn (prompt = the rest with the generation prompt); its prompt +
+# completion is the whole conversation of the all-token packing; an earlier assistant turn is refused by line
+head -1 "$DATA/pack_chat/sft.jsonl" > one.jsonl
+"$PREFOPT" pack --input one.jsonl --output one.h5 --tokenizer qwen3 --assistant-only-loss > one.log 2>&1 || { bad "assistant-only"; cat one.log; }
+$PY - <<'PYEOF' || fail=1
+import h5py
+def ex(f, field, i):
+    o = f[field + "/offsets"]; return f[field + "/tokens"][o[i]:o[i + 1]].tolist()
+with h5py.File("one.h5") as a, h5py.File("qwen3-sft.h5") as b:
+    p, c, whole = ex(a, "prompt", 0), ex(a, "completion", 0), ex(b, "completion", 0)
+    assert ex(b, "prompt", 0) == [] and p and c, "all-token packing has an empty prompt"
+    assert p[:-3] == whole[:len(p) - 3] and c[-2:] == whole[-2:], (p, c, whole)
+print("ok: --assistant-only-loss splits off the final assistant turn")
+PYEOF
+if "$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output ao.h5 --tokenizer qwen3 --assistant-only-loss > ao.log 2>&1; then
+  bad "--assistant-only-loss accepted an earlier assistant turn"
+else
+  grep -q "sft.jsonl:2: field 'messages': message 2 is an earlier assistant turn" ao.log && [ ! -e ao.h5 ] &&
+    ok "--assistant-only-loss refuses multi-turn by line" || { bad "assistant-only message"; cat ao.log; }
+fi
 # a tokenizer without a chat template: ChatML, said so
 "$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output l2.h5 --tokenizer llama2 > l2.log 2>&1 &&
   grep -q "chat template: ChatML fallback" l2.log && ok "no template: ChatML fallback announced" || { bad "fallback"; cat l2.log; }

@@ -16,7 +16,10 @@
  * the prompt's ids (cut at the prompt's length, as TRL does, when a token spans the boundary; the summary counts
  * those), no EOS appended (the template ends the turn); an implicit prompt (no "prompt", or a text "prompt"
  * beside message lists, the UltraFeedback layout) is the longest common run of leading messages of chosen and
- * rejected; sft "messages" are prompt = every message but the last, completion = the last.
+ * rejected; sft "messages" are, as TRL's SFT does by default, one completion of the whole rendered conversation
+ * (loss on every token, empty prompt); with assistant_only_loss the prompt is every message but the last and the
+ * completion the final assistant turn (a conversation with an earlier assistant turn is refused: the dataset
+ * format has no per-token masks yet).
  * Without a template (opts.chat NULL) messages are rendered with the ChatML template:
  *   every message:       <|im_start|>{role}\n{content}<|im_end|>\n
  *   a prompt ends with:  <|im_start|>assistant\n   (the generation prompt)
@@ -54,6 +57,7 @@ typedef struct {
     const prefopt_tokenizer *tok;
     int unpair;              /* pairs input -> unpaired output: (prompt, chosen, 1) and (prompt, rejected, 0) */
     const prefopt_chat_template *chat; /* the model's chat template; NULL: the ChatML rendering above */
+    int assistant_only_loss; /* sft "messages": loss on the final assistant turn only (else, TRL's default, on all) */
 } prefopt_pack_opts;
 
 enum { PREFOPT_PACK_DROP_PROMPT = 0, PREFOPT_PACK_DROP_LENGTH, PREFOPT_PACK_DROP_EMPTY, PREFOPT_PACK_NDROP };

@@ -507,6 +507,23 @@ static int parse_chat(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const
                         c->file, c->line);
         return 1;
     }
+    if (!c->o->assistant_only_loss) { /* TRL's language modelling on the conversation: every token */
+        c->conv = c->msgs = 1;
+        fl[0]->n = 0;
+        return chat_ids(c, msgs, 0, fl[1], "messages");
+    }
+    int i = 0;
+    for (const cJSON *m = msgs->child; m && m != last; m = m->next, i++) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (cJSON_IsString(r) && !strcmp(r->valuestring, "assistant")) {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field 'messages': message %d is an earlier assistant turn: "
+                                    "--assistant-only-loss supports the final assistant turn only (per-token loss "
+                                    "masks are not in the dataset format yet); pack without it for TRL's all-token "
+                                    "loss",
+                            c->file, c->line, i);
+            return 1;
+        }
+    }
     static const char *const names[] = {"messages", "messages"};
     cJSON *pm = msg_slice(msgs, 0, n - 1, NULL), *cm = msg_slice(msgs, n - 1, -1, NULL);
     const cJSON *comps[1] = {cm};

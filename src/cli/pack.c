@@ -11,7 +11,7 @@ int prefopt_cmd_pack(int argc, char **argv)
 {
     const char *input = NULL, *output = NULL, *eval_out = NULL, *kind = NULL, *tokenizer = NULL, *trunc = NULL,
                *chat_file = NULL;
-    int max_prompt = 0, max_len = 0, append_eos = 1, add_bos = 0, quiet = 0, unpair = 0;
+    int max_prompt = 0, max_len = 0, append_eos = 1, add_bos = 0, quiet = 0, unpair = 0, assistant_only = 0;
     long seed = 0;
     double eval_fraction = 0;
     const prefopt_opt opts[] = {
@@ -31,6 +31,8 @@ int prefopt_cmd_pack(int argc, char **argv)
         {"eval-fraction", PREFOPT_OPT_DOUBLE, &eval_fraction, "0", "fraction of lines held out to --eval-out"},
         {"eval-out", PREFOPT_OPT_STRING, &eval_out, "", "HDF5 file for the held-out split"},
         {"seed", PREFOPT_OPT_LONG, &seed, "0", "seed of the held-out split (decided per line: it streams)"},
+        {"assistant-only-loss", PREFOPT_OPT_FLAG, &assistant_only, "0",
+         "sft messages: loss on the final assistant turn only (default: every token, as TRL's SFT)"},
         {"unpair", PREFOPT_OPT_FLAG, &unpair, "0", "pairs in, unpaired (KTO) out: chosen desirable, rejected not"},
         {"quiet", PREFOPT_OPT_FLAG, &quiet, "0", "no summary"},
     };
@@ -76,7 +78,7 @@ int prefopt_cmd_pack(int argc, char **argv)
             prefopt_pack_opts o = {input, output, *eval_out ? eval_out : NULL, eval_fraction, (uint64_t)seed, kind,
                                    max_prompt, max_len, strcmp(trunc, "drop") ? PREFOPT_TRUNC_KEEP_END
                                                                               : PREFOPT_TRUNC_DROP,
-                                   append_eos, add_bos, tok, unpair, chat};
+                                   append_eos, add_bos, tok, unpair, chat, assistant_only};
             prefopt_pack_stats st;
             if (!prefopt_pack(&o, &st, &err) && !quiet)
                 prefopt_pack_print_summary(stdout, &o, &st);

@@ -5,7 +5,8 @@ directory given, the texts TRL 1.x tokenizes, written from TRL's definitions: co
 the tokenizer's chat template by python3-jinja2 set up as transformers sets it up (render_chat_template.py), the
 prompt with add_generation_prompt=True, each completion as part of render(prompt + completion); an absent prompt,
 or a text prompt beside message lists (UltraFeedback), replaced by the leading messages chosen and rejected share
-(TRL's extract_prompt); sft "messages" split before the last message. Standard (text) fields as they are, the
+(TRL's extract_prompt); sft "messages" one completion of the whole conversation (TRL's default loss on
+every token). Standard (text) fields as they are, the
 completion followed by the EOS token. Step 2, tests/tools/pack_chat_reference.js, tokenizes them.
 usage: pack_chat_reference.py DATA_DIR TOKENIZER_DIR... > texts.json"""
 import json
@@ -58,8 +59,9 @@ def main():
                         if conv(comps[0]) and not conv(p):
                             p, c1, c2 = extract_prompt(*comps)
                             comps = [c1, c2]
-                    elif "messages" in ex:
-                        p, comps = ex["messages"][:-1], [ex["messages"][-1:]]
+                    elif "messages" in ex:  # TRL SFT language modelling: the whole conversation, every token
+                        rows.append({"prompt": "", "full": [render(ex["messages"], False)]})
+                        continue
                     else:
                         p, comps = ex["prompt"], [ex["completion"]]
                     if conv(p):
