@@ -90,7 +90,12 @@ for k in ("bos_token_id", "eos_token_id"):
     if k in c and c[k] is not None and g.get(k) != c[k]:
         sys.exit(f"{k}: config {c[k]}, generation_config {g.get(k)}")
 PYEOF
-[ $fail = 0 ] && echo "ok side files (tokenizer_config, special_tokens_map, generation_config) carried; parents created"
+# an eos list in config.json (Llama-3.1) without a generation_config.json: kept as one, every id
+$PY "$T/make_tiny_hf.py" $d/hf4 --arch llama --dtype f32 --shards 1 --seed 8 --set-config 'eos_token_id=[2, 3, 1]' || die "generator eos list"
+"$PREFOPT" import --hf $d/hf4 --out $d/e.h5 > /dev/null && "$PREFOPT" export --model $d/e.h5 --hf $d/e > /dev/null || die "eos list import/export"
+$PY -c "import json,sys; g=json.load(open('$d/e/generation_config.json')); sys.exit(0 if g['eos_token_id'] == [2, 3, 1] else 1)" ||
+  die "the eos list of config.json is not in the exported generation_config.json: $(cat $d/e/generation_config.json)"
+[ $fail = 0 ] && echo "ok side files (tokenizer_config, special_tokens_map, generation_config) carried; parents created; eos list kept"
 
 # a truncated model file
 head -c 30000 m1/a.h5 > trunc.h5

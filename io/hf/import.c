@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "ckpt_io.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,57 @@ static int run_job(hid_t f, const char *tmp, const prefopt_st_set *set, const jo
     return rc ? 2 : 0; /* 2: an HDF5 write failed (disk full?) */
 }
 
+/* config.json may list several eos ids (Llama-3.1: [128001, 128008, 128009]); the model config keeps the first,
+ * so without a generation_config.json the list is kept as one (export writes it, generate stops at each) */
+static void keep_eos_list(const char *dir, prefopt_tokenizer_record *tok)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "rb");
+    if (!f)
+        return;
+    char *txt = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? 2 * cap : 65536;
+            txt = realloc(txt, cap);
+            if (!txt) {
+                fclose(f);
+                return;
+            }
+        }
+        size_t k = fread(txt + n, 1, 4096, f);
+        n += k;
+        if (!k)
+            break;
+    }
+    fclose(f);
+    txt[n] = '\0';
+    cJSON *c = cJSON_Parse(txt);
+    free(txt);
+    const cJSON *e = c ? cJSON_GetObjectItemCaseSensitive(c, "eos_token_id") : NULL;
+    if (cJSON_IsArray(e) && cJSON_GetArraySize(e) > 1) {
+        cJSON *g = cJSON_CreateObject();
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(c, "bos_token_id");
+        if (cJSON_IsNumber(b))
+            cJSON_AddNumberToObject(g, "bos_token_id", b->valuedouble);
+        cJSON_AddItemToObject(g, "eos_token_id", cJSON_Duplicate(e, 1));
+        char *out = cJSON_Print(g);
+        if (out) {
+            size_t l = strlen(out);
+            tok->side[PREFOPT_TOK_GENERATION] = prefopt_xmalloc(l + 2, "generation_config.json");
+            memcpy(tok->side[PREFOPT_TOK_GENERATION], out, l);
+            tok->side[PREFOPT_TOK_GENERATION][l] = '\n';
+            tok->side[PREFOPT_TOK_GENERATION][l + 1] = '\0';
+            tok->side_len[PREFOPT_TOK_GENERATION] = l + 1;
+            free(out);
+        }
+        cJSON_Delete(g);
+    }
+    cJSON_Delete(c);
+}
+
 int prefopt_hf_import(const char *dir, const char *out_path, MPI_Comm comm, prefopt_err *err)
 {
     int rank, size;
@@ -240,6 +292,8 @@ int prefopt_hf_import(const char *dir, const char *out_path, MPI_Comm comm, pref
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
     if (!rc && access(p, R_OK) == 0)
         rc = prefopt_tokenizer_record_load(p, &tok, err);
+    if (!rc && tok.json && !tok.side[PREFOPT_TOK_GENERATION])
+        keep_eos_list(dir, &tok);
     if (prefopt_agree(comm, err))
         goto out;
     char tmp[4200];
