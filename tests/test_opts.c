@@ -123,6 +123,19 @@ int main(void)
     CHECK(parse(err, sizeof err, 1, "train") == PREFOPT_OPTS_OK && steps == 100);
     CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_OK);
     CHECK(steps == 3 && !strcmp(loss, "kto"));
+    /* floats as their shortest decimal, which reads back exactly */
+    CHECK(parse(err, sizeof err, 3, "train", "--beta", "0.1") == PREFOPT_OPTS_OK);
+    CHECK(prefopt_opts_write("train", opts, NOPTS, path) == 0);
+    {
+        FILE *f = fopen(path, "r");
+        char text[512] = "";
+        size_t got = f ? fread(text, 1, sizeof text - 1, f) : 0;
+        text[got] = '\0';
+        if (f)
+            fclose(f);
+        CHECK(strstr(text, "beta = 0.1\n") != NULL);
+    }
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_OK && beta == 0.1);
     unlink(path);
 
     if (failures)

@@ -192,6 +192,10 @@ int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write)
     return rc;
 }
 
+/* the names of the tokenizer's side files (checkpoint.h), here at the bottom of io/checkpoint: every file uses them */
+const char *const prefopt_tokenizer_side_names[PREFOPT_TOK_NSIDE] = {"tokenizer_config.json", "special_tokens_map.json",
+                                                                      "chat_template.jinja", "generation_config.json"};
+
 /* a uint8 dataset written by rank 0 (collective call, the others select nothing) */
 static int write_bytes(hid_t loc, const char *name, const void *data, size_t len, MPI_Comm comm)
 {

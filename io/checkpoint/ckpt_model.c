@@ -18,9 +18,6 @@
 
 /* ---- tokenizer records ----------------------------------------------------------------------------------- */
 
-const char *const prefopt_tokenizer_side_names[PREFOPT_TOK_NSIDE] = {"tokenizer_config.json", "special_tokens_map.json",
-                                                                      "chat_template.jinja", "generation_config.json"};
-
 void prefopt_tokenizer_record_free(prefopt_tokenizer_record *t)
 {
     free(t->json);

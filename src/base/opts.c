@@ -211,9 +211,17 @@ static void print_value(FILE *f, const prefopt_opt *o)
     case PREFOPT_OPT_LONG:
         fprintf(f, "%ld", *(long *)o->ptr);
         break;
-    case PREFOPT_OPT_DOUBLE:
-        fprintf(f, "%.17g", *(double *)o->ptr);
+    case PREFOPT_OPT_DOUBLE: { /* the shortest decimal that reads back as the same double: 0.1, not 0.1000...01 */
+        double v = *(double *)o->ptr;
+        char b[40];
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(b, sizeof b, "%.*g", prec, v);
+            if (strtod(b, NULL) == v)
+                break;
+        }
+        fputs(b, f);
         break;
+    }
     case PREFOPT_OPT_STRING: {
         const char *s = *(const char **)o->ptr;
         fprintf(f, "%s", s ? s : "");
