@@ -5,7 +5,7 @@ import tests. Faults can be injected to test the error messages.
 
 usage: make_tiny_hf.py OUT --arch gpt2|llama|mistral|qwen2 [--dtype f32|f16|bf16] [--shards N] [--seed S]
                        [--tie] [--no-prefix] [--drop NAME] [--bad-shape NAME] [--truncate]
-                       [--set-config KEY=JSON] [--layers L]
+                       [--set-config KEY=JSON] [--layers L] [--vocab V] [--positions P]
 """
 import argparse, json, os, struct
 import numpy as np
@@ -122,10 +122,18 @@ def main():
     ap.add_argument("--bad-shape")
     ap.add_argument("--truncate", action="store_true")
     ap.add_argument("--set-config", action="append", default=[])
+    ap.add_argument("--vocab", type=int, default=0, help="vocabulary size (0: 61); the tensors follow it")
+    ap.add_argument("--positions", type=int, default=0, help="max positions (0: 32)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rng = np.random.default_rng(a.seed)
     cfg = config_for(a.arch, a.tie, a.layers)
+    if a.vocab:
+        cfg["vocab_size"] = a.vocab
+    if a.positions:
+        cfg["max_position_embeddings" if a.arch != "gpt2" else "n_positions"] = a.positions
+        if a.arch == "gpt2":
+            cfg["n_ctx"] = a.positions
     t = tensors_for(a.arch, cfg, rng, not a.no_prefix)
     for kv in a.set_config:  # only config.json changes: the tensors follow the unmodified config
         k, v = kv.split("=", 1)
