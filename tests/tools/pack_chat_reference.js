@@ -6,6 +6,9 @@
 //   cd /tmp/x && npm install tokenizers@0.23.2 && python3 tests/tools/pack_chat_reference.py tests/data/pack_chat \
 //     DIR... > texts.json && node tests/tools/pack_chat_reference.js texts.json DIR... > tests/data/pack_chat/reference.json
 // (each DIR holds tokenizer.json.gz, as tests/data/tokenizers/<name>/ does)
+// Rows with "masked" (assistant_only_loss, pack_chat_reference.py --aol): the whole text is the completion and
+// "mask" marks, as transformers' return_assistant_tokens_mask does, for each generation span [a, b) (characters)
+// the tokens from char_to_token(a) to char_to_token(b - 1); rows of such a kind without spans train every token.
 const fs = require("fs");
 const path = require("path");
 const zlib = require("zlib");
@@ -29,6 +32,21 @@ async function main() {
       for (const r of rows) {
         const p = await ids(tok, r.prompt);
         const fields = [p];
+        if (r.masked !== undefined) {
+          const enc = await tok.encode(r.masked, null, { addSpecialTokens: false });
+          const all = Array.from(enc.getIds()), off = enc.getOffsets();
+          const at = (c) => off.findIndex(([s, e]) => s <= c && c < e);
+          const mask = all.map(() => 0);
+          for (const [a, b] of r.spans) {
+            if (b <= a) continue;
+            const s = at(a), e = at(b - 1);
+            if (s < 0) break; // transformers: a span past the tokens ends the marking
+            for (let k = s; k <= (e < 0 ? all.length - 1 : e); k++) mask[k] = 1;
+          }
+          fields.push(all);
+          per[kind].push({ fields, mask });
+          continue;
+        }
         if (r.full) {
           let mismatch = 0;
           for (const full of r.full) {
@@ -51,7 +69,8 @@ async function main() {
             fields.push(f);
           }
         }
-        per[kind].push(r.label === undefined ? { fields } : { fields, label: r.label });
+        if (kind === "sft_aol") per[kind].push({ fields, mask: fields[1].map(() => 1) });
+        else per[kind].push(r.label === undefined ? { fields } : { fields, label: r.label });
       }
     }
     per.prompt_mismatches = mismatches;
