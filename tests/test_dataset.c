@@ -35,7 +35,7 @@ static void pack(const char *fixture, const char *name, int max_prompt, int max_
     prefopt_err err = {0};
     if (rank == 0) {
         prefopt_tokenizer *t = prefopt_tokenizer_byte();
-        prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", max_prompt, max_len, trunc, 1, 0, t, 0, NULL, 0};
+        prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", max_prompt, max_len, trunc, 1, 0, t, 0, NULL, 0, 1};
         prefopt_pack_stats st;
         prefopt_pack(&o, &st, &err);
         prefopt_tokenizer_free(t);
@@ -233,7 +233,7 @@ static void make_big(int n)
     snprintf(out, sizeof out, "%s/big.h5", dir);
     if (rank == 0) {
         prefopt_tokenizer *t = prefopt_tokenizer_byte();
-        prefopt_pack_opts o = {path, out, NULL, 0, 0, "auto", 0, 0, 0, 0, 0, t, 0, NULL, 0};
+        prefopt_pack_opts o = {path, out, NULL, 0, 0, "auto", 0, 0, 0, 0, 0, t, 0, NULL, 0, 1};
         prefopt_pack_stats st;
         prefopt_pack(&o, &st, &err);
         prefopt_tokenizer_free(t);
@@ -496,7 +496,7 @@ static void test_sft_mask(void)
         prefopt_tokenizer *t = prefopt_tokenizer_byte();
         prefopt_chat_template *ct = NULL;
         if (prefopt_chat_template_load_file(tf, NULL, &ct, &err) == 0) {
-            prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", 0, 0, PREFOPT_TRUNC_KEEP_END, 1, 0, t, 0, ct, 1};
+            prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", 0, 0, PREFOPT_TRUNC_KEEP_END, 1, 0, t, 0, ct, 1, 1};
             prefopt_pack_stats st;
             prefopt_pack(&o, &st, &err);
         }

@@ -60,6 +60,8 @@ typedef struct {
     int unpair;              /* pairs input -> unpaired output: (prompt, chosen, 1) and (prompt, rejected, 0) */
     const prefopt_chat_template *chat; /* the model's chat template; NULL: the ChatML rendering above */
     int assistant_only_loss; /* sft "messages": loss on the assistant turns only (else, TRL's default, on all) */
+    int add_special_tokens;  /* text prompts and sft texts get the tokenizer.json post-processor's special tokens
+                              * (Llama: BOS), as TRL 1.x's tokenizer(prompt) does; chat renders never do */
 } prefopt_pack_opts;
 
 enum { PREFOPT_PACK_DROP_PROMPT = 0, PREFOPT_PACK_DROP_LENGTH, PREFOPT_PACK_DROP_EMPTY, PREFOPT_PACK_NDROP };

@@ -341,7 +341,35 @@ static int ids_from_array(ctx *c, const cJSON *a, ids_t *out, const char *field)
     return 0;
 }
 
-/* A field as a string, token ids, or messages; or "<name>_ids". Returns 1 on error, -1 if absent. */
+/* The special tokens Hugging Face's tokenizer(text) (add_special_tokens=True) puts around a text, from the
+ * tokenizer.json post-processor (Llama-2/3: BOS first; GPT-2, Qwen: none): TRL 1.x tokenizes standard (text) prompts
+ * this way. -1 where there is none or add_special_tokens is off. */
+static void text_specials(const ctx *c, int *first, int *last)
+{
+    *first = *last = -1;
+    if (c->o->add_special_tokens)
+        prefopt_tokenizer_template(c->o->tok, first, last);
+}
+
+/* A field as a string, token ids, or messages; or "<name>_ids". Returns 1 on error, -1 if absent. A text prompt
+ * (msg_mode 0) gets the post-processor's special tokens, as TRL's tokenizer(prompt). */
+static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, ids_t *out);
+static int text_field(ctx *c, const char *s, int msg_mode, ids_t *out, const char *fname)
+{
+    int first, last;
+    text_specials(c, &first, &last);
+    if (msg_mode != 0 || !s[0])
+        first = last = -1;
+    if (first >= 0)
+        ids_push(out, first);
+    if (encode_str(c, s, 1, out, fname))
+        return 1;
+    if (last >= 0)
+        ids_push(out, last);
+    return 0;
+}
+
+
 static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, ids_t *out)
 {
     out->n = 0;
@@ -361,7 +389,7 @@ static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, i
         }
     }
     if (cJSON_IsString(v)) /* special tokens in text are the tokenizer's added tokens, as `prefopt tokenize` reads them */
-        return encode_str(c, v->valuestring, 1, out, fname);
+        return text_field(c, v->valuestring, msg_mode, out, fname);
     if (cJSON_IsArray(v)) {
         if (v->child && cJSON_IsObject(v->child))
             return render_messages(c, v, msg_mode, out, fname);
@@ -604,6 +632,8 @@ static int rejoin_text(ctx *c, const cJSON *o, const char *const names[], int n,
     if (!cJSON_IsString(p) || !p->valuestring[0])
         return 0;
     size_t pl = strlen(p->valuestring);
+    int first, last;
+    text_specials(c, &first, &last);
     for (int k = 1; k <= n; k++) {
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, names[k]);
         if (!cJSON_IsString(x))
@@ -613,10 +643,14 @@ static int rejoin_text(ctx *c, const cJSON *o, const char *const names[], int n,
         memcpy(both, p->valuestring, pl);
         memcpy(both + pl, x->valuestring, xl + 1);
         fl[k]->n = 0;
+        if (first >= 0)
+            ids_push(fl[k], first);
         int bad = encode(c, both, pl + xl, 1, fl[k], names[k]);
         free(both);
         if (bad)
             return 1;
+        if (last >= 0)
+            ids_push(fl[k], last);
         if (fl[k]->n < fl[0]->n || (fl[0]->n && memcmp(fl[k]->v, fl[0]->v, fl[0]->n * sizeof(int32_t))))
             c->mismatch = 1;
         size_t cut = fl[k]->n < fl[0]->n ? fl[k]->n : fl[0]->n;
@@ -704,9 +738,17 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
         cJSON_Delete(tail);
         return bad;
     }
-    if (has(o, "text")) {
+    if (has(o, "text")) { /* TRL's SFT: tokenizer(text); a leading special (BOS) is context, not trained */
+        int first, last;
+        text_specials(c, &first, &last);
         fl[0]->n = 0;
-        return require(c, get_field(c, o, "text", 2, fl[1]), "text");
+        if (require(c, get_field(c, o, "text", 2, fl[1]), "text"))
+            return 1;
+        if (first >= 0)
+            ids_push(fl[0], first);
+        if (last >= 0)
+            ids_push(fl[1], last);
+        return 0;
     }
     static const char *const names[] = {"prompt", "completion"};
     return require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
