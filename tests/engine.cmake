@@ -1,4 +1,6 @@
 # Engine: distributed matrices and the tensor-parallel transformer.
+prefopt_unit_test(test_gemm_local test_gemm_local.c)
+prefopt_bf16_test(test_gemm_local)
 prefopt_mpi_test(test_dmat 1 test_dmat.c)
 prefopt_mpi_test(test_dmat 2 test_dmat.c)
 prefopt_mpi_test(test_dmat 4 test_dmat.c)

@@ -207,6 +207,9 @@ int prefopt_bench_run(const prefopt_bench_params *p)
             prefopt_err_set(&err, "bench: %d ranks do not fill --grid-rows %d x --dp %d", world, rows, dp);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
+    prefopt_precision_setup(&p->prec, &g, &err);
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stdout, &g);
     prefopt_model_config cfg;
     prefopt_objective obj;

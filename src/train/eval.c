@@ -50,6 +50,9 @@ int prefopt_eval_run(const prefopt_eval_params *p)
     prefopt_grid g;
     if (prefopt_grid_init(&g, MPI_COMM_WORLD, grid_rows, grid_cols, dp > 0 ? dp : (tp > 0 ? world / tp : 0), &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_precision_setup(&p->prec, &g, &err);
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stderr, &g);
 
     prefopt_model_config cfg;

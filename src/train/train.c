@@ -40,6 +40,7 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
         {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
         {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
         {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+        PREFOPT_PRECISION_OPTIONS(&p->prec),
         {"batch-size", PREFOPT_OPT_INT, &p->batch_size, "8", "examples (pairs) per optimizer step, all replicas"},
         {"micro-batch-size", PREFOPT_OPT_INT, &p->micro_batch_size, "0",
          "examples per forward/backward on one replica (0: batch-size/dp, no accumulation)"},
@@ -468,6 +469,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     if (!*p->data)
         prefopt_err_set(&err, "train needs --data (an HDF5 dataset from prefopt pack)");
     if (err.set || prefopt_grid_init(&t->g, MPI_COMM_WORLD, p->grid_rows, p->grid_cols, dp, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_precision_setup(&p->prec, &t->g, &err);
+    if (prefopt_agree(t->g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stdout, &t->g);
     prefopt_stop_install();
