@@ -29,10 +29,10 @@ static void fail_if(const prefopt_grid *g, prefopt_err *err)
 static prefopt_model *load_model(const char *path, const prefopt_model_config *cfg, const prefopt_grid *g,
                                  prefopt_err *err)
 {
-    prefopt_model_options mo = {0, 0, 0, 0, 0};
+    prefopt_model_options mo = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
     prefopt_model *m = prefopt_model_create(cfg, g, &mo, err);
-    if (m)
-        prefopt_model_file_load(m, path, err);
+    if (m && !prefopt_model_file_load(m, path, err))
+        prefopt_model_keep_bf16_only(m); /* bf16: the frozen weights as bf16 copies only */
     return m;
 }
 
