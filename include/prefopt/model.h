@@ -59,6 +59,9 @@ typedef struct {
     int rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_position;
+    /* HF config.json's torch_dtype ("bfloat16", "float32", ...) as imported: the dtype export writes by default;
+     * "" when unknown (a model made from scratch) */
+    char torch_dtype[16];
 } prefopt_model_config;
 
 /* A batch on one TP group. Rows are sequences padded to length T. Several branches of one row may share a
