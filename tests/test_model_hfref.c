@@ -4,8 +4,12 @@
  * tests/test_model_hfref.py recomputes every unit in float64 with numpy, written from the HF modeling code
  * (GPT2LMHeadModel, LlamaForCausalLM), running each branch as its own unpacked sequence with HF's default
  * position ids. Runs on a 2x2 grid when started on 4 ranks (the engine side), 1x1 otherwise. Exits 77 when
- * numpy is missing. */
+ * numpy is missing. With the argument "bf16" the engine runs in bf16 mixed precision and the script checks the
+ * log-probs against the float64 reference within the derived bf16 bound (test_model_bf16.c); exits 77 on a CPU
+ * without bf16 instructions. */
 #include "test_model_util.h"
+
+#include "prefopt/gemm_local.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -13,9 +17,12 @@
 #include <string.h>
 #include <unistd.h>
 
+static int use_bf16;
+
 static void dump(const char *dir, const char *tag, prefopt_model_config *cfg, const prefopt_grid *g, int rank)
 {
     prefopt_model_options opt = tm_options(0, 0);
+    opt.bf16 = use_bf16;
     prefopt_err err = {0};
     prefopt_model *m = prefopt_model_create(cfg, g, &opt, &err);
     if (!m) {
@@ -84,6 +91,16 @@ int main(int argc, char **argv)
     int size, rank;
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    use_bf16 = argc > 1 && !strcmp(argv[1], "bf16");
+    char cpu[64];
+    if (use_bf16 && !prefopt_cpu_has_bf16(cpu, sizeof cpu)) {
+        if (rank == 0)
+            printf("test_model_hfref: bf16 skipped: this CPU has no bf16 instructions (%s)\n", cpu);
+        MPI_Finalize();
+        return 77;
+    }
+    if (use_bf16)
+        setenv("PREFOPT_HFREF_BF16", "1", 1);
     int ok = rank == 0 ? system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") == 0 : 1;
     MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (!ok) {

@@ -17,6 +17,8 @@
 
 #include "prefopt/grid.h"
 
+#include <stdint.h>
+
 typedef struct {
     int m, n;        /* global rows, columns */
     int mb, nb;      /* block sizes */
@@ -25,6 +27,8 @@ typedef struct {
     int rep_rows;    /* 1: a row vector replicated on every process row */
     int desc[9];     /* ScaLAPACK descriptor {1, ctxt, m, n, mb, nb, 0, 0, lld} */
     float *data;     /* lld x nloc local piece; not owned: points into a buffer the caller manages */
+    const uint16_t *half; /* NULL, or a bf16 copy of the local piece with the same layout (weights in a bf16
+                           * run): the bf16 products use it instead of rounding data (not owned either) */
     const prefopt_grid *grid;
 } prefopt_dmat;
 
@@ -50,6 +54,18 @@ void prefopt_dmat_gemm(char transa, char transb, float alpha, const prefopt_dmat
  * m x n. The LM head multiplies one chunk of batch rows at a time. */
 void prefopt_dmat_gemm_sub(char transa, char transb, int m, int n, int k, float alpha, const prefopt_dmat *A, int ia,
                            int ja, const prefopt_dmat *B, int ib, int jb, float beta, prefopt_dmat *C, int ic, int jc);
+
+/* The same products with bf16 inputs (A's and B's half copies when they have one, else data rounded to nearest
+ * even), fp32 accumulation and fp32 C, on every grid shape (dmat_gemm_bf16.c: all-gathers of bf16 operands,
+ * reduce-scatters of fp32 partial sums, one local oneDNN product). Operands that do not line up as the engine's
+ * products do run through psgemm_ in fp32 and are counted (a test proves the engine never does). */
+void prefopt_dmat_gemm_bf16(char transa, char transb, float alpha, const prefopt_dmat *A, const prefopt_dmat *B,
+                            float beta, prefopt_dmat *C);
+void prefopt_dmat_gemm_sub_bf16(char transa, char transb, int m, int n, int k, float alpha, const prefopt_dmat *A,
+                                int ia, int ja, const prefopt_dmat *B, int ib, int jb, float beta, prefopt_dmat *C,
+                                int ic, int jc);
+long prefopt_dmat_gemm_bf16_calls(void);
+long prefopt_dmat_gemm_bf16_fallbacks(void);
 
 /* How many products went through the one-process-row path (all-gather or reduce-scatter plus a local GEMM,
  * dmat_gemm.c) instead of psgemm_: tests prove the path runs. */

@@ -5,12 +5,14 @@
 #define PREFOPT_EVAL_H
 
 #include "prefopt/objectives.h"
+#include "prefopt/precision.h"
 
 typedef struct {
     const char *model_path, *ref_path, *data_path, *out_path;
     int store_ref, batch_size;
     int grid_rows, grid_cols, dp; /* dp 0: ranks / (rows * cols) */
     prefopt_objective_params obj; /* for the summary metrics */
+    prefopt_precision_params prec;
 } prefopt_eval_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

@@ -5,6 +5,8 @@
 #ifndef PREFOPT_GENERATE_H
 #define PREFOPT_GENERATE_H
 
+#include "prefopt/precision.h"
+
 typedef struct {
     const char *model_path, *ref_path, *prompts_path, *out_path;
     int max_new_tokens, top_k, batch_size, add_bos, skip_special;
@@ -14,6 +16,7 @@ typedef struct {
     const char *stop_ids;      /* "128009,128001": generation also stops at these ids (besides the tokenizer's EOS) */
     const char *chat_template; /* for "messages" prompts: a .jinja file, a tokenizer_config.json or its directory;
                                 * its eos_token stops generation too */
+    prefopt_precision_params prec;
 } prefopt_generate_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

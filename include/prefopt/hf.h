@@ -50,12 +50,15 @@ int64_t prefopt_st_numel(const prefopt_st_tensor *t);
 /* Reads one tensor converted to fp32 (row-major, its own shape) into out[numel]. */
 int prefopt_st_read_f32(const prefopt_st_set *s, const prefopt_st_tensor *t, float *out, prefopt_err *err);
 
-/* ---- safetensors writing (F32 only; tensors streamed one at a time in the order declared) ------------------ */
+/* ---- safetensors writing (F32 or BF16; tensors streamed one at a time in the order declared) --------------- */
 
 typedef struct prefopt_st_writer prefopt_st_writer;
 /* Declares every tensor up front (the header comes first in the file), then put each in the declared order. */
 prefopt_st_writer *prefopt_st_writer_open(const char *path, int n, const char *const *names, const int *ndims,
                                           const int64_t (*shapes)[2], prefopt_err *err);
+/* The same with every tensor in dtype (PREFOPT_ST_F32 or PREFOPT_ST_BF16: put rounds to nearest even). */
+prefopt_st_writer *prefopt_st_writer_open_dtype(const char *path, int n, const char *const *names, const int *ndims,
+                                                const int64_t (*shapes)[2], prefopt_st_dtype dtype, prefopt_err *err);
 int prefopt_st_writer_put(prefopt_st_writer *w, const char *name, const float *data, prefopt_err *err);
 /* Checks every tensor was written, fsyncs and closes; frees w in every case. */
 int prefopt_st_writer_close(prefopt_st_writer *w, prefopt_err *err);
@@ -91,5 +94,9 @@ int prefopt_hf_import(const char *dir, const char *out_path, MPI_Comm comm, pref
  * prefopt model file or checkpoint (weights only: optimizer state is ignored). Serial; memory: about four
  * tensors. */
 int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err);
+/* The same with the weights in dtype: "fp32" (or "float32"), "bf16" (or "bfloat16": round to nearest even), or ""
+ * for the model's imported torch_dtype (bfloat16 -> bf16; anything else or unknown -> fp32). Checkpoints and model
+ * files keep fp32 whatever is exported. config.json's torch_dtype names what was written. */
+int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char *dtype, prefopt_err *err);
 
 #endif

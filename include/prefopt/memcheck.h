@@ -2,9 +2,11 @@
  * each rank may use, so that a run that cannot fit stops at start-up with one line saying what does not fit and
  * which option would make it fit, instead of dying in malloc (or being OOM-killed) minutes later.
  *
- * The estimate (bytes per rank, float32 everywhere; tp = grid rows * cols):
- *   weights      matrices / tp + vectors (norm weights, biases: counted whole)
- *   grads        the same as weights;  AdamW: twice the weights;  reference: the weights again when it runs live
+ * The estimate (bytes per rank, float32 unless bf16; tp = grid rows * cols):
+ *   weights      matrices / tp + vectors (norm weights, biases: counted whole); bf16 runs add the matrices' bf16
+ *                copies (2 bytes each)
+ *   grads        the fp32 weights again;  AdamW: twice them;  reference: the weights again when it runs live, in a
+ *                bf16 run its bf16 copies and fp32 vectors only (unless TR-DPO mixes into it: then as the policy)
  *   activations  kept for backward, per micro-batch of m rows of T tokens (T = the longest packed row, rounded
  *                up to the pad multiple) over L layers:
  *                  m*T * L * (10*C + 2*F) / tp  +  m * H * T * T * L / tp        (layer outputs, attention probs)
@@ -32,6 +34,8 @@ typedef struct {
     int live_ref;              /* a reference model runs on the same ranks */
     int activation_checkpoint;
     double logits_budget;      /* bytes of LM-head logits per chunk (--logits-budget-mib); 0: the engine's 1 GiB */
+    int bf16;                  /* bf16 mixed precision: weight copies (and activations as in fp32: they stay fp32) */
+    int ref_bf16_only;         /* bf16: the reference holds bf16 copies only (prefopt_model_keep_bf16_only) */
 } prefopt_mem_layout;
 
 /* The estimate above for cfg and layout. Local. */

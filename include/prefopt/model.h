@@ -59,6 +59,9 @@ typedef struct {
     int rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_position;
+    /* HF config.json's torch_dtype ("bfloat16", "float32", ...) as imported: the dtype export writes by default;
+     * "" when unknown (a model made from scratch) */
+    char torch_dtype[16];
 } prefopt_model_config;
 
 /* A batch on one TP group. Rows are sequences padded to length T. Several branches of one row may share a
@@ -101,6 +104,12 @@ typedef struct {
      * They need not match between runs (checkpoints hold logical tensors) but must match between models whose
      * weights are copied (policy and reference). Tests use small ones so tiny models still split. */
     int block_hidden, block_ffn, block_vocab;
+    /* bf16 mixed precision (Megatron's): the fp32 weights stay the masters (gradients and AdamW are fp32); every
+     * matrix also has a bf16 copy (round to nearest even) that the products and the embedding lookup read, made
+     * again at the next forward after the weights changed (prefopt_model_weights_changed: once per optimizer
+     * step, never per product); activations and gradients enter the products rounded to bf16 with fp32
+     * accumulation and fp32 results; norms, softmax, log-softmax, log-probs and the attention stay fp32. */
+    int bf16;
 } prefopt_model_options;
 
 /* Collective over the grid. All local pieces of all parameters live in one contiguous buffer (and the
@@ -166,6 +175,18 @@ void prefopt_model_set_logits_budget(prefopt_model *m, size_t bytes);
 void prefopt_model_set_completion_logits_only(prefopt_model *m, int on);
 /* Floats per all-reduce bucket (0: the default, 8M = 32 MB). */
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats);
+
+/* bf16 models: the weights were written through the flat buffer or the parameter dmats (optimizer step): the bf16
+ * copies are remade now (other writers: at the next forward). Loads, init, copy and mix call it themselves; prefopt_model_param_data
+ * and the parameter accessors mark the weights changed too. A no-op for fp32 models. */
+void prefopt_model_weights_changed(prefopt_model *m);
+/* A frozen bf16 model (the reference, eval, generate) drops its fp32 matrices and keeps only their bf16 copies
+ * (half the memory; vectors stay fp32). Afterwards the matrices' dmats have data NULL: the model can be a copy
+ * target (prefopt_model_copy_weights rounds the source) but can no longer be loaded, saved, mixed or trained. */
+void prefopt_model_keep_bf16_only(prefopt_model *m);
+int prefopt_model_is_bf16(const prefopt_model *m);
+/* Bytes of this rank's weights: fp32 masters and bf16 copies (a bf16-only model: copies and vectors). */
+size_t prefopt_model_weight_bytes(const prefopt_model *m);
 
 /* dst := src (same config and grid), e.g. the reference from the policy; and dst := (1-a) dst + a src for TR-DPO. */
 void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src);

@@ -10,6 +10,7 @@
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
 #include "prefopt/grid.h"
+#include "prefopt/precision.h"
 #include "prefopt/model.h"
 #include "prefopt/objectives.h"
 #include "prefopt/optim.h"
@@ -43,6 +44,7 @@ typedef struct {
     /* run control */
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
     int eval_batch_size;
+    prefopt_precision_params prec;
 } prefopt_train_params;
 
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */

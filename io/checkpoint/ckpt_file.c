@@ -268,6 +268,10 @@ int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cf
     bad |= ck_attr_str(file, "arch", s, 0, 1);
     snprintf(s, sizeof s, "%s", cfg->hf_model_type);
     bad |= ck_attr_str(file, "hf_model_type", s, 0, 1);
+    if (cfg->torch_dtype[0]) { /* the imported HF dtype, export's default (absent: unknown) */
+        snprintf(s, sizeof s, "%s", cfg->torch_dtype);
+        bad |= ck_attr_str(file, "torch_dtype", s, 0, 1);
+    }
 #define W(f) v = cfg->f, bad |= ck_attr_int64(file, #f, &v, 1, 1);
     CFG_INTS(W)
 #undef W
@@ -311,6 +315,9 @@ int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, pref
         prefopt_err_set(err, "%s: attribute 'hf_model_type' missing", path);
         return 1;
     }
+    cfg->torch_dtype[0] = '\0';
+    if (H5Aexists(file, "torch_dtype") > 0 && ck_attr_str(file, "torch_dtype", cfg->torch_dtype, sizeof cfg->torch_dtype, 0))
+        cfg->torch_dtype[0] = '\0';
 #define R(f)                                                                                                   \
     if (ck_attr_int64(file, #f, &v, 1, 0)) {                                                                   \
         prefopt_err_set(err, "%s: attribute '%s' missing", path, #f);                                          \

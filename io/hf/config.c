@@ -177,6 +177,11 @@ int prefopt_hf_config_read(const char *path, prefopt_model_config *cfg, prefopt_
     if (cfg->arch == PREFOPT_ARCH_GPT2)
         cfg->head_dim = cfg->num_heads ? cfg->hidden_size / cfg->num_heads : 0;
     snprintf(cfg->hf_model_type, sizeof cfg->hf_model_type, "%s", type);
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype"); /* "dtype" in transformers >= 4.56 */
+    if (!cJSON_IsString(dt))
+        dt = cJSON_GetObjectItemCaseSensitive(root, "dtype");
+    if (cJSON_IsString(dt) && strlen(dt->valuestring) < sizeof cfg->torch_dtype)
+        snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dt->valuestring);
     rc |= get_token_id(root, file, "bos_token_id", &cfg->bos_id, err);
     rc |= get_token_id(root, file, "eos_token_id", &cfg->eos_id, err);
     rc |= get_token_id(root, file, "pad_token_id", &cfg->pad_id, err);
@@ -281,7 +286,7 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
     add_id(root, "eos_token_id", cfg->eos_id);
     if (cfg->pad_id >= 0)
         cJSON_AddNumberToObject(root, "pad_token_id", cfg->pad_id);
-    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    cJSON_AddStringToObject(root, "torch_dtype", cfg->torch_dtype[0] ? cfg->torch_dtype : "float32");
     cJSON_AddStringToObject(root, "transformers_version", "4.40.0");
     char *txt = cJSON_Print(root);
     cJSON_Delete(root);

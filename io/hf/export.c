@@ -136,6 +136,14 @@ static int write_atomic(const char *dir, const char *name, const char *data, siz
 
 int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
 {
+    return prefopt_hf_export_dtype(model_path, dir, "", err);
+}
+
+int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char *dtype, prefopt_err *err)
+{
+    if (dtype && *dtype && strcmp(dtype, "fp32") && strcmp(dtype, "float32") && strcmp(dtype, "bf16") &&
+        strcmp(dtype, "bfloat16"))
+        return prefopt_err_set(err, "export --dtype '%s': expected bf16 or fp32", dtype), 1;
     hid_t f;
     if (ck_open(model_path, MPI_COMM_NULL, &f, err))
         return 1;
@@ -145,6 +153,10 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
         H5Fclose(f);
         return 1;
     }
+    /* the dtype asked for, else the imported one; only bf16 and fp32 are written (float16 models export fp32) */
+    const char *want = dtype && *dtype ? dtype : cfg.torch_dtype;
+    const int bf16 = !strcmp(want, "bf16") || !strcmp(want, "bfloat16");
+    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", bf16 ? "bfloat16" : "float32");
     if (mkdir_parents(dir, err)) {
         prefopt_tokenizer_record_free(&tok);
         H5Fclose(f);
@@ -167,7 +179,9 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
         shapes[i][1] = o[i].shape[1];
     }
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    prefopt_st_writer *w = rc ? NULL : prefopt_st_writer_open(p, no, names, ndims, (const int64_t(*)[2])shapes, err);
+    prefopt_st_writer *w = rc ? NULL
+                              : prefopt_st_writer_open_dtype(p, no, names, ndims, (const int64_t(*)[2])shapes,
+                                                             bf16 ? PREFOPT_ST_BF16 : PREFOPT_ST_F32, err);
     rc |= !w;
     for (int i = 0; i < no && !rc; i++) {
         out_tensor *t = &o[i];

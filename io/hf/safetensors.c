@@ -4,6 +4,8 @@
 #define _GNU_SOURCE
 #include "prefopt/hf.h"
 
+#include "prefopt/gemm_local.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -356,7 +358,7 @@ int prefopt_st_read_f32(const prefopt_st_set *s, const prefopt_st_tensor *t, flo
 struct prefopt_st_writer {
     FILE *f;
     char *path;
-    int n, next;
+    int n, next, bf16;
     char **names;
     uint64_t *sizes;
 };
@@ -364,17 +366,26 @@ struct prefopt_st_writer {
 prefopt_st_writer *prefopt_st_writer_open(const char *path, int n, const char *const *names, const int *ndims,
                                           const int64_t (*shapes)[2], prefopt_err *err)
 {
+    return prefopt_st_writer_open_dtype(path, n, names, ndims, shapes, PREFOPT_ST_F32, err);
+}
+
+prefopt_st_writer *prefopt_st_writer_open_dtype(const char *path, int n, const char *const *names, const int *ndims,
+                                                const int64_t (*shapes)[2], prefopt_st_dtype dtype, prefopt_err *err)
+{
+    const int bf16 = dtype == PREFOPT_ST_BF16;
+    const uint64_t esz = bf16 ? 2 : 4;
     cJSON *root = cJSON_CreateObject();
     cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
     cJSON_AddStringToObject(meta, "format", "pt");
     prefopt_st_writer *w = prefopt_xcalloc(1, sizeof *w, "safetensors writer");
     w->n = n;
+    w->bf16 = bf16;
     w->names = prefopt_xcalloc((size_t)n, sizeof(char *), "names");
     w->sizes = prefopt_xcalloc((size_t)n, sizeof(uint64_t), "sizes");
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         cJSON *e = cJSON_AddObjectToObject(root, names[i]);
-        cJSON_AddStringToObject(e, "dtype", "F32");
+        cJSON_AddStringToObject(e, "dtype", bf16 ? "BF16" : "F32");
         cJSON *sh = cJSON_AddArrayToObject(e, "shape");
         uint64_t numel = 1;
         for (int d = 0; d < ndims[i]; d++) {
@@ -383,10 +394,10 @@ prefopt_st_writer *prefopt_st_writer_open(const char *path, int n, const char *c
         }
         cJSON *of = cJSON_AddArrayToObject(e, "data_offsets");
         cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
-        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + numel * 4)));
-        off += numel * 4;
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + numel * esz)));
+        off += numel * esz;
         w->names[i] = xstrdup(names[i]);
-        w->sizes[i] = numel * 4;
+        w->sizes[i] = numel * esz;
     }
     char *hdr = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -416,8 +427,18 @@ int prefopt_st_writer_put(prefopt_st_writer *w, const char *name, const float *d
         prefopt_err_set(err, "%s: tensor '%s' written out of the declared order", w->path, name);
         return 1;
     }
-    /* the file is little-endian fp32, as is every machine prefopt runs on (x86-64, aarch64) */
-    if (fwrite(data, 1, w->sizes[w->next], w->f) != w->sizes[w->next]) {
+    /* the file is little-endian, as is every machine prefopt runs on (x86-64, aarch64) */
+    size_t wrote;
+    if (w->bf16) {
+        size_t n = w->sizes[w->next] / 2;
+        uint16_t *h = prefopt_xmalloc(2 * n + 2, "bf16 tensor");
+        prefopt_bf16_from_f32(h, data, n);
+        wrote = fwrite(h, 1, 2 * n, w->f);
+        free(h);
+    } else {
+        wrote = fwrite(data, 1, w->sizes[w->next], w->f);
+    }
+    if (wrote != w->sizes[w->next]) {
         prefopt_err_set(err, "%s: write of tensor '%s' failed: %s", w->path, name, strerror(errno));
         return 1;
     }

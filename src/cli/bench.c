@@ -25,6 +25,7 @@ int prefopt_cmd_bench(int argc, char **argv)
         {"grid-rows", PREFOPT_OPT_INT, &p.grid_rows, "1", "process rows of each tensor-parallel grid"},
         {"grid-cols", PREFOPT_OPT_INT, &p.grid_cols, "0", "process columns (0: ranks / (grid-rows * dp))"},
         {"dp", PREFOPT_OPT_INT, &p.dp, "1", "data-parallel replicas"},
+        PREFOPT_PRECISION_OPTIONS(&p.prec),
         {"activation-checkpoint", PREFOPT_OPT_FLAG, &p.activation_checkpoint, "0",
          "recompute each layer in backward (the policy)"},
         {"logits-budget-mib", PREFOPT_OPT_INT, &p.logits_budget_mib, "0",

@@ -21,6 +21,7 @@ int prefopt_cmd_eval(int argc, char **argv)
         {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
         {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
         {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+        PREFOPT_PRECISION_OPTIONS(&p->prec),
     };
     int nopts = (int)(sizeof base / sizeof base[0]);
     memcpy(opts, base, sizeof base);

@@ -8,12 +8,15 @@
 
 int prefopt_cmd_export(int argc, char **argv)
 {
-    const char *model = NULL, *hf = NULL, *out = NULL;
+    const char *model = NULL, *hf = NULL, *out = NULL, *dtype = NULL;
     const prefopt_opt opts[] = {
         {"model", PREFOPT_OPT_STRING, &model, "", "prefopt model file or checkpoint (a checkpoint directory: its latest)"},
-        {"hf", PREFOPT_OPT_STRING, &hf, "", "write a Hugging Face directory here (config.json, model.safetensors fp32, "
-                                            "tokenizer.json)"},
+        {"hf", PREFOPT_OPT_STRING, &hf, "", "write a Hugging Face directory here (config.json, model.safetensors in "
+                                            "--dtype, tokenizer.json)"},
         {"out", PREFOPT_OPT_STRING, &out, "", "write a weights-only prefopt model file here (no optimizer state)"},
+        {"dtype", PREFOPT_OPT_STRING, &dtype, "",
+         "dtype of the --hf safetensors: bf16 (round to nearest even) or fp32; empty: the imported model's torch_dtype "
+         "(bfloat16 -> bf16, else fp32); model files and checkpoints stay fp32"},
     };
     char msg[1024];
     int rc = prefopt_opts_parse("export", "Export the policy weights of a checkpoint or model file for evaluation and "
@@ -32,7 +35,7 @@ int prefopt_cmd_export(int argc, char **argv)
         /* a checkpoint directory stands for its latest checkpoint */
         if (prefopt_ckpt_find_latest(model, path, sizeof path) != 0)
             snprintf(path, sizeof path, "%s", model);
-        if (hf[0] && !prefopt_hf_export(path, hf, &err))
+        if (hf[0] && !prefopt_hf_export_dtype(path, hf, dtype, &err))
             printf("exported %s -> %s\n", path, hf);
         if (!err.set && out[0] && !prefopt_model_file_export_weights(path, out, &err))
             printf("exported weights of %s -> %s\n", path, out);

@@ -27,6 +27,7 @@ int prefopt_cmd_generate(int argc, char **argv)
         {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
         {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
         {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+        PREFOPT_PRECISION_OPTIONS(&p->prec),
         {"stop-ids", PREFOPT_OPT_STRING, &p->stop_ids, "",
          "comma-separated token ids that end a completion besides the tokenizer's EOS (e.g. 128009 for <|eot_id|>)"},
         {"chat-template", PREFOPT_OPT_STRING, &p->chat_template, "",

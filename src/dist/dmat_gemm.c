@@ -18,6 +18,7 @@
 #include "prefopt/dmat.h"
 
 #include "prefopt/common.h"
+#include "prefopt/gemm_local.h"
 
 #include "blacs.h"
 
@@ -121,13 +122,13 @@ static int gemm_one_row(char ta, char tb, int m, int n, int k, float alpha, cons
         float *Aw = scratch_get(0, (size_t)arows * A->n);
         allgather_rows(Aw, A, ia, arows);
         if (C->nloc)
-            sgemm_(&ta, "N", &m, &C->nloc, &k, &alpha, Aw, &lda, B->data + ib, &B->lld, &beta, C->data + ic, &C->lld);
+            prefopt_sgemm_local(ta, 'N', m, C->nloc, k, alpha, Aw, lda, B->data + ib, B->lld, beta, C->data + ic, C->lld);
         return 1;
     }
     if (!tA && tB && A->n == k && B->n == k && A->nb == B->nb) {
         float *part = scratch_get(0, (size_t)m * n), zero = 0.0f;
         if (A->nloc)
-            sgemm_("N", "T", &m, &n, &A->nloc, &alpha, A->data + ia, &A->lld, B->data + ib, &B->lld, &zero, part, &m);
+            prefopt_sgemm_local('N', 'T', m, n, A->nloc, alpha, A->data + ia, A->lld, B->data + ib, B->lld, zero, part, m);
         else
             memset(part, 0, sizeof(float) * (size_t)m * n);
         reduce_scatter_rows(C, ic, m, part, beta);
@@ -145,7 +146,7 @@ void prefopt_dmat_gemm_sub(char transa, char transb, int m, int n, int k, float 
     if (g->nprow == 1 && g->npcol == 1) {
         const float *a = A->data + (size_t)ja * A->lld + ia, *b = B->data + (size_t)jb * B->lld + ib;
         float *c = C->data + (size_t)jc * C->lld + ic;
-        sgemm_(&transa, &transb, &m, &n, &k, &alpha, a, &A->lld, b, &B->lld, &beta, c, &C->lld);
+        prefopt_sgemm_local(transa, transb, m, n, k, alpha, a, A->lld, b, B->lld, beta, c, C->lld);
         return;
     }
     if (g->nprow == 1 && gemm_one_row(transa, transb, m, n, k, alpha, A, ia, ja, B, ib, jb, beta, C, ic, jc)) {

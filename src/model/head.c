@@ -110,8 +110,8 @@ static void chunk_logits(prefopt_model *m, const prefopt_dmat *X, prefopt_dmat *
     const int R = m->head_R;
     prefopt_dmat_init(Lc, m->g, cr * R, m->cfg.vocab_size, R, m->nbv);
     Lc->data = m->logits.data;
-    prefopt_dmat_gemm_sub('N', 'N', Lc->m, Lc->n, m->cfg.hidden_size, 1.0f, X, r0 * R, 0, m->head->value, 0, 0, 0.0f,
-                          Lc, 0, 0);
+    pf_gemm_sub(m->opt.bf16, 'N', 'N', Lc->m, Lc->n, m->cfg.hidden_size, 1.0f, X, r0 * R, m->head->value, 0, 0.0f, Lc,
+                0);
 }
 
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
@@ -294,8 +294,8 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         free(w);
         if (L->m == 0)
             continue;
-        prefopt_dmat_gemm_sub('N', 'T', L->m, C, V, 1.0f, L, 0, 0, m->head->value, 0, 0, 0.0f, dX, r0 * R, 0);
-        prefopt_dmat_gemm_sub('T', 'N', C, V, L->m, 1.0f, X, r0 * R, 0, L, 0, 0, 1.0f, m->head->grad, 0, 0);
+        pf_gemm_sub(m->opt.bf16, 'N', 'T', L->m, C, V, 1.0f, L, 0, m->head->value, 0, 0.0f, dX, r0 * R);
+        pf_gemm_sub(m->opt.bf16, 'T', 'N', C, V, L->m, 1.0f, X, r0 * R, L, 0, 1.0f, m->head->grad, 0);
     }
     if (m->head_kept_only) { /* positions the head skipped get no gradient from it */
         memset(m->dn.data, 0, sizeof(float) * prefopt_dmat_local_size(&m->dn));

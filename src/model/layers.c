@@ -5,6 +5,8 @@
 #include "model_internal.h"
 #include "pf_math.h"
 
+#include "prefopt/gemm_local.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -25,7 +27,7 @@ static void add_bias(prefopt_dmat *y, const prefopt_param *b)
 void pf_linear_forward(prefopt_dmat *y, const prefopt_dmat *x, const prefopt_param *w, const prefopt_param *b,
                        float beta)
 {
-    prefopt_dmat_gemm('N', 'N', 1.0f, x, w->value, beta, y);
+    pf_gemm(w->value->half != NULL, 'N', 'N', 1.0f, x, w->value, beta, y); /* a bf16 model's weights have copies */
     if (b)
         add_bias(y, b);
 }
@@ -36,8 +38,8 @@ void pf_linear_backward(prefopt_model *m, prefopt_dmat *dx, float beta_dx, const
                         const prefopt_dmat *x, const prefopt_param *w, const prefopt_param *b)
 {
     if (dx)
-        prefopt_dmat_gemm('N', 'T', 1.0f, dy, w->value, beta_dx, dx);
-    prefopt_dmat_gemm('T', 'N', 1.0f, x, dy, 1.0f, w->grad);
+        pf_gemm(m->opt.bf16, 'N', 'T', 1.0f, dy, w->value, beta_dx, dx);
+    pf_gemm(m->opt.bf16, 'T', 'N', 1.0f, x, dy, 1.0f, w->grad);
     if (b) {
         float *db = pf_vgrad(m, b);
 #pragma omp parallel for schedule(static)
@@ -144,9 +146,13 @@ static void embed_scatter_owned(const prefopt_model *m, float *full, const prefo
     for (int t = 0; t < ntok; t++) {
         if (m->b.seg[t] < 0 || prefopt_dmat_col_owner(E, ids[t]) != m->g->mycol)
             continue;
-        const float *col = pf_at(E, 0, prefopt_dmat_col_g2l(E, ids[t]));
-        for (int il = 0; il < E->mloc; il++)
-            full[(size_t)t * C + prefopt_dmat_row_l2g(E, il)] += col[il];
+        size_t at = (size_t)prefopt_dmat_col_g2l(E, ids[t]) * E->lld;
+        if (E->half) /* a bf16 model looks up the values its products use (policy and reference alike) */
+            for (int il = 0; il < E->mloc; il++)
+                full[(size_t)t * C + prefopt_dmat_row_l2g(E, il)] += prefopt_bf16_value(E->half[at + il]);
+        else
+            for (int il = 0; il < E->mloc; il++)
+                full[(size_t)t * C + prefopt_dmat_row_l2g(E, il)] += E->data[at + il];
     }
 }
 

@@ -254,6 +254,7 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
 /* embeddings, blocks and the final norm: m->xf holds the normed hidden states of every token */
 int pf_run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
 {
+    pf_bf16_sync(m);
     if (check_batch(m, b, err))
         return -1;
     copy_batch(m, b);

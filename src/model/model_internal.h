@@ -33,6 +33,9 @@ struct prefopt_model {
     size_t *offset;               /* offset of each param's local piece in the flat buffers */
     int *init_kind;               /* how prefopt_model_init_random fills each param */
     float *param_data, *grad_data;
+    uint16_t *half_data;          /* bf16 models: the matrices' bf16 copies (layout of param_data) */
+    int half_stale;               /* the copies must be remade before the next forward */
+    int bf16_only;                /* prefopt_model_keep_bf16_only: matrices in half_data only */
     size_t flat_count;
     size_t bucket;                /* floats per data-parallel all-reduce */
     size_t *vscr_offset;          /* rep_rows params: offset in vscr (else SIZE_MAX) */
@@ -111,6 +114,28 @@ void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const pre
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 int pf_head_rows_per_seq(const prefopt_model *m, const prefopt_batch *b);
+
+/* params.c: remakes the bf16 copies when stale (start of every forward) */
+void pf_bf16_sync(prefopt_model *m);
+
+/* The engine's products: bf16 inputs with fp32 accumulation in a bf16 model, fp32 (psgemm_, BLIS, oneDNN sgemm)
+ * otherwise. */
+static inline void pf_gemm_sub(int bf16, char ta, char tb, int mm, int n, int k, float alpha, const prefopt_dmat *A,
+                               int ia, const prefopt_dmat *B, int ib, float beta, prefopt_dmat *C, int ic)
+{
+    if (bf16)
+        prefopt_dmat_gemm_sub_bf16(ta, tb, mm, n, k, alpha, A, ia, 0, B, ib, 0, beta, C, ic, 0);
+    else
+        prefopt_dmat_gemm_sub(ta, tb, mm, n, k, alpha, A, ia, 0, B, ib, 0, beta, C, ic, 0);
+}
+static inline void pf_gemm(int bf16, char ta, char tb, float alpha, const prefopt_dmat *A, const prefopt_dmat *B,
+                           float beta, prefopt_dmat *C)
+{
+    if (bf16)
+        prefopt_dmat_gemm_bf16(ta, tb, alpha, A, B, beta, C);
+    else
+        prefopt_dmat_gemm(ta, tb, alpha, A, B, beta, C);
+}
 
 /* helpers */
 /* Loops that reduce along a row of a column-major local piece run in parallel over blocks of PF_RB rows, each

@@ -3,6 +3,8 @@
  * backward drivers are in model.c, generation in decode.c, the block pieces in layers.c, attention.c, head.c. */
 #include "model_internal.h"
 
+#include "prefopt/gemm_local.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -188,8 +190,14 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
         m->grad_data = prefopt_xcalloc(off + 16, sizeof(float), "gradients");
         m->vscr = prefopt_xcalloc(voff + 1, sizeof(float), "row-vector gradient scratch");
     }
+    if (m->opt.bf16) {
+        m->half_data = prefopt_xcalloc(off + 16, sizeof(uint16_t), "bf16 weight copies");
+        m->half_stale = 1;
+    }
     for (int i = 0; i < m->nparams; i++) {
         m->values[i].data = m->param_data + m->offset[i];
+        if (m->opt.bf16 && m->params[i].ndim == 2)
+            m->values[i].half = m->half_data + m->offset[i];
         if (m->opt.with_grads)
             m->grads[i].data = m->grad_data + m->offset[i];
     }
@@ -203,6 +211,7 @@ void prefopt_model_free(prefopt_model *m)
         return;
     pf_free_activations(m);
     free(m->param_data);
+    free(m->half_data);
     free(m->grad_data);
     free(m->vscr);
     free(m->params);
@@ -218,10 +227,16 @@ void prefopt_model_free(prefopt_model *m)
 const prefopt_model_config *prefopt_model_get_config(const prefopt_model *m) { return &m->cfg; }
 const prefopt_grid *prefopt_model_get_grid(const prefopt_model *m) { return m->g; }
 int prefopt_model_param_count(const prefopt_model *m) { return m->nparams; }
-prefopt_param *prefopt_model_param_at(prefopt_model *m, int i) { return i >= 0 && i < m->nparams ? &m->params[i] : NULL; }
+/* the accessors that hand out writable weights mark a bf16 model's copies stale (remade at the next forward) */
+prefopt_param *prefopt_model_param_at(prefopt_model *m, int i)
+{
+    m->half_stale = 1;
+    return i >= 0 && i < m->nparams ? &m->params[i] : NULL;
+}
 
 prefopt_param *prefopt_model_param_by_name(prefopt_model *m, const char *name)
 {
+    m->half_stale = 1;
     for (int i = 0; i < m->nparams; i++)
         if (!strcmp(m->params[i].name, name))
             return &m->params[i];
@@ -230,6 +245,12 @@ prefopt_param *prefopt_model_param_by_name(prefopt_model *m, const char *name)
 
 float *prefopt_model_param_data(prefopt_model *m, size_t *count)
 {
+    m->half_stale = 1;
+    if (m->bf16_only) { /* no flat fp32 buffer any more */
+        if (count)
+            *count = 0;
+        return NULL;
+    }
     if (count)
         *count = m->flat_count;
     return m->param_data;
@@ -264,6 +285,9 @@ static float normal_at(uint64_t seed, int tensor, uint64_t idx)
 
 void prefopt_model_init_random(prefopt_model *m, uint64_t seed)
 {
+    if (m->bf16_only)
+        prefopt_die("prefopt_model_init_random: the model keeps bf16 weights only");
+    m->half_stale = 1;
     const float std = 0.02f, std_resid = 0.02f / sqrtf(2.0f * m->cfg.num_layers);
     for (int i = 0; i < m->nparams; i++) {
         prefopt_dmat *a = &m->values[i];
@@ -293,7 +317,18 @@ void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src)
     if (dst->flat_count != src->flat_count)
         prefopt_die("prefopt_model_copy_weights: models differ in layout (%zu vs %zu floats)", dst->flat_count,
                     src->flat_count);
+    if (dst->bf16_only) { /* round the source's masters into the copies; vectors as they are */
+        for (int i = 0; i < src->nparams; i++) {
+            size_t n = prefopt_dmat_local_size(&src->values[i]);
+            if (src->params[i].ndim == 2)
+                prefopt_bf16_from_f32(dst->half_data + dst->offset[i], src->values[i].data, n);
+            else
+                memcpy(dst->values[i].data, src->values[i].data, n * sizeof(float));
+        }
+        return;
+    }
     memcpy(dst->param_data, src->param_data, src->flat_count * sizeof(float));
+    dst->half_stale = 1;
 }
 
 void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, float alpha)
@@ -301,6 +336,67 @@ void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, flo
     if (dst->flat_count != src->flat_count)
         prefopt_die("prefopt_model_mix_weights: models differ in layout (%zu vs %zu floats)", dst->flat_count,
                     src->flat_count);
+    if (dst->bf16_only)
+        prefopt_die("prefopt_model_mix_weights: the target keeps bf16 weights only (TR-DPO mixing needs fp32)");
+    dst->half_stale = 1;
     for (size_t e = 0; e < src->flat_count; e++)
         dst->param_data[e] = (1.0f - alpha) * dst->param_data[e] + alpha * src->param_data[e];
+}
+
+/* ---- bf16 copies ------------------------------------------------------------------------------------------ */
+
+void pf_bf16_sync(prefopt_model *m)
+{
+    if (!m->opt.bf16 || m->bf16_only || !m->half_stale)
+        return;
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i].ndim == 2)
+            prefopt_bf16_from_f32(m->half_data + m->offset[i], m->values[i].data,
+                                  prefopt_dmat_local_size(&m->values[i]));
+    m->half_stale = 0;
+}
+
+void prefopt_model_weights_changed(prefopt_model *m)
+{
+    m->half_stale = 1;
+    pf_bf16_sync(m);
+}
+
+size_t prefopt_model_weight_bytes(const prefopt_model *m)
+{
+    size_t b = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        size_t n = prefopt_dmat_local_size(&m->values[i]);
+        b += (m->values[i].data ? 4 * n : 0) + (m->values[i].half ? 2 * n : 0);
+    }
+    return b;
+}
+int prefopt_model_is_bf16(const prefopt_model *m) { return m->opt.bf16; }
+
+void prefopt_model_keep_bf16_only(prefopt_model *m)
+{
+    if (!m->opt.bf16 || m->bf16_only)
+        return;
+    if (m->opt.with_grads)
+        prefopt_die("prefopt_model_keep_bf16_only: a model with gradients keeps its fp32 masters");
+    m->half_stale = 1;
+    pf_bf16_sync(m);
+    size_t nvec = 0;
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i].ndim == 1)
+            nvec += (prefopt_dmat_local_size(&m->values[i]) + 15) & ~(size_t)15;
+    float *vec = prefopt_xcalloc(nvec + 16, sizeof(float), "vector parameters");
+    for (size_t i = 0, at = 0; i < (size_t)m->nparams; i++) {
+        size_t n = prefopt_dmat_local_size(&m->values[i]);
+        if (m->params[i].ndim == 1) {
+            memcpy(vec + at, m->values[i].data, n * sizeof(float));
+            m->values[i].data = vec + at;
+            at += (n + 15) & ~(size_t)15;
+        } else {
+            m->values[i].data = NULL;
+        }
+    }
+    free(m->param_data);
+    m->param_data = vec;
+    m->bf16_only = 1;
 }

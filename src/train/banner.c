@@ -3,6 +3,8 @@
 #define _GNU_SOURCE
 #include "prefopt/banner.h"
 
+#include "prefopt/precision.h"
+
 #include <blis.h>
 #include <dlfcn.h>
 #include <hdf5.h>
@@ -84,9 +86,9 @@ void prefopt_banner(FILE *f, const prefopt_grid *g)
     const char *job = getenv("SLURM_JOB_ID");
     fprintf(f,
             "prefopt %s (-march=%s, %s) | %s, %d ranks | grid %dx%d x dp %d | BLIS %s (%s%s), %d threads/rank | sgemm_ from %s | "
-            "HDF5 %u.%u.%u%s%s\n",
+            "HDF5 %u.%u.%u | %s%s%s\n",
             PREFOPT_VERSION, PREFOPT_MARCH_NAME, built_simd(), mpiver, g->world_size, g->nprow, g->npcol, g->dp_size, prefopt_blis_version(),
-            prefopt_blis_arch(), arch_note, prefopt_blis_threads(), prefopt_sgemm_provider(), maj, min, rel,
+            prefopt_blis_arch(), arch_note, prefopt_blis_threads(), prefopt_sgemm_provider(), maj, min, rel, prefopt_precision_describe(),
             job ? " | SLURM job " : "", job ? job : "");
     fflush(f);
 }

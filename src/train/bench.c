@@ -207,6 +207,9 @@ int prefopt_bench_run(const prefopt_bench_params *p)
             prefopt_err_set(&err, "bench: %d ranks do not fill --grid-rows %d x --dp %d", world, rows, dp);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
+    prefopt_precision_setup(&p->prec, &g, &err);
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stdout, &g);
     prefopt_model_config cfg;
     prefopt_objective obj;
@@ -224,7 +227,8 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
 
-    prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0}, ro = {0, 0, 0, 0, 0};
+    prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0, prefopt_precision_is_bf16()},
+                          ro = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
     prefopt_model *pol = prefopt_model_create(&cfg, &g, &mo, &err);
     prefopt_model *ref = pol ? prefopt_model_create(&cfg, &g, &ro, &err) : NULL;
     if (prefopt_agree(g.world, &err))
@@ -241,6 +245,7 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     }
     prefopt_model_init_random(pol, (uint64_t)p->seed);
     prefopt_model_copy_weights(ref, pol);
+    prefopt_model_keep_bf16_only(ref); /* a bf16 run's frozen reference: bf16 copies only (no-op in fp32) */
     size_t n = 0;
     float *params = prefopt_model_param_data(pol, &n);
     float *grads = prefopt_model_grad_data(pol, &n);
@@ -334,6 +339,7 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         prefopt_region_enter("optimizer");
         gnorm = prefopt_global_norm(prefopt_sumsq(grads, ranges, nranges), g.tp);
         prefopt_adamw_step(&adam, params, grads, p->lr, prefopt_clip_coef(gnorm, 1.0));
+        prefopt_model_weights_changed(pol); /* bf16: the copies, once per step */
         prefopt_region_exit("optimizer");
         prefopt_region_exit("step");
         st[s] = prefopt_now() - t0;
@@ -391,9 +397,8 @@ int prefopt_bench_run(const prefopt_bench_params *p)
 
     /* memory: the model-state lower bound of this rank (policy weights, gradients, two AdamW moments, the
      * reference's weights) against the peak resident set; activations from the resident growth of step 1 */
-    size_t nref = 0;
-    prefopt_model_param_data(ref, &nref);
-    double state_mib = 4.0 * (4.0 * (double)n + (double)nref) / (1024.0 * 1024.0);
+    double state_mib = ((double)prefopt_model_weight_bytes(pol) + 12.0 * (double)n +
+                        (double)prefopt_model_weight_bytes(ref)) / (1024.0 * 1024.0);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double peak_rss = (double)ru.ru_maxrss / 1024.0;

@@ -29,10 +29,10 @@ static void fail_if(const prefopt_grid *g, prefopt_err *err)
 static prefopt_model *load_model(const char *path, const prefopt_model_config *cfg, const prefopt_grid *g,
                                  prefopt_err *err)
 {
-    prefopt_model_options mo = {0, 0, 0, 0, 0};
+    prefopt_model_options mo = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
     prefopt_model *m = prefopt_model_create(cfg, g, &mo, err);
-    if (m)
-        prefopt_model_file_load(m, path, err);
+    if (m && !prefopt_model_file_load(m, path, err))
+        prefopt_model_keep_bf16_only(m); /* bf16: the frozen weights as bf16 copies only */
     return m;
 }
 
@@ -49,6 +49,9 @@ int prefopt_eval_run(const prefopt_eval_params *p)
     int tp = grid_rows * grid_cols;
     prefopt_grid g;
     if (prefopt_grid_init(&g, MPI_COMM_WORLD, grid_rows, grid_cols, dp > 0 ? dp : (tp > 0 ? world / tp : 0), &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_precision_setup(&p->prec, &g, &err);
+    if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stderr, &g);
 

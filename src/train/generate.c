@@ -326,6 +326,9 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     prefopt_grid g;
     if (prefopt_grid_init(&g, MPI_COMM_WORLD, grid_rows, grid_cols, dp > 0 ? dp : (tp > 0 ? world / tp : 0), &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_precision_setup(&p->prec, &g, &err);
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stderr, &g);
 
     prefopt_model_config cfg;
@@ -431,7 +434,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
 
-    prefopt_model_options mo = {0, 0, 0, 0, 0};
+    prefopt_model_options mo = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
     prefopt_model *m = prefopt_model_create(&cfg, &g, &mo, &err), *ref = NULL;
     if (m)
         prefopt_model_file_load(m, model_path, &err);
@@ -442,6 +445,9 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     }
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    prefopt_model_keep_bf16_only(m); /* bf16: the frozen weights as bf16 copies only (no-op in fp32) */
+    if (ref)
+        prefopt_model_keep_bf16_only(ref);
 
     const int V = cfg.vocab_size;
     int pad = prefopt_tokenizer_pad(tk);

@@ -20,16 +20,17 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     const double tp = lay->tp > 0 ? lay->tp : 1;
     prefopt_tensor_spec *specs = NULL;
     int n = prefopt_model_tensor_specs(cfg, &specs);
-    double params = 0;
+    double params = 0, mats = 0;
     for (int i = 0; i < n; i++) {
         double numel = (double)specs[i].shape[0] * (specs[i].ndim == 2 ? (double)specs[i].shape[1] : 1.0);
         params += specs[i].ndim == 2 ? numel / tp : numel;
+        mats += specs[i].ndim == 2 ? numel / tp : 0.0;
     }
     free(specs);
-    e->weights = 4.0 * params;
-    e->grads = e->weights;
-    e->adam = 2.0 * e->weights;
-    e->reference = lay->live_ref ? e->weights : 0.0;
+    e->weights = 4.0 * params + (lay->bf16 ? 2.0 * mats : 0.0);
+    e->grads = 4.0 * params;
+    e->adam = 8.0 * params;
+    e->reference = !lay->live_ref ? 0.0 : lay->bf16 && lay->ref_bf16_only ? 2.0 * mats + 4.0 * (params - mats) : e->weights;
     const double m = lay->micro_batch > 0 ? lay->micro_batch : 1, T = (double)(lay->seq_len > 0 ? lay->seq_len : 1);
     const double C = cfg->hidden_size, F = cfg->intermediate_size, H = cfg->num_heads, L = cfg->num_layers,
                  V = cfg->vocab_size;

@@ -40,6 +40,7 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
         {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
         {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
         {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
+        PREFOPT_PRECISION_OPTIONS(&p->prec),
         {"batch-size", PREFOPT_OPT_INT, &p->batch_size, "8", "examples (pairs) per optimizer step, all replicas"},
         {"micro-batch-size", PREFOPT_OPT_INT, &p->micro_batch_size, "0",
          "examples per forward/backward on one replica (0: batch-size/dp, no accumulation)"},
@@ -469,6 +470,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         prefopt_err_set(&err, "train needs --data (an HDF5 dataset from prefopt pack)");
     if (err.set || prefopt_grid_init(&t->g, MPI_COMM_WORLD, p->grid_rows, p->grid_cols, dp, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    prefopt_precision_setup(&p->prec, &t->g, &err);
+    if (prefopt_agree(t->g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_banner(stdout, &t->g);
     prefopt_stop_install();
 
@@ -534,7 +538,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     FAIL_IF(t, 0, &err);
     prefopt_mem_layout ml = {p->grid_rows * p->grid_cols, t->micro,
                              prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
-                             p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20)};
+                             p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
+                             prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0)};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
@@ -550,11 +555,11 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         fflush(stdout);
     }
 
-    prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0};
+    prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0, prefopt_precision_is_bf16()};
     t->policy = prefopt_model_create(&cfg, &t->g, &mo, &err);
     FAIL_IF(t, !t->policy, &err);
     if (t->live_ref) {
-        prefopt_model_options ro = {0, 0, 0, 0, 0};
+        prefopt_model_options ro = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
         t->ref = prefopt_model_create(&cfg, &t->g, &ro, &err);
         FAIL_IF(t, !t->ref, &err);
     }
@@ -579,6 +584,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         else
             prefopt_model_copy_weights(t->ref, t->policy);
         FAIL_IF(t, 0, &err);
+        /* a bf16 run holds the frozen reference in bf16 only; TR-DPO mixes into it in fp32 and keeps its masters */
+        if (!(t->obj.p.ref_sync_steps > 0))
+            prefopt_model_keep_bf16_only(t->ref);
     }
 
     size_t n = 0;
@@ -740,6 +748,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         }
         consecutive_bad = 0;
         prefopt_adamw_step(&t->adam, params, grads, lr, prefopt_clip_coef(norm, p->optim.max_grad_norm));
+        prefopt_model_weights_changed(t->policy); /* bf16: the copies, once per optimizer step */
         if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step))
             prefopt_model_mix_weights(t->ref, t->policy, (float)t->obj.p.ref_mixup_alpha);
         double dt = prefopt_now() - t0;

@@ -20,20 +20,20 @@ import sys
 # layer -> (folders, public headers of include/prefopt/)
 LAYERS = {
     "base": (["src/base"], ["common.h", "opts.h", "unit_stats.h"]),
-    "dist": (["src/dist"], ["agree.h", "grid.h", "dmat.h", "regions.h"]),
+    "dist": (["src/dist"], ["agree.h", "grid.h", "dmat.h", "regions.h", "gemm_local.h"]),
     "objectives": (["src/objectives"], ["objectives.h", "metrics.h"]),
     "tokenizer": (["src/tokenizer"], ["tokenizer.h", "chat_template.h"]),
     "model": (["src/model"], ["model.h"]),
     "io": (["io/dataset", "io/pack", "io/checkpoint", "io/hf"], ["dataset.h", "pack.h", "checkpoint.h", "hf.h"]),
     "train": (["src/train"], ["train.h", "optim.h", "runctl.h", "memcheck.h", "banner.h", "generate.h", "eval.h",
-                            "bench.h"]),
+                            "bench.h", "precision.h"]),
     "cli": (["src/cli"], []),
 }
 
 # what each layer may use besides itself: layers, then libraries (names from LIBS below)
 RULES = {
     "base": ([], ["libc", "inih"]),
-    "dist": (["base"], ["libc", "MPI", "BLIS"]),
+    "dist": (["base"], ["libc", "MPI", "BLIS", "oneDNN"]),
     "objectives": (["base"], ["libc", "cJSON"]),
     "tokenizer": (["base"], ["libc", "cJSON", "PCRE2", "utf8proc", "nettle"]),
     "model": (["base", "dist"], ["libc", "MPI", "BLIS"]),
