@@ -58,14 +58,18 @@ expect_err "model.safetensors: tensor 'transformer.h.1.mlp.c_fc.weight': shape [
 expect_err "model.safetensors: truncated: tensor 'transformer.ln_f.weight'" --arch gpt2 --truncate
 expect_err "model-00002-of-00002.safetensors: truncated: tensor" --arch llama --shards 2 --truncate
 expect_err "config.json: model_type 'gptj' is not supported" --arch llama --set-config 'model_type="gptj"'
-expect_err "config.json: key 'rope_scaling' is set" --arch llama --set-config 'rope_scaling={"type":"linear","factor":2.0}'
+expect_err "config.json: key 'rope_scaling' = {\"type\":\"dynamic\",\"factor\":2}: RoPE scaling type 'dynamic' is not supported" --arch llama --set-config 'rope_scaling={"type":"dynamic","factor":2.0}'
+# issue 20: whatever a config asks for that prefopt does not implement is refused by key and value
+expect_err "config.json: key 'quantization_config' = {\"quant_method\":\"gptq\"} is not supported for model_type 'llama' (prefopt does not implement it)" --arch llama --set-config 'quantization_config={"quant_method":"gptq"}'
+expect_err "config.json: key 'use_sliding_window' = false is not supported for model_type 'llama'" --arch qwen2 --set-config 'model_type="llama"'
+expect_err "config.json: key 'mlp_bias' = true is not supported" --arch llama --set-config 'mlp_bias=true'
 expect_err "config.json: key 'hidden_act' is 'gelu'" --arch llama --set-config 'hidden_act="gelu"'
 expect_err "config.json: key 'attention_bias' = true is not supported" --arch llama --set-config 'attention_bias=true'
 expect_err "config.json: key 'tie_word_embeddings' = false is not supported for gpt2" --arch gpt2 --set-config 'tie_word_embeddings=false'
 expect_err "config.json: key 'num_hidden_layers' missing" --arch llama --set-config 'num_hidden_layers=null'
 expect_err "model.safetensors: tensor for 'h.2.ln_1.weight' missing" --arch gpt2 --set-config 'n_layer=3'
 expect_err "model.safetensors: tensor 'transformer.h.1.ln_1.weight' is not part of this gpt2 model (config.json says 1 layers)" --arch gpt2 --set-config 'n_layer=1'
-expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this llama model" --arch qwen2 --set-config 'model_type="llama"'
+expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this mistral model" --arch qwen2 --set-config 'model_type="mistral"'
 
 # issue 18: the tokenizer's side files travel import -> model file -> export (tokenizer_config.json with the chat
 # template, special_tokens_map.json, generation_config.json with its eos list), into a directory whose parents do
