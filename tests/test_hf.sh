@@ -17,7 +17,9 @@ die() { echo "FAIL: $*"; fail=1; }
 
 n=0
 for spec in "gpt2 f32 1" "gpt2 f16 2 --no-prefix" "gpt2 bf16 1" "llama f32 1" "llama bf16 3" "llama f16 1 --tie" \
-            "mistral bf16 2" "qwen2 f16 1 --tie" "qwen2 f32 2"; do
+            "mistral bf16 2" "qwen2 f16 1 --tie" "qwen2 f32 2" \
+            "qwen3 f32 1" "mistral f32 1 --set-config sliding_window=3" "olmo2 f16 2" "gemma2 f32 1 --tie" \
+            "gemma3_text bf16 2 --tie" "phi3 f32 1" "phi3 bf16 2 --tie" "smollm3 f32 1 --tie"; do
   set -- $spec
   arch=$1 dt=$2 shards=$3; shift 3
   n=$((n + 1)); d=m$n
@@ -63,6 +65,13 @@ expect_err "config.json: key 'rope_scaling' = {\"type\":\"dynamic\",\"factor\":2
 expect_err "config.json: key 'quantization_config' = {\"quant_method\":\"gptq\"} is not supported for model_type 'llama' (prefopt does not implement it)" --arch llama --set-config 'quantization_config={"quant_method":"gptq"}'
 expect_err "config.json: key 'use_sliding_window' = false is not supported for model_type 'llama'" --arch qwen2 --set-config 'model_type="llama"'
 expect_err "config.json: key 'mlp_bias' = true is not supported" --arch llama --set-config 'mlp_bias=true'
+expect_err "config.json: key 'rope_scaling' = {\"type\":\"longrope\",\"long_factor\":[1],\"short_factor\":[1]}: RoPE scaling type 'longrope' is not supported (null, default, linear, llama3 are); Phi-3's long-context su/longrope is not implemented" --arch phi3 --set-config 'rope_scaling={"type":"longrope","long_factor":[1],"short_factor":[1]}'
+expect_err "config.json: key 'use_bidirectional_attention' = true is not supported (prefopt's attention is causal)" --arch gemma3_text --tie --set-config 'use_bidirectional_attention=true'
+expect_err "config.json: key 'hidden_activation' is 'gelu'; only gelu_pytorch_tanh is supported for gemma2" --arch gemma2 --tie --set-config 'hidden_activation="gelu"'
+expect_err "config.json: key 'layer_types' entry 1 = \"chunked_attention\" is not supported (sliding_attention, full_attention are)" --arch qwen3 --set-config 'layer_types=["full_attention","chunked_attention"]'
+expect_err "config.json: key 'no_rope_layers' is not a list of 2 flags" --arch smollm3 --tie --set-config 'no_rope_layers=[1]'
+expect_err "config.json: key 'partial_rotary_factor' = 0.4 gives 3 rotary features of 8" --arch phi3 --set-config 'partial_rotary_factor=0.4'
+expect_err "model.safetensors: tensor 'model.layers.0.self_attn.qkv_proj.weight': shape [33,16] expected [32,16]" --arch phi3 --bad-shape model.layers.0.self_attn.qkv_proj.weight
 expect_err "config.json: key 'hidden_act' is 'gelu'" --arch llama --set-config 'hidden_act="gelu"'
 expect_err "config.json: key 'attention_bias' = true is not supported" --arch llama --set-config 'attention_bias=true'
 expect_err "config.json: key 'tie_word_embeddings' = false is not supported for gpt2" --arch gpt2 --set-config 'tie_word_embeddings=false'

@@ -615,6 +615,8 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
             cJSON_AddNumberToObject(root, "partial_rotary_factor", short_float((float)R / (float)cfg->head_dim));
             if (cfg->rope_original_max_position > 0)
                 cJSON_AddNumberToObject(root, "original_max_position_embeddings", cfg->rope_original_max_position);
+            cJSON_AddNumberToObject(root, "resid_pdrop", 0.0); /* prefopt trains without dropout */
+            cJSON_AddNumberToObject(root, "embd_pdrop", 0.0);
         }
         if (!strcmp(type, "smollm3")) {
             cJSON *nr = cJSON_AddArrayToObject(root, "no_rope_layers");
