@@ -17,7 +17,9 @@ die() { echo "FAIL: $*"; fail=1; }
 
 n=0
 for spec in "gpt2 f32 1" "gpt2 f16 2 --no-prefix" "gpt2 bf16 1" "llama f32 1" "llama bf16 3" "llama f16 1 --tie" \
-            "mistral bf16 2" "qwen2 f16 1 --tie" "qwen2 f32 2"; do
+            "mistral bf16 2" "qwen2 f16 1 --tie" "qwen2 f32 2" \
+            "qwen3 f32 1" "mistral f32 1 --set-config sliding_window=3" "olmo2 f16 2" "gemma2 f32 1 --tie" \
+            "gemma3_text bf16 2 --tie" "phi3 f32 1" "phi3 bf16 2 --tie" "smollm3 f32 1 --tie"; do
   set -- $spec
   arch=$1 dt=$2 shards=$3; shift 3
   n=$((n + 1)); d=m$n
@@ -58,14 +60,25 @@ expect_err "model.safetensors: tensor 'transformer.h.1.mlp.c_fc.weight': shape [
 expect_err "model.safetensors: truncated: tensor 'transformer.ln_f.weight'" --arch gpt2 --truncate
 expect_err "model-00002-of-00002.safetensors: truncated: tensor" --arch llama --shards 2 --truncate
 expect_err "config.json: model_type 'gptj' is not supported" --arch llama --set-config 'model_type="gptj"'
-expect_err "config.json: key 'rope_scaling' is set" --arch llama --set-config 'rope_scaling={"type":"linear","factor":2.0}'
+expect_err "config.json: key 'rope_scaling' = {\"type\":\"dynamic\",\"factor\":2}: RoPE scaling type 'dynamic' is not supported" --arch llama --set-config 'rope_scaling={"type":"dynamic","factor":2.0}'
+# issue 20: whatever a config asks for that prefopt does not implement is refused by key and value
+expect_err "config.json: key 'quantization_config' = {\"quant_method\":\"gptq\"} is not supported for model_type 'llama' (prefopt does not implement it)" --arch llama --set-config 'quantization_config={"quant_method":"gptq"}'
+expect_err "config.json: key 'use_sliding_window' = false is not supported for model_type 'llama'" --arch qwen2 --set-config 'model_type="llama"'
+expect_err "config.json: key 'mlp_bias' = true is not supported" --arch llama --set-config 'mlp_bias=true'
+expect_err "config.json: key 'rope_scaling' = {\"type\":\"longrope\",\"long_factor\":[1],\"short_factor\":[1]}: RoPE scaling type 'longrope' is not supported (null, default, linear, llama3 are); Phi-3's long-context su/longrope is not implemented" --arch phi3 --set-config 'rope_scaling={"type":"longrope","long_factor":[1],"short_factor":[1]}'
+expect_err "config.json: key 'use_bidirectional_attention' = true is not supported (prefopt's attention is causal)" --arch gemma3_text --tie --set-config 'use_bidirectional_attention=true'
+expect_err "config.json: key 'hidden_activation' is 'gelu'; only gelu_pytorch_tanh is supported for gemma2" --arch gemma2 --tie --set-config 'hidden_activation="gelu"'
+expect_err "config.json: key 'layer_types' entry 1 = \"chunked_attention\" is not supported (sliding_attention, full_attention are)" --arch qwen3 --set-config 'layer_types=["full_attention","chunked_attention"]'
+expect_err "config.json: key 'no_rope_layers' is not a list of 2 flags" --arch smollm3 --tie --set-config 'no_rope_layers=[1]'
+expect_err "config.json: key 'partial_rotary_factor' = 0.4 gives 3 rotary features of 8" --arch phi3 --set-config 'partial_rotary_factor=0.4'
+expect_err "model.safetensors: tensor 'model.layers.0.self_attn.qkv_proj.weight': shape [33,16] expected [32,16]" --arch phi3 --bad-shape model.layers.0.self_attn.qkv_proj.weight
 expect_err "config.json: key 'hidden_act' is 'gelu'" --arch llama --set-config 'hidden_act="gelu"'
 expect_err "config.json: key 'attention_bias' = true is not supported" --arch llama --set-config 'attention_bias=true'
 expect_err "config.json: key 'tie_word_embeddings' = false is not supported for gpt2" --arch gpt2 --set-config 'tie_word_embeddings=false'
 expect_err "config.json: key 'num_hidden_layers' missing" --arch llama --set-config 'num_hidden_layers=null'
 expect_err "model.safetensors: tensor for 'h.2.ln_1.weight' missing" --arch gpt2 --set-config 'n_layer=3'
 expect_err "model.safetensors: tensor 'transformer.h.1.ln_1.weight' is not part of this gpt2 model (config.json says 1 layers)" --arch gpt2 --set-config 'n_layer=1'
-expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this llama model" --arch qwen2 --set-config 'model_type="llama"'
+expect_err "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.bias' is not part of this mistral model" --arch qwen2 --set-config 'model_type="mistral"'
 
 # issue 18: the tokenizer's side files travel import -> model file -> export (tokenizer_config.json with the chat
 # template, special_tokens_map.json, generation_config.json with its eos list), into a directory whose parents do

@@ -38,6 +38,9 @@
 
 typedef enum { PREFOPT_ARCH_GPT2 = 0, PREFOPT_ARCH_LLAMA = 1 } prefopt_arch;
 
+/* the most layers a config may have (the per-layer flags below are a fixed array) */
+#define PREFOPT_MAX_LAYERS 1024
+
 typedef struct {
     prefopt_arch arch;
     int vocab_size;        /* V */
@@ -62,7 +65,31 @@ typedef struct {
     /* HF config.json's torch_dtype ("bfloat16", "float32", ...) as imported: the dtype export writes by default;
      * "" when unknown (a model made from scratch) */
     char torch_dtype[16];
+    /* The Llama family's variants (issue 20), all zero for Llama/Mistral/Qwen2 (README "Architectures"):
+     * qk_norm: RMSNorm of q and k after the projection, before RoPE: PREFOPT_QK_NORM_HEAD over each head's D
+     *   features with one [D] weight (Qwen3, Gemma 3), PREFOPT_QK_NORM_FULL over the whole projection with
+     *   [H*D] / [KV*D] weights (OLMo 2).
+     * norm_style: PREFOPT_NORM_PRE (Llama: norm before attention and MLP), PREFOPT_NORM_POST (OLMo 2: norm of the
+     *   attention and MLP outputs before the residual add), PREFOPT_NORM_SANDWICH (Gemma 2/3: both).
+     * norm_unit_offset: RMSNorm weights act as (1 + w) (Gemma). embed_scale: embeddings times this (Gemma:
+     *   sqrt(hidden)); 0: none. attn_scale: the score scale (Gemma: query_pre_attn_scalar^-1/2); 0: D^-1/2.
+     * attn_softcap, final_softcap: cap tanh(x / cap) on the attention scores and the logits (Gemma 2); 0: none.
+     * mlp_act: PREFOPT_ACT_SILU (SwiGLU) or PREFOPT_ACT_GELU_TANH (GeGLU, Gemma).
+     * rope_dim: rotated features per head, pairs (i, i + rope_dim/2) (Phi-3 partial_rotary_factor); 0: D.
+     * rope_local_theta: RoPE base of sliding-window layers (Gemma 3 rope_local_base_freq); 0: rope_theta.
+     * rope_linear_factor: linear RoPE scaling (positions / factor) of the layers that use rope_theta; 0: none.
+     * sliding_window: W; key j is visible from query i when i - W < j <= i in layers flagged SLIDING; 0: none.
+     * fused_qkv: the HF checkpoint fuses qkv_proj and gate_up_proj (Phi-3): split on import, fused on export.
+     * layer_flags[l]: PREFOPT_LAYER_SLIDING (windowed attention), PREFOPT_LAYER_NOROPE (no RoPE, SmolLM3). */
+    int qk_norm, norm_style, norm_unit_offset, mlp_act, rope_dim, sliding_window, fused_qkv;
+    float embed_scale, attn_scale, attn_softcap, final_softcap, rope_local_theta, rope_linear_factor;
+    unsigned char layer_flags[PREFOPT_MAX_LAYERS];
 } prefopt_model_config;
+
+enum { PREFOPT_QK_NORM_NONE = 0, PREFOPT_QK_NORM_HEAD = 1, PREFOPT_QK_NORM_FULL = 2 };
+enum { PREFOPT_NORM_PRE = 0, PREFOPT_NORM_POST = 1, PREFOPT_NORM_SANDWICH = 2 };
+enum { PREFOPT_ACT_SILU = 0, PREFOPT_ACT_GELU_TANH = 1 };
+enum { PREFOPT_LAYER_SLIDING = 1, PREFOPT_LAYER_NOROPE = 2 };
 
 /* A batch on one TP group. Rows are sequences padded to length T. Several branches of one row may share a
  * prefix: a DPO pair is packed as [prompt | chosen | rejected] so the prompt is computed once. Per token:

@@ -255,6 +255,13 @@ static int read_bytes(hid_t loc, const char *name, char **data, size_t *len)
     X(vocab_size) X(hidden_size) X(num_layers) X(num_heads) X(num_kv_heads) X(head_dim) X(intermediate_size)   \
     X(max_position) X(qkv_bias) X(tie_word_embeddings) X(bos_id) X(eos_id) X(pad_id)
 
+#define CFG_VARIANT_INTS(X)                                                                                  \
+    X(qk_norm) X(norm_style) X(norm_unit_offset) X(mlp_act) X(rope_dim) X(sliding_window) X(fused_qkv)          \
+    X(rope_llama3) X(rope_original_max_position)
+#define CFG_VARIANT_FLOATS(X)                                                                                \
+    X(embed_scale) X(attn_scale) X(attn_softcap) X(final_softcap) X(rope_local_theta) X(rope_linear_factor)     \
+    X(rope_factor) X(rope_low_freq_factor) X(rope_high_freq_factor)
+
 int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cfg, const prefopt_tokenizer_record *tok,
                     MPI_Comm comm, prefopt_err *err)
 {
@@ -279,6 +286,19 @@ int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cf
     bad |= attr_double(file, "norm_eps", &d, 1);
     d = cfg->rope_theta;
     bad |= attr_double(file, "rope_theta", &d, 1);
+    /* the Llama family's variants (issue 20); files without them read as zeros, i.e. plain Llama */
+#define W(f) v = cfg->f, bad |= ck_attr_int64(file, #f, &v, 1, 1);
+    CFG_VARIANT_INTS(W)
+#undef W
+#define W(f) d = cfg->f, bad |= attr_double(file, #f, &d, 1);
+    CFG_VARIANT_FLOATS(W)
+#undef W
+    if (cfg->num_layers > 0 && cfg->num_layers <= PREFOPT_MAX_LAYERS) {
+        int64_t fl[PREFOPT_MAX_LAYERS];
+        for (int l = 0; l < cfg->num_layers; l++)
+            fl[l] = cfg->layer_flags[l];
+        bad |= ck_attr_int64(file, "layer_flags", fl, cfg->num_layers, 1);
+    }
     snprintf(s, sizeof s, "%s", tok && tok->json ? tok->identity : "byte");
     bad |= ck_attr_str(file, "tokenizer_identity", s, 0, 1);
     if (tok && tok->json) {
@@ -337,6 +357,25 @@ int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, pref
         return 1;
     }
     cfg->rope_theta = (float)d;
+#define R(f)                                                                                                   \
+    if (!ck_attr_int64(file, #f, &v, 1, 0))                                                                    \
+        cfg->f = (int)v;
+    CFG_VARIANT_INTS(R)
+#undef R
+#define R(f)                                                                                                   \
+    if (!attr_double(file, #f, &d, 0))                                                                         \
+        cfg->f = (float)d;
+    CFG_VARIANT_FLOATS(R)
+#undef R
+    if (cfg->num_layers > 0 && cfg->num_layers <= PREFOPT_MAX_LAYERS) {
+        int64_t fl[PREFOPT_MAX_LAYERS] = {0};
+        if (H5Aexists(file, "layer_flags") > 0 && ck_attr_int64(file, "layer_flags", fl, cfg->num_layers, 0)) {
+            prefopt_err_set(err, "%s: attribute 'layer_flags' unreadable (not %d entries?)", path, cfg->num_layers);
+            return 1;
+        }
+        for (int l = 0; l < cfg->num_layers; l++)
+            cfg->layer_flags[l] = (unsigned char)fl[l];
+    }
     return 0;
 }
 

@@ -16,8 +16,9 @@ typedef struct {
     char hf[160];
     int ndim;
     int64_t shape[2];
-    int kind;   /* 0 copy, 1 transpose, 2 fuse q/k/v weights (transposed), 3 fuse q/k/v biases */
+    int kind;   /* 0 copy, 1 transpose, 2 fuse q/k/v weights (transposed), 3 fuse q/k/v biases, 4 stack rows */
     int src[3]; /* spec indices */
+    int nsrc;
 } out_tensor;
 
 static int find(const prefopt_tensor_spec *s, int n, const char *name)
@@ -39,6 +40,32 @@ static int plan(const prefopt_model_config *cfg, const prefopt_tensor_spec *spec
         t->shape[0] = s->shape[0];
         t->shape[1] = s->shape[1];
         t->src[0] = i;
+        t->nsrc = 1;
+        if (cfg->arch == PREFOPT_ARCH_LLAMA && cfg->fused_qkv) { /* Phi-3: qkv_proj = [q; k; v], gate_up = [gate; up] */
+            int l, k = 0;
+            if (sscanf(s->name, "layers.%d.%n", &l, &k) == 1 && k > 0) {
+                const char *r = s->name + k;
+                if (!strcmp(r, "self_attn.k_proj.weight") || !strcmp(r, "self_attn.v_proj.weight") ||
+                    !strcmp(r, "mlp.up_proj.weight"))
+                    continue;
+                int qkv = !strcmp(r, "self_attn.q_proj.weight");
+                if (qkv || !strcmp(r, "mlp.gate_proj.weight")) {
+                    char nm[96];
+                    snprintf(t->hf, sizeof t->hf, "model.layers.%d.%s", l,
+                             qkv ? "self_attn.qkv_proj.weight" : "mlp.gate_up_proj.weight");
+                    t->nsrc = qkv ? 3 : 2;
+                    for (int p = 1; p < t->nsrc; p++) {
+                        snprintf(nm, sizeof nm, "layers.%d.%s.weight", l,
+                                 qkv ? (p == 1 ? "self_attn.k_proj" : "self_attn.v_proj") : "mlp.up_proj");
+                        t->src[p] = find(specs, ns, nm);
+                        t->shape[0] += specs[t->src[p]].shape[0];
+                    }
+                    t->kind = 4;
+                    n++;
+                    continue;
+                }
+            }
+        }
         if (cfg->arch == PREFOPT_ARCH_LLAMA) {
             if (!strcmp(s->name, "embed_tokens"))
                 snprintf(t->hf, sizeof t->hf, "model.embed_tokens.weight");
@@ -64,6 +91,7 @@ static int plan(const prefopt_model_config *cfg, const prefopt_tensor_spec *spec
             snprintf(nm, sizeof nm, "h.%d.attn.v_proj.%s", l, w ? "weight" : "bias");
             t->src[2] = find(specs, ns, nm);
             t->kind = w ? 2 : 3;
+            t->nsrc = 3;
             if (w) {
                 t->shape[0] = s->shape[1];
                 t->shape[1] = 3 * s->shape[0];
@@ -186,10 +214,12 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
     for (int i = 0; i < no && !rc; i++) {
         out_tensor *t = &o[i];
         const prefopt_tensor_spec *s = &specs[t->src[0]];
-        size_t n = numel(s), total = t->kind >= 2 ? 3 * n : n;
+        size_t total = 0;
+        for (int k = 0; k < t->nsrc; k++)
+            total += numel(&specs[t->src[k]]);
         float *a = prefopt_xmalloc(sizeof(float) * (total ? total : 1), "tensor");
-        for (int k = 0; k < (t->kind >= 2 ? 3 : 1) && !rc; k++)
-            rc = ck_read_full(f, model_path, "model", &specs[t->src[k]], a + k * n, err);
+        for (size_t k = 0, off = 0; k < (size_t)t->nsrc && !rc; off += numel(&specs[t->src[k]]), k++)
+            rc = ck_read_full(f, model_path, "model", &specs[t->src[k]], a + off, err);
         if (!rc && (t->kind == 1 || t->kind == 2)) {
             /* [out][in] (for c_attn: q, k, v rows stacked) -> Conv1D [in][out] */
             float *b = prefopt_xmalloc(sizeof(float) * total, "transpose");

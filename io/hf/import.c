@@ -12,7 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { JOB_COPY, JOB_TRANSPOSE, JOB_SPLIT3_T, JOB_SPLIT3 };
+/* JOB_SPLIT_ROWS: Phi-3's fused qkv_proj / gate_up_proj, [q; k; v] or [gate; up] rows, cut into its parts */
+enum { JOB_COPY, JOB_TRANSPOSE, JOB_SPLIT3_T, JOB_SPLIT3, JOB_SPLIT_ROWS };
 
 typedef struct {
     const prefopt_st_tensor *src;
@@ -37,6 +38,12 @@ static int ignored(const prefopt_model_config *cfg, const char *name)
         return ENDS(".attn.bias") || ENDS(".attn.masked_bias") || !strcmp(name, "lm_head.weight");
     return ENDS(".rotary_emb.inv_freq") || (cfg->tie_word_embeddings && !strcmp(name, "lm_head.weight"));
 #undef ENDS
+}
+
+static int ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), k = strlen(tail);
+    return n >= k && !strcmp(s + n - k, tail);
 }
 
 /* HF name -> prefopt name and conversion; returns 0 if the name is not part of the mapping. */
@@ -73,6 +80,8 @@ static int map_name(const prefopt_model_config *cfg, const char *hf, char *out, 
     }
     if (!strncmp(hf, "model.", 6)) {
         snprintf(out, len, "%s", hf + 6);
+        if (cfg->fused_qkv && (ends_with(out, ".self_attn.qkv_proj.weight") || ends_with(out, ".mlp.gate_up_proj.weight")))
+            *kind = JOB_SPLIT_ROWS;
         return 1;
     }
     return 0;
@@ -130,6 +139,16 @@ static int build_jobs(const prefopt_model_config *cfg, const prefopt_st_set *set
                 j->out[k] = spec_index(specs, ns, n2);
             }
             j->nout = 3;
+        } else if (kind == JOB_SPLIT_ROWS) {
+            int l = atoi(name + 7), qkv = strstr(name, "qkv_proj") != NULL;
+            const char *part[3] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+            const char *mlp[2] = {"mlp.gate_proj", "mlp.up_proj"};
+            j->nout = qkv ? 3 : 2;
+            for (int k = 0; k < j->nout; k++) {
+                char n2[160];
+                snprintf(n2, sizeof n2, "layers.%d.%s.weight", l, qkv ? part[k] : mlp[k]);
+                j->out[k] = spec_index(specs, ns, n2);
+            }
         } else {
             j->out[0] = spec_index(specs, ns, name);
             j->nout = 1;
@@ -154,6 +173,12 @@ static int build_jobs(const prefopt_model_config *cfg, const prefopt_st_set *set
             rc = check_shape(set, t, 2, s->shape[1], s->shape[0], err);
         else if (kind == JOB_SPLIT3_T)
             rc = check_shape(set, t, 2, C, 3 * C, err);
+        else if (kind == JOB_SPLIT_ROWS) {
+            int64_t rows = 0;
+            for (int k = 0; k < j->nout; k++)
+                rows += specs[j->out[k]].shape[0];
+            rc = check_shape(set, t, 2, rows, C, err);
+        }
         else
             rc = check_shape(set, t, 1, 3 * C, 0, err);
         for (int k = 0; k < j->nout && !rc; k++) {
@@ -206,6 +231,9 @@ static int run_job(hid_t f, const char *tmp, const prefopt_st_set *set, const jo
     else if (j->kind == JOB_SPLIT3)
         for (int k = 0; k < 3 && !rc; k++)
             rc = ck_write_full(f, tmp, "model", &specs[j->out[k]], a + k * (n / 3), &sums[j->out[k]], err);
+    else if (j->kind == JOB_SPLIT_ROWS) /* row blocks of a row-major [out][in]: consecutive pieces */
+        for (int k = 0, off = 0; k < j->nout && !rc; off += (int)(specs[j->out[k]].shape[0] * specs[j->out[k]].shape[1]), k++)
+            rc = ck_write_full(f, tmp, "model", &specs[j->out[k]], a + off, &sums[j->out[k]], err);
     else {
         /* Conv1D [in][out] -> [out][in]; for c_attn the rows of the result are q, k, v in turn */
         float *b = prefopt_xmalloc(sizeof(float) * (size_t)n, "transpose");

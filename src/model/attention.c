@@ -9,8 +9,33 @@
 #include <math.h>
 #include <string.h>
 
-/* token j is visible from token i (both in the same row): causal, not padding, same branch or shared prefix */
-static inline int visible(const int8_t *seg, int i, int j) { return seg[j] >= 0 && (seg[j] == 0 || seg[j] == seg[i]); }
+/* token j is visible from token i (both in the same row): causal, not padding, same branch or shared prefix,
+ * and, in a sliding-window layer (window W > 0), fewer than W positions back. Positions rather than row indices:
+ * a rejected branch's positions restart after the prompt, so its window is the one of its own unpacked sequence. */
+static inline int visible(const int8_t *seg, const int32_t *pos, int W, int i, int j)
+{
+    return seg[j] >= 0 && (seg[j] == 0 || seg[j] == seg[i]) && (W <= 0 || pos[i] - pos[j] < W);
+}
+
+/* HF's scaling (query_pre_attn_scalar^-1/2 or D^-1/2), Gemma 2's attn_logit_softcapping, and the layer's window */
+pf_attn_params pf_attn_params_of(const prefopt_model *m, int layer)
+{
+    const prefopt_model_config *c = &m->cfg;
+    pf_attn_params a;
+    a.scale = c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim);
+    a.softcap = c->attn_softcap;
+    a.window = c->sliding_window > 0 && (c->layer_flags[layer] & PREFOPT_LAYER_SLIDING) ? c->sliding_window : 0;
+    return a;
+}
+
+/* cap tanh(s / cap), and its derivative 1 - tanh^2 when dcap is given */
+static inline float softcap(float s, float cap, float *dcap)
+{
+    float t = tanhf(s / cap);
+    if (dcap)
+        *dcap = 1.0f - t * t;
+    return cap * t;
+}
 
 /* copy n rows (from local row row0) of the D columns starting at local column c0 into a row-major n x D buffer */
 static void load_rows(float *dst, const prefopt_dmat *x, int row0, int n, int c0, int D)
@@ -46,46 +71,52 @@ static void gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const floa
  * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
  * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
  * causal work, at GEMM speed); masked and padded entries become exact zeros. */
-static void probs(float *restrict P, const float *qh, const float *kh, const int8_t *restrict seg, int T, int D,
-                  float scale, float *lse, int fresh)
+static void probs(float *restrict P, const float *qh, const float *kh, const int8_t *restrict seg,
+                  const int32_t *restrict pos, const pf_attn_params *ap, int T, int D, float *lse, int fresh,
+                  float *restrict dcap)
 {
-    gemm_rm(0, 1, T, T, D, scale, qh, D, kh, D, 0.0f, P, T);
+    const int W = ap->window;
+    gemm_rm(0, 1, T, T, D, ap->scale, qh, D, kh, D, 0.0f, P, T);
     for (int i = 0; i < T; i++) {
         float *Pi = P + (size_t)i * T;
         if (seg[i] < 0) { /* padded query: zero output, zero gradients */
             memset(Pi, 0, sizeof(float) * T);
             continue;
         }
+        if (ap->softcap > 0) /* Gemma 2: scores capped before the mask and the softmax */
+            for (int j = 0; j <= i; j++)
+                Pi[j] = softcap(Pi[j], ap->softcap, dcap ? dcap + (size_t)i * T + j : NULL);
         if (fresh) {
             /* simd reductions: a fixed (vector-width) summation order, the same on every run and grid */
             float mx = -INFINITY, sum = 0;
 #pragma omp simd reduction(max : mx)
             for (int j = 0; j <= i; j++)
-                mx = visible(seg, i, j) && Pi[j] > mx ? Pi[j] : mx; /* a select, not fmaxf: vectorises */
+                mx = visible(seg, pos, W, i, j) && Pi[j] > mx ? Pi[j] : mx; /* a select, not fmaxf: vectorises */
 #pragma omp simd reduction(+ : sum)
             for (int j = 0; j <= i; j++)
-                sum += visible(seg, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
+                sum += visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
             lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
         }
         const float li = lse[i];
         /* the causal half only; restrict tells GCC the float stores cannot change the int8 mask, which it
          * otherwise reloads every iteration and does not vectorise */
         for (int j = 0; j <= i; j++)
-            Pi[j] = visible(seg, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
+            Pi[j] = visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
         memset(Pi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
     }
 }
 
-void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, const prefopt_dmat *q,
+void pf_attention_forward(const prefopt_model *m, int layer, prefopt_dmat *y, float *att, const prefopt_dmat *q,
                           const prefopt_dmat *k, const prefopt_dmat *v)
 {
     const int T = m->b.T, D = m->cfg.head_dim, G = m->cfg.num_heads / m->cfg.num_kv_heads;
     const int nkb = k->nloc / D, nseq = m->nloc_seq, npair = nseq * nkb;
-    const float scale = 1.0f / sqrtf((float)D);
+    const pf_attn_params ap = pf_attn_params_of(m, layer);
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
         const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
+        const int32_t *pos = m->b.pos + (size_t)pf_seq_row(m, s) * T;
         float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)4 * T * D + (size_t)T * T), "attention scratch");
         float *vh = kh + T * D, *qh = vh + T * D, *oh = qh + T * D, *P = oh + T * D;
         load_head(kh, k, s, T, kb * D, D);
@@ -93,7 +124,7 @@ void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, c
         for (int hh = 0; hh < G; hh++) {
             int c0 = kb * m->qnb + hh * D;
             load_head(qh, q, s, T, c0, D);
-            probs(P, qh, kh, seg, T, D, scale, att + ((size_t)pr * G + hh) * T, 1);
+            probs(P, qh, kh, seg, pos, &ap, T, D, att + ((size_t)pr * G + hh) * T, 1, NULL);
             gemm_rm(0, 0, T, D, T, 1.0f, P, T, vh, D, 0.0f, oh, D);
             store_head(y, oh, s, T, c0, D);
         }
@@ -101,20 +132,25 @@ void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, c
     }
 }
 
-void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
+void pf_attention_backward(const prefopt_model *m, int layer, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
                            const prefopt_dmat *dy, const float *att, const prefopt_dmat *q, const prefopt_dmat *k,
                            const prefopt_dmat *v)
 {
     const int T = m->b.T, D = m->cfg.head_dim, G = m->cfg.num_heads / m->cfg.num_kv_heads;
     const int nkb = k->nloc / D, nseq = m->nloc_seq, npair = nseq * nkb;
-    const float scale = 1.0f / sqrtf((float)D);
+    const pf_attn_params ap = pf_attn_params_of(m, layer);
+    const float scale = ap.scale;
+    const int capped = ap.softcap > 0;
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
         const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
-        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)7 * T * D + (size_t)2 * T * T), "attention scratch");
+        const int32_t *pos = m->b.pos + (size_t)pf_seq_row(m, s) * T;
+        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)7 * T * D + (size_t)(2 + capped) * T * T),
+                                    "attention scratch");
         float *vh = kh + T * D, *qh = vh + T * D, *doh = qh + T * D, *dqh = doh + T * D, *dkh = dqh + T * D;
         float *dvh = dkh + T * D, *dS = dvh + T * D, *P = dS + (size_t)T * T;
+        float *dcap = capped ? P + (size_t)T * T : NULL; /* 1 - tanh^2 of the capped scores */
         load_head(kh, k, s, T, kb * D, D);
         load_head(vh, v, s, T, kb * D, D);
         memset(dkh, 0, sizeof(float) * 2 * T * D);
@@ -122,7 +158,7 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
             int c0 = kb * m->qnb + hh * D;
             load_head(qh, q, s, T, c0, D);
             load_head(doh, dy, s, T, c0, D);
-            probs(P, qh, kh, seg, T, D, scale, (float *)att + ((size_t)pr * G + hh) * T, 0);
+            probs(P, qh, kh, seg, pos, &ap, T, D, (float *)att + ((size_t)pr * G + hh) * T, 0, dcap);
             gemm_rm(1, 0, T, D, T, 1.0f, P, T, doh, D, 1.0f, dvh, D);  /* dV += P^T dO */
             gemm_rm(0, 1, T, T, D, 1.0f, doh, D, vh, D, 0.0f, dS, T); /* dP = dO V^T */
             for (int i = 0; i < T; i++) { /* dS = P (dP - rowsum(P dP)); P is 0 above the diagonal */
@@ -132,6 +168,9 @@ void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dma
                     rowdot += Pi[j] * dSi[j];
                 for (int j = 0; j <= i; j++)
                     dSi[j] = Pi[j] * (dSi[j] - rowdot);
+                if (capped) /* through the cap: d tanh */
+                    for (int j = 0; j <= i; j++)
+                        dSi[j] *= dcap[(size_t)i * T + j];
                 memset(dSi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
             }
             gemm_rm(0, 0, T, D, T, scale, dS, T, kh, D, 0.0f, dqh, D); /* dQ = scale dS K */
@@ -152,7 +191,8 @@ void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const pre
 {
     const int T = m->b.T, D = m->cfg.head_dim, G = m->cfg.num_heads / m->cfg.num_kv_heads, M = m->kv_max;
     const int nkb = k->nloc / D, nseq = m->nloc_seq, npair = nseq * nkb;
-    const float scale = 1.0f / sqrtf((float)D);
+    const pf_attn_params ap = pf_attn_params_of(m, layer);
+    const float scale = ap.scale;
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb, r = pf_seq_row(m, s), len = m->kv_len[r];
@@ -174,11 +214,16 @@ void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const pre
             if (nv > 0) {
                 gemm_rm(0, 1, nv, ctx, D, scale, qh, D, kc, D, 0.0f, S, ctx);
                 for (int i = 0; i < nv; i++) {
+                    /* cache entry j holds position j: visible from position len + i when in the window */
                     float *Si = S + (size_t)i * ctx, mx = -INFINITY, sum = 0;
-                    for (int j = 0; j <= len + i; j++)
+                    const int hi = len + i, lo = ap.window > 0 && hi - ap.window + 1 > 0 ? hi - ap.window + 1 : 0;
+                    if (ap.softcap > 0)
+                        for (int j = lo; j <= hi; j++)
+                            Si[j] = softcap(Si[j], ap.softcap, NULL);
+                    for (int j = lo; j <= hi; j++)
                         mx = fmaxf(mx, Si[j]);
                     for (int j = 0; j < ctx; j++) {
-                        Si[j] = j <= len + i ? pf_exp(Si[j] - mx) : 0.0f;
+                        Si[j] = j >= lo && j <= hi ? pf_exp(Si[j] - mx) : 0.0f;
                         sum += Si[j];
                     }
                     for (int j = 0; j < ctx; j++)

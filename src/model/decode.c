@@ -19,6 +19,7 @@ static void last_logits(prefopt_model *m, const int32_t *last, float *logits)
                 *pf_at(&X, il, jl) = *pf_at(&m->xf, il * T + last[r], jl);
     }
     pf_gemm(m->opt.bf16, 'N', 'N', 1.0f, &X, m->head->value, 0.0f, &Y);
+    pf_final_softcap(m, &Y);
     float *full = prefopt_xmalloc(sizeof(float) * (size_t)nr * V + 4, "gathered logits");
     prefopt_dmat_gather(&Y, full);
     for (int r = 0; r < nr; r++)

@@ -102,6 +102,19 @@ static inline int parent_row(const prefopt_model *m, int ls, int r, int p)
     return ls * m->head_R + (m->head_kept_only ? m->head_row[(size_t)r * m->b.T + p] : p);
 }
 
+/* Gemma 2's final_logit_softcapping: logits := cap tanh(logits / cap), in place (the log-softmax, metrics and
+ * generation all see the capped logits, as in HF) */
+void pf_final_softcap(const prefopt_model *m, prefopt_dmat *L)
+{
+    const float cap = m->cfg.final_softcap;
+    if (!(cap > 0))
+        return;
+    const size_t n = prefopt_dmat_local_size(L);
+#pragma omp parallel for schedule(static)
+    for (size_t e = 0; e < n; e++)
+        L->data[e] = cap * tanhf(L->data[e] / cap);
+}
+
 /* The head runs over chunks of m->head_rows batch rows (a multiple of nprow, so a chunk starts on process row 0
  * and its local rows are a contiguous run of X's): only one chunk's logits exist at a time. With one chunk the
  * logits are kept for backward; with several, backward recomputes each chunk's logits (one more head GEMM). */
@@ -112,6 +125,7 @@ static void chunk_logits(prefopt_model *m, const prefopt_dmat *X, prefopt_dmat *
     Lc->data = m->logits.data;
     pf_gemm_sub(m->opt.bf16, 'N', 'N', Lc->m, Lc->n, m->cfg.hidden_size, 1.0f, X, r0 * R, m->head->value, 0, 0.0f, Lc,
                 0);
+    pf_final_softcap(m, Lc);
 }
 
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out)
@@ -275,11 +289,31 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
                 W[parent_row(m, ls, r, m->b.parent[t])] += w[ls * T + i];
             }
         }
+        /* soft-capped logits z = cap tanh(u / cap): d/du = 1 - (z / cap)^2, read before z is overwritten (the
+         * target entries' factors first, since their gradient is added after) */
+        const float cap = m->cfg.final_softcap;
+        float *tf = cap > 0 ? prefopt_xcalloc((size_t)nls * T + 1, sizeof *tf, "target cap factors") : NULL;
+        for (int ls = 0; tf && ls < nls; ls++) {
+            const int r = chunk_seq_row(L, r0, R, ls);
+            for (int i = 0; i < T; i++) {
+                int t = r * T + i, tok = m->b.tokens[t];
+                if (w[ls * T + i] == 0.0f || prefopt_dmat_col_owner(L, tok) != m->g->mycol)
+                    continue;
+                float z = *pf_at(L, parent_row(m, ls, r, m->b.parent[t]), prefopt_dmat_col_g2l(L, tok)) / cap;
+                tf[ls * T + i] = 1.0f - z * z;
+            }
+        }
 #pragma omp parallel for schedule(static)
         for (int jl = 0; jl < L->nloc; jl++) {
             float *col = pf_at(L, 0, jl);
-            for (int il = 0; il < nt; il++)
-                col[il] = W[il] != 0.0f ? -W[il] * pf_exp(col[il] - lse[il]) : 0.0f;
+            for (int il = 0; il < nt; il++) {
+                float gz = W[il] != 0.0f ? -W[il] * pf_exp(col[il] - lse[il]) : 0.0f;
+                if (cap > 0) {
+                    float z = col[il] / cap;
+                    gz *= 1.0f - z * z;
+                }
+                col[il] = gz;
+            }
         }
         for (int ls = 0; ls < nls; ls++) {
             const int r = chunk_seq_row(L, r0, R, ls);
@@ -287,9 +321,11 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
                 int t = r * T + i, tok = m->b.tokens[t];
                 if (w[ls * T + i] == 0.0f || prefopt_dmat_col_owner(L, tok) != m->g->mycol)
                     continue;
-                *pf_at(L, parent_row(m, ls, r, m->b.parent[t]), prefopt_dmat_col_g2l(L, tok)) += w[ls * T + i];
+                *pf_at(L, parent_row(m, ls, r, m->b.parent[t]), prefopt_dmat_col_g2l(L, tok)) +=
+                    w[ls * T + i] * (tf ? tf[ls * T + i] : 1.0f);
             }
         }
+        free(tf);
         free(W);
         free(w);
         if (L->m == 0)

@@ -78,12 +78,13 @@ void pf_norm_forward(prefopt_model *m, prefopt_dmat *y, float *mean, float *rstd
     }
     free(s);
     const float *wv = w->value->data, *bv = b ? b->value->data : NULL;
+    const float off = m->cfg.norm_unit_offset ? 1.0f : 0.0f; /* Gemma: (1 + w) */
 #pragma omp parallel for schedule(static)
     for (int jl = 0; jl < x->nloc; jl++) {
         const float *xc = pf_at(x, 0, jl);
         float *yc = pf_at(y, 0, jl);
         for (int il = 0; il < nt; il++) {
-            float v = (xc[il] - mean[il]) * rstd[il] * wv[jl];
+            float v = (xc[il] - mean[il]) * rstd[il] * (off + wv[jl]);
             yc[il] = bv ? v + bv[jl] : v;
         }
     }
@@ -95,6 +96,7 @@ void pf_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy
 {
     int nt = x->mloc, C = x->n;
     const float *wv = w->value->data;
+    const float off = m->cfg.norm_unit_offset ? 1.0f : 0.0f;
     float *dw = pf_vgrad(m, w), *db = b ? pf_vgrad(m, b) : NULL;
     double *s = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *s, "norm backward sums");
 #pragma omp parallel for schedule(static)
@@ -115,7 +117,7 @@ void pf_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy
             const float *xc = pf_at(x, 0, jl), *gc = pf_at(dy, 0, jl);
             for (int il = rb, re = rb + PF_RB < nt ? rb + PF_RB : nt; il < re; il++) {
                 float xhat = (xc[il] - mean[il]) * rstd[il];
-                float g = gc[il] * wv[jl];
+                float g = gc[il] * (off + wv[jl]);
                 s[2 * il] += g;
                 s[2 * il + 1] += (double)g * xhat;
             }
@@ -127,12 +129,82 @@ void pf_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy
         float *dc = pf_at(dx, 0, jl);
         for (int il = 0; il < nt; il++) {
             float xhat = (xc[il] - mean[il]) * rstd[il];
-            float g = gc[il] * wv[jl];
+            float g = gc[il] * (off + wv[jl]);
             float mg = b ? (float)(s[2 * il] / C) : 0.0f;
             dc[il] += rstd[il] * (g - mg - xhat * (float)(s[2 * il + 1] / C));
         }
     }
     free(s);
+}
+
+/* The [D] weight of a per-head norm, on every rank: it lives on process column 0 (a D-wide row vector), so it
+ * is broadcast over the process row; D floats per use. */
+static void head_norm_weight(const prefopt_model *m, const prefopt_param *w, float *out, int D)
+{
+    if (m->g->mycol == 0)
+        memcpy(out, w->value->data, sizeof(float) * (size_t)D);
+    if (m->g->npcol > 1)
+        MPI_Bcast(out, D, MPI_FLOAT, 0, m->g->row);
+}
+
+/* y = x / rms(head) * (off + w) over each head's D features (a head's D columns are adjacent and local: the
+ * blocks of q and k hold whole heads). rstd per local token and local head. */
+void pf_head_norm_forward(prefopt_model *m, prefopt_dmat *y, float *rstd, const prefopt_dmat *x,
+                          const prefopt_param *w)
+{
+    const int D = m->cfg.head_dim, nt = x->mloc, nh = x->nloc / D;
+    const float off = m->cfg.norm_unit_offset ? 1.0f : 0.0f;
+    float *wv = prefopt_xmalloc(sizeof(float) * (size_t)D + 4, "head norm weight");
+    head_norm_weight(m, w, wv, D);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < nh; h++)
+        for (int il = 0; il < nt; il++) {
+            double ss = 0;
+            for (int d = 0; d < D; d++) {
+                float v = *pf_at(x, il, h * D + d);
+                ss += (double)v * v;
+            }
+            float r = (float)(1.0 / sqrt(ss / D + m->cfg.norm_eps));
+            rstd[(size_t)h * nt + il] = r;
+            for (int d = 0; d < D; d++)
+                *pf_at(y, il, h * D + d) = *pf_at(x, il, h * D + d) * r * (off + wv[d]);
+        }
+    free(wv);
+}
+
+/* dx += the per-head norm's input gradient; the weight's gradient over my heads is reduced onto process column 0
+ * over the process row, then joins the row-vector scratch like any norm weight's */
+void pf_head_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy, const prefopt_dmat *x,
+                           const float *rstd, const prefopt_param *w)
+{
+    const int D = m->cfg.head_dim, nt = x->mloc, nh = x->nloc / D;
+    const float off = m->cfg.norm_unit_offset ? 1.0f : 0.0f;
+    float *wv = prefopt_xmalloc(sizeof(float) * (size_t)D * 2 + 4, "head norm weight"), *dw = wv + D;
+    head_norm_weight(m, w, wv, D);
+    memset(dw, 0, sizeof(float) * (size_t)D);
+    for (int h = 0; h < nh; h++) /* serial over heads: the weight gradient is one sum in a fixed order */
+        for (int il = 0; il < nt; il++) {
+            float r = rstd[(size_t)h * nt + il];
+            double sg = 0;
+            for (int d = 0; d < D; d++) {
+                float xhat = *pf_at(x, il, h * D + d) * r, g = *pf_at(dy, il, h * D + d);
+                dw[d] += g * xhat;
+                sg += (double)g * (off + wv[d]) * xhat;
+            }
+            float mg = (float)(sg / D);
+            for (int d = 0; d < D; d++) {
+                float xhat = *pf_at(x, il, h * D + d) * r, g = *pf_at(dy, il, h * D + d) * (off + wv[d]);
+                *pf_at(dx, il, h * D + d) += r * (g - xhat * mg);
+            }
+        }
+    if (m->g->npcol > 1)
+        MPI_Reduce(m->g->mycol == 0 ? MPI_IN_PLACE : dw, dw, D, MPI_FLOAT, MPI_SUM, 0, m->g->row);
+    if (m->g->mycol == 0) {
+        float *acc = pf_vgrad(m, w);
+        for (int d = 0; d < D; d++)
+            acc[d] += dw[d];
+    }
+    free(wv);
 }
 
 /* X[t,:] = E[:, id_t] (+ P[:, pos_t]). The column of E is spread over a process column's ranks and lives on one
@@ -172,11 +244,12 @@ void pf_embed_forward(prefopt_model *m, prefopt_dmat *x)
     if (m->wpe)
         embed_scatter_owned(m, m->emb_full, m->wpe->value, m->b.pos);
     allreduce_big(m->emb_full, n, m->g->tp);
+    const float sc = m->cfg.embed_scale > 0 ? m->cfg.embed_scale : 1.0f; /* Gemma: sqrt(hidden) */
     for (int jl = 0; jl < x->nloc; jl++) {
         int c = prefopt_dmat_col_l2g(x, jl);
         float *col = pf_at(x, 0, jl);
         for (int il = 0; il < x->mloc; il++)
-            col[il] = m->emb_full[(size_t)prefopt_dmat_row_l2g(x, il) * C + c];
+            col[il] = m->emb_full[(size_t)prefopt_dmat_row_l2g(x, il) * C + c] * sc;
     }
 }
 
@@ -197,11 +270,12 @@ void pf_embed_backward(prefopt_model *m, const prefopt_dmat *dx)
     int C = m->cfg.hidden_size;
     size_t n = (size_t)m->b.nrows * m->b.T * C;
     memset(m->emb_full, 0, n * sizeof(float));
+    const float sc = m->cfg.embed_scale > 0 ? m->cfg.embed_scale : 1.0f;
     for (int jl = 0; jl < dx->nloc; jl++) {
         int c = prefopt_dmat_col_l2g(dx, jl);
         const float *col = pf_at(dx, 0, jl);
         for (int il = 0; il < dx->mloc; il++)
-            m->emb_full[(size_t)prefopt_dmat_row_l2g(dx, il) * C + c] = col[il];
+            m->emb_full[(size_t)prefopt_dmat_row_l2g(dx, il) * C + c] = col[il] * sc;
     }
     allreduce_big(m->emb_full, n, m->g->tp);
     embed_gather_owned(m, m->wte->grad, m->emb_full, m->b.tokens);
@@ -229,6 +303,12 @@ void pf_mlp_act_forward(const prefopt_model *m, prefopt_dmat *a, const prefopt_d
             float x = h1->data[e];
             a->data[e] = 0.5f * x * (1.0f + pf_tanh(GELU_K * (x + 0.044715f * x * x * x)));
         }
+    } else if (m->cfg.mlp_act == PREFOPT_ACT_GELU_TANH) { /* GeGLU: gelu_tanh(gate) * up (Gemma) */
+#pragma omp parallel for schedule(static)
+        for (size_t e = 0; e < n; e++) {
+            float x = h1->data[e];
+            a->data[e] = 0.5f * x * (1.0f + pf_tanh(GELU_K * (x + 0.044715f * x * x * x))) * h2->data[e];
+        }
     } else {
 #pragma omp parallel for schedule(static)
         for (size_t e = 0; e < n; e++) {
@@ -250,6 +330,15 @@ void pf_mlp_act_backward(const prefopt_model *m, prefopt_dmat *dh1, prefopt_dmat
             float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
             dh1->data[e] = da->data[e] * d;
         }
+    } else if (m->cfg.mlp_act == PREFOPT_ACT_GELU_TANH) {
+#pragma omp parallel for schedule(static)
+        for (size_t e = 0; e < n; e++) {
+            float x = h1->data[e];
+            float t = pf_tanh(GELU_K * (x + 0.044715f * x * x * x));
+            float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+            dh1->data[e] = da->data[e] * h2->data[e] * d;
+            dh2->data[e] = da->data[e] * 0.5f * x * (1.0f + t);
+        }
     } else {
 #pragma omp parallel for schedule(static)
         for (size_t e = 0; e < n; e++) {
@@ -261,46 +350,61 @@ void pf_mlp_act_backward(const prefopt_model *m, prefopt_dmat *dh1, prefopt_dmat
 }
 
 /* cos/sin of pos * inv_freq[i], computed in float exactly as HF's LlamaRotaryEmbedding does (fp32 inv_freq,
- * fp32 product), so long positions round the same way. */
+ * fp32 product), so long positions round the same way. Two tables: the layers on rope_theta (with its scaling),
+ * then the sliding layers' when they have their own base (Gemma 3's rope_local_base_freq, unscaled). Over
+ * rope_dim features (Phi-3's partial rotary: inv_freq over rope_dim, not D). */
+static int rope_dim(const prefopt_model_config *c) { return c->rope_dim ? c->rope_dim : c->head_dim; }
+
 void pf_rope_tables(prefopt_model *m)
 {
-    int ntok = m->b.nrows * m->b.T, maxp = 0, D = m->cfg.head_dim, h = D / 2;
+    int ntok = m->b.nrows * m->b.T, maxp = 0, R = rope_dim(&m->cfg), h = R / 2;
     for (int t = 0; t < ntok; t++)
         if (m->b.seg[t] >= 0 && m->b.pos[t] > maxp)
             maxp = m->b.pos[t];
     free(m->rope_cos);
     free(m->rope_sin);
     m->rope_npos = maxp + 1;
-    m->rope_cos = prefopt_xmalloc(sizeof(float) * m->rope_npos * h + 4, "rope cos");
-    m->rope_sin = prefopt_xmalloc(sizeof(float) * m->rope_npos * h + 4, "rope sin");
+    size_t per = (size_t)m->rope_npos * h;
+    m->rope_cos = prefopt_xmalloc(sizeof(float) * 2 * per + 4, "rope cos");
+    m->rope_sin = prefopt_xmalloc(sizeof(float) * 2 * per + 4, "rope sin");
     const prefopt_model_config *c = &m->cfg;
-    for (int i = 0; i < h; i++) {
-        float inv = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)D);
-        if (c->rope_llama3) { /* HF _compute_llama3_parameters, in float32 like torch */
-            float old_len = (float)c->rope_original_max_position;
-            float low_wl = old_len / c->rope_low_freq_factor, high_wl = old_len / c->rope_high_freq_factor;
-            float wl = 2.0f * (float)M_PI / inv;
-            float scaled = wl > low_wl ? inv / c->rope_factor : inv;
-            if (!(wl < high_wl) && !(wl > low_wl)) {
-                float smooth = (old_len / wl - c->rope_low_freq_factor) /
-                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                scaled = (1.0f - smooth) * scaled / c->rope_factor + smooth * scaled;
+    for (int tab = 0; tab < 2; tab++)
+        for (int i = 0; i < h; i++) {
+            float theta = tab && c->rope_local_theta > 0 ? c->rope_local_theta : c->rope_theta;
+            float inv = 1.0f / powf(theta, (float)(2 * i) / (float)R);
+            if (c->rope_llama3 && !tab) { /* HF _compute_llama3_parameters, in float32 like torch */
+                float old_len = (float)c->rope_original_max_position;
+                float low_wl = old_len / c->rope_low_freq_factor, high_wl = old_len / c->rope_high_freq_factor;
+                float wl = 2.0f * (float)M_PI / inv;
+                float scaled = wl > low_wl ? inv / c->rope_factor : inv;
+                if (!(wl < high_wl) && !(wl > low_wl)) {
+                    float smooth = (old_len / wl - c->rope_low_freq_factor) /
+                                   (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                    scaled = (1.0f - smooth) * scaled / c->rope_factor + smooth * scaled;
+                }
+                inv = scaled;
             }
-            inv = scaled;
+            if (c->rope_linear_factor > 0 && (!tab || !(c->rope_local_theta > 0)))
+                inv /= c->rope_linear_factor; /* HF "linear": inv_freq / factor */
+            for (int p = 0; p < m->rope_npos; p++) {
+                float ang = inv * (float)p;
+                m->rope_cos[tab * per + (size_t)p * h + i] = cosf(ang);
+                m->rope_sin[tab * per + (size_t)p * h + i] = sinf(ang);
+            }
         }
-        for (int p = 0; p < m->rope_npos; p++) {
-            float ang = inv * (float)p;
-            m->rope_cos[(size_t)p * h + i] = cosf(ang);
-            m->rope_sin[(size_t)p * h + i] = sinf(ang);
-        }
-    }
 }
 
-/* HF rotate_half: x' = x cos + rotate_half(x) sin pairs dimension i with i + D/2 of the same head; a head never
- * straddles a block, so the pair is local. inverse applies the transpose (for gradients). */
-void pf_rope_apply(const prefopt_model *m, prefopt_dmat *x, int inverse)
+/* HF rotate_half: x' = x cos + rotate_half(x) sin pairs dimension i with i + rope_dim/2 of the same head (the
+ * features past rope_dim pass through); a head never straddles a block, so the pair is local. inverse applies
+ * the transpose (for gradients). A NOROPE layer (SmolLM3) is left alone. */
+void pf_rope_apply(const prefopt_model *m, int layer, prefopt_dmat *x, int inverse)
 {
-    int D = m->cfg.head_dim, h = D / 2;
+    const prefopt_model_config *c = &m->cfg;
+    if (c->layer_flags[layer] & PREFOPT_LAYER_NOROPE)
+        return;
+    int D = c->head_dim, R = rope_dim(c), h = R / 2;
+    const int tab = (c->layer_flags[layer] & PREFOPT_LAYER_SLIDING) && c->rope_local_theta > 0;
+    const float *tc = m->rope_cos + (size_t)tab * m->rope_npos * h, *ts = m->rope_sin + (size_t)tab * m->rope_npos * h;
     for (int jl = 0; jl < x->nloc; jl++) {
         int d = prefopt_dmat_col_l2g(x, jl) % D;
         if (d >= h)
@@ -311,10 +415,10 @@ void pf_rope_apply(const prefopt_model *m, prefopt_dmat *x, int inverse)
             if (m->b.seg[t] < 0)
                 continue;
             size_t k = (size_t)m->b.pos[t] * h + d;
-            float c = m->rope_cos[k], s = inverse ? -m->rope_sin[k] : m->rope_sin[k];
+            float cs = tc[k], sn = inverse ? -ts[k] : ts[k];
             float av = a[il], bv = b[il];
-            a[il] = av * c - bv * s;
-            b[il] = bv * c + av * s;
+            a[il] = av * cs - bv * sn;
+            b[il] = bv * cs + av * sn;
         }
     }
 }

@@ -156,7 +156,27 @@ static void alloc_acts(prefopt_model *m)
         A->n2_rstd = new_buf(m, nt, "norm stats");
         A->att = new_buf(m, (size_t)m->nloc_seq * (A->k.nloc / D) * (c->num_heads / c->num_kv_heads) * T,
                          "attention log-normalisers");
+        if (llama && c->qk_norm) {
+            act(m, &A->qr, HD, m->qnb);
+            act(m, &A->kr, KD, D);
+            size_t per = c->qk_norm == PREFOPT_QK_NORM_HEAD ? (size_t)(A->q.nloc / D) : 1;
+            A->qn_mean = new_buf(m, nt, "norm stats");
+            A->qn_rstd = new_buf(m, nt * per, "norm stats");
+            per = c->qk_norm == PREFOPT_QK_NORM_HEAD ? (size_t)(A->k.nloc / D) : 1;
+            A->kn_mean = new_buf(m, nt, "norm stats");
+            A->kn_rstd = new_buf(m, nt * per, "norm stats");
+        }
+        if (llama && c->norm_style != PREFOPT_NORM_PRE) {
+            act(m, &A->ao, C, m->nbh);
+            act(m, &A->mo, C, m->nbh);
+            A->pa_mean = new_buf(m, nt, "norm stats");
+            A->pa_rstd = new_buf(m, nt, "norm stats");
+            A->pf_mean = new_buf(m, nt, "norm stats");
+            A->pf_rstd = new_buf(m, nt, "norm stats");
+        }
     }
+    if (llama && c->norm_style != PREFOPT_NORM_PRE)
+        act(m, &m->tmpc, C, m->nbh);
     act(m, &m->xf, C, m->nbh);
     /* the LM head's chunk: as many rows as fit the logits budget (default 1 GiB per rank), whole process rows */
     {
@@ -193,6 +213,12 @@ static void alloc_acts(prefopt_model *m)
         if (llama)
             act(m, &m->dh2, F, m->nbf);
         act(m, &m->da, F, m->nbf);
+        if (llama && c->qk_norm) {
+            act(m, &m->dqr, HD, m->qnb);
+            act(m, &m->dkr, KD, D);
+        }
+        if (llama && c->norm_style != PREFOPT_NORM_PRE)
+            act(m, &m->dc, C, m->nbh);
     }
 }
 
@@ -203,52 +229,128 @@ static void copy_dmat(prefopt_dmat *dst, const prefopt_dmat *src)
     memcpy(dst->data, src->data, prefopt_dmat_local_size(src) * sizeof(float));
 }
 
+static void zero_dmat(prefopt_dmat *a) { memset(a->data, 0, prefopt_dmat_local_size(a) * sizeof(float)); }
+
+/* y := x + z elementwise (same distribution) */
+static void add_dmat(prefopt_dmat *y, const prefopt_dmat *x, const prefopt_dmat *z)
+{
+    size_t n = prefopt_dmat_local_size(y);
+    for (size_t e = 0; e < n; e++)
+        y->data[e] = x->data[e] + z->data[e];
+}
+
+/* One block. Llama (norm_style PRE): xmid = x + attn(norm1(x)), out = xmid + mlp(norm2(xmid)). OLMo 2 (POST):
+ * xmid = x + norm_pa(attn(x)), out = xmid + norm_pf(mlp(xmid)). Gemma (SANDWICH): xmid = x +
+ * norm_pa(attn(norm1(x))), out = xmid + norm_pf(mlp(norm2(xmid))). attn's q and k pass through their norms
+ * (qk_norm) before RoPE. */
 static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x, prefopt_dmat *xout)
 {
     const layer_params *P = &m->layers[l];
-    pf_norm_forward(m, &A->n1, A->n1_mean, A->n1_rstd, x, P->ln1_w, P->ln1_b);
-    pf_linear_forward(&A->q, &A->n1, P->wq, P->bq, 0.0f);
-    pf_linear_forward(&A->k, &A->n1, P->wk, P->bk, 0.0f);
-    pf_linear_forward(&A->v, &A->n1, P->wv, P->bv, 0.0f);
+    const int qkn = m->cfg.qk_norm;
+    const prefopt_dmat *ain = x;
+    if (P->ln1_w) {
+        pf_norm_forward(m, &A->n1, A->n1_mean, A->n1_rstd, x, P->ln1_w, P->ln1_b);
+        ain = &A->n1;
+    }
+    pf_linear_forward(qkn ? &A->qr : &A->q, ain, P->wq, P->bq, 0.0f);
+    pf_linear_forward(qkn ? &A->kr : &A->k, ain, P->wk, P->bk, 0.0f);
+    pf_linear_forward(&A->v, ain, P->wv, P->bv, 0.0f);
+    if (qkn == PREFOPT_QK_NORM_HEAD) {
+        pf_head_norm_forward(m, &A->q, A->qn_rstd, &A->qr, P->q_norm);
+        pf_head_norm_forward(m, &A->k, A->kn_rstd, &A->kr, P->k_norm);
+    } else if (qkn == PREFOPT_QK_NORM_FULL) {
+        pf_norm_forward(m, &A->q, A->qn_mean, A->qn_rstd, &A->qr, P->q_norm, NULL);
+        pf_norm_forward(m, &A->k, A->kn_mean, A->kn_rstd, &A->kr, P->k_norm, NULL);
+    }
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
-        pf_rope_apply(m, &A->q, 0);
-        pf_rope_apply(m, &A->k, 0);
+        pf_rope_apply(m, l, &A->q, 0);
+        pf_rope_apply(m, l, &A->k, 0);
     }
     if (m->decoding)
         pf_attention_cached(m, l, &A->y, &A->q, &A->k, &A->v);
     else
-        pf_attention_forward(m, &A->y, A->att, &A->q, &A->k, &A->v);
-    copy_dmat(&A->xmid, x);
-    pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
-    pf_norm_forward(m, &A->n2, A->n2_mean, A->n2_rstd, &A->xmid, P->ln2_w, P->ln2_b);
-    pf_linear_forward(&A->h1, &A->n2, P->wfc, P->bfc, 0.0f);
+        pf_attention_forward(m, l, &A->y, A->att, &A->q, &A->k, &A->v);
+    if (P->ln_pa) {
+        pf_linear_forward(&A->ao, &A->y, P->wo, P->bo, 0.0f);
+        pf_norm_forward(m, &m->tmpc, A->pa_mean, A->pa_rstd, &A->ao, P->ln_pa, NULL);
+        add_dmat(&A->xmid, x, &m->tmpc);
+    } else {
+        copy_dmat(&A->xmid, x);
+        pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
+    }
+    const prefopt_dmat *min = &A->xmid;
+    if (P->ln2_w) {
+        pf_norm_forward(m, &A->n2, A->n2_mean, A->n2_rstd, &A->xmid, P->ln2_w, P->ln2_b);
+        min = &A->n2;
+    }
+    pf_linear_forward(&A->h1, min, P->wfc, P->bfc, 0.0f);
     if (P->wup)
-        pf_linear_forward(&A->h2, &A->n2, P->wup, NULL, 0.0f);
+        pf_linear_forward(&A->h2, min, P->wup, NULL, 0.0f);
     pf_mlp_act_forward(m, &A->a, &A->h1, &A->h2);
-    copy_dmat(xout, &A->xmid);
-    pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
+    if (P->ln_pf) {
+        pf_linear_forward(&A->mo, &A->a, P->wdown, P->bdown, 0.0f);
+        pf_norm_forward(m, &m->tmpc, A->pf_mean, A->pf_rstd, &A->mo, P->ln_pf, NULL);
+        add_dmat(xout, &A->xmid, &m->tmpc);
+    } else {
+        copy_dmat(xout, &A->xmid);
+        pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
+    }
 }
 
 /* m->dx holds d loss / d (layer output) on entry and d loss / d (layer input) on return. */
 static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x)
 {
     const layer_params *P = &m->layers[l];
-    pf_linear_backward(m, &m->da, 0.0f, &m->dx, &A->a, P->wdown, P->bdown);
-    pf_mlp_act_backward(m, &m->dh1, &m->dh2, &m->da, &A->h1, &A->h2);
-    pf_linear_backward(m, &m->dn, 0.0f, &m->dh1, &A->n2, P->wfc, P->bfc);
-    if (P->wup)
-        pf_linear_backward(m, &m->dn, 1.0f, &m->dh2, &A->n2, P->wup, NULL);
-    pf_norm_backward(m, &m->dx, &m->dn, &A->xmid, A->n2_mean, A->n2_rstd, P->ln2_w, P->ln2_b);
-    pf_linear_backward(m, &m->dy, 0.0f, &m->dx, &A->y, P->wo, P->bo);
-    pf_attention_backward(m, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
-    if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
-        pf_rope_apply(m, &m->dq, 1);
-        pf_rope_apply(m, &m->dk, 1);
+    const int qkn = m->cfg.qk_norm;
+    const prefopt_dmat *dmo = &m->dx;
+    if (P->ln_pf) {
+        zero_dmat(&m->dc);
+        pf_norm_backward(m, &m->dc, &m->dx, &A->mo, A->pf_mean, A->pf_rstd, P->ln_pf, NULL);
+        dmo = &m->dc;
     }
-    pf_linear_backward(m, &m->dn, 0.0f, &m->dq, &A->n1, P->wq, P->bq);
-    pf_linear_backward(m, &m->dn, 1.0f, &m->dk, &A->n1, P->wk, P->bk);
-    pf_linear_backward(m, &m->dn, 1.0f, &m->dv, &A->n1, P->wv, P->bv);
-    pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
+    pf_linear_backward(m, &m->da, 0.0f, dmo, &A->a, P->wdown, P->bdown);
+    pf_mlp_act_backward(m, &m->dh1, &m->dh2, &m->da, &A->h1, &A->h2);
+    if (P->ln2_w) {
+        pf_linear_backward(m, &m->dn, 0.0f, &m->dh1, &A->n2, P->wfc, P->bfc);
+        if (P->wup)
+            pf_linear_backward(m, &m->dn, 1.0f, &m->dh2, &A->n2, P->wup, NULL);
+        pf_norm_backward(m, &m->dx, &m->dn, &A->xmid, A->n2_mean, A->n2_rstd, P->ln2_w, P->ln2_b);
+    } else { /* the MLP reads xmid itself */
+        pf_linear_backward(m, &m->dx, 1.0f, &m->dh1, &A->xmid, P->wfc, P->bfc);
+        pf_linear_backward(m, &m->dx, 1.0f, &m->dh2, &A->xmid, P->wup, NULL);
+    }
+    const prefopt_dmat *dao = &m->dx; /* m->dx is now d xmid */
+    if (P->ln_pa) {
+        zero_dmat(&m->dc);
+        pf_norm_backward(m, &m->dc, &m->dx, &A->ao, A->pa_mean, A->pa_rstd, P->ln_pa, NULL);
+        dao = &m->dc;
+    }
+    pf_linear_backward(m, &m->dy, 0.0f, dao, &A->y, P->wo, P->bo);
+    pf_attention_backward(m, l, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
+    if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
+        pf_rope_apply(m, l, &m->dq, 1);
+        pf_rope_apply(m, l, &m->dk, 1);
+    }
+    const prefopt_dmat *dq = &m->dq, *dk = &m->dk, *xq = P->ln1_w ? &A->n1 : x;
+    if (qkn) {
+        zero_dmat(&m->dqr);
+        zero_dmat(&m->dkr);
+        if (qkn == PREFOPT_QK_NORM_HEAD) {
+            pf_head_norm_backward(m, &m->dqr, &m->dq, &A->qr, A->qn_rstd, P->q_norm);
+            pf_head_norm_backward(m, &m->dkr, &m->dk, &A->kr, A->kn_rstd, P->k_norm);
+        } else {
+            pf_norm_backward(m, &m->dqr, &m->dq, &A->qr, A->qn_mean, A->qn_rstd, P->q_norm, NULL);
+            pf_norm_backward(m, &m->dkr, &m->dk, &A->kr, A->kn_mean, A->kn_rstd, P->k_norm, NULL);
+        }
+        dq = &m->dqr;
+        dk = &m->dkr;
+    }
+    prefopt_dmat *dxq = P->ln1_w ? &m->dn : &m->dx; /* OLMo 2: q, k, v read the layer input itself */
+    pf_linear_backward(m, dxq, P->ln1_w ? 0.0f : 1.0f, dq, xq, P->wq, P->bq);
+    pf_linear_backward(m, dxq, 1.0f, dk, xq, P->wk, P->bk);
+    pf_linear_backward(m, dxq, 1.0f, &m->dv, xq, P->wv, P->bv);
+    if (P->ln1_w)
+        pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
 }
 
 /* embeddings, blocks and the final norm: m->xf holds the normed hidden states of every token */

@@ -13,6 +13,8 @@
 typedef struct {
     prefopt_param *ln1_w, *ln1_b, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
     prefopt_param *ln2_w, *ln2_b, *wfc, *bfc, *wup, *wdown, *bdown;
+    /* the variants' (NULL when absent): q/k norms; the norms of the attention and MLP outputs (OLMo 2, Gemma) */
+    prefopt_param *q_norm, *k_norm, *ln_pa, *ln_pf;
 } layer_params;
 
 /* What backward needs of one block (the layer input lives in the model's residual stream array). */
@@ -20,6 +22,10 @@ typedef struct {
     prefopt_dmat n1, q, k, v, y, xmid, n2, h1, h2, a;
     float *n1_mean, *n1_rstd, *n2_mean, *n2_rstd; /* per local token */
     float *att;                                   /* softmax log-normalisers [local seq][local head][T] */
+    /* variants: q, k before their norms; attention and MLP outputs before their norms; the norms' statistics
+     * (per local token, or per local token and head for the per-head q/k norms) */
+    prefopt_dmat qr, kr, ao, mo;
+    float *qn_mean, *qn_rstd, *kn_mean, *kn_rstd, *pa_mean, *pa_rstd, *pf_mean, *pf_rstd;
 } layer_acts;
 
 struct prefopt_model {
@@ -63,10 +69,11 @@ struct prefopt_model {
     int *head_row, *head_pos;     /* [nrows][T]: a position's compact row (-1: skipped); [nrows][R]: the reverse */
     float *lse;                   /* per head row: log-sum-exp of its logits */
     float *tgt;                   /* per local token: logit of its own token at its parent's row */
-    float *rope_cos, *rope_sin;   /* [max pos in batch + 1][D/2] */
+    float *rope_cos, *rope_sin;   /* [2][max pos in batch + 1][rope_dim/2]: global layers', then sliding layers' */
     int rope_npos;
     /* backward scratch */
     prefopt_dmat dx, dn, dq, dk, dv, dy, dh1, dh2, da;
+    prefopt_dmat dqr, dkr, dc, tmpc; /* variants: q/k before their norms; an output norm's input; a norm's output */
     float *emb_full;              /* nrows*T x C: embedding all-reduce buffer */
     /* key/value cache of incremental decoding: [L][local seq][local KV head][kv_max][D] */
     float *kv_k, *kv_v;
@@ -97,13 +104,27 @@ void pf_mlp_act_forward(const prefopt_model *m, prefopt_dmat *a, const prefopt_d
 void pf_mlp_act_backward(const prefopt_model *m, prefopt_dmat *dh1, prefopt_dmat *dh2, const prefopt_dmat *da,
                          const prefopt_dmat *h1, const prefopt_dmat *h2);
 void pf_rope_tables(prefopt_model *m);
-void pf_rope_apply(const prefopt_model *m, prefopt_dmat *x, int inverse);
+void pf_rope_apply(const prefopt_model *m, int layer, prefopt_dmat *x, int inverse);
+/* RMSNorm over each head's D features with one [D] weight (Qwen3, Gemma 3 q/k norms): local to a process
+ * column; the weight lives on process column 0 and is broadcast over the process row (its gradient reduced) */
+void pf_head_norm_forward(prefopt_model *m, prefopt_dmat *y, float *rstd, const prefopt_dmat *x,
+                          const prefopt_param *w);
+void pf_head_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy, const prefopt_dmat *x,
+                           const float *rstd, const prefopt_param *w);
 float *pf_vgrad(prefopt_model *m, const prefopt_param *p);
 
 /* attention.c */
-void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, const prefopt_dmat *q,
+/* each layer's attention: score scale, tanh soft-cap (0: none), window (0: none; key j visible from query i
+ * when pos_i - pos_j < window, within the branch rule) */
+typedef struct {
+    float scale, softcap;
+    int window;
+} pf_attn_params;
+pf_attn_params pf_attn_params_of(const prefopt_model *m, int layer);
+
+void pf_attention_forward(const prefopt_model *m, int layer, prefopt_dmat *y, float *att, const prefopt_dmat *q,
                           const prefopt_dmat *k, const prefopt_dmat *v);
-void pf_attention_backward(const prefopt_model *m, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
+void pf_attention_backward(const prefopt_model *m, int layer, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
                            const prefopt_dmat *dy, const float *att, const prefopt_dmat *q, const prefopt_dmat *k,
                            const prefopt_dmat *v);
 
@@ -114,6 +135,7 @@ void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const pre
 void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 int pf_head_rows_per_seq(const prefopt_model *m, const prefopt_batch *b);
+void pf_final_softcap(const prefopt_model *m, prefopt_dmat *L);
 
 /* params.c: remakes the bf16 copies when stale (start of every forward) */
 void pf_bf16_sync(prefopt_model *m);

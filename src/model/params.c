@@ -55,6 +55,7 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
     const int nbh = m->nbh, nbf = m->nbf, nbv = m->nbv, qnb = m->qnb;
     char n[96];
     const int gpt2 = c->arch == PREFOPT_ARCH_GPT2;
+    const int one = c->norm_unit_offset ? INIT_ZERO : INIT_ONE; /* Gemma's norms scale by (1 + w) */
     m->wte = add_param(&r, gpt2 ? "wte" : "embed_tokens", V, C, nbh, nbv, INIT_NORMAL);
     if (gpt2)
         m->wpe = add_param(&r, "wpe", c->max_position, C, nbh, nbv, INIT_NORMAL);
@@ -67,8 +68,8 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
         if (gpt2) {
             P->ln1_w = add_param(&r, NAME("ln_1.weight"), C, 0, 1, nbh, INIT_ONE);
             P->ln1_b = add_param(&r, NAME("ln_1.bias"), C, 0, 1, nbh, INIT_ZERO);
-        } else {
-            P->ln1_w = add_param(&r, NAME("input_layernorm.weight"), C, 0, 1, nbh, INIT_ONE);
+        } else if (c->norm_style != PREFOPT_NORM_POST) {
+            P->ln1_w = add_param(&r, NAME("input_layernorm.weight"), C, 0, 1, nbh, one);
         }
         P->wq = add_param(&r, NAME2("q_proj.weight"), HD, C, nbh, qnb, INIT_NORMAL);
         if (c->qkv_bias)
@@ -84,6 +85,15 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
             P->bo = add_param(&r, NAME2("c_proj.bias"), C, 0, 1, nbh, INIT_ZERO);
         } else {
             P->wo = add_param(&r, NAME2("o_proj.weight"), C, HD, qnb, nbh, INIT_NORMAL_RESID);
+            /* per-head norms: one [D] vector on process column 0 (broadcast where used); whole-projection norms
+             * are distributed like q and k */
+            if (c->qk_norm == PREFOPT_QK_NORM_HEAD) {
+                P->q_norm = add_param(&r, NAME2("q_norm.weight"), D, 0, 1, D, one);
+                P->k_norm = add_param(&r, NAME2("k_norm.weight"), D, 0, 1, D, one);
+            } else if (c->qk_norm == PREFOPT_QK_NORM_FULL) {
+                P->q_norm = add_param(&r, NAME2("q_norm.weight"), HD, 0, 1, qnb, one);
+                P->k_norm = add_param(&r, NAME2("k_norm.weight"), KD, 0, 1, D, one);
+            }
         }
         if (gpt2) {
             P->ln2_w = add_param(&r, NAME("ln_2.weight"), C, 0, 1, nbh, INIT_ONE);
@@ -93,7 +103,14 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
             P->wdown = add_param(&r, NAME("mlp.c_proj.weight"), C, F, nbf, nbh, INIT_NORMAL_RESID);
             P->bdown = add_param(&r, NAME("mlp.c_proj.bias"), C, 0, 1, nbh, INIT_ZERO);
         } else {
-            P->ln2_w = add_param(&r, NAME("post_attention_layernorm.weight"), C, 0, 1, nbh, INIT_ONE);
+            if (c->norm_style == PREFOPT_NORM_PRE)
+                P->ln2_w = add_param(&r, NAME("post_attention_layernorm.weight"), C, 0, 1, nbh, one);
+            else /* OLMo 2, Gemma: post_attention_layernorm normalises the attention's output */
+                P->ln_pa = add_param(&r, NAME("post_attention_layernorm.weight"), C, 0, 1, nbh, one);
+            if (c->norm_style == PREFOPT_NORM_SANDWICH)
+                P->ln2_w = add_param(&r, NAME("pre_feedforward_layernorm.weight"), C, 0, 1, nbh, one);
+            if (c->norm_style != PREFOPT_NORM_PRE)
+                P->ln_pf = add_param(&r, NAME("post_feedforward_layernorm.weight"), C, 0, 1, nbh, one);
             P->wfc = add_param(&r, NAME("mlp.gate_proj.weight"), F, C, nbh, nbf, INIT_NORMAL);
             P->wup = add_param(&r, NAME("mlp.up_proj.weight"), F, C, nbh, nbf, INIT_NORMAL);
             P->wdown = add_param(&r, NAME("mlp.down_proj.weight"), C, F, nbf, nbh, INIT_NORMAL_RESID);
@@ -105,7 +122,7 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
         m->lnf_w = add_param(&r, "ln_f.weight", C, 0, 1, nbh, INIT_ONE);
         m->lnf_b = add_param(&r, "ln_f.bias", C, 0, 1, nbh, INIT_ZERO);
     } else {
-        m->lnf_w = add_param(&r, "norm.weight", C, 0, 1, nbh, INIT_ONE);
+        m->lnf_w = add_param(&r, "norm.weight", C, 0, 1, nbh, one);
     }
     m->head = m->wte;
     if (!c->tie_word_embeddings)
@@ -145,6 +162,23 @@ static int check_config(const prefopt_model_config *c, prefopt_err *err)
                                "high_freq_factor and original_max_position_embeddings >= 1 (got %g, %g, %g, %d)",
                                (double)c->rope_factor, (double)c->rope_low_freq_factor,
                                (double)c->rope_high_freq_factor, c->rope_original_max_position),
+               -1;
+    if (c->num_layers > PREFOPT_MAX_LAYERS)
+        return prefopt_err_set(err, "model config: %d layers, at most %d", c->num_layers, PREFOPT_MAX_LAYERS), -1;
+    if (c->arch == PREFOPT_ARCH_GPT2 && (c->qk_norm || c->norm_style || c->norm_unit_offset || c->mlp_act ||
+                                         c->rope_dim || c->sliding_window || c->fused_qkv || c->embed_scale ||
+                                         c->attn_scale || c->attn_softcap || c->final_softcap))
+        return prefopt_err_set(err, "model config: gpt2 has none of the Llama family's variants"), -1;
+    if (c->rope_dim && (c->rope_dim < 2 || c->rope_dim % 2 || c->rope_dim > c->head_dim))
+        return prefopt_err_set(err, "model config: rope_dim %d must be even and in [2, head_dim %d]", c->rope_dim,
+                               c->head_dim),
+               -1;
+    if (c->sliding_window < 0 || c->attn_softcap < 0 || c->final_softcap < 0 || c->attn_scale < 0 ||
+        c->embed_scale < 0 || c->rope_local_theta < 0 || c->rope_linear_factor < 0)
+        return prefopt_err_set(err, "model config: negative sliding_window, soft-cap, scale or RoPE setting"), -1;
+    if ((unsigned)c->qk_norm > 2 || (unsigned)c->norm_style > 2 || (unsigned)c->mlp_act > 1)
+        return prefopt_err_set(err, "model config: unknown qk_norm %d, norm_style %d or mlp_act %d", c->qk_norm,
+                               c->norm_style, c->mlp_act),
                -1;
     if (!(c->norm_eps > 0))
         return prefopt_err_set(err, "model config: norm eps must be > 0 (%g)", (double)c->norm_eps), -1;

@@ -82,6 +82,16 @@ def expected(hf, arch, cfg):
             elif k == "lm_head.weight":
                 if not cfg.get("tie_word_embeddings", False):
                     e[k] = v
+            elif k.endswith("self_attn.qkv_proj.weight"):  # Phi-3: rows [q; k; v]
+                H = cfg["num_attention_heads"]
+                KV = cfg.get("num_key_value_heads", H)
+                D = cfg.get("head_dim") or cfg["hidden_size"] // H
+                b = k[len("model."):-len("qkv_proj.weight")]
+                e[b + "q_proj.weight"], e[b + "k_proj.weight"], e[b + "v_proj.weight"] = np.split(
+                    v, [H * D, H * D + KV * D])
+            elif k.endswith("mlp.gate_up_proj.weight"):  # Phi-3: rows [gate; up]
+                b = k[len("model."):-len("gate_up_proj.weight")]
+                e[b + "gate_proj.weight"], e[b + "up_proj.weight"] = np.split(v, 2)
             else:
                 e[k[len("model."):]] = v
     return e

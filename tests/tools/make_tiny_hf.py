@@ -3,7 +3,7 @@
 model.safetensors.index.json, tokenizer.json) with numpy only: an independent safetensors writer for prefopt's
 import tests. Faults can be injected to test the error messages.
 
-usage: make_tiny_hf.py OUT --arch gpt2|llama|mistral|qwen2 [--dtype f32|f16|bf16] [--shards N] [--seed S]
+usage: make_tiny_hf.py OUT --arch gpt2|llama|mistral|qwen2|qwen3|olmo2|gemma2|gemma3_text|phi3|smollm3 [--dtype f32|f16|bf16] [--shards N] [--seed S]
                        [--tie] [--no-prefix] [--drop NAME] [--bad-shape NAME] [--truncate]
                        [--set-config KEY=JSON] [--layers L] [--vocab V] [--positions P]
 """
@@ -40,23 +40,42 @@ def tensors_for(arch, cfg, rng, prefix):
         C, V, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
         H, KV, F = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
         D = cfg.get("head_dim", C // H)
+        gemma = arch.startswith("gemma")
+        nw = (lambda *s: r(*s)) if gemma else (lambda *s: 1 + r(*s))  # Gemma's norms scale by (1 + w)
         t["model.embed_tokens.weight"] = r(V, C)
         for l in range(L):
             h = f"model.layers.{l}."
-            t[h + "input_layernorm.weight"] = 1 + r(C)
-            t[h + "self_attn.q_proj.weight"] = r(H * D, C)
-            t[h + "self_attn.k_proj.weight"] = r(KV * D, C)
-            t[h + "self_attn.v_proj.weight"] = r(KV * D, C)
+            if arch != "olmo2":  # OLMo 2 normalises the outputs of attention and MLP instead
+                t[h + "input_layernorm.weight"] = nw(C)
+            if arch == "phi3":  # fused: rows [q; k; v] and [gate; up]
+                t[h + "self_attn.qkv_proj.weight"] = r((H + 2 * KV) * D, C)
+            else:
+                t[h + "self_attn.q_proj.weight"] = r(H * D, C)
+                t[h + "self_attn.k_proj.weight"] = r(KV * D, C)
+                t[h + "self_attn.v_proj.weight"] = r(KV * D, C)
             if arch == "qwen2":
                 t[h + "self_attn.q_proj.bias"] = r(H * D)
                 t[h + "self_attn.k_proj.bias"] = r(KV * D)
                 t[h + "self_attn.v_proj.bias"] = r(KV * D)
             t[h + "self_attn.o_proj.weight"] = r(C, H * D)
-            t[h + "post_attention_layernorm.weight"] = 1 + r(C)
-            t[h + "mlp.gate_proj.weight"] = r(F, C)
-            t[h + "mlp.up_proj.weight"] = r(F, C)
+            if arch in ("qwen3", "gemma3_text"):  # per head, over head_dim
+                t[h + "self_attn.q_norm.weight"] = nw(D)
+                t[h + "self_attn.k_norm.weight"] = nw(D)
+            if arch == "olmo2":  # over the whole projection
+                t[h + "self_attn.q_norm.weight"] = nw(H * D)
+                t[h + "self_attn.k_norm.weight"] = nw(KV * D)
+            t[h + "post_attention_layernorm.weight"] = nw(C)
+            if gemma:
+                t[h + "pre_feedforward_layernorm.weight"] = nw(C)
+            if gemma or arch == "olmo2":
+                t[h + "post_feedforward_layernorm.weight"] = nw(C)
+            if arch == "phi3":
+                t[h + "mlp.gate_up_proj.weight"] = r(2 * F, C)
+            else:
+                t[h + "mlp.gate_proj.weight"] = r(F, C)
+                t[h + "mlp.up_proj.weight"] = r(F, C)
             t[h + "mlp.down_proj.weight"] = r(C, F)
-        t["model.norm.weight"] = 1 + r(C)
+        t["model.norm.weight"] = nw(C)
         if not cfg["tie_word_embeddings"]:
             t["lm_head.weight"] = r(V, C)
     return t
@@ -68,7 +87,9 @@ def config_for(arch, tie, layers):
                 "n_layer": layers, "n_head": 2, "n_positions": 32, "n_ctx": 32, "layer_norm_epsilon": 1e-5,
                 "activation_function": "gelu_new", "bos_token_id": 60, "eos_token_id": 60}
     c = {"architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                            "qwen2": "Qwen2ForCausalLM"}[arch]],
+                            "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
+                            "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                            "phi3": "Phi3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}[arch]],
          "model_type": arch, "vocab_size": 61, "hidden_size": 16, "num_hidden_layers": layers,
          "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24, "max_position_embeddings": 32,
          "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": tie,
@@ -78,6 +99,30 @@ def config_for(arch, tie, layers):
     if arch == "qwen2":
         c["use_sliding_window"] = False
         c["sliding_window"] = 32
+    # issue 20's architectures, each with what sets it apart switched on and windows shorter than the test
+    # sequences (the keys are those of the transformers configs)
+    if arch == "qwen3":  # explicit head_dim != hidden / heads, q/k norms, a window on the upper layer
+        c.update(head_dim=6, attention_bias=False, use_sliding_window=True, sliding_window=3, max_window_layers=1,
+                 layer_types=["full_attention", "sliding_attention"])
+    if arch == "olmo2":
+        c.update(attention_bias=False, rms_norm_eps=1e-6)
+    if arch in ("gemma2", "gemma3_text"):
+        del c["hidden_act"]
+        c.update(hidden_activation="gelu_pytorch_tanh", head_dim=4, query_pre_attn_scalar=8, sliding_window=3,
+                 attention_bias=False)
+        if arch == "gemma2":  # small caps so that tanh bends the tiny model's scores and logits
+            c.update(attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                     layer_types=["sliding_attention", "full_attention"])
+        else:
+            c.update(num_hidden_layers=max(layers, 3), rope_theta=10000.0, rope_local_base_freq=100.0,
+                     rope_scaling={"rope_type": "linear", "factor": 2.0}, sliding_window_pattern=3,
+                     attn_logit_softcapping=None, final_logit_softcapping=None)
+    if arch == "phi3":  # head_dim 8, 6 of them rotated
+        c.update(num_attention_heads=2, num_key_value_heads=1, partial_rotary_factor=0.75, sliding_window=4,
+                 original_max_position_embeddings=32, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    if arch == "smollm3":  # layer 1 without RoPE
+        c.update(no_rope_layers=[1] + [0] * (layers - 1), use_sliding_window=False, sliding_window=None,
+                 attention_bias=False, mlp_bias=False)
     return c
 
 

@@ -54,42 +54,138 @@ def gpt2(t, c, ids):
     return x @ g("wte.weight").T
 
 
-def rope(x, theta):  # x [H,T,D]; HF rotate_half convention
+def layer_kinds(c):
+    """per layer: (sliding window or None, uses RoPE, uses the local RoPE base), from the transformers configs"""
+    mt, L = c["model_type"], c["num_hidden_layers"]
+    W = c.get("sliding_window")
+    if mt in ("qwen2", "qwen3", "smollm3") and not c.get("use_sliding_window", False):
+        W = None
+    lt = c.get("layer_types")
+    if lt is None:
+        if mt in ("mistral", "phi3"):
+            lt = ["sliding_attention"] * L
+        elif mt.startswith("gemma"):
+            pat = 2 if mt == "gemma2" else c.get("sliding_window_pattern", 6)
+            lt = ["sliding_attention" if (l + 1) % pat else "full_attention" for l in range(L)]
+        elif mt in ("qwen2", "qwen3", "smollm3"):
+            lt = ["sliding_attention" if l >= c.get("max_window_layers", 0) else "full_attention" for l in range(L)]
+        else:
+            lt = ["full_attention"] * L
+    rope = [True] * L
+    if mt == "smollm3":
+        nr = c.get("no_rope_layers") or [int((l + 1) % c.get("no_rope_layer_interval", 4) != 0) for l in range(L)]
+        rope = [bool(x) for x in nr]
+    out = []
+    for l in range(L):
+        sl = lt[l] == "sliding_attention"
+        out.append((W if sl else None, rope[l], sl and mt == "gemma3_text"))
+    return out
+
+
+def inv_freq(c, D, local):
+    R = int(D * c.get("partial_rotary_factor", 1.0))
+    base = c.get("rope_local_base_freq", 10000.0) if local else c.get("rope_theta", 10000.0)
+    inv = 1.0 / base ** (np.arange(0, R, 2) / R)
+    rs = None if local else c.get("rope_scaling")
+    if rs:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind == "linear":
+            inv = inv / rs["factor"]
+        elif kind != "default":
+            raise SystemExit(f"reference: rope_scaling {kind} not implemented here")
+    return inv
+
+
+def rope(x, inv):  # x [H,T,D]; HF rotate_half over the first R = 2 len(inv) features, the rest passes
     H, T, D = x.shape
-    inv = 1.0 / theta ** (np.arange(0, D, 2) / D)
+    R = 2 * len(inv)
     f = np.outer(np.arange(T), inv)
     emb = np.concatenate([f, f], -1)
     cos, sin = np.cos(emb), np.sin(emb)
-    rot = np.concatenate([-x[..., D // 2:], x[..., :D // 2]], -1)
-    return x * cos + rot * sin
+    xr, xp = x[..., :R], x[..., R:]
+    rot = np.concatenate([-xr[..., R // 2:], xr[..., :R // 2]], -1)
+    return np.concatenate([xr * cos + rot * sin, xp], -1)
+
+
+def attend_full(q, k, v, scale, cap, window):  # causal, optional tanh soft-cap and sliding window
+    T = q.shape[1]
+    s = q @ k.transpose(0, 2, 1) * scale
+    if cap:
+        s = cap * np.tanh(s / cap)
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    ok = (j <= i) & ((i - j < window) if window else True)
+    s = np.where(ok, s, -np.inf)
+    return softmax(s) @ v
 
 
 def llama(t, c, ids):
+    """LlamaForCausalLM and the family of issue 20, from transformers' modeling files: Mistral (sliding window),
+    Qwen2 (qkv bias), Qwen3 (per-head q/k RMSNorm before RoPE), OLMo 2 (norms after attention and MLP, q/k norms
+    over the whole projection), Gemma 2/3 ((1+w) RMSNorm, sqrt(hidden) embedding scale, sandwich norms,
+    query_pre_attn_scalar, GeGLU tanh, soft-caps, local RoPE base), Phi-3 (fused qkv/gate_up, partial rotary),
+    SmolLM3 (no-RoPE layers)."""
     g = lambda n: t[n].astype(np.float64)
+    mt = c["model_type"]
+    gemma, olmo2, phi3 = mt.startswith("gemma"), mt == "olmo2", mt == "phi3"
     C, H = c["hidden_size"], c["num_attention_heads"]
     KV = c.get("num_key_value_heads", H)
     D = c.get("head_dim") or C // H
-    eps, theta, T = c.get("rms_norm_eps", 1e-6), c.get("rope_theta", 10000.0), len(ids)
+    eps, T = c.get("rms_norm_eps", 1e-6), len(ids)
     bias = lambda n, k: g(n) if n in t else np.zeros(k)
+    norm = (lambda x, w: rms_norm(x, 1.0 + w, eps)) if gemma else (lambda x, w: rms_norm(x, w, eps))
+    scale = c.get("query_pre_attn_scalar", 256) ** -0.5 if gemma else D ** -0.5
+    acap = c.get("attn_logit_softcapping", 50.0 if mt == "gemma2" else None)
+    fcap = c.get("final_logit_softcapping", 30.0 if mt == "gemma2" else None)
     x = g("model.embed_tokens.weight")[ids]
-    for l in range(c["num_hidden_layers"]):
+    if gemma:
+        x = x * np.sqrt(C)
+    for l, (window, use_rope, local) in enumerate(layer_kinds(c)):
         p = f"model.layers.{l}."
-        a = rms_norm(x, g(p + "input_layernorm.weight"), eps)
-        q = a @ g(p + "self_attn.q_proj.weight").T + bias(p + "self_attn.q_proj.bias", H * D)
-        k = a @ g(p + "self_attn.k_proj.weight").T + bias(p + "self_attn.k_proj.bias", KV * D)
-        v = a @ g(p + "self_attn.v_proj.weight").T + bias(p + "self_attn.v_proj.bias", KV * D)
-        q = rope(q.reshape(T, H, D).transpose(1, 0, 2), theta)
-        k = rope(k.reshape(T, KV, D).transpose(1, 0, 2), theta)
+        a = x if olmo2 else norm(x, g(p + "input_layernorm.weight"))
+        if phi3:
+            q, k, v = np.split(a @ g(p + "self_attn.qkv_proj.weight").T, [H * D, H * D + KV * D], -1)
+        else:
+            q = a @ g(p + "self_attn.q_proj.weight").T + bias(p + "self_attn.q_proj.bias", H * D)
+            k = a @ g(p + "self_attn.k_proj.weight").T + bias(p + "self_attn.k_proj.bias", KV * D)
+            v = a @ g(p + "self_attn.v_proj.weight").T + bias(p + "self_attn.v_proj.bias", KV * D)
+        if olmo2:
+            q, k = norm(q, g(p + "self_attn.q_norm.weight")), norm(k, g(p + "self_attn.k_norm.weight"))
+        q = q.reshape(T, H, D).transpose(1, 0, 2)
+        k = k.reshape(T, KV, D).transpose(1, 0, 2)
         v = v.reshape(T, KV, D).transpose(1, 0, 2)
+        if mt in ("qwen3", "gemma3_text"):
+            q, k = norm(q, g(p + "self_attn.q_norm.weight")), norm(k, g(p + "self_attn.k_norm.weight"))
+        if use_rope:
+            inv = inv_freq(c, D, local)
+            q, k = rope(q, inv), rope(k, inv)
         k, v = np.repeat(k, H // KV, 0), np.repeat(v, H // KV, 0)  # repeat_kv
-        o = attend(q, k, v).transpose(1, 0, 2).reshape(T, H * D)
-        x = x + o @ g(p + "self_attn.o_proj.weight").T
-        m = rms_norm(x, g(p + "post_attention_layernorm.weight"), eps)
-        gate = m @ g(p + "mlp.gate_proj.weight").T
-        x = x + (gate / (1 + np.exp(-gate)) * (m @ g(p + "mlp.up_proj.weight").T)) @ g(p + "mlp.down_proj.weight").T
-    x = rms_norm(x, g("model.norm.weight"), eps)
-    head = g("model.embed_tokens.weight") if c.get("tie_word_embeddings", False) else g("lm_head.weight")
-    return x @ head.T
+        o = attend_full(q, k, v, scale, acap, window).transpose(1, 0, 2).reshape(T, H * D)
+        o = o @ g(p + "self_attn.o_proj.weight").T
+        if gemma or olmo2:
+            o = norm(o, g(p + "post_attention_layernorm.weight"))
+        x = x + o
+        if olmo2:
+            m = x
+        else:
+            m = norm(x, g(p + ("pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight")))
+        if phi3:
+            gate, up = np.split(m @ g(p + "mlp.gate_up_proj.weight").T, 2, -1)
+        else:
+            gate, up = m @ g(p + "mlp.gate_proj.weight").T, m @ g(p + "mlp.up_proj.weight").T
+        if gemma:  # gelu_pytorch_tanh
+            act = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate ** 3)))
+        else:
+            act = gate / (1 + np.exp(-gate))
+        y = (act * up) @ g(p + "mlp.down_proj.weight").T
+        if gemma or olmo2:
+            y = norm(y, g(p + "post_feedforward_layernorm.weight"))
+        x = x + y
+    x = norm(x, g("model.norm.weight"))
+    head = g("model.embed_tokens.weight") if c.get("tie_word_embeddings", gemma) else g("lm_head.weight")
+    logits = x @ head.T
+    if fcap:
+        logits = fcap * np.tanh(logits / fcap)
+    return logits
 
 
 def main():
@@ -114,4 +210,5 @@ def main():
     print(f"ok {d}: {n} token log-probs within {worst:.2e} (relative, floor 1) of the numpy reference")
 
 
-main()
+if __name__ == "__main__":
+    main()

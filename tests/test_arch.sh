@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 20's architectures in the engine (Qwen3, Mistral with a window, OLMo 2, Gemma 2, Gemma 3 text, Phi-3,
+# SmolLM3), from tiny HF models of the independent writer with windows (3-4) shorter than the rows: packed DPO
+# rows against the float64 numpy reference (ref_packed.py), gradients on 1x2, 2x1, 2x2 equal to 1x1 and, on 1x1,
+# to finite differences, and KV-cache generation equal to recomputation (tests/test_arch.c).
+set -u
+B=$1
+PY=/usr/bin/python3
+T=$PREFOPT_SOURCE_DIR/tests/tools
+$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py"; exit 77; }
+W=$(mktemp -d "$B/test_arch.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+MPI="mpiexec --oversubscribe --bind-to none"
+fail=0
+for spec in "qwen3" "mistral --set-config sliding_window=3" "olmo2" "gemma2 --tie" "gemma3_text --tie" "phi3" \
+            "smollm3 --tie"; do
+  set -- $spec
+  d=$W/$1
+  $PY "$T/make_tiny_hf.py" $d --arch "$@" --seed 5 || { echo "FAIL generator $spec"; fail=1; continue; }
+  "$PREFOPT" import --hf $d --out $d.h5 > /dev/null || { echo "FAIL import $spec"; fail=1; continue; }
+  for grid in "1 1 1" "2 1 2" "2 2 1" "4 2 2"; do
+    set -- $grid
+    $MPI -n $1 "$B/tests/test_arch" $d.h5 $d.out $2 $3 > $d.log 2>&1 && $PY "$T/ref_packed.py" $d $d.out \
+      || { echo "FAIL $spec on a $2x$3 grid"; cat $d.log; fail=1; }
+    grep -h "^test_arch:" $d.log | sed "s|^|  $spec $2x$3: |"
+  done
+done
+exit $fail
