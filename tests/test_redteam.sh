@@ -131,6 +131,89 @@ NP=1 LIMIT_KB=1000 expect pack_disk_full 1 "~pk\.h5\.tmp\.[0-9]+: writing failed
   -- pack --input pairs.jsonl --output pk.h5
 ls pk.h5* > /dev/null 2>&1 && fail "pack_disk_full: partial output left: $(ls pk.h5*)"
 
+# ---- 3. outputs that alias an input or each other (after resolving links), for every subcommand that writes ----
+ln -s pairs.h5 alias.h5
+before=$(sums pairs.h5 pairs.jsonl tiny/model.h5)
+expect alias_eval 2 "--out 'alias.h5' is the same file as --data 'pairs.h5' (an output must not overwrite an input)" \
+  -- eval --model tiny/model.h5 --data pairs.h5 --out alias.h5
+expect alias_pack 2 "--output './pairs.jsonl' is the same file as --input 'pairs.jsonl' (an output must not overwrite an input)" \
+  -- pack --input pairs.jsonl --output ./pairs.jsonl
+expect alias_generate 2 "--out 'pairs.jsonl' is the same file as --prompts 'pairs.jsonl' (an output must not overwrite an input)" \
+  -- generate --model tiny/model.h5 --prompts pairs.jsonl --out pairs.jsonl
+expect alias_export 2 "--out 'tiny/../tiny/model.h5' is the same file as --model 'tiny/model.h5' (an output must not overwrite an input)" \
+  -- export --model tiny/model.h5 --out tiny/../tiny/model.h5
+expect alias_import 2 "--out 'hf_old/config.json' is the same file as --hf 'hf_old/config.json' (an output must not overwrite an input)" \
+  -- import --hf hf_old --out hf_old/config.json
+expect alias_train 2 "RUN_DIR/model.h5 'tiny/model.h5' is the same file as --data 'tiny/model.h5' (an output must not overwrite an input)" \
+  -- train --data tiny/model.h5 --run-dir tiny
+# 20: --eval-out equal to --output says so (it reported a .tmp creation failure)
+expect alias_pack_outputs 2 "--eval-out 'ev.h5' is the same file as --output 'ev.h5' (two outputs)" \
+  -- pack --input pairs.jsonl --output ev.h5 --eval-fraction 0.5 --eval-out ev.h5
+[ "$(sums pairs.h5 pairs.jsonl tiny/model.h5)" = "$before" ] || fail "alias: an input changed"
+
+# ---- 6, 20. every interval and size option checked before anything runs (--log-interval 0 was SIGFPE) ----
+T=(train --data pairs.h5 --run-dir r6 --n-layer 1 --n-embd 16 --n-head 2 --batch-size 4 --max-steps 2)
+expect log_interval_0 2 "--log-interval 0: must be >= 1 (a progress line every N steps)" -- "${T[@]}" --log-interval 0
+expect save_interval_neg 2 "--save-interval -1: must be >= 0 (0: checkpoint at the end only)" -- "${T[@]}" --save-interval -1
+expect keep_last_0 2 "--keep-last 0: must be >= 1" -- "${T[@]}" --keep-last 0
+expect batch_size_0 2 "--batch-size 0: must be >= 1 (examples per optimizer step, all replicas)" -- "${T[@]}" --batch-size 0
+expect epochs_neg 2 "--epochs -1: must be > 0 and at most 1e6 when --max-steps is 0" -- "${T[@]}" --max-steps 0 --epochs -1
+expect epochs_nan 2 "command line: bad value 'nan' for option 'epochs' (a finite number expected)" -- "${T[@]}" --epochs nan
+expect temperature_inf 2 "command line: bad value 'inf' for option 'temperature' (a finite number expected)" \
+  -- generate --model tiny/model.h5 --prompts pairs.jsonl --out g.jsonl --temperature inf
+expect top_k_neg 2 "generate: --top-k -3: must be >= 0 (0: all tokens)" \
+  -- generate --model tiny/model.h5 --prompts pairs.jsonl --out g.jsonl --top-k -3
+[ -e r6 ] && fail "options: a refused run created its run directory"
+
+# ---- 7. a stop signal during start-up (before MPI_Init) on one rank: exit 99 on every rank, no hang ----
+for sig in TERM USR1; do
+  t0=$SECONDS
+  timeout -k 5 60 mpiexec -n 2 --oversubscribe --bind-to none bash -c \
+    'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then export PREFOPT_TEST_RAISE_AT_START='$sig'; fi; exec "$0" "$@"' \
+    "$P" "${T[@]}" --run-dir r7 > r7.out 2> r7.err
+  rc=$?
+  if [ "$rc" != 99 ]; then
+    fail "signal_at_start_$sig: exit $rc, expected 99 (143/138: a rank was killed; 124: hung)"
+  elif ! grep -qx "stop signal: nothing to checkpoint at step 0 and exiting with 99 (requeue)" r7.out || [ -e r7/checkpoints/latest ]; then
+    fail "signal_at_start_$sig: $(grep stop r7.out) $(ls r7/checkpoints)"
+  else
+    echo "ok: signal_at_start_$sig: SIG$sig on rank 1 before MPI_Init: exit 99 in $((SECONDS - t0)) s, no checkpoint written"
+  fi
+  rm -rf r7
+done
+timeout -k 5 60 mpiexec -n 2 --oversubscribe --bind-to none -x PREFOPT_TEST_RAISE_AT_START=TERM "$P" eval \
+  --model tiny/model.h5 --data pairs.h5 --out e7.jsonl > e7.out 2> e7.err
+rc=$?
+[ "$rc" = 99 ] && [ ! -e e7.jsonl ] && echo "ok: signal_at_start_eval: exit 99, no output" ||
+  fail "signal_at_start_eval: exit $rc $(ls e7*)"
+
+# ---- 14. from scratch, --eval-data with another vocabulary is refused (it was, with --init) ----
+$PY - <<'EOF' || fail "making vocab300.h5"
+import h5py, numpy as np, shutil
+shutil.copy('pairs.h5', 'vocab300.h5')
+with h5py.File('vocab300.h5', 'r+') as f:
+    f.attrs['vocab_size'] = np.int32(300)
+EOF
+expect eval_data_vocab 1 "vocab300.h5: vocabulary size 300 is larger than the model's 259 rows (packed with another tokenizer?)" \
+  -- "${T[@]}" --eval-data vocab300.h5
+
+# ---- 16. a run directory with a newline (config.ini could not be read back) ----
+nl_dir=$'run\ndir'
+expect run_dir_newline 2 "--run-dir: the path contains a control character (byte 0x0a at offset 3); rename it" \
+  -- "${T[@]}" --run-dir "$nl_dir"
+[ -e "$nl_dir" ] && fail "run_dir_newline: the directory was created"
+
+# ---- 19, 20. every input checked before step 1, and messages that name the file ----
+"$P" pack --input pairs.jsonl --output p50.h5 --eval-fraction 0.001 --eval-out ev0.h5 > /dev/null 2>&1 ||
+  fail "making an empty held-out split"
+expect eval_data_empty 1 "ev0.h5: the dataset has no examples (--eval-data)" -- "${T[@]}" --eval-data ev0.h5
+[ -e r6/metrics.jsonl ] && fail "eval_data_empty: training ran before the check"
+mkdir -p r19 && : > r19/checkpoints
+expect checkpoints_is_file 1 "r19/checkpoints: exists and is not a directory" -- "${T[@]}" --run-dir r19
+expect batch_too_large 1 "pairs.h5: the dataset has 24 examples, fewer than one global batch of 32" \
+  -- "${T[@]}" --batch-size 32
+rm -rf r6
+
 if [ "$fails" -gt 0 ]; then
   echo "test_redteam: $fails case(s) failed"
   exit 1

@@ -499,6 +499,7 @@ void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds)
 
 int prefopt_ds_last_io_mode(const prefopt_dataset *ds) { return ds->last_io_mode; }
 
+const char *prefopt_ds_path(const prefopt_dataset *ds) { return ds->path; }
 MPI_Comm prefopt_ds_comm(const prefopt_dataset *ds) { return ds->comm; }
 const uint8_t *prefopt_ds_labels(const prefopt_dataset *ds) { return ds->label; }
 const double *prefopt_ds_ref(const prefopt_dataset *ds, int r) { return ds->info.has_ref ? ds->ref[r] : NULL; }

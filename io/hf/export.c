@@ -113,8 +113,9 @@ static int mkdir_parents(const char *dir, prefopt_err *err)
             }
             *q = '/';
         }
-    if (mkdir(p, 0777) && errno != EEXIST) {
-        prefopt_err_set(err, "%s: cannot create the directory: %s", p, strerror(errno));
+    struct stat st;
+    if ((mkdir(p, 0777) && errno != EEXIST) || stat(p, &st) || !S_ISDIR(st.st_mode)) {
+        prefopt_err_set(err, "%s: cannot create the directory: %s", p, errno == EEXIST ? "a file has that name" : strerror(errno));
         return 1;
     }
     return 0;
