@@ -114,8 +114,11 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
 
 /* Collective over comm: adds (or replaces) the ref group of an existing, closed dataset file. Each rank passes
  * n of (idx[j], vals[r][j]) for r < prefopt_ds_kind_nrefs(kind); together the ranks must cover every example
- * exactly once (pass n = 0 on ranks that duplicate another's examples, e.g. tp_rank != 0). The new values are
- * written to "ref.tmp" and moved to "ref" only when complete. model names the reference model. */
+ * exactly once (pass n = 0 on ranks that duplicate another's examples, e.g. tp_rank != 0); vals[0] and vals[1]
+ * must both point to n values (vals[1] unused for one-completion kinds). Rank 0 gathers them and writes a copy of
+ * the file (PATH.store-ref.tmp) with the new ref group, then renames it over PATH: the dataset is the old file or
+ * the new one whatever happens (kill -9, a full disk at any byte), at the cost of room for one more copy (checked
+ * first). model names the reference model. */
 int prefopt_dataset_store_ref(const char *path, MPI_Comm comm, int n, const int64_t *idx, const double *const vals[],
                               const char *model, prefopt_err *err);
 

@@ -50,6 +50,10 @@ typedef struct {
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */
 int prefopt_train_options(prefopt_opt *out, int max, prefopt_train_params *p);
 
+/* Checks every option's range (intervals, sizes, epochs), that the paths config.ini records hold no control
+ * character, and that no input is a file of the run directory that training replaces. No MPI; fills err. */
+int prefopt_train_check_params(const prefopt_train_params *p, prefopt_err *err);
+
 /* Runs `prefopt train` with parsed parameters on MPI_COMM_WORLD; returns the process exit code
  * (PREFOPT_EXIT_OK, PREFOPT_EXIT_REQUEUE after a stop signal and a checkpoint). Errors exit through
  * prefopt_exit_error on every rank. opts/nopts: the option table, written to RUN_DIR/config.ini. */

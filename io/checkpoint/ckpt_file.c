@@ -2,6 +2,7 @@
  * metadata, alignment, libver), scalar and string attributes, the model config and the recorded tokenizer. */
 #define _GNU_SOURCE
 #include "ckpt_io.h"
+#include "prefopt/files.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@ int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
 int ck_close(hid_t file, const char *path, prefopt_err *err)
 {
     if (H5Fclose(file) < 0) {
+        prefopt_set_skip_finalize(); /* HDF5 keeps the file it could not close (files.h) */
         prefopt_err_set(err, "%s: closing failed (disk full?)", path);
         return 1;
     }

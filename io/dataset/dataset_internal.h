@@ -7,6 +7,7 @@
 #include <hdf5.h>
 
 MPI_Comm prefopt_ds_comm(const prefopt_dataset *ds);
+const char *prefopt_ds_path(const prefopt_dataset *ds);             /* the file, for messages */
 const uint8_t *prefopt_ds_labels(const prefopt_dataset *ds);       /* [N] or NULL */
 const double *prefopt_ds_ref(const prefopt_dataset *ds, int r);    /* [N] or NULL */
 /* H5Pget_mpio_actual_io_mode of the last token read (tests check the reads really are collective). */

@@ -137,12 +137,12 @@ int prefopt_ds_loader_create(prefopt_dataset *ds, const prefopt_ds_loader_opts *
         return 1;
     }
     if (N == 0) {
-        prefopt_err_set(err, "the dataset has no examples");
+        prefopt_err_set(err, "%s: the dataset has no examples", prefopt_ds_path(ds));
         return 1;
     }
     if (o->drop_last && N < o->global_batch) {
-        prefopt_err_set(err, "the dataset has %" PRId64 " examples, fewer than one global batch of %d", N,
-                        o->global_batch);
+        prefopt_err_set(err, "%s: the dataset has %" PRId64 " examples, fewer than one global batch of %d",
+                        prefopt_ds_path(ds), N, o->global_batch);
         return 1;
     }
     prefopt_ds_loader *L = prefopt_xcalloc(1, sizeof *L, "loader");

@@ -4,6 +4,10 @@
  * weights transposed back to [in][out]. */
 #define _GNU_SOURCE
 #include "ckpt_io.h"
+#include "prefopt/files.h"
+
+#include <dirent.h>
+#include <fcntl.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -137,28 +141,99 @@ static int mkdir_parents(const char *dir, prefopt_err *err)
             }
             *q = '/';
         }
-    if (mkdir(p, 0777) && errno != EEXIST) {
-        prefopt_err_set(err, "%s: cannot create the directory: %s", p, strerror(errno));
+    struct stat st;
+    if ((mkdir(p, 0777) && errno != EEXIST) || stat(p, &st) || !S_ISDIR(st.st_mode)) {
+        prefopt_err_set(err, "%s: cannot create the directory: %s", p, errno == EEXIST ? "a file has that name" : strerror(errno));
         return 1;
     }
     return 0;
 }
 
-/* dir/name written as dir/name.tmp.<pid>, then renamed: a reader never sees half a file */
-static int write_atomic(const char *dir, const char *name, const char *data, size_t len, prefopt_err *err)
+/* dir/name in the staging directory (nothing else reads it before it is published) */
+static int write_file(const char *dir, const char *name, const char *data, size_t len, prefopt_err *err)
 {
-    char p[4200], tmp[4300];
+    char p[4400];
     snprintf(p, sizeof p, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", p, (int)getpid());
-    FILE *tf = fopen(tmp, "wb");
+    FILE *tf = fopen(p, "wb");
     int bad = !tf || fwrite(data, 1, len, tf) != len;
+    if (tf && (fflush(tf) || fsync(fileno(tf))))
+        bad = 1;
     if (tf && fclose(tf))
         bad = 1;
-    if (bad || rename(tmp, p)) {
-        prefopt_err_set(err, "%s: cannot write: %s", p, strerror(errno));
-        unlink(tmp);
+    if (bad) {
+        prefopt_err_set(err, "%s: cannot write: %s", p, strerror(errno ? errno : EIO));
         return 1;
     }
+    return 0;
+}
+
+/* Removes a staging directory and the plain files in it (export writes no subdirectories). */
+static void remove_stage(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* The whole directory is written as DIR.tmp.<pid> beside DIR, then published: renamed to DIR, or, when DIR exists,
+ * exchanged with it in one step (renameat2 RENAME_EXCHANGE) and the old one removed, so a reader (or a kill -9, or
+ * a full disk) sees the complete old export or the complete new one. Files of the old directory that export does
+ * not write (a README, a model card) are carried over as hard links first. */
+static int publish_dir(const char *stage, const char *dir, prefopt_err *err)
+{
+    struct stat st;
+    if (stat(dir, &st)) {
+        if (rename(stage, dir)) {
+            prefopt_err_set(err, "%s: rename to %s failed: %s", stage, dir, strerror(errno));
+            return 1;
+        }
+        prefopt_fsync_dir_of(dir);
+        return 0;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        prefopt_err_set(err, "%s: exists and is not a directory", dir);
+        return 1;
+    }
+    DIR *d = opendir(dir);
+    if (!d) {
+        prefopt_err_set(err, "%s: cannot read the directory: %s", dir, strerror(errno));
+        return 1;
+    }
+    int sfd = open(stage, O_RDONLY | O_DIRECTORY), bad = sfd < 0;
+    struct dirent *e;
+    while (!bad && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        struct stat es;
+        if (fstatat(sfd, e->d_name, &es, AT_SYMLINK_NOFOLLOW) == 0)
+            continue; /* written by this export */
+        if (fstatat(dirfd(d), e->d_name, &es, AT_SYMLINK_NOFOLLOW) || S_ISDIR(es.st_mode)) {
+            prefopt_err_set(err, "%s: holds the directory '%s', which export would not keep: export to a new "
+                                 "directory (nothing was changed)", dir, e->d_name);
+            bad = 1;
+        } else if (linkat(dirfd(d), e->d_name, sfd, e->d_name, 0)) {
+            prefopt_err_set(err, "%s: cannot carry '%s' over to the new export: %s (nothing was changed)", dir,
+                            e->d_name, strerror(errno));
+            bad = 1;
+        }
+    }
+    closedir(d);
+    if (sfd >= 0)
+        close(sfd);
+    if (!bad && renameat2(AT_FDCWD, stage, AT_FDCWD, dir, RENAME_EXCHANGE)) {
+        prefopt_err_set(err, "%s: exchanging with %s failed: %s", stage, dir, strerror(errno));
+        bad = 1;
+    }
+    if (bad)
+        return 1;
+    prefopt_fsync_dir_of(dir);
+    remove_stage(stage); /* now the old export */
     return 0;
 }
 
@@ -185,16 +260,34 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
     const char *want = dtype && *dtype ? dtype : cfg.torch_dtype;
     const int bf16 = !strcmp(want, "bf16") || !strcmp(want, "bfloat16");
     snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", bf16 ? "bfloat16" : "float32");
-    if (mkdir_parents(dir, err)) {
+    /* everything goes into a staging directory beside dir, published only when complete (publish_dir) */
+    char stage[4200], parent[4200];
+    size_t dl = strlen(dir);
+    while (dl > 1 && dir[dl - 1] == '/')
+        dl--;
+    snprintf(stage, sizeof stage, "%.*s.tmp.%d", (int)dl, dir, (int)getpid());
+    snprintf(parent, sizeof parent, "%s", stage);
+    char *sl = strrchr(parent, '/');
+    if (sl && sl != parent)
+        *sl = '\0';
+    if ((sl && sl != parent && mkdir_parents(parent, err)) || mkdir_parents(stage, err)) {
         prefopt_tokenizer_record_free(&tok);
         H5Fclose(f);
         return 1;
     }
-    char p[4200];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    int rc = prefopt_hf_config_write(p, &cfg, err);
     prefopt_tensor_spec *specs;
     int ns = prefopt_model_tensor_specs(&cfg, &specs);
+    double need = 65536.0 + (double)tok.len;
+    for (int i = 0; i < ns; i++)
+        need += 4.0 * (double)numel(&specs[i]) + 128.0;
+    for (int i = 0; i < PREFOPT_TOK_NSIDE; i++)
+        need += (double)tok.side_len[i];
+    char p[4400];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    int rc = prefopt_check_room(stage, p, need, err);
+    snprintf(p, sizeof p, "%s/config.json", stage);
+    if (!rc)
+        rc = prefopt_hf_config_write(p, &cfg, err);
     out_tensor *o = NULL;
     int no = plan(&cfg, specs, ns, &o);
     const char **names = prefopt_xmalloc(sizeof(char *) * (size_t)no, "names");
@@ -206,7 +299,7 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
         shapes[i][0] = o[i].shape[0];
         shapes[i][1] = o[i].shape[1];
     }
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    snprintf(p, sizeof p, "%s/model.safetensors", stage);
     prefopt_st_writer *w = rc ? NULL
                               : prefopt_st_writer_open_dtype(p, no, names, ndims, (const int64_t(*)[2])shapes,
                                                              bf16 ? PREFOPT_ST_BF16 : PREFOPT_ST_F32, err);
@@ -235,12 +328,12 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
     if (w)
         rc |= prefopt_st_writer_close(w, rc ? NULL : err);
     if (!rc && tok.json)
-        rc = write_atomic(dir, "tokenizer.json", tok.json, tok.len, err);
+        rc = write_file(stage, "tokenizer.json", tok.json, tok.len, err);
     /* what transformers and serving stacks read besides: the tokenizer's config (chat template, special tokens),
      * its special-token map, a chat_template.jinja, and generation_config.json (every eos id) */
     for (int i = 0; i < PREFOPT_TOK_NSIDE && !rc; i++)
         if (tok.side[i])
-            rc = write_atomic(dir, prefopt_tokenizer_side_names[i], tok.side[i], tok.side_len[i], err);
+            rc = write_file(stage, prefopt_tokenizer_side_names[i], tok.side[i], tok.side_len[i], err);
     if (!rc && !tok.side[PREFOPT_TOK_GENERATION]) { /* none imported: the ids of the config */
         char g[256];
         int n = snprintf(g, sizeof g, "{\n  \"_from_model_config\": true");
@@ -251,8 +344,12 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
         if (cfg.pad_id >= 0)
             n += snprintf(g + n, sizeof g - (size_t)n, ",\n  \"pad_token_id\": %d", cfg.pad_id);
         n += snprintf(g + n, sizeof g - (size_t)n, "\n}\n");
-        rc = write_atomic(dir, "generation_config.json", g, (size_t)n, err);
+        rc = write_file(stage, "generation_config.json", g, (size_t)n, err);
     }
+    if (!rc)
+        rc = publish_dir(stage, dir, err);
+    if (rc)
+        remove_stage(stage);
     free(names);
     free(ndims);
     free(shapes);

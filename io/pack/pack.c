@@ -4,6 +4,7 @@
 #include "prefopt/pack.h"
 #include "dataset_internal.h"
 #include "pack_internal.h"
+#include "prefopt/files.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -244,8 +245,10 @@ static int writer_finish(writer *w, int ok, prefopt_ds_kind kind, const prefopt_
         app_close(&w->label);
     if (w->has_mask)
         app_close(&w->mask);
-    if (w->file >= 0)
-        bad |= H5Fclose(w->file) < 0;
+    if (w->file >= 0 && H5Fclose(w->file) < 0) {
+        bad = 1;
+        prefopt_set_skip_finalize(); /* HDF5 keeps the file it could not close (files.h) */
+    }
     if (ok && bad)
         prefopt_err_set(err, "%s: writing failed (disk full?)", w->tmp);
     if (ok && !bad && rename(w->tmp, w->final)) {

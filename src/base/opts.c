@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <ini.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,7 +129,7 @@ static int set_value(const prefopt_opt *o, const char *val, char *err, size_t er
     }
     case PREFOPT_OPT_DOUBLE: {
         double v = strtod(val, &end);
-        if (errno || end == val || *end)
+        if (errno || end == val || *end || !isfinite(v)) /* nan and inf are never a setting (issue 22) */
             goto bad;
         *(double *)o->ptr = v;
         return 0;
@@ -165,7 +166,7 @@ static int set_value(const prefopt_opt *o, const char *val, char *err, size_t er
 bad:
     snprintf(err, errlen, "%s: bad value '%s' for option '%s' (%s expected)", where, val, o->name,
              o->type == PREFOPT_OPT_INT || o->type == PREFOPT_OPT_LONG ? "an integer"
-             : o->type == PREFOPT_OPT_DOUBLE                          ? "a number"
+             : o->type == PREFOPT_OPT_DOUBLE                          ? "a finite number"
              : o->type == PREFOPT_OPT_FLAG                            ? "true or false"
                                                                       : "a string");
     return -1;

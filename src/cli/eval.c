@@ -1,4 +1,5 @@
 /* prefopt eval: options (command line and INI job file) to the evaluation driver in src/train/eval.c. */
+#include "prefopt/files.h"
 #include "prefopt/agree.h"
 #include "prefopt/eval.h"
 
@@ -38,6 +39,16 @@ int prefopt_cmd_eval(int argc, char **argv)
         snprintf(msg, sizeof msg, "eval needs --model, --data and --out (or --store-ref)"), rc = PREFOPT_OPTS_ERROR;
     if (rc == PREFOPT_OPTS_OK && p->batch_size < 1)
         snprintf(msg, sizeof msg, "eval: --batch-size must be >= 1"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_OK && *p->out_path) {
+        char summary[4200];
+        snprintf(summary, sizeof summary, "%s.summary.json", p->out_path);
+        const char *names[] = {"--model", "--ref", "--data", "--out", "OUT.summary.json"};
+        const char *paths[] = {p->model_path, p->ref_path, p->data_path, p->out_path, summary};
+        if (prefopt_check_outputs_distinct(names, paths, 3, 5, &err)) {
+            snprintf(msg, sizeof msg, "%s", err.msg), rc = PREFOPT_OPTS_ERROR;
+            prefopt_err_clear(&err);
+        }
+    }
     if (rc == PREFOPT_OPTS_ERROR) {
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);

@@ -1,5 +1,6 @@
 /* prefopt export: a model file or checkpoint -> a Hugging Face directory (--hf) and/or a weights-only model file
  * (--out). Serial: rank 0 does the work, the other ranks wait for its verdict. */
+#include "prefopt/files.h"
 #include "prefopt/checkpoint.h"
 #include "prefopt/hf.h"
 #include "prefopt/opts.h"
@@ -29,6 +30,10 @@ int prefopt_cmd_export(int argc, char **argv)
         prefopt_err_set(&err, "%s", rc == PREFOPT_OPTS_ERROR ? msg : "export needs --model FILE and --hf DIR or --out FILE");
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
+    const char *names[] = {"--model", "--out"};
+    const char *paths[] = {model, out};
+    if (prefopt_check_outputs_distinct(names, paths, 1, 2, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     if (prefopt_world_rank() == 0) {
         char path[4200];
         snprintf(path, sizeof path, "%s", model);

@@ -1,4 +1,5 @@
 /* prefopt generate: options (command line and INI job file) to the generation driver in src/train/generate.c. */
+#include "prefopt/files.h"
 #include "prefopt/agree.h"
 #include "prefopt/generate.h"
 #include "prefopt/opts.h"
@@ -48,6 +49,16 @@ int prefopt_cmd_generate(int argc, char **argv)
         (p->batch_size < 1 || p->max_new_tokens < 0 || p->temperature < 0 || p->top_p <= 0 || p->top_p > 1))
         snprintf(msg, sizeof msg, "generate: need --batch-size >= 1, --max-new-tokens >= 0, --temperature >= 0 and "
                                   "0 < --top-p <= 1"), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_OK && p->top_k < 0)
+        snprintf(msg, sizeof msg, "generate: --top-k %d: must be >= 0 (0: all tokens)", p->top_k), rc = PREFOPT_OPTS_ERROR;
+    if (rc == PREFOPT_OPTS_OK) {
+        const char *names[] = {"--model", "--ref", "--prompts", "--chat-template", "--out"};
+        const char *paths[] = {p->model_path, p->ref_path, p->prompts_path, p->chat_template, p->out_path};
+        if (prefopt_check_outputs_distinct(names, paths, 4, 5, &err)) {
+            snprintf(msg, sizeof msg, "%s", err.msg), rc = PREFOPT_OPTS_ERROR;
+            prefopt_err_clear(&err);
+        }
+    }
     if (rc == PREFOPT_OPTS_ERROR) {
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);

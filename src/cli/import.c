@@ -1,5 +1,6 @@
 /* prefopt import: a Hugging Face model directory -> a prefopt model file (runs on any number of ranks; the
  * tensors are split over them). */
+#include "prefopt/files.h"
 #include "prefopt/hf.h"
 #include "prefopt/opts.h"
 
@@ -23,6 +24,17 @@ int prefopt_cmd_import(int argc, char **argv)
     if (rc == PREFOPT_OPTS_ERROR || !hf[0] || !out[0]) {
         prefopt_err_set(&err, "%s", rc == PREFOPT_OPTS_ERROR ? msg : "import needs --hf DIR and --out FILE");
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    /* the output must not be one of the files read */
+    static const char *const inputs[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                                         "tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (int i = 0; i < 6; i++) {
+        char in[4200];
+        snprintf(in, sizeof in, "%s/%s", hf, inputs[i]);
+        const char *names[] = {"--hf", "--out"};
+        const char *paths[] = {in, out};
+        if (prefopt_check_outputs_distinct(names, paths, 1, 2, &err))
+            prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
     double t0 = prefopt_now();
     if (prefopt_hf_import(hf, out, MPI_COMM_WORLD, &err))

@@ -3,11 +3,15 @@
  * weak so the table lists exactly the subcommands built in. MPI is initialised here once for all of them. */
 #include "prefopt/banner.h"
 #include "prefopt/agree.h"
+#include "prefopt/files.h"
 #include "prefopt/opts.h"
+#include "prefopt/runctl.h"
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int (*prefopt_cmd_fn)(int argc, char **argv);
 
@@ -96,10 +100,34 @@ int main(int argc, char **argv)
     prefopt_malloc_keep_pages();
     /* FUNNELED: only the main thread calls MPI; BLIS/OpenMP threads compute. Initialising here, before
      * BLACS, stops BLACS from calling plain MPI_Init itself. */
+    /* SLURM's stop signals (SIGTERM, SIGUSR1) may come at any time, start-up included: the handler that only
+     * raises a flag is in place before MPI_Init, so a signal there cannot kill a rank half-way into the job
+     * (mpiexec then hung in PMIx for minutes). */
+    prefopt_stop_install();
+    const char *raise_at = getenv("PREFOPT_TEST_RAISE_AT_START"); /* tests: a stop signal during start-up */
+    if (raise_at)
+        raise(!strcmp(raise_at, "USR1") ? SIGUSR1 : SIGTERM);
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     prefopt_agree_install_abort();
+    if (strcmp(name, "train")) {
+        /* train checks the flag at its step boundaries; the others stop now if a signal came during start-up,
+         * and otherwise take SIGTERM and SIGUSR1 as usual (their outputs appear only when complete) */
+        if (prefopt_stop_agreed(MPI_COMM_WORLD)) {
+            if (prefopt_world_rank() == 0)
+                fprintf(stderr, "prefopt: stop signal during start-up: %s exits with %d before starting\n", name,
+                        PREFOPT_EXIT_REQUEUE);
+            MPI_Finalize();
+            return PREFOPT_EXIT_REQUEUE;
+        }
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGUSR1, SIG_DFL);
+    }
     int rc = fn(argc - 1, argv + 1);
+    fflush(stdout);
+    fflush(stderr);
+    if (prefopt_skip_finalize()) /* HDF5 holds a file it could not close: its clean-up would crash (files.h) */
+        _exit(rc ? rc : PREFOPT_EXIT_ERROR);
     int fin = 0;
     MPI_Finalized(&fin);
     if (!fin)

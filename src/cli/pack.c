@@ -1,5 +1,6 @@
 /* prefopt pack: JSONL -> HDF5 dataset (see pack.h for the input layouts, dataset.h for the file format).
  * Serial: rank 0 does the work; under mpiexec the other ranks wait and every rank reports the same outcome. */
+#include "prefopt/files.h"
 #include "prefopt/opts.h"
 #include "prefopt/pack.h"
 
@@ -55,6 +56,11 @@ int prefopt_cmd_pack(int argc, char **argv)
         prefopt_err_set(&err, "--truncation '%s': expected keep_end or drop", trunc);
     else if (max_prompt < 0 || max_len < 0)
         prefopt_err_set(&err, "--max-prompt-len and --max-len must be >= 0");
+    else {
+        const char *names[] = {"--input", "--tokenizer", "--chat-template", "--output", "--eval-out"};
+        const char *paths[] = {input, tokenizer, chat_file, output, eval_out};
+        prefopt_check_outputs_distinct(names, paths, 3, 5, &err);
+    }
     if (err.set)
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     if (prefopt_world_rank() == 0) {

@@ -1,8 +1,10 @@
 /* Error agreement across ranks, MPI_Abort for fatal errors, sums lent to the MPI-free layers. */
 #include "prefopt/agree.h"
+#include "prefopt/files.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 int prefopt_agree(MPI_Comm comm, prefopt_err *e)
 {
@@ -23,6 +25,8 @@ _Noreturn void prefopt_exit_error(const prefopt_err *e, int code)
 {
     fprintf(stderr, "prefopt: error: %s\n", e->set ? e->msg : "unknown error");
     fflush(stderr);
+    if (prefopt_skip_finalize()) /* HDF5 holds a file it could not close: its clean-up would crash (files.h) */
+        _exit(code);
     int init = 0, fin = 0;
     MPI_Initialized(&init);
     MPI_Finalized(&fin);

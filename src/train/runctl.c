@@ -61,6 +61,17 @@ int prefopt_mkdirs(const char *dir, prefopt_err *err)
         prefopt_err_set(err, "%s: cannot create directory: %s", buf, strerror(errno));
         return -1;
     }
+    /* an existing file of that name is not a directory (EEXIST says only that the name is taken), and a
+     * directory the run cannot write to fails now, not at the first checkpoint after hours of training */
+    struct stat st;
+    if (stat(buf, &st) || !S_ISDIR(st.st_mode)) {
+        prefopt_err_set(err, "%s: exists and is not a directory", buf);
+        return -1;
+    }
+    if (access(buf, W_OK | X_OK)) {
+        prefopt_err_set(err, "%s: cannot write into the directory: %s", buf, strerror(errno));
+        return -1;
+    }
     return 0;
 }
 

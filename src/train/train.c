@@ -468,6 +468,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     int dp = p->dp > 0 ? p->dp : (tp > 0 ? world / tp : 0);
     if (!*p->data)
         prefopt_err_set(&err, "train needs --data (an HDF5 dataset from prefopt pack)");
+    else
+        prefopt_train_check_params(p, &err); /* ranges, paths, aliasing: before anything runs */
     if (err.set || prefopt_grid_init(&t->g, MPI_COMM_WORLD, p->grid_rows, p->grid_cols, dp, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     prefopt_precision_setup(&p->prec, &t->g, &err);
@@ -517,12 +519,15 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         prefopt_arch_config(&cfg, &p->arch, info, &err);
     FAIL_IF(t, 0, &err);
     if (*p->eval_data) {
+        ex.vocab_size = cfg.vocab_size; /* from scratch too: the model's vocabulary is the training data's */
         prefopt_dataset_open(p->eval_data, MPI_COMM_WORLD, &ex, &t->eval_ds, &err);
         FAIL_IF(t, 0, &err);
         prefopt_ds_kind ek = prefopt_dataset_info(t->eval_ds)->kind;
         if (ek != info->kind)
             prefopt_err_set(&err, "%s: a '%s' dataset cannot evaluate training on '%s' data (%s)", p->eval_data,
                             prefopt_ds_kind_name(ek), prefopt_ds_kind_name(info->kind), p->data);
+        else if (prefopt_dataset_info(t->eval_ds)->num_examples == 0) /* found now, not after the last step */
+            prefopt_err_set(&err, "%s: the dataset has no examples (--eval-data)", p->eval_data);
         FAIL_IF(t, 0, &err);
     }
 
@@ -678,10 +683,13 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         if (delay_ms > 0)
             nanosleep(&(struct timespec){delay_ms / 1000, (delay_ms % 1000) * 1000000L}, NULL);
         if (prefopt_stop_agreed(t->g.world)) {
+            /* before this run's first step there is nothing new to save (the latest checkpoint, if any, stays) */
+            int fresh = t->step == start_step;
             if (t->g.world_rank == 0)
-                printf("stop signal: checkpointing at step %ld and exiting with %d (requeue)\n", t->step,
-                       PREFOPT_EXIT_REQUEUE);
-            save_checkpoint(t);
+                printf("stop signal: %s at step %ld and exiting with %d (requeue)\n",
+                       fresh ? "nothing to checkpoint" : "checkpointing", t->step, PREFOPT_EXIT_REQUEUE);
+            if (!fresh)
+                save_checkpoint(t);
             rc = PREFOPT_EXIT_REQUEUE;
             break;
         }

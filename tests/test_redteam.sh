@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# The red team's failures of issue 22, one regression case each (numbers are the issue's items): every case runs
+# under mpiexec -n 2 with a time limit and checks the exit code, the exact error line on every rank (no other
+# error line), and that inputs and earlier outputs are byte-identical afterwards (md5) with no partial file left.
+# usage: test_redteam.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
+set -uo pipefail
+build=${1:?usage: test_redteam.sh BUILD_DIR}
+P=${PREFOPT:-$build/prefopt}
+case $P in /*) ;; *) P=$PWD/$P ;; esac
+PY=/usr/bin/python3
+$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py (tests/deps.sh)"; exit 77; }
+command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_mpi_yield_when_idle=1 BLIS_NUM_THREADS=1 OMP_NUM_THREADS=1
+w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_redteam.XXXXXX")
+bg=""
+cleanup() {
+  [ -n "$bg" ] && kill -9 $bg 2>/dev/null
+  rm -rf "$w"
+}
+trap cleanup EXIT
+cd "$w"
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# ---- inputs: a small pairs dataset (byte-level tokens) and a 1-layer model trained on it ----
+for i in $(seq 1 24); do
+  printf '{"prompt": "question %d?", "chosen": " answer %d yes", "rejected": " no %d"}\n' "$i" "$i" "$i"
+done > pairs.jsonl
+"$P" pack --input pairs.jsonl --output pairs.h5 > pack.log 2>&1 || { cat pack.log; echo "FAIL: pack"; exit 1; }
+"$P" train --data pairs.h5 --run-dir tiny --n-layer 1 --n-embd 16 --n-head 2 --batch-size 4 --max-steps 1 \
+  --resume never > tiny.log 2>&1 || { cat tiny.log; echo "FAIL: training the tiny model"; exit 1; }
+
+# run NAME [mpiexec options] -- prefopt ARGS: 2 ranks (TCP between them: a file-size limit would hit the shared
+# memory transport's file too), each under `ulimit -f $LIMIT_KB` when LIMIT_KB is set; 60 s limit; sets rc and dt;
+# stdout in NAME.out, stderr in NAME.err.
+run() {
+  local name=$1 x=()
+  shift
+  while [ "$1" != -- ]; do x+=("$1"); shift; done
+  shift
+  local t0=$SECONDS
+  timeout -k 5 60 mpiexec --mca btl self,tcp -n "${NP:-2}" --oversubscribe --bind-to none "${x[@]}" \
+    bash -c "ulimit -f ${LIMIT_KB:-unlimited}; exec \"\$0\" \"\$@\"" "$P" "$@" > "$name.out" 2> "$name.err"
+  rc=$?
+  dt=$((SECONDS - t0))
+}
+# expect NAME RC 'MESSAGE' [mpiexec options] -- ARGS: run, then the exit code, the time (< 30 s) and MESSAGE
+# ("prefopt: error: MESSAGE", or a pattern when it starts with ~) on every one of the NP (2) ranks, no other
+# error line and no segfault. Returns 0 when all held.
+expect() {
+  local name=$1 want_rc=$2 msg=$3
+  shift 3
+  run "$name" "$@"
+  local n_ok n_all np=${NP:-2}
+  if [ "${msg:0:1}" = "~" ]; then
+    n_ok=$(grep -cxE "prefopt: error: ${msg:1}" "$name.err")
+  else
+    n_ok=$(grep -cxF "prefopt: error: $msg" "$name.err")
+  fi
+  n_all=$(grep -c "^prefopt: error:" "$name.err")
+  if [ "$rc" = 124 ]; then
+    fail "$name: still running after 60 s (a rank hangs)"
+  elif [ "$rc" != "$want_rc" ]; then
+    fail "$name: exit code $rc, expected $want_rc"
+  elif [ "$dt" -gt 30 ]; then
+    fail "$name: took $dt s"
+  elif [ "$n_ok" != "$np" ] || [ "$n_all" != "$np" ]; then
+    fail "$name: $n_ok of $n_all error lines are 'prefopt: error: $msg' (expected $np, no other)"
+  elif grep -qi 'segmentation\|signal 11' "$name.err"; then
+    fail "$name: a rank crashed"
+  else
+    echo "ok: $name: exit $rc in $dt s, every rank: ${msg#\~}"
+    return 0
+  fi
+  grep -v '^ *$' "$name.err" | grep -v '^--\|^ \|^mpiexec\|^Primary\|^a non-zero\|^the job\|^process' | head -8 | sed 's/^/    /'
+  return 1
+}
+# same FILE... : md5 of the files (or of every file under a directory), to compare before and after
+sums() { for f in "$@"; do if [ -d "$f" ]; then (cd "$f" && md5sum * 2>/dev/null); else md5sum < "$f"; fi; done; }
+
+# ---- 1. eval --store-ref on a full disk: the dataset stays as it was, no crash, no partial file ----
+cp pairs.h5 sr.h5
+before=$(sums sr.h5)
+size_kb=$(( $(stat -c %s sr.h5) / 1024 ))
+LIMIT_KB=$((size_kb - 100)) expect store_ref_room 1 \
+  "~sr\.h5: storing reference log-probs \(into a copy, renamed over the dataset when complete\): it needs about [0-9.]+ MiB but the file size limit \(ulimit -f\) is [0-9.]+ MiB \(nothing was written\)" \
+  -- eval --model tiny/model.h5 --data sr.h5 --store-ref
+[ "$(sums sr.h5)" = "$before" ] && [ ! -e sr.h5.store-ref.tmp ] || fail "store_ref_room: the dataset changed or a partial copy is left"
+# the limit met inside the write (the room check skipped): one line on every rank, the dataset unchanged
+LIMIT_KB=$((size_kb + 1)) expect store_ref_mid_write 1 \
+  "sr.h5.store-ref.tmp: writing the reference log-probs failed (disk full or over the file size limit?); the dataset is unchanged" \
+  -x PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK=1 -- eval --model tiny/model.h5 --data sr.h5 --store-ref
+[ "$(sums sr.h5)" = "$before" ] && [ ! -e sr.h5.store-ref.tmp ] || fail "store_ref_mid_write: the dataset changed or a partial copy is left"
+# with room: the ref group is there, and the dataset reads (and trains)
+run store_ref_ok -- eval --model tiny/model.h5 --data sr.h5 --store-ref
+if [ "$rc" != 0 ] || ! $PY -c "import h5py,sys; f=h5py.File('sr.h5','r'); sys.exit(0 if f['ref/chosen_logps'].shape==(24,) and f['prompt/tokens'].shape[0]>0 else 1)"; then
+  fail "store_ref_ok: exit $rc or no complete ref group"
+else
+  echo "ok: store_ref_ok: reference log-probs stored; the dataset reads"
+fi
+
+# ---- 2. export --hf DIR over an earlier export on a full disk: the earlier export is kept whole ----
+"$P" export --model tiny/model.h5 --hf hf_old > /dev/null 2>&1 || fail "export_hf: the first export failed"
+echo "my notes" > hf_old/README.md
+before=$(sums hf_old)
+LIMIT_KB=20 expect export_hf_room 1 \
+  "~hf_old/model\.safetensors: it needs about [0-9]+ KiB but the file size limit \(ulimit -f\) is 20 KiB \(nothing was written\)" \
+  -- export --model tiny/model.h5 --hf hf_old
+LIMIT_KB=20 expect export_hf_mid_write 1 \
+  "~hf_old\.tmp\.[0-9]+/model\.safetensors: write of tensor '[a-z_.0-9]+' failed: File too large" \
+  -x PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK=1 -- export --model tiny/model.h5 --hf hf_old
+if [ "$(sums hf_old)" != "$before" ] || ls -d hf_old.tmp.* > /dev/null 2>&1; then
+  fail "export_hf: the earlier export changed or a staging directory is left: $(ls -d hf_old*)"
+fi
+run export_hf_ok -- export --model tiny/model.h5 --hf hf_old
+[ "$rc" = 0 ] && [ "$(cat hf_old/README.md)" = "my notes" ] && [ -s hf_old/model.safetensors ] &&
+  ! ls -d hf_old.tmp.* > /dev/null 2>&1 && echo "ok: export_hf_ok: re-exported over the old directory; its other files kept" ||
+  fail "export_hf_ok: exit $rc, $(ls hf_old* | tr '\n' ' ')"
+
+# ---- 4. export --out F on a full disk: one line, no crash, no F.tmp ----
+LIMIT_KB=40 expect export_out_room 1 \
+  "~w\.h5: it needs about [0-9]+ KiB but the file size limit \(ulimit -f\) is 40 KiB \(nothing was written\)" \
+  -- export --model tiny/model.h5 --out w.h5
+LIMIT_KB=40 expect export_out_mid_write 1 "w.h5.tmp: closing failed (disk full?)" \
+  -x PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK=1 -- export --model tiny/model.h5 --out w.h5
+ls w.h5* > /dev/null 2>&1 && fail "export_out: partial output left: $(ls w.h5*)"
+
+# ---- 5. pack on a full disk: one line, exit 1, no crash at MPI_Finalize, no partial output ----
+NP=1 LIMIT_KB=1000 expect pack_disk_full 1 "~pk\.h5\.tmp\.[0-9]+: writing failed \(disk full\?\)" \
+  -- pack --input pairs.jsonl --output pk.h5
+ls pk.h5* > /dev/null 2>&1 && fail "pack_disk_full: partial output left: $(ls pk.h5*)"
+
+# ---- 3. outputs that alias an input or each other (after resolving links), for every subcommand that writes ----
+ln -s pairs.h5 alias.h5
+before=$(sums pairs.h5 pairs.jsonl tiny/model.h5)
+expect alias_eval 2 "--out 'alias.h5' is the same file as --data 'pairs.h5' (an output must not overwrite an input)" \
+  -- eval --model tiny/model.h5 --data pairs.h5 --out alias.h5
+expect alias_pack 2 "--output './pairs.jsonl' is the same file as --input 'pairs.jsonl' (an output must not overwrite an input)" \
+  -- pack --input pairs.jsonl --output ./pairs.jsonl
+expect alias_generate 2 "--out 'pairs.jsonl' is the same file as --prompts 'pairs.jsonl' (an output must not overwrite an input)" \
+  -- generate --model tiny/model.h5 --prompts pairs.jsonl --out pairs.jsonl
+expect alias_export 2 "--out 'tiny/../tiny/model.h5' is the same file as --model 'tiny/model.h5' (an output must not overwrite an input)" \
+  -- export --model tiny/model.h5 --out tiny/../tiny/model.h5
+expect alias_import 2 "--out 'hf_old/config.json' is the same file as --hf 'hf_old/config.json' (an output must not overwrite an input)" \
+  -- import --hf hf_old --out hf_old/config.json
+expect alias_train 2 "RUN_DIR/model.h5 'tiny/model.h5' is the same file as --data 'tiny/model.h5' (an output must not overwrite an input)" \
+  -- train --data tiny/model.h5 --run-dir tiny
+# 20: --eval-out equal to --output says so (it reported a .tmp creation failure)
+expect alias_pack_outputs 2 "--eval-out 'ev.h5' is the same file as --output 'ev.h5' (two outputs)" \
+  -- pack --input pairs.jsonl --output ev.h5 --eval-fraction 0.5 --eval-out ev.h5
+[ "$(sums pairs.h5 pairs.jsonl tiny/model.h5)" = "$before" ] || fail "alias: an input changed"
+
+# ---- 6, 20. every interval and size option checked before anything runs (--log-interval 0 was SIGFPE) ----
+T=(train --data pairs.h5 --run-dir r6 --n-layer 1 --n-embd 16 --n-head 2 --batch-size 4 --max-steps 2)
+expect log_interval_0 2 "--log-interval 0: must be >= 1 (a progress line every N steps)" -- "${T[@]}" --log-interval 0
+expect save_interval_neg 2 "--save-interval -1: must be >= 0 (0: checkpoint at the end only)" -- "${T[@]}" --save-interval -1
+expect keep_last_0 2 "--keep-last 0: must be >= 1" -- "${T[@]}" --keep-last 0
+expect batch_size_0 2 "--batch-size 0: must be >= 1 (examples per optimizer step, all replicas)" -- "${T[@]}" --batch-size 0
+expect epochs_neg 2 "--epochs -1: must be > 0 and at most 1e6 when --max-steps is 0" -- "${T[@]}" --max-steps 0 --epochs -1
+expect epochs_nan 2 "command line: bad value 'nan' for option 'epochs' (a finite number expected)" -- "${T[@]}" --epochs nan
+expect temperature_inf 2 "command line: bad value 'inf' for option 'temperature' (a finite number expected)" \
+  -- generate --model tiny/model.h5 --prompts pairs.jsonl --out g.jsonl --temperature inf
+expect top_k_neg 2 "generate: --top-k -3: must be >= 0 (0: all tokens)" \
+  -- generate --model tiny/model.h5 --prompts pairs.jsonl --out g.jsonl --top-k -3
+[ -e r6 ] && fail "options: a refused run created its run directory"
+
+# ---- 7. a stop signal during start-up (before MPI_Init) on one rank: exit 99 on every rank, no hang ----
+for sig in TERM USR1; do
+  t0=$SECONDS
+  timeout -k 5 60 mpiexec -n 2 --oversubscribe --bind-to none bash -c \
+    'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then export PREFOPT_TEST_RAISE_AT_START='$sig'; fi; exec "$0" "$@"' \
+    "$P" "${T[@]}" --run-dir r7 > r7.out 2> r7.err
+  rc=$?
+  if [ "$rc" != 99 ]; then
+    fail "signal_at_start_$sig: exit $rc, expected 99 (143/138: a rank was killed; 124: hung)"
+  elif ! grep -qx "stop signal: nothing to checkpoint at step 0 and exiting with 99 (requeue)" r7.out || [ -e r7/checkpoints/latest ]; then
+    fail "signal_at_start_$sig: $(grep stop r7.out) $(ls r7/checkpoints)"
+  else
+    echo "ok: signal_at_start_$sig: SIG$sig on rank 1 before MPI_Init: exit 99 in $((SECONDS - t0)) s, no checkpoint written"
+  fi
+  rm -rf r7
+done
+timeout -k 5 60 mpiexec -n 2 --oversubscribe --bind-to none -x PREFOPT_TEST_RAISE_AT_START=TERM "$P" eval \
+  --model tiny/model.h5 --data pairs.h5 --out e7.jsonl > e7.out 2> e7.err
+rc=$?
+[ "$rc" = 99 ] && [ ! -e e7.jsonl ] && echo "ok: signal_at_start_eval: exit 99, no output" ||
+  fail "signal_at_start_eval: exit $rc $(ls e7*)"
+
+# ---- 14. from scratch, --eval-data with another vocabulary is refused (it was, with --init) ----
+$PY - <<'EOF' || fail "making vocab300.h5"
+import h5py, numpy as np, shutil
+shutil.copy('pairs.h5', 'vocab300.h5')
+with h5py.File('vocab300.h5', 'r+') as f:
+    f.attrs['vocab_size'] = np.int32(300)
+EOF
+expect eval_data_vocab 1 "vocab300.h5: vocabulary size 300 is larger than the model's 259 rows (packed with another tokenizer?)" \
+  -- "${T[@]}" --eval-data vocab300.h5
+
+# ---- 16. a run directory with a newline (config.ini could not be read back) ----
+nl_dir=$'run\ndir'
+expect run_dir_newline 2 "--run-dir: the path contains a control character (byte 0x0a at offset 3); rename it" \
+  -- "${T[@]}" --run-dir "$nl_dir"
+[ -e "$nl_dir" ] && fail "run_dir_newline: the directory was created"
+
+# ---- 19, 20. every input checked before step 1, and messages that name the file ----
+"$P" pack --input pairs.jsonl --output p50.h5 --eval-fraction 0.001 --eval-out ev0.h5 > /dev/null 2>&1 ||
+  fail "making an empty held-out split"
+expect eval_data_empty 1 "ev0.h5: the dataset has no examples (--eval-data)" -- "${T[@]}" --eval-data ev0.h5
+[ -e r6/metrics.jsonl ] && fail "eval_data_empty: training ran before the check"
+mkdir -p r19 && : > r19/checkpoints
+expect checkpoints_is_file 1 "r19/checkpoints: exists and is not a directory" -- "${T[@]}" --run-dir r19
+expect batch_too_large 1 "pairs.h5: the dataset has 24 examples, fewer than one global batch of 32" \
+  -- "${T[@]}" --batch-size 32
+rm -rf r6
+
+if [ "$fails" -gt 0 ]; then
+  echo "test_redteam: $fails case(s) failed"
+  exit 1
+fi
+echo "test_redteam: all cases passed"
