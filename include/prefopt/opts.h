@@ -38,6 +38,20 @@ int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *
  * [common] nor one of them is an error naming it. Unset: every section is accepted. */
 void prefopt_opts_set_sections(const char *const *names);
 
+/* Hook for [common] keys of job files: any_reads(key) says whether some subcommand reads the key; a [common]
+ * (or top-level) key that none reads is an error naming the file and line. Unset: every [common] key passes. */
+void prefopt_opts_set_key_lookup(int (*any_reads)(const char *key));
+
+/* Listing mode (on = 1): prefopt_opts_parse only records the names of the table it is given and returns
+ * PREFOPT_OPTS_EXIT (no defaults applied, nothing printed), so a subcommand called in this mode lists its options;
+ * prefopt_opts_listed(key) then says whether a recorded table has the key (dashes/underscores and TRL names alike). */
+void prefopt_opts_listing(int on);
+int prefopt_opts_listed(const char *key);
+
+/* 1 when the last prefopt_opts_parse set the option pointing at ptr from a job file or the command line, 0 when it
+ * kept its default (so a run directory's value may stand in for an option the user did not give). */
+int prefopt_opts_given(const void *ptr);
+
 /* Writes the effective configuration as INI ([cmd] section) to a file, for run directories. */
 int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path);
 

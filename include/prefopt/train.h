@@ -43,6 +43,7 @@ typedef struct {
     /* run control */
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
     int eval_batch_size;
+    int gradient_accumulation_steps; /* 0: batch-size and micro-batch-size decide; > 0: TRL's rule (see below) */
 } prefopt_train_params;
 
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */
@@ -64,6 +65,13 @@ void prefopt_unit_counts(prefopt_unit_stats *s, const prefopt_batch *b);
 /* The model config of a from-scratch model from the arch options and the dataset's vocabulary. */
 int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a, const prefopt_ds_info *ds,
                         prefopt_err *err);
+
+/* The global batch and one replica's micro-batch. With --gradient-accumulation-steps G > 0 the batch is TRL's,
+ * micro x G x dp (micro = --micro-batch-size, TRL's per_device_train_batch_size; when it is not given it is
+ * batch-size / (G dp)), and a --batch-size given as well must agree; p->batch_size and p->micro_batch_size then
+ * hold the values used (config.ini records them). Without G: batch-size over dp replicas, micro-batch-size or
+ * batch-size / dp per forward. Returns -1 with a one-line error naming the options. */
+int prefopt_train_batch_layout(prefopt_train_params *p, int dp, int *micro, prefopt_err *err);
 
 /* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);

@@ -42,7 +42,11 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
         {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
         {"batch-size", PREFOPT_OPT_INT, &p->batch_size, "8", "examples (pairs) per optimizer step, all replicas"},
         {"micro-batch-size", PREFOPT_OPT_INT, &p->micro_batch_size, "0",
-         "examples per forward/backward on one replica (0: batch-size/dp, no accumulation)"},
+         "examples per forward/backward on one replica (0: batch-size/dp, no accumulation); TRL: "
+         "per_device_train_batch_size"},
+        {"gradient-accumulation-steps", PREFOPT_OPT_INT, &p->gradient_accumulation_steps, "0",
+         "micro-batches per replica and step, as TRL: batch-size = micro-batch-size x this x dp (0: from "
+         "--batch-size / --micro-batch-size)"},
         {"pad-multiple", PREFOPT_OPT_INT, &p->pad_multiple, "8", "pad each micro-batch's length to a multiple"},
         {"bucket-window", PREFOPT_OPT_INT, &p->bucket_window, "0", "group similar lengths within windows of N batches"},
         {"max-steps", PREFOPT_OPT_LONG, &p->max_steps, "0", "optimizer steps (0: from --epochs)"},
@@ -473,12 +477,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     prefopt_stop_install();
 
     prefopt_objective_init(&t->obj, &p->obj, &err);
-    if (!err.set && p->batch_size % dp)
-        prefopt_err_set(&err, "--batch-size %d is not divisible by the %d data-parallel replicas", p->batch_size, dp);
-    t->micro = p->micro_batch_size > 0 ? p->micro_batch_size : p->batch_size / dp;
+    if (!err.set)
+        prefopt_train_batch_layout(p, dp, &t->micro, &err);
     t->eval_micro = p->eval_batch_size > 0 ? p->eval_batch_size : t->micro;
-    if (!err.set && t->micro < 1)
-        prefopt_err_set(&err, "--micro-batch-size must be >= 1");
     FAIL_IF(t, 0, &err);
 
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", p->run_dir);
@@ -600,10 +601,10 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     FAIL_IF(t, 0, &err);
     t->peak = p->peak_gflops > 0 ? p->peak_gflops * 1e9 : prefopt_measure_sgemm_peak(t->g.world);
     if (t->g.world_rank == 0) {
-        printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d replicas) | %ld steps | "
-               "sgemm peak %.1f GFLOP/s per rank%s\n",
+        printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d accumulated x %d replicas) | "
+               "%ld steps | sgemm peak %.1f GFLOP/s per rank%s\n",
                p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
-               p->batch_size, t->micro, dp, t->total_steps, t->peak * 1e-9, p->peak_gflops > 0 ? " (--peak-gflops)" : "");
+               p->batch_size, t->micro, (p->batch_size / dp + t->micro - 1) / t->micro, dp, t->total_steps, t->peak * 1e-9, p->peak_gflops > 0 ? " (--peak-gflops)" : "");
         fflush(stdout);
     }
 }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# TRL's configuration names and the run directory's config.ini (issue 18):
+#  - TRL loss_type values: the list form with loss_weights equals prefopt's NAME:W terms (bit-identical losses),
+#    aot_pair / alphapo are aot_unpaired / simpo, TRL names prefopt lacks are refused by name in one line;
+#  - gradient_accumulation_steps: global batch = per_device_train_batch_size x accumulation x dp, the losses of one
+#    batch of that size (one rank and dp 2), a --batch-size that disagrees is refused naming the three;
+#  - a job file's [common] key that no subcommand reads is an error with file:line and the closest key.
+set -u
+P=${PREFOPT:?}
+PY=/usr/bin/python3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPI="mpiexec --oversubscribe --bind-to none"
+fail=0
+check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+cd "$d"
+
+$PY - <<'EOF'
+import json, random
+r = random.Random(3)
+L = "abcdefgh"
+with open("t.jsonl", "w") as f, open("u.jsonl", "w") as g:
+    for i in range(64):
+        p = "".join(r.choice(L) for _ in range(4))
+        f.write(json.dumps({"prompt": p + ":", "chosen": p[0] * 3, "rejected": r.choice(L) * 3}) + "\n")
+        g.write(json.dumps({"prompt": p + ":", "chosen": p[1] * 2, "rejected": r.choice(L) * 4}) + "\n")
+EOF
+"$P" pack --input t.jsonl --output t.h5 --quiet || fail=1
+"$P" pack --input u.jsonl --output u.h5 --quiet || fail=1
+TINY="--data t.h5 --n-layer 1 --n-embd 32 --n-head 2 --max-position 16 --seed 11 --peak-gflops 1 --lr 1e-3 --log-interval 1000"
+# losses A B [tol]: the train losses of two runs agree (tol 0: bit-identical)
+losses() { $PY - "$1" "$2" "${3:-0}" <<'EOF'
+import json, sys
+def get(p):
+    return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l and '"eval/' not in l]
+a, b, tol = get(sys.argv[1]), get(sys.argv[2]), float(sys.argv[3])
+ok = len(a) == len(b) > 0 and all(abs(x - y) <= tol * max(abs(x), 1e-12) for x, y in zip(a, b))
+if not ok: print(a, b)
+sys.exit(0 if ok else 1)
+EOF
+}
+run() { local dir=$1; shift; "$P" train $TINY --run-dir "$dir" --max-steps 4 "$@" > "$dir.log" 2>&1; }
+
+# --- loss_type values ----------------------------------------------------------------------------------------
+run mpo_prefopt --loss dpo:0.8,bco_pair:0.2,sft:1
+run mpo_trl --loss_type '["sigmoid", "bco_pair", "sft"]' --loss_weights '[0.8, 0.2, 1.0]'
+check 'losses mpo_prefopt/metrics.jsonl mpo_trl/metrics.jsonl' "TRL's loss_type list + loss_weights == NAME:W terms"
+run mpo_unweighted --loss_type '["sigmoid", "bco_pair", "sft"]'
+check '! losses mpo_prefopt/metrics.jsonl mpo_unweighted/metrics.jsonl 2>/dev/null >&2' "the weights change the losses"
+run aot_a --loss aot_unpaired
+run aot_b --loss_type aot_pair
+check 'losses aot_a/metrics.jsonl aot_b/metrics.jsonl' "aot_pair (TRL 0.27) is aot_unpaired"
+run simpo_a --loss simpo --beta 2
+run simpo_b --loss_type alphapo --beta 2
+check 'losses simpo_a/metrics.jsonl simpo_b/metrics.jsonl' "alphapo is simpo (alpha 0)"
+for name in bco grpo kto_pair; do
+  run lack_$name --loss_type "$name"; rc=$?
+  n=$(grep -c "prefopt: error: .*TRL's loss_type \"$name\" .*is not in prefopt" lack_$name.log)
+  check '[ $rc -ne 0 ] && [ "$n" -eq 1 ] && [ $(grep -c "error" lack_$name.log) -eq 1 ]' \
+        "TRL name $name refused in one line: rc $rc: $(cat lack_$name.log)"
+done
+run badw --loss_type '["sigmoid","sft"]' --loss_weights 1; rc=$?
+check '[ $rc -ne 0 ] && grep -q "has 1 weights for the 2 losses" badw.log' "loss_weights count checked: $(tail -1 badw.log)"
+
+# --- gradient_accumulation_steps -------------------------------------------------------------------------------
+run b8 --batch-size 8
+run gas --per_device_train_batch_size 2 --gradient_accumulation_steps 4
+check 'grep -q "steps/epoch of 8 (micro-batch 2 x 4 accumulated x 1 replicas)" gas.log' "GAS: batch 2 x 4 x 1: $(grep ^data gas.log)"
+check 'grep -qx "batch-size = 8" gas/config.ini' "config.ini records the global batch"
+check 'losses b8/metrics.jsonl gas/metrics.jsonl 1e-5' "2 x 4 accumulated == one batch of 8"
+run gas_b --batch-size 8 --gradient_accumulation_steps 2
+check 'grep -q "(micro-batch 4 x 2 accumulated x 1 replicas)" gas_b.log' "GAS with --batch-size: micro = 8 / 2: $(grep ^data gas_b.log)"
+$MPI -n 2 "$P" train $TINY --run-dir gas_dp --max-steps 4 --dp 2 --per_device_train_batch_size 2 \
+    --gradient_accumulation_steps 2 > gas_dp.log 2>&1
+check 'grep -q "of 8 (micro-batch 2 x 2 accumulated x 2 replicas)" gas_dp.log' "GAS dp 2: $(grep ^data gas_dp.log)"
+check 'losses b8/metrics.jsonl gas_dp/metrics.jsonl 1e-4' "2 x 2 accumulated x dp 2 == one batch of 8"
+run gas_bad --batch-size 4 --micro-batch-size 2 --gradient-accumulation-steps 4; rc=$?
+check '[ $rc -ne 0 ] && grep -q "batch-size 4 disagrees with --micro-batch-size (per_device_train_batch_size) 2 x --gradient-accumulation-steps 4 x 1 replicas = 8" gas_bad.log' \
+      "disagreeing --batch-size refused: $(tail -1 gas_bad.log)"
+
+# --- [common] keys ---------------------------------------------------------------------------------------------
+printf '[common]\nlearning_rate = 1e-3\nmax_new_tokens = 5\n[train]\nbeta = 0.2\n' > ok.ini
+"$P" train --config ok.ini --print-config > ok.txt 2>&1
+check '[ $? -eq 0 ] && grep -qx "lr = 0.001" ok.txt' "[common] keys of train and of generate pass: $(head -2 ok.txt)"
+printf '[common]\nseed = 3\nlearnig_rate = 1e-3\n' > typo.ini
+"$P" train --config typo.ini --print-config > typo.txt 2>&1; rc=$?
+check '[ $rc -eq 2 ] && [ $(wc -l < typo.txt) -eq 1 ] && grep -q "typo.ini:3: option '"'learnig_rate'"' in section \[common\] is read by no subcommand (did you mean '"'learning_rate'"'?)" typo.txt' \
+      "[common] key no subcommand reads: $(cat typo.txt)"
+printf 'frobnicate = 1\n[eval]\nbatch_size = 2\n' > top.ini
+"$P" eval --config top.ini --print-config > top.txt 2>&1; rc=$?
+check '[ $rc -eq 2 ] && grep -q "top.ini:1: option '"'frobnicate'"' at the top level is read by no subcommand" top.txt' \
+      "top-level key no subcommand reads: $(cat top.txt)"
+
+[ $fail -eq 0 ] && echo "test_trl_config: all checks passed"
+exit $fail
