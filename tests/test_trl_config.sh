@@ -4,7 +4,11 @@
 #    aot_pair / alphapo are aot_unpaired / simpo, TRL names prefopt lacks are refused by name in one line;
 #  - gradient_accumulation_steps: global batch = per_device_train_batch_size x accumulation x dp, the losses of one
 #    batch of that size (one rank and dp 2), a --batch-size that disagrees is refused naming the three;
-#  - a job file's [common] key that no subcommand reads is an error with file:line and the closest key.
+#  - a job file's [common] key that no subcommand reads is an error with file:line and the closest key;
+#  - config.ini keeps only the options that apply (objective, from scratch or --init, held-out data);
+#  - resuming with options that change the math (loss, beta, lr, data, ...) is refused on every rank in one line
+#    naming them, leaving config.ini and metrics.jsonl as they were; --allow-config-change continues and
+#    metrics.jsonl says what changed; layout and logging options may change freely.
 set -u
 P=${PREFOPT:?}
 PY=/usr/bin/python3
@@ -91,6 +95,49 @@ printf 'frobnicate = 1\n[eval]\nbatch_size = 2\n' > top.ini
 "$P" eval --config top.ini --print-config > top.txt 2>&1; rc=$?
 check '[ $rc -eq 2 ] && grep -q "top.ini:1: option '"'frobnicate'"' at the top level is read by no subcommand" top.txt' \
       "top-level key no subcommand reads: $(cat top.txt)"
+
+# --- config.ini: the options that apply ------------------------------------------------------------------------
+has() { grep -q "^$2 = " "$1/config.ini"; }
+run cfg_dpo --loss dpo
+check 'has cfg_dpo loss && has cfg_dpo beta && has cfg_dpo n-layer && has cfg_dpo ref-model && has cfg_dpo f-divergence' \
+      "dpo from scratch keeps loss, beta, the architecture, the reference: $(tr '\n' ' ' < cfg_dpo/config.ini)"
+check '! has cfg_dpo simpo-gamma && ! has cfg_dpo desirable-weight && ! has cfg_dpo discopop-tau && ! has cfg_dpo rope-theta && ! has cfg_dpo eval-interval && ! has cfg_dpo label-smoothing && ! has cfg_dpo min-lr-ratio && ! has cfg_dpo init' \
+      "dpo from scratch drops options it does not read: $(tr '\n' ' ' < cfg_dpo/config.ini)"
+run cfg_simpo --loss simpo --init cfg_dpo/model.h5 --eval-data u.h5 --lr-scheduler cosine
+check 'has cfg_simpo simpo-gamma && has cfg_simpo label-smoothing && has cfg_simpo init && has cfg_simpo eval-interval && has cfg_simpo min-lr-ratio' \
+      "simpo from --init with eval data keeps its options: $(tr '\n' ' ' < cfg_simpo/config.ini)"
+check '! has cfg_simpo ref-model && ! has cfg_simpo f-divergence && ! has cfg_simpo n-layer && ! has cfg_simpo cdpo' \
+      "simpo from --init drops the reference and architecture options: $(tr '\n' ' ' < cfg_simpo/config.ini)"
+check 'grep -qx "lr = 0.001" cfg_simpo/config.ini && grep -qx "beta = 0.1" cfg_simpo/config.ini' "floats as their shortest decimal"
+
+# --- resuming with changed options -------------------------------------------------------------------------------
+run res --max-steps 2 --loss dpo
+cp res/config.ini res.ini.before; cp res/metrics.jsonl res.metrics.before
+for change in "--loss ipo" "--beta 0.2" "--lr 2e-3" "--data u.h5" "--loss_type sigmoid --learning_rate 5e-4"; do
+  $MPI -n 2 "$P" train $TINY --run-dir res --max-steps 2 --loss dpo --dp 2 $change > res_refused.log 2>&1; rc=$?
+  key=$(set -- $change; echo "${1#--}")
+  case $key in learning_rate|loss_type) key=lr ;; esac
+  n=$(grep -c "prefopt: error: res/checkpoints/step-00000002.h5: resuming with options that change the run: .*$key .* -> .*--allow-config-change" res_refused.log)
+  check '[ $rc -ne 0 ] && [ "$n" -eq 2 ] && [ $(grep -c "error" res_refused.log) -eq 2 ]' \
+        "resume with $change refused on both ranks naming $key (rc $rc): $(grep error res_refused.log | head -1)"
+  check 'cmp -s res/config.ini res.ini.before && cmp -s res/metrics.jsonl res.metrics.before' \
+        "a refused resume ($change) leaves config.ini and metrics.jsonl alone"
+done
+check 'grep -q "loss dpo -> ipo" <(run res --max-steps 2 --loss ipo; cat res.log)' "the refusal says old -> new"
+# layout, logging and checkpoint cadence may change; the math keys are the checkpoint's
+$MPI -n 2 "$P" train $TINY --run-dir res --max-steps 2 --loss dpo --dp 2 --log-interval 1 --save-interval 5 \
+    --keep-last 3 > res_ok.log 2>&1
+check '[ $? -eq 0 ] && grep -q "resumed from" res_ok.log' "resume with other layout/logging options: $(tail -1 res_ok.log)"
+run res --max-steps 3 --loss dpo --log-interval 1; rc=$?
+check '[ $rc -eq 0 ] && grep -q "resumed from res/checkpoints/step-00000002.h5" res.log' "a longer --max-steps resumes: $(tail -1 res.log)"
+run res --max-steps 4 --loss dpo --beta 0.2 --allow-config-change; rc=$?
+check '[ $rc -eq 0 ] && grep -q "warning: resumed at step 3 with changed options" res.log' "--allow-config-change continues: $(tail -1 res.log)"
+row=$($PY -c "
+import json
+rows=[json.loads(l) for l in open('res/metrics.jsonl') if 'config_change' in l]
+print(len(rows), rows[0]['step'], rows[0]['config_change'])")
+check '[ "$row" = "1 3 {'"'beta': {'from': '0.1', 'to': '0.2'}}"'" ]' "metrics.jsonl marks the change: $row"
+check 'grep -qx "beta = 0.2" res/config.ini && grep -qx "allow-config-change = 1" res/config.ini' "config.ini holds the new values"
 
 [ $fail -eq 0 ] && echo "test_trl_config: all checks passed"
 exit $fail

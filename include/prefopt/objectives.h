@@ -169,6 +169,10 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
 /* One line for logs and run banners, e.g. "1*dpo + 0.2*sft | beta 0.1 | reference model | pairs". Returns the
  * snprintf-style length. */
 int prefopt_objective_describe(char *buf, size_t len, const prefopt_objective *obj);
+/* 0 when the objective reads nothing of option NAME of prefopt_objective_options (simpo-gamma without simpo,
+ * desirable-weight without kto, ...), 1 otherwise (also for names that are not objective options): run
+ * directories record only the options that applied. */
+int prefopt_objective_reads_option(const prefopt_objective *obj, const char *name);
 /* 1 when some term reads log-probs of prompt tokens (logp_all: ORPO's NLL, SFT with sft_all_tokens); otherwise
  * the model may form logits at completion positions only (prefopt_model_set_completion_logits_only). */
 int prefopt_objective_reads_all_tokens(const prefopt_objective *obj);

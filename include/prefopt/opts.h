@@ -52,7 +52,16 @@ int prefopt_opts_listed(const char *key);
  * kept its default (so a run directory's value may stand in for an option the user did not give). */
 int prefopt_opts_given(const void *ptr);
 
-/* Writes the effective configuration as INI ([cmd] section) to a file, for run directories. */
+/* The effective configuration as INI text ([cmd] section), malloc'd (free it); NULL when out of memory. */
+char *prefopt_opts_text(const char *cmd, const prefopt_opt *opts, int nopts);
+
+/* Calls on(user, section, key, value) for each key of INI text (such as prefopt_opts_text wrote); on returns
+ * nonzero to go on. Returns 0, or the line of the first syntax error. */
+int prefopt_opts_read_text(const char *text,
+                           int (*on)(void *user, const char *section, const char *key, const char *value), void *user);
+
+/* Writes the effective configuration as INI ([cmd] section) to a file, for run directories (under a temporary
+ * name, then renamed). */
 int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path);
 
 #endif

@@ -44,6 +44,8 @@ typedef struct {
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
     int eval_batch_size;
     int gradient_accumulation_steps; /* 0: batch-size and micro-batch-size decide; > 0: TRL's rule (see below) */
+    int allow_config_change;  /* resume even when options that change the math differ from the checkpoint's */
+    const char *tokenizer;    /* from scratch: tokenizer.json (or its directory) giving the vocabulary */
 } prefopt_train_params;
 
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */
@@ -72,6 +74,17 @@ int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a,
  * hold the values used (config.ini records them). Without G: batch-size over dp replicas, micro-batch-size or
  * batch-size / dp per forward. Returns -1 with a one-line error naming the options. */
 int prefopt_train_batch_layout(prefopt_train_params *p, int dp, int *micro, prefopt_err *err);
+
+/* The INI text of the options that apply to this run (config.ini and every checkpoint): objective options the
+ * objective reads, the architecture only from scratch, held-out options only with --eval-data, ... (malloc'd). */
+char *prefopt_train_config_text(const prefopt_train_params *p, const prefopt_objective *obj, const prefopt_opt *opts,
+                                int nopts);
+/* The options that change the math (all but layout, memory, logging, checkpoint cadence and held-out data) whose
+ * values differ between two such texts: returns their count, lists them in out as "key OLD -> NEW, ..." and, when
+ * json (a cJSON object) is given, adds {"key": {"from": OLD, "to": NEW}} to it ((unset) / null: absent). */
+struct cJSON;
+int prefopt_train_config_diff(const char *old_text, const char *new_text, char *out, size_t outlen,
+                              struct cJSON *json);
 
 /* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static int name_eq(const char *a, const char *b)
 {
@@ -522,11 +523,40 @@ int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *
     return PREFOPT_OPTS_OK;
 }
 
+char *prefopt_opts_text(const char *cmd, const prefopt_opt *opts, int nopts)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    write_config(f, cmd, opts, nopts);
+    if (fclose(f)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int prefopt_opts_read_text(const char *text,
+                           int (*on)(void *user, const char *section, const char *key, const char *value), void *user)
+{
+    return ini_parse_string(text, on, user);
+}
+
 int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path)
 {
-    FILE *f = fopen(path, "w");
+    /* under a temporary name, renamed when complete: a reader never sees half a config */
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
     if (!f)
         return -1;
     write_config(f, cmd, opts, nopts);
-    return fclose(f) ? -1 : 0;
+    if (fclose(f) || rename(tmp, path)) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
 }

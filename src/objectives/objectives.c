@@ -447,3 +447,59 @@ int prefopt_objective_ref_sync_due(const prefopt_objective *obj, long step)
 {
     return obj->p.ref_sync_steps > 0 && step > 0 && step % obj->p.ref_sync_steps == 0;
 }
+
+/* ---- which options an objective reads (run directories keep only those) ------------------------------------ */
+
+static int reads_eps(const prefopt_objective *o)
+{
+    return prefopt__has_term(o, PREFOPT_LOSS_ROBUST) || prefopt__has_term(o, PREFOPT_LOSS_EXO_PAIR) ||
+           prefopt__has_term(o, PREFOPT_LOSS_SIMPO) || prefopt__has_term(o, PREFOPT_LOSS_AOT) ||
+           prefopt__has_term(o, PREFOPT_LOSS_AOT_UNPAIRED) || (prefopt__has_term(o, PREFOPT_LOSS_DPO) && o->p.cdpo);
+}
+
+int prefopt_objective_reads_option(const prefopt_objective *o, const char *name)
+{
+    const prefopt_objective_params *p = &o->p;
+    int any_ref = 0, only_sft = 1;
+    for (int i = 0; i < o->nterms; i++) {
+        any_ref |= reads_reference(o->kind[i]);
+        only_sft &= o->kind[i] == PREFOPT_LOSS_SFT;
+    }
+    int rpo = prefopt__has_term(o, PREFOPT_LOSS_RPO_SQ) || prefopt__has_term(o, PREFOPT_LOSS_RPO_FWD_KL) ||
+              prefopt__has_term(o, PREFOPT_LOSS_RPO_BWD_KL);
+    int simpo = prefopt__has_term(o, PREFOPT_LOSS_SIMPO);
+    static const char *const names[] = {
+        "loss-weights", "beta", "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "alphapo-alpha",
+        "discopop-tau", "desirable-weight", "undesirable-weight", "reference-free", "sft-all-tokens",
+        "ref-sync-steps", "ref-mixup-alpha", "bco-running-mean", "sft-reduction", "rpo-alpha", "gt-reward-scale",
+        "default-chosen-reward", "default-rejected-reward", "f-divergence", "f-alpha-divergence-coef",
+    };
+    const int reads[] = {
+        p->loss_weights && *p->loss_weights,
+        !only_sft,
+        reads_eps(o),
+        prefopt__has_term(o, PREFOPT_LOSS_DPO),
+        simpo && p->simpo_gamma_beta_ratio == 0,
+        simpo,
+        simpo,
+        prefopt__has_term(o, PREFOPT_LOSS_DISCOPOP),
+        prefopt__has_term(o, PREFOPT_LOSS_KTO),
+        prefopt__has_term(o, PREFOPT_LOSS_KTO),
+        any_ref,
+        o->layout == PREFOPT_LAYOUT_SFT,
+        any_ref && !p->reference_free,
+        p->ref_sync_steps > 0,
+        prefopt__has_term(o, PREFOPT_LOSS_BCO_PAIR),
+        prefopt__has_term(o, PREFOPT_LOSS_SFT),
+        o->layout == PREFOPT_LAYOUT_PAIRS,
+        rpo,
+        rpo,
+        rpo,
+        o->layout == PREFOPT_LAYOUT_PAIRS && any_ref,
+        o->layout == PREFOPT_LAYOUT_PAIRS && any_ref && o->fdiv == PREFOPT_FDIV_ALPHA,
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!strcmp(name, names[i]))
+            return reads[i];
+    return 1; /* "loss", and the names of other tables */
+}
