@@ -8,7 +8,10 @@
 #  - config.ini keeps only the options that apply (objective, from scratch or --init, held-out data);
 #  - resuming with options that change the math (loss, beta, lr, data, ...) is refused on every rank in one line
 #    naming them, leaving config.ini and metrics.jsonl as they were; --allow-config-change continues and
-#    metrics.jsonl says what changed; layout and logging options may change freely.
+#    metrics.jsonl says what changed; layout and logging options may change freely;
+#  - eval of a run directory (or a checkpoint in one) takes the run's objective and reference by default (the eval
+#    loss equals -log sigmoid(beta * margin) computed here from the per-example log-probs), options given win, and
+#    without a reference the summary says what is left out and reports what needs none.
 set -u
 P=${PREFOPT:?}
 PY=/usr/bin/python3
@@ -138,6 +141,38 @@ rows=[json.loads(l) for l in open('res/metrics.jsonl') if 'config_change' in l]
 print(len(rows), rows[0]['step'], rows[0]['config_change'])")
 check '[ "$row" = "1 3 {'"'beta': {'from': '0.1', 'to': '0.2'}}"'" ]' "metrics.jsonl marks the change: $row"
 check 'grep -qx "beta = 0.2" res/config.ini && grep -qx "allow-config-change = 1" res/config.ini' "config.ini holds the new values"
+
+# --- eval takes the run's objective ---------------------------------------------------------------------------
+run ev_init --max-steps 0 --epochs 0
+run ev_run --init ev_init/model.h5 --loss dpo --beta 0.3 --max-steps 3
+"$P" eval --model ev_run --data t.h5 --out ev1.jsonl > ev1.txt 2>&1
+check '[ $? -eq 0 ] && grep -q "eval: objective 1\*dpo | beta 0.3 .*from ev_run/config.ini (beta 0.3)" ev1.txt' "eval RUN_DIR takes the run's objective: $(grep objective ev1.txt)"
+dpo_loss() { $PY - "$1" "$2" <<'EOF'
+import json, math, sys
+beta = float(sys.argv[2])
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def nls(z): return math.log1p(math.exp(-z)) if z > 0 else -z + math.log1p(math.exp(z))
+ref = sum(nls(beta * ((r["chosen_logps"] - r["ref_chosen_logps"]) - (r["rejected_logps"] - r["ref_rejected_logps"])))
+          for r in rows) / len(rows)
+s = json.load(open(sys.argv[1] + ".summary.json"))
+ok = s["reference"] == "ev_init/model.h5" and s["objective_from"] == "ev_run/config.ini" and \
+     abs(s["eval/loss"] - ref) <= 1e-9 * abs(ref)
+if not ok: print(s, ref)
+sys.exit(0 if ok else 1)
+EOF
+}
+check 'dpo_loss ev1.jsonl 0.3' "eval's loss is the run's dpo at beta 0.3 against the run's --init"
+"$P" eval --model ev_run/checkpoints/step-00000003.h5 --data t.h5 --out ev2.jsonl --beta 0.1 > ev2.txt 2>&1
+check '[ $? -eq 0 ] && dpo_loss ev2.jsonl 0.1' "a checkpoint of the run: its config.ini, the given --beta wins: $(grep objective ev2.txt)"
+"$P" eval --model ev_init/model.h5 --data t.h5 --out ev3.jsonl > ev3.txt 2>&1
+check '[ $? -eq 0 ] && grep -q "left out: eval/loss, eval/rewards/\* (dpo reads reference log-probs): no reference" ev3.txt' \
+      "no reference: eval says what it leaves out: $(grep left ev3.txt)"
+check "$PY -c \"
+import json,sys
+s=json.load(open('ev3.jsonl.summary.json')); r=[json.loads(l) for l in open('ev3.jsonl')]
+m=sum(x['chosen_logps'] for x in r)/len(r)
+sys.exit(not ('no reference' in s['left_out'] and 'eval/loss' not in s and abs(s['eval/logps/chosen']-m) <= 1e-9*abs(m)))\"" \
+      "the summary names what is left out and reports the mean log-probs"
 
 [ $fail -eq 0 ] && echo "test_trl_config: all checks passed"
 exit $fail

@@ -55,6 +55,11 @@ int prefopt_opts_given(const void *ptr);
 /* The effective configuration as INI text ([cmd] section), malloc'd (free it); NULL when out of memory. */
 char *prefopt_opts_text(const char *cmd, const prefopt_opt *opts, int nopts);
 
+/* The entry of opts named name (dashes/underscores and TRL names alike), or NULL. */
+const prefopt_opt *prefopt_opts_find(const prefopt_opt *opts, int nopts, const char *name);
+/* Sets one option from text as a job file would (where: "FILE:LINE" for the message); 0, or -1 with err. */
+int prefopt_opts_set_value(const prefopt_opt *o, const char *val, const char *where, char *err, size_t errlen);
+
 /* Calls on(user, section, key, value) for each key of INI text (such as prefopt_opts_text wrote); on returns
  * nonzero to go on. Returns 0, or the line of the first syntax error. */
 int prefopt_opts_read_text(const char *text,

@@ -86,6 +86,17 @@ struct cJSON;
 int prefopt_train_config_diff(const char *old_text, const char *new_text, char *out, size_t outlen,
                               struct cJSON *json);
 
+/* A model given by run directory: path may be RUN (its model.h5, else its latest checkpoint), RUN/model.h5 or
+ * RUN/checkpoints/step-N.h5; model receives the file to read, ini RUN/config.ini when that exists ("" otherwise:
+ * a model file outside a run directory). Returns -1 with err for a directory that is no run directory. */
+int prefopt_run_dir_model(const char *path, char *model, size_t mlen, char *ini, size_t ilen, prefopt_err *err);
+/* Sets each option of opts that the INI file names, take(name) accepts and the user did not give
+ * (prefopt_opts_given); lists them in taken as "name value, ...". Returns the count, or -1 with err. */
+int prefopt_run_config_adopt(const char *ini_path, const prefopt_opt *opts, int nopts, int (*take)(const char *name),
+                             char *taken, size_t takenlen, prefopt_err *err);
+/* One value of an INI file (such as config.ini) into out; 0, or -1 when the key is absent or the file unreadable. */
+int prefopt_run_config_value(const char *ini_path, const char *key, char *out, size_t len);
+
 /* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);
 

@@ -538,6 +538,16 @@ char *prefopt_opts_text(const char *cmd, const prefopt_opt *opts, int nopts)
     return buf;
 }
 
+int prefopt_opts_set_value(const prefopt_opt *o, const char *val, const char *where, char *err, size_t errlen)
+{
+    return set_value(o, val, err, errlen, where);
+}
+
+const prefopt_opt *prefopt_opts_find(const prefopt_opt *opts, int nopts, const char *name)
+{
+    return find(opts, nopts, name);
+}
+
 int prefopt_opts_read_text(const char *text,
                            int (*on)(void *user, const char *section, const char *key, const char *value), void *user)
 {

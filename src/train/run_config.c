@@ -8,9 +8,11 @@
 #include "prefopt/opts.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static int one_of(const char *name, const char *const *list)
 {
@@ -159,4 +161,155 @@ int prefopt_train_config_diff(const char *old_text, const char *new_text, char *
     kv_free(&a);
     kv_free(&b);
     return n;
+}
+
+/* ---- a run directory as the input of eval ------------------------------------------------------------------ */
+
+static int is_file(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+int prefopt_run_dir_model(const char *path, char *model, size_t mlen, char *ini, size_t ilen, prefopt_err *err)
+{
+    struct stat sb;
+    char dir[4096];
+    ini[0] = '\0';
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        /* a run directory: its final model, else its latest checkpoint */
+        char ck[4200];
+        snprintf(dir, sizeof dir, "%s", path);
+        snprintf(model, mlen, "%s/model.h5", dir);
+        snprintf(ck, sizeof ck, "%s/checkpoints", dir);
+        if (!is_file(model) && prefopt_ckpt_find_latest(ck, model, mlen)) {
+            prefopt_err_set(err, "%s: a directory without model.h5 or checkpoints/latest (not a run directory)", path);
+            return -1;
+        }
+    } else {
+        snprintf(model, mlen, "%s", path);
+        /* RUN/model.h5 or RUN/checkpoints/step-N.h5 */
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof dir, ".");
+        const char *base = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+        if (!strcmp(base, "checkpoints")) {
+            if (base == dir)
+                snprintf(dir, sizeof dir, ".");
+            else
+                dir[base - dir - 1] = '\0';
+        }
+    }
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/config.ini", dir);
+    if (is_file(cfg))
+        snprintf(ini, ilen, "%s", cfg);
+    return 0;
+}
+
+static char *slurp(const char *path, prefopt_err *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        prefopt_err_set(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, used = 0;
+    char *buf = prefopt_xmalloc(cap, "config.ini");
+    size_t got;
+    while ((got = fread(buf + used, 1, cap - used - 1, f)) > 0) {
+        used += got;
+        if (used + 1 == cap) {
+            char *grown = realloc(buf, cap *= 2);
+            if (!grown)
+                prefopt_die("out of memory reading %s", path);
+            buf = grown;
+        }
+    }
+    buf[used] = '\0';
+    fclose(f);
+    return buf;
+}
+
+typedef struct {
+    const prefopt_opt *opts;
+    int n;
+    int (*take)(const char *name);
+    char *taken;
+    size_t takenlen;
+    const char *path;
+    char *err;
+    size_t errlen;
+    int count, failed;
+} adopt_ctx;
+
+static int on_adopt(void *user, const char *section, const char *name, const char *value)
+{
+    (void)section;
+    adopt_ctx *c = user;
+    const prefopt_opt *o = prefopt_opts_find(c->opts, c->n, name);
+    if (!o || !c->take(o->name) || prefopt_opts_given(o->ptr))
+        return 1;
+    if (prefopt_opts_set_value(o, value, c->path, c->err, c->errlen)) {
+        c->failed = 1;
+        return 0;
+    }
+    /* listed when it differs from the default: what the run's config changed */
+    char *end = NULL;
+    double v = strtod(value, &end), d = o->def ? strtod(o->def, NULL) : 0;
+    int same = o->type == PREFOPT_OPT_STRING ? !strcmp(value, o->def ? o->def : "") : (end != value && v == d);
+    size_t used = strlen(c->taken);
+    if (!same && used + 4 < c->takenlen)
+        snprintf(c->taken + used, c->takenlen - used, "%s%s %s", used ? ", " : "", o->name, value);
+    c->count++;
+    return 1;
+}
+
+int prefopt_run_config_adopt(const char *ini_path, const prefopt_opt *opts, int nopts, int (*take)(const char *name),
+                             char *taken, size_t takenlen, prefopt_err *err)
+{
+    taken[0] = '\0';
+    char *text = slurp(ini_path, err);
+    if (!text)
+        return -1;
+    char msg[512] = "";
+    adopt_ctx c = {opts, nopts, take, taken, takenlen, ini_path, msg, sizeof msg, 0, 0};
+    prefopt_opts_read_text(text, on_adopt, &c);
+    free(text);
+    if (c.failed) {
+        prefopt_err_set(err, "%s", msg);
+        return -1;
+    }
+    return c.count;
+}
+
+typedef struct {
+    const char *key;
+    char *out;
+    size_t len;
+} value_ctx;
+
+static int on_value(void *user, const char *section, const char *name, const char *value)
+{
+    (void)section;
+    value_ctx *c = user;
+    if (!strcmp(name, c->key))
+        snprintf(c->out, c->len, "%s", value);
+    return 1;
+}
+
+int prefopt_run_config_value(const char *ini_path, const char *key, char *out, size_t len)
+{
+    out[0] = '\0';
+    prefopt_err err = {0};
+    char *text = slurp(ini_path, &err);
+    if (!text)
+        return -1;
+    value_ctx c = {key, out, len};
+    prefopt_opts_read_text(text, on_value, &c);
+    free(text);
+    return out[0] ? 0 : -1;
 }
