@@ -116,6 +116,35 @@ int main(void)
     CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_OK && steps == 8);
     unlink(path);
 
+    /* which options the user gave (the others kept their defaults) */
+    CHECK(parse(err, sizeof err, 3, "train", "--beta", "0.1") == PREFOPT_OPTS_OK);
+    CHECK(prefopt_opts_given(&beta) && !prefopt_opts_given(&steps) && !prefopt_opts_given(&loss));
+    CHECK(parse(err, sizeof err, 2, "train", "--loss_type=ipo") == PREFOPT_OPTS_OK);
+    CHECK(prefopt_opts_given(&loss) && !prefopt_opts_given(&beta));
+
+    /* [common] keys: the hook says whether another subcommand reads them; listing mode records a table */
+    static int other;
+    static const prefopt_opt other_opts[] = {{"max-new-tokens", PREFOPT_OPT_INT, &other, "64", "generate's"}};
+    prefopt_opts_listing(1);
+    CHECK(prefopt_opts_parse("generate", "x", other_opts, 1, 1, (char *[]){"generate"}, err, sizeof err) ==
+          PREFOPT_OPTS_EXIT);
+    prefopt_opts_listing(0);
+    CHECK(other == 0); /* listing applies no default */
+    CHECK(prefopt_opts_listed("max_new_tokens") && prefopt_opts_listed("max_completion_length") &&
+          !prefopt_opts_listed("beta"));
+    prefopt_opts_set_key_lookup(prefopt_opts_listed);
+    snprintf(path, sizeof path, "opts_common_%d.ini", (int)getpid());
+    write_file(path, "[common]\nmax_new_tokens = 3\nsteps = 4\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_OK && steps == 4);
+    write_file(path, "[common]\nmax_new_tokens = 3\nmax_new_tokenz = 4\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, ":3:") && strstr(err, "read by no subcommand") && strstr(err, "did you mean 'max-new-tokens'?"));
+    write_file(path, "stepz = 4\n");
+    CHECK(parse(err, sizeof err, 3, "train", "--config", path) == PREFOPT_OPTS_ERROR);
+    CHECK(strstr(err, ":1:") && strstr(err, "at the top level") && strstr(err, "did you mean 'steps'?"));
+    prefopt_opts_set_key_lookup(NULL);
+    unlink(path);
+
     /* --print-config writes INI that parses back to the same values. */
     snprintf(path, sizeof path, "opts_round_%d.ini", (int)getpid());
     CHECK(parse(err, sizeof err, 5, "train", "--steps", "3", "--loss", "kto") == PREFOPT_OPTS_OK);

@@ -13,6 +13,9 @@ typedef struct {
     int grid_rows, grid_cols, dp; /* dp 0: ranks / (rows * cols) */
     prefopt_objective_params obj; /* for the summary metrics */
     prefopt_precision_params prec;
+    const char *run_config;       /* the run directory's config.ini the objective came from, or NULL */
+    const char *run_config_taken; /* the options taken from it ("loss ipo, beta 0.2") */
+    const char *run_ref;          /* the run's reference (its --ref-model or --init), used when there is no other */
 } prefopt_eval_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

@@ -116,6 +116,7 @@ typedef struct {
     int bco_running_mean;          /* 0: 1 gives TRL-0.27's bco_pair, shifted by a running reward mean */
     const char *f_divergence;      /* "reverse_kl": or forward_kl, js_divergence, alpha_divergence (TRL-1.x) */
     double f_alpha_divergence_coef; /* 0.5 (TRL-1.x default) */
+    const char *loss_weights;      /* "" or NULL: weights from "NAME:W" terms; else TRL loss_weights, one per term */
 } prefopt_objective_params;
 
 /* f-DPO (TRL-1.x): pair losses see the score s = f(r) of each log-ratio instead of r. reverse_kl: s = r;
@@ -133,7 +134,7 @@ typedef enum { PREFOPT_FDIV_REVERSE_KL = 0, PREFOPT_FDIV_FORWARD_KL, PREFOPT_FDI
  * "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "discopop-tau", "desirable-weight",
  * "undesirable-weight", "reference-free", "sft-all-tokens", "ref-sync-steps", "ref-mixup-alpha", "alphapo-alpha",
  * "bco-running-mean", "sft-reduction", "rpo-alpha", "gt-reward-scale", "default-chosen-reward",
- * "default-rejected-reward", "f-divergence", "f-alpha-divergence-coef") pointing into
+ * "default-rejected-reward", "f-divergence", "f-alpha-divergence-coef", "loss-weights") pointing into
  * p, for a subcommand to append to its own table. Returns n, or -1 if max is too small. */
 int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_params *p);
 /* The defaults, as the option table would set them. */
@@ -168,6 +169,10 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
 /* One line for logs and run banners, e.g. "1*dpo + 0.2*sft | beta 0.1 | reference model | pairs". Returns the
  * snprintf-style length. */
 int prefopt_objective_describe(char *buf, size_t len, const prefopt_objective *obj);
+/* 0 when the objective reads nothing of option NAME of prefopt_objective_options (simpo-gamma without simpo,
+ * desirable-weight without kto, ...), 1 otherwise (also for names that are not objective options): run
+ * directories record only the options that applied. */
+int prefopt_objective_reads_option(const prefopt_objective *obj, const char *name);
 /* 1 when some term reads log-probs of prompt tokens (logp_all: ORPO's NLL, SFT with sft_all_tokens); otherwise
  * the model may form logits at completion positions only (prefopt_model_set_completion_logits_only). */
 int prefopt_objective_reads_all_tokens(const prefopt_objective *obj);

@@ -45,6 +45,9 @@ typedef struct {
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
     int eval_batch_size;
     prefopt_precision_params prec;
+    int gradient_accumulation_steps; /* 0: batch-size and micro-batch-size decide; > 0: TRL's rule (see below) */
+    int allow_config_change;  /* resume even when options that change the math differ from the checkpoint's */
+    const char *tokenizer;    /* from scratch: tokenizer.json (or its directory) giving the vocabulary */
 } prefopt_train_params;
 
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */
@@ -70,6 +73,35 @@ void prefopt_unit_counts(prefopt_unit_stats *s, const prefopt_batch *b);
 /* The model config of a from-scratch model from the arch options and the dataset's vocabulary. */
 int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a, const prefopt_ds_info *ds,
                         prefopt_err *err);
+
+/* The global batch and one replica's micro-batch. With --gradient-accumulation-steps G > 0 the batch is TRL's,
+ * micro x G x dp (micro = --micro-batch-size, TRL's per_device_train_batch_size; when it is not given it is
+ * batch-size / (G dp)), and a --batch-size given as well must agree; p->batch_size and p->micro_batch_size then
+ * hold the values used (config.ini records them). Without G: batch-size over dp replicas, micro-batch-size or
+ * batch-size / dp per forward. Returns -1 with a one-line error naming the options. */
+int prefopt_train_batch_layout(prefopt_train_params *p, int dp, int *micro, prefopt_err *err);
+
+/* The INI text of the options that apply to this run (config.ini and every checkpoint): objective options the
+ * objective reads, the architecture only from scratch, held-out options only with --eval-data, ... (malloc'd). */
+char *prefopt_train_config_text(const prefopt_train_params *p, const prefopt_objective *obj, const prefopt_opt *opts,
+                                int nopts);
+/* The options that change the math (all but layout, memory, logging, checkpoint cadence and held-out data) whose
+ * values differ between two such texts: returns their count, lists them in out as "key OLD -> NEW, ..." and, when
+ * json (a cJSON object) is given, adds {"key": {"from": OLD, "to": NEW}} to it ((unset) / null: absent). */
+struct cJSON;
+int prefopt_train_config_diff(const char *old_text, const char *new_text, char *out, size_t outlen,
+                              struct cJSON *json);
+
+/* A model given by run directory: path may be RUN (its model.h5, else its latest checkpoint), RUN/model.h5 or
+ * RUN/checkpoints/step-N.h5; model receives the file to read, ini RUN/config.ini when that exists ("" otherwise:
+ * a model file outside a run directory). Returns -1 with err for a directory that is no run directory. */
+int prefopt_run_dir_model(const char *path, char *model, size_t mlen, char *ini, size_t ilen, prefopt_err *err);
+/* Sets each option of opts that the INI file names, take(name) accepts and the user did not give
+ * (prefopt_opts_given); lists them in taken as "name value, ...". Returns the count, or -1 with err. */
+int prefopt_run_config_adopt(const char *ini_path, const prefopt_opt *opts, int nopts, int (*take)(const char *name),
+                             char *taken, size_t takenlen, prefopt_err *err);
+/* One value of an INI file (such as config.ini) into out; 0, or -1 when the key is absent or the file unreadable. */
+int prefopt_run_config_value(const char *ini_path, const char *key, char *out, size_t len);
 
 /* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);

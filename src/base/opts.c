@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static int name_eq(const char *a, const char *b)
 {
@@ -48,6 +49,9 @@ static const char *const trl_aliases[][2] = {
     {"output_dir", "run-dir"},
     {"gradient_checkpointing", "activation-checkpoint"},
     {"dataset_text_field", "text"},
+    {"f_divergence_type", "f-divergence"},
+    {"ref_model_mixup_alpha", "ref-mixup-alpha"},
+    {"ref_model_sync_steps", "ref-sync-steps"},
 };
 
 static const prefopt_opt *find(const prefopt_opt *opts, int n, const char *name)
@@ -84,8 +88,8 @@ static int distance(const char *a, const char *b)
 }
 
 /* " (did you mean '--x'?)" for the closest option within a third of the name's length, else "" */
-static void did_you_mean(const prefopt_opt *opts, int n, const char *name, const char *prefix, char *out,
-                         size_t outlen)
+static void did_you_mean_in(const prefopt_opt *opts, int n, const char *const *names, size_t nnames,
+                            const char *name, const char *prefix, char *out, size_t outlen)
 {
     int best = 99;
     const char *hit = NULL;
@@ -93,6 +97,20 @@ static void did_you_mean(const prefopt_opt *opts, int n, const char *name, const
         int d = distance(name, opts[i].name);
         if (d < best)
             best = d, hit = opts[i].name;
+    }
+    for (size_t i = 0; i < nnames; i++) {
+        int d = distance(name, names[i]);
+        if (d < best)
+            best = d, hit = names[i];
+    }
+    /* a misspelt TRL name (learnig_rate) is closest to the TRL name, where its prefopt option is at hand */
+    for (size_t i = 0; i < sizeof trl_aliases / sizeof *trl_aliases; i++) {
+        int have = find_exact(opts, n, trl_aliases[i][1]) != NULL;
+        for (size_t j = 0; j < nnames && !have; j++)
+            have = name_eq(names[j], trl_aliases[i][1]);
+        int d = have ? distance(name, trl_aliases[i][0]) : 99;
+        if (d < best)
+            best = d, hit = trl_aliases[i][0];
     }
     int limit = (int)strlen(name) / 3;
     if (limit < 1)
@@ -103,10 +121,85 @@ static void did_you_mean(const prefopt_opt *opts, int n, const char *name, const
         out[0] = '\0';
 }
 
+static void did_you_mean(const prefopt_opt *opts, int n, const char *name, const char *prefix, char *out,
+                         size_t outlen)
+{
+    did_you_mean_in(opts, n, NULL, 0, name, prefix, out, outlen);
+}
+
 /* the subcommands the executable has, for [section] checks of job files (set by main) */
 static const char *const *known_sections;
 
 void prefopt_opts_set_sections(const char *const *names) { known_sections = names; }
+
+/* Whether any subcommand reads a [common] key (set by main, which lists every subcommand's table). */
+static int (*any_reads_key)(const char *key);
+
+void prefopt_opts_set_key_lookup(int (*any_reads)(const char *key)) { any_reads_key = any_reads; }
+
+/* Listing mode: prefopt_opts_parse records the table's names and returns PREFOPT_OPTS_EXIT, touching nothing. */
+static int listing;
+static char **listed;
+static size_t nlisted, caplisted;
+
+void prefopt_opts_listing(int on) { listing = on; }
+
+static void list_table(const prefopt_opt *opts, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (nlisted == caplisted) {
+            size_t cap = caplisted ? 2 * caplisted : 256;
+            char **grown = realloc(listed, cap * sizeof *grown);
+            if (!grown)
+                return;
+            listed = grown, caplisted = cap;
+        }
+        char *copy = strdup(opts[i].name);
+        if (copy)
+            listed[nlisted++] = copy;
+    }
+}
+
+static int alias_target(const char *name, const char **target)
+{
+    for (size_t i = 0; i < sizeof trl_aliases / sizeof *trl_aliases; i++)
+        if (name_eq(trl_aliases[i][0], name)) {
+            *target = trl_aliases[i][1];
+            return 1;
+        }
+    return 0;
+}
+
+int prefopt_opts_listed(const char *key)
+{
+    const char *alias = NULL;
+    int has_alias = alias_target(key, &alias);
+    for (size_t i = 0; i < nlisted; i++)
+        if (name_eq(listed[i], key) || (has_alias && name_eq(listed[i], alias)))
+            return 1;
+    return 0;
+}
+
+/* The options the last prefopt_opts_parse set from a job file or the command line (not from defaults). */
+static const void *given[256];
+static int ngiven;
+
+static void mark_given(const prefopt_opt *o)
+{
+    for (int i = 0; i < ngiven; i++)
+        if (given[i] == o->ptr)
+            return;
+    if (ngiven < (int)(sizeof given / sizeof *given))
+        given[ngiven++] = o->ptr;
+}
+
+int prefopt_opts_given(const void *ptr)
+{
+    for (int i = 0; i < ngiven; i++)
+        if (given[i] == ptr)
+            return 1;
+    return 0;
+}
 
 static int set_value(const prefopt_opt *o, const char *val, char *err, size_t errlen, const char *where)
 {
@@ -294,11 +387,20 @@ static int on_ini_value(void *user, const char *section, const char *name, const
     }
     const prefopt_opt *o = find(c->opts, c->n, name);
     if (!o) {
-        if (!strcmp(section, "common") || !section[0])
-            return 1; /* [common] keys may belong to another subcommand */
+        int common = !strcmp(section, "common") || !section[0];
+        /* [common] keys may belong to another subcommand; one that no subcommand reads is a mistake */
+        if (common && (!any_reads_key || any_reads_key(name)))
+            return 1;
         char hint[160];
-        did_you_mean(c->opts, c->n, name, "", hint, sizeof hint);
-        snprintf(c->err, c->errlen, "%s: unknown option '%s' in section [%s]%s", where, name, section, hint);
+        if (common) /* the closest key of any subcommand */
+            did_you_mean_in(c->opts, c->n, (const char *const *)listed, nlisted, name, "", hint, sizeof hint);
+        else
+            did_you_mean(c->opts, c->n, name, "", hint, sizeof hint);
+        if (common)
+            snprintf(c->err, c->errlen, "%s: option '%s' %s is read by no subcommand%s", where, name,
+                     section[0] ? "in section [common]" : "at the top level", hint);
+        else
+            snprintf(c->err, c->errlen, "%s: unknown option '%s' in section [%s]%s", where, name, section, hint);
         c->failed = 1;
         return 0;
     }
@@ -306,6 +408,7 @@ static int on_ini_value(void *user, const char *section, const char *name, const
         c->failed = 1;
         return 0;
     }
+    mark_given(o);
     return 1;
 }
 
@@ -313,6 +416,11 @@ int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *
                        char **argv, char *err, size_t errlen)
 {
     err[0] = '\0';
+    if (listing) {
+        list_table(opts, nopts);
+        return PREFOPT_OPTS_EXIT;
+    }
+    ngiven = 0;
     for (int i = 0; i < nopts; i++)
         if (set_value(&opts[i], opts[i].def ? opts[i].def : "", err, errlen, "default") &&
             opts[i].type != PREFOPT_OPT_STRING) {
@@ -407,6 +515,7 @@ int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *
         }
         if (set_value(o, val, err, errlen, "command line"))
             return PREFOPT_OPTS_ERROR;
+        mark_given(o);
     }
     if (print_config) {
         write_config(stdout, cmd, opts, nopts);
@@ -415,11 +524,50 @@ int prefopt_opts_parse(const char *cmd, const char *summary, const prefopt_opt *
     return PREFOPT_OPTS_OK;
 }
 
+char *prefopt_opts_text(const char *cmd, const prefopt_opt *opts, int nopts)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    write_config(f, cmd, opts, nopts);
+    if (fclose(f)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int prefopt_opts_set_value(const prefopt_opt *o, const char *val, const char *where, char *err, size_t errlen)
+{
+    return set_value(o, val, err, errlen, where);
+}
+
+const prefopt_opt *prefopt_opts_find(const prefopt_opt *opts, int nopts, const char *name)
+{
+    return find(opts, nopts, name);
+}
+
+int prefopt_opts_read_text(const char *text,
+                           int (*on)(void *user, const char *section, const char *key, const char *value), void *user)
+{
+    return ini_parse_string(text, on, user);
+}
+
 int prefopt_opts_write(const char *cmd, const prefopt_opt *opts, int nopts, const char *path)
 {
-    FILE *f = fopen(path, "w");
+    /* under a temporary name, renamed when complete: a reader never sees half a config */
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
     if (!f)
         return -1;
     write_config(f, cmd, opts, nopts);
-    return fclose(f) ? -1 : 0;
+    if (fclose(f) || rename(tmp, path)) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
 }

@@ -3,8 +3,24 @@
 #include "prefopt/agree.h"
 #include "prefopt/eval.h"
 
+#include "prefopt/train.h"
+
 #include <stdio.h>
 #include <string.h>
+
+/* the names of the objective's options: those a run directory's config.ini supplies by default */
+static int objective_key(const char *name)
+{
+    static prefopt_objective_params scratch;
+    static prefopt_opt t[64];
+    static int n = -1;
+    if (n < 0)
+        n = prefopt_objective_options(t, 64, &scratch);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name))
+            return 1;
+    return 0;
+}
 
 int prefopt_cmd_eval(int argc, char **argv)
 {
@@ -12,7 +28,9 @@ int prefopt_cmd_eval(int argc, char **argv)
     prefopt_eval_params *p = &q;
     static prefopt_opt opts[64];
     const prefopt_opt base[] = {
-        {"model", PREFOPT_OPT_STRING, &p->model_path, "", "model file or checkpoint (required)"},
+        {"model", PREFOPT_OPT_STRING, &p->model_path, "",
+         "model file, checkpoint or run directory (required); in a run directory, the objective options not given "
+         "here come from its config.ini"},
         {"ref", PREFOPT_OPT_STRING, &p->ref_path, "", "reference model file (else the dataset's stored reference, if any)"},
         {"data", PREFOPT_OPT_STRING, &p->data_path, "", "dataset (HDF5 from prefopt pack) (required)"},
         {"out", PREFOPT_OPT_STRING, &p->out_path, "", "per-example JSONL output (summary in OUT.summary.json)"},
@@ -52,6 +70,22 @@ int prefopt_cmd_eval(int argc, char **argv)
     if (rc == PREFOPT_OPTS_ERROR) {
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    }
+    /* a run directory (or a model file / checkpoint in one): its model, and the objective of its config.ini for
+     * every objective option not given here; the reference of the run (its --ref-model, else its --init) */
+    static char model[4200], ini[4200], taken[1024], run_ref[4200];
+    if (prefopt_run_dir_model(p->model_path, model, sizeof model, ini, sizeof ini, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    p->model_path = model;
+    if (*ini) {
+        if (prefopt_run_config_adopt(ini, opts, nopts, objective_key, taken, sizeof taken, &err) < 0)
+            prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+        p->run_config = ini;
+        p->run_config_taken = taken;
+        if (!prefopt_opts_given(&p->ref_path) &&
+            (!prefopt_run_config_value(ini, "ref-model", run_ref, sizeof run_ref) ||
+             !prefopt_run_config_value(ini, "init", run_ref, sizeof run_ref)))
+            p->run_ref = run_ref;
     }
     return prefopt_eval_run(p);
 }

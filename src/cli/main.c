@@ -69,6 +69,32 @@ static void usage(FILE *f)
                "99 checkpointed on SIGTERM/SIGUSR1 (requeue)\n");
 }
 
+/* Whether any subcommand built in reads a job file's [common] key: each subcommand lists its option table once
+ * (opts.h listing mode; the subcommands build their tables and return before doing anything else). The running
+ * subcommand is not called again: its table is the one being parsed. */
+static const char *running_cmd;
+
+static int any_subcommand_reads(const char *key)
+{
+    static int listed_all;
+    if (!listed_all) {
+        listed_all = 1;
+        prefopt_opts_listing(1);
+        for (int i = 0;; i++) {
+            const char *nm = NULL;
+            prefopt_cmd_fn f = lookup(NULL, NULL, i, &nm);
+            if (!nm)
+                break;
+            if (f && strcmp(nm, running_cmd)) {
+                char *args[2] = {(char *)nm, NULL};
+                f(1, args);
+            }
+        }
+        prefopt_opts_listing(0);
+    }
+    return prefopt_opts_listed(key);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -95,6 +121,8 @@ int main(int argc, char **argv)
             sections[k++] = nm;
     }
     prefopt_opts_set_sections(sections);
+    running_cmd = name;
+    prefopt_opts_set_key_lookup(any_subcommand_reads);
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit (ulimit -f) makes writes fail with EFBIG, reported, not a kill */
     prefopt_blis_select_arch();
     prefopt_malloc_keep_pages();

@@ -51,6 +51,7 @@ void prefopt_objective_params_default(prefopt_objective_params *p)
 {
     memset(p, 0, sizeof *p);
     p->loss = "dpo";
+    p->loss_weights = "";
     p->beta = 0.1;
     p->label_smoothing = 0.0;
     p->simpo_gamma = 0.5;
@@ -72,7 +73,10 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
         {"loss", PREFOPT_OPT_STRING, &p->loss, "dpo",
          "objective: NAME[:WEIGHT],... of sft dpo(=sigmoid) hinge ipo robust exo_pair nca_pair bco_pair sppo_hard "
          "apo_zero apo_down discopop sigmoid_norm aot aot_unpaired rpo_sq rpo_fwd_kl rpo_bwd_kl simpo orpo kto "
-         "apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO)"},
+         "apo_zero_unpaired; e.g. dpo:1,sft:0.2 (RPO); TRL's list form [\"sigmoid\",\"sft\"] and names aot_pair, "
+         "alphapo too"},
+        {"loss-weights", PREFOPT_OPT_STRING, &p->loss_weights, "",
+         "TRL loss_weights: one weight per --loss entry, e.g. 0.8,0.2,1.0 or [0.8, 0.2, 1.0] (empty: NAME:W or 1)"},
         {"beta", PREFOPT_OPT_DOUBLE, &p->beta, "0.1", "beta of the DPO family, KTO and SimPO; lambda of ORPO"},
         {"label-smoothing", PREFOPT_OPT_DOUBLE, &p->label_smoothing, "0",
          "epsilon of robust, exo_pair, aot, aot_unpaired, simpo, and of dpo with --cdpo"},
@@ -118,19 +122,47 @@ int prefopt_objective_options(prefopt_opt *out, int max, prefopt_objective_param
     return n;
 }
 
-static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
+/* TRL's loss_type values under another name here, and TRL names prefopt does not have (refused by name, with
+ * what they are, instead of "unknown loss"). */
+static const char *const trl_value_aliases[][2] = {
+    {"aot_pair", "aot_unpaired"}, /* TRL-0.27's name of aot_unpaired */
+    {"alphapo", "simpo"},         /* TRL CPO: simpo with cpo_alpha 0; the alpha is --alphapo-alpha */
+};
+static const char *const trl_lacking[][2] = {
+    {"kto_pair", "the paired KTO loss TRL removed (use kto on unpaired data)"},
+    {"bco", "BCOTrainer's unpaired BCO with its reward classifier"},
+    {"grpo", "GRPOTrainer's online RL loss (completions sampled during training)"},
+    {"dr_grpo", "GRPOTrainer's online RL loss (completions sampled during training)"},
+    {"bnpo", "GRPOTrainer's online RL loss (completions sampled during training)"},
+    {"dapo", "GRPOTrainer's online RL loss (completions sampled during training)"},
+};
+
+/* A list as TRL configs write it ("[\"sigmoid\", \"sft\"]", "['a','b']" or "a,b") as plain "a,b" in buf. */
+static int plain_list(const char *what, const char *spec, char *buf, size_t len, prefopt_err *err)
 {
-    if (!spec || !*spec) {
+    if (strlen(spec) >= len) {
+        prefopt_err_set(err, "%s \"%.40s...\" is too long", what, spec);
+        return -1;
+    }
+    size_t k = 0;
+    for (const char *c = spec; *c; c++)
+        if (*c != '[' && *c != ']' && *c != '"' && *c != '\'')
+            buf[k++] = *c;
+    buf[k] = '\0';
+    return 0;
+}
+
+static int parse_terms(prefopt_objective *o, const char *spec, const char *weights, prefopt_err *err)
+{
+    char buf[512];
+    if (spec && plain_list("--loss", spec, buf, sizeof buf, err))
+        return -1;
+    if (!spec || !buf[strspn(buf, " ,")]) {
         prefopt_err_set(err, "--loss is empty; give e.g. \"dpo\" or \"dpo:1,sft:0.2\"");
         return -1;
     }
-    char buf[512];
-    if (strlen(spec) >= sizeof buf) {
-        prefopt_err_set(err, "--loss \"%.40s...\" is too long", spec);
-        return -1;
-    }
-    strcpy(buf, spec);
     o->nterms = 0;
+    int colons = 0;
     char *save = NULL;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ')
@@ -138,6 +170,7 @@ static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
         char *colon = strchr(tok, ':');
         double w = 1.0;
         if (colon) {
+            colons = 1;
             *colon = '\0';
             char *end = NULL;
             w = strtod(colon + 1, &end);
@@ -152,14 +185,25 @@ static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
         size_t len = strlen(tok);
         while (len > 0 && tok[len - 1] == ' ')
             tok[--len] = '\0';
+        const char *name = tok;
+        for (size_t i = 0; i < sizeof trl_value_aliases / sizeof *trl_value_aliases; i++)
+            if (!strcmp(tok, trl_value_aliases[i][0]))
+                name = trl_value_aliases[i][1];
+        for (size_t i = 0; i < sizeof trl_lacking / sizeof *trl_lacking; i++)
+            if (!strcmp(tok, trl_lacking[i][0])) {
+                prefopt_err_set(err, "--loss \"%s\": TRL's loss_type \"%s\" (%s) is not in prefopt", spec, tok,
+                                trl_lacking[i][1]);
+                return -1;
+            }
         int found = -1;
         for (int i = 0; i < NLOSS_NAMES; i++)
-            if (strcmp(tok, loss_names[i].name) == 0)
+            if (strcmp(name, loss_names[i].name) == 0)
                 found = i;
         if (found < 0) {
             prefopt_err_set(err, "--loss \"%s\": unknown loss \"%s\" (known: sft dpo sigmoid hinge ipo robust "
                             "exo_pair nca_pair bco_pair sppo_hard apo_zero apo_down discopop sigmoid_norm aot "
-                            "aot_unpaired rpo_sq rpo_fwd_kl rpo_bwd_kl simpo orpo kto apo_zero_unpaired)", spec, tok);
+                            "aot_unpaired (aot_pair) rpo_sq rpo_fwd_kl rpo_bwd_kl simpo (alphapo) orpo kto "
+                            "apo_zero_unpaired)", spec, tok);
             return -1;
         }
         for (int j = 0; j < o->nterms; j++)
@@ -177,6 +221,36 @@ static int parse_terms(prefopt_objective *o, const char *spec, prefopt_err *err)
     }
     if (o->nterms == 0) {
         prefopt_err_set(err, "--loss \"%s\" names no loss", spec);
+        return -1;
+    }
+    if (!weights || !*weights)
+        return 0;
+    /* TRL's loss_weights: one weight per loss_type entry, in order */
+    char wbuf[512];
+    if (plain_list("--loss-weights", weights, wbuf, sizeof wbuf, err))
+        return -1;
+    if (colons) {
+        prefopt_err_set(err, "--loss \"%s\" has NAME:WEIGHT terms and --loss-weights \"%s\" is given too; give one",
+                        spec, weights);
+        return -1;
+    }
+    int k = 0;
+    save = NULL;
+    for (char *tok = strtok_r(wbuf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), k++) {
+        char *end = NULL;
+        double w = strtod(tok, &end);
+        while (end && *end == ' ')
+            end++;
+        if (end == tok || *end != '\0' || !isfinite(w) || w < 0) {
+            prefopt_err_set(err, "--loss-weights \"%s\": \"%s\" is not a finite number >= 0", weights, tok);
+            return -1;
+        }
+        if (k < o->nterms)
+            o->weight[k] = w;
+    }
+    if (k != o->nterms) {
+        prefopt_err_set(err, "--loss-weights \"%s\" has %d weights for the %d losses of --loss \"%s\"", weights, k,
+                        o->nterms, spec);
         return -1;
     }
     return 0;
@@ -199,7 +273,7 @@ int prefopt_objective_init(prefopt_objective *obj, const prefopt_objective_param
 {
     memset(obj, 0, sizeof *obj);
     obj->p = *p;
-    if (parse_terms(obj, p->loss, err))
+    if (parse_terms(obj, p->loss, p->loss_weights, err))
         return -1;
     const char *spec = p->loss;
     if (p->rpo_alpha != 0) {
@@ -372,4 +446,60 @@ int prefopt_objective_describe(char *buf, size_t len, const prefopt_objective *o
 int prefopt_objective_ref_sync_due(const prefopt_objective *obj, long step)
 {
     return obj->p.ref_sync_steps > 0 && step > 0 && step % obj->p.ref_sync_steps == 0;
+}
+
+/* ---- which options an objective reads (run directories keep only those) ------------------------------------ */
+
+static int reads_eps(const prefopt_objective *o)
+{
+    return prefopt__has_term(o, PREFOPT_LOSS_ROBUST) || prefopt__has_term(o, PREFOPT_LOSS_EXO_PAIR) ||
+           prefopt__has_term(o, PREFOPT_LOSS_SIMPO) || prefopt__has_term(o, PREFOPT_LOSS_AOT) ||
+           prefopt__has_term(o, PREFOPT_LOSS_AOT_UNPAIRED) || (prefopt__has_term(o, PREFOPT_LOSS_DPO) && o->p.cdpo);
+}
+
+int prefopt_objective_reads_option(const prefopt_objective *o, const char *name)
+{
+    const prefopt_objective_params *p = &o->p;
+    int any_ref = 0, only_sft = 1;
+    for (int i = 0; i < o->nterms; i++) {
+        any_ref |= reads_reference(o->kind[i]);
+        only_sft &= o->kind[i] == PREFOPT_LOSS_SFT;
+    }
+    int rpo = prefopt__has_term(o, PREFOPT_LOSS_RPO_SQ) || prefopt__has_term(o, PREFOPT_LOSS_RPO_FWD_KL) ||
+              prefopt__has_term(o, PREFOPT_LOSS_RPO_BWD_KL);
+    int simpo = prefopt__has_term(o, PREFOPT_LOSS_SIMPO);
+    static const char *const names[] = {
+        "loss-weights", "beta", "label-smoothing", "cdpo", "simpo-gamma", "simpo-gamma-beta-ratio", "alphapo-alpha",
+        "discopop-tau", "desirable-weight", "undesirable-weight", "reference-free", "sft-all-tokens",
+        "ref-sync-steps", "ref-mixup-alpha", "bco-running-mean", "sft-reduction", "rpo-alpha", "gt-reward-scale",
+        "default-chosen-reward", "default-rejected-reward", "f-divergence", "f-alpha-divergence-coef",
+    };
+    const int reads[] = {
+        p->loss_weights && *p->loss_weights,
+        !only_sft,
+        reads_eps(o),
+        prefopt__has_term(o, PREFOPT_LOSS_DPO),
+        simpo && p->simpo_gamma_beta_ratio == 0,
+        simpo,
+        simpo,
+        prefopt__has_term(o, PREFOPT_LOSS_DISCOPOP),
+        prefopt__has_term(o, PREFOPT_LOSS_KTO),
+        prefopt__has_term(o, PREFOPT_LOSS_KTO),
+        any_ref,
+        o->layout == PREFOPT_LAYOUT_SFT,
+        any_ref && !p->reference_free,
+        p->ref_sync_steps > 0,
+        prefopt__has_term(o, PREFOPT_LOSS_BCO_PAIR),
+        prefopt__has_term(o, PREFOPT_LOSS_SFT),
+        o->layout == PREFOPT_LAYOUT_PAIRS,
+        rpo,
+        rpo,
+        rpo,
+        o->layout == PREFOPT_LAYOUT_PAIRS && any_ref,
+        o->layout == PREFOPT_LAYOUT_PAIRS && any_ref && o->fdiv == PREFOPT_FDIV_ALPHA,
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!strcmp(name, names[i]))
+            return reads[i];
+    return 1; /* "loss", and the names of other tables */
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Per example: index, then up to two policy sums, two reference sums and a label. */
 enum { REC = 6 };
@@ -67,6 +68,21 @@ int prefopt_eval_run(const prefopt_eval_params *p)
     const prefopt_ds_info info = *prefopt_dataset_info(ds);
     const int paired = info.kind == PREFOPT_DS_PAIRS;
 
+    /* the objective is only for the summary metrics; one that does not fit the data is left out, and says why */
+    prefopt_objective obj;
+    char obj_text[512] = "", left_out[1200] = "";
+    int use_obj = !prefopt_objective_init(&obj, &op, &err);
+    if (use_obj)
+        prefopt_objective_describe(obj_text, sizeof obj_text, &obj);
+    else
+        snprintf(left_out, sizeof left_out, "the objective's metrics: %s", err.msg);
+    prefopt_err_clear(&err);
+    /* the run's own reference when neither --ref nor a stored reference gives one */
+    int run_ref_used = 0;
+    if (use_obj && !*ref_path && !info.has_ref && (obj.uses_reference || obj.uses_kl) && p->run_ref &&
+        *p->run_ref && access(p->run_ref, R_OK) == 0)
+        ref_path = p->run_ref, run_ref_used = 1;
+
     prefopt_model *m = load_model(model_path, &cfg, &g, &err), *ref = NULL;
     fail_if(&g, &err);
     if (*ref_path) {
@@ -74,13 +90,32 @@ int prefopt_eval_run(const prefopt_eval_params *p)
         fail_if(&g, &err);
     }
     const int have_ref = ref != NULL || info.has_ref;
-
-    /* the objective is only for the summary metrics; a loss that does not fit the data is left out */
-    prefopt_objective obj;
-    int use_obj = !prefopt_objective_init(&obj, &op, &err);
-    prefopt_err_clear(&err);
     static const prefopt_layout want[] = {PREFOPT_LAYOUT_PAIRS, PREFOPT_LAYOUT_UNPAIRED, PREFOPT_LAYOUT_SFT};
-    use_obj = use_obj && want[info.kind] == obj.layout && (!obj.uses_reference || have_ref) && !obj.uses_kl;
+    static const char *const kinds[] = {"pairs", "unpaired", "sft"};
+    if (use_obj && want[info.kind] != obj.layout && !(obj.layout == PREFOPT_LAYOUT_SFT && paired)) {
+        snprintf(left_out, sizeof left_out, "eval/loss, eval/rewards/*: --loss %s does not fit a '%s' dataset",
+                 op.loss, kinds[info.kind]);
+        use_obj = 0;
+    } else if (use_obj && obj.uses_reference && !have_ref) {
+        snprintf(left_out, sizeof left_out, "eval/loss, eval/rewards/* (%s reads reference log-probs): no reference "
+                 "(give --ref, store one in the dataset with eval --store-ref, or evaluate a run trained with "
+                 "--init); reported without it: eval/logps/*", op.loss);
+        use_obj = 0;
+    } else if (use_obj && obj.uses_kl) {
+        snprintf(left_out, sizeof left_out, "eval/loss, eval/kl, eval/rewards/*: %s's KL estimate is made from "
+                 "training batches (mismatched pairs); reported: eval/logps/*", op.loss);
+        use_obj = 0;
+    }
+    if (g.world_rank == 0) {
+        if (p->run_config)
+            fprintf(stderr, "eval: objective %s, options not given here from %s%s%s%s\n", *obj_text ? obj_text : op.loss,
+                    p->run_config, p->run_config_taken && *p->run_config_taken ? " (" : " (all at their defaults",
+                    p->run_config_taken && *p->run_config_taken ? p->run_config_taken : "", ")");
+        if (run_ref_used)
+            fprintf(stderr, "eval: reference %s (the run's)\n", ref_path);
+        if (*left_out)
+            fprintf(stderr, "eval: left out: %s\n", left_out);
+    }
 
     prefopt_ds_loader_opts lo = {batch * g.dp_size, batch, 0, 0, 0, 0, 8, 0};
     prefopt_ds_loader *L = NULL;
@@ -130,7 +165,9 @@ int prefopt_eval_run(const prefopt_eval_params *p)
                 r[5] = mb->label ? mb->label[j] : -1;
             }
             ob[k] = (prefopt_objective_batch){.policy = &pol[k], .nunits = nu, .ref_logp = have_ref ? rl[k] : NULL};
-            if (paired)
+            if (paired && obj.layout == PREFOPT_LAYOUT_SFT) /* SFT on the chosen answers of pairs */
+                ob[k].nsft = mb->nexamples, ob[k].sft = mb->chosen_unit;
+            else if (paired)
                 ob[k].npairs = mb->nexamples, ob[k].chosen = mb->chosen_unit, ob[k].rejected = mb->rejected_unit;
             else if (info.kind == PREFOPT_DS_UNPAIRED)
                 ob[k].nexamples = mb->nexamples, ob[k].example = mb->chosen_unit, ob[k].desirable = mb->label;
@@ -226,13 +263,32 @@ int prefopt_eval_run(const prefopt_eval_params *p)
             free(line), cJSON_Delete(o);
         }
         prefopt_write_atomic(out_path, buf, used, &err);
-        free(buf), free(ord);
+        free(buf);
         cJSON *sum = cJSON_CreateObject();
         cJSON_AddStringToObject(sum, "model", model_path);
         cJSON_AddStringToObject(sum, "data", data_path);
         cJSON_AddNumberToObject(sum, "examples", (double)info.num_examples);
+        if (*obj_text)
+            cJSON_AddStringToObject(sum, "objective", obj_text);
+        cJSON_AddStringToObject(sum, "objective_from", p->run_config ? p->run_config : "options");
+        if (ref_path && *ref_path)
+            cJSON_AddStringToObject(sum, "reference", ref_path);
+        else if (info.has_ref)
+            cJSON_AddStringToObject(sum, "reference", "stored in the dataset");
         if (use_obj)
             prefopt_metrics_to_json(sum, &total, "eval/");
+        else if (paired || info.kind == PREFOPT_DS_UNPAIRED) {
+            /* what needs no reference: the mean summed completion log-probs (TRL's logps/chosen, logps/rejected) */
+            double sc = 0, sr = 0;
+            for (int64_t i = 0; i < info.num_examples; i++)
+                sc += ord[REC * i + 1], sr += paired ? ord[REC * i + 2] : 0;
+            double n = info.num_examples > 0 ? (double)info.num_examples : NAN;
+            cJSON_AddNumberToObject(sum, paired ? "eval/logps/chosen" : "eval/logps/completion", sc / n);
+            if (paired)
+                cJSON_AddNumberToObject(sum, "eval/logps/rejected", sr / n);
+        }
+        if (*left_out)
+            cJSON_AddStringToObject(sum, "left_out", left_out);
         char *s = cJSON_PrintUnformatted(sum);
         char sp[4200];
         snprintf(sp, sizeof sp, "%s.summary.json", out_path);
@@ -241,7 +297,7 @@ int prefopt_eval_run(const prefopt_eval_params *p)
         if (!err.set)
             printf("%s\n", s);
         fprintf(stderr, "eval: %lld examples in %.2f s -> %s\n", (long long)info.num_examples, dt, out_path);
-        free(s), cJSON_Delete(sum);
+        free(s), cJSON_Delete(sum), free(ord);
     }
     fail_if(&g, &err);
     free(rec), free(allrec), free(cnt), free(dsp);

@@ -18,72 +18,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
-{
-    const prefopt_opt base[] = {
-        {"data", PREFOPT_OPT_STRING, &p->data, "", "training dataset (HDF5, from prefopt pack) (required)"},
-        {"eval-data", PREFOPT_OPT_STRING, &p->eval_data, "", "held-out dataset evaluated every --eval-interval steps"},
-        {"init", PREFOPT_OPT_STRING, &p->init, "", "model file or checkpoint to start from (empty: from scratch)"},
-        {"ref-model", PREFOPT_OPT_STRING, &p->ref_model, "", "reference model file (default: the --init weights)"},
-        {"run-dir", PREFOPT_OPT_STRING, &p->run_dir, "runs/train", "run directory: metrics, checkpoints, model.h5"},
-        {"resume", PREFOPT_OPT_STRING, &p->resume, "auto",
-         "auto: continue from RUN_DIR/checkpoints/latest if present; never; or a checkpoint path"},
-        {"arch", PREFOPT_OPT_STRING, &p->arch.arch, "gpt2", "from scratch: gpt2 or llama"},
-        {"n-layer", PREFOPT_OPT_INT, &p->arch.n_layer, "4", "from scratch: layers"},
-        {"n-embd", PREFOPT_OPT_INT, &p->arch.n_embd, "128", "from scratch: hidden size"},
-        {"n-head", PREFOPT_OPT_INT, &p->arch.n_head, "4", "from scratch: attention heads"},
-        {"n-kv-head", PREFOPT_OPT_INT, &p->arch.n_kv_head, "0", "from scratch (llama): key/value heads (0 = n-head)"},
-        {"n-inner", PREFOPT_OPT_INT, &p->arch.n_inner, "0", "from scratch: MLP width (0 = 4C gpt2, 8C/3 llama)"},
-        {"max-position", PREFOPT_OPT_INT, &p->arch.max_position, "256", "from scratch: positions (gpt2 wpe rows)"},
-        {"norm-eps", PREFOPT_OPT_DOUBLE, &p->arch.norm_eps, "0", "from scratch: norm epsilon (0 = 1e-5 / 1e-6)"},
-        {"rope-theta", PREFOPT_OPT_DOUBLE, &p->arch.rope_theta, "10000", "from scratch (llama): RoPE base"},
-        {"grid-rows", PREFOPT_OPT_INT, &p->grid_rows, "1", "process rows of each tensor-parallel grid"},
-        {"grid-cols", PREFOPT_OPT_INT, &p->grid_cols, "1", "process columns of each tensor-parallel grid"},
-        {"dp", PREFOPT_OPT_INT, &p->dp, "0", "data-parallel replicas (0: ranks / (rows*cols))"},
-        PREFOPT_PRECISION_OPTIONS(&p->prec),
-        {"batch-size", PREFOPT_OPT_INT, &p->batch_size, "8", "examples (pairs) per optimizer step, all replicas"},
-        {"micro-batch-size", PREFOPT_OPT_INT, &p->micro_batch_size, "0",
-         "examples per forward/backward on one replica (0: batch-size/dp, no accumulation)"},
-        {"pad-multiple", PREFOPT_OPT_INT, &p->pad_multiple, "8", "pad each micro-batch's length to a multiple"},
-        {"bucket-window", PREFOPT_OPT_INT, &p->bucket_window, "0", "group similar lengths within windows of N batches"},
-        {"max-steps", PREFOPT_OPT_LONG, &p->max_steps, "0", "optimizer steps (0: from --epochs)"},
-        {"epochs", PREFOPT_OPT_DOUBLE, &p->epochs, "1", "epochs when --max-steps is 0"},
-        {"seed", PREFOPT_OPT_LONG, &p->seed, "1234", "seed of data order and from-scratch init"},
-        {"activation-checkpoint", PREFOPT_OPT_FLAG, &p->activation_checkpoint, "0",
-         "recompute each layer in backward instead of keeping its activations"},
-        {"logits-budget-mib", PREFOPT_OPT_INT, &p->logits_budget_mib, "0",
-         "LM-head logits kept per chunk of rows (0: 1024); smaller saves memory, backward recomputes chunk logits"},
-        {"completion-logits", PREFOPT_OPT_INT, &p->completion_logits, "1",
-         "1: LM-head logits only where completion tokens are predicted, when the loss reads nothing else (not "
-         "ORPO, --sft-all-tokens); 0: at every position"},
-        {"memory-limit", PREFOPT_OPT_STRING, &p->memory_limit, "0",
-         "memory one rank may use, e.g. 12G (0: RLIMIT_AS/DATA, cgroup and MemAvailable decide); checked at start"},
-        {"use-precomputed-ref", PREFOPT_OPT_FLAG, &p->use_precomputed_ref, "1",
-         "use reference log-probs stored in the dataset (prefopt eval --store-ref) instead of a reference model"},
-        {"peak-gflops", PREFOPT_OPT_DOUBLE, &p->peak_gflops, "0",
-         "sgemm GFLOP/s of one rank that MFU divides by (0: measured at start-up, best of 7 products)"},
-        {"log-interval", PREFOPT_OPT_INT, &p->log_interval, "10", "progress line every N steps"},
-        {"eval-interval", PREFOPT_OPT_INT, &p->eval_interval, "0", "evaluate --eval-data every N steps (0: at end)"},
-        {"eval-batch-size", PREFOPT_OPT_INT, &p->eval_batch_size, "0", "micro-batch of evaluation (0: micro-batch)"},
-        {"save-interval", PREFOPT_OPT_INT, &p->save_interval, "0", "checkpoint every N steps (0: only at the end)"},
-        {"keep-last", PREFOPT_OPT_INT, &p->keep_last, "2", "checkpoints kept"},
-        {"max-nonfinite", PREFOPT_OPT_INT, &p->max_nonfinite, "5",
-         "stop after this many consecutive steps skipped for a non-finite loss or gradient"},
-    };
-    int n = (int)(sizeof base / sizeof base[0]);
-    if (n > max)
-        return -1;
-    memcpy(o, base, sizeof base);
-    int k = prefopt_objective_options(o + n, max - n, &p->obj);
-    if (k < 0)
-        return -1;
-    n += k;
-    k = prefopt_optim_options(o + n, max - n, &p->optim);
-    if (k < 0)
-        return -1;
-    return n + k;
-}
-
 /* ---- the trainer state --------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -100,6 +34,9 @@ typedef struct {
     int live_ref;          /* the reference runs as a model (else: precomputed log-probs or none) */
     long step, total_steps;
     double peak;           /* measured sgemm GFLOP/s per rank */
+    char *config_text;     /* the options that apply (config.ini, checkpoints) */
+    char *resumed_config;  /* the resumed checkpoint's, NULL when not resumed or saved without one */
+    char resumed_from[4200];
     char ckpt_dir[4096], metrics_path[4096];
 } trainer;
 
@@ -400,6 +337,7 @@ static void save_checkpoint(trainer *t)
     for (int i = 0; i < 4; i++)
         st.cursor[i] = v[i];
     st.lr = prefopt_schedule_lr(&t->sched, t->step);
+    st.train_config = t->config_text;
     if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
         /* TR-DPO changes the reference: it is saved beside the checkpoint, under the same step */
         char rp[4200];
@@ -433,7 +371,8 @@ static int try_resume(trainer *t)
     prefopt_train_state st = {0};
     prefopt_ckpt_load(path, t->policy, t->adam.m, t->adam.v, &st, &err);
     FAIL_IF(t, 0, &err);
-    free(st.train_config);
+    t->resumed_config = st.train_config;
+    snprintf(t->resumed_from, sizeof t->resumed_from, "%s", path);
     t->step = st.step;
     t->adam.step = st.step;
     prefopt_ds_cursor c;
@@ -454,6 +393,50 @@ static int try_resume(trainer *t)
     if (t->g.world_rank == 0)
         printf("resumed from %s at step %ld\n", path, t->step);
     return 1;
+}
+
+/* A resumed run continues the run of its checkpoint: options that change the math must match, or be allowed to
+ * change (--allow-config-change, recorded in metrics.jsonl). config.ini is written only after this check, so a
+ * refused resume leaves the run directory as it was. */
+static void record_config(trainer *t)
+{
+    prefopt_err err = {0};
+    if (t->resumed_config) {
+        char diff[1536];
+        cJSON *changes = cJSON_CreateObject();
+        int n = prefopt_train_config_diff(t->resumed_config, t->config_text, diff, sizeof diff, changes);
+        if (n && !t->p->allow_config_change)
+            prefopt_err_set(&err, "%s: resuming with options that change the run: %s (give --allow-config-change "
+                                  "to continue with them, or start another --run-dir)", t->resumed_from, diff);
+        else if (n) {
+            if (t->g.world_rank == 0)
+                fprintf(stderr, "prefopt: warning: resumed at step %ld with changed options (--allow-config-change): "
+                                "%s\n", t->step, diff);
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "step", (double)t->step);
+            cJSON_AddItemToObject(o, "config_change", changes);
+            changes = NULL;
+            log_line(t, o);
+        }
+        cJSON_Delete(changes);
+        free(t->resumed_config);
+        t->resumed_config = NULL;
+    }
+    FAIL_IF(t, 0, &err);
+    if (t->g.world_rank == 0) {
+        char path[4200], tmp[4300];
+        snprintf(path, sizeof path, "%s/config.ini", t->p->run_dir);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *f = fopen(tmp, "w");
+        int bad = !f || fputs(t->config_text, f) < 0;
+        if (f)
+            bad |= fclose(f) != 0;
+        if (bad || rename(tmp, path)) {
+            unlink(tmp);
+            prefopt_err_set(&err, "%s: cannot write", path);
+        }
+    }
+    FAIL_IF(t, 0, &err);
 }
 
 /* ---- set-up ------------------------------------------------------------------------------------------------ */
@@ -479,23 +462,17 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     prefopt_stop_install();
 
     prefopt_objective_init(&t->obj, &p->obj, &err);
-    if (!err.set && p->batch_size % dp)
-        prefopt_err_set(&err, "--batch-size %d is not divisible by the %d data-parallel replicas", p->batch_size, dp);
-    t->micro = p->micro_batch_size > 0 ? p->micro_batch_size : p->batch_size / dp;
+    if (!err.set)
+        prefopt_train_batch_layout(p, dp, &t->micro, &err);
     t->eval_micro = p->eval_batch_size > 0 ? p->eval_batch_size : t->micro;
-    if (!err.set && t->micro < 1)
-        prefopt_err_set(&err, "--micro-batch-size must be >= 1");
     FAIL_IF(t, 0, &err);
 
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", p->run_dir);
     snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl", p->run_dir);
-    if (t->g.world_rank == 0 && !prefopt_mkdirs(t->ckpt_dir, &err)) {
-        char cfgpath[4200];
-        snprintf(cfgpath, sizeof cfgpath, "%s/config.ini", p->run_dir);
-        if (prefopt_opts_write("train", opts, nopts, cfgpath))
-            prefopt_err_set(&err, "%s: cannot write", cfgpath);
-    }
+    if (t->g.world_rank == 0)
+        prefopt_mkdirs(t->ckpt_dir, &err);
     FAIL_IF(t, 0, &err);
+    t->config_text = prefopt_train_config_text(p, &t->obj, opts, nopts);
 
     /* the model config first: the dataset is checked against its vocabulary and tokenizer */
     prefopt_model_config cfg;
@@ -613,10 +590,10 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     FAIL_IF(t, 0, &err);
     t->peak = p->peak_gflops > 0 ? p->peak_gflops * 1e9 : prefopt_measure_sgemm_peak(t->g.world);
     if (t->g.world_rank == 0) {
-        printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d replicas) | %ld steps | "
-               "sgemm peak %.1f GFLOP/s per rank%s\n",
+        printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d accumulated x %d replicas) | "
+               "%ld steps | sgemm peak %.1f GFLOP/s per rank%s\n",
                p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
-               p->batch_size, t->micro, dp, t->total_steps, t->peak * 1e-9, p->peak_gflops > 0 ? " (--peak-gflops)" : "");
+               p->batch_size, t->micro, (p->batch_size / dp + t->micro - 1) / t->micro, dp, t->total_steps, t->peak * 1e-9, p->peak_gflops > 0 ? " (--peak-gflops)" : "");
         fflush(stdout);
     }
 }
@@ -632,6 +609,7 @@ static void teardown(trainer *t)
     if (t->ref)
         prefopt_model_free(t->ref);
     prefopt_tokenizer_record_free(&t->tok);
+    free(t->config_text);
     prefopt_grid_free(&t->g);
 }
 
@@ -666,6 +644,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     t->p = p;
     setup(t, opts, nopts);
     try_resume(t);
+    record_config(t);
 
     size_t n = 0;
     float *params = prefopt_model_param_data(t->policy, &n);

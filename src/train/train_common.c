@@ -4,6 +4,7 @@
 
 #include "prefopt/gemm_local.h"
 #include "prefopt/precision.h"
+#include "prefopt/opts.h"
 
 #include <blis.h>
 #include <math.h>
@@ -82,6 +83,49 @@ int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a,
     cfg->bos_id = ds->bos_id;
     cfg->eos_id = ds->eos_id;
     cfg->pad_id = ds->pad_id;
+    return 0;
+}
+
+int prefopt_train_batch_layout(prefopt_train_params *p, int dp, int *micro, prefopt_err *err)
+{
+    const int G = p->gradient_accumulation_steps;
+    if (G < 0) {
+        prefopt_err_set(err, "--gradient-accumulation-steps must be >= 0, got %d", G);
+        return -1;
+    }
+    if (G > 0) {
+        if (prefopt_opts_given(&p->micro_batch_size) && p->micro_batch_size > 0) {
+            long global = (long)p->micro_batch_size * G * dp;
+            if (global > 1L << 30) {
+                prefopt_err_set(err, "--micro-batch-size %d x --gradient-accumulation-steps %d x %d replicas is too "
+                                     "large", p->micro_batch_size, G, dp);
+                return -1;
+            }
+            if (prefopt_opts_given(&p->batch_size) && p->batch_size != global) {
+                prefopt_err_set(err, "--batch-size %d disagrees with --micro-batch-size (per_device_train_batch_size) "
+                                     "%d x --gradient-accumulation-steps %d x %d replicas = %ld; give two of the three",
+                                p->batch_size, p->micro_batch_size, G, dp, global);
+                return -1;
+            }
+            p->batch_size = (int)global;
+        } else {
+            if (p->batch_size < 1 || p->batch_size % (G * dp)) {
+                prefopt_err_set(err, "--batch-size %d is not divisible by --gradient-accumulation-steps %d x %d "
+                                     "replicas (or give --micro-batch-size)", p->batch_size, G, dp);
+                return -1;
+            }
+            p->micro_batch_size = p->batch_size / (G * dp);
+        }
+    }
+    if (p->batch_size < 1 || p->batch_size % dp) {
+        prefopt_err_set(err, "--batch-size %d is not divisible by the %d data-parallel replicas", p->batch_size, dp);
+        return -1;
+    }
+    *micro = p->micro_batch_size > 0 ? p->micro_batch_size : p->batch_size / dp;
+    if (*micro < 1) {
+        prefopt_err_set(err, "--micro-batch-size must be >= 1");
+        return -1;
+    }
     return 0;
 }
 
