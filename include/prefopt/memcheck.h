@@ -4,7 +4,9 @@
  *
  * The estimate (bytes per rank, float32 everywhere; tp = grid rows * cols):
  *   weights      matrices / tp + vectors (norm weights, biases: counted whole)
- *   grads        the same as weights;  AdamW: twice the weights;  reference: the weights again when it runs live
+ *   grads        the same as weights;  AdamW: twice the weights (divided by dp with --zero-stage 1);  reference:
+ *                the weights again when it runs live;  communication buffers of gradsync.h (zero 1: grads / dp;
+ *                bf16: grads again)
  *   activations  kept for backward, per micro-batch of m rows of T tokens (T = the longest packed row, rounded
  *                up to the pad multiple) over L layers:
  *                  m*T * L * (10*C + 2*F) / tp  +  m * H * T * T * L / tp        (layer outputs, attention probs)
@@ -23,6 +25,7 @@
 typedef struct {
     double weights, grads, adam, reference, activations, workspace; /* bytes per rank */
     double total;
+    double comm; /* data-parallel communication buffers (in total; see gradsync.h) */
 } prefopt_mem_estimate;
 
 typedef struct {
@@ -32,6 +35,9 @@ typedef struct {
     int live_ref;              /* a reference model runs on the same ranks */
     int activation_checkpoint;
     double logits_budget;      /* bytes of LM-head logits per chunk (--logits-budget-mib); 0: the engine's 1 GiB */
+    int dp;                    /* data-parallel replicas (0 or 1: none) */
+    int zero_stage;            /* 1: AdamW moments sharded over the dp replicas (AdamW / dp) */
+    int bf16_comm;             /* bf16 gradient communication buffers */
 } prefopt_mem_layout;
 
 /* The estimate above for cfg and layout. Local. */
