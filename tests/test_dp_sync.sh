@@ -4,7 +4,7 @@
 #  - overlapped and blocking reduction (same buckets, same collectives) give bit-identical losses, gradient norms
 #    and final weights, at dp 2 and at dp 4 (oversubscribed), with zero 0 and 1 and with bf16;
 #  - dp 2 and dp 4, with and without overlap and zero, give the losses of one rank within 1e-5 relative (also a
-#    2x1 grid x dp 2);
+#    2x1 and a 1x2 grid x dp 2);
 #  - bf16 communication stays within its bound of the fp32 losses (and is not bit-identical: it does something);
 #  - a --zero-stage 1 dp 2 checkpoint resumes on 1 rank, and a 1-rank checkpoint on zero 1 dp 2, with the next
 #    steps' losses equal (1e-5) to the uninterrupted runs';
@@ -75,6 +75,8 @@ check 'grep -q "AdamW [0-9.]* (1/dp shard)" d2z1o1.log' "the memory line counts 
 # tensor parallel inside each replica: 2x1 grids x dp 2, zero 1
 run g21z1 4 --grid-rows 2 --zero-stage 1
 check "same loss 1e-5 b1/metrics.jsonl g21z1/metrics.jsonl" "grid 2x1 x dp 2, zero 1 == one rank (1e-5)"
+run g12z1 4 --grid-cols 2 --zero-stage 1 --grad-reduce-dtype fp32
+check "same loss 1e-5 b1/metrics.jsonl g12z1/metrics.jsonl" "grid 1x2 x dp 2, zero 1 == one rank (1e-5)"
 
 # bf16 on the wire: each element rounded at most twice (2^-8 relative per contribution, 2^-9 of the sum), so
 # a step's update moves by O(2^-8 lr) per weight; over 6 steps the loss stays within 1e-3 relative of fp32

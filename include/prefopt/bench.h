@@ -4,6 +4,8 @@
 #ifndef PREFOPT_BENCH_H
 #define PREFOPT_BENCH_H
 
+#include "prefopt/train.h"
+
 typedef struct {
     const char *shape, *arch, *loss, *pcontrol, *folded, *json;
     int n_layer, n_embd, n_head, n_kv_head, n_inner, vocab, max_position;
@@ -11,6 +13,7 @@ typedef struct {
     int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table, logits_budget_mib, completion_logits;
     double beta, lr;
     long seed;
+    prefopt_dp_params dpsync; /* --overlap-grad-reduce, --zero-stage, --grad-reduce-dtype, --grad-bucket-mib */
 } prefopt_bench_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

@@ -45,6 +45,8 @@ int prefopt_adamw_init(prefopt_adamw *opt, const prefopt_adamw_config *cfg, size
             free(all);
             return -1;
         }
+        if (r[i].count == 0) /* a tensor with no local piece on this rank (any offset: it holds nothing) */
+            continue;
         if (r[i].offset < pos) {
             prefopt_err_set(err, "AdamW: parameter ranges overlap at element %zu", r[i].offset);
             free(r);
