@@ -101,7 +101,7 @@ expect grid_not_dividing 2 4 "grid 3x1 with 1 data-parallel replicas needs 3 ran
 # start-up stops every rank, before any large allocation, with the estimate and the options that would help.
 (
   ulimit -v 3000000
-  expect memory_rlimit 1 4 "~memory: training needs about 33\.[0-9] GiB per rank \(weights 6\.0, gradients 6\.0, AdamW 12\.0, reference 6\.0, activations 0\.[0-9], workspace 3\.0 GiB\) but RLIMIT_AS \(ulimit -v\) allows 2\.[0-9] GiB: use more ranks per grid \(--grid-rows/--grid-cols\), precomputed reference log-probs \(prefopt eval --store-ref\)" \
+  expect memory_rlimit 1 4 "~memory: training needs about 33\.[0-9] GiB per rank \(weights 6\.0, gradients 6\.0, AdamW 12\.0, reference 6\.0, activations 0\.[0-9], workspace 3\.0 GiB\) but RLIMIT_AS \(ulimit -v\) allows 2\.[0-9] GiB: use more ranks per grid \(--grid-rows/--grid-cols\), --zero-stage 1, precomputed reference log-probs \(prefopt eval --store-ref\)" \
     -- train --data pairs.h5 --n-embd 4096 --n-layer 8 --n-head 32 "${common[@]}"
   exit "$fails"
 ) || fails=$((fails + 1))

@@ -271,12 +271,70 @@ static void test_options(void)
     CHECK(p.adam_beta1 == 0.9 && p.adam_eps == 1e-8 && !strcmp(p.lr_scheduler, "linear"), "optimizer defaults");
 }
 
+/* The distributed optimizer's shard: two "replicas" each own alternate segments; their updates together are the
+ * full optimizer's, bit for bit, and each touches only its own segments. The shard's sum of squares is the full
+ * one restricted to the in_norm ranges inside the shard. */
+static void test_adamw_shard(void)
+{
+    enum { M = 5000 };
+    float *p0 = malloc(sizeof(float) * M), *g = malloc(sizeof(float) * M), *pf = malloc(sizeof(float) * M);
+    float *ps = malloc(sizeof(float) * M);
+    unsigned seed = 99;
+    for (int i = 0; i < M; i++) {
+        p0[i] = (float)frand(&seed);
+        g[i] = (float)frand(&seed) * 0.1f;
+    }
+    const prefopt_param_range r[] = {{0, 1200, 1, 1}, {1200, 900, 0, 1}, {2100, 2900, 1, 0}};
+    prefopt_adamw_config c = {0.9, 0.999, 1e-8, 0.1};
+    prefopt_adamw full, a, b;
+    prefopt_err err = {0};
+    CHECK(!prefopt_adamw_init(&full, &c, M, r, 3, &err) && !prefopt_adamw_init(&a, &c, M, r, 3, &err) &&
+              !prefopt_adamw_init(&b, &c, M, r, 3, &err),
+          "init: %s", err.msg);
+    /* replica 0: [0, 700) [1500, 3000); replica 1: [700, 1500) [3000, 5000) */
+    const size_t ao[] = {0, 1500}, ac[] = {700, 1500}, bo[] = {700, 3000}, bc[] = {800, 2000};
+    prefopt_adamw_set_shard(&a, ao, ac, 2);
+    prefopt_adamw_set_shard(&b, bo, bc, 2);
+    CHECK(a.nmom == 2200 && b.nmom == 2800, "shard moments %zu %zu", a.nmom, b.nmom);
+    memcpy(pf, p0, sizeof(float) * M);
+    memcpy(ps, p0, sizeof(float) * M);
+    float *pa = malloc(sizeof(float) * M), *pb = malloc(sizeof(float) * M);
+    memcpy(pa, p0, sizeof(float) * M);
+    memcpy(pb, p0, sizeof(float) * M);
+    for (int step = 0; step < 3; step++) {
+        prefopt_adamw_step(&full, pf, g, 1e-2, 0.7);
+        prefopt_adamw_step(&a, pa, g, 1e-2, 0.7);
+        prefopt_adamw_step(&b, pb, g, 1e-2, 0.7);
+    }
+    int same = 1, untouched = 1;
+    for (int i = 0; i < M; i++) {
+        int in_a = i < 700 || (i >= 1500 && i < 3000);
+        float mine = in_a ? pa[i] : pb[i], other = in_a ? pb[i] : pa[i];
+        same &= mine == pf[i];
+        untouched &= other == p0[i];
+    }
+    CHECK(same, "the two shards' updates == the full update, bit for bit");
+    CHECK(untouched, "a shard's step leaves the other shard's weights alone");
+    /* first moments of replica 1's second segment ([3000, 5000)) are the full ones at the same elements */
+    CHECK(!memcmp(b.m + 800, full.m + 3000, sizeof(float) * 2000), "shard moments laid out segment after segment");
+    double sa = prefopt_adamw_shard_sumsq(&a, g), sb = prefopt_adamw_shard_sumsq(&b, g), sf = 0;
+    for (int i = 0; i < 2100; i++)
+        sf += (double)g[i] * g[i];
+    CHECK(close_to(sa + sb, sf, 1e-12), "shard sums of squares %.12g + %.12g vs %.12g (in_norm ranges only)", sa, sb,
+          sf);
+    prefopt_adamw_free(&full);
+    prefopt_adamw_free(&a);
+    prefopt_adamw_free(&b);
+    free(p0), free(g), free(pf), free(ps), free(pa), free(pb);
+}
+
 int main(void)
 {
     test_adamw_vs_reference();
     test_adamw_by_hand();
     test_adamw_determinism();
     test_adamw_errors();
+    test_adamw_shard();
     test_schedules();
     test_norm_and_clip();
     test_options();

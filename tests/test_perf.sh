@@ -106,7 +106,7 @@ assert j["phases_s"]["communication"] == j["mpi_s"]["step"] and j["communication
 assert j["flops_forward"] == 1761280
 PYEOF
 timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi_dp.jsonl" \
-    "$P" bench $tiny --dp 2 > out4.txt 2> err4.txt; rc=$?
+    "$P" bench $tiny --dp 2 --overlap-grad-reduce 0 > out4.txt 2> err4.txt; rc=$?
 check '[ $rc -eq 0 ]' "dp=2 bench exits 0 (rc $rc): $(tail -3 err4.txt)"
 grep '^{' out4.txt | tail -1 > j4.json
 "$PY" - pmpi_dp.jsonl j4.json <<'PYEOF' || fail=1
@@ -118,5 +118,23 @@ j = json.load(open(sys.argv[2]))
 per_step_rank = dp["bytes"] / (2 * (j["steps"] + j["warmup"]))
 assert per_step_rank >= 4 * j["params"], (per_step_rank, j["params"])
 assert j["dp"] == 2 and j["tokens_per_step"] == 64 and j["flops_step"] == 2 * 4 * 1761280
+assert j["overlap_grad_reduce"] is False and j["grad_buckets_early"] == 0 and j["grad_comm_exposed_s"] > 0, j
+PYEOF
+# 4. with overlap (the default at dp 2) the buckets' collectives start inside backward: their bytes are counted
+#    in backward's region, one bucket per layer (--grad-bucket-mib 0.01), each started during backward
+rm -f pmpi_ov.jsonl
+timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi_ov.jsonl" \
+    "$P" bench $tiny --dp 2 --grad-bucket-mib 0.01 > out5.txt 2> err5.txt; rc=$?
+check '[ $rc -eq 0 ]' "dp=2 overlapped bench exits 0 (rc $rc): $(tail -3 err5.txt)"
+grep '^{' out5.txt | tail -1 > j5.json
+"$PY" - pmpi_ov.jsonl j5.json <<'PYEOF' || fail=1
+import json, sys
+p = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["pmpi"]
+j = json.load(open(sys.argv[2]))
+bw = p["regions"]["step/backward"]
+per_step_rank = bw["bytes"] / (2 * (j["steps"] + j["warmup"]))
+assert per_step_rank >= 4 * j["params"], (per_step_rank, j["params"])
+assert p["calls"]["MPI_Iallreduce"]["calls"] >= 3 * (j["steps"] + j["warmup"]), p["calls"]["MPI_Iallreduce"]
+assert j["overlap_grad_reduce"] is True and j["grad_buckets"] == 3 and j["grad_buckets_early"] == 3, j
 PYEOF
 exit $fail

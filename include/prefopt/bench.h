@@ -5,6 +5,7 @@
 #define PREFOPT_BENCH_H
 
 #include "prefopt/precision.h"
+#include "prefopt/train.h"
 
 typedef struct {
     const char *shape, *arch, *loss, *pcontrol, *folded, *json;
@@ -14,6 +15,7 @@ typedef struct {
     double beta, lr;
     long seed;
     prefopt_precision_params prec;
+    prefopt_dp_params dpsync; /* --overlap-grad-reduce, --zero-stage, --grad-reduce-dtype, --grad-bucket-mib */
 } prefopt_bench_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

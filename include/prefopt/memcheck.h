@@ -5,8 +5,10 @@
  * The estimate (bytes per rank, float32 unless bf16; tp = grid rows * cols):
  *   weights      matrices / tp + vectors (norm weights, biases: counted whole); bf16 runs add the matrices' bf16
  *                copies (2 bytes each)
- *   grads        the fp32 weights again;  AdamW: twice them;  reference: the weights again when it runs live, in a
- *                bf16 run its bf16 copies and fp32 vectors only (unless TR-DPO mixes into it: then as the policy)
+ *   grads        the fp32 weights again;  AdamW: twice them (divided by dp with --zero-stage 1);  reference: the
+ *                weights again when it runs live, in a bf16 run its bf16 copies and fp32 vectors only (unless
+ *                TR-DPO mixes into it: then as the policy);  communication buffers of gradsync.h (zero 1:
+ *                grads / dp; bf16 communication: grads again)
  *   activations  kept for backward, per micro-batch of m rows of T tokens (T = the longest packed row, rounded
  *                up to the pad multiple) over L layers:
  *                  m*T * L * (10*C + 2*F) / tp  +  m * H * T * T * L / tp        (layer outputs, attention probs)
@@ -25,6 +27,7 @@
 typedef struct {
     double weights, grads, adam, reference, activations, workspace; /* bytes per rank */
     double total;
+    double comm; /* data-parallel communication buffers (in total; see gradsync.h) */
 } prefopt_mem_estimate;
 
 typedef struct {
@@ -36,6 +39,9 @@ typedef struct {
     double logits_budget;      /* bytes of LM-head logits per chunk (--logits-budget-mib); 0: the engine's 1 GiB */
     int bf16;                  /* bf16 mixed precision: weight copies (and activations as in fp32: they stay fp32) */
     int ref_bf16_only;         /* bf16: the reference holds bf16 copies only (prefopt_model_keep_bf16_only) */
+    int dp;                    /* data-parallel replicas (0 or 1: none) */
+    int zero_stage;            /* 1: AdamW moments sharded over the dp replicas (AdamW / dp) */
+    int bf16_comm;             /* bf16 gradient communication buffers */
 } prefopt_mem_layout;
 
 /* The estimate above for cfg and layout. Local. */

@@ -191,6 +191,18 @@ void prefopt_model_zero_grad(prefopt_model *m);
 
 /* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer). */
 void prefopt_model_allreduce_grads(prefopt_model *m);
+
+/* Backward finishes the flat gradient buffer from its start: the pieces lie in reverse layer order (head, final
+ * norm, last layer, ..., first layer, embeddings), and the row-vector gradients of each part are summed over the
+ * process rows as soon as the part is done. The boundaries at which readiness advances, increasing: out[0] after
+ * the head and final norm, out[k] after layer L - k, out[L + 1] = the whole buffer. Returns L + 2 (the count;
+ * out may be NULL). */
+int prefopt_model_grad_boundaries(const prefopt_model *m, size_t *out);
+/* During backward, fn(ctx, ready) is called with ready = the flat offset below which every gradient of this
+ * backward is final (each boundary once, in increasing order, and repeated between the layer's halves so that a
+ * caller can poll its communication). NULL: none. */
+typedef void (*prefopt_grad_ready_fn)(void *ctx, size_t ready);
+void prefopt_model_set_grad_ready_hook(prefopt_model *m, prefopt_grad_ready_fn fn, void *ctx);
 /* The LM head runs over chunks of batch rows whose local logits fit this many bytes (0: the default, 1 GiB);
  * when the batch needs several chunks, backward recomputes each chunk's logits (one more head GEMM) instead of
  * keeping nrows*T x vocab logits. Takes effect at the next forward. */

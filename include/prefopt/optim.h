@@ -34,10 +34,14 @@ typedef struct {
 typedef struct {
     prefopt_adamw_config cfg;
     size_t n;
-    float *m, *v;  /* first and second moments [n], zero at start */
+    float *m, *v;  /* first and second moments [nmom], zero at start */
+    size_t nmom;   /* n, or the shard's element count after prefopt_adamw_set_shard */
     long step;     /* steps taken; the bias correction of the next step uses step + 1 */
     int nranges;
     prefopt_param_range *ranges; /* sorted, covering [0, n) (gaps filled with weight_decay 0) */
+    int npieces;   /* what a step updates: ranges, or their intersections with the shard's segments */
+    prefopt_param_range *pieces;
+    size_t *piece_mom; /* [npieces] each piece's offset in m and v */
 } prefopt_adamw;
 
 /* Validates cfg and the ranges (inside [0, n), not overlapping; order free) and allocates zero moments.
@@ -45,6 +49,13 @@ typedef struct {
 int prefopt_adamw_init(prefopt_adamw *opt, const prefopt_adamw_config *cfg, size_t n,
                        const prefopt_param_range *ranges, int nranges, prefopt_err *err);
 void prefopt_adamw_free(prefopt_adamw *opt);
+/* The distributed optimizer (ZeRO stage 1): this rank updates only the nseg segments [off, off + cnt) of the
+ * flat buffers (increasing, not overlapping) and keeps moments for them alone, laid out segment after segment
+ * (m and v are reallocated, zero, with nmom = the segments' total). Steps then read and write params and grads
+ * only inside the segments. */
+void prefopt_adamw_set_shard(prefopt_adamw *opt, const size_t *off, const size_t *cnt, int nseg);
+/* Sum of squares, as prefopt_sumsq, over the in_norm ranges' intersection with the shard's segments. */
+double prefopt_adamw_shard_sumsq(const prefopt_adamw *opt, const float *x);
 
 /* One step, as torch.optim.AdamW (decoupled decay, bias correction):
  *   g = grad_scale * grad                           (grad_scale: the clipping coefficient, 1 for none)

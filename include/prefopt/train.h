@@ -9,11 +9,19 @@
 
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
+#include "prefopt/gradsync.h"
 #include "prefopt/grid.h"
 #include "prefopt/precision.h"
 #include "prefopt/model.h"
 #include "prefopt/objectives.h"
 #include "prefopt/optim.h"
+
+typedef struct {
+    int overlap;              /* --overlap-grad-reduce: 1, 0, or -1 (default): on when dp > 1 */
+    int zero_stage;           /* --zero-stage 0 | 1 */
+    const char *reduce_dtype; /* --grad-reduce-dtype fp32 | bf16 */
+    double bucket_mib;        /* --grad-bucket-mib: MiB of fp32 gradients per bucket (at layer boundaries) */
+} prefopt_dp_params;
 
 /* Model architecture options for a model trained from scratch (ignored with --init). */
 typedef struct {
@@ -36,6 +44,7 @@ typedef struct {
     /* objective and optimizer */
     prefopt_objective_params obj;
     prefopt_optim_params optim;
+    prefopt_dp_params dpsync; /* data-parallel reduction and the distributed optimizer */
     int activation_checkpoint, use_precomputed_ref;
     double peak_gflops;       /* per rank for MFU; 0: measured at start-up */
     int logits_budget_mib;    /* LM-head logits per chunk; 0: the engine's default */
@@ -102,6 +111,39 @@ int prefopt_run_config_adopt(const char *ini_path, const prefopt_opt *opts, int 
                              char *taken, size_t takenlen, prefopt_err *err);
 /* One value of an INI file (such as config.ini) into out; 0, or -1 when the key is absent or the file unreadable. */
 int prefopt_run_config_value(const char *ini_path, const char *key, char *out, size_t len);
+/* ---- the data-parallel step (src/train/dpsync.c over src/dist/gradsync.c) ---------------------------------- */
+
+
+/* Option-table entries for p ("overlap-grad-reduce", "zero-stage", "grad-reduce-dtype", "grad-bucket-mib"). */
+int prefopt_dp_options(prefopt_opt *out, int max, prefopt_dp_params *p);
+
+/* The gradient reduction and optimizer of one policy on one grid. */
+typedef struct {
+    prefopt_gradsync *gs;
+    prefopt_model *m;
+    prefopt_adamw *adam;
+    const prefopt_grid *g;
+    int zero, overlap, bf16;
+} prefopt_dp_sync;
+
+/* Checks p (err names the option), creates the buckets from the model's boundaries, hooks them to backward and,
+ * with --zero-stage 1 over dp > 1, shards adam (its moments become this replica's shard). Collective over g->dp;
+ * the error is the same on every rank. */
+int prefopt_dp_sync_init(prefopt_dp_sync *s, const prefopt_dp_params *p, prefopt_model *m, prefopt_adamw *adam,
+                         const prefopt_grid *g, prefopt_err *err);
+void prefopt_dp_sync_free(prefopt_dp_sync *s);
+/* Before the step's last backward on this replica (overlap: buckets start as backward passes them). */
+void prefopt_dp_sync_begin(prefopt_dp_sync *s);
+/* After every backward of the step: the rest of the reduction; returns the global gradient norm (over the shards
+ * with zero 1). Collective over the world. */
+double prefopt_dp_sync_grads(prefopt_dp_sync *s, const prefopt_param_range *ranges, int nranges);
+/* AdamW on this replica's part and (zero 1) the updated weights all-gathered. */
+void prefopt_dp_sync_step(prefopt_dp_sync *s, double lr, double grad_scale);
+/* The AdamW moments as whole flat buffers for a checkpoint: with zero 1 gathered into m_full/v_full (n floats
+ * each, collective over dp) and returned there; otherwise adam's own buffers. */
+void prefopt_dp_sync_full_moments(prefopt_dp_sync *s, float *m_full, float *v_full, float **m, float **v);
+/* After a checkpoint loaded whole moments into m_full/v_full: this replica's shard kept (zero 1; else nothing). */
+void prefopt_dp_sync_load_moments(prefopt_dp_sync *s, const float *m_full, const float *v_full);
 
 /* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);

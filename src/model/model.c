@@ -4,6 +4,7 @@
 #include "model_internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -297,6 +298,36 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
     }
 }
 
+static void notify_ready(prefopt_model *m, size_t ready)
+{
+    if (m->ready_fn)
+        m->ready_fn(m->ready_ctx, ready);
+}
+
+/* The row-vector gradients of registry parameters [a, b): each process row summed its own tokens; add up the
+ * process rows (one all-reduce over grid->col: the part's scratch is contiguous) and into the gradients. */
+static void flush_vgrads(prefopt_model *m, int a, int b)
+{
+    size_t lo = SIZE_MAX, hi = 0;
+    for (int i = a; i < b; i++)
+        if (m->values[i].rep_rows) {
+            size_t o = m->vscr_offset[i], e = o + prefopt_dmat_local_size(&m->values[i]);
+            lo = o < lo ? o : lo;
+            hi = e > hi ? e : hi;
+        }
+    if (hi <= lo)
+        return;
+    if (m->g->nprow > 1)
+        MPI_Allreduce(MPI_IN_PLACE, m->vscr + lo, (int)(hi - lo), MPI_FLOAT, MPI_SUM, m->g->col);
+    for (int i = a; i < b; i++) {
+        if (!m->values[i].rep_rows)
+            continue;
+        float *gd = m->grads[i].data, *s = m->vscr + m->vscr_offset[i];
+        for (size_t e = 0; e < prefopt_dmat_local_size(&m->grads[i]); e++)
+            gd[e] += s[e];
+    }
+}
+
 /* m->dx holds d loss / d (layer output) on entry and d loss / d (layer input) on return. */
 static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x)
 {
@@ -319,6 +350,7 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
         pf_linear_backward(m, &m->dx, 1.0f, &m->dh1, &A->xmid, P->wfc, P->bfc);
         pf_linear_backward(m, &m->dx, 1.0f, &m->dh2, &A->xmid, P->wup, NULL);
     }
+    notify_ready(m, m->ready_at[m->cfg.num_layers - l - 1]); /* nothing new: a chance to poll */
     const prefopt_dmat *dao = &m->dx; /* m->dx is now d xmid */
     if (P->ln_pa) {
         zero_dmat(&m->dc);
@@ -391,23 +423,33 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
     pf_head_backward(m, d_completion, d_all); /* d xf -> m->dn */
     memset(m->dx.data, 0, prefopt_dmat_local_size(&m->dx) * sizeof(float));
     pf_norm_backward(m, &m->dx, &m->dn, &m->xs[L], m->nf_mean, m->nf_rstd, m->lnf_w, m->lnf_b);
+    flush_vgrads(m, m->layer_first[L], m->nparams);
+    notify_ready(m, m->ready_at[0]);
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *A = &m->acts[m->nacts == 1 ? 0 : l];
         if (m->nacts == 1 && l < L - 1) /* checkpointing: recompute (the last layer is still in place) */
             layer_forward(m, l, A, &m->xs[l], &m->xs[l + 1]);
         layer_backward(m, l, A, &m->xs[l]);
+        flush_vgrads(m, m->layer_first[l], m->layer_first[l + 1]);
+        notify_ready(m, m->ready_at[L - l]);
     }
     pf_embed_backward(m, &m->dx);
-    /* row-vector gradients: each process row summed its own tokens; add up the process rows */
-    if (m->vscr_count)
-        MPI_Allreduce(MPI_IN_PLACE, m->vscr, (int)m->vscr_count, MPI_FLOAT, MPI_SUM, m->g->col);
-    for (int i = 0; i < m->nparams; i++) {
-        if (!m->values[i].rep_rows)
-            continue;
-        float *gd = m->grads[i].data, *s = m->vscr + m->vscr_offset[i];
-        for (size_t e = 0; e < prefopt_dmat_local_size(&m->grads[i]); e++)
-            gd[e] += s[e];
-    }
+    flush_vgrads(m, 0, m->layer_first[0]);
+    notify_ready(m, m->flat_count);
+}
+
+int prefopt_model_grad_boundaries(const prefopt_model *m, size_t *out)
+{
+    const int n = m->cfg.num_layers + 2;
+    if (out)
+        memcpy(out, m->ready_at, sizeof *out * (size_t)n);
+    return n;
+}
+
+void prefopt_model_set_grad_ready_hook(prefopt_model *m, prefopt_grad_ready_fn fn, void *ctx)
+{
+    m->ready_fn = fn;
+    m->ready_ctx = ctx;
 }
 
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats) { m->bucket = floats; }

@@ -44,6 +44,10 @@ struct prefopt_model {
     int bf16_only;                /* prefopt_model_keep_bf16_only: matrices in half_data only */
     size_t flat_count;
     size_t bucket;                /* floats per data-parallel all-reduce */
+    int *layer_first;             /* [L+1] registry index of layer l's first parameter; [L]: the final norm's */
+    size_t *ready_at;             /* [L+2] flat offsets below which gradients are final (see grad_boundaries) */
+    prefopt_grad_ready_fn ready_fn; /* called as backward finishes parts of the flat gradient buffer */
+    void *ready_ctx;
     size_t *vscr_offset;          /* rep_rows params: offset in vscr (else SIZE_MAX) */
     float *vscr;                  /* this backward's row-vector gradients, summed over grid->col at the end */
     size_t vscr_count;

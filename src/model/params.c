@@ -61,6 +61,7 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
         m->wpe = add_param(&r, "wpe", c->max_position, C, nbh, nbv, INIT_NORMAL);
     for (int l = 0; l < c->num_layers; l++) {
         layer_params *P = &m->layers[l];
+        m->layer_first[l] = m->nparams;
         const char *pre = gpt2 ? "h" : "layers", *ap = gpt2 ? "attn" : "self_attn";
 /* the names of the table in model.h: <pre>.<l>.<suffix> and <pre>.<l>.<attn>.<suffix> */
 #define NAME(fmt) (snprintf(n, sizeof n, "%s.%d." fmt, pre, l), n)
@@ -118,6 +119,7 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
 #undef NAME
 #undef NAME2
     }
+    m->layer_first[c->num_layers] = m->nparams;
     if (gpt2) {
         m->lnf_w = add_param(&r, "ln_f.weight", C, 0, 1, nbh, INIT_ONE);
         m->lnf_b = add_param(&r, "ln_f.bias", C, 0, 1, nbh, INIT_ZERO);
@@ -206,11 +208,16 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
     m->offset = prefopt_xcalloc(cap, sizeof *m->offset, "parameter offsets");
     m->vscr_offset = prefopt_xcalloc(cap, sizeof *m->vscr_offset, "row-vector offsets");
     m->layers = prefopt_xcalloc(cfg->num_layers, sizeof *m->layers, "layer table");
+    m->layer_first = prefopt_xcalloc((size_t)cfg->num_layers + 1, sizeof *m->layer_first, "layer table");
+    m->ready_at = prefopt_xcalloc((size_t)cfg->num_layers + 2, sizeof *m->ready_at, "layer table");
     int *kind = prefopt_xcalloc(cap, sizeof *kind, "init kinds");
     build_registry(m, kind, cap);
-    /* each piece starts on a 64-byte boundary of the flat buffers */
+    /* Each piece starts on a 64-byte boundary of the flat buffers. The pieces lie in reverse registry order
+     * (head, final norm, last layer, ..., first layer, embeddings): the order in which backward finishes them, so
+     * the data-parallel gradient buckets are contiguous and each can be reduced as soon as backward has passed it
+     * (Megatron's layout). The row-vector scratch follows the same order, so one layer's part is contiguous. */
     size_t off = 0, voff = 0;
-    for (int i = 0; i < m->nparams; i++) {
+    for (int i = m->nparams - 1; i >= 0; i--) {
         m->offset[i] = off;
         off += (prefopt_dmat_local_size(&m->values[i]) + 15) & ~(size_t)15;
         m->vscr_offset[i] = voff;
@@ -218,6 +225,10 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
             voff += prefopt_dmat_local_size(&m->values[i]);
     }
     m->flat_count = off;
+    /* ready_at[0]: after the head and the final norm; ready_at[L - l]: after layer l; ready_at[L + 1]: all */
+    for (int l = cfg->num_layers; l >= 0; l--)
+        m->ready_at[cfg->num_layers - l] = m->offset[m->layer_first[l] - 1];
+    m->ready_at[cfg->num_layers + 1] = off;
     m->vscr_count = voff;
     m->param_data = prefopt_xcalloc(off + 16, sizeof(float), "parameters");
     if (m->opt.with_grads) {
@@ -255,6 +266,8 @@ void prefopt_model_free(prefopt_model *m)
     free(m->vscr_offset);
     free(m->init_kind);
     free(m->layers);
+    free(m->layer_first);
+    free(m->ready_at);
     free(m);
 }
 

@@ -247,14 +247,17 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     prefopt_model_copy_weights(ref, pol);
     prefopt_model_keep_bf16_only(ref); /* a bf16 run's frozen reference: bf16 copies only (no-op in fp32) */
     size_t n = 0;
-    float *params = prefopt_model_param_data(pol, &n);
-    float *grads = prefopt_model_grad_data(pol, &n);
+    prefopt_model_param_data(pol, &n);
     int nranges = 0;
     prefopt_param_range *ranges = prefopt_param_ranges(pol, &nranges);
     prefopt_adamw adam;
     prefopt_adamw_config ac = {0.9, 0.999, 1e-8, 0.0};
-    if (prefopt_adamw_init(&adam, &ac, n, ranges, nranges, &err))
+    prefopt_adamw_init(&adam, &ac, n, ranges, nranges, &err);
+    if (prefopt_agree(g.world, &err)) /* every rank leaves, not only the one whose ranges failed */
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    prefopt_dp_sync dps;
+    if (prefopt_dp_sync_init(&dps, &p->dpsync, pol, &adam, &g, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     int64_t nparams = 0;
     for (int i = 0; i < prefopt_model_param_count(pol); i++) {
         prefopt_param *pp = prefopt_model_param_at(pol, i);
@@ -288,13 +291,17 @@ int prefopt_bench_run(const prefopt_bench_params *p)
      * moments are calloc'd: not resident until written) and the baseline of resident memory */
     double peak_before = prefopt_sgemm_rate(g.world);
     prefopt_model_zero_grad(pol);
-    memset(adam.m, 0, n * sizeof(float));
-    memset(adam.v, 0, n * sizeof(float));
+    memset(adam.m, 0, adam.nmom * sizeof(float));
+    memset(adam.v, 0, adam.nmom * sizeof(float));
     double rss0 = rss_mib(), rss_fwd = 0, rss_ref = 0, rss_bwd = 0;
 
     prefopt_regions_enable(1, pcontrol);
     const int total = p->warmup + p->steps;
     double *st = prefopt_xcalloc((size_t)total + 1, sizeof(double), "step times");
+    /* per step: exposed gradient communication (polls in backward + the wait after it), of which the wait, and the
+     * distributed optimizer's weight gather */
+    double *ex = prefopt_xcalloc(3 * ((size_t)total + 1), sizeof(double), "communication times");
+    int early = 0;
     double loss_first = NAN, loss_last = NAN, gnorm = 0;
     for (int s = 0; s < total; s++) {
         rows_tokens(&R, cfg.vocab_size, (uint64_t)p->seed, g.dp_rank, s);
@@ -329,18 +336,22 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         }
         prefopt_region_exit("loss");
         prefopt_region_enter("backward");
+        prefopt_dp_sync_begin(&dps);
         prefopt_model_backward(pol, fcomp, fall);
         prefopt_region_exit("backward");
         if (s == 0)
             rss_bwd = rss_mib();
         prefopt_region_enter("dp_allreduce");
-        prefopt_model_allreduce_grads(pol);
+        gnorm = prefopt_dp_sync_grads(&dps, ranges, nranges); /* the buckets' wait, then the global norm */
         prefopt_region_exit("dp_allreduce");
         prefopt_region_enter("optimizer");
-        gnorm = prefopt_global_norm(prefopt_sumsq(grads, ranges, nranges), g.tp);
-        prefopt_adamw_step(&adam, params, grads, p->lr, prefopt_clip_coef(gnorm, 1.0));
+        prefopt_dp_sync_step(&dps, p->lr, prefopt_clip_coef(gnorm, 1.0));
         prefopt_model_weights_changed(pol); /* bf16: the copies, once per step */
         prefopt_region_exit("optimizer");
+        prefopt_gradsync_stats gst;
+        prefopt_gradsync_take_stats(dps.gs, &gst);
+        ex[3 * s] = gst.exposed, ex[3 * s + 1] = gst.finish, ex[3 * s + 2] = gst.gather;
+        early = gst.early;
         prefopt_region_exit("step");
         st[s] = prefopt_now() - t0;
         MPI_Allreduce(MPI_IN_PLACE, &loss, 1, MPI_DOUBLE, MPI_SUM, g.dp);
@@ -365,6 +376,16 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         tmax = fmax(tmax, meas[s]);
     }
     double tstep = median(meas, p->steps);
+    /* exposed communication of a step: the slowest rank's; the median over the measured steps */
+    MPI_Allreduce(MPI_IN_PLACE, ex, 3 * total, MPI_DOUBLE, MPI_MAX, g.world);
+    double exm[3];
+    for (int k = 0; k < 3; k++) {
+        double *col = prefopt_xmalloc(sizeof(double) * (size_t)p->steps, "communication times");
+        for (int s = 0; s < p->steps; s++)
+            col[s] = ex[3 * (p->warmup + s) + k];
+        exm[k] = median(col, p->steps);
+        free(col);
+    }
 
     double fwd = prefopt_model_forward_flops(pol, &R.b);
     const int Tt = p->prompt_len + (p->chosen_len > p->rejected_len ? p->chosen_len : p->rejected_len);
@@ -397,7 +418,7 @@ int prefopt_bench_run(const prefopt_bench_params *p)
 
     /* memory: the model-state lower bound of this rank (policy weights, gradients, two AdamW moments, the
      * reference's weights) against the peak resident set; activations from the resident growth of step 1 */
-    double state_mib = ((double)prefopt_model_weight_bytes(pol) + 12.0 * (double)n +
+    double state_mib = ((double)prefopt_model_weight_bytes(pol) + 4.0 * (double)n + 8.0 * (double)adam.nmom +
                         (double)prefopt_model_weight_bytes(ref)) / (1024.0 * 1024.0);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -435,6 +456,12 @@ int prefopt_bench_run(const prefopt_bench_params *p)
             printf(" %s %.4f/%.4f/%.4f,", phase_names[i], ph[i][0], ph[i][1], ph[i][2]);
         printf(" communication %.4f/%.4f/%.4f (%s)\n", comm[0], comm[1], comm[2],
                have_mpi ? "all MPI calls of the step" : "data-parallel all-reduce only");
+        if (g.dp_size > 1)
+            printf("data-parallel gradients (median per step, slowest rank): exposed communication %.4f s (%.4f waiting "
+                   "after backward) | %d buckets, %d started during backward | overlap %s | zero stage %d | %s on the "
+                   "wire | weight all-gather %.4f s\n",
+                   exm[0], exm[1], prefopt_gradsync_nbuckets(dps.gs), early, dps.overlap ? "on" : "off", dps.zero,
+                   dps.bf16 ? "bf16" : "fp32", exm[2]);
         if (have_mpi)
             printf("MPI time per step (avg over ranks, from libprefopt_pmpi): step %.4f s (%.1f%%), forward %.4f, "
                    "reference %.4f, backward %.4f, dp_allreduce %.4f, optimizer %.4f\n",
@@ -497,6 +524,14 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         cJSON_AddNumberToObject(o, "loss_first", loss_first);
         cJSON_AddNumberToObject(o, "loss_last", loss_last);
         cJSON_AddNumberToObject(o, "grad_norm_last", gnorm);
+        cJSON_AddBoolToObject(o, "overlap_grad_reduce", dps.overlap != 0);
+        cJSON_AddNumberToObject(o, "zero_stage", dps.zero);
+        cJSON_AddStringToObject(o, "grad_reduce_dtype", dps.bf16 ? "bf16" : "fp32");
+        cJSON_AddNumberToObject(o, "grad_buckets", prefopt_gradsync_nbuckets(dps.gs));
+        cJSON_AddNumberToObject(o, "grad_buckets_early", early);
+        cJSON_AddNumberToObject(o, "grad_comm_exposed_s", exm[0]);
+        cJSON_AddNumberToObject(o, "grad_comm_wait_s", exm[1]);
+        cJSON_AddNumberToObject(o, "param_gather_s", exm[2]);
         cJSON *phj = cJSON_AddObjectToObject(o, "phases_s");
         cJSON_AddItemToObject(phj, "step", mma(stepr[0], stepr[1], stepr[2]));
         for (int i = 0; i < NPHASES; i++)
@@ -530,6 +565,8 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     }
 
     free(st);
+    free(ex);
+    prefopt_dp_sync_free(&dps);
     free(dcomp), free(dall), free(fcomp), free(fall);
     prefopt_unit_stats_free(&pst);
     prefopt_unit_stats_free(&rst);

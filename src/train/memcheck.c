@@ -29,7 +29,9 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     free(specs);
     e->weights = 4.0 * params + (lay->bf16 ? 2.0 * mats : 0.0);
     e->grads = 4.0 * params;
-    e->adam = 8.0 * params;
+    const int dp = lay->dp > 1 ? lay->dp : 1;
+    e->adam = 8.0 * params / (lay->zero_stage ? dp : 1);
+    e->comm = dp > 1 ? (lay->bf16_comm ? e->grads : lay->zero_stage ? e->grads / dp : 0.0) : 0.0;
     e->reference = !lay->live_ref ? 0.0 : lay->bf16 && lay->ref_bf16_only ? 2.0 * mats + 4.0 * (params - mats) : e->weights;
     const double m = lay->micro_batch > 0 ? lay->micro_batch : 1, T = (double)(lay->seq_len > 0 ? lay->seq_len : 1);
     const double C = cfg->hidden_size, F = cfg->intermediate_size, H = cfg->num_heads, L = cfg->num_layers,
@@ -41,7 +43,7 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     double rows = floor(budget / (4.0 * T * V / tp));
     rows = rows < 1 ? 1 : rows > m ? m : rows;
     e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp);
-    double sum = e->weights + e->grads + e->adam + e->reference + e->activations;
+    double sum = e->weights + e->grads + e->adam + e->reference + e->activations + e->comm;
     e->workspace = 0.1 * sum;
     e->total = sum + e->workspace;
 }
@@ -179,6 +181,8 @@ int prefopt_memcheck_train(const prefopt_model_config *cfg, const prefopt_mem_la
             k += snprintf(fix + k, sizeof fix - (size_t)k, ", --activation-checkpoint");
         if (heavy_acts && lay->micro_batch > 1)
             k += snprintf(fix + k, sizeof fix - (size_t)k, ", a smaller --micro-batch-size");
+        if (lay->dp > 1 && !lay->zero_stage && e.adam > 0.2 * e.total)
+            k += snprintf(fix + k, sizeof fix - (size_t)k, ", --zero-stage 1");
         if (lay->live_ref)
             snprintf(fix + k, sizeof fix - (size_t)k, ", precomputed reference log-probs (prefopt eval --store-ref)");
         prefopt_err_set(err,

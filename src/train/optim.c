@@ -45,6 +45,8 @@ int prefopt_adamw_init(prefopt_adamw *opt, const prefopt_adamw_config *cfg, size
             free(all);
             return -1;
         }
+        if (r[i].count == 0) /* a tensor with no local piece on this rank (any offset: it holds nothing) */
+            continue;
         if (r[i].offset < pos) {
             prefopt_err_set(err, "AdamW: parameter ranges overlap at element %zu", r[i].offset);
             free(r);
@@ -66,7 +68,45 @@ int prefopt_adamw_init(prefopt_adamw *opt, const prefopt_adamw_config *cfg, size
     opt->nranges = na;
     opt->m = prefopt_xcalloc(n ? n : 1, sizeof(float), "AdamW first moments");
     opt->v = prefopt_xcalloc(n ? n : 1, sizeof(float), "AdamW second moments");
+    opt->nmom = n;
+    opt->npieces = na;
+    opt->pieces = prefopt_xmalloc(((size_t)na + 1) * sizeof *opt->pieces, "AdamW pieces");
+    opt->piece_mom = prefopt_xmalloc(((size_t)na + 1) * sizeof *opt->piece_mom, "AdamW pieces");
+    memcpy(opt->pieces, all, (size_t)na * sizeof *all);
+    for (int i = 0; i < na; i++)
+        opt->piece_mom[i] = all[i].offset;
     return 0;
+}
+
+void prefopt_adamw_set_shard(prefopt_adamw *opt, const size_t *off, const size_t *cnt, int nseg)
+{
+    size_t total = 0;
+    int np = 0;
+    for (int s = 0; s < nseg; s++)
+        for (int r = 0; r < opt->nranges; r++)
+            np += opt->ranges[r].offset < off[s] + cnt[s] && off[s] < opt->ranges[r].offset + opt->ranges[r].count;
+    free(opt->pieces);
+    free(opt->piece_mom);
+    opt->pieces = prefopt_xmalloc(((size_t)np + 1) * sizeof *opt->pieces, "AdamW pieces");
+    opt->piece_mom = prefopt_xmalloc(((size_t)np + 1) * sizeof *opt->piece_mom, "AdamW pieces");
+    opt->npieces = 0;
+    for (int s = 0; s < nseg; s++) {
+        for (int r = 0; r < opt->nranges; r++) {
+            const prefopt_param_range *q = &opt->ranges[r];
+            size_t lo = q->offset > off[s] ? q->offset : off[s];
+            size_t hi = q->offset + q->count < off[s] + cnt[s] ? q->offset + q->count : off[s] + cnt[s];
+            if (lo >= hi)
+                continue;
+            opt->pieces[opt->npieces] = (prefopt_param_range){lo, hi - lo, q->weight_decay, q->in_norm};
+            opt->piece_mom[opt->npieces++] = total + (lo - off[s]);
+        }
+        total += cnt[s];
+    }
+    free(opt->m);
+    free(opt->v);
+    opt->nmom = total;
+    opt->m = prefopt_xcalloc(total + 1, sizeof(float), "AdamW first moments (shard)");
+    opt->v = prefopt_xcalloc(total + 1, sizeof(float), "AdamW second moments (shard)");
 }
 
 void prefopt_adamw_free(prefopt_adamw *opt)
@@ -74,6 +114,8 @@ void prefopt_adamw_free(prefopt_adamw *opt)
     free(opt->m);
     free(opt->v);
     free(opt->ranges);
+    free(opt->pieces);
+    free(opt->piece_mom);
     memset(opt, 0, sizeof *opt);
 }
 
@@ -104,10 +146,10 @@ void prefopt_adamw_step(prefopt_adamw *opt, float *params, const float *grads, d
     const float eps = (float)opt->cfg.eps, fb1 = (float)b1, fb2 = (float)b2;
     const float omb1 = (float)(1 - b1), omb2 = (float)(1 - b2), gs = (float)grad_scale;
     const float decay = (float)(1 - lr * opt->cfg.weight_decay);
-    for (int r = 0; r < opt->nranges; r++) {
-        const size_t lo = opt->ranges[r].offset;
-        const float keep = opt->ranges[r].weight_decay && opt->cfg.weight_decay != 0 ? decay : 1.0f;
-        adamw_range(params + lo, grads + lo, opt->m + lo, opt->v + lo, opt->ranges[r].count, keep, gs, fb1, omb1, fb2,
+    for (int r = 0; r < opt->npieces; r++) {
+        const size_t lo = opt->pieces[r].offset, mo = opt->piece_mom[r];
+        const float keep = opt->pieces[r].weight_decay && opt->cfg.weight_decay != 0 ? decay : 1.0f;
+        adamw_range(params + lo, grads + lo, opt->m + mo, opt->v + mo, opt->pieces[r].count, keep, gs, fb1, omb1, fb2,
                     omb2, step_size, bc2_sqrt, eps);
     }
     opt->step = t;
@@ -218,6 +260,11 @@ double prefopt_sumsq(const float *x, const prefopt_param_range *ranges, int nran
         free(part);
     }
     return total;
+}
+
+double prefopt_adamw_shard_sumsq(const prefopt_adamw *opt, const float *x)
+{
+    return prefopt_sumsq(x, opt->pieces, opt->npieces);
 }
 
 double prefopt_global_norm(double local_sumsq, MPI_Comm comm)

@@ -26,6 +26,7 @@ typedef struct {
     prefopt_model *policy, *ref;
     prefopt_objective obj;
     prefopt_adamw adam;
+    prefopt_dp_sync dps; /* data-parallel gradient reduction and the (sharded) optimizer step */
     prefopt_schedule sched;
     prefopt_dataset *ds, *eval_ds;
     prefopt_ds_loader *loader;
@@ -213,6 +214,8 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
                 s.fcomp[u] = (float)s.dcomp[u];
                 s.fall[u] = (float)s.dall[u];
             }
+            if (k == nmax - 1)
+                prefopt_dp_sync_begin(&t->dps); /* the last backward: buckets start as it passes them */
             prefopt_model_backward(t->policy, s.fcomp, s.fall);
         }
         micro_release(&s);
@@ -348,7 +351,15 @@ static void save_checkpoint(trainer *t)
     prefopt_ckpt_opts o = {t->ckpt_dir, t->p->keep_last, &t->tok};
     char path[4200];
     double t0 = prefopt_now();
-    prefopt_ckpt_save(&o, t->policy, t->adam.m, t->adam.v, &st, path, sizeof path, &err);
+    /* whole logical moments in the file: with --zero-stage 1 the shards are gathered into the gradient buffer
+     * (idle between steps) and one more buffer */
+    size_t n = 0;
+    float *mfull = prefopt_model_grad_data(t->policy, &n), *vfull = NULL, *mom1, *mom2;
+    if (t->dps.zero && t->g.dp_size > 1)
+        vfull = prefopt_xmalloc(sizeof(float) * (n + 1), "AdamW moments for the checkpoint");
+    prefopt_dp_sync_full_moments(&t->dps, mfull, vfull, &mom1, &mom2);
+    prefopt_ckpt_save(&o, t->policy, mom1, mom2, &st, path, sizeof path, &err);
+    free(vfull);
     FAIL_IF(t, 0, &err);
     if (t->g.world_rank == 0) {
         printf("checkpoint: %s (%.2f s)\n", path, prefopt_now() - t0);
@@ -369,7 +380,18 @@ static int try_resume(trainer *t)
         snprintf(path, sizeof path, "%s", r);
     prefopt_err err = {0};
     prefopt_train_state st = {0};
-    prefopt_ckpt_load(path, t->policy, t->adam.m, t->adam.v, &st, &err);
+    size_t n = 0;
+    const int sharded = t->dps.zero && t->g.dp_size > 1;
+    float *mfull = sharded ? prefopt_model_grad_data(t->policy, &n) : t->adam.m, *vfull = t->adam.v;
+    if (sharded) /* whole moments in the file: loaded whole, then each replica keeps its shard */
+        vfull = prefopt_xmalloc(sizeof(float) * (n + 1), "AdamW moments from the checkpoint");
+    prefopt_ckpt_load(path, t->policy, mfull, vfull, &st, &err);
+    if (sharded && !err.set)
+        prefopt_dp_sync_load_moments(&t->dps, mfull, vfull);
+    if (sharded)
+        free(vfull);
+    if (sharded)
+        prefopt_model_zero_grad(t->policy);
     FAIL_IF(t, 0, &err);
     t->resumed_config = st.train_config;
     snprintf(t->resumed_from, sizeof t->resumed_from, "%s", path);
@@ -521,7 +543,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     prefopt_mem_layout ml = {p->grid_rows * p->grid_cols, t->micro,
                              prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
                              p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
-                             prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0)};
+                             prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0), dp, p->dpsync.zero_stage,
+                             p->dpsync.reduce_dtype && !strcmp(p->dpsync.reduce_dtype, "bf16")};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
@@ -529,11 +552,12 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         const double M = 1.0 / (1 << 20);
         printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | reference: %s\n"
                "memory per rank (estimated before allocating, rows up to %lld tokens): weights %.1f MiB, grads %.1f, "
-               "AdamW %.1f, reference %.1f, activations %.1f, workspace %.1f => %.1f MiB\n",
+               "AdamW %.1f%s, reference %.1f, activations %.1f, dp buffers %.1f, workspace %.1f => %.1f MiB\n",
                cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
                t->live_ref ? "model on the same ranks" : precomputed ? "precomputed log-probs" : "none",
-               (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M, me.reference * M,
-               me.activations * M, me.workspace * M, me.total * M);
+               (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M,
+               p->dpsync.zero_stage && dp > 1 ? " (1/dp shard)" : "", me.reference * M, me.activations * M,
+               me.comm * M, me.workspace * M, me.total * M);
         fflush(stdout);
     }
 
@@ -579,6 +603,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     prefopt_adamw_init(&t->adam, &ac, n, ranges, nranges, &err);
     free(ranges);
     FAIL_IF(t, 0, &err);
+    if (prefopt_dp_sync_init(&t->dps, &p->dpsync, t->policy, &t->adam, &t->g, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
 
     t->loader = make_loader(t, t->ds, p->batch_size, t->micro, 1, 1);
     int64_t spe = prefopt_ds_loader_steps_per_epoch(t->loader);
@@ -604,6 +630,7 @@ static void teardown(trainer *t)
     prefopt_dataset_close(t->ds);
     if (t->eval_ds)
         prefopt_dataset_close(t->eval_ds);
+    prefopt_dp_sync_free(&t->dps);
     prefopt_adamw_free(&t->adam);
     prefopt_model_free(t->policy);
     if (t->ref)
@@ -646,9 +673,6 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     try_resume(t);
     record_config(t);
 
-    size_t n = 0;
-    float *params = prefopt_model_param_data(t->policy, &n);
-    float *grads = prefopt_model_grad_data(t->policy, &n);
     int nranges = 0;
     prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
     double t_start = prefopt_now();
@@ -684,9 +708,11 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         prefopt_metrics_reset(&m);
         prefopt_model_zero_grad(t->policy);
         int nonfinite = 0;
+        double t_bwd_end = 0;
         run_step_batches(t, &st, &m, 1, &nonfinite, &flops);
-        prefopt_model_allreduce_grads(t->policy);
-        double norm = prefopt_global_norm(prefopt_sumsq(grads, ranges, nranges), t->g.tp);
+        t_bwd_end = prefopt_now();
+        double norm = prefopt_dp_sync_grads(&t->dps, ranges, nranges);
+        double t_sync = prefopt_now() - t_bwd_end;
         int bad = nonfinite || !isfinite(norm);
         MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, t->g.world);
         double lr = prefopt_schedule_lr(&t->sched, t->step);
@@ -734,8 +760,10 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             continue;
         }
         consecutive_bad = 0;
-        prefopt_adamw_step(&t->adam, params, grads, lr, prefopt_clip_coef(norm, p->optim.max_grad_norm));
+        prefopt_dp_sync_step(&t->dps, lr, prefopt_clip_coef(norm, p->optim.max_grad_norm));
         prefopt_model_weights_changed(t->policy); /* bf16: the copies, once per optimizer step */
+        prefopt_gradsync_stats gst;
+        prefopt_gradsync_take_stats(t->dps.gs, &gst);
         if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step))
             prefopt_model_mix_weights(t->ref, t->policy, (float)t->obj.p.ref_mixup_alpha);
         double dt = prefopt_now() - t0;
@@ -750,6 +778,16 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         cJSON_AddNumberToObject(o, "tokens_per_s", red[0] / dt);
         cJSON_AddNumberToObject(o, "gflops", red[1] / dt * 1e-9);
         cJSON_AddNumberToObject(o, "mfu", red[1] / dt / (t->peak * t->g.world_size));
+        if (t->g.dp_size > 1) {
+            /* communication backward did not hide (polls during backward, the wait after it, the norm's reduction),
+             * and the distributed optimizer's weight gather: the slowest rank's */
+            double ex[3] = {gst.exposed, t_sync - gst.finish, gst.gather};
+            MPI_Reduce(t->g.world_rank ? ex : MPI_IN_PLACE, ex, 3, MPI_DOUBLE, MPI_MAX, 0, t->g.world);
+            cJSON_AddNumberToObject(o, "grad_comm_exposed_s", ex[0] + ex[1]);
+            cJSON_AddNumberToObject(o, "param_gather_s", ex[2]);
+            cJSON_AddNumberToObject(o, "grad_buckets", gst.nbuckets);
+            cJSON_AddNumberToObject(o, "grad_buckets_early", gst.early); /* rank 0's: started during backward */
+        }
         if (skipped)
             cJSON_AddNumberToObject(o, "skipped_steps", (double)skipped);
         log_line(t, o);

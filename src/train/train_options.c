@@ -75,5 +75,9 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
     k = prefopt_optim_options(o + n, max - n, &p->optim);
     if (k < 0)
         return -1;
+    n += k;
+    k = prefopt_dp_options(o + n, max - n, &p->dpsync);
+    if (k < 0)
+        return -1;
     return n + k;
 }

@@ -20,7 +20,7 @@ import sys
 # layer -> (folders, public headers of include/prefopt/)
 LAYERS = {
     "base": (["src/base"], ["common.h", "opts.h", "unit_stats.h", "files.h"]),
-    "dist": (["src/dist"], ["agree.h", "grid.h", "dmat.h", "regions.h", "gemm_local.h"]),
+    "dist": (["src/dist"], ["agree.h", "grid.h", "dmat.h", "regions.h", "gemm_local.h", "gradsync.h"]),
     "objectives": (["src/objectives"], ["objectives.h", "metrics.h"]),
     "tokenizer": (["src/tokenizer"], ["tokenizer.h", "chat_template.h"]),
     "model": (["src/model"], ["model.h"]),
