@@ -3,6 +3,7 @@
  * hand, summed in fp32 in rank order and, for zero 0, rounded once more: bit for bit. Buckets close at layer-like
  * boundaries; 3 ranks make shards of unequal size. Overlapped (buckets started through the ready hook, in pieces)
  * and blocking runs give bit-identical results. The weight all-gather and the shard gather/copy round trip. */
+#include "prefopt/gemm_local.h"
 #include "prefopt/gradsync.h"
 
 #include <math.h>
@@ -72,11 +73,11 @@ int main(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 
     /* bf16 rounding: ties to even, NaN and infinity kept */
-    CHECK(prefopt_bf16_round(1.0f) == 0x3f80 && prefopt_bf16_widen(0x3f80) == 1.0f, "bf16 of 1");
+    CHECK(prefopt_bf16_round(1.0f) == 0x3f80 && prefopt_bf16_value(0x3f80) == 1.0f, "bf16 of 1");
     CHECK(prefopt_bf16_round(1.0f + 0x1p-8f) == 0x3f80, "1 + 2^-8 (a tie) rounds to even 1");
     CHECK(prefopt_bf16_round(1.0f + 0x1p-8f + 0x1p-20f) == 0x3f81, "just above the tie rounds up");
     CHECK(prefopt_bf16_round(1.0f + 3 * 0x1p-8f) == 0x3f82, "1 + 3*2^-8 (a tie) rounds to even 1 + 2^-6");
-    CHECK(isnan(prefopt_bf16_widen(prefopt_bf16_round(NAN))) && isinf(prefopt_bf16_widen(prefopt_bf16_round(INFINITY))),
+    CHECK(isnan(prefopt_bf16_value(prefopt_bf16_round(NAN))) && isinf(prefopt_bf16_value(prefopt_bf16_round(INFINITY))),
           "NaN and infinity");
     int agree = 1;
     for (uint32_t k = 0; k < 200000; k++) {
@@ -94,7 +95,7 @@ int main(int argc, char **argv)
         for (int r = 0; r < size; r++) {
             s += input(r, i);
             sa += fabs(input(r, i));
-            b += prefopt_bf16_widen(bf16_by_hand(input(r, i)));
+            b += prefopt_bf16_value(bf16_by_hand(input(r, i)));
         }
         ref[i] = s;
         refabs[i] = sa;
@@ -121,7 +122,7 @@ int main(int argc, char **argv)
             size_t owned = 0;
             for (int s = 0; s < nseg; s++)
                 for (size_t i = off[s]; i < off[s] + cnt[s]; i++, owned++) {
-                    double want = bf16 ? (zero ? (double)bref[i] : (double)prefopt_bf16_widen(bf16_by_hand(bref[i])))
+                    double want = bf16 ? (zero ? (double)bref[i] : (double)prefopt_bf16_value(bf16_by_hand(bref[i])))
                                        : ref[i];
                     /* fp32: size - 1 additions in some order, each off by at most 2^-24 of a partial sum */
                     double tol = bf16 ? 0 : (double)size * 0x1p-24 * refabs[i];

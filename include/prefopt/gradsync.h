@@ -83,8 +83,5 @@ void prefopt_gradsync_take_stats(prefopt_gradsync *gs, prefopt_gradsync_stats *s
 void prefopt_gradsync_gather_shards(prefopt_gradsync *gs, const float *shard, float *full);
 void prefopt_gradsync_copy_shard(const prefopt_gradsync *gs, const float *full, float *shard);
 
-/* bf16 rounding (nearest even, NaN kept NaN) and widening, exposed for tests. */
-unsigned short prefopt_bf16_round(float x);
-float prefopt_bf16_widen(unsigned short b);
 
 #endif

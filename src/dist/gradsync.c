@@ -1,6 +1,7 @@
 /* Bucketed data-parallel gradient reduction overlapped with backward by polling, the distributed optimizer's
  * reduce-scatter and all-gather, and bf16 communication with fp32 sums (see gradsync.h). */
 #include "prefopt/gradsync.h"
+#include "prefopt/gemm_local.h"
 
 #include "prefopt/common.h"
 
@@ -38,23 +39,6 @@ struct prefopt_gradsync {
     double t_exposed, t_finish, t_gather;
 };
 
-unsigned short prefopt_bf16_round(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu))
-        return (unsigned short)((u >> 16) | 0x0040u); /* NaN stays a (quiet) NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
-float prefopt_bf16_widen(unsigned short b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
 
 prefopt_gradsync *prefopt_gradsync_create(float *grads, size_t n, const size_t *bounds, int nbounds, MPI_Comm dp,
                                           const prefopt_gradsync_opts *o)
@@ -188,7 +172,7 @@ static void complete_p1(prefopt_gradsync *gs, bucket *b)
         for (int i = 0; i < c; i++) {
             float s = 0;
             for (int q = 0; q < gs->dp; q++)
-                s += prefopt_bf16_widen(r[(size_t)q * c + i]);
+                s += prefopt_bf16_value(r[(size_t)q * c + i]);
             if (gs->o.zero)
                 mine[i] = s;
             else
@@ -214,7 +198,7 @@ static void complete_p2(prefopt_gradsync *gs, bucket *b)
     float *g = gs->g + b->lo;
     const uint16_t *s = gs->sbuf + b->lo;
     for (size_t i = 0; i < b->nb; i++)
-        g[i] = prefopt_bf16_widen(s[i]);
+        g[i] = prefopt_bf16_value(s[i]);
     b->state = B_DONE;
 }
 
