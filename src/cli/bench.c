@@ -2,11 +2,14 @@
 #include "prefopt/agree.h"
 #include "prefopt/bench.h"
 #include "prefopt/opts.h"
+#include "prefopt/trace.h"
+
+#include <string.h>
 
 int prefopt_cmd_bench(int argc, char **argv)
 {
     static prefopt_bench_params p;
-    const prefopt_opt opts[] = {
+    const prefopt_opt base[] = {
         {"shape", PREFOPT_OPT_STRING, &p.shape, "gpt2-small", "gpt2-small, tiny, llama-1b, llama-7b or custom"},
         {"arch", PREFOPT_OPT_STRING, &p.arch, "gpt2", "with --shape custom: gpt2 or llama"},
         {"n-layer", PREFOPT_OPT_INT, &p.n_layer, "0", "layers (0: the shape's)"},
@@ -44,7 +47,11 @@ int prefopt_cmd_bench(int argc, char **argv)
         {"table", PREFOPT_OPT_FLAG, &p.table, "1", "print the region table (min/avg/max over ranks)"},
         {"json", PREFOPT_OPT_STRING, &p.json, "", "also append the JSON line to this file"},
     };
-    const int nopts = (int)(sizeof opts / sizeof opts[0]);
+    static prefopt_opt opts[64];
+    static prefopt_trace_params tp;
+    int nopts = (int)(sizeof base / sizeof base[0]);
+    memcpy(opts, base, sizeof base);
+    nopts += prefopt_trace_options(opts + nopts, 64 - nopts, &tp, 0);
     char msg[1024];
     int rc = prefopt_opts_parse("bench",
                                 "Time DPO steps (policy forward+backward, reference forward, loss, data-parallel "
@@ -59,5 +66,10 @@ int prefopt_cmd_bench(int argc, char **argv)
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
-    return prefopt_bench_run(&p);
+    prefopt_err terr = {0};
+    if (prefopt_trace_start(&tp, MPI_COMM_WORLD, &terr))
+        prefopt_exit_error(&terr, PREFOPT_EXIT_USAGE);
+    rc = prefopt_bench_run(&p);
+    prefopt_trace_finish();
+    return rc;
 }

@@ -1,6 +1,7 @@
 /* prefopt eval: options (command line and INI job file) to the evaluation driver in src/train/eval.c. */
 #include "prefopt/agree.h"
 #include "prefopt/eval.h"
+#include "prefopt/trace.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -25,6 +26,8 @@ int prefopt_cmd_eval(int argc, char **argv)
     int nopts = (int)(sizeof base / sizeof base[0]);
     memcpy(opts, base, sizeof base);
     nopts += prefopt_objective_options(opts + nopts, 64 - nopts, &p->obj);
+    static prefopt_trace_params tp;
+    nopts += prefopt_trace_options(opts + nopts, 64 - nopts, &tp, 1);
     char msg[1024];
     prefopt_err err = {0};
     int rc = prefopt_opts_parse("eval",
@@ -41,5 +44,9 @@ int prefopt_cmd_eval(int argc, char **argv)
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
-    return prefopt_eval_run(p);
+    if (prefopt_trace_start(&tp, MPI_COMM_WORLD, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    rc = prefopt_eval_run(p);
+    prefopt_trace_finish();
+    return rc;
 }

@@ -2,6 +2,7 @@
  * and the Llama family over the layers (layers.c, attention.c, head.c), plus the data-parallel gradient sum and
  * the FLOP count. Parameters are in params.c, generation in decode.c. */
 #include "model_internal.h"
+#include "prefopt/regions.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -206,6 +207,7 @@ static void copy_dmat(prefopt_dmat *dst, const prefopt_dmat *src)
 static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x, prefopt_dmat *xout)
 {
     const layer_params *P = &m->layers[l];
+    prefopt_region_enter_n("layer", l);
     pf_norm_forward(m, &A->n1, A->n1_mean, A->n1_rstd, x, P->ln1_w, P->ln1_b);
     pf_linear_forward(&A->q, &A->n1, P->wq, P->bq, 0.0f);
     pf_linear_forward(&A->k, &A->n1, P->wk, P->bk, 0.0f);
@@ -214,10 +216,12 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         pf_rope_apply(m, &A->q, 0);
         pf_rope_apply(m, &A->k, 0);
     }
+    prefopt_region_enter("attention");
     if (m->decoding)
         pf_attention_cached(m, l, &A->y, &A->q, &A->k, &A->v);
     else
         pf_attention_forward(m, &A->y, A->att, &A->q, &A->k, &A->v);
+    prefopt_region_exit("attention");
     copy_dmat(&A->xmid, x);
     pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
     pf_norm_forward(m, &A->n2, A->n2_mean, A->n2_rstd, &A->xmid, P->ln2_w, P->ln2_b);
@@ -227,12 +231,14 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
     pf_mlp_act_forward(m, &A->a, &A->h1, &A->h2);
     copy_dmat(xout, &A->xmid);
     pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
+    prefopt_region_exit("layer");
 }
 
 /* m->dx holds d loss / d (layer output) on entry and d loss / d (layer input) on return. */
 static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x)
 {
     const layer_params *P = &m->layers[l];
+    prefopt_region_enter_n("layer", l);
     pf_linear_backward(m, &m->da, 0.0f, &m->dx, &A->a, P->wdown, P->bdown);
     pf_mlp_act_backward(m, &m->dh1, &m->dh2, &m->da, &A->h1, &A->h2);
     pf_linear_backward(m, &m->dn, 0.0f, &m->dh1, &A->n2, P->wfc, P->bfc);
@@ -240,7 +246,9 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
         pf_linear_backward(m, &m->dn, 1.0f, &m->dh2, &A->n2, P->wup, NULL);
     pf_norm_backward(m, &m->dx, &m->dn, &A->xmid, A->n2_mean, A->n2_rstd, P->ln2_w, P->ln2_b);
     pf_linear_backward(m, &m->dy, 0.0f, &m->dx, &A->y, P->wo, P->bo);
+    prefopt_region_enter("attention");
     pf_attention_backward(m, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
+    prefopt_region_exit("attention");
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
         pf_rope_apply(m, &m->dq, 1);
         pf_rope_apply(m, &m->dk, 1);
@@ -249,6 +257,7 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
     pf_linear_backward(m, &m->dn, 1.0f, &m->dk, &A->n1, P->wk, P->bk);
     pf_linear_backward(m, &m->dn, 1.0f, &m->dv, &A->n1, P->wv, P->bv);
     pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
+    prefopt_region_exit("layer");
 }
 
 /* embeddings, blocks and the final norm: m->xf holds the normed hidden states of every token */
@@ -271,7 +280,9 @@ int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit
 {
     if (pf_run_trunk(m, b, err))
         return -1;
+    prefopt_region_enter("lm_head");
     pf_head_forward(m, out);
+    prefopt_region_exit("lm_head");
     return 0;
 }
 
@@ -285,7 +296,9 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
                                                                      : "the model was made without gradients");
     const int L = m->cfg.num_layers;
     memset(m->vscr, 0, m->vscr_count * sizeof(float));
+    prefopt_region_enter("lm_head");
     pf_head_backward(m, d_completion, d_all); /* d xf -> m->dn */
+    prefopt_region_exit("lm_head");
     memset(m->dx.data, 0, prefopt_dmat_local_size(&m->dx) * sizeof(float));
     pf_norm_backward(m, &m->dx, &m->dn, &m->xs[L], m->nf_mean, m->nf_rstd, m->lnf_w, m->lnf_b);
     for (int l = L - 1; l >= 0; l--) {
@@ -332,7 +345,9 @@ void prefopt_model_allreduce_grads(prefopt_model *m)
     const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20;
     for (size_t off = 0; off < m->flat_count; off += bucket) {
         size_t n = m->flat_count - off < bucket ? m->flat_count - off : bucket;
+        prefopt_region_enter_n("bucket", (int)(off / bucket));
         MPI_Allreduce(MPI_IN_PLACE, m->grad_data + off, (int)n, MPI_FLOAT, MPI_SUM, m->g->dp);
+        prefopt_region_exit("bucket");
     }
 }
 

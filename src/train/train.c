@@ -6,7 +6,9 @@
 #include "prefopt/banner.h"
 #include "prefopt/memcheck.h"
 #include "prefopt/metrics.h"
+#include "prefopt/regions.h"
 #include "prefopt/runctl.h"
+#include "prefopt/trace.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -188,7 +190,9 @@ static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb
 {
     prefopt_err err = {0};
     int nu = mb->b.nunits;
+    prefopt_region_enter("forward");
     prefopt_model_forward(t->policy, &mb->b, &s->pol, &err);
+    prefopt_region_exit("forward");
     /* a bad batch (token id beyond the vocabulary) is reported by every rank of the grid alike */
     if (prefopt_agree(t->g.tp, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
@@ -196,7 +200,9 @@ static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb
         return;
     if (t->live_ref) {
         prefopt_unit_stats_alloc(&s->refst, nu);
+        prefopt_region_enter("reference");
         prefopt_model_forward(t->ref, &mb->b, &s->refst, &err);
+        prefopt_region_exit("reference");
         if (prefopt_agree(t->g.tp, &err))
             prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
         memcpy(s->ref_logp, s->refst.logp_completion, sizeof(double) * (size_t)nu);
@@ -262,8 +268,10 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
             continue;
         double loss = 0;
         prefopt_err err = {0};
+        prefopt_region_enter("loss");
         if (prefopt_objective_eval(&loss, s.dcomp, s.dall, NULL, met, &t->obj, &s.ob, &norm, &err))
             prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* a layout mismatch: the same on every rank */
+        prefopt_region_exit("loss");
         int finite = isfinite(loss);
         for (int u = 0; u < mb->b.nunits && finite; u++)
             finite = isfinite(s.dcomp[u]) && isfinite(s.dall[u]);
@@ -275,7 +283,9 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
                 s.fcomp[u] = (float)s.dcomp[u];
                 s.fall[u] = (float)s.dall[u];
             }
+            prefopt_region_enter("backward");
             prefopt_model_backward(t->policy, s.fcomp, s.fall);
+            prefopt_region_exit("backward");
         }
         micro_release(&s);
     }
@@ -305,6 +315,7 @@ static prefopt_ds_loader *make_loader(trainer *t, prefopt_dataset *ds, int globa
  * per-batch losses (each normalised over its own batch). */
 static void evaluate(trainer *t)
 {
+    prefopt_region_enter("eval");
     const int dp = t->g.dp_size;
     /* file order, every example once: the last batch takes the remainder (replicas may get none) */
     const int global = t->eval_micro * dp;
@@ -316,7 +327,9 @@ static void evaluate(trainer *t)
     for (int64_t s = 0; s < steps; s++) {
         prefopt_ds_step st;
         prefopt_err err = {0};
+        prefopt_region_enter("data_read");
         prefopt_ds_loader_next(L, &st, &err);
+        prefopt_region_exit("data_read");
         FAIL_IF(t, 0, &err);
         prefopt_metrics m;
         prefopt_metrics_reset(&m);
@@ -353,6 +366,7 @@ static void evaluate(trainer *t)
         fflush(stdout);
     }
     log_line(t, o);
+    prefopt_region_exit("eval");
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------------------------ */
@@ -409,7 +423,9 @@ static void save_checkpoint(trainer *t)
     prefopt_ckpt_opts o = {t->ckpt_dir, t->p->keep_last, &t->tok};
     char path[4200];
     double t0 = prefopt_now();
+    prefopt_region_enter("checkpoint_write");
     prefopt_ckpt_save(&o, t->policy, t->adam.m, t->adam.v, &st, path, sizeof path, &err);
+    prefopt_region_exit("checkpoint_write");
     FAIL_IF(t, 0, &err);
     if (t->g.world_rank == 0) {
         printf("checkpoint: %s (%.2f s)\n", path, prefopt_now() - t0);
@@ -677,10 +693,14 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             rc = PREFOPT_EXIT_REQUEUE;
             break;
         }
+        prefopt_trace_step(t->step + 1);
+        prefopt_region_enter("step");
         double t0 = prefopt_now();
         prefopt_ds_step st;
         prefopt_err err = {0};
+        prefopt_region_enter("data_read");
         prefopt_ds_loader_next(t->loader, &st, &err);
+        prefopt_region_exit("data_read");
         FAIL_IF(t, 0, &err);
         double tokens = 0, flops = 0;
         for (int k = 0; k < st.nmicro; k++)
@@ -690,7 +710,9 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         prefopt_model_zero_grad(t->policy);
         int nonfinite = 0;
         run_step_batches(t, &st, &m, 1, &nonfinite, &flops);
+        prefopt_region_enter("grad_reduce");
         prefopt_model_allreduce_grads(t->policy);
+        prefopt_region_exit("grad_reduce");
         double norm = prefopt_global_norm(prefopt_sumsq(grads, ranges, nranges), t->g.tp);
         int bad = nonfinite || !isfinite(norm);
         MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, t->g.world);
@@ -736,10 +758,13 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
                                 consecutive_bad, t->step);
                 prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
             }
+            prefopt_region_exit("step");
             continue;
         }
         consecutive_bad = 0;
+        prefopt_region_enter("optimizer");
         prefopt_adamw_step(&t->adam, params, grads, lr, prefopt_clip_coef(norm, p->optim.max_grad_norm));
+        prefopt_region_exit("optimizer");
         if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step))
             prefopt_model_mix_weights(t->ref, t->policy, (float)t->obj.p.ref_mixup_alpha);
         double dt = prefopt_now() - t0;
@@ -765,6 +790,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             evaluate(t);
         if (p->save_interval > 0 && t->step % p->save_interval == 0 && t->step < t->total_steps)
             save_checkpoint(t);
+        prefopt_region_exit("step");
     }
     free(ranges);
     if (rc == PREFOPT_EXIT_OK) {
