@@ -138,9 +138,6 @@ static int read_rank(pf_export *x, const char *dir, int rank, prefopt_err *err)
                 rmap = m, nrmap = nn;
             }
             rmap[r.id] = pf_x_region(x, name);
-            /* the base name (without the index) for the summary's paths */
-            name[l] = '\0';
-            pf_x_region(x, name);
             continue;
         }
         if (r.kind == PF_REC_DEF_COMM) {

@@ -208,7 +208,12 @@ void pf_summary_rank(pf_summary *s, pf_export *x, int r)
             break;
         case PF_REC_MPI: {
             int path = depth > 0 && depth <= 256 ? stack[depth - 1] : path_id(s, "(outside regions)");
-            int k = key_id(s, path, v->call, v->id);
+            /* communicators by role: the DP groups of every grid position are one row ("dp") */
+            int cn = -1;
+            for (int c = 0; v->id >= 0 && c <= v->id && cn < 0; c++)
+                if (!strcmp(x->comm[c].name, x->comm[v->id].name))
+                    cn = c;
+            int k = key_id(s, path, v->call, cn);
             double d = v->t1 - v->t0;
             double *kv = s->k[k].v + (size_t)r * 4;
             kv[0] += 1, kv[1] += d, kv[2] += (double)v->bytes;
