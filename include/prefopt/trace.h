@@ -48,8 +48,8 @@ int prefopt_trace_active(void);
  * the program did not name (BLACS's duplicates) get the name of a congruent named one. */
 void prefopt_trace_name_comm(MPI_Comm c, const char *name);
 
-/* Rebuilds DIR's OTF2 archive, trace.json and summary from DIR/spool (serial; any run, finished or not). Prints
- * the summary (per step critical path and compute / exposed communication / I/O shares per rank) to f. */
-int prefopt_trace_export(const char *dir, FILE *f, prefopt_err *err);
+/* What prefopt_trace_finish runs on rank 0 once every spool is complete (io/trace sets prefopt_trace_export:
+ * the recorder, in src/dist, does not write the archive formats itself). */
+void prefopt_trace_set_exporter(int (*fn)(const char *dir, FILE *f, prefopt_err *err));
 
 #endif

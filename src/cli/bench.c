@@ -2,7 +2,7 @@
 #include "prefopt/agree.h"
 #include "prefopt/bench.h"
 #include "prefopt/opts.h"
-#include "prefopt/trace.h"
+#include "prefopt/trace_export.h"
 
 #include <string.h>
 
@@ -67,7 +67,7 @@ int prefopt_cmd_bench(int argc, char **argv)
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
     prefopt_err terr = {0};
-    if (prefopt_trace_start(&tp, MPI_COMM_WORLD, &terr))
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &terr))
         prefopt_exit_error(&terr, PREFOPT_EXIT_USAGE);
     rc = prefopt_bench_run(&p);
     prefopt_trace_finish();

@@ -1,7 +1,7 @@
 /* prefopt eval: options (command line and INI job file) to the evaluation driver in src/train/eval.c. */
 #include "prefopt/agree.h"
 #include "prefopt/eval.h"
-#include "prefopt/trace.h"
+#include "prefopt/trace_export.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -44,7 +44,7 @@ int prefopt_cmd_eval(int argc, char **argv)
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
-    if (prefopt_trace_start(&tp, MPI_COMM_WORLD, &err))
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     rc = prefopt_eval_run(p);
     prefopt_trace_finish();

@@ -2,7 +2,7 @@
 #include "prefopt/agree.h"
 #include "prefopt/generate.h"
 #include "prefopt/opts.h"
-#include "prefopt/trace.h"
+#include "prefopt/trace_export.h"
 
 #include <string.h>
 
@@ -59,7 +59,7 @@ int prefopt_cmd_generate(int argc, char **argv)
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
     prefopt_err terr = {0};
-    if (prefopt_trace_start(&tp, MPI_COMM_WORLD, &terr))
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &terr))
         prefopt_exit_error(&terr, PREFOPT_EXIT_USAGE);
     rc = prefopt_generate_run(p);
     prefopt_trace_finish();

@@ -2,7 +2,7 @@
  * (a run that died leaves them up to its last flushed step), prints the summary and draws DIR/timeline.png. */
 #include "prefopt/agree.h"
 #include "prefopt/opts.h"
-#include "prefopt/trace.h"
+#include "prefopt/trace_export.h"
 
 #include <stdio.h>
 #include <stdlib.h>

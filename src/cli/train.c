@@ -1,5 +1,5 @@
 /* prefopt train: options (command line and INI job file) to the training loop in src/train/train.c. */
-#include "prefopt/trace.h"
+#include "prefopt/trace_export.h"
 #include "prefopt/train.h"
 
 #include <stdio.h>
@@ -28,7 +28,7 @@ int prefopt_cmd_train(int argc, char **argv)
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
     prefopt_err err = {0};
-    if (prefopt_trace_start(&tp, MPI_COMM_WORLD, &err))
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     rc = prefopt_train_run(&p, opts, n);
     prefopt_trace_finish();

@@ -10,12 +10,6 @@
 #include <dlfcn.h>
 #include <string.h>
 
-#define PF_NAME(n, k) "MPI_" #n,
-const char *const pf_trace_call_name[PF_MPI_NCALLS] = {PF_TRACE_CALLS(PF_NAME)};
-#undef PF_NAME
-#define PF_KIND(n, k) PF_KIND_##k,
-const int pf_trace_call_kind[PF_MPI_NCALLS] = {PF_TRACE_CALLS(PF_KIND)};
-#undef PF_KIND
 
 static void *resolve(const char *name, void *fallback)
 {

@@ -3,6 +3,8 @@
 #ifndef PREFOPT_TRACE_INTERNAL_H
 #define PREFOPT_TRACE_INTERNAL_H
 
+#include "prefopt/common.h"
+
 #include <mpi.h>
 #include <stdint.h>
 
@@ -52,5 +54,10 @@ void pf_trace_comm_freed(MPI_Comm c);
 void pf_trace_region(const char *name, int index, int enter);
 /* Wall time as the trace counts it. */
 double pf_trace_now(void);
+/* The recorder's side of prefopt_trace_start / _step (trace.c agrees on errors; the recorder cannot). */
+int pf_trace_rec_open(const char *dir, MPI_Comm world, int pcontrol, prefopt_err *err);
+void pf_trace_rec_abandon(void);
+void pf_trace_rec_go(long first);
+void pf_trace_rec_step(long step, int in_window);
 
 #endif

@@ -3,7 +3,7 @@
  * thread) and hands the events to the summary (trace_summary.c). Serial on one process: run at the end of a
  * traced run by rank 0, or by `prefopt trace-summary DIR` after any run. */
 #define _GNU_SOURCE
-#include "prefopt/trace.h"
+#include "prefopt/trace_export.h"
 
 #include "trace_internal.h"
 #include "trace_summary.h"
@@ -412,6 +412,12 @@ static void json_rank(FILE *f, const pf_export *x, int rank, int *first)
     }
     for (; depth > 0; depth--) /* regions a killed rank left open end at its last event (E closes the innermost) */
         fprintf(f, ",\n{\"ph\":\"E\",\"ts\":%.3f,\"pid\":%d,\"tid\":0}", last * 1e6, rank);
+}
+
+int prefopt_trace_begin(const prefopt_trace_params *p, MPI_Comm world, prefopt_err *err)
+{
+    prefopt_trace_set_exporter(prefopt_trace_export);
+    return prefopt_trace_start(p, world, err);
 }
 
 /* ---- the export ----------------------------------------------------------------------------------------- */
