@@ -11,23 +11,62 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static struct {
     long first, last;
     int pcontrol, in_window, on;
-} C = {1, 0x7fffffffL, 0, 0, 0};
+    int perf_ctl, perf_ack; /* perf record --control fifos (PREFOPT_PERF_CTL=CTL:ACK), -1 when not used */
+} C = {1, 0x7fffffffL, 0, 0, 0, -1, -1};
+
+/* perf/profile.sh samples only the step window: perf starts with its events off (-D -1) and is told "enable" /
+ * "disable" through its control fifo here, acknowledged on the ack fifo. */
+static void perf_window(int on)
+{
+    if (C.perf_ctl < 0)
+        return;
+    const char *cmd = on ? "enable\n" : "disable\n";
+    if (write(C.perf_ctl, cmd, strlen(cmd)) < 0)
+        return;
+    char ack[16];
+    if (C.perf_ack >= 0 && read(C.perf_ack, ack, sizeof ack) < 0)
+        return;
+}
+
+static void perf_open(void)
+{
+    const char *e = getenv("PREFOPT_PERF_CTL");
+    if (!e || !*e || C.perf_ctl >= 0)
+        return;
+    char ctl[4096];
+    snprintf(ctl, sizeof ctl, "%s", e);
+    char *colon = strchr(ctl, ':');
+    if (colon)
+        *colon = '\0';
+    C.perf_ctl = open(ctl, O_WRONLY | O_CLOEXEC);
+    C.perf_ack = colon ? open(colon + 1, O_RDONLY | O_CLOEXEC) : -1;
+    if (C.perf_ctl < 0)
+        fprintf(stderr, "prefopt: warning: PREFOPT_PERF_CTL %s: %s (perf samples the whole run)\n", ctl,
+                strerror(errno));
+}
 
 int prefopt_trace_options(prefopt_opt *out, int max, prefopt_trace_params *p, int with_pcontrol)
 {
     const char *env = getenv("PREFOPT_TRACE");
     static char def[4096];
     snprintf(def, sizeof def, "%s", env ? env : "");
+    static char sdef[64];
+    const char *senv = getenv("PREFOPT_TRACE_STEPS");
+    snprintf(sdef, sizeof sdef, "%s", senv ? senv : "");
     const prefopt_opt o[] = {
         {"trace", PREFOPT_OPT_STRING, &p->dir, def,
          "write per-rank timelines of regions and MPI calls to DIR: OTF2 archive (DIR/otf2), Chrome/Perfetto JSON "
          "(DIR/trace.json), MPI summary (DIR/summary.txt); default $PREFOPT_TRACE"},
-        {"trace-steps", PREFOPT_OPT_STRING, &p->steps, "", "trace only steps A:B (1-based, inclusive; A: = from A)"},
+        {"trace-steps", PREFOPT_OPT_STRING, &p->steps, sdef,
+         "trace (and MPI_Pcontrol / perf/profile.sh sample) only steps A:B (1-based, inclusive; A: = from A); "
+         "default $PREFOPT_TRACE_STEPS"},
         {"pcontrol", PREFOPT_OPT_STRING, &p->pcontrol, "off",
          "MPI_Pcontrol for site tools: window = (1)/(0) around the traced steps (mpiP -o, TAU, Extrae); named = "
          "also (+1/-1, region) per region (IPM); off"},
@@ -104,16 +143,21 @@ int prefopt_trace_start(const prefopt_trace_params *p, MPI_Comm world, prefopt_e
     if (C.on)
         pf_trace_rec_go(a);
     C.in_window = a <= 1;
-    if (C.in_window)
+    perf_open();
+    if (C.in_window) {
         prefopt_regions_pcontrol_window(1);
+        perf_window(1);
+    }
     return 0;
 }
 
 void prefopt_trace_step(long step)
 {
     int in = step >= C.first && step <= C.last;
-    if (in != C.in_window)
+    if (in != C.in_window) {
         prefopt_regions_pcontrol_window(in);
+        perf_window(in);
+    }
     C.in_window = in;
     if (C.on)
         pf_trace_rec_step(step, in);
