@@ -8,6 +8,9 @@
                                                                   per-library split (libblis, libmpi, prefopt, ...)
   fold_merge.py svg all.folded -o flame.svg [--title T]           a self-contained flame graph (no FlameGraph
                                                                   scripts needed: Debian 12 does not package them)
+  fold_merge.py attribution perf.0.txt [...]                      of the samples in BLIS, the share whose stack
+                                                                  reaches a prefopt function (how deep the
+                                                                  unwinding got: perf/profile.sh -s)
 
 Folded files from `prefopt bench --folded` (region timers: "prefopt_bench;step;forward;MPI 1234", microseconds)
 work with merge, hotspots and svg as well. Uses only the standard library.
@@ -52,6 +55,32 @@ def collapse(lines, keep_offsets=False):
     if in_sample and frames:
         out[";".join(([comm] if comm else []) + list(reversed(frames)))] += 1
     return out
+
+
+def attribution(lines):
+    """(BLIS samples, of them with a frame of the prefopt executable above the BLIS frames)"""
+    blis = attributed = 0
+    frames = []
+    def done():
+        nonlocal blis, attributed
+        if frames and "libblis" in frames[0][1]:
+            blis += 1
+            if any(os.path.basename(d) == "prefopt" or os.path.basename(d).startswith("bench_") for _, d in frames):
+                attributed += 1
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if not line.strip():
+            done()
+            frames = []
+            continue
+        if not line.startswith((" ", "\t")):
+            frames = []
+            continue
+        m = FRAME.match(line)
+        if m:
+            frames.append((m.group(1), m.group(2)))
+    done()
+    return blis, attributed
 
 
 def read_folded(path):
@@ -174,6 +203,8 @@ def main():
     s.add_argument("input")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--title", default="prefopt flame graph")
+    t = sub.add_parser("attribution")
+    t.add_argument("inputs", nargs="+")
     args = ap.parse_args()
     if args.cmd == "collapse":
         c = collections.Counter()
@@ -187,9 +218,18 @@ def main():
     elif args.cmd == "merge":
         c = collections.Counter()
         for i, p in enumerate(args.inputs):
+            mr = re.search(r"rank(\d+)\.folded$", p)  # the rank of rankN.folded (profile.sh -r picks ranks)
+            name = "rank" + (mr.group(1) if mr else str(i))
             for stack, n in read_folded(p).items():
-                c[(f"rank{i};" if args.rank_prefix else "") + stack] += n
+                c[(name + ";" if args.rank_prefix else "") + stack] += n
         write_folded(c, args.output)
+    elif args.cmd == "attribution":
+        b = a_ = 0
+        for p in args.inputs:
+            with open(p, errors="replace") as f:
+                x, y = attribution(f)
+                b, a_ = b + x, a_ + y
+        print("BLIS samples %d, attributed to a prefopt caller %d (%.1f%%)" % (b, a_, 100.0 * a_ / b if b else 0.0))
     elif args.cmd == "hotspots":
         hotspots(read_folded(args.input), args.top)
     else:

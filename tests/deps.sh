@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       openmpi-bin libopenmpi-dev libscalapack-openmpi-dev libhdf5-openmpi-dev hdf5-tools
-      libblis-dev libdnnl-dev libcjson-dev libinih-dev libpcre2-dev nettle-dev libutf8proc-dev
+      libblis-dev libdnnl-dev libcjson-dev libotf2-trace-dev otf2-tools libinih-dev libpcre2-dev nettle-dev libutf8proc-dev
       gnuplot-nox python3-h5py python3-numpy python3-jinja2
       slurm-wlm munge)
 missing=()

@@ -112,7 +112,8 @@ grep '^{' out4.txt | tail -1 > j4.json
 "$PY" - pmpi_dp.jsonl j4.json <<'PYEOF' || fail=1
 import json, sys
 p = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["pmpi"]
-dp = p["regions"]["step/dp_allreduce"]
+# the all-reduces are inside the region or its per-bucket sub-regions (step/dp_allreduce/bucket)
+dp = {"bytes": sum(v["bytes"] for k, v in p["regions"].items() if k.startswith("step/dp_allreduce"))}
 j = json.load(open(sys.argv[2]))
 # the gradient all-reduce moves the whole flat gradient buffer once per step on each rank (4 bytes a float)
 per_step_rank = dp["bytes"] / (2 * (j["steps"] + j["warmup"]))

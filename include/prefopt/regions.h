@@ -35,6 +35,9 @@ void prefopt_regions_pcontrol_window(int on);
 /* Enter / exit a region named by a string that stays valid (a literal). Exits must match enters. */
 void prefopt_region_enter(const char *name);
 void prefopt_region_exit(const char *name);
+/* The same region, numbered (a layer): the call tree adds every index up under name, the trace (trace.h) shows
+ * "name index". Exit it with prefopt_region_exit(name). */
+void prefopt_region_enter_n(const char *name, int index);
 
 /* Local inclusive seconds, calls and MPI seconds of the region at path ("step/forward"); 0 if absent. */
 double prefopt_region_seconds(const char *path, long *calls, double *mpi_seconds);

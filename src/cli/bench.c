@@ -2,6 +2,9 @@
 #include "prefopt/agree.h"
 #include "prefopt/bench.h"
 #include "prefopt/opts.h"
+#include "prefopt/trace_export.h"
+
+#include <string.h>
 
 #include <string.h>
 
@@ -47,10 +50,12 @@ int prefopt_cmd_bench(int argc, char **argv)
         {"table", PREFOPT_OPT_FLAG, &p.table, "1", "print the region table (min/avg/max over ranks)"},
         {"json", PREFOPT_OPT_STRING, &p.json, "", "also append the JSON line to this file"},
     };
-    prefopt_opt opts[64];
+    static prefopt_opt opts[64];
+    static prefopt_trace_params tp;
     int nopts = (int)(sizeof base / sizeof base[0]);
     memcpy(opts, base, sizeof base);
     nopts += prefopt_dp_options(opts + nopts, 64 - nopts, &p.dpsync);
+    nopts += prefopt_trace_options(opts + nopts, 64 - nopts, &tp, 0);
     char msg[1024];
     int rc = prefopt_opts_parse("bench",
                                 "Time DPO steps (policy forward+backward, reference forward, loss, data-parallel "
@@ -65,5 +70,10 @@ int prefopt_cmd_bench(int argc, char **argv)
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
-    return prefopt_bench_run(&p);
+    prefopt_err terr = {0};
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &terr))
+        prefopt_exit_error(&terr, PREFOPT_EXIT_USAGE);
+    rc = prefopt_bench_run(&p);
+    prefopt_trace_finish();
+    return rc;
 }

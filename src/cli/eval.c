@@ -2,6 +2,7 @@
 #include "prefopt/files.h"
 #include "prefopt/agree.h"
 #include "prefopt/eval.h"
+#include "prefopt/trace_export.h"
 
 #include "prefopt/train.h"
 
@@ -45,6 +46,8 @@ int prefopt_cmd_eval(int argc, char **argv)
     int nopts = (int)(sizeof base / sizeof base[0]);
     memcpy(opts, base, sizeof base);
     nopts += prefopt_objective_options(opts + nopts, 64 - nopts, &p->obj);
+    static prefopt_trace_params tp;
+    nopts += prefopt_trace_options(opts + nopts, 64 - nopts, &tp, 1);
     char msg[1024];
     prefopt_err err = {0};
     int rc = prefopt_opts_parse("eval",
@@ -87,5 +90,9 @@ int prefopt_cmd_eval(int argc, char **argv)
              !prefopt_run_config_value(ini, "init", run_ref, sizeof run_ref)))
             p->run_ref = run_ref;
     }
-    return prefopt_eval_run(p);
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    int erc = prefopt_eval_run(p);
+    prefopt_trace_finish();
+    return erc;
 }

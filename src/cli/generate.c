@@ -3,6 +3,9 @@
 #include "prefopt/agree.h"
 #include "prefopt/generate.h"
 #include "prefopt/opts.h"
+#include "prefopt/trace_export.h"
+
+#include <string.h>
 
 #include <stdio.h>
 
@@ -10,7 +13,7 @@ int prefopt_cmd_generate(int argc, char **argv)
 {
     static prefopt_generate_params q;
     prefopt_generate_params *p = &q;
-    const prefopt_opt opts[] = {
+    const prefopt_opt base[] = {
         {"model", PREFOPT_OPT_STRING, &p->model_path, "", "model file or checkpoint (required)"},
         {"ref", PREFOPT_OPT_STRING, &p->ref_path, "", "reference model: score each completion under both (KL estimate)"},
         {"prompts", PREFOPT_OPT_STRING, &p->prompts_path, "",
@@ -35,7 +38,11 @@ int prefopt_cmd_generate(int argc, char **argv)
          "chat template for \"messages\" prompts (rendered with add_generation_prompt): a .jinja file, or a "
          "tokenizer_config.json / tokenizer directory; its eos_token also stops generation"},
     };
-    const int nopts = (int)(sizeof opts / sizeof opts[0]);
+    static prefopt_opt opts[64];
+    static prefopt_trace_params tp;
+    int nopts = (int)(sizeof base / sizeof base[0]);
+    memcpy(opts, base, sizeof base);
+    nopts += prefopt_trace_options(opts + nopts, 64 - nopts, &tp, 1);
     char msg[1024];
     prefopt_err err = {0};
     int rc = prefopt_opts_parse(
@@ -63,5 +70,10 @@ int prefopt_cmd_generate(int argc, char **argv)
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
-    return prefopt_generate_run(p);
+    prefopt_err terr = {0};
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &terr))
+        prefopt_exit_error(&terr, PREFOPT_EXIT_USAGE);
+    rc = prefopt_generate_run(p);
+    prefopt_trace_finish();
+    return rc;
 }

@@ -15,6 +15,15 @@
 
 typedef int (*prefopt_cmd_fn)(int argc, char **argv);
 
+/* subcommand names are written with dashes (trace-summary); the C names have underscores */
+static int same_name(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++)
+        if (*a != *b && !((*a == '-' || *a == '_') && (*b == '-' || *b == '_')))
+            return 0;
+    return *a == *b;
+}
+
 #define PREFOPT_CMDS(X)                                                                             \
     X(train, "train a policy: SFT or a DPO-family objective, tensor- and data-parallel")             \
     X(eval, "sequence log-probs and preference metrics of a model on a dataset; --store-ref")       \
@@ -26,6 +35,7 @@ typedef int (*prefopt_cmd_fn)(int argc, char **argv);
     X(tokenize, "print the token ids of a text")                                                     \
     X(plot, "draw a run's metrics to PNG with gnuplot")                                              \
     X(bench, "time DPO steps: tokens/s, GFLOP/s, MFU, phases, memory")                              \
+    X(trace_summary, "OTF2, Perfetto JSON and MPI summary of a --trace DIR; critical path per step")   \
     X(demo, "the embedded demo pipeline: make data, pack, SFT, DPO, compare")
 
 #define DECLARE(name, help) extern int prefopt_cmd_##name(int, char **) __attribute__((weak));
@@ -36,7 +46,7 @@ static prefopt_cmd_fn lookup(const char *name, const char **help_out, int index,
 {
     int i = 0;
 #define ENTRY(n, h)                                                                                 \
-    if ((name && !strcmp(name, #n)) || (!name && i == index)) {                                     \
+    if ((name && same_name(name, #n)) || (!name && i == index)) {                                     \
         if (help_out)                                                                               \
             *help_out = h;                                                                          \
         if (name_out)                                                                               \
@@ -62,8 +72,13 @@ static void usage(FILE *f)
         prefopt_cmd_fn fn = lookup(NULL, &help, i, &name);
         if (!name)
             break;
-        if (fn)
-            fprintf(f, "  %-10s %s\n", name, help);
+        if (fn) {
+            char shown[32];
+            snprintf(shown, sizeof shown, "%s", name);
+            for (char *c = shown; *c; c++)
+                *c = *c == '_' ? '-' : *c;
+            fprintf(f, "  %-14s %s\n", shown, help);
+        }
     }
     fprintf(f, "\nexit codes: 0 success, 1 error (one line on stderr says what and where), 2 usage error, "
                "99 checkpointed on SIGTERM/SIGUSR1 (requeue)\n");

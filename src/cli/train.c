@@ -1,4 +1,5 @@
 /* prefopt train: options (command line and INI job file) to the training loop in src/train/train.c. */
+#include "prefopt/trace_export.h"
 #include "prefopt/train.h"
 
 #include <stdio.h>
@@ -7,7 +8,9 @@ int prefopt_cmd_train(int argc, char **argv)
 {
     static prefopt_train_params p;
     static prefopt_opt opts[128];
-    int n = prefopt_train_options(opts, 128, &p);
+    static prefopt_trace_params tp;
+    int n = prefopt_train_options(opts, 128, &p), k = n < 0 ? -1 : prefopt_trace_options(opts + n, 128 - n, &tp, 1);
+    n = k < 0 ? -1 : n + k;
     if (n < 0)
         prefopt_die("train: option table overflow");
     char msg[1024];
@@ -24,5 +27,10 @@ int prefopt_cmd_train(int argc, char **argv)
         prefopt_err_set(&err, "%s", msg);
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
     }
-    return prefopt_train_run(&p, opts, n);
+    prefopt_err err = {0};
+    if (prefopt_trace_begin(&tp, MPI_COMM_WORLD, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    rc = prefopt_train_run(&p, opts, n);
+    prefopt_trace_finish();
+    return rc;
 }

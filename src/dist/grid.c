@@ -3,6 +3,7 @@
 #include "prefopt/grid.h"
 
 #include "blacs.h"
+#include "prefopt/trace.h"
 
 #include <string.h>
 
@@ -37,6 +38,12 @@ int prefopt_grid_init(prefopt_grid *g, MPI_Comm world, int nprow, int npcol, int
                     g->mycol, g->tp_rank);
     MPI_Comm_split(g->tp, g->myrow, g->mycol, &g->row);
     MPI_Comm_split(g->tp, g->mycol, g->myrow, &g->col);
+    /* the trace and its summary name communicators by role; BLACS's duplicates are matched as congruent */
+    prefopt_trace_name_comm(g->row, "tp_row");
+    prefopt_trace_name_comm(g->col, "tp_col");
+    prefopt_trace_name_comm(g->tp, "tp");
+    prefopt_trace_name_comm(g->dp, "dp");
+    prefopt_trace_name_comm(world, "world");
     return 0;
 }
 

@@ -3,6 +3,7 @@
 #include "prefopt/regions.h"
 
 #include "prefopt/common.h"
+#include "trace_internal.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -118,10 +119,13 @@ void prefopt_regions_pcontrol_window(int on)
         MPI_Pcontrol(on ? 1 : 0);
 }
 
-void prefopt_region_enter(const char *name)
+void prefopt_region_enter(const char *name) { prefopt_region_enter_n(name, -1); }
+
+void prefopt_region_enter_n(const char *name, int index)
 {
     if (!enabled)
         return;
+    pf_trace_region(name, index, 1);
     ensure_root();
     if (depth >= MAX_DEPTH)
         prefopt_die("region '%s': nesting deeper than %d", name, MAX_DEPTH);
@@ -159,6 +163,7 @@ void prefopt_region_exit(const char *name)
     if (pcontrol_mode == PREFOPT_PCONTROL_NAMED)
         MPI_Pcontrol(-1, name);
     depth--;
+    pf_trace_region(name, -1, 0);
 }
 
 static int find_path(const char *path)

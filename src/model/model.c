@@ -2,6 +2,7 @@
  * and the Llama family over the layers (layers.c, attention.c, head.c), plus the data-parallel gradient sum and
  * the FLOP count. Parameters are in params.c, generation in decode.c. */
 #include "model_internal.h"
+#include "prefopt/regions.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -247,6 +248,7 @@ static void add_dmat(prefopt_dmat *y, const prefopt_dmat *x, const prefopt_dmat 
 static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x, prefopt_dmat *xout)
 {
     const layer_params *P = &m->layers[l];
+    prefopt_region_enter_n("layer", l);
     const int qkn = m->cfg.qk_norm;
     const prefopt_dmat *ain = x;
     if (P->ln1_w) {
@@ -267,10 +269,12 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         pf_rope_apply(m, l, &A->q, 0);
         pf_rope_apply(m, l, &A->k, 0);
     }
+    prefopt_region_enter("attention");
     if (m->decoding)
         pf_attention_cached(m, l, &A->y, &A->q, &A->k, &A->v);
     else
         pf_attention_forward(m, l, &A->y, A->att, &A->q, &A->k, &A->v);
+    prefopt_region_exit("attention");
     if (P->ln_pa) {
         pf_linear_forward(&A->ao, &A->y, P->wo, P->bo, 0.0f);
         pf_norm_forward(m, &m->tmpc, A->pa_mean, A->pa_rstd, &A->ao, P->ln_pa, NULL);
@@ -296,6 +300,7 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         copy_dmat(xout, &A->xmid);
         pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
     }
+    prefopt_region_exit("layer");
 }
 
 static void notify_ready(prefopt_model *m, size_t ready)
@@ -332,6 +337,7 @@ static void flush_vgrads(prefopt_model *m, int a, int b)
 static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt_dmat *x)
 {
     const layer_params *P = &m->layers[l];
+    prefopt_region_enter_n("layer", l);
     const int qkn = m->cfg.qk_norm;
     const prefopt_dmat *dmo = &m->dx;
     if (P->ln_pf) {
@@ -358,7 +364,9 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
         dao = &m->dc;
     }
     pf_linear_backward(m, &m->dy, 0.0f, dao, &A->y, P->wo, P->bo);
+    prefopt_region_enter("attention");
     pf_attention_backward(m, l, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
+    prefopt_region_exit("attention");
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
         pf_rope_apply(m, l, &m->dq, 1);
         pf_rope_apply(m, l, &m->dk, 1);
@@ -383,6 +391,7 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
     pf_linear_backward(m, dxq, 1.0f, &m->dv, xq, P->wv, P->bv);
     if (P->ln1_w)
         pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
+    prefopt_region_exit("layer");
 }
 
 /* embeddings, blocks and the final norm: m->xf holds the normed hidden states of every token */
@@ -406,7 +415,9 @@ int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit
 {
     if (pf_run_trunk(m, b, err))
         return -1;
+    prefopt_region_enter("lm_head");
     pf_head_forward(m, out);
+    prefopt_region_exit("lm_head");
     return 0;
 }
 
@@ -420,7 +431,9 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
                                                                      : "the model was made without gradients");
     const int L = m->cfg.num_layers;
     memset(m->vscr, 0, m->vscr_count * sizeof(float));
+    prefopt_region_enter("lm_head");
     pf_head_backward(m, d_completion, d_all); /* d xf -> m->dn */
+    prefopt_region_exit("lm_head");
     memset(m->dx.data, 0, prefopt_dmat_local_size(&m->dx) * sizeof(float));
     pf_norm_backward(m, &m->dx, &m->dn, &m->xs[L], m->nf_mean, m->nf_rstd, m->lnf_w, m->lnf_b);
     flush_vgrads(m, m->layer_first[L], m->nparams);
@@ -477,7 +490,9 @@ void prefopt_model_allreduce_grads(prefopt_model *m)
     const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20;
     for (size_t off = 0; off < m->flat_count; off += bucket) {
         size_t n = m->flat_count - off < bucket ? m->flat_count - off : bucket;
+        prefopt_region_enter_n("bucket", (int)(off / bucket));
         MPI_Allreduce(MPI_IN_PLACE, m->grad_data + off, (int)n, MPI_FLOAT, MPI_SUM, m->g->dp);
+        prefopt_region_exit("bucket");
     }
 }
 

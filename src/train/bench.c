@@ -12,6 +12,7 @@
  * rows of prompt + max(chosen, rejected) tokens, the prompt computed twice per model): the work a trainer without
  * prefix sharing does for the same pairs. MFU uses the computed FLOPs; activation-checkpoint recomputation is
  * not counted (model FLOPs, not hardware FLOPs). */
+#include "prefopt/trace.h"
 #include "prefopt/banner.h"
 #include "prefopt/bench.h"
 #include "prefopt/regions.h"
@@ -310,6 +311,7 @@ int prefopt_bench_run(const prefopt_bench_params *p)
             prefopt_regions_reset();
             prefopt_regions_pcontrol_window(1);
         }
+        prefopt_trace_step(s + 1);
         double t0 = prefopt_now();
         prefopt_region_enter("step");
         prefopt_model_zero_grad(pol);

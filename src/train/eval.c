@@ -5,6 +5,8 @@
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
 #include "prefopt/eval.h"
+#include "prefopt/regions.h"
+#include "prefopt/trace.h"
 #include "prefopt/metrics.h"
 #include "prefopt/objectives.h"
 #include "prefopt/opts.h"
@@ -128,8 +130,12 @@ int prefopt_eval_run(const prefopt_eval_params *p)
     prefopt_metrics_reset(&total);
     double wloss = 0, wsum = 0, t0 = prefopt_now();
     for (int64_t s = 0; s < steps; s++) {
+        prefopt_trace_step(s + 1);
+        prefopt_region_enter("step");
         prefopt_ds_step st;
+        prefopt_region_enter("data_read");
         prefopt_ds_loader_next(L, &st, &err);
+        prefopt_region_exit("data_read");
         fail_if(&g, &err);
         prefopt_metrics mstep;
         prefopt_metrics_reset(&mstep);
@@ -142,13 +148,17 @@ int prefopt_eval_run(const prefopt_eval_params *p)
             const prefopt_ds_batch *mb = &st.micro[k];
             int nu = mb->b.nunits;
             prefopt_unit_stats_alloc(&pol[k], nu);
+            prefopt_region_enter("forward");
             prefopt_model_forward(m, &mb->b, &pol[k], &err);
+            prefopt_region_exit("forward");
             fail_if(&g, &err);
             rl[k] = prefopt_xcalloc((size_t)nu + 1, sizeof(double), "reference");
             if (ref) {
                 prefopt_unit_stats rs;
                 prefopt_unit_stats_alloc(&rs, nu);
+                prefopt_region_enter("reference");
                 prefopt_model_forward(ref, &mb->b, &rs, &err);
+                prefopt_region_exit("reference");
                 fail_if(&g, &err);
                 memcpy(rl[k], rs.logp_completion, sizeof(double) * (size_t)nu);
                 prefopt_unit_stats_free(&rs);
@@ -198,6 +208,7 @@ int prefopt_eval_run(const prefopt_eval_params *p)
             prefopt_unit_stats_free(&pol[k]), free(rl[k]);
         free(pol), free(rl), free(ob);
         prefopt_ds_step_free(&st);
+        prefopt_region_exit("step");
     }
     double dt = prefopt_now() - t0;
     prefopt_ds_loader_free(L);

@@ -3,6 +3,8 @@
  * or the length limit, decoding with the engine's key/value cache. With --ref, each completion is also scored under the policy and the reference, giving the
  * per-sample log-ratio whose mean estimates KL(policy || reference) on the generated distribution. */
 #define _GNU_SOURCE
+#include "prefopt/regions.h"
+#include "prefopt/trace.h"
 #include "prefopt/banner.h"
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
@@ -464,6 +466,8 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     double t0 = prefopt_now();
     long generated = 0;
     for (int bi = 0; bi < nbmax; bi++) {
+        prefopt_trace_step(bi + 1); /* a batch of prompts is a step of the trace */
+        prefopt_region_enter("step");
         int lo = bi * batch, n = lo < mine ? (mine - lo < batch ? mine - lo : batch) : 0;
         sample **bs = my + lo;
         /* KV-cache decoding: the prompts in one step, then one token per row per step */
@@ -488,7 +492,10 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             /* every replica's grid runs the same number of steps only within itself: stop together */
             if (!active)
                 break;
-            if (prefopt_model_decode_step(m, feed, nfeed, width, logits, &err))
+            prefopt_region_enter("decode");
+            int dbad = prefopt_model_decode_step(m, feed, nfeed, width, logits, &err);
+            prefopt_region_exit("decode");
+            if (dbad)
                 prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* agreed on the grid by the engine */
             if (step == max_new)
                 break;
@@ -528,6 +535,7 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             prefopt_unit_stats_free(&b);
             free_rows(&r);
         }
+        prefopt_region_exit("step");
     }
     double dt = prefopt_now() - t0;
     MPI_Allreduce(MPI_IN_PLACE, &generated, 1, MPI_LONG, MPI_SUM, g.dp);

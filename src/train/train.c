@@ -6,7 +6,9 @@
 #include "prefopt/banner.h"
 #include "prefopt/memcheck.h"
 #include "prefopt/metrics.h"
+#include "prefopt/regions.h"
 #include "prefopt/runctl.h"
+#include "prefopt/trace.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -127,7 +129,9 @@ static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb
 {
     prefopt_err err = {0};
     int nu = mb->b.nunits;
+    prefopt_region_enter("forward");
     prefopt_model_forward(t->policy, &mb->b, &s->pol, &err);
+    prefopt_region_exit("forward");
     /* a bad batch (token id beyond the vocabulary) is reported by every rank of the grid alike */
     if (prefopt_agree(t->g.tp, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
@@ -135,7 +139,9 @@ static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb
         return;
     if (t->live_ref) {
         prefopt_unit_stats_alloc(&s->refst, nu);
+        prefopt_region_enter("reference");
         prefopt_model_forward(t->ref, &mb->b, &s->refst, &err);
+        prefopt_region_exit("reference");
         if (prefopt_agree(t->g.tp, &err))
             prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
         memcpy(s->ref_logp, s->refst.logp_completion, sizeof(double) * (size_t)nu);
@@ -201,8 +207,10 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
             continue;
         double loss = 0;
         prefopt_err err = {0};
+        prefopt_region_enter("loss");
         if (prefopt_objective_eval(&loss, s.dcomp, s.dall, NULL, met, &t->obj, &s.ob, &norm, &err))
             prefopt_exit_error(&err, PREFOPT_EXIT_ERROR); /* a layout mismatch: the same on every rank */
+        prefopt_region_exit("loss");
         int finite = isfinite(loss);
         for (int u = 0; u < mb->b.nunits && finite; u++)
             finite = isfinite(s.dcomp[u]) && isfinite(s.dall[u]);
@@ -216,7 +224,9 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
             }
             if (k == nmax - 1)
                 prefopt_dp_sync_begin(&t->dps); /* the last backward: buckets start as it passes them */
+            prefopt_region_enter("backward");
             prefopt_model_backward(t->policy, s.fcomp, s.fall);
+            prefopt_region_exit("backward");
         }
         micro_release(&s);
     }
@@ -246,6 +256,7 @@ static prefopt_ds_loader *make_loader(trainer *t, prefopt_dataset *ds, int globa
  * per-batch losses (each normalised over its own batch). */
 static void evaluate(trainer *t)
 {
+    prefopt_region_enter("eval");
     const int dp = t->g.dp_size;
     /* file order, every example once: the last batch takes the remainder (replicas may get none) */
     const int global = t->eval_micro * dp;
@@ -257,7 +268,9 @@ static void evaluate(trainer *t)
     for (int64_t s = 0; s < steps; s++) {
         prefopt_ds_step st;
         prefopt_err err = {0};
+        prefopt_region_enter("data_read");
         prefopt_ds_loader_next(L, &st, &err);
+        prefopt_region_exit("data_read");
         FAIL_IF(t, 0, &err);
         prefopt_metrics m;
         prefopt_metrics_reset(&m);
@@ -294,6 +307,7 @@ static void evaluate(trainer *t)
         fflush(stdout);
     }
     log_line(t, o);
+    prefopt_region_exit("eval");
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------------------------ */
@@ -353,6 +367,7 @@ static void save_checkpoint(trainer *t)
     double t0 = prefopt_now();
     /* whole logical moments in the file: with --zero-stage 1 the shards are gathered into the gradient buffer
      * (idle between steps) and one more buffer */
+    prefopt_region_enter("checkpoint_write");
     size_t n = 0;
     float *mfull = prefopt_model_grad_data(t->policy, &n), *vfull = NULL, *mom1, *mom2;
     if (t->dps.zero && t->g.dp_size > 1)
@@ -360,6 +375,7 @@ static void save_checkpoint(trainer *t)
     prefopt_dp_sync_full_moments(&t->dps, mfull, vfull, &mom1, &mom2);
     prefopt_ckpt_save(&o, t->policy, mom1, mom2, &st, path, sizeof path, &err);
     free(vfull);
+    prefopt_region_exit("checkpoint_write");
     FAIL_IF(t, 0, &err);
     if (t->g.world_rank == 0) {
         printf("checkpoint: %s (%.2f s)\n", path, prefopt_now() - t0);
@@ -696,10 +712,14 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             rc = PREFOPT_EXIT_REQUEUE;
             break;
         }
+        prefopt_trace_step(t->step + 1);
+        prefopt_region_enter("step");
         double t0 = prefopt_now();
         prefopt_ds_step st;
         prefopt_err err = {0};
+        prefopt_region_enter("data_read");
         prefopt_ds_loader_next(t->loader, &st, &err);
+        prefopt_region_exit("data_read");
         FAIL_IF(t, 0, &err);
         double tokens = 0, flops = 0;
         for (int k = 0; k < st.nmicro; k++)
@@ -711,7 +731,9 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         double t_bwd_end = 0;
         run_step_batches(t, &st, &m, 1, &nonfinite, &flops);
         t_bwd_end = prefopt_now();
+        prefopt_region_enter("grad_reduce");
         double norm = prefopt_dp_sync_grads(&t->dps, ranges, nranges);
+        prefopt_region_exit("grad_reduce");
         double t_sync = prefopt_now() - t_bwd_end;
         int bad = nonfinite || !isfinite(norm);
         MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, t->g.world);
@@ -757,11 +779,14 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
                                 consecutive_bad, t->step);
                 prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
             }
+            prefopt_region_exit("step");
             continue;
         }
         consecutive_bad = 0;
+        prefopt_region_enter("optimizer");
         prefopt_dp_sync_step(&t->dps, lr, prefopt_clip_coef(norm, p->optim.max_grad_norm));
         prefopt_model_weights_changed(t->policy); /* bf16: the copies, once per optimizer step */
+        prefopt_region_exit("optimizer");
         prefopt_gradsync_stats gst;
         prefopt_gradsync_take_stats(t->dps.gs, &gst);
         if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step))
@@ -799,6 +824,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             evaluate(t);
         if (p->save_interval > 0 && t->step % p->save_interval == 0 && t->step < t->total_steps)
             save_checkpoint(t);
+        prefopt_region_exit("step");
     }
     free(ranges);
     if (rc == PREFOPT_EXIT_OK) {

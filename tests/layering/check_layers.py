@@ -20,11 +20,12 @@ import sys
 # layer -> (folders, public headers of include/prefopt/)
 LAYERS = {
     "base": (["src/base"], ["common.h", "opts.h", "unit_stats.h", "files.h"]),
-    "dist": (["src/dist"], ["agree.h", "grid.h", "dmat.h", "regions.h", "gemm_local.h", "gradsync.h"]),
+    "dist": (["src/dist"], ["agree.h", "grid.h", "dmat.h", "regions.h", "gemm_local.h", "gradsync.h", "trace.h"]),
     "objectives": (["src/objectives"], ["objectives.h", "metrics.h"]),
     "tokenizer": (["src/tokenizer"], ["tokenizer.h", "chat_template.h"]),
     "model": (["src/model"], ["model.h"]),
-    "io": (["io/dataset", "io/pack", "io/checkpoint", "io/hf"], ["dataset.h", "pack.h", "checkpoint.h", "hf.h"]),
+    "io": (["io/dataset", "io/pack", "io/checkpoint", "io/hf", "io/trace"],
+           ["dataset.h", "pack.h", "checkpoint.h", "hf.h", "trace_export.h"]),
     "train": (["src/train"], ["train.h", "optim.h", "runctl.h", "memcheck.h", "banner.h", "generate.h", "eval.h",
                             "bench.h", "precision.h"]),
     "cli": (["src/cli"], []),
@@ -37,7 +38,7 @@ RULES = {
     "objectives": (["base"], ["libc", "cJSON"]),
     "tokenizer": (["base"], ["libc", "cJSON", "PCRE2", "utf8proc", "nettle"]),
     "model": (["base", "dist"], ["libc", "MPI", "BLIS"]),
-    "io": (["base", "dist", "model", "tokenizer"], ["libc", "MPI", "HDF5", "cJSON", "nettle"]),
+    "io": (["base", "dist", "model", "tokenizer"], ["libc", "MPI", "HDF5", "cJSON", "nettle", "OTF2"]),
     "train": (["base", "dist", "objectives", "tokenizer", "model", "io"],
               ["libc", "MPI", "HDF5", "cJSON", "BLIS", "OpenMP"]),
     "cli": (["base", "dist", "objectives", "tokenizer", "model", "io", "train"],

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# --trace on 2 ranks (1x2 grid) and 4 ranks (1x2 grid x 2 replicas), checked with tools that are not prefopt:
+#  - otf2-print reads the OTF2 archive; walking its events per location (an independent parser, below) finds the
+#    expected regions with the right counts (steps, micro-batch forwards, one forward/reference/backward pass per
+#    layer, one gradient reduction bucket per step with exactly one MPI_Allreduce over the DP communicator in it)
+#    and MPI collectives on the TP-row communicator inside the layers;
+#  - trace.json parses (python3 json), has one process per rank with one track each, balanced B/E, and the same
+#    number of DP all-reduces as the OTF2 archive;
+#  - the losses with tracing on are bit-identical to tracing off; --trace-steps 2:3 traces exactly steps 2 and 3;
+#  - a 1 MiB buffer (flushed mid-step) gives the same event counts;
+#  - a run killed (SIGKILL of one rank) mid-way leaves spool files from which `prefopt trace-summary` builds an
+#    archive otf2-print reads, with the steps flushed before the kill.
+# The step time with tracing on vs off is printed (not asserted).
+set -u
+P=${PREFOPT:?}
+PY=/usr/bin/python3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPI="mpiexec --oversubscribe --bind-to none"
+command -v otf2-print >/dev/null || { echo "otf2-print missing (apt-get install otf2-tools)"; exit 1; }
+fail=0
+check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+cd "$d"
+
+$PY - <<'PYEOF'
+import json, random
+r = random.Random(5)
+L = "abcdefgh"
+with open("train.jsonl", "w") as f:
+    for i in range(64):
+        p = "".join(r.choice(L) for _ in range(4))
+        c, rej = p[0] * 3, r.choice([x for x in L if x != p[0]]) * 3
+        f.write(json.dumps({"prompt": p + ":", "chosen": c, "rejected": rej}) + "\n")
+PYEOF
+"$P" pack --input train.jsonl --output train.h5 --quiet || exit 1
+NL=2
+TINY="--n-layer $NL --n-embd 32 --n-head 2 --max-position 16 --seed 3 --loss dpo --batch-size 4 --max-steps 4"
+
+# the independent reader: otf2-print's event list -> counts of (region path, event) per location
+cat > walk.py <<'PYEOF'
+import re, sys, json, collections
+ev = re.compile(r'^(ENTER|LEAVE|MPI_COLLECTIVE_END)\s+(\d+)\s+(\d+)\s+(.*)$')
+stacks = collections.defaultdict(list)
+count = collections.Counter()
+last = {}
+for line in open(sys.argv[1]):
+    m = ev.match(line)
+    if not m:
+        continue
+    kind, loc, ts, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    assert ts >= last.get(loc, 0), "time goes back on location %d" % loc
+    last[loc] = ts
+    if kind == "MPI_COLLECTIVE_END":
+        comm = re.search(r'Communicator: "(\w+)', rest).group(1)
+        op = re.search(r'Operation: (\w+)', rest).group(1)
+        path = "/".join(re.sub(r" \d+$", "", x) for x in stacks[loc][:-1])  # without the MPI call's own region
+        count[(loc, "coll", path, op, comm)] += 1
+        continue
+    name = re.search(r'Region: "([^"]*)"', rest).group(1)
+    if kind == "ENTER":
+        stacks[loc].append(name)
+        count[(loc, "enter", name)] += 1
+    else:
+        assert stacks[loc] and stacks[loc][-1] == name, "unbalanced leave %s on %d" % (name, loc)
+        stacks[loc].pop()
+for loc, s in stacks.items():
+    assert not s, "regions left open on %d: %s" % (loc, s)
+json.dump([[list(k), v] for k, v in count.items()], open(sys.argv[2], "w"))
+PYEOF
+cat > check.py <<'PYEOF'
+import json, sys
+counts = {tuple(k): v for k, v in json.load(open(sys.argv[1]))}
+nranks, dp, nl, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+bad = []
+def want(key, n):
+    got = counts.get(key, 0)
+    if got != n:
+        bad.append("%s: %d, want %d" % (key, got, n))
+for r in range(nranks):
+    want((r, "enter", "step"), steps)
+    want((r, "enter", "forward"), steps)          # one micro-batch per step
+    want((r, "enter", "reference"), steps)
+    want((r, "enter", "backward"), steps)
+    want((r, "enter", "optimizer"), steps)
+    want((r, "enter", "data_read"), steps)
+    want((r, "enter", "lm_head"), 3 * steps)      # policy forward, reference forward, backward
+    for l in range(nl):
+        want((r, "enter", "layer %d" % l), 3 * steps)
+    want((r, "enter", "checkpoint_write"), 1)
+    if dp > 1:
+        want((r, "enter", "grad_reduce"), steps)
+        want((r, "enter", "bucket 0"), steps)     # one bucket: a tiny model is below the 8M-float bucket
+        want((r, "coll", "step/grad_reduce/bucket", "ALLREDUCE", "dp"), steps)
+    # tensor parallelism: collectives over the TP row inside the layers' forward
+    if counts.get((r, "coll", "step/forward/layer", "ALLREDUCE", "tp_row"), 0) < steps * nl:
+        bad.append("rank %d: too few tp_row all-reduces in step/forward/layer" % r)
+if bad:
+    print("\n".join(bad)); sys.exit(1)
+PYEOF
+cat > json_check.py <<'PYEOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+nranks, dp_allreduce = int(sys.argv[2]), int(sys.argv[3])
+ev = d["traceEvents"]
+tracks = {(e["pid"], e["tid"]) for e in ev}
+assert tracks == {(r, 0) for r in range(nranks)}, "tracks %s" % sorted(tracks)
+names = {e["pid"]: e["args"]["name"] for e in ev if e.get("ph") == "M" and e["name"] == "process_name"}
+assert names == {r: "rank %d" % r for r in range(nranks)}, names
+depth = {}
+for e in ev:
+    if e["ph"] in "BE":
+        depth[e["pid"]] = depth.get(e["pid"], 0) + (1 if e["ph"] == "B" else -1)
+        assert depth[e["pid"]] >= 0
+assert all(v == 0 for v in depth.values()), depth
+n = sum(1 for e in ev if e["ph"] == "X" and e["name"] == "MPI_Allreduce" and e["args"]["comm"] == "dp"
+        and e["args"]["bytes"] > 1000)
+assert n == dp_allreduce, "dp all-reduces of gradients in JSON: %d, want %d" % (n, dp_allreduce)
+PYEOF
+
+losses() { $PY -c "import json,sys; print(' '.join(repr(json.loads(l)['loss']) for l in open(sys.argv[1]) if 'loss' in l))" "$1"; }
+steptime() { $PY -c "
+import json,sys,statistics; t=[json.loads(l)['step_time'] for l in open(sys.argv[1]) if 'step_time' in l]
+print('%.4f' % statistics.median(t[1:] or t))" "$1"; }
+
+run_case() { # NP GRID_COLS DP
+  local np=$1 gc=$2 dp=$3 tag=$1r
+  $MPI -n $np "$P" train --data train.h5 --run-dir off$tag $TINY --grid-cols $gc --dp $dp > off$tag.log 2>&1 ||
+    { cat off$tag.log; fail=1; return; }
+  $MPI -n $np "$P" train --data train.h5 --run-dir on$tag $TINY --grid-cols $gc --dp $dp --trace tr$tag > on$tag.log 2>&1 ||
+    { cat on$tag.log; fail=1; return; }
+  check "[ \"\$(losses off$tag/metrics.jsonl)\" = \"\$(losses on$tag/metrics.jsonl)\" ]" "$np ranks: tracing changed the losses"
+  check "otf2-print tr$tag/otf2/traces.otf2 > print$tag.txt" "$np ranks: otf2-print cannot read the archive"
+  check "$PY walk.py print$tag.txt counts$tag.json" "$np ranks: the OTF2 events do not nest"
+  check "$PY check.py counts$tag.json $np $dp $NL 4" "$np ranks: region / MPI counts in the OTF2 archive"
+  local want=0; [ $dp -gt 1 ] && want=$((4 * np))
+  check "$PY json_check.py tr$tag/trace.json $np $want" "$np ranks: trace.json"
+  check "grep -q 'MPI_Allreduce' tr$tag/summary.txt && $PY -c 'import json; json.load(open(\"tr$tag/summary.json\"))'" \
+    "$np ranks: summary"
+  # a 1 MiB buffer flushes inside steps: the same events
+  PREFOPT_TRACE_BUFFER_MB=1 $MPI -n $np "$P" train --data train.h5 --run-dir small$tag $TINY --grid-cols $gc --dp $dp \
+    --trace trs$tag > small$tag.log 2>&1 || { cat small$tag.log; fail=1; }
+  otf2-print trs$tag/otf2/traces.otf2 > prints$tag.txt && $PY walk.py prints$tag.txt countss$tag.json
+  check "$PY check.py countss$tag.json $np $dp $NL 4" "$np ranks: counts with a 1 MiB buffer"
+  echo "step time (median, s), $np ranks: tracing off $(steptime off$tag/metrics.jsonl), on $(steptime on$tag/metrics.jsonl)"
+}
+run_case 2 2 1
+run_case 4 2 2
+
+# the step window
+$MPI -n 2 "$P" train --data train.h5 --run-dir win $TINY --grid-cols 2 --trace trw --trace-steps 2:3 > win.log 2>&1 ||
+  { cat win.log; fail=1; }
+otf2-print trw/otf2/traces.otf2 > printw.txt && $PY walk.py printw.txt countsw.json
+check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countsw.json'))}
+assert c.get((0,'enter','step'))==2 and c.get((1,'enter','step'))==2, c.get((0,'enter','step'))
+assert (0,'enter','checkpoint_write') not in c
+\"" "--trace-steps 2:3 traces two steps and nothing after"
+check "grep -q '^ *2 ' trw/summary.txt && grep -q '^ *3 ' trw/summary.txt && ! grep -q '^ *4 ' trw/summary.txt" \
+  "--trace-steps 2:3: the per-step table lists steps 2 and 3"
+# a bad window is a usage error on every rank
+$MPI -n 2 "$P" train --data train.h5 --run-dir bad $TINY --grid-cols 2 --trace trb --trace-steps 3:1 > bad.log 2>&1
+rc=$?
+check "[ $rc -ne 0 ] && [ \$(grep -c 'trace-steps' bad.log) -eq 2 ]" "--trace-steps 3:1: one error line per rank"
+
+# a killed run: steps slowed down, one rank SIGKILLed after the third step was logged
+PREFOPT_TEST_STEP_DELAY_MS=400 $MPI -n 2 "$P" train --data train.h5 --run-dir kill $TINY --max-steps 40 --grid-cols 2 \
+  --trace trk > kill.log 2>&1 &
+mpipid=$!
+for i in $(seq 1 300); do
+  [ -f kill/metrics.jsonl ] && [ "$(wc -l < kill/metrics.jsonl)" -ge 3 ] && break
+  sleep 0.1
+done
+victim=$(pgrep -P $mpipid | head -1)
+[ -n "$victim" ] && kill -9 "$victim"
+wait $mpipid
+check "[ ! -e trk/otf2 ]" "a killed run does not leave a half-written archive"
+check "'$P' trace-summary trk > ksum.txt 2>&1" "trace-summary of a killed run: $(tail -2 ksum.txt 2>/dev/null)"
+check "otf2-print trk/otf2/traces.otf2 > printk.txt && $PY walk.py printk.txt countsk.json" \
+  "trace of a killed run: otf2-print reads it and its regions nest"
+check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countsk.json'))}
+n=c.get((0,'enter','step'),0); assert 2 <= n < 40, n
+\"" "the killed run's trace holds the steps flushed before the kill"
+check "[ -s trk/timeline.png ] && $PY -c 'import json; json.load(open(\"trk/trace.json\"))'" \
+  "trace-summary draws timeline.png and writes valid JSON"
+exit $fail
