@@ -97,7 +97,9 @@ int main(int argc, char **argv)
     /* FUNNELED: only the main thread calls MPI; BLIS/OpenMP threads compute. Initialising here, before
      * BLACS, stops BLACS from calling plain MPI_Init itself. */
     int provided = 0;
+    prefopt_mark_start(0);
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    prefopt_mark_start(1);
     prefopt_agree_install_abort();
     int rc = fn(argc - 1, argv + 1);
     int fin = 0;
