@@ -1,5 +1,5 @@
 /* Checkpoints on 4 ranks:
- * (a) resharding: a checkpoint saved on a 2x1 grid with DP=2 (replicas share the writing) loads on 1x1 and on 1x2
+ * (a) resharding: a checkpoint saved on a 2x1 grid with DP=2 (replica 0's grid writes) loads on 1x1 and on 1x2
  *     grids: weights and AdamW moments bit-identical to the saved logical tensors, state restored, and log-probs
  *     bit-identical to a model initialised directly on the loading grid (GPT-2 and Qwen2-like Llama);
  * (b) resume: 6 AdamW steps uninterrupted vs 3 steps, checkpoint, a fresh model and optimizer (other seed),

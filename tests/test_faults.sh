@@ -133,13 +133,14 @@ PREFOPT_TEST_CKPT_KILL_AFTER_TENSORS=90 timeout -k 5 180 "${MPI[@]}" "$P" "${A[@
 rc=$?
 if [ "$rc" = 0 ] || [ "$rc" = 124 ]; then
   fail "kill_mid_ckpt: exit code $rc"
-elif [ "$(grep -c 'prefopt: test hook: SIGKILL after 90 datasets' k2.log)" != 2 ]; then
-  fail "kill_mid_ckpt: the hook did not fire on both ranks: $(grep -m3 -i 'hook\|error' k2.log)"
+elif [ "$(grep -c 'prefopt: test hook: SIGKILL after 90 datasets' k2.log)" != 1 ]; then
+  # only replica 0's grid writes (issue 17): at dp 2 that is rank 0 alone; mpiexec then ends rank 1
+  fail "kill_mid_ckpt: the hook did not fire on the writing rank: $(grep -m3 -i 'hook\|error' k2.log)"
 elif [ "$(cat k2/checkpoints/latest)" != step-00000002.h5 ] || [ -e k2/checkpoints/step-00000004.h5 ] ||
      [ ! -e k2/checkpoints/step-00000004.h5.tmp ]; then
   fail "kill_mid_ckpt: latest '$(cat k2/checkpoints/latest)', files: $(ls k2/checkpoints | tr '\n' ' ')"
 else
-  echo "ok: kill_mid_ckpt: both ranks killed inside the step-4 checkpoint; latest is still step-00000002.h5"
+  echo "ok: kill_mid_ckpt: the writing rank killed inside the step-4 checkpoint, the job ended; latest is still step-00000002.h5"
   cp -r k2 k3 # the same interrupted state, for the full-disk case below
   if ! timeout -k 5 180 "${MPI[@]}" "$P" "${A[@]}" --run-dir k2 > k2.resume.log 2>&1; then
     fail "kill_mid_ckpt: the resumed run failed: $(grep error k2.resume.log | head -2)"

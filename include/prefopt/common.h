@@ -46,6 +46,10 @@ void prefopt_malloc_keep_pages(void);
 
 /* Wall-clock seconds from CLOCK_MONOTONIC (what Open MPI 4.1 reads for MPI_Wtime on Linux as well). */
 double prefopt_now(void);
+/* Start-up timing (issue 17): main marks the process start (before MPI_Init) and the end of MPI_Init; drivers
+ * report start-up as the time from the mark to their first step. 0 when never marked (tests, tools). */
+void prefopt_mark_start(int after_mpi_init);
+double prefopt_start_time(int after_mpi_init);
 
 /* A sum over some group of processes that a caller lends to code that must not know about MPI (the objectives,
  * the metrics): fn(ctx, v, n) replaces v[0..n) by its sum over the group, with the same result on every member.

@@ -75,21 +75,26 @@ int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, pre
 {
     if (comm == MPI_COMM_NULL)
         return ck_close(file, path, err) || failed;
+    return ck_close_agreed_over(file, path, comm, comm, failed, err);
+}
+
+int ck_close_agreed_over(hid_t file, const char *path, MPI_Comm comm, MPI_Comm all, int failed, prefopt_err *err)
+{
     int any = failed != 0;
-    MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm);
+    MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, all);
     if (!any)
-        return ck_close(file, path, err);
+        return file >= 0 ? ck_close(file, path, err) : 0;
     if (failed && !err->set)
         prefopt_err_set(err, "%s: write failed", path);
-    prefopt_agree(comm, err); /* the message of the lowest failing rank, everywhere */
+    prefopt_agree(all, err); /* the message of the lowest failing rank, everywhere */
     int rank;
-    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_rank(all, &rank);
     fprintf(stderr, "prefopt: error: %s (disk full or over the file size limit? nothing was published)\n", err->msg);
     fflush(stderr);
     if (rank == 0)
         unlink(path);
-    MPI_Barrier(comm);
-    MPI_Abort(comm, PREFOPT_EXIT_ERROR);
+    MPI_Barrier(all);
+    MPI_Abort(comm != MPI_COMM_NULL ? comm : all, PREFOPT_EXIT_ERROR);
     return 1;
 }
 

@@ -101,6 +101,10 @@ int ck_close(hid_t file, const char *path, prefopt_err *err);
  * every rank, removes path and aborts the job, because HDF5 cannot close such a file in parallel (ckpt_file.c).
  * Other errors (bad input read before writing) pass failed = 0: the file closes normally. */
 int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, prefopt_err *err);
+/* The same when only some ranks hold the file (replica 0's grid, comm = its communicator): every rank of all calls it,
+ * those without the file with file < 0 and comm = MPI_COMM_NULL; the agreement, the line on every rank and the
+ * abort are over all. */
+int ck_close_agreed_over(hid_t file, const char *path, MPI_Comm comm, MPI_Comm all, int failed, prefopt_err *err);
 /* A transfer property list: collective on an MPI-IO file, default on a serial one. */
 hid_t ck_make_dxpl(hid_t file);
 

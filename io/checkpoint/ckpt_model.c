@@ -193,23 +193,48 @@ static int mark_complete(hid_t f)
     return ck_attr_int64(f, "complete", &one, 1, 1);
 }
 
+/* Who touches the file (issue 17): the replicas hold identical weights, moments and layouts, so only replica 0's
+ * grid opens a model file or checkpoint (the MPI-IO driver on its TP communicator: collective metadata, the
+ * two-phase writes and the aggregators among tp_size ranks, not the world). A read is then handed to the other
+ * replicas by one broadcast per flat buffer over the DP communicator (a tree: log2(dp) steps), so the time of a
+ * save or a load grows with the grid, not with the number of replicas. */
+static int is_io_rank(const prefopt_grid *g) { return g->dp_rank == 0; }
+
+/* replica 0's copy of a flat local buffer (params or a moment: the same layout on every replica) to all replicas */
+static void bcast_replicas(const prefopt_grid *g, float *buf, size_t count)
+{
+    if (g->dp_size == 1 || !buf)
+        return;
+    const size_t chunk = (size_t)1 << 28; /* MPI counts are int */
+    for (size_t off = 0; off < count; off += chunk)
+        MPI_Bcast(buf + off, (int)(count - off < chunk ? count - off : chunk), MPI_FLOAT, 0, g->dp);
+}
+
 int prefopt_model_file_load(prefopt_model *m, const char *path, prefopt_err *err)
 {
     const prefopt_grid *g = prefopt_model_get_grid(m);
-    hid_t f;
-    int rc = ck_open(path, g->world, &f, err);
+    int rc = 0;
+    if (is_io_rank(g)) {
+        hid_t f;
+        rc = ck_open(path, g->tp, &f, err);
+        if (!rc) {
+            prefopt_model_config fc;
+            rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(m), err);
+            if (!rc) {
+                int n;
+                ck_item *it = model_items(m, NULL, &n);
+                rc = ck_read_items(f, path, "model", it, n, g->tp, err);
+                free(it);
+            }
+            H5Fclose(f);
+        }
+    }
     if (prefopt_agree(g->world, err))
         return 1;
-    prefopt_model_config fc;
-    rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(m), err);
-    if (!rc) {
-        int n;
-        ck_item *it = model_items(m, NULL, &n);
-        rc = ck_read_items(f, path, "model", it, n, g->tp, err);
-        free(it);
-    }
-    H5Fclose(f);
-    return prefopt_agree(g->world, err) || rc;
+    size_t count;
+    float *w = prefopt_model_param_data(m, &count);
+    bcast_replicas(g, w, count);
+    return rc;
 }
 
 int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_tokenizer_record *tok, prefopt_err *err)
@@ -217,17 +242,23 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     const prefopt_grid *g = prefopt_model_get_grid(m);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    hid_t f;
-    ck_create(tmp, g->world, &f, err);
+    /* replica 0's grid writes; the others hold the same weights. Every rank makes the same calls over the world
+     * (two agreements), so a failure on a writer reaches all ranks */
+    hid_t f = -1;
+    if (is_io_rank(g))
+        ck_create(tmp, g->tp, &f, err);
     if (prefopt_agree(g->world, err))
         return 1;
-    int rc = ck_write_config(f, "model", prefopt_model_get_config(m), tok, g->world, err);
-    int n;
-    ck_item *it = model_items(m, NULL, &n);
-    rc |= ck_write_items(f, tmp, "model", it, n, g->dp_rank, g->dp_size, g->world, err);
-    free(it);
-    rc |= mark_complete(f);
-    rc = ck_close_agreed(f, tmp, g->world, rc, err);
+    int rc = 0;
+    if (is_io_rank(g)) {
+        rc = ck_write_config(f, "model", prefopt_model_get_config(m), tok, g->tp, err);
+        int n;
+        ck_item *it = model_items(m, NULL, &n);
+        rc |= ck_write_items(f, tmp, "model", it, n, 0, 1, g->tp, err);
+        free(it);
+        rc |= mark_complete(f);
+    }
+    rc = ck_close_agreed_over(f, tmp, is_io_rank(g) ? g->tp : MPI_COMM_NULL, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
     if (prefopt_agree(g->world, err)) {
@@ -430,15 +461,19 @@ static void prune(const char *dir, int keep, long long current)
     free(steps);
 }
 
-static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_grid *g, prefopt_err *err)
+/* Called by replica 0's grid only (the file's communicator is g->tp); rng_rows holds, on each of those ranks, the
+ * rows of its grid position in every replica (gathered over g->dp: row of world rank d*tp + tp_rank is
+ * rng_rows[d]). */
+static int write_state(hid_t f, const prefopt_train_state *st_in, const uint64_t *rng_rows, const prefopt_grid *g,
+                       prefopt_err *err)
 {
     /* the scalar state is rank 0's (attributes are written collectively with identical values) */
     prefopt_train_state st = *st_in;
     int64_t v[13] = {st.step, st.sched_step, st.epoch, st.tokens_seen};
     memcpy(v + 4, st.cursor, sizeof st.cursor);
     v[12] = g->world_size;
-    MPI_Bcast(v, 13, MPI_INT64_T, 0, g->world);
-    MPI_Bcast(&st.lr, 1, MPI_DOUBLE, 0, g->world);
+    MPI_Bcast(v, 13, MPI_INT64_T, 0, g->tp);
+    MPI_Bcast(&st.lr, 1, MPI_DOUBLE, 0, g->tp);
     hid_t grp = H5Gcreate2(f, "state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     int bad = grp < 0;
     bad |= ck_attr_int64(grp, "step", &v[0], 1, 1);
@@ -453,15 +488,17 @@ static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_
     if (a >= 0)
         H5Aclose(a);
     H5Sclose(sp);
-    /* rng: one row per rank */
-    hsize_t dims[2] = {(hsize_t)g->world_size, 4}, start[2] = {(hsize_t)g->world_rank, 0}, cnt[2] = {1, 4};
+    /* rng: one row per world rank; each writer writes the rows of its grid position (stride tp_size) */
+    hsize_t dims[2] = {(hsize_t)g->world_size, 4}, start[2] = {(hsize_t)g->tp_rank, 0};
+    hsize_t stride[2] = {(hsize_t)g->tp_size, 1}, cnt[2] = {(hsize_t)g->dp_size, 1}, blk[2] = {1, 4};
     hid_t fs = H5Screate_simple(2, dims, NULL);
     hid_t ds = H5Dcreate2(grp, "rng", H5T_STD_U64LE, fs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
-    hid_t ms = H5Screate_simple(2, cnt, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, stride, cnt, blk);
+    hsize_t mdims[2] = {(hsize_t)g->dp_size, 4};
+    hid_t ms = H5Screate_simple(2, mdims, NULL);
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    bad |= ds < 0 || H5Dwrite(ds, H5T_NATIVE_UINT64, ms, fs, dxpl, st.rng) < 0;
+    bad |= ds < 0 || H5Dwrite(ds, H5T_NATIVE_UINT64, ms, fs, dxpl, rng_rows) < 0;
     H5Pclose(dxpl);
     H5Sclose(ms);
     H5Sclose(fs);
@@ -469,7 +506,7 @@ static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_
         H5Dclose(ds);
     /* the INI text: rank 0's copy, written by rank 0 */
     long long len = st.train_config ? (long long)strlen(st.train_config) : 0;
-    MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, g->world);
+    MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, g->tp);
     if (len > 0) {
         hsize_t d = (hsize_t)len;
         hid_t s2 = H5Screate_simple(1, &d, NULL);
@@ -495,7 +532,10 @@ static int write_state(hid_t f, const prefopt_train_state *st_in, const prefopt_
     return bad;
 }
 
-static int read_state(hid_t f, const char *path, prefopt_train_state *st, const prefopt_grid *g, prefopt_err *err)
+/* Called by replica 0's grid only; rng_rows receives the rows of this grid position in every replica (rng_rows[d]
+ * for replica d), scattered over g->dp afterwards. */
+static int read_state(hid_t f, const char *path, prefopt_train_state *st, uint64_t *rng_rows, const prefopt_grid *g,
+                      prefopt_err *err)
 {
     memset(st, 0, sizeof *st);
     hid_t grp = H5Lexists(f, "state", H5P_DEFAULT) > 0 ? H5Gopen2(f, "state", H5P_DEFAULT) : -1;
@@ -530,14 +570,20 @@ static int read_state(hid_t f, const char *path, prefopt_train_state *st, const 
         return 1;
     }
     hid_t ds = H5Dopen2(grp, "rng", H5P_DEFAULT);
-    hsize_t row = ws == g->world_size ? (hsize_t)g->world_rank : 0;
-    hsize_t dims[2] = {(hsize_t)ws, 4}, start[2] = {row, 0}, cnt[2] = {1, 4};
+    /* the saving run's world size: rows of my grid position in every replica; else every rank gets row 0 */
+    int same = ws == g->world_size;
+    hsize_t dims[2] = {(hsize_t)(ws > 0 ? ws : 1), 4}, start[2] = {same ? (hsize_t)g->tp_rank : 0, 0};
+    hsize_t stride[2] = {(hsize_t)g->tp_size, 1}, cnt[2] = {same ? (hsize_t)g->dp_size : 1, 1}, blk[2] = {1, 4};
     hid_t fs = H5Screate_simple(2, dims, NULL);
-    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
-    hid_t ms = H5Screate_simple(2, cnt, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, stride, cnt, blk);
+    hsize_t mdims[2] = {cnt[0], 4};
+    hid_t ms = H5Screate_simple(2, mdims, NULL);
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-    int rc = ds < 0 || H5Dread(ds, H5T_NATIVE_UINT64, ms, fs, dxpl, st->rng) < 0;
+    int rc = ds < 0 || H5Dread(ds, H5T_NATIVE_UINT64, ms, fs, dxpl, rng_rows) < 0;
+    if (!rc && !same)
+        for (int d = 1; d < g->dp_size; d++)
+            memcpy(rng_rows + 4 * (size_t)d, rng_rows, 4 * sizeof *rng_rows);
     H5Pclose(dxpl);
     H5Sclose(ms);
     H5Sclose(fs);
@@ -605,28 +651,39 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
         check_room(o->dir, name, prefopt_model_get_config(policy), 1 + (adam_m != NULL) + (adam_v != NULL), err);
     if (prefopt_agree(g->world, err))
         return 1;
-    hid_t f;
-    ck_create(tmp, g->world, &f, err);
-    if (prefopt_agree(g->world, err))
+    /* each rank's generator state to its grid position's writer in replica 0 (a gather over the DP communicator) */
+    uint64_t *rng_rows = is_io_rank(g) ? prefopt_xcalloc((size_t)g->dp_size * 4, sizeof *rng_rows, "rng") : NULL;
+    MPI_Gather(st->rng, 4, MPI_UINT64_T, rng_rows, 4, MPI_UINT64_T, 0, g->dp);
+    /* replica 0's grid writes (see is_io_rank); the same calls over the world on every rank, as in model_file_save */
+    hid_t f = -1;
+    if (is_io_rank(g))
+        ck_create(tmp, g->tp, &f, err);
+    if (prefopt_agree(g->world, err)) {
+        free(rng_rows);
         return 1;
-    int rc = ck_write_config(f, "checkpoint", prefopt_model_get_config(policy), o->tok, g->world, err);
-    int n;
-    ck_item *it = model_items(policy, NULL, &n);
-    rc |= ck_write_items(f, tmp, "model", it, n, g->dp_rank, g->dp_size, g->world, err);
-    free(it);
-    if (adam_m) {
-        it = model_items(policy, adam_m, &n);
-        rc |= ck_write_items(f, tmp, "optim/m", it, n, g->dp_rank, g->dp_size, g->world, err);
-        free(it);
     }
-    if (adam_v) {
-        it = model_items(policy, adam_v, &n);
-        rc |= ck_write_items(f, tmp, "optim/v", it, n, g->dp_rank, g->dp_size, g->world, err);
+    int rc = 0;
+    if (is_io_rank(g)) {
+        rc = ck_write_config(f, "checkpoint", prefopt_model_get_config(policy), o->tok, g->tp, err);
+        int n;
+        ck_item *it = model_items(policy, NULL, &n);
+        rc |= ck_write_items(f, tmp, "model", it, n, 0, 1, g->tp, err);
         free(it);
+        if (adam_m) {
+            it = model_items(policy, adam_m, &n);
+            rc |= ck_write_items(f, tmp, "optim/m", it, n, 0, 1, g->tp, err);
+            free(it);
+        }
+        if (adam_v) {
+            it = model_items(policy, adam_v, &n);
+            rc |= ck_write_items(f, tmp, "optim/v", it, n, 0, 1, g->tp, err);
+            free(it);
+        }
+        rc |= write_state(f, st, rng_rows, g, err);
+        rc |= mark_complete(f);
     }
-    rc |= write_state(f, st, g, err);
-    rc |= mark_complete(f);
-    rc = ck_close_agreed(f, tmp, g->world, rc, err);
+    free(rng_rows);
+    rc = ck_close_agreed_over(f, tmp, is_io_rank(g) ? g->tp : MPI_COMM_NULL, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
     if (prefopt_agree(g->world, err)) {
@@ -647,35 +704,69 @@ int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, fl
                       prefopt_err *err)
 {
     const prefopt_grid *g = prefopt_model_get_grid(policy);
-    hid_t f;
-    ck_open(path, g->world, &f, err);
-    if (prefopt_agree(g->world, err))
+    uint64_t *rng_rows = is_io_rank(g) ? prefopt_xcalloc((size_t)g->dp_size * 4, sizeof *rng_rows, "rng") : NULL;
+    if (st)
+        memset(st, 0, sizeof *st);
+    if (is_io_rank(g)) { /* replica 0's grid reads; the weights, moments and state go to the others below */
+        hid_t f;
+        int rc = ck_open(path, g->tp, &f, err);
+        if (!rc) {
+            prefopt_model_config fc;
+            int64_t complete = 0;
+            rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(policy), err);
+            if (!rc && (ck_attr_int64(f, "complete", &complete, 1, 0) || complete != 1)) {
+                prefopt_err_set(err, "%s: not marked complete (an interrupted write)", path);
+                rc = 1;
+            }
+            int n;
+            if (!rc) {
+                ck_item *it = model_items(policy, NULL, &n);
+                rc = ck_read_items(f, path, "model", it, n, g->tp, err);
+                free(it);
+            }
+            if (!rc && adam_m) {
+                ck_item *it = model_items(policy, adam_m, &n);
+                rc = ck_read_items(f, path, "optim/m", it, n, g->tp, err);
+                free(it);
+            }
+            if (!rc && adam_v) {
+                ck_item *it = model_items(policy, adam_v, &n);
+                rc = ck_read_items(f, path, "optim/v", it, n, g->tp, err);
+                free(it);
+            }
+            if (!rc && st)
+                rc = read_state(f, path, st, rng_rows, g, err);
+            H5Fclose(f);
+        }
+    }
+    if (prefopt_agree(g->world, err)) {
+        free(rng_rows);
+        if (st) {
+            free(st->train_config);
+            st->train_config = NULL;
+        }
         return 1;
-    prefopt_model_config fc;
-    int64_t complete = 0;
-    int rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(policy), err);
-    if (!rc && (ck_attr_int64(f, "complete", &complete, 1, 0) || complete != 1)) {
-        prefopt_err_set(err, "%s: not marked complete (an interrupted write)", path);
-        rc = 1;
     }
-    int n;
-    if (!rc) {
-        ck_item *it = model_items(policy, NULL, &n);
-        rc = ck_read_items(f, path, "model", it, n, g->tp, err);
-        free(it);
-    }
-    if (!rc && adam_m) {
-        ck_item *it = model_items(policy, adam_m, &n);
-        rc = ck_read_items(f, path, "optim/m", it, n, g->tp, err);
-        free(it);
-    }
-    if (!rc && adam_v) {
-        ck_item *it = model_items(policy, adam_v, &n);
-        rc = ck_read_items(f, path, "optim/v", it, n, g->tp, err);
-        free(it);
-    }
-    if (!rc && st)
-        rc = read_state(f, path, st, g, err);
-    H5Fclose(f);
-    return prefopt_agree(g->world, err) || rc;
+    size_t count;
+    float *w = prefopt_model_param_data(policy, &count);
+    bcast_replicas(g, w, count);
+    bcast_replicas(g, adam_m, count);
+    bcast_replicas(g, adam_v, count);
+    if (st && g->dp_size > 1) {
+        uint64_t rng[4];
+        MPI_Scatter(rng_rows, 4, MPI_UINT64_T, rng, 4, MPI_UINT64_T, 0, g->dp);
+        char *cfg = st->train_config;
+        long long len = cfg ? (long long)strlen(cfg) : -1;
+        MPI_Bcast(st, (int)sizeof *st, MPI_BYTE, 0, g->dp); /* scalars and cursor: the same on every replica */
+        MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, g->dp);
+        if (!is_io_rank(g))
+            cfg = len >= 0 ? prefopt_xmalloc((size_t)len + 1, "train_config") : NULL;
+        if (len >= 0)
+            MPI_Bcast(cfg, (int)len + 1, MPI_CHAR, 0, g->dp);
+        st->train_config = cfg;
+        memcpy(st->rng, rng, sizeof rng);
+    } else if (st)
+        memcpy(st->rng, rng_rows, sizeof st->rng);
+    free(rng_rows);
+    return 0;
 }

@@ -84,3 +84,7 @@ double prefopt_now(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+static double start_marks[2];
+void prefopt_mark_start(int after_mpi_init) { start_marks[after_mpi_init != 0] = prefopt_now(); }
+double prefopt_start_time(int after_mpi_init) { return start_marks[after_mpi_init != 0]; }

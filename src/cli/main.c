@@ -151,7 +151,9 @@ int main(int argc, char **argv)
     if (raise_at)
         raise(!strcmp(raise_at, "USR1") ? SIGUSR1 : SIGTERM);
     int provided = 0;
+    prefopt_mark_start(0);
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    prefopt_mark_start(1);
     prefopt_agree_install_abort();
     if (strcmp(name, "train")) {
         /* train checks the flag at its step boundaries; the others stop now if a signal came during start-up,
