@@ -295,7 +295,8 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         if (L->m == 0)
             continue;
         prefopt_dmat_gemm_sub('N', 'T', L->m, C, V, 1.0f, L, 0, 0, m->head->value, 0, 0, 0.0f, dX, r0 * R, 0);
-        prefopt_dmat_gemm_sub('T', 'N', C, V, L->m, 1.0f, X, r0 * R, 0, L, 0, 0, 1.0f, m->head->grad, 0, 0);
+        if (m->head->grad)
+            prefopt_dmat_gemm_sub('T', 'N', C, V, L->m, 1.0f, X, r0 * R, 0, L, 0, 0, 1.0f, m->head->grad, 0, 0);
     }
     if (m->head_kept_only) { /* positions the head skipped get no gradient from it */
         memset(m->dn.data, 0, sizeof(float) * prefopt_dmat_local_size(&m->dn));

@@ -150,6 +150,9 @@ static void alloc_acts(prefopt_model *m)
         if (llama)
             act(m, &A->h2, F, m->nbf);
         act(m, &A->a, F, m->nbf);
+        for (int k = 0; m->lora.r > 0 && k < PREFOPT_LORA_NKIND; k++)
+            if (m->lora.targets & (1u << k))
+                act(m, &A->lu[k], m->lora.r, m->lora.r);
         A->n1_mean = new_buf(m, nt, "norm stats");
         A->n1_rstd = new_buf(m, nt, "norm stats");
         A->n2_mean = new_buf(m, nt, "norm stats");
@@ -193,6 +196,15 @@ static void alloc_acts(prefopt_model *m)
         if (llama)
             act(m, &m->dh2, F, m->nbf);
         act(m, &m->da, F, m->nbf);
+        if (m->lora.r > 0) {
+            int wide = C > HD ? C : HD;
+            wide = wide > F ? wide : F;
+            act(m, &m->ldu, m->lora.r, m->lora.r);
+            if (m->lora.dropout > 0) { /* the dropped input and its gradient: lora.c gives them x's layout */
+                m->lxd.data = new_buf(m, (nt > 0 ? nt : 1) * (size_t)wide, "LoRA dropout");
+                m->lxg.data = new_buf(m, (nt > 0 ? nt : 1) * (size_t)wide, "LoRA dropout");
+            }
+        }
     }
 }
 
@@ -208,8 +220,11 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
     const layer_params *P = &m->layers[l];
     pf_norm_forward(m, &A->n1, A->n1_mean, A->n1_rstd, x, P->ln1_w, P->ln1_b);
     pf_linear_forward(&A->q, &A->n1, P->wq, P->bq, 0.0f);
+    pf_lora_forward(m, l, PF_LQ, &A->q, &A->n1, &A->lu[PF_LQ]);
     pf_linear_forward(&A->k, &A->n1, P->wk, P->bk, 0.0f);
+    pf_lora_forward(m, l, PF_LK, &A->k, &A->n1, &A->lu[PF_LK]);
     pf_linear_forward(&A->v, &A->n1, P->wv, P->bv, 0.0f);
+    pf_lora_forward(m, l, PF_LV, &A->v, &A->n1, &A->lu[PF_LV]);
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
         pf_rope_apply(m, &A->q, 0);
         pf_rope_apply(m, &A->k, 0);
@@ -220,13 +235,18 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         pf_attention_forward(m, &A->y, A->att, &A->q, &A->k, &A->v);
     copy_dmat(&A->xmid, x);
     pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
+    pf_lora_forward(m, l, PF_LO, &A->xmid, &A->y, &A->lu[PF_LO]);
     pf_norm_forward(m, &A->n2, A->n2_mean, A->n2_rstd, &A->xmid, P->ln2_w, P->ln2_b);
     pf_linear_forward(&A->h1, &A->n2, P->wfc, P->bfc, 0.0f);
-    if (P->wup)
+    pf_lora_forward(m, l, PF_LFC, &A->h1, &A->n2, &A->lu[PF_LFC]);
+    if (P->wup) {
         pf_linear_forward(&A->h2, &A->n2, P->wup, NULL, 0.0f);
+        pf_lora_forward(m, l, PF_LUP, &A->h2, &A->n2, &A->lu[PF_LUP]);
+    }
     pf_mlp_act_forward(m, &A->a, &A->h1, &A->h2);
     copy_dmat(xout, &A->xmid);
     pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
+    pf_lora_forward(m, l, PF_LDOWN, xout, &A->a, &A->lu[PF_LDOWN]);
 }
 
 /* m->dx holds d loss / d (layer output) on entry and d loss / d (layer input) on return. */
@@ -234,20 +254,28 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
 {
     const layer_params *P = &m->layers[l];
     pf_linear_backward(m, &m->da, 0.0f, &m->dx, &A->a, P->wdown, P->bdown);
+    pf_lora_backward(m, l, PF_LDOWN, &m->da, &m->dx, &A->a, &A->lu[PF_LDOWN]);
     pf_mlp_act_backward(m, &m->dh1, &m->dh2, &m->da, &A->h1, &A->h2);
     pf_linear_backward(m, &m->dn, 0.0f, &m->dh1, &A->n2, P->wfc, P->bfc);
-    if (P->wup)
+    pf_lora_backward(m, l, PF_LFC, &m->dn, &m->dh1, &A->n2, &A->lu[PF_LFC]);
+    if (P->wup) {
         pf_linear_backward(m, &m->dn, 1.0f, &m->dh2, &A->n2, P->wup, NULL);
+        pf_lora_backward(m, l, PF_LUP, &m->dn, &m->dh2, &A->n2, &A->lu[PF_LUP]);
+    }
     pf_norm_backward(m, &m->dx, &m->dn, &A->xmid, A->n2_mean, A->n2_rstd, P->ln2_w, P->ln2_b);
     pf_linear_backward(m, &m->dy, 0.0f, &m->dx, &A->y, P->wo, P->bo);
+    pf_lora_backward(m, l, PF_LO, &m->dy, &m->dx, &A->y, &A->lu[PF_LO]);
     pf_attention_backward(m, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
         pf_rope_apply(m, &m->dq, 1);
         pf_rope_apply(m, &m->dk, 1);
     }
     pf_linear_backward(m, &m->dn, 0.0f, &m->dq, &A->n1, P->wq, P->bq);
+    pf_lora_backward(m, l, PF_LQ, &m->dn, &m->dq, &A->n1, &A->lu[PF_LQ]);
     pf_linear_backward(m, &m->dn, 1.0f, &m->dk, &A->n1, P->wk, P->bk);
+    pf_lora_backward(m, l, PF_LK, &m->dn, &m->dk, &A->n1, &A->lu[PF_LK]);
     pf_linear_backward(m, &m->dn, 1.0f, &m->dv, &A->n1, P->wv, P->bv);
+    pf_lora_backward(m, l, PF_LV, &m->dn, &m->dv, &A->n1, &A->lu[PF_LV]);
     pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
 }
 
@@ -269,6 +297,8 @@ int pf_run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
 
 int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err)
 {
+    if (m->lora_on && m->lora_train)
+        m->lora_fwd++; /* a new dropout mask (a checkpointing recompute in backward reuses this one) */
     if (pf_run_trunk(m, b, err))
         return -1;
     pf_head_forward(m, out);
@@ -284,6 +314,8 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
         prefopt_die("prefopt_model_backward: %s", m->opt.with_grads ? "no forward before backward"
                                                                      : "the model was made without gradients");
     const int L = m->cfg.num_layers;
+    if (m->lora.r > 0 && !m->lora_on)
+        prefopt_die("prefopt_model_backward: the LoRA adapters were off in the last forward");
     memset(m->vscr, 0, m->vscr_count * sizeof(float));
     pf_head_backward(m, d_completion, d_all); /* d xf -> m->dn */
     memset(m->dx.data, 0, prefopt_dmat_local_size(&m->dx) * sizeof(float));
@@ -299,7 +331,7 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
     if (m->vscr_count)
         MPI_Allreduce(MPI_IN_PLACE, m->vscr, (int)m->vscr_count, MPI_FLOAT, MPI_SUM, m->g->col);
     for (int i = 0; i < m->nparams; i++) {
-        if (!m->values[i].rep_rows)
+        if (!m->values[i].rep_rows || !m->params[i].grad)
             continue;
         float *gd = m->grads[i].data, *s = m->vscr + m->vscr_offset[i];
         for (size_t e = 0; e < prefopt_dmat_local_size(&m->grads[i]); e++)
@@ -329,9 +361,9 @@ void prefopt_model_allreduce_grads(prefopt_model *m)
 {
     if (!m->grad_data || m->g->dp_size == 1)
         return;
-    const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20;
-    for (size_t off = 0; off < m->flat_count; off += bucket) {
-        size_t n = m->flat_count - off < bucket ? m->flat_count - off : bucket;
+    const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20, count = m->flat_count - m->train_off;
+    for (size_t off = 0; off < count; off += bucket) { /* with LoRA: the adapters' gradients only */
+        size_t n = count - off < bucket ? count - off : bucket;
         MPI_Allreduce(MPI_IN_PLACE, m->grad_data + off, (int)n, MPI_FLOAT, MPI_SUM, m->g->dp);
     }
 }

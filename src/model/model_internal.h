@@ -13,13 +13,18 @@
 typedef struct {
     prefopt_param *ln1_w, *ln1_b, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
     prefopt_param *ln2_w, *ln2_b, *wfc, *bfc, *wup, *wdown, *bdown;
+    prefopt_param *lora_at[PREFOPT_LORA_NKIND], *lora_b[PREFOPT_LORA_NKIND]; /* per target kind (lora.c); NULL: none */
 } layer_params;
+
+/* LoRA target kinds as indices (the bit is 1 << index) */
+enum { PF_LQ, PF_LK, PF_LV, PF_LO, PF_LFC, PF_LUP, PF_LDOWN };
 
 /* What backward needs of one block (the layer input lives in the model's residual stream array). */
 typedef struct {
     prefopt_dmat n1, q, k, v, y, xmid, n2, h1, h2, a;
     float *n1_mean, *n1_rstd, *n2_mean, *n2_rstd; /* per local token */
     float *att;                                   /* softmax log-normalisers [local seq][local head][T] */
+    prefopt_dmat lu[PREFOPT_LORA_NKIND];          /* LoRA: U = dropout(x) A^T (tokens x r) per targeted linear */
 } layer_acts;
 
 struct prefopt_model {
@@ -34,6 +39,14 @@ struct prefopt_model {
     int *init_kind;               /* how prefopt_model_init_random fills each param */
     float *param_data, *grad_data;
     size_t flat_count;
+    size_t train_off;             /* the trainable tail of param_data starts here (0 without LoRA) */
+    int first_lora;               /* index of the first adapter parameter (nparams: none) */
+    /* LoRA (lora.c) */
+    prefopt_lora_config lora;     /* r == 0: none */
+    int lora_on;                  /* adapters enabled in forward */
+    int lora_train;               /* dropout active */
+    uint64_t lora_seed, lora_fwd; /* dropout mask: seed and the count of training forwards */
+    prefopt_dmat ldu, lxd, lxg;   /* backward scratch: dU (tokens x r), dropped input, its gradient (widest in) */
     size_t bucket;                /* floats per data-parallel all-reduce */
     size_t *vscr_offset;          /* rep_rows params: offset in vscr (else SIZE_MAX) */
     float *vscr;                  /* this backward's row-vector gradients, summed over grid->col at the end */
@@ -96,6 +109,13 @@ void pf_mlp_act_backward(const prefopt_model *m, prefopt_dmat *dh1, prefopt_dmat
 void pf_rope_tables(prefopt_model *m);
 void pf_rope_apply(const prefopt_model *m, prefopt_dmat *x, int inverse);
 float *pf_vgrad(prefopt_model *m, const prefopt_param *p);
+
+/* lora.c: after the base linear of kind k in layer l: y += s U B with U = dropout(x) A^T kept in u; backward
+ * after the base's: dB += s U^T dy, dA^T += dU^T dropout(x), dx += dropout'(dU A^T) with dU = s dy B^T.
+ * No-ops where layer l has no adapter of kind k (or they are switched off in forward). */
+void pf_lora_forward(prefopt_model *m, int l, int k, prefopt_dmat *y, const prefopt_dmat *x, prefopt_dmat *u);
+void pf_lora_backward(prefopt_model *m, int l, int k, prefopt_dmat *dx, const prefopt_dmat *dy,
+                      const prefopt_dmat *x, const prefopt_dmat *u);
 
 /* attention.c */
 void pf_attention_forward(const prefopt_model *m, prefopt_dmat *y, float *att, const prefopt_dmat *q,
