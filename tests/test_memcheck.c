@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     prefopt_model_config cfg = tiny();
 
     /* the estimate */
-    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0};
+    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, NULL};
     prefopt_mem_estimate e;
     prefopt_mem_estimate_train(&cfg, &lay, &e);
     CHECK(e.weights == 4.0 * (41056 + 896), "weights %.0f", e.weights);
@@ -55,10 +55,10 @@ int main(int argc, char **argv)
     CHECK(e.activations == 4.0 * (2 * 19456 + 16576), "activations %.0f", e.activations);
     CHECK(fabs(e.total - 1.1 * (4 * e.weights + e.activations)) < 1e-6, "total %.1f", e.total);
     /* a logits budget of one row (16*259*4 bytes = 16.2 KiB; 20 KiB) keeps one row's logits and gradient */
-    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480};
+    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, NULL};
     prefopt_mem_estimate_train(&cfg, &lay1, &e);
     CHECK(e.activations == 4.0 * (2 * 19456 + 8288), "activations, logits budget of one row %.0f", e.activations);
-    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0};
+    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, NULL};
     prefopt_mem_estimate_train(&cfg, &lay2, &e);
     CHECK(e.weights == 4.0 * (41056 / 2 + 896) && e.reference == e.weights, "tp 2 weights %.0f", e.weights);
     /* checkpointing: inputs 2*16*32*2 / 2 + one layer 19456 / 2 */

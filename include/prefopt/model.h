@@ -175,6 +175,10 @@ void prefopt_model_set_lora_train(prefopt_model *m, int on, uint64_t seed);
  * the values do not depend on the grid. Base weights are untouched. */
 void prefopt_model_init_lora(prefopt_model *m, uint64_t seed);
 
+/* W += (alpha / r) B A for every adapter (PEFT's merge_and_unload) in the base weights, e.g. before saving a
+ * plain model file. The adapters stay; a forward with them on afterwards counts them twice. Collective. */
+void prefopt_model_merge_lora(prefopt_model *m);
+
 /* GPT-2-style init (normal(0, 0.02), residual projections scaled by 1/sqrt(2L), norms 1, biases 0) from a
  * seed; the values of a logical tensor do not depend on the grid. */
 void prefopt_model_init_random(prefopt_model *m, uint64_t seed);

@@ -10,6 +10,7 @@
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
 #include "prefopt/grid.h"
+#include "prefopt/lora.h"
 #include "prefopt/model.h"
 #include "prefopt/objectives.h"
 #include "prefopt/optim.h"
@@ -43,6 +44,7 @@ typedef struct {
     /* run control */
     int log_interval, eval_interval, save_interval, keep_last, max_nonfinite;
     int eval_batch_size;
+    prefopt_lora_params lora; /* --lora-*: adapters on a frozen base (lora.h) */
 } prefopt_train_params;
 
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */
@@ -65,7 +67,8 @@ void prefopt_unit_counts(prefopt_unit_stats *s, const prefopt_batch *b);
 int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a, const prefopt_ds_info *ds,
                         prefopt_err *err);
 
-/* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
+/* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry: the trained
+ * parameters, with offsets into prefopt_model_train_data. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);
 
 /* sgemm throughput (FLOP/s) of this rank with its BLIS threads, measured now while every rank of comm runs the

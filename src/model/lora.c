@@ -158,3 +158,17 @@ void pf_lora_backward(prefopt_model *m, int l, int k, prefopt_dmat *dx, const pr
     for (size_t e = 0; e < n; e++)
         dx->data[e] += xg.data[e];
 }
+
+/* ---- merge ---------------------------------------------------------------------------------------------------- */
+
+void prefopt_model_merge_lora(prefopt_model *m)
+{
+    const float s = m->lora.r > 0 ? m->lora.alpha / (float)m->lora.r : 0.0f;
+    for (int l = 0; m->lora.r > 0 && l < m->cfg.num_layers; l++) {
+        layer_params *P = &m->layers[l];
+        prefopt_param *w[PREFOPT_LORA_NKIND] = {P->wq, P->wk, P->wv, P->wo, P->wfc, P->wup, P->wdown};
+        for (int k = 0; k < PREFOPT_LORA_NKIND; k++)
+            if (P->lora_at[k]) /* W (in x out) += s AT^T B, i.e. PyTorch's W += s B A */
+                prefopt_dmat_gemm('T', 'N', s, P->lora_at[k]->value, P->lora_b[k]->value, 1.0f, w[k]->value);
+    }
+}

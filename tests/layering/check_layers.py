@@ -25,7 +25,7 @@ LAYERS = {
     "tokenizer": (["src/tokenizer"], ["tokenizer.h", "chat_template.h"]),
     "model": (["src/model"], ["model.h"]),
     "io": (["io/dataset", "io/pack", "io/checkpoint", "io/hf"], ["dataset.h", "pack.h", "checkpoint.h", "hf.h"]),
-    "train": (["src/train"], ["train.h", "optim.h", "runctl.h", "memcheck.h", "banner.h", "generate.h", "eval.h",
+    "train": (["src/train"], ["train.h", "optim.h", "lora.h", "runctl.h", "memcheck.h", "banner.h", "generate.h", "eval.h",
                             "bench.h"]),
     "cli": (["src/cli"], []),
 }
