@@ -20,8 +20,9 @@ typedef struct {
 /* Option-table entries pointing into p; returns the count or -1 when max is too small. */
 int prefopt_lora_options(prefopt_opt *out, int max, prefopt_lora_params *p);
 
-/* The model's LoRA config from the options and the architecture; r == 0 gives a zero config. Errors name the
- * option. */
+/* The model's LoRA config from the options and the architecture; r == 0 gives a zero config. With --lora-adapter
+ * the adapter's adapter_config.json gives r, alpha and the targets (--lora-r and --lora-targets, when given, must
+ * agree with it). Errors name the option or the file. */
 int prefopt_lora_resolve(const prefopt_lora_params *p, prefopt_arch arch, prefopt_lora_config *out, prefopt_err *err);
 
 #endif

@@ -1,9 +1,24 @@
 /* The LoRA record of a checkpoint (checkpoint.h): root attributes naming the adapters' config and the frozen base
  * they were trained on. */
+#define _GNU_SOURCE
 #include "ckpt_io.h"
+
+#include <stdlib.h>
 
 #include <stdio.h>
 #include <string.h>
+
+uint64_t ck_combine_checksums(const uint64_t *s, int n)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) { /* splitmix64 of (index, checksum): a reordering or a swap changes the sum */
+        uint64_t x = s[i] + 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+        total += x ^ (x >> 31);
+    }
+    return total;
+}
 
 int ck_write_lora_attrs(hid_t file, const prefopt_lora_config *l, const char *base, uint64_t base_sum)
 {
@@ -12,7 +27,9 @@ int ck_write_lora_attrs(hid_t file, const prefopt_lora_config *l, const char *ba
     snprintf(s, sizeof s, "r=%d alpha=%.9g dropout=%.9g targets=0x%x", l->r, (double)l->alpha, (double)l->dropout,
              l->targets);
     char b[4096];
-    snprintf(b, sizeof b, "%s", base);
+    /* absolute, so that export finds the base from any directory */
+    if (!base[0] || !realpath(base, b))
+        snprintf(b, sizeof b, "%s", base);
     int64_t sum = (int64_t)base_sum;
     return ck_attr_str(file, "lora", s, 0, 1) | ck_attr_str(file, "base_model", b, 0, 1) |
            ck_attr_int64(file, "base_checksum", &sum, 1, 1);

@@ -145,13 +145,7 @@ uint64_t prefopt_model_base_checksum(prefopt_model *m)
     for (int i = 0; i < n; i++)
         s[i] = it[i].p.sums ? ck_checksum_piece(&it[i].p) : 0;
     MPI_Allreduce(MPI_IN_PLACE, s, n, MPI_UINT64_T, MPI_SUM, prefopt_model_get_grid(m)->tp);
-    uint64_t total = 0;
-    for (int i = 0; i < n; i++) { /* splitmix64 of (index, checksum): a reordering or a swap changes the sum */
-        uint64_t x = s[i] + 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
-        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-        total += x ^ (x >> 31);
-    }
+    uint64_t total = ck_combine_checksums(s, n);
     free(s);
     free(it);
     return total;

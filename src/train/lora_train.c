@@ -1,6 +1,8 @@
 /* `prefopt train`'s LoRA options (lora.h). */
 #include "prefopt/lora.h"
 
+#include "prefopt/hf.h"
+
 #include <string.h>
 
 int prefopt_lora_options(prefopt_opt *o, int max, prefopt_lora_params *p)
@@ -27,11 +29,24 @@ int prefopt_lora_resolve(const prefopt_lora_params *p, prefopt_arch arch, prefop
     memset(out, 0, sizeof *out);
     if (p->r < 0)
         return prefopt_err_set(err, "--lora-r %d: must be >= 0", p->r), -1;
-    if (p->r == 0) {
-        if (p->adapter && *p->adapter)
-            return prefopt_err_set(err, "--lora-adapter needs --lora-r (the rank of the adapter)"), -1;
+    if (p->adapter && *p->adapter) { /* the adapter's own config; the options may only agree with it */
+        if (prefopt_lora_peft_config(p->adapter, arch, out, err))
+            return -1;
+        unsigned t = 0;
+        if (p->r > 0 && p->r != out->r)
+            return prefopt_err_set(err, "--lora-r %d, but the adapter %s has r %d", p->r, p->adapter, out->r), -1;
+        if (p->targets && *p->targets && (prefopt_lora_parse_targets(p->targets, arch, &t, err) || t != out->targets))
+            return err->set ? -1
+                            : (prefopt_err_set(err, "--lora-targets %s differ from the adapter %s's target_modules",
+                                               p->targets, p->adapter),
+                               -1);
+        if (!(p->dropout >= 0 && p->dropout < 1))
+            return prefopt_err_set(err, "--lora-dropout %g: must be in [0, 1)", p->dropout), -1;
+        out->dropout = (float)p->dropout;
         return 0;
     }
+    if (p->r == 0)
+        return 0;
     if (!(p->alpha > 0))
         return prefopt_err_set(err, "--lora-alpha %g: must be > 0", p->alpha), -1;
     if (!(p->dropout >= 0 && p->dropout < 1))

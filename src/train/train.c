@@ -613,7 +613,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         prefopt_model_file_load(t->policy, p->init, &err);
     else
         prefopt_model_init_random(t->policy, (uint64_t)p->seed);
-    if (!err.set && t->lora.r > 0)
+    if (!err.set && t->lora.r > 0 && *p->lora.adapter)
+        prefopt_lora_adapter_load(t->policy, p->lora.adapter, &err); /* e.g. an SFT adapter, for DPO */
+    else if (!err.set && t->lora.r > 0)
         prefopt_model_init_lora(t->policy, (uint64_t)p->seed); /* PEFT's init: A Kaiming-uniform, B zero */
     FAIL_IF(t, 0, &err);
     if (t->live_ref && !t->lora_ref) {
