@@ -11,6 +11,9 @@ typedef struct {
     int grid_rows, grid_cols, dp, activation_checkpoint, folded_per_rank, table, logits_budget_mib, completion_logits;
     double beta, lr;
     long seed;
+    int lora_r;               /* > 0: LoRA DPO (adapters on a frozen base, the reference = the base) */
+    double lora_alpha;
+    const char *lora_targets;
 } prefopt_bench_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */
