@@ -223,6 +223,11 @@ int prefopt_model_file_load(prefopt_model *m, const char *path, prefopt_err *err
         return 1;
     prefopt_model_config fc;
     rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(m), err);
+    if (!rc && H5Aexists(f, "lora") > 0) {
+        prefopt_err_set(err, "%s: a LoRA checkpoint holds adapters, not weights: use the run's model.h5 (adapters "
+                             "merged), or export --hf DIR --merge-lora", path);
+        rc = 1;
+    }
     if (!rc) {
         int n;
         ck_item *it = model_items(m, NULL, &n, ITEMS_BASE);

@@ -388,7 +388,10 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     double fwd_trl = prefopt_model_forward_flops(pol, &trl); /* no token arrays: the head at every position */
     if (completion_head) /* TRL's use_logits_to_keep */
         fwd_trl -= 2.0 * cfg.hidden_size * cfg.vocab_size * trl.nrows * p->prompt_len; /* R = Tt - prompt */
-    double flops = 4.0 * fwd * dp, flops_trl = 4.0 * fwd_trl * dp;
+    /* LoRA: the frozen base's backward has no weight-gradient products (adapter FLOPs, r/C of a layer's, not
+     * counted) */
+    const double passes = lora ? 3.0 : 4.0;
+    double flops = passes * fwd * dp, flops_trl = passes * fwd_trl * dp;
     double tokens = (double)dp * p->pairs * T;
     double tokens_trl = (double)dp * p->pairs * (2.0 * p->prompt_len + p->chosen_len + p->rejected_len);
     double gflops = flops / tstep * 1e-9, mfu = flops / tstep / (peak * world);

@@ -255,7 +255,8 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
             micro_prepare(&s, t, mb);
             micro_forward(t, &s, mb);
             double f = prefopt_model_forward_flops(t->policy, &mb->b);
-            *flops += f * (train ? 3.0 : 1.0) + (t->live_ref ? f : 0.0);
+            /* a frozen LoRA base skips its weight-gradient products: backward is one forward's worth, not two */
+            *flops += f * (train ? (t->lora.r > 0 ? 2.0 : 3.0) : 1.0) + (t->live_ref ? f : 0.0);
         }
         if (t->obj.uses_kl) {
             /* KTO's KL estimate is pooled over the replicas: every replica takes part, batch or not */
