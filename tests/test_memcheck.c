@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     prefopt_model_config cfg = tiny();
 
     /* the estimate */
-    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, 0, 0, 0, 0, 0};
+    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
     prefopt_mem_estimate e;
     prefopt_mem_estimate_train(&cfg, &lay, &e);
     CHECK(e.weights == 4.0 * (41056 + 896), "weights %.0f", e.weights);
@@ -55,14 +55,14 @@ int main(int argc, char **argv)
     CHECK(e.activations == 4.0 * (2 * 19456 + 16576), "activations %.0f", e.activations);
     CHECK(fabs(e.total - 1.1 * (4 * e.weights + e.activations)) < 1e-6, "total %.1f", e.total);
     /* a logits budget of one row (16*259*4 bytes = 16.2 KiB; 20 KiB) keeps one row's logits and gradient */
-    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, 0, 0, 0, 0, 0};
+    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, 0, 0, 0, 0, 0, NULL};
     prefopt_mem_estimate_train(&cfg, &lay1, &e);
     CHECK(e.activations == 4.0 * (2 * 19456 + 8288), "activations, logits budget of one row %.0f", e.activations);
-    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, 0, 0, 0, 0, 0};
+    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, 0, 0, 0, 0, 0, NULL};
     prefopt_mem_estimate_train(&cfg, &lay2, &e);
     CHECK(e.weights == 4.0 * (41056 / 2 + 896) && e.reference == e.weights, "tp 2 weights %.0f", e.weights);
     /* bf16: the policy adds 2-byte copies of its matrices; the frozen reference is those copies and fp32 vectors */
-    prefopt_mem_layout lay3 = {2, 2, 16, 1, 1, 0, 1, 1, 0, 0, 0};
+    prefopt_mem_layout lay3 = {2, 2, 16, 1, 1, 0, 1, 1, 0, 0, 0, NULL};
     prefopt_mem_estimate e3;
     prefopt_mem_estimate_train(&cfg, &lay3, &e3);
     CHECK(e3.weights == 4.0 * (41056 / 2 + 896) + 2.0 * 41056 / 2 && e3.grads == 4.0 * (41056 / 2 + 896) &&
@@ -72,10 +72,10 @@ int main(int argc, char **argv)
     CHECK(e.activations == 4.0 * (1024 + 9728 + 8288), "checkpointed activations %.0f", e.activations);
     /* the distributed optimizer over 4 replicas: a quarter of the moments, plus a shard-sized receive buffer;
      * bf16 communication: 2 + 2 bytes per gradient element */
-    prefopt_mem_layout lz = {1, 2, 16, 0, 0, 0, 0, 0, 4, 1, 0};
+    prefopt_mem_layout lz = {1, 2, 16, 0, 0, 0, 0, 0, 4, 1, 0, NULL};
     prefopt_mem_estimate_train(&cfg, &lz, &e);
     CHECK(e.adam == 2 * e.weights / 4 && e.comm == e.grads / 4, "zero 1 dp 4: adam %.0f comm %.0f", e.adam, e.comm);
-    prefopt_mem_layout lb = {1, 2, 16, 0, 0, 0, 0, 0, 4, 0, 1};
+    prefopt_mem_layout lb = {1, 2, 16, 0, 0, 0, 0, 0, 4, 0, 1, NULL};
     prefopt_mem_estimate_train(&cfg, &lb, &e);
     CHECK(e.adam == 2 * e.weights && e.comm == e.grads, "bf16 dp 4: adam %.0f comm %.0f", e.adam, e.comm);
 

@@ -16,6 +16,9 @@ typedef struct {
     long seed;
     prefopt_precision_params prec;
     prefopt_dp_params dpsync; /* --overlap-grad-reduce, --zero-stage, --grad-reduce-dtype, --grad-bucket-mib */
+    int lora_r;               /* > 0: LoRA DPO (adapters on a frozen base, the reference = the base) */
+    double lora_alpha;
+    const char *lora_targets;
 } prefopt_bench_params;
 
 /* Runs on MPI_COMM_WORLD; returns the exit code. Errors exit through prefopt_exit_error on every rank. */

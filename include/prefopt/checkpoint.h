@@ -14,6 +14,14 @@
  *   /state            attributes step, sched_step, epoch, tokens_seen, cursor[8], lr, world_size; datasets
  *                     rng uint64[world_size][4] (one row per rank) and train_config (uint8: INI text)
  *
+ * LoRA runs (a model with adapters, model.h): model files hold the base tensors only (train writes model.h5 with
+ * the adapters merged in); checkpoints hold no /model group but
+ *   /lora/<name>      the adapters "<linear>.lora_AT" [in][r] and "<linear>.lora_B" [out][r], stacked per layer
+ *   /optim/m, /optim/v   the moments of the adapters only
+ *   /                 attributes lora ("r=16 alpha=32 dropout=0.05 targets=0x7f"), base_model (the --init path)
+ *                     and base_checksum (prefopt_model_base_checksum of the base at save time)
+ * and a resume loads the base from --init, then the checkpoint, which refuses a base whose checksum differs.
+ *
  * Tensors are stored whole at their logical shape, each rank reading/writing its block-cyclic pieces through
  * hyperslab selections, so a file written on one grid and DP degree loads on any other.
  *
@@ -85,6 +93,7 @@ typedef struct {
     const char *dir;       /* created if missing */
     int keep_last;         /* keep this many newest checkpoints (>= 1) */
     const prefopt_tokenizer_record *tok; /* recorded in the checkpoint so export and generate need nothing else */
+    const char *base_model; /* LoRA: the path of the frozen base, recorded in the checkpoint (NULL: none) */
 } prefopt_ckpt_opts;
 
 /* Collective over the model grid's world. adam_m / adam_v are the AdamW moments as flat local buffers with the
@@ -97,7 +106,18 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
  * Returns 0 and fills path, or 1 when there is none (not an error). Local. */
 int prefopt_ckpt_find_latest(const char *dir, char *path, size_t len);
 
+/* A grid-independent 64-bit checksum of a model's base (non-adapter) weights: each tensor's checkpoint checksum,
+ * mixed with its index and summed. Collective over the grid. */
+uint64_t prefopt_model_base_checksum(prefopt_model *m);
+
+/* The LoRA record of a checkpoint: 1 when it has none (a full fine-tuning checkpoint or a model file; not an
+ * error), 0 with lora, base path and checksum filled, -1 on a malformed record (err). Local. */
+int prefopt_ckpt_read_lora(const char *path, prefopt_lora_config *lora, char *base, size_t base_len,
+                           uint64_t *base_checksum, prefopt_err *err);
+
 /* Loads weights, moments (if the pointers are non-NULL; an error if the file has none) and state on any grid.
+ * With LoRA (a policy with adapters): the adapters and their moments; the policy's base must already be loaded
+ * and match the checkpoint's base_checksum, else one error naming both files.
  * rng is restored per rank when the world size matches the saving run, else every rank gets rank 0's. Collective. */
 int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, float *adam_v, prefopt_train_state *st,
                       prefopt_err *err);

@@ -99,4 +99,23 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
  * files keep fp32 whatever is exported. config.json's torch_dtype names what was written. */
 int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char *dtype, prefopt_err *err);
 
+/* ---- LoRA adapters (PEFT) --------------------------------------------------------------------------------- */
+
+/* A LoRA checkpoint -> DIR/adapter_config.json (peft_type LORA, r, lora_alpha, target_modules,
+ * base_model_name_or_path, task_type CAUSAL_LM) and DIR/adapter_model.safetensors (base_model.model.<module>.
+ * lora_A.weight [r][in], .lora_B.weight [out][r], fp32). prefopt_hf_export does this for a LoRA checkpoint.
+ * Serial. */
+int prefopt_hf_export_peft(const char *ckpt, const char *dir, prefopt_err *err);
+/* A LoRA checkpoint -> a full Hugging Face directory of its base (the checkpoint's base_model, its checksum
+ * verified) with W + (alpha / r) B A in every adapted weight (summed in double, rounded once); every other
+ * tensor is the base's, bit for bit. Serial. */
+int prefopt_hf_export_merged(const char *ckpt, const char *dir, const char *dtype, prefopt_err *err);
+/* DIR/adapter_config.json -> a LoRA config for arch (r, alpha, targets; dropout 0). Errors name the file and
+ * field; adapters prefopt cannot represent (rslora, DoRA, trained biases, modules of different scales) are
+ * refused. Local. */
+int prefopt_lora_peft_config(const char *dir, prefopt_arch arch, prefopt_lora_config *out, prefopt_err *err);
+/* Loads a PEFT adapter directory into m's adapters (m made with the same r, scale and targets). Every rank reads
+ * the (small) files and keeps its pieces. Errors name the file and tensor. */
+int prefopt_lora_adapter_load(prefopt_model *m, const char *dir, prefopt_err *err);
+
 #endif

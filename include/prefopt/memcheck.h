@@ -16,6 +16,8 @@
  *                plus logits and their gradient 2 * r*T*V / tp for the r <= m rows of one head chunk (the logits
  *                budget)
  *   workspace    10% of the above (batch copies, staging buffers, BLAS/ScaLAPACK work)
+ * With LoRA: weights + the adapters (r (in + out) per targeted linear, / tp), gradients the adapters, AdamW twice
+ * the adapters, reference 0 (the base with its adapters off), activations + the adapters' U (m T r per target).
  * What a rank may use: the smallest of --memory-limit, RLIMIT_AS and RLIMIT_DATA (less what the process already
  * maps), and, shared by the ranks of the node, the cgroup memory limit and MemAvailable. */
 #ifndef PREFOPT_MEMCHECK_H
@@ -42,6 +44,8 @@ typedef struct {
     int dp;                    /* data-parallel replicas (0 or 1: none) */
     int zero_stage;            /* 1: AdamW moments sharded over the dp replicas (AdamW / dp) */
     int bf16_comm;             /* bf16 gradient communication buffers */
+    const prefopt_lora_config *lora; /* NULL or r == 0: full fine-tuning. Else gradients and AdamW cover the
+                                      * adapters only, and the reference (the base with adapters off) costs none */
 } prefopt_mem_layout;
 
 /* The estimate above for cfg and layout. Local. */

@@ -123,6 +123,37 @@ typedef struct {
 
 typedef struct prefopt_model prefopt_model;
 
+/* LoRA (Hu et al. 2021, as PEFT builds it): a targeted linear layer y = x W + b becomes
+ * y = x W + b + (alpha / r) * (dropout(x) A^T) B^T, with A [r][in] and B [out][r] (PEFT's lora_A / lora_B), and
+ * the base W, b and every other base tensor frozen (no gradient buffers). The adapters are parameters of the
+ * model registry named "<linear>.lora_AT" (A transposed: logical [in][r]) and "<linear>.lora_B" ([out][r]) after
+ * every base tensor, so their local pieces form the tail of the flat buffer (prefopt_model_train_data).
+ * Distribution: A^T is (r x in) with in dealt over process columns in the blocks of the activation x it
+ * multiplies, B is (r x out) with out dealt like W's output; r is one block (never split). Every product goes
+ * through prefopt_dmat_gemm; on a 1 x P grid each one is an r-wide all-gather or reduce-scatter (dmat_gemm.c). */
+enum {
+    PREFOPT_LORA_Q = 1 << 0, PREFOPT_LORA_K = 1 << 1, PREFOPT_LORA_V = 1 << 2, PREFOPT_LORA_O = 1 << 3,
+    PREFOPT_LORA_FC = 1 << 4,  /* Llama gate_proj, GPT-2 mlp.c_fc */
+    PREFOPT_LORA_UP = 1 << 5,  /* Llama up_proj */
+    PREFOPT_LORA_DOWN = 1 << 6 /* Llama down_proj, GPT-2 mlp.c_proj */
+};
+#define PREFOPT_LORA_NKIND 7
+typedef struct {
+    int r;           /* rank; 0: no LoRA */
+    float alpha;     /* scale alpha / r */
+    float dropout;   /* PEFT lora_dropout on the adapter's input, in training forwards only */
+    unsigned targets; /* PREFOPT_LORA_* bits */
+} prefopt_lora_config;
+
+/* Parses a comma list of PEFT target module names into PREFOPT_LORA_* bits: q_proj k_proj v_proj o_proj
+ * gate_proj up_proj down_proj (GPT-2: up_proj and gate_proj both mean mlp.c_fc, o_proj attn.c_proj, down_proj
+ * mlp.c_proj), GPT-2's own c_attn (q, k, v), c_fc, c_proj (attn and mlp, as PEFT's suffix match), "all-linear".
+ * An unknown or inapplicable name is an error naming it. */
+int prefopt_lora_parse_targets(const char *list, prefopt_arch arch, unsigned *targets, prefopt_err *err);
+/* The PEFT module suffix of a target kind bit for arch ("q_proj", "c_fc", ...; GPT-2's q/k/v give "q_proj"...,
+ * the split c_attn). */
+const char *prefopt_lora_kind_name(unsigned kind, prefopt_arch arch);
+
 /* Options of a model instance (not of the architecture). */
 typedef struct {
     int with_grads;            /* 0 for the frozen reference: no gradient buffers, no activations kept */
@@ -144,6 +175,11 @@ typedef struct {
  * arrays. Weights are zero after creation. */
 prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefopt_grid *g,
                                     const prefopt_model_options *opt, prefopt_err *err);
+/* The same with LoRA adapters (lora NULL or r == 0: none): the base is frozen (with_grads gives gradient buffers
+ * and optimizer-visible parameters for the adapters only, and keeps the activations backward needs). */
+prefopt_model *prefopt_model_create_lora(const prefopt_model_config *cfg, const prefopt_grid *g,
+                                         const prefopt_model_options *opt, const prefopt_lora_config *lora,
+                                         prefopt_err *err);
 void prefopt_model_free(prefopt_model *m);
 const prefopt_model_config *prefopt_model_get_config(const prefopt_model *m);
 const prefopt_grid *prefopt_model_get_grid(const prefopt_model *m);
@@ -153,6 +189,31 @@ prefopt_param *prefopt_model_param_at(prefopt_model *m, int i);
 prefopt_param *prefopt_model_param_by_name(prefopt_model *m, const char *name);
 float *prefopt_model_param_data(prefopt_model *m, size_t *count);  /* the flat local parameter buffer */
 float *prefopt_model_grad_data(prefopt_model *m, size_t *count);   /* the flat local gradient buffer */
+
+/* The trainable part of the flat parameter buffer: all of it, or with LoRA the adapters' tail. Its layout is the
+ * gradient buffer's (prefopt_model_grad_data), which is what the optimizer and the all-reduce act on. */
+float *prefopt_model_train_data(prefopt_model *m, size_t *count);
+/* 1 when parameter i is trained (has a gradient); with LoRA only the adapters. */
+int prefopt_model_param_trained(const prefopt_model *m, int i);
+/* 1 when parameter i is a LoRA adapter tensor. */
+int prefopt_model_param_is_lora(const prefopt_model *m, int i);
+const prefopt_lora_config *prefopt_model_lora(const prefopt_model *m); /* r == 0: none */
+/* LoRA adapters on (the default) or off: off, the forward is the base model's (TRL's reference with
+ * disable_adapter()); a backward needs a forward with them on. */
+void prefopt_model_set_lora_enabled(prefopt_model *m, int on);
+/* Training mode for LoRA dropout (PEFT's module.train()): off (the default) the dropout is the identity. On,
+ * it starts a mask stream: the k-th forward after this call draws the mask of (seed, k, layer, target, global
+ * token row, feature, data-parallel rank), so masks do not depend on the TP grid and a resumed run that passes
+ * the same seed (the trainer mixes in the step) draws the same masks; activation checkpointing redraws the
+ * forward's mask in backward. */
+void prefopt_model_set_lora_train(prefopt_model *m, int on, uint64_t seed);
+/* PEFT's init of the adapters from a seed: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), B zero;
+ * the values do not depend on the grid. Base weights are untouched. */
+void prefopt_model_init_lora(prefopt_model *m, uint64_t seed);
+
+/* W += (alpha / r) B A for every adapter (PEFT's merge_and_unload) in the base weights, e.g. before saving a
+ * plain model file. The adapters stay; a forward with them on afterwards counts them twice. Collective. */
+void prefopt_model_merge_lora(prefopt_model *m);
 
 /* GPT-2-style init (normal(0, 0.02), residual projections scaled by 1/sqrt(2L), norms 1, biases 0) from a
  * seed; the values of a logical tensor do not depend on the grid. */

@@ -12,6 +12,7 @@
 #include "prefopt/gradsync.h"
 #include "prefopt/grid.h"
 #include "prefopt/precision.h"
+#include "prefopt/lora.h"
 #include "prefopt/model.h"
 #include "prefopt/objectives.h"
 #include "prefopt/optim.h"
@@ -57,6 +58,7 @@ typedef struct {
     int gradient_accumulation_steps; /* 0: batch-size and micro-batch-size decide; > 0: TRL's rule (see below) */
     int allow_config_change;  /* resume even when options that change the math differ from the checkpoint's */
     const char *tokenizer;    /* from scratch: tokenizer.json (or its directory) giving the vocabulary */
+    prefopt_lora_params lora; /* --lora-*: adapters on a frozen base (lora.h) */
 } prefopt_train_params;
 
 /* The options of `prefopt train` pointing into p (defaults included); returns the count or -1. */
@@ -145,7 +147,8 @@ void prefopt_dp_sync_full_moments(prefopt_dp_sync *s, float *m_full, float *v_fu
 /* After a checkpoint loaded whole moments into m_full/v_full: this replica's shard kept (zero 1; else nothing). */
 void prefopt_dp_sync_load_moments(prefopt_dp_sync *s, const float *m_full, const float *v_full);
 
-/* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry. */
+/* The optimizer's ranges (weight decay, norm counting) from the model's parameter registry: the trained
+ * parameters, with offsets into prefopt_model_train_data. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);
 
 /* sgemm throughput (FLOP/s) of this rank with its BLIS threads, measured now while every rank of comm runs the

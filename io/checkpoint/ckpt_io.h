@@ -140,6 +140,14 @@ int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_
 
 uint64_t ck_checksum_piece(const ck_piece *p);
 
+/* ckpt_lora.c: a LoRA checkpoint's root attributes (checkpoint.h) */
+int ck_write_lora_attrs(hid_t file, const prefopt_lora_config *l, const char *base, uint64_t base_sum);
+/* the checksum of a list of tensors from their checksums (prefopt_model_base_checksum) */
+uint64_t ck_combine_checksums(const uint64_t *sums, int n);
+/* 1: no LoRA record; 0: read; -1: malformed (err) */
+int ck_read_lora_attrs(hid_t file, const char *path, prefopt_lora_config *lora, char *base, size_t base_len,
+                       uint64_t *base_checksum, prefopt_err *err);
+
 /* Test hook: PREFOPT_TEST_CKPT_KILL_AFTER_TENSORS=k makes every rank SIGKILL itself after writing k datasets. */
 void ck_kill_hook_tick(void);
 

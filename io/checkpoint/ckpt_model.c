@@ -107,27 +107,49 @@ int prefopt_model_file_read_tokenizer(const char *path, prefopt_tokenizer_record
     return rc;
 }
 
-/* The model's parameters as items; with buf != NULL, pieces point into buf (a flat buffer of the parameter
- * buffer's layout: the moments) instead of the weights. */
-static ck_item *model_items(prefopt_model *m, const float *buf, int *n)
+/* Which parameters a list of items holds: the base's (every tensor of a model without LoRA), the trained ones
+ * (the moments' layout: prefopt_model_train_data), or the LoRA adapters. */
+enum { ITEMS_BASE, ITEMS_TRAINED, ITEMS_LORA };
+
+/* The model's parameters as items; with buf != NULL, pieces point into buf (a flat buffer of the trained part's
+ * layout: the moments) instead of the weights. */
+static ck_item *model_items(prefopt_model *m, const float *buf, int *n, int which)
 {
     size_t count;
-    float *base = prefopt_model_param_data(m, &count);
-    int np = prefopt_model_param_count(m);
+    float *base = prefopt_model_train_data(m, &count);
+    int np = prefopt_model_param_count(m), k = 0;
     ck_item *it = prefopt_xcalloc((size_t)np + 1, sizeof *it, "checkpoint items");
     for (int i = 0; i < np; i++) {
+        int lora = prefopt_model_param_is_lora(m, i);
+        if (which == ITEMS_BASE ? lora : which == ITEMS_LORA ? !lora : !prefopt_model_param_trained(m, i))
+            continue;
         prefopt_param *p = prefopt_model_param_at(m, i);
-        snprintf(it[i].name, sizeof it[i].name, "%s", p->name);
-        it[i].ndim = p->ndim;
-        it[i].shape[0] = p->shape[0];
-        it[i].shape[1] = p->shape[1];
+        snprintf(it[k].name, sizeof it[k].name, "%s", p->name);
+        it[k].ndim = p->ndim;
+        it[k].shape[0] = p->shape[0];
+        it[k].shape[1] = p->shape[1];
         prefopt_dmat d = *p->value;
         if (buf)
             d.data = (float *)buf + (d.data - base);
-        ck_piece_dmat(&it[i].p, p->ndim, p->shape, &d);
+        ck_piece_dmat(&it[k].p, p->ndim, p->shape, &d);
+        k++;
     }
-    *n = np;
+    *n = k;
     return it;
+}
+
+uint64_t prefopt_model_base_checksum(prefopt_model *m)
+{
+    int n;
+    ck_item *it = model_items(m, NULL, &n, ITEMS_BASE);
+    uint64_t *s = prefopt_xcalloc((size_t)n + 1, sizeof *s, "checksums");
+    for (int i = 0; i < n; i++)
+        s[i] = it[i].p.sums ? ck_checksum_piece(&it[i].p) : 0;
+    MPI_Allreduce(MPI_IN_PLACE, s, n, MPI_UINT64_T, MPI_SUM, prefopt_model_get_grid(m)->tp);
+    uint64_t total = ck_combine_checksums(s, n);
+    free(s);
+    free(it);
+    return total;
 }
 
 static int config_matches(const char *path, const prefopt_model_config *f, const prefopt_model_config *m,
@@ -220,9 +242,14 @@ int prefopt_model_file_load(prefopt_model *m, const char *path, prefopt_err *err
         if (!rc) {
             prefopt_model_config fc;
             rc = ck_read_config(f, path, &fc, err) || config_matches(path, &fc, prefopt_model_get_config(m), err);
+            if (!rc && H5Aexists(f, "lora") > 0) {
+                prefopt_err_set(err, "%s: a LoRA checkpoint holds adapters, not weights: use the run's model.h5 "
+                                     "(adapters merged), or export --hf DIR --merge-lora", path);
+                rc = 1;
+            }
             if (!rc) {
                 int n;
-                ck_item *it = model_items(m, NULL, &n);
+                ck_item *it = model_items(m, NULL, &n, ITEMS_BASE);
                 rc = ck_read_items(f, path, "model", it, n, g->tp, err);
                 free(it);
             }
@@ -253,7 +280,7 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     if (is_io_rank(g)) {
         rc = ck_write_config(f, "model", prefopt_model_get_config(m), tok, g->tp, err);
         int n;
-        ck_item *it = model_items(m, NULL, &n);
+        ck_item *it = model_items(m, NULL, &n, ITEMS_BASE); /* a LoRA model's base: merge the adapters first */
         rc |= ck_write_items(f, tmp, "model", it, n, 0, 1, g->tp, err);
         free(it);
         rc |= mark_complete(f);
@@ -666,16 +693,25 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     if (is_io_rank(g)) {
         rc = ck_write_config(f, "checkpoint", prefopt_model_get_config(policy), o->tok, g->tp, err);
         int n;
-        ck_item *it = model_items(policy, NULL, &n);
-        rc |= ck_write_items(f, tmp, "model", it, n, 0, 1, g->tp, err);
+        const prefopt_lora_config *lora = prefopt_model_lora(policy);
+        ck_item *it;
+        if (lora->r > 0) { /* the adapters and the base's identity; the base itself is --init's file */
+            uint64_t sum = prefopt_model_base_checksum(policy); /* collective over replica 0's grid */
+            rc |= ck_write_lora_attrs(f, lora, o->base_model ? o->base_model : "", sum);
+            it = model_items(policy, NULL, &n, ITEMS_LORA);
+            rc |= ck_write_items(f, tmp, "lora", it, n, 0, 1, g->tp, err);
+        } else {
+            it = model_items(policy, NULL, &n, ITEMS_BASE);
+            rc |= ck_write_items(f, tmp, "model", it, n, 0, 1, g->tp, err);
+        }
         free(it);
         if (adam_m) {
-            it = model_items(policy, adam_m, &n);
+            it = model_items(policy, adam_m, &n, ITEMS_TRAINED);
             rc |= ck_write_items(f, tmp, "optim/m", it, n, 0, 1, g->tp, err);
             free(it);
         }
         if (adam_v) {
-            it = model_items(policy, adam_v, &n);
+            it = model_items(policy, adam_v, &n, ITEMS_TRAINED);
             rc |= ck_write_items(f, tmp, "optim/v", it, n, 0, 1, g->tp, err);
             free(it);
         }
@@ -719,18 +755,44 @@ int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, fl
                 rc = 1;
             }
             int n;
+            const prefopt_lora_config *lora = prefopt_model_lora(policy);
             if (!rc) {
-                ck_item *it = model_items(policy, NULL, &n);
-                rc = ck_read_items(f, path, "model", it, n, g->tp, err);
+                prefopt_lora_config fl;
+                char base[4096] = "";
+                uint64_t fsum = 0;
+                int none = ck_read_lora_attrs(f, path, &fl, base, sizeof base, &fsum, err); /* 1: no LoRA */
+                if (none < 0)
+                    rc = 1;
+                else if (lora->r > 0 && none)
+                    rc = 1, prefopt_err_set(err, "%s: a full fine-tuning checkpoint, but this run trains LoRA adapters "
+                                              "(--lora-r %d)", path, lora->r);
+                else if (lora->r == 0 && !none)
+                    rc = 1, prefopt_err_set(err, "%s: a LoRA checkpoint (r %d on base %s): resume it with the same "
+                                              "--lora-* options and --init", path, fl.r, base);
+                else if (lora->r > 0 && (fl.r != lora->r || fl.targets != lora->targets || fl.alpha != lora->alpha))
+                    rc = 1, prefopt_err_set(err, "%s: LoRA r %d, alpha %g, targets 0x%x in the checkpoint; this run has "
+                                              "r %d, alpha %g, targets 0x%x", path, fl.r, (double)fl.alpha, fl.targets,
+                                         lora->r, (double)lora->alpha, lora->targets);
+                if (!rc && lora->r > 0) {
+                    uint64_t sum = prefopt_model_base_checksum(policy); /* collective over replica 0's grid */
+                    if (sum != fsum)
+                        rc = 1, prefopt_err_set(err, "%s: trained on base %s (checksum %016llx), but the base loaded "
+                                                  "now (--init) has checksum %016llx: resume on the same base model",
+                                             path, base, (unsigned long long)fsum, (unsigned long long)sum);
+                }
+            }
+            if (!rc) {
+                ck_item *it = model_items(policy, NULL, &n, lora->r > 0 ? ITEMS_LORA : ITEMS_BASE);
+                rc = ck_read_items(f, path, lora->r > 0 ? "lora" : "model", it, n, g->tp, err);
                 free(it);
             }
             if (!rc && adam_m) {
-                ck_item *it = model_items(policy, adam_m, &n);
+                ck_item *it = model_items(policy, adam_m, &n, ITEMS_TRAINED);
                 rc = ck_read_items(f, path, "optim/m", it, n, g->tp, err);
                 free(it);
             }
             if (!rc && adam_v) {
-                ck_item *it = model_items(policy, adam_v, &n);
+                ck_item *it = model_items(policy, adam_v, &n, ITEMS_TRAINED);
                 rc = ck_read_items(f, path, "optim/v", it, n, g->tp, err);
                 free(it);
             }
@@ -747,8 +809,10 @@ int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, fl
         }
         return 1;
     }
+    /* the trained part (everything, or a LoRA run's adapters: every replica loaded the base from --init) and
+     * the moments, which have its layout */
     size_t count;
-    float *w = prefopt_model_param_data(policy, &count);
+    float *w = prefopt_model_train_data(policy, &count);
     bcast_replicas(g, w, count);
     bcast_replicas(g, adam_m, count);
     bcast_replicas(g, adam_v, count);

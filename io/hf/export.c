@@ -4,6 +4,7 @@
  * weights transposed back to [in][out]. */
 #define _GNU_SOURCE
 #include "ckpt_io.h"
+#include "hf_lora.h"
 #include "prefopt/files.h"
 
 #include <dirent.h>
@@ -237,6 +238,11 @@ static int publish_dir(const char *stage, const char *dir, prefopt_err *err)
     return 0;
 }
 
+/* config and tokenizer from model_path, weights from the "model" group of wf (model_path's own file, or with
+ * LoRA the base's) plus L's adapters merged in when L is given; the safetensors in dtype */
+static int export_dir(const char *model_path, hid_t wf, const char *wpath, hf_lora *L, const char *dir,
+                      const char *dtype, prefopt_err *err);
+
 int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
 {
     return prefopt_hf_export_dtype(model_path, dir, "", err);
@@ -247,6 +253,56 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
     if (dtype && *dtype && strcmp(dtype, "fp32") && strcmp(dtype, "float32") && strcmp(dtype, "bf16") &&
         strcmp(dtype, "bfloat16"))
         return prefopt_err_set(err, "export --dtype '%s': expected bf16 or fp32", dtype), 1;
+    hf_lora L;
+    int lr = hf_lora_open(model_path, &L, err);
+    if (lr < 0)
+        return 1;
+    if (lr == 0) { /* a LoRA checkpoint has adapters, not weights: PEFT's adapter directory */
+        hf_lora_close(&L);
+        return prefopt_hf_export_peft(model_path, dir, err);
+    }
+    hid_t f;
+    if (ck_open(model_path, MPI_COMM_NULL, &f, err))
+        return 1;
+    int rc = export_dir(model_path, f, model_path, NULL, dir, dtype, err);
+    H5Fclose(f);
+    return rc;
+}
+
+int prefopt_hf_export_merged(const char *ckpt, const char *dir, const char *dtype, prefopt_err *err)
+{
+    if (dtype && *dtype && strcmp(dtype, "fp32") && strcmp(dtype, "float32") && strcmp(dtype, "bf16") &&
+        strcmp(dtype, "bfloat16"))
+        return prefopt_err_set(err, "export --dtype '%s': expected bf16 or fp32", dtype), 1;
+    hf_lora L;
+    int lr = hf_lora_open(ckpt, &L, err);
+    if (lr)
+        return lr > 0 ? (prefopt_err_set(err, "%s: --merge-lora needs a LoRA checkpoint (this file has no adapters)",
+                                         ckpt), 1)
+                      : 1;
+    hid_t b;
+    int rc = ck_open(L.base, MPI_COMM_NULL, &b, err);
+    if (!rc) {
+        prefopt_model_config bc;
+        rc = ck_read_config(b, L.base, &bc, err);
+        if (!rc && (bc.hidden_size != L.cfg.hidden_size || bc.num_layers != L.cfg.num_layers ||
+                    bc.vocab_size != L.cfg.vocab_size || bc.arch != L.cfg.arch)) {
+            prefopt_err_set(err, "%s: the base model %s has another architecture than the checkpoint", ckpt, L.base);
+            rc = 1;
+        }
+        if (!rc)
+            rc = hf_lora_check_base(&L, b, err);
+        if (!rc)
+            rc = export_dir(ckpt, b, L.base, &L, dir, dtype, err);
+        H5Fclose(b);
+    }
+    hf_lora_close(&L);
+    return rc;
+}
+
+static int export_dir(const char *model_path, hid_t wf, const char *wpath, hf_lora *L, const char *dir,
+                      const char *dtype, prefopt_err *err)
+{
     hid_t f;
     if (ck_open(model_path, MPI_COMM_NULL, &f, err))
         return 1;
@@ -311,8 +367,11 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
         for (int k = 0; k < t->nsrc; k++)
             total += numel(&specs[t->src[k]]);
         float *a = prefopt_xmalloc(sizeof(float) * (total ? total : 1), "tensor");
-        for (size_t k = 0, off = 0; k < (size_t)t->nsrc && !rc; off += numel(&specs[t->src[k]]), k++)
-            rc = ck_read_full(f, model_path, "model", &specs[t->src[k]], a + off, err);
+        for (size_t k = 0, off = 0; k < (size_t)t->nsrc && !rc; off += numel(&specs[t->src[k]]), k++) {
+            rc = ck_read_full(wf, wpath, "model", &specs[t->src[k]], a + off, err);
+            if (!rc && L && hf_lora_merge(L, specs[t->src[k]].name, a + off, err) < 0)
+                rc = 1;
+        }
         if (!rc && (t->kind == 1 || t->kind == 2)) {
             /* [out][in] (for c_attn: q, k, v rows stacked) -> Conv1D [in][out] */
             float *b = prefopt_xmalloc(sizeof(float) * total, "transpose");

@@ -7,7 +7,7 @@
 #   accuracy, KL to the reference (mean log pi/ref of completions sampled at temperature 1).
 # usage: jobs/demo/demo.sh            (from anywhere; artefacts in runs/demo/ of the repository)
 # Environment: DEMO_TASK (reverse; or add), DEMO_SEED (1), DEMO_NP (MPI ranks, default: 1 per 2 cores, at least 1), DEMO_SFT_STEPS (600),
-#   DEMO_DPO_STEPS (200), DEMO_SKIP_DEPS=1 (do not run tests/deps.sh), DEMO_SKIP_BUILD=1 (use the build as
+#   DEMO_DPO_STEPS (200), DEMO_LORA (1: also LoRA DPO, r 16 all-linear, --lr DEMO_LORA_LR = 2e-4), DEMO_SKIP_DEPS=1 (do not run tests/deps.sh), DEMO_SKIP_BUILD=1 (use the build as
 #   is), DEMO_BUILD_DIR (build), DEMO_RUN_DIR (runs/demo).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -66,6 +66,15 @@ run train --loss dpo --beta 0.1 --init "$R/sft/model.h5" --data "$R/pairs.h5" --
     --run-dir "$R/dpo" --resume never --max-steps "${DEMO_DPO_STEPS:-200}" --batch-size 64 --lr 2e-5 \
     --lr-scheduler linear --warmup-steps 10 --log-interval 50 --seed "$SEED"
 
+if [ "${DEMO_LORA:-1}" = 1 ]; then
+  say "LoRA DPO from the SFT model (r 16, alpha 32, every linear; reference = the SFT base with its adapters off)"
+  # LoRA's usual ~10x the full fine-tuning lr
+  run train --loss dpo --beta 0.1 --init "$R/sft/model.h5" --data "$R/pairs.h5" --eval-data "$R/eval_pairs.h5" \
+      --run-dir "$R/lora" --resume never --max-steps "${DEMO_DPO_STEPS:-200}" --batch-size 64 --lr "${DEMO_LORA_LR:-2e-4}" \
+      --lr-scheduler linear --warmup-steps 10 --log-interval 50 --seed "$SEED" \
+      --lora-r 16 --lora-alpha 32 --lora-targets all-linear
+fi
+
 say "generate on the 500 held-out prompts (greedy, and sampled at T=1)"
 GEN=(--prompts "$R/data/eval_prompts.jsonl" --max-new-tokens 8)
 run generate --model "$R/sft/model.h5" "${GEN[@]}" --out "$R/gen-sft.jsonl"
@@ -73,7 +82,12 @@ run generate --model "$R/dpo/model.h5" "${GEN[@]}" --out "$R/gen-dpo.jsonl"
 run generate --model "$R/sft/model.h5" "${GEN[@]}" --temperature 1 --seed "$SEED" --out "$R/gen-sft-sampled.jsonl"
 run generate --model "$R/dpo/model.h5" --ref "$R/sft/model.h5" "${GEN[@]}" --temperature 1 --seed "$SEED" \
     --out "$R/gen-dpo-sampled.jsonl"
-for g in sft dpo sft-sampled dpo-sampled; do
+if [ "${DEMO_LORA:-1}" = 1 ]; then # model.h5 of a LoRA run has the adapters merged in
+  run generate --model "$R/lora/model.h5" "${GEN[@]}" --out "$R/gen-lora.jsonl"
+  run generate --model "$R/lora/model.h5" --ref "$R/sft/model.h5" "${GEN[@]}" --temperature 1 --seed "$SEED" \
+      --out "$R/gen-lora-sampled.jsonl"
+fi
+for g in sft dpo sft-sampled dpo-sampled $([ "${DEMO_LORA:-1}" = 1 ] && echo lora lora-sampled); do
   "$T" check --prompts "$R/data/eval_prompts.jsonl" --generations "$R/gen-$g.jsonl" --label "$g" | tail -1 > "$R/check-$g.json"
 done
 
@@ -81,20 +95,32 @@ say "result ($((SECONDS - t0)) s)"
 python3 - "$R" <<'PY' | tee "$R/table.txt"
 import json, sys
 r = sys.argv[1]
-c = {g: json.load(open(f"{r}/check-{g}.json")) for g in ("sft", "dpo", "sft-sampled", "dpo-sampled")}
-rows = [json.loads(l) for l in open(f"{r}/dpo/metrics.jsonl") if l.strip()]
-ev = [x["eval/rewards/accuracies"] for x in rows if "eval/rewards/accuracies" in x]
-tr = [x["rewards/accuracies"] for x in rows if "rewards/accuracies" in x][-10:]
+import os
+lora = os.path.exists(f"{r}/check-lora.json")
+runs = ("dpo", "lora") if lora else ("dpo",)
+c = {g: json.load(open(f"{r}/check-{g}.json")) for g in ("sft", "sft-sampled") + runs + tuple(x + "-sampled" for x in runs)}
 nan = float("nan")
-print(f"{'':38s}{'SFT':>8s}{'DPO':>8s}")
+def metrics(run):
+    rows = [json.loads(l) for l in open(f"{r}/{run}/metrics.jsonl") if l.strip()]
+    ev = [x["eval/rewards/accuracies"] for x in rows if "eval/rewards/accuracies" in x]
+    tr = [x["rewards/accuracies"] for x in rows if "rewards/accuracies" in x][-10:]
+    return (ev[-1] if ev else nan), (sum(tr) / len(tr) if tr else nan)
+m = {x: metrics(x) for x in runs}
+print(f"{'':38s}{'SFT':>8s}{'DPO':>8s}" + (f"{'LoRA-DPO':>10s}" if lora else ""))
 for name, g in (("held-out accuracy, greedy", ""), ("held-out accuracy, sampled T=1", "-sampled")):
     a, b = c["sft" + g], c["dpo" + g]
-    print(f"{name:38s}{a['accuracy']:8.3f}{b['accuracy']:8.3f}   ({a['correct']} vs {b['correct']} of {a['n']})")
-print(f"{'reward accuracy, held-out pairs':38s}{'':8s}{(ev[-1] if ev else nan):8.3f}")
-print(f"{'reward accuracy, last 10 train steps':38s}{'':8s}{(sum(tr) / len(tr) if tr else nan):8.3f}")
-print(f"{'KL(DPO || SFT reference), nats/sample':38s}{'':8s}{c['dpo-sampled'].get('kl', nan):8.3f}   (mean log pi/ref of the T=1 samples)")
+    extra = f"{c['lora' + g]['accuracy']:10.3f}" if lora else ""
+    print(f"{name:38s}{a['accuracy']:8.3f}{b['accuracy']:8.3f}{extra}   ({a['correct']} vs {b['correct']} of {a['n']})")
+for i, name in enumerate(("reward accuracy, held-out pairs", "reward accuracy, last 10 train steps")):
+    print(f"{name:38s}{'':8s}{m['dpo'][i]:8.3f}" + (f"{m['lora'][i]:10.3f}" if lora else ""))
+print(f"{'KL(DPO || SFT reference), nats/sample':38s}{'':8s}{c['dpo-sampled'].get('kl', nan):8.3f}"
+      + (f"{c['lora-sampled'].get('kl', nan):10.3f}" if lora else "") + "   (mean log pi/ref of the T=1 samples)")
 # SFT imitates the data's share of wrong answers: that shows when sampling (T=1); greedy decoding picks the mode
 d = c["dpo-sampled"]["accuracy"] - c["sft-sampled"]["accuracy"]
 dg = c["dpo"]["accuracy"] - c["sft"]["accuracy"]
 print(f"\nDPO vs SFT: {100 * d:+.1f} points of sampled held-out accuracy, {100 * dg:+.1f} greedy")
+if lora:
+    dl = c["lora-sampled"]["accuracy"] - c["sft-sampled"]["accuracy"]
+    dlg = c["lora"]["accuracy"] - c["sft"]["accuracy"]
+    print(f"LoRA-DPO vs SFT: {100 * dl:+.1f} points of sampled held-out accuracy, {100 * dlg:+.1f} greedy")
 PY

@@ -42,6 +42,9 @@ int prefopt_cmd_bench(int argc, char **argv)
         {"beta", PREFOPT_OPT_DOUBLE, &p.beta, "0.1", "DPO beta"},
         {"lr", PREFOPT_OPT_DOUBLE, &p.lr, "1e-6", "AdamW learning rate"},
         {"seed", PREFOPT_OPT_LONG, &p.seed, "1", "seed of the weights and tokens"},
+        {"lora-r", PREFOPT_OPT_INT, &p.lora_r, "0", "LoRA rank (0: full DPO); the reference is the base, adapters off"},
+        {"lora-alpha", PREFOPT_OPT_DOUBLE, &p.lora_alpha, "16", "LoRA alpha"},
+        {"lora-targets", PREFOPT_OPT_STRING, &p.lora_targets, "all-linear", "LoRA target modules (PEFT names)"},
         {"pcontrol", PREFOPT_OPT_STRING, &p.pcontrol, "window",
          "window: MPI_Pcontrol(1)/(0) around the measured steps (mpiP -o, TAU, Extrae); named: also "
          "MPI_Pcontrol(+1/-1, region) per region (IPM); off"},

@@ -10,6 +10,7 @@
 int prefopt_cmd_export(int argc, char **argv)
 {
     const char *model = NULL, *hf = NULL, *out = NULL, *dtype = NULL;
+    int merge = 0;
     const prefopt_opt opts[] = {
         {"model", PREFOPT_OPT_STRING, &model, "", "prefopt model file or checkpoint (a checkpoint directory: its latest)"},
         {"hf", PREFOPT_OPT_STRING, &hf, "", "write a Hugging Face directory here (config.json, model.safetensors in "
@@ -18,6 +19,8 @@ int prefopt_cmd_export(int argc, char **argv)
         {"dtype", PREFOPT_OPT_STRING, &dtype, "",
          "dtype of the --hf safetensors: bf16 (round to nearest even) or fp32; empty: the imported model's torch_dtype "
          "(bfloat16 -> bf16, else fp32); model files and checkpoints stay fp32"},
+        {"merge-lora", PREFOPT_OPT_FLAG, &merge, "0",
+         "LoRA checkpoint: --hf writes the base with W + (alpha/r) B A merged in (default: a PEFT adapter directory)"},
     };
     char msg[1024];
     int rc = prefopt_opts_parse("export", "Export the policy weights of a checkpoint or model file for evaluation and "
@@ -40,8 +43,8 @@ int prefopt_cmd_export(int argc, char **argv)
         /* a checkpoint directory stands for its latest checkpoint */
         if (prefopt_ckpt_find_latest(model, path, sizeof path) != 0)
             snprintf(path, sizeof path, "%s", model);
-        if (hf[0] && !prefopt_hf_export_dtype(path, hf, dtype, &err))
-            printf("exported %s -> %s\n", path, hf);
+        if (hf[0] && !(merge ? prefopt_hf_export_merged(path, hf, dtype, &err) : prefopt_hf_export_dtype(path, hf, dtype, &err)))
+            printf("exported %s -> %s%s\n", path, hf, merge ? " (LoRA merged)" : "");
         if (!err.set && out[0] && !prefopt_model_file_export_weights(path, out, &err))
             printf("exported weights of %s -> %s\n", path, out);
     }

@@ -331,7 +331,8 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
         if (L->m == 0)
             continue;
         pf_gemm_sub(m->opt.bf16, 'N', 'T', L->m, C, V, 1.0f, L, 0, m->head->value, 0, 0.0f, dX, r0 * R);
-        pf_gemm_sub(m->opt.bf16, 'T', 'N', C, V, L->m, 1.0f, X, r0 * R, L, 0, 1.0f, m->head->grad, 0);
+        if (m->head->grad) /* a frozen (LoRA base) head gets no gradient */
+            pf_gemm_sub(m->opt.bf16, 'T', 'N', C, V, L->m, 1.0f, X, r0 * R, L, 0, 1.0f, m->head->grad, 0);
     }
     if (m->head_kept_only) { /* positions the head skipped get no gradient from it */
         memset(m->dn.data, 0, sizeof(float) * prefopt_dmat_local_size(&m->dn));

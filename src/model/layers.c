@@ -33,14 +33,16 @@ void pf_linear_forward(prefopt_dmat *y, const prefopt_dmat *x, const prefopt_par
 }
 
 /* dx := dy W^T + beta_dx dx (skipped when dx is NULL); dW += x^T dy; db += column sums of dy (this process
- * row's tokens only: the row-vector scratch is summed over process rows at the end of backward). */
+ * row's tokens only: the row-vector scratch is summed over process rows at the end of backward). A frozen
+ * (LoRA base) W or b has no gradient and costs no product. */
 void pf_linear_backward(prefopt_model *m, prefopt_dmat *dx, float beta_dx, const prefopt_dmat *dy,
                         const prefopt_dmat *x, const prefopt_param *w, const prefopt_param *b)
 {
     if (dx)
         pf_gemm(m->opt.bf16, 'N', 'T', 1.0f, dy, w->value, beta_dx, dx);
-    pf_gemm(m->opt.bf16, 'T', 'N', 1.0f, x, dy, 1.0f, w->grad);
-    if (b) {
+    if (w->grad) /* a frozen (LoRA base) weight gets no gradient */
+        pf_gemm(m->opt.bf16, 'T', 'N', 1.0f, x, dy, 1.0f, w->grad);
+    if (b && b->grad) {
         float *db = pf_vgrad(m, b);
 #pragma omp parallel for schedule(static)
         for (int jl = 0; jl < dy->nloc; jl++) {
@@ -97,10 +99,10 @@ void pf_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy
     int nt = x->mloc, C = x->n;
     const float *wv = w->value->data;
     const float off = m->cfg.norm_unit_offset ? 1.0f : 0.0f;
-    float *dw = pf_vgrad(m, w), *db = b ? pf_vgrad(m, b) : NULL;
+    float *dw = w->grad ? pf_vgrad(m, w) : NULL, *db = b && b->grad ? pf_vgrad(m, b) : NULL;
     double *s = prefopt_xcalloc((size_t)2 * nt + 2, sizeof *s, "norm backward sums");
-#pragma omp parallel for schedule(static)
-    for (int jl = 0; jl < x->nloc; jl++) { /* weight and bias gradients: column sums */
+#pragma omp parallel for schedule(static) if (dw != NULL)
+    for (int jl = 0; jl < (dw ? x->nloc : 0); jl++) { /* weight and bias gradients: column sums */
         const float *xc = pf_at(x, 0, jl), *gc = pf_at(dy, 0, jl);
         float sw = 0, sb = 0;
         for (int il = 0; il < nt; il++) {
@@ -197,9 +199,9 @@ void pf_head_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dma
                 *pf_at(dx, il, h * D + d) += r * (g - xhat * mg);
             }
         }
-    if (m->g->npcol > 1)
+    if (w->grad && m->g->npcol > 1) /* a frozen (LoRA base) norm has no gradient to reduce */
         MPI_Reduce(m->g->mycol == 0 ? MPI_IN_PLACE : dw, dw, D, MPI_FLOAT, MPI_SUM, 0, m->g->row);
-    if (m->g->mycol == 0) {
+    if (w->grad && m->g->mycol == 0) {
         float *acc = pf_vgrad(m, w);
         for (int d = 0; d < D; d++)
             acc[d] += dw[d];
@@ -267,6 +269,8 @@ static void embed_gather_owned(const prefopt_model *m, prefopt_dmat *dE, const f
 
 void pf_embed_backward(prefopt_model *m, const prefopt_dmat *dx)
 {
+    if (!m->wte->grad) /* frozen embeddings (LoRA): nothing below them learns */
+        return;
     int C = m->cfg.hidden_size;
     size_t n = (size_t)m->b.nrows * m->b.T * C;
     memset(m->emb_full, 0, n * sizeof(float));

@@ -152,6 +152,9 @@ static void alloc_acts(prefopt_model *m)
         if (llama)
             act(m, &A->h2, F, m->nbf);
         act(m, &A->a, F, m->nbf);
+        for (int k = 0; m->lora.r > 0 && k < PREFOPT_LORA_NKIND; k++)
+            if (m->lora.targets & (1u << k))
+                act(m, &A->lu[k], m->lora.r, m->lora.r);
         A->n1_mean = new_buf(m, nt, "norm stats");
         A->n1_rstd = new_buf(m, nt, "norm stats");
         A->n2_mean = new_buf(m, nt, "norm stats");
@@ -221,6 +224,15 @@ static void alloc_acts(prefopt_model *m)
         }
         if (llama && c->norm_style != PREFOPT_NORM_PRE)
             act(m, &m->dc, C, m->nbh);
+        if (m->lora.r > 0) {
+            int wide = C > HD ? C : HD;
+            wide = wide > F ? wide : F;
+            act(m, &m->ldu, m->lora.r, m->lora.r);
+            if (m->lora.dropout > 0) { /* the dropped input and its gradient: lora.c gives them x's layout */
+                m->lxd.data = new_buf(m, (nt > 0 ? nt : 1) * (size_t)wide, "LoRA dropout");
+                m->lxg.data = new_buf(m, (nt > 0 ? nt : 1) * (size_t)wide, "LoRA dropout");
+            }
+        }
     }
 }
 
@@ -255,6 +267,25 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         pf_norm_forward(m, &A->n1, A->n1_mean, A->n1_rstd, x, P->ln1_w, P->ln1_b);
         ain = &A->n1;
     }
+    /* LoRA adds to each projection's output, before the q/k norms (PEFT wraps q_proj and k_proj) */
+    prefopt_dmat *qo = qkn ? &A->qr : &A->q, *ko = qkn ? &A->kr : &A->k;
+    pf_linear_forward(qo, ain, P->wq, P->bq, 0.0f);
+    pf_lora_forward(m, l, PF_LQ, qo, ain, &A->lu[PF_LQ]);
+    pf_linear_forward(ko, ain, P->wk, P->bk, 0.0f);
+    pf_lora_forward(m, l, PF_LK, ko, ain, &A->lu[PF_LK]);
+    pf_linear_forward(&A->v, ain, P->wv, P->bv, 0.0f);
+    pf_lora_forward(m, l, PF_LV, &A->v, ain, &A->lu[PF_LV]);
+    if (qkn == PREFOPT_QK_NORM_HEAD) {
+        pf_head_norm_forward(m, &A->q, A->qn_rstd, &A->qr, P->q_norm);
+        pf_head_norm_forward(m, &A->k, A->kn_rstd, &A->kr, P->k_norm);
+    } else if (qkn == PREFOPT_QK_NORM_FULL) {
+        pf_norm_forward(m, &A->q, A->qn_mean, A->qn_rstd, &A->qr, P->q_norm, NULL);
+        pf_norm_forward(m, &A->k, A->kn_mean, A->kn_rstd, &A->kr, P->k_norm, NULL);
+    }
+    if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
+        pf_rope_apply(m, l, &A->q, 0);
+        pf_rope_apply(m, l, &A->k, 0);
+    }
     pf_linear_forward(qkn ? &A->qr : &A->q, ain, P->wq, P->bq, 0.0f);
     pf_linear_forward(qkn ? &A->kr : &A->k, ain, P->wk, P->bk, 0.0f);
     pf_linear_forward(&A->v, ain, P->wv, P->bv, 0.0f);
@@ -277,11 +308,13 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
     prefopt_region_exit("attention");
     if (P->ln_pa) {
         pf_linear_forward(&A->ao, &A->y, P->wo, P->bo, 0.0f);
+        pf_lora_forward(m, l, PF_LO, &A->ao, &A->y, &A->lu[PF_LO]);
         pf_norm_forward(m, &m->tmpc, A->pa_mean, A->pa_rstd, &A->ao, P->ln_pa, NULL);
         add_dmat(&A->xmid, x, &m->tmpc);
     } else {
         copy_dmat(&A->xmid, x);
         pf_linear_forward(&A->xmid, &A->y, P->wo, P->bo, 1.0f);
+        pf_lora_forward(m, l, PF_LO, &A->xmid, &A->y, &A->lu[PF_LO]);
     }
     const prefopt_dmat *min = &A->xmid;
     if (P->ln2_w) {
@@ -289,16 +322,21 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         min = &A->n2;
     }
     pf_linear_forward(&A->h1, min, P->wfc, P->bfc, 0.0f);
-    if (P->wup)
+    pf_lora_forward(m, l, PF_LFC, &A->h1, min, &A->lu[PF_LFC]);
+    if (P->wup) {
         pf_linear_forward(&A->h2, min, P->wup, NULL, 0.0f);
+        pf_lora_forward(m, l, PF_LUP, &A->h2, min, &A->lu[PF_LUP]);
+    }
     pf_mlp_act_forward(m, &A->a, &A->h1, &A->h2);
     if (P->ln_pf) {
         pf_linear_forward(&A->mo, &A->a, P->wdown, P->bdown, 0.0f);
+        pf_lora_forward(m, l, PF_LDOWN, &A->mo, &A->a, &A->lu[PF_LDOWN]);
         pf_norm_forward(m, &m->tmpc, A->pf_mean, A->pf_rstd, &A->mo, P->ln_pf, NULL);
         add_dmat(xout, &A->xmid, &m->tmpc);
     } else {
         copy_dmat(xout, &A->xmid);
         pf_linear_forward(xout, &A->a, P->wdown, P->bdown, 1.0f);
+        pf_lora_forward(m, l, PF_LDOWN, xout, &A->a, &A->lu[PF_LDOWN]);
     }
     prefopt_region_exit("layer");
 }
@@ -310,12 +348,13 @@ static void notify_ready(prefopt_model *m, size_t ready)
 }
 
 /* The row-vector gradients of registry parameters [a, b): each process row summed its own tokens; add up the
- * process rows (one all-reduce over grid->col: the part's scratch is contiguous) and into the gradients. */
+ * process rows (one all-reduce over grid->col: the part's scratch is contiguous) and into the gradients. Frozen
+ * parameters (a LoRA base) have none. */
 static void flush_vgrads(prefopt_model *m, int a, int b)
 {
     size_t lo = SIZE_MAX, hi = 0;
     for (int i = a; i < b; i++)
-        if (m->values[i].rep_rows) {
+        if (m->values[i].rep_rows && m->params[i].grad) {
             size_t o = m->vscr_offset[i], e = o + prefopt_dmat_local_size(&m->values[i]);
             lo = o < lo ? o : lo;
             hi = e > hi ? e : hi;
@@ -325,7 +364,7 @@ static void flush_vgrads(prefopt_model *m, int a, int b)
     if (m->g->nprow > 1)
         MPI_Allreduce(MPI_IN_PLACE, m->vscr + lo, (int)(hi - lo), MPI_FLOAT, MPI_SUM, m->g->col);
     for (int i = a; i < b; i++) {
-        if (!m->values[i].rep_rows)
+        if (!m->values[i].rep_rows || !m->params[i].grad)
             continue;
         float *gd = m->grads[i].data, *s = m->vscr + m->vscr_offset[i];
         for (size_t e = 0; e < prefopt_dmat_local_size(&m->grads[i]); e++)
@@ -346,15 +385,21 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
         dmo = &m->dc;
     }
     pf_linear_backward(m, &m->da, 0.0f, dmo, &A->a, P->wdown, P->bdown);
+    pf_lora_backward(m, l, PF_LDOWN, &m->da, dmo, &A->a, &A->lu[PF_LDOWN]);
     pf_mlp_act_backward(m, &m->dh1, &m->dh2, &m->da, &A->h1, &A->h2);
     if (P->ln2_w) {
         pf_linear_backward(m, &m->dn, 0.0f, &m->dh1, &A->n2, P->wfc, P->bfc);
-        if (P->wup)
+        pf_lora_backward(m, l, PF_LFC, &m->dn, &m->dh1, &A->n2, &A->lu[PF_LFC]);
+        if (P->wup) {
             pf_linear_backward(m, &m->dn, 1.0f, &m->dh2, &A->n2, P->wup, NULL);
+            pf_lora_backward(m, l, PF_LUP, &m->dn, &m->dh2, &A->n2, &A->lu[PF_LUP]);
+        }
         pf_norm_backward(m, &m->dx, &m->dn, &A->xmid, A->n2_mean, A->n2_rstd, P->ln2_w, P->ln2_b);
     } else { /* the MLP reads xmid itself */
         pf_linear_backward(m, &m->dx, 1.0f, &m->dh1, &A->xmid, P->wfc, P->bfc);
+        pf_lora_backward(m, l, PF_LFC, &m->dx, &m->dh1, &A->xmid, &A->lu[PF_LFC]);
         pf_linear_backward(m, &m->dx, 1.0f, &m->dh2, &A->xmid, P->wup, NULL);
+        pf_lora_backward(m, l, PF_LUP, &m->dx, &m->dh2, &A->xmid, &A->lu[PF_LUP]);
     }
     notify_ready(m, m->ready_at[m->cfg.num_layers - l - 1]); /* nothing new: a chance to poll */
     const prefopt_dmat *dao = &m->dx; /* m->dx is now d xmid */
@@ -364,6 +409,7 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
         dao = &m->dc;
     }
     pf_linear_backward(m, &m->dy, 0.0f, dao, &A->y, P->wo, P->bo);
+    pf_lora_backward(m, l, PF_LO, &m->dy, dao, &A->y, &A->lu[PF_LO]);
     prefopt_region_enter("attention");
     pf_attention_backward(m, l, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
     prefopt_region_exit("attention");
@@ -387,8 +433,11 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
     }
     prefopt_dmat *dxq = P->ln1_w ? &m->dn : &m->dx; /* OLMo 2: q, k, v read the layer input itself */
     pf_linear_backward(m, dxq, P->ln1_w ? 0.0f : 1.0f, dq, xq, P->wq, P->bq);
+    pf_lora_backward(m, l, PF_LQ, dxq, dq, xq, &A->lu[PF_LQ]);
     pf_linear_backward(m, dxq, 1.0f, dk, xq, P->wk, P->bk);
+    pf_lora_backward(m, l, PF_LK, dxq, dk, xq, &A->lu[PF_LK]);
     pf_linear_backward(m, dxq, 1.0f, &m->dv, xq, P->wv, P->bv);
+    pf_lora_backward(m, l, PF_LV, dxq, &m->dv, xq, &A->lu[PF_LV]);
     if (P->ln1_w)
         pf_norm_backward(m, &m->dx, &m->dn, x, A->n1_mean, A->n1_rstd, P->ln1_w, P->ln1_b);
     prefopt_region_exit("layer");
@@ -413,6 +462,8 @@ int pf_run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
 
 int prefopt_model_forward(prefopt_model *m, const prefopt_batch *b, prefopt_unit_stats *out, prefopt_err *err)
 {
+    if (m->lora_on && m->lora_train)
+        m->lora_fwd++; /* a new dropout mask (a checkpointing recompute in backward reuses this one) */
     if (pf_run_trunk(m, b, err))
         return -1;
     prefopt_region_enter("lm_head");
@@ -430,6 +481,8 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
         prefopt_die("prefopt_model_backward: %s", m->opt.with_grads ? "no forward before backward"
                                                                      : "the model was made without gradients");
     const int L = m->cfg.num_layers;
+    if (m->lora.r > 0 && !m->lora_on)
+        prefopt_die("prefopt_model_backward: the LoRA adapters were off in the last forward");
     memset(m->vscr, 0, m->vscr_count * sizeof(float));
     prefopt_region_enter("lm_head");
     pf_head_backward(m, d_completion, d_all); /* d xf -> m->dn */
@@ -448,7 +501,7 @@ void prefopt_model_backward(prefopt_model *m, const float *d_completion, const f
     }
     pf_embed_backward(m, &m->dx);
     flush_vgrads(m, 0, m->layer_first[0]);
-    notify_ready(m, m->flat_count);
+    notify_ready(m, m->train_count);
 }
 
 int prefopt_model_grad_boundaries(const prefopt_model *m, size_t *out)
@@ -487,9 +540,9 @@ void prefopt_model_allreduce_grads(prefopt_model *m)
 {
     if (!m->grad_data || m->g->dp_size == 1)
         return;
-    const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20;
-    for (size_t off = 0; off < m->flat_count; off += bucket) {
-        size_t n = m->flat_count - off < bucket ? m->flat_count - off : bucket;
+    const size_t bucket = m->bucket ? m->bucket : (size_t)8 << 20, count = m->train_count;
+    for (size_t off = 0; off < count; off += bucket) { /* with LoRA: the adapters' gradients only */
+        size_t n = count - off < bucket ? count - off : bucket;
         prefopt_region_enter_n("bucket", (int)(off / bucket));
         MPI_Allreduce(MPI_IN_PLACE, m->grad_data + off, (int)n, MPI_FLOAT, MPI_SUM, m->g->dp);
         prefopt_region_exit("bucket");

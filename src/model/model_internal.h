@@ -15,7 +15,11 @@ typedef struct {
     prefopt_param *ln2_w, *ln2_b, *wfc, *bfc, *wup, *wdown, *bdown;
     /* the variants' (NULL when absent): q/k norms; the norms of the attention and MLP outputs (OLMo 2, Gemma) */
     prefopt_param *q_norm, *k_norm, *ln_pa, *ln_pf;
+    prefopt_param *lora_at[PREFOPT_LORA_NKIND], *lora_b[PREFOPT_LORA_NKIND]; /* per target kind (lora.c); NULL: none */
 } layer_params;
+
+/* LoRA target kinds as indices (the bit is 1 << index) */
+enum { PF_LQ, PF_LK, PF_LV, PF_LO, PF_LFC, PF_LUP, PF_LDOWN };
 
 /* What backward needs of one block (the layer input lives in the model's residual stream array). */
 typedef struct {
@@ -26,6 +30,7 @@ typedef struct {
      * (per local token, or per local token and head for the per-head q/k norms) */
     prefopt_dmat qr, kr, ao, mo;
     float *qn_mean, *qn_rstd, *kn_mean, *kn_rstd, *pa_mean, *pa_rstd, *pf_mean, *pf_rstd;
+    prefopt_dmat lu[PREFOPT_LORA_NKIND];          /* LoRA: U = dropout(x) A^T (tokens x r) per targeted linear */
 } layer_acts;
 
 struct prefopt_model {
@@ -43,6 +48,15 @@ struct prefopt_model {
     int half_stale;               /* the copies must be remade before the next forward */
     int bf16_only;                /* prefopt_model_keep_bf16_only: matrices in half_data only */
     size_t flat_count;
+    size_t train_count;           /* the trained pieces [0, train_count) of param_data (LoRA: the adapters) */
+    int first_lora;               /* index of the first adapter parameter (nparams: none) */
+    int *lora_first;              /* [L] registry index of layer l's first adapter */
+    /* LoRA (lora.c) */
+    prefopt_lora_config lora;     /* r == 0: none */
+    int lora_on;                  /* adapters enabled in forward */
+    int lora_train;               /* dropout active */
+    uint64_t lora_seed, lora_fwd; /* dropout mask: seed and the count of training forwards */
+    prefopt_dmat ldu, lxd, lxg;   /* backward scratch: dU (tokens x r), dropped input, its gradient (widest in) */
     size_t bucket;                /* floats per data-parallel all-reduce */
     int *layer_first;             /* [L+1] registry index of layer l's first parameter; [L]: the final norm's */
     size_t *ready_at;             /* [L+2] flat offsets below which gradients are final (see grad_boundaries) */
@@ -116,6 +130,13 @@ void pf_head_norm_forward(prefopt_model *m, prefopt_dmat *y, float *rstd, const 
 void pf_head_norm_backward(prefopt_model *m, prefopt_dmat *dx, const prefopt_dmat *dy, const prefopt_dmat *x,
                            const float *rstd, const prefopt_param *w);
 float *pf_vgrad(prefopt_model *m, const prefopt_param *p);
+
+/* lora.c: after the base linear of kind k in layer l: y += s U B with U = dropout(x) A^T kept in u; backward
+ * after the base's: dB += s U^T dy, dA^T += dU^T dropout(x), dx += dropout'(dU A^T) with dU = s dy B^T.
+ * No-ops where layer l has no adapter of kind k (or they are switched off in forward). */
+void pf_lora_forward(prefopt_model *m, int l, int k, prefopt_dmat *y, const prefopt_dmat *x, prefopt_dmat *u);
+void pf_lora_backward(prefopt_model *m, int l, int k, prefopt_dmat *dx, const prefopt_dmat *dy,
+                      const prefopt_dmat *x, const prefopt_dmat *u);
 
 /* attention.c */
 /* each layer's attention: score scale, tanh soft-cap (0: none), window (0: none; key j visible from query i

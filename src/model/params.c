@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-enum { INIT_ZERO, INIT_ONE, INIT_NORMAL, INIT_NORMAL_RESID };
+enum { INIT_ZERO, INIT_ONE, INIT_NORMAL, INIT_NORMAL_RESID, INIT_KAIMING_A };
 
 /* ---- registry ---------------------------------------------------------------------------------------- */
 
@@ -17,6 +17,7 @@ typedef struct {
     prefopt_model *m;
     int *init_kind;
     int cap;
+    int trained; /* the tensors being added get gradients */
 } reg_ctx;
 
 static prefopt_param *add_param(reg_ctx *r, const char *name, int out, int in, int mb, int nb, int kind)
@@ -28,7 +29,7 @@ static prefopt_param *add_param(reg_ctx *r, const char *name, int out, int in, i
     prefopt_param *p = &m->params[i];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->value = &m->values[i];
-    p->grad = m->opt.with_grads ? &m->grads[i] : NULL;
+    p->grad = m->opt.with_grads && r->trained ? &m->grads[i] : NULL;
     if (in > 0) { /* 2-D: PyTorch [out][in] == column-major in x out */
         p->ndim = 2;
         p->shape[0] = out;
@@ -49,7 +50,7 @@ static prefopt_param *add_param(reg_ctx *r, const char *name, int out, int in, i
 static void build_registry(prefopt_model *m, int *init_kind, int cap)
 {
     const prefopt_model_config *c = &m->cfg;
-    reg_ctx r = {m, init_kind, cap};
+    reg_ctx r = {m, init_kind, cap, m->lora.r == 0};
     const int C = c->hidden_size, HD = c->num_heads * c->head_dim, KD = c->num_kv_heads * c->head_dim;
     const int F = c->intermediate_size, V = c->vocab_size, D = c->head_dim;
     const int nbh = m->nbh, nbf = m->nbf, nbv = m->nbv, qnb = m->qnb;
@@ -129,6 +130,27 @@ static void build_registry(prefopt_model *m, int *init_kind, int cap)
     m->head = m->wte;
     if (!c->tie_word_embeddings)
         m->head = add_param(&r, "lm_head.weight", V, C, nbh, nbv, INIT_NORMAL);
+    /* LoRA adapters after every base tensor: their pieces are the flat buffers' tail, the only part trained */
+    m->first_lora = m->nparams;
+    if (m->lora.r <= 0)
+        return;
+    r.trained = 1;
+    for (int l = 0; l < c->num_layers; l++) {
+        layer_params *P = &m->layers[l];
+        m->lora_first[l] = m->nparams;
+        prefopt_param *w[PREFOPT_LORA_NKIND] = {P->wq, P->wk, P->wv, P->wo, P->wfc, P->wup, P->wdown};
+        for (int k = 0; k < PREFOPT_LORA_NKIND; k++) {
+            if (!(m->lora.targets & (1u << k)) || !w[k])
+                continue;
+            const prefopt_param *W = w[k];
+            const int in = (int)W->shape[1], out = (int)W->shape[0], rk = m->lora.r;
+            size_t stem = strlen(W->name) - strlen(".weight"); /* "h.0.attn.q_proj" */
+            snprintf(n, sizeof n, "%.*s.lora_AT", (int)stem, W->name);
+            P->lora_at[k] = add_param(&r, n, in, rk, rk, W->value->mb, INIT_KAIMING_A);
+            snprintf(n, sizeof n, "%.*s.lora_B", (int)stem, W->name);
+            P->lora_b[k] = add_param(&r, n, out, rk, rk, W->value->nb, INIT_ZERO);
+        }
+    }
 }
 
 static int check_config(const prefopt_model_config *c, prefopt_err *err)
@@ -190,6 +212,13 @@ static int check_config(const prefopt_model_config *c, prefopt_err *err)
 prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefopt_grid *g,
                                     const prefopt_model_options *opt, prefopt_err *err)
 {
+    return prefopt_model_create_lora(cfg, g, opt, NULL, err);
+}
+
+prefopt_model *prefopt_model_create_lora(const prefopt_model_config *cfg, const prefopt_grid *g,
+                                         const prefopt_model_options *opt, const prefopt_lora_config *lora,
+                                         prefopt_err *err)
+{
     if (check_config(cfg, err))
         return NULL;
     prefopt_model *m = prefopt_xcalloc(1, sizeof *m, "model");
@@ -201,7 +230,17 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
     m->nbf = m->opt.block_ffn > 0 ? m->opt.block_ffn : 256;
     m->nbv = m->opt.block_vocab > 0 ? m->opt.block_vocab : 1024;
     m->qnb = cfg->num_heads / cfg->num_kv_heads * cfg->head_dim;
-    int cap = 8 + 20 * cfg->num_layers;
+    if (lora)
+        m->lora = *lora;
+    if (m->lora.r < 0 || (m->lora.r > 0 && (!m->lora.targets || !(m->lora.alpha > 0) ||
+                                            !(m->lora.dropout >= 0 && m->lora.dropout < 1)))) {
+        prefopt_err_set(err, "model: LoRA needs r >= 0, alpha > 0, 0 <= dropout < 1 and targets (r %d, alpha %g, "
+                             "dropout %g)", m->lora.r, (double)m->lora.alpha, (double)m->lora.dropout);
+        free(m);
+        return NULL;
+    }
+    m->lora_on = 1;
+    int cap = 8 + (20 + 2 * PREFOPT_LORA_NKIND) * cfg->num_layers;
     m->params = prefopt_xcalloc(cap, sizeof *m->params, "parameter table");
     m->values = prefopt_xcalloc(cap, sizeof *m->values, "parameter dmats");
     m->grads = prefopt_xcalloc(cap, sizeof *m->grads, "gradient dmats");
@@ -210,6 +249,7 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
     m->layers = prefopt_xcalloc(cfg->num_layers, sizeof *m->layers, "layer table");
     m->layer_first = prefopt_xcalloc((size_t)cfg->num_layers + 1, sizeof *m->layer_first, "layer table");
     m->ready_at = prefopt_xcalloc((size_t)cfg->num_layers + 2, sizeof *m->ready_at, "layer table");
+    m->lora_first = prefopt_xcalloc((size_t)cfg->num_layers + 1, sizeof *m->lora_first, "layer table");
     int *kind = prefopt_xcalloc(cap, sizeof *kind, "init kinds");
     build_registry(m, kind, cap);
     /* Each piece starts on a 64-byte boundary of the flat buffers. The pieces lie in reverse registry order
@@ -217,22 +257,39 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
      * the data-parallel gradient buckets are contiguous and each can be reduced as soon as backward has passed it
      * (Megatron's layout). The row-vector scratch follows the same order, so one layer's part is contiguous. */
     size_t off = 0, voff = 0;
-    for (int i = m->nparams - 1; i >= 0; i--) {
-        m->offset[i] = off;
-        off += (prefopt_dmat_local_size(&m->values[i]) + 15) & ~(size_t)15;
-        m->vscr_offset[i] = voff;
-        if (m->values[i].rep_rows)
-            voff += prefopt_dmat_local_size(&m->values[i]);
+    /* The trained pieces come first (with LoRA: the adapters, the last layer's first; without: everything), then
+     * the frozen base: the gradient buffer, the optimizer and the data-parallel buckets cover [0, train_count). */
+    for (int pass = 1; pass >= 0; pass--) {
+        for (int i = m->nparams - 1; i >= 0; i--) {
+            if (prefopt_model_param_trained(m, i) != pass)
+                continue;
+            m->offset[i] = off;
+            off += (prefopt_dmat_local_size(&m->values[i]) + 15) & ~(size_t)15;
+            m->vscr_offset[i] = voff;
+            if (m->values[i].rep_rows && m->params[i].grad)
+                voff += prefopt_dmat_local_size(&m->values[i]);
+        }
+        if (pass)
+            m->train_count = off;
     }
     m->flat_count = off;
-    /* ready_at[0]: after the head and the final norm; ready_at[L - l]: after layer l; ready_at[L + 1]: all */
-    for (int l = cfg->num_layers; l >= 0; l--)
-        m->ready_at[cfg->num_layers - l] = m->offset[m->layer_first[l] - 1];
-    m->ready_at[cfg->num_layers + 1] = off;
+    /* ready_at[0]: after the head and the final norm; ready_at[L - l]: after layer l; ready_at[L + 1]: all trained.
+     * Without LoRA the boundary after layer l is where the piece registered just before layer l starts; with LoRA,
+     * where the adapter registered just before layer l's adapters starts (nothing is final after the head). */
+    const int L = cfg->num_layers;
+    for (int l = L; l >= 0; l--) {
+        if (m->lora.r <= 0)
+            m->ready_at[L - l] = m->offset[m->layer_first[l] - 1];
+        else
+            m->ready_at[L - l] = l == L ? 0
+                                 : m->lora_first[l] > m->first_lora ? m->offset[m->lora_first[l] - 1]
+                                                                     : m->train_count;
+    }
+    m->ready_at[L + 1] = m->train_count;
     m->vscr_count = voff;
     m->param_data = prefopt_xcalloc(off + 16, sizeof(float), "parameters");
-    if (m->opt.with_grads) {
-        m->grad_data = prefopt_xcalloc(off + 16, sizeof(float), "gradients");
+    if (m->opt.with_grads) { /* with LoRA the gradient buffer holds the adapters only */
+        m->grad_data = prefopt_xcalloc(m->train_count + 16, sizeof(float), "gradients");
         m->vscr = prefopt_xcalloc(voff + 1, sizeof(float), "row-vector gradient scratch");
     }
     if (m->opt.bf16) {
@@ -243,7 +300,7 @@ prefopt_model *prefopt_model_create(const prefopt_model_config *cfg, const prefo
         m->values[i].data = m->param_data + m->offset[i];
         if (m->opt.bf16 && m->params[i].ndim == 2)
             m->values[i].half = m->half_data + m->offset[i];
-        if (m->opt.with_grads)
+        if (m->params[i].grad)
             m->grads[i].data = m->grad_data + m->offset[i];
     }
     m->init_kind = kind;
@@ -268,6 +325,7 @@ void prefopt_model_free(prefopt_model *m)
     free(m->layers);
     free(m->layer_first);
     free(m->ready_at);
+    free(m->lora_first);
     free(m);
 }
 
@@ -306,8 +364,31 @@ float *prefopt_model_param_data(prefopt_model *m, size_t *count)
 float *prefopt_model_grad_data(prefopt_model *m, size_t *count)
 {
     if (count)
-        *count = m->grad_data ? m->flat_count : 0;
+        *count = m->grad_data ? m->train_count : 0;
     return m->grad_data;
+}
+
+float *prefopt_model_train_data(prefopt_model *m, size_t *count)
+{
+    if (count)
+        *count = m->train_count;
+    return m->param_data; /* the trained pieces come first */
+}
+
+int prefopt_model_param_trained(const prefopt_model *m, int i)
+{
+    return i >= 0 && i < m->nparams && (m->lora.r > 0 ? i >= m->first_lora : 1);
+}
+
+int prefopt_model_param_is_lora(const prefopt_model *m, int i) { return i >= m->first_lora && i < m->nparams; }
+const prefopt_lora_config *prefopt_model_lora(const prefopt_model *m) { return &m->lora; }
+void prefopt_model_set_lora_enabled(prefopt_model *m, int on) { m->lora_on = on != 0; }
+
+void prefopt_model_set_lora_train(prefopt_model *m, int on, uint64_t seed)
+{
+    m->lora_train = on != 0;
+    m->lora_seed = seed;
+    m->lora_fwd = 0;
 }
 
 /* ---- init ------------------------------------------------------------------------------------------------ */
@@ -318,6 +399,12 @@ static uint64_t splitmix64(uint64_t x)
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+static double uniform_at(uint64_t seed, int tensor, uint64_t idx)
+{
+    uint64_t h = splitmix64(splitmix64(seed ^ ((uint64_t)(tensor + 1) << 40) ^ 0x4C6F5241ull) ^ idx);
+    return ((h >> 11) + 0.5) * 0x1.0p-53;
 }
 
 /* A standard normal that is a pure function of (seed, tensor, element): the value of a logical element does
@@ -346,6 +433,9 @@ void prefopt_model_init_random(prefopt_model *m, uint64_t seed)
                 case INIT_ONE: v = 1; break;
                 case INIT_NORMAL: v = std * normal_at(seed, i, idx); break;
                 case INIT_NORMAL_RESID: v = std_resid * normal_at(seed, i, idx); break;
+                case INIT_KAIMING_A: /* A^T is r x in: fan_in is its column count */
+                    v = (float)((2.0 * uniform_at(seed, i, idx) - 1.0) / sqrt((double)a->n));
+                    break;
                 default: break;
                 }
                 *pf_at(a, il, jl) = v;
@@ -353,10 +443,24 @@ void prefopt_model_init_random(prefopt_model *m, uint64_t seed)
     }
 }
 
+void prefopt_model_init_lora(prefopt_model *m, uint64_t seed)
+{
+    for (int i = m->first_lora; i < m->nparams; i++) {
+        prefopt_dmat *a = &m->values[i];
+        for (int jl = 0; jl < a->nloc; jl++)
+            for (int il = 0; il < a->mloc; il++) {
+                uint64_t idx = (uint64_t)prefopt_dmat_col_l2g(a, jl) * a->m + prefopt_dmat_row_l2g(a, il);
+                *pf_at(a, il, jl) = m->init_kind[i] == INIT_KAIMING_A
+                                        ? (float)((2.0 * uniform_at(seed, i, idx) - 1.0) / sqrt((double)a->n))
+                                        : 0.0f;
+            }
+    }
+}
+
 void prefopt_model_zero_grad(prefopt_model *m)
 {
     if (m->grad_data)
-        memset(m->grad_data, 0, m->flat_count * sizeof(float));
+        memset(m->grad_data, 0, m->train_count * sizeof(float));
 }
 
 void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src)

@@ -225,30 +225,41 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     if (!err.set && p->prompt_len + p->chosen_len + p->rejected_len > cfg.max_position && cfg.arch == PREFOPT_ARCH_GPT2)
         prefopt_err_set(&err, "bench: rows of %d tokens exceed max_position %d", p->prompt_len + p->chosen_len +
                         p->rejected_len, cfg.max_position);
+    prefopt_lora_config lc = {0, 0, 0, 0};
+    if (!err.set && p->lora_r > 0) {
+        prefopt_lora_params lp = {p->lora_r, p->lora_alpha, 0.0, p->lora_targets, ""};
+        prefopt_lora_resolve(&lp, cfg.arch, &lc, &err);
+    }
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
+    const int lora = lc.r > 0;
 
     prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0, prefopt_precision_is_bf16()},
                           ro = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
-    prefopt_model *pol = prefopt_model_create(&cfg, &g, &mo, &err);
-    prefopt_model *ref = pol ? prefopt_model_create(&cfg, &g, &ro, &err) : NULL;
+    prefopt_model *pol = prefopt_model_create_lora(&cfg, &g, &mo, lora ? &lc : NULL, &err);
+    /* LoRA: no second model; the reference is the policy with its adapters off, run before the policy (train.c) */
+    prefopt_model *ref = pol && !lora ? prefopt_model_create(&cfg, &g, &ro, &err) : NULL;
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
     if (p->logits_budget_mib > 0) {
         prefopt_model_set_logits_budget(pol, (size_t)p->logits_budget_mib << 20);
-        prefopt_model_set_logits_budget(ref, (size_t)p->logits_budget_mib << 20);
+        if (ref)
+            prefopt_model_set_logits_budget(ref, (size_t)p->logits_budget_mib << 20);
     }
     /* the LM head at completion positions only, as train does, unless the objective reads the prompt's log-probs */
     const int completion_head = p->completion_logits && !prefopt_objective_reads_all_tokens(&obj);
     if (completion_head) {
         prefopt_model_set_completion_logits_only(pol, 1);
-        prefopt_model_set_completion_logits_only(ref, 1);
+        if (ref)
+            prefopt_model_set_completion_logits_only(ref, 1);
     }
     prefopt_model_init_random(pol, (uint64_t)p->seed);
-    prefopt_model_copy_weights(ref, pol);
-    prefopt_model_keep_bf16_only(ref); /* a bf16 run's frozen reference: bf16 copies only (no-op in fp32) */
+    if (ref) {
+        prefopt_model_copy_weights(ref, pol);
+        prefopt_model_keep_bf16_only(ref); /* a bf16 run's frozen reference: bf16 copies only (no-op in fp32) */
+    }
     size_t n = 0;
-    prefopt_model_param_data(pol, &n);
+    prefopt_model_train_data(pol, &n); /* with LoRA: the adapters */
     int nranges = 0;
     prefopt_param_range *ranges = prefopt_param_ranges(pol, &nranges);
     prefopt_adamw adam;
@@ -315,17 +326,29 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         double t0 = prefopt_now();
         prefopt_region_enter("step");
         prefopt_model_zero_grad(pol);
+        if (lora) {
+            prefopt_region_enter("reference");
+            prefopt_model_set_lora_enabled(pol, 0);
+            prefopt_model_forward(pol, &R.b, &rst, &err);
+            prefopt_model_set_lora_enabled(pol, 1);
+            prefopt_region_exit("reference");
+            if (s == 0)
+                rss_ref = rss_mib();
+        }
         prefopt_region_enter("forward");
-        prefopt_model_forward(pol, &R.b, &pst, &err);
+        if (!err.set)
+            prefopt_model_forward(pol, &R.b, &pst, &err);
         prefopt_region_exit("forward");
         if (s == 0)
             rss_fwd = rss_mib();
-        prefopt_region_enter("reference");
-        if (!err.set)
-            prefopt_model_forward(ref, &R.b, &rst, &err);
-        prefopt_region_exit("reference");
-        if (s == 0)
-            rss_ref = rss_mib();
+        if (!lora) {
+            prefopt_region_enter("reference");
+            if (!err.set)
+                prefopt_model_forward(ref, &R.b, &rst, &err);
+            prefopt_region_exit("reference");
+            if (s == 0)
+                rss_ref = rss_mib();
+        }
         if (prefopt_agree(g.tp, &err))
             prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
         prefopt_region_enter("loss");
@@ -395,7 +418,10 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     double fwd_trl = prefopt_model_forward_flops(pol, &trl); /* no token arrays: the head at every position */
     if (completion_head) /* TRL's use_logits_to_keep */
         fwd_trl -= 2.0 * cfg.hidden_size * cfg.vocab_size * trl.nrows * p->prompt_len; /* R = Tt - prompt */
-    double flops = 4.0 * fwd * dp, flops_trl = 4.0 * fwd_trl * dp;
+    /* LoRA: the frozen base's backward has no weight-gradient products (adapter FLOPs, r/C of a layer's, not
+     * counted) */
+    const double passes = lora ? 3.0 : 4.0;
+    double flops = passes * fwd * dp, flops_trl = passes * fwd_trl * dp;
     double tokens = (double)dp * p->pairs * T;
     double tokens_trl = (double)dp * p->pairs * (2.0 * p->prompt_len + p->chosen_len + p->rejected_len);
     double gflops = flops / tstep * 1e-9, mfu = flops / tstep / (peak * world);
@@ -421,11 +447,12 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     /* memory: the model-state lower bound of this rank (policy weights, gradients, two AdamW moments, the
      * reference's weights) against the peak resident set; activations from the resident growth of step 1 */
     double state_mib = ((double)prefopt_model_weight_bytes(pol) + 4.0 * (double)n + 8.0 * (double)adam.nmom +
-                        (double)prefopt_model_weight_bytes(ref)) / (1024.0 * 1024.0);
+                        (ref ? (double)prefopt_model_weight_bytes(ref) : 0.0)) / (1024.0 * 1024.0);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double peak_rss = (double)ru.ru_maxrss / 1024.0;
-    double act_pol = (rss_fwd - rss0) + (rss_bwd - rss_ref), act_ref = rss_ref - rss_fwd;
+    double act_pol = lora ? rss_bwd - rss_ref : (rss_fwd - rss0) + (rss_bwd - rss_ref);
+    double act_ref = lora ? rss_ref - rss0 : rss_ref - rss_fwd;
     double m_state[3], m_peak[3], m_base[3], m_actp[3], m_actr[3];
     minavgmax(state_mib, g.world, m_state);
     minavgmax(peak_rss, g.world, m_peak);
@@ -476,6 +503,7 @@ int prefopt_bench_run(const prefopt_bench_params *p)
 
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "bench", "dpo_step");
+        cJSON_AddNumberToObject(o, "lora_r", lc.r);
         cJSON_AddStringToObject(o, "shape", shape_s);
         cJSON_AddStringToObject(o, "arch", cfg.hf_model_type);
         cJSON_AddNumberToObject(o, "layers", cfg.num_layers);
@@ -575,7 +603,8 @@ int prefopt_bench_run(const prefopt_bench_params *p)
     rows_free(&R);
     free(ranges);
     prefopt_adamw_free(&adam);
-    prefopt_model_free(ref);
+    if (ref)
+        prefopt_model_free(ref);
     prefopt_model_free(pol);
     prefopt_grid_free(&g);
     return 0;

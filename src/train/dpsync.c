@@ -94,7 +94,7 @@ double prefopt_dp_sync_grads(prefopt_dp_sync *s, const prefopt_param_range *rang
 void prefopt_dp_sync_step(prefopt_dp_sync *s, double lr, double grad_scale)
 {
     size_t n = 0;
-    float *params = prefopt_model_param_data(s->m, &n);
+    float *params = prefopt_model_train_data(s->m, &n); /* with LoRA: the adapters */
     const float *grads = prefopt_model_grad_data(s->m, &n);
     prefopt_adamw_step(s->adam, params, grads, lr, grad_scale);
     prefopt_gradsync_gather(s->gs, params);

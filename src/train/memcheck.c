@@ -31,18 +31,36 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     e->grads = 4.0 * params;
     const int dp = lay->dp > 1 ? lay->dp : 1;
     e->adam = 8.0 * params / (lay->zero_stage ? dp : 1);
-    e->comm = dp > 1 ? (lay->bf16_comm ? e->grads : lay->zero_stage ? e->grads / dp : 0.0) : 0.0;
-    e->reference = !lay->live_ref ? 0.0 : lay->bf16 && lay->ref_bf16_only ? 2.0 * mats + 4.0 * (params - mats) : e->weights;
+    e->reference = !lay->live_ref                   ? 0.0
+                   : lay->bf16 && lay->ref_bf16_only ? 2.0 * mats + 4.0 * (params - mats)
+                                                     : e->weights;
     const double m = lay->micro_batch > 0 ? lay->micro_batch : 1, T = (double)(lay->seq_len > 0 ? lay->seq_len : 1);
     const double C = cfg->hidden_size, F = cfg->intermediate_size, H = cfg->num_heads, L = cfg->num_layers,
                  V = cfg->vocab_size;
+    double lora_acts = 0;
+    if (lay->lora && lay->lora->r > 0) {
+        const double HD = (double)cfg->num_heads * cfg->head_dim, KD = (double)cfg->num_kv_heads * cfg->head_dim;
+        const double io[PREFOPT_LORA_NKIND] = {C + HD, C + KD, C + KD, HD + C, C + F, C + F, F + C};
+        const int has_up = cfg->arch == PREFOPT_ARCH_LLAMA;
+        double ad = 0, nt = 0;
+        for (int k = 0; k < PREFOPT_LORA_NKIND; k++)
+            if ((lay->lora->targets & (1u << k)) && (k != 5 || has_up))
+                ad += lay->lora->r * io[k] * L / tp, nt += L;
+        e->weights += 4.0 * ad;
+        e->grads = 4.0 * ad;
+        e->adam = 8.0 * ad / (lay->zero_stage ? dp : 1);
+        e->reference = 0.0;
+        lora_acts = m * T * lay->lora->r * nt; /* U per targeted linear (on one process column: not / tp) */
+    }
+    /* data-parallel communication buffers (gradsync.h) of the trained gradients */
+    e->comm = dp > 1 ? (lay->bf16_comm ? e->grads : lay->zero_stage ? e->grads / dp : 0.0) : 0.0;
     const double layer = m * T * (10.0 * C + 2.0 * F) / tp + m * H * T * T / tp; /* floats of one layer */
     const double acts = lay->activation_checkpoint ? m * T * C * L / tp + layer : layer * L;
     /* the head runs over chunks of rows whose logits fit the budget (model.h), keeping one chunk and its gradient */
     const double budget = lay->logits_budget > 0 ? lay->logits_budget : (double)(1 << 30);
     double rows = floor(budget / (4.0 * T * V / tp));
     rows = rows < 1 ? 1 : rows > m ? m : rows;
-    e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp);
+    e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp + lora_acts);
     double sum = e->weights + e->grads + e->adam + e->reference + e->activations + e->comm;
     e->workspace = 0.1 * sum;
     e->total = sum + e->workspace;

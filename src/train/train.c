@@ -35,6 +35,8 @@ typedef struct {
     prefopt_tokenizer_record tok;
     int micro, eval_micro;
     int live_ref;          /* the reference runs as a model (else: precomputed log-probs or none) */
+    int lora_ref;          /* LoRA: that model is the policy with its adapters off (t->ref is NULL) */
+    prefopt_lora_config lora; /* r == 0: full fine-tuning */
     long step, total_steps;
     double peak;           /* measured sgemm GFLOP/s per rank */
     char *config_text;     /* the options that apply (config.ini, checkpoints) */
@@ -130,6 +132,16 @@ static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb
     prefopt_err err = {0};
     int nu = mb->b.nunits;
     prefopt_region_enter("forward");
+    if (t->lora_ref && (t->obj.uses_reference || t->obj.uses_kl)) {
+        /* the base is the reference: run it first, so the policy's forward below keeps its activations */
+        prefopt_unit_stats_alloc(&s->refst, nu);
+        prefopt_model_set_lora_enabled(t->policy, 0);
+        prefopt_model_forward(t->policy, &mb->b, &s->refst, &err);
+        prefopt_model_set_lora_enabled(t->policy, 1);
+        if (prefopt_agree(t->g.tp, &err))
+            prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+        memcpy(s->ref_logp, s->refst.logp_completion, sizeof(double) * (size_t)nu);
+    }
     prefopt_model_forward(t->policy, &mb->b, &s->pol, &err);
     prefopt_region_exit("forward");
     /* a bad batch (token id beyond the vocabulary) is reported by every rank of the grid alike */
@@ -137,7 +149,7 @@ static void micro_forward(trainer *t, micro_state *s, const prefopt_ds_batch *mb
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
     if (!t->obj.uses_reference && !t->obj.uses_kl)
         return;
-    if (t->live_ref) {
+    if (t->live_ref && !t->lora_ref) {
         prefopt_unit_stats_alloc(&s->refst, nu);
         prefopt_region_enter("reference");
         prefopt_model_forward(t->ref, &mb->b, &s->refst, &err);
@@ -170,6 +182,8 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
 {
     prefopt_objective_norm norm;
     count_norm(&norm, t, st);
+    if (t->lora.r > 0) /* LoRA dropout in training steps only; masks from (seed, step), so a resume redraws them */
+        prefopt_model_set_lora_train(t->policy, train, (uint64_t)t->p->seed * 0x9E3779B97F4A7C15ull + (uint64_t)t->step);
     int nmax = st->nmicro;
     MPI_Allreduce(MPI_IN_PLACE, &nmax, 1, MPI_INT, MPI_MAX, t->g.dp);
     double loss_sum = 0;
@@ -182,7 +196,8 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
             micro_prepare(&s, t, mb);
             micro_forward(t, &s, mb);
             double f = prefopt_model_forward_flops(t->policy, &mb->b);
-            *flops += f * (train ? 3.0 : 1.0) + (t->live_ref ? f : 0.0);
+            /* a frozen LoRA base skips its weight-gradient products: backward is one forward's worth, not two */
+            *flops += f * (train ? (t->lora.r > 0 ? 2.0 : 3.0) : 1.0) + (t->live_ref ? f : 0.0);
         }
         if (t->obj.uses_kl) {
             /* KTO's KL estimate is pooled over the replicas: every replica takes part, batch or not */
@@ -362,7 +377,7 @@ static void save_checkpoint(trainer *t)
         prefopt_model_file_save(t->ref, rp, &t->tok, &err);
         FAIL_IF(t, 0, &err);
     }
-    prefopt_ckpt_opts o = {t->ckpt_dir, t->p->keep_last, &t->tok};
+    prefopt_ckpt_opts o = {t->ckpt_dir, t->p->keep_last, &t->tok, t->p->init};
     char path[4200];
     double t0 = prefopt_now();
     /* whole logical moments in the file: with --zero-stage 1 the shards are gathered into the gradient buffer
@@ -532,6 +547,13 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
                         p->obj.loss);
     if (!have_init && !err.set)
         prefopt_arch_config(&cfg, &p->arch, info, &err);
+    if (!err.set)
+        prefopt_lora_resolve(&p->lora, cfg.arch, &t->lora, &err);
+    if (!err.set && t->lora.r > 0 && *p->ref_model)
+        prefopt_err_set(&err, "--ref-model with --lora-r: the reference of a LoRA run is its base (--init) with the "
+                              "adapters off");
+    if (!err.set && t->lora.r > 0 && p->obj.ref_sync_steps > 0)
+        prefopt_err_set(&err, "--ref-sync-steps (TR-DPO) with --lora-r: the reference is the frozen base");
     FAIL_IF(t, 0, &err);
     if (*p->eval_data) {
         ex.vocab_size = cfg.vocab_size; /* from scratch too: the model's vocabulary is the training data's */
@@ -550,6 +572,7 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     int precomputed = p->use_precomputed_ref && info->has_ref && !t->obj.uses_kl && p->obj.ref_sync_steps == 0 &&
                       (!t->eval_ds || prefopt_dataset_info(t->eval_ds)->has_ref);
     t->live_ref = (t->obj.uses_reference || t->obj.uses_kl) && !precomputed;
+    t->lora_ref = t->live_ref && t->lora.r > 0;
 
     /* State the memory the run needs and stop now, with the option that helps, if a rank cannot have it */
     double mem_limit = prefopt_mem_parse(p->memory_limit);
@@ -560,17 +583,32 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
                              prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
                              p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
                              prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0), dp, p->dpsync.zero_stage,
-                             p->dpsync.reduce_dtype && !strcmp(p->dpsync.reduce_dtype, "bf16")};
+                             p->dpsync.reduce_dtype && !strcmp(p->dpsync.reduce_dtype, "bf16"),
+                             t->lora.r > 0 ? &t->lora : NULL};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
     if (t->g.world_rank == 0) {
         const double M = 1.0 / (1 << 20);
+        if (t->lora.r > 0) {
+            prefopt_mem_layout full = ml;
+            full.lora = NULL;
+            full.live_ref = t->live_ref;
+            prefopt_mem_estimate fe;
+            prefopt_mem_estimate_train(&cfg, &full, &fe);
+            printf("LoRA: r %d, alpha %g (scale %g), dropout %g, targets %s | per rank: gradients + AdamW %.1f MiB "
+                   "instead of %.1f, reference %.1f instead of %.1f => %.1f MiB instead of %.1f (%.1fx less)\n",
+                   t->lora.r, (double)t->lora.alpha, (double)(t->lora.alpha / (float)t->lora.r),
+                   (double)t->lora.dropout, *p->lora.targets ? p->lora.targets : "(PEFT default)",
+                   (me.grads + me.adam) / (1 << 20), (fe.grads + fe.adam) / (1 << 20), me.reference / (1 << 20),
+                   fe.reference / (1 << 20), me.total / (1 << 20), fe.total / (1 << 20), fe.total / me.total);
+        }
         printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | reference: %s\n"
                "memory per rank (estimated before allocating, rows up to %lld tokens): weights %.1f MiB, grads %.1f, "
                "AdamW %.1f%s, reference %.1f, activations %.1f, dp buffers %.1f, workspace %.1f => %.1f MiB\n",
                cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
-               t->live_ref ? "model on the same ranks" : precomputed ? "precomputed log-probs" : "none",
+               t->lora_ref ? "the base (adapters off)" : t->live_ref ? "model on the same ranks"
+                                                                     : precomputed ? "precomputed log-probs" : "none",
                (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M,
                p->dpsync.zero_stage && dp > 1 ? " (1/dp shard)" : "", me.reference * M, me.activations * M,
                me.comm * M, me.workspace * M, me.total * M);
@@ -578,9 +616,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     }
 
     prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0, prefopt_precision_is_bf16()};
-    t->policy = prefopt_model_create(&cfg, &t->g, &mo, &err);
+    t->policy = prefopt_model_create_lora(&cfg, &t->g, &mo, t->lora.r > 0 ? &t->lora : NULL, &err);
     FAIL_IF(t, !t->policy, &err);
-    if (t->live_ref) {
+    if (t->live_ref && !t->lora_ref) {
         prefopt_model_options ro = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
         t->ref = prefopt_model_create(&cfg, &t->g, &ro, &err);
         FAIL_IF(t, !t->ref, &err);
@@ -599,8 +637,12 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         prefopt_model_file_load(t->policy, p->init, &err);
     else
         prefopt_model_init_random(t->policy, (uint64_t)p->seed);
+    if (!err.set && t->lora.r > 0 && *p->lora.adapter)
+        prefopt_lora_adapter_load(t->policy, p->lora.adapter, &err); /* e.g. an SFT adapter, for DPO */
+    else if (!err.set && t->lora.r > 0)
+        prefopt_model_init_lora(t->policy, (uint64_t)p->seed); /* PEFT's init: A Kaiming-uniform, B zero */
     FAIL_IF(t, 0, &err);
-    if (t->live_ref) {
+    if (t->live_ref && !t->lora_ref) {
         if (*p->ref_model)
             prefopt_model_file_load(t->ref, p->ref_model, &err);
         else
@@ -612,7 +654,7 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     }
 
     size_t n = 0;
-    prefopt_model_param_data(t->policy, &n);
+    prefopt_model_train_data(t->policy, &n); /* with LoRA: the adapters only */
     int nranges = 0;
     prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
     prefopt_adamw_config ac = {p->optim.adam_beta1, p->optim.adam_beta2, p->optim.adam_eps, p->optim.weight_decay};
@@ -851,6 +893,8 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         char mp[4200];
         snprintf(mp, sizeof mp, "%s/model.h5", p->run_dir);
         prefopt_err err = {0};
+        if (t->lora.r > 0) /* model.h5 is a plain model (generate, eval, export); the adapters are in the checkpoint */
+            prefopt_model_merge_lora(t->policy);
         prefopt_model_file_save(t->policy, mp, &t->tok, &err);
         FAIL_IF(t, 0, &err);
         struct rusage ru;

@@ -133,18 +133,22 @@ prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n)
 {
     int np = prefopt_model_param_count(m);
     size_t total = 0;
-    float *base = prefopt_model_param_data(m, &total);
+    float *base = prefopt_model_train_data(m, &total);
     const prefopt_grid *g = prefopt_model_get_grid(m);
-    prefopt_param_range *r = prefopt_xcalloc((size_t)np, sizeof *r, "parameter ranges");
+    prefopt_param_range *r = prefopt_xcalloc((size_t)np + 1, sizeof *r, "parameter ranges");
+    int k = 0;
     for (int i = 0; i < np; i++) {
+        if (!prefopt_model_param_trained(m, i)) /* a frozen LoRA base */
+            continue;
         prefopt_param *p = prefopt_model_param_at(m, i);
-        r[i].offset = (size_t)(p->value->data - base);
-        r[i].count = prefopt_dmat_local_size(p->value);
-        r[i].weight_decay = p->weight_decay;
+        r[k].offset = (size_t)(p->value->data - base);
+        r[k].count = prefopt_dmat_local_size(p->value);
+        r[k].weight_decay = p->weight_decay;
         /* a row vector is replicated over process rows: only process row 0 counts it in the norm */
-        r[i].in_norm = !p->value->rep_rows || g->myrow == 0;
+        r[k].in_norm = !p->value->rep_rows || g->myrow == 0;
+        k++;
     }
-    *n = np;
+    *n = k;
     return r;
 }
 

@@ -79,5 +79,9 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
     k = prefopt_dp_options(o + n, max - n, &p->dpsync);
     if (k < 0)
         return -1;
+    n += k;
+    k = prefopt_lora_options(o + n, max - n, &p->lora);
+    if (k < 0)
+        return -1;
     return n + k;
 }

@@ -26,8 +26,8 @@ LAYERS = {
     "model": (["src/model"], ["model.h"]),
     "io": (["io/dataset", "io/pack", "io/checkpoint", "io/hf", "io/trace"],
            ["dataset.h", "pack.h", "checkpoint.h", "hf.h", "trace_export.h"]),
-    "train": (["src/train"], ["train.h", "optim.h", "runctl.h", "memcheck.h", "banner.h", "generate.h", "eval.h",
-                            "bench.h", "precision.h"]),
+    "train": (["src/train"], ["train.h", "optim.h", "lora.h", "runctl.h", "memcheck.h", "banner.h", "generate.h",
+                            "eval.h", "bench.h", "precision.h"]),
     "cli": (["src/cli"], []),
 }
 
