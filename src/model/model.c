@@ -286,20 +286,6 @@ static void layer_forward(prefopt_model *m, int l, layer_acts *A, const prefopt_
         pf_rope_apply(m, l, &A->q, 0);
         pf_rope_apply(m, l, &A->k, 0);
     }
-    pf_linear_forward(qkn ? &A->qr : &A->q, ain, P->wq, P->bq, 0.0f);
-    pf_linear_forward(qkn ? &A->kr : &A->k, ain, P->wk, P->bk, 0.0f);
-    pf_linear_forward(&A->v, ain, P->wv, P->bv, 0.0f);
-    if (qkn == PREFOPT_QK_NORM_HEAD) {
-        pf_head_norm_forward(m, &A->q, A->qn_rstd, &A->qr, P->q_norm);
-        pf_head_norm_forward(m, &A->k, A->kn_rstd, &A->kr, P->k_norm);
-    } else if (qkn == PREFOPT_QK_NORM_FULL) {
-        pf_norm_forward(m, &A->q, A->qn_mean, A->qn_rstd, &A->qr, P->q_norm, NULL);
-        pf_norm_forward(m, &A->k, A->kn_mean, A->kn_rstd, &A->kr, P->k_norm, NULL);
-    }
-    if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
-        pf_rope_apply(m, l, &A->q, 0);
-        pf_rope_apply(m, l, &A->k, 0);
-    }
     prefopt_region_enter("attention");
     if (m->decoding)
         pf_attention_cached(m, l, &A->y, &A->q, &A->k, &A->v);
