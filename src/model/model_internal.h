@@ -115,7 +115,7 @@ void pf_head_forward(prefopt_model *m, prefopt_unit_stats *out);
 void pf_head_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 int pf_head_rows_per_seq(const prefopt_model *m, const prefopt_batch *b);
 
-/* params.c: remakes the bf16 copies when stale (start of every forward) */
+/* layers.c: remakes the bf16 copies when stale (start of every forward) */
 void pf_bf16_sync(prefopt_model *m);
 
 /* The engine's products: bf16 inputs with fp32 accumulation in a bf16 model, fp32 (psgemm_, BLIS, oneDNN sgemm)
