@@ -15,7 +15,8 @@
 #  (every prefopt row but H runs --precision fp32, the figures of before bf16 existed)
 #
 #   perf/measure.sh BUILD_DIR [REPS=3] [OUT_DIR=perf-results] [extra prefopt bench options...]
-#   (env STEPS=3 measured steps; TORCH_ARGS: extra torch_dpo_step.py options for other shapes)
+#   (env STEPS=3 measured steps; TORCH_ARGS: extra torch_dpo_step.py options for other shapes; ROWS=AHKT runs
+#    only those rows, in the order above; BF16=0|1 overrides the CPU check for H and K)
 set -euo pipefail
 B=${1:?build dir}; REPS=${2:-3}; OUT=${3:-perf-results}; shift $(( $# < 3 ? $# : 3 ))
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +28,7 @@ common=(--steps "$STEPS" --warmup 1 --table=0 --precision fp32 "$@")
 BF16=${BF16:-$(grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo 1 || echo 0)}
 run() { # name, then the command; appends the JSON line to OUT/name.jsonl and keeps the log
   local name=$1; shift
+  case "${ROWS:-ATFGUBCDHK}" in *"$name"*) ;; *) return 0 ;; esac
   echo "[$(date +%T) load $(cut -d' ' -f1 /proc/loadavg)] $name: $*" >&2
   "$@" > "$OUT/$name.log" 2>&1 || { echo "$name failed: $(tail -3 "$OUT/$name.log")" >&2; return 1; }
   grep '^{' "$OUT/$name.log" | tail -1 >> "$OUT/$name.jsonl"
