@@ -17,7 +17,7 @@ points at BLIS). BLIS_ARCH_TYPE defaults to 0 (skx), the kernel `prefopt` select
 same sgemm; pass --blis-arch "" to leave BLIS's own choice. The sgemm peak is measured in the same process with
 torch.mm on 1024^3 (best of 7, before and after the steps), as prefopt bench measures its own.
 
-  BLIS_NUM_THREADS=2 /usr/bin/python3 perf/torch_dpo_step.py --threads 2 --steps 5
+  BLIS_NUM_THREADS=2 /usr/bin/python3 perf/torch_dpo_step.py --threads 2 --steps 5 [--amp bf16]
 """
 import argparse
 import json
@@ -50,6 +50,9 @@ def parse():
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--amp", choices=["none", "bf16"], default="none",
+                    help="bf16: torch.autocast('cpu', dtype=torch.bfloat16) around both forwards (a TRL user's one "
+                         "line); the loss, backward and AdamW stay outside it, on fp32 parameters")
     ap.add_argument("--json", default="", help="also append the JSON line to this file")
     return ap.parse_args()
 
@@ -194,6 +197,27 @@ def rss_peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def amp():
+    """The autocast context of --amp (a no-op context for none)."""
+    import contextlib
+    if args.amp == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def bf16_peak():
+    """Best of 7 bf16 torch.mm of 1024^3 (what autocast's products run on), for the MFU of an --amp bf16 run."""
+    n = 1024
+    a, b = torch.rand(n, n).bfloat16(), torch.rand(n, n).bfloat16()
+    torch.mm(a, b)
+    ts = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / min(ts)
+
+
 def main():
     L, C, H, V = args.layers, args.hidden, args.heads, args.vocab
     gen = torch.Generator().manual_seed(args.seed)
@@ -217,9 +241,11 @@ def main():
             keep = None
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        pi = seq_logps(policy(tok, pos, mask, keep), idx, unit, nunits)
-        with torch.no_grad():
+        with amp():
+            pi = seq_logps(policy(tok, pos, mask, keep), idx, unit, nunits)
+        with torch.no_grad(), amp():
             rf = seq_logps(ref(tok, pos, mask, keep), idx, unit, nunits)
+        pi, rf = pi.float(), rf.float()
         z = args.beta * ((pi[chosen] - rf[chosen]) - (pi[rejected] - rf[rejected]))
         loss = -F.logsigmoid(z).mean()
         loss.backward()
@@ -232,6 +258,8 @@ def main():
     tstep = statistics.median(times)
     peak_after = sgemm_peak()
     peak = max(peak_before, peak_after)
+    if args.amp == "bf16":  # MFU against the rate of the products autocast runs, measured alike
+        peak = peak_before = peak_after = bf16_peak()
     fwd = forward_flops(L, C, H, V, 4 * C, nrows, T, len(keep) if keep is not None else T)
     flops = 4.0 * fwd
     packed_tokens = args.pairs * (args.prompt_len + args.chosen_len + args.rejected_len)
@@ -242,7 +270,7 @@ def main():
     blas = re.findall(r"BLAS_INFO=[^,]*|LAPACK_INFO=[^,]*|USE_MKLDNN=[^,]*|Intel\(R\) MKL-DNN v[0-9.]*|"
                       r"CPU capability usage: \w+", cfg)
     out = {
-        "bench": "torch_dpo_step", "torch": torch.__version__, "layout": args.layout,
+        "bench": "torch_dpo_step", "torch": torch.__version__, "layout": args.layout, "amp": args.amp,
         "logits_to_keep": bool(args.logits_to_keep), "layers": L, "hidden": C,
         "heads": H, "vocab": V, "params": nparams, "pairs": args.pairs, "prompt_len": args.prompt_len,
         "chosen_len": args.chosen_len, "rejected_len": args.rejected_len, "rows": nrows, "row_tokens": T,
@@ -261,7 +289,7 @@ def main():
     print(f"torch {torch.__version__} ({'; '.join(blas)}), {args.threads} threads, BLIS_ARCH_TYPE="
           f"{out['blis_arch_type'] or 'unset'} | GPT-2 {L}x{C}, {nparams / 1e6:.1f}M params, layout {args.layout}: "
           f"{nrows} rows x {T} | step {tstep:.4f} s median of {args.steps} | {out['tokens_per_s']:.0f} pair tokens/s "
-          f"| {out['gflops']:.2f} GFLOP/s | sgemm peak {peak * 1e-9:.2f} GFLOP/s | MFU {out['mfu']:.3f} | "
+          f"| {out['gflops']:.2f} GFLOP/s | {'bf16 mm' if args.amp == 'bf16' else 'sgemm'} peak {peak * 1e-9:.2f} GFLOP/s | MFU {out['mfu']:.3f} | "
           f"loss {losses[0]:.6f}", file=sys.stderr)
     line = json.dumps(out)
     print(line)

@@ -12,6 +12,18 @@
 
 float *pf_vgrad(prefopt_model *m, const prefopt_param *p) { return m->vscr + m->vscr_offset[p - m->params]; }
 
+/* the bf16 copies of the matrices from their fp32 masters, when the weights changed since the last forward */
+void pf_bf16_sync(prefopt_model *m)
+{
+    if (!m->opt.bf16 || m->bf16_only || !m->half_stale)
+        return;
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i].ndim == 2)
+            prefopt_bf16_from_f32(m->half_data + m->offset[i], m->values[i].data,
+                                  prefopt_dmat_local_size(&m->values[i]));
+    m->half_stale = 0;
+}
+
 static void add_bias(prefopt_dmat *y, const prefopt_param *b)
 {
     const float *bv = b->value->data;

@@ -162,7 +162,7 @@ void pf_head_backward(prefopt_model *m, const float *d_completion, const float *
 int pf_head_rows_per_seq(const prefopt_model *m, const prefopt_batch *b);
 void pf_final_softcap(const prefopt_model *m, prefopt_dmat *L);
 
-/* params.c: remakes the bf16 copies when stale (start of every forward) */
+/* layers.c: remakes the bf16 copies when stale (start of every forward) */
 void pf_bf16_sync(prefopt_model *m);
 
 /* The engine's products: bf16 inputs with fp32 accumulation in a bf16 model, fp32 (psgemm_, BLIS, oneDNN sgemm)

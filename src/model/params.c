@@ -496,17 +496,6 @@ void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, flo
 
 /* ---- bf16 copies ------------------------------------------------------------------------------------------ */
 
-void pf_bf16_sync(prefopt_model *m)
-{
-    if (!m->opt.bf16 || m->bf16_only || !m->half_stale)
-        return;
-    for (int i = 0; i < m->nparams; i++)
-        if (m->params[i].ndim == 2)
-            prefopt_bf16_from_f32(m->half_data + m->offset[i], m->values[i].data,
-                                  prefopt_dmat_local_size(&m->values[i]));
-    m->half_stale = 0;
-}
-
 void prefopt_model_weights_changed(prefopt_model *m)
 {
     m->half_stale = 1;

@@ -15,6 +15,7 @@
 #include "prefopt/trace.h"
 #include "prefopt/banner.h"
 #include "prefopt/bench.h"
+#include "prefopt/gemm_local.h"
 #include "prefopt/regions.h"
 #include "prefopt/runctl.h"
 #include "prefopt/train.h"
@@ -477,9 +478,9 @@ int prefopt_bench_run(const prefopt_bench_params *p)
                p->activation_checkpoint ? "on" : "off",
                completion_head ? "completion positions only" : "every position");
         printf("step %.4f s median of %d (min %.4f, max %.4f) | %.0f tokens/s (%.0f TRL-equivalent) | %.2f GFLOP/s "
-               "computed (%.2f TRL-equivalent) | sgemm peak %.2f GFLOP/s/rank (best of before/after) | MFU %.3f | loss %.6f -> %.6f\n",
+               "computed (%.2f TRL-equivalent) | %s peak %.2f GFLOP/s/rank (best of before/after) | MFU %.3f | loss %.6f -> %.6f\n",
                tstep, p->steps, tmin, tmax, tokens / tstep, tokens_trl / tstep, gflops, flops_trl / tstep * 1e-9,
-               peak * 1e-9, mfu, loss_first, loss_last);
+               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm", peak * 1e-9, mfu, loss_first, loss_last);
         printf("phases per step (s, min/avg/max over ranks):");
         for (int i = 0; i < NPHASES; i++)
             printf(" %s %.4f/%.4f/%.4f,", phase_names[i], ph[i][0], ph[i][1], ph[i][2]);
@@ -547,7 +548,10 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         cJSON_AddNumberToObject(o, "flops_step_trl", flops_trl);
         cJSON_AddNumberToObject(o, "gflops", gflops);
         cJSON_AddNumberToObject(o, "gflops_trl_equivalent", flops_trl / tstep * 1e-9);
+        /* in a bf16 run the peak is the bf16 matmul's (the key keeps its name for the scripts that read it) */
         cJSON_AddNumberToObject(o, "sgemm_peak_gflops_per_rank", peak * 1e-9);
+        cJSON_AddStringToObject(o, "precision", prefopt_precision_is_bf16() ? "bf16" : "fp32");
+        cJSON_AddStringToObject(o, "gemm_backend", prefopt_gemm_backend_name(prefopt_gemm_get_backend()));
         cJSON_AddNumberToObject(o, "sgemm_before_gflops_per_rank", pk[0] / world * 1e-9);
         cJSON_AddNumberToObject(o, "sgemm_after_gflops_per_rank", pk[1] / world * 1e-9);
         cJSON_AddNumberToObject(o, "mfu", mfu);

@@ -675,9 +675,11 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     t->peak = p->peak_gflops > 0 ? p->peak_gflops * 1e9 : prefopt_measure_sgemm_peak(t->g.world);
     if (t->g.world_rank == 0) {
         printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d accumulated x %d replicas) | "
-               "%ld steps | sgemm peak %.1f GFLOP/s per rank%s\n",
+               "%ld steps | %s peak %.1f GFLOP/s per rank%s\n",
                p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
-               p->batch_size, t->micro, (p->batch_size / dp + t->micro - 1) / t->micro, dp, t->total_steps, t->peak * 1e-9, p->peak_gflops > 0 ? " (--peak-gflops)" : "");
+               p->batch_size, t->micro, (p->batch_size / dp + t->micro - 1) / t->micro, dp, t->total_steps,
+               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm", t->peak * 1e-9,
+               p->peak_gflops > 0 ? " (--peak-gflops)" : "");
         fflush(stdout);
     }
 }
