@@ -216,7 +216,7 @@ int main(int argc, char **argv)
             FAIL("%s: gradient on %sx%s differs from 1x1 by %.3g (largest %.3g)", p->name, argv[3], argv[4], d, scale);
         off += n;
     }
-    if (g.world_rank == 0)
+    if (g.world_rank == 0 && g.world_size > 1)
         printf("test_arch: gradients on %sx%s vs 1x1: worst %.2e relative\n", argv[3], argv[4], worst);
     if (g.world_size == 1)
         finite_differences(s, &tb);

@@ -18,11 +18,13 @@ for spec in "qwen3" "mistral --set-config sliding_window=3" "olmo2" "gemma2 --ti
   d=$W/$1
   $PY "$T/make_tiny_hf.py" $d --arch "$@" --seed 5 || { echo "FAIL generator $spec"; fail=1; continue; }
   "$PREFOPT" import --hf $d --out $d.h5 > /dev/null || { echo "FAIL import $spec"; fail=1; continue; }
+  outs=""
   for grid in "1 1 1" "2 1 2" "2 2 1" "4 2 2"; do
     set -- $grid
-    $MPI -n $1 "$B/tests/test_arch" $d.h5 $d.out $2 $3 > $d.log 2>&1 && $PY "$T/ref_packed.py" $d $d.out \
-      || { echo "FAIL $spec on a $2x$3 grid"; cat $d.log; fail=1; }
+    $MPI -n $1 "$B/tests/test_arch" $d.h5 $d.$2x$3.out $2 $3 > $d.log 2>&1 || { echo "FAIL $spec on a $2x$3 grid"; cat $d.log; fail=1; }
     grep -h "^test_arch:" $d.log | sed "s|^|  $spec $2x$3: |"
+    outs="$outs $d.$2x$3.out"
   done
+  $PY "$T/ref_packed.py" $d $outs || { echo "FAIL $spec: packed rows"; fail=1; }
 done
 exit $fail

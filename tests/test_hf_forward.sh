@@ -15,7 +15,8 @@ fail=0
 # issue 20: Qwen3, Mistral with a window, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, SmolLM3 (windows of 3-4 tokens,
 # shorter than the sequences), also on a 2x2 grid
 for spec in "gpt2" "llama" "qwen2 --tie" "qwen3" "mistral --set-config sliding_window=3" "olmo2" "gemma2 --tie" \
-            "gemma3_text --tie" "phi3" "smollm3 --tie"; do
+            "gemma3_text --tie" "phi3" "smollm3 --tie" \
+            'llama --set-config rope_scaling={"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8}'; do
   set -- $spec
   d=$W/$1
   $PY "$T/make_tiny_hf.py" $d --arch "$@" --dtype f16 --seed 11 || { echo "FAIL generator $spec"; fail=1; continue; }

@@ -78,7 +78,9 @@ static const char *const meta_keys[] = {
     "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
     "length_penalty", "no_repeat_ngram_size", "num_return_sequences", "is_decoder", "is_encoder_decoder",
     "add_cross_attention", "finetuning_task", "cache_implementation", "pretraining_tp", "n_ctx",
-    "reorder_and_upcast_attn", "layer_norm_eps", "_attn_implementation_autoset", NULL};
+    "reorder_and_upcast_attn", "layer_norm_eps", "_attn_implementation_autoset",
+    /* remote-code pointers (Phi-3's hub configs carry them): transformers' own class for the type is used */
+    "auto_map", NULL};
 
 static const char *const gpt2_keys[] = {"vocab_size", "n_embd", "n_layer", "n_head", "n_positions", "n_inner",
                                         "layer_norm_epsilon", "activation_function", "scale_attn_weights",
@@ -92,7 +94,7 @@ static const char *const sliding_keys[] = {"sliding_window", "use_sliding_window
                                            NULL};
 static const char *const gemma_keys[] = {"hidden_activation", "query_pre_attn_scalar", "attn_logit_softcapping",
                                          "final_logit_softcapping", "rope_local_base_freq", "sliding_window_pattern",
-                                         "use_bidirectional_attention", NULL};
+                                         "use_bidirectional_attention", "sliding_window_size", NULL};
 static const char *const phi3_keys[] = {"partial_rotary_factor", "original_max_position_embeddings", NULL};
 static const char *const smollm3_keys[] = {"no_rope_layers", "no_rope_layer_interval", NULL};
 
@@ -291,6 +293,12 @@ static int read_llama_family(const cJSON *root, const char *file, const char *ty
     }
     if (strcmp(type, "llama") && !olmo2 && read_layer_types(root, file, type, cfg, err))
         return 1;
+    int sws = cfg->sliding_window; /* Gemma 2's older name of the window: accepted when it agrees */
+    if (get_int(root, file, "sliding_window_size", &sws, 0, err))
+        return 1;
+    if (sws != cfg->sliding_window)
+        return prefopt_err_set(err, "%s: key 'sliding_window_size' = %d differs from sliding_window %d", file, sws,
+                               cfg->sliding_window), 1;
     if (!strcmp(type, "qwen3") || gemma3)
         cfg->qk_norm = PREFOPT_QK_NORM_HEAD;
     if (olmo2) {

@@ -15,8 +15,9 @@ int prefopt_cmd_import(int argc, char **argv)
         {"out", PREFOPT_OPT_STRING, &out, "", "prefopt model file to write (HDF5)"},
     };
     char msg[1024];
-    int rc = prefopt_opts_parse("import", "Convert a Hugging Face GPT-2/Llama/Mistral/Qwen2 directory (fp32, fp16 or "
-                                          "bf16 safetensors) to a prefopt model file.",
+    int rc = prefopt_opts_parse("import", "Convert a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2/3, OLMo 2, "
+                                          "Gemma 2/3, Phi-3, SmolLM3; fp32, fp16 or bf16 safetensors) to a prefopt "
+                                          "model file.",
                                 opts, (int)(sizeof opts / sizeof opts[0]), argc, argv, msg, sizeof msg);
     if (rc == PREFOPT_OPTS_EXIT)
         return 0;

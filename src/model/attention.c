@@ -71,6 +71,36 @@ static void gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const floa
  * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
  * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
  * causal work, at GEMM speed); masked and padded entries become exact zeros. */
+/* Row i of P from its scores (see probs). Inlined twice, with W = 0 a constant in the full-attention copy, so
+ * that the windowless path (every Llama layer) compiles to the loop it was before windows existed. */
+static inline __attribute__((always_inline)) void softmax_row(float *restrict Pi, const int8_t *restrict seg,
+                                                              const int32_t *restrict pos, int W, int i, float *lse,
+                                                              int fresh)
+{
+    if (fresh) {
+        /* simd reductions: a fixed (vector-width) summation order, the same on every run and grid */
+        float mx = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j <= i; j++)
+            mx = visible(seg, pos, W, i, j) && Pi[j] > mx ? Pi[j] : mx; /* a select, not fmaxf: vectorises */
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j <= i; j++)
+            sum += visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
+        lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
+    }
+    const float li = lse[i];
+    /* the causal half only; restrict tells GCC the float stores cannot change the int8 mask, which it
+     * otherwise reloads every iteration and does not vectorise */
+    for (int j = 0; j <= i; j++)
+        Pi[j] = visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
+}
+
+/* P = softmax over the visible keys of scale * Q K^T, written as exp(S - lse) so that backward recomputes the
+ * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
+ * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
+ * causal work, at GEMM speed); masked and padded entries become exact zeros. The layer's parameters: the score
+ * scale, Gemma 2's soft-cap (applied to the scores before mask and softmax; dcap, when given, receives
+ * 1 - tanh^2 for backward), the sliding window. */
 static void probs(float *restrict P, const float *qh, const float *kh, const int8_t *restrict seg,
                   const int32_t *restrict pos, const pf_attn_params *ap, int T, int D, float *lse, int fresh,
                   float *restrict dcap)
@@ -83,25 +113,13 @@ static void probs(float *restrict P, const float *qh, const float *kh, const int
             memset(Pi, 0, sizeof(float) * T);
             continue;
         }
-        if (ap->softcap > 0) /* Gemma 2: scores capped before the mask and the softmax */
+        if (ap->softcap > 0)
             for (int j = 0; j <= i; j++)
                 Pi[j] = softcap(Pi[j], ap->softcap, dcap ? dcap + (size_t)i * T + j : NULL);
-        if (fresh) {
-            /* simd reductions: a fixed (vector-width) summation order, the same on every run and grid */
-            float mx = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : mx)
-            for (int j = 0; j <= i; j++)
-                mx = visible(seg, pos, W, i, j) && Pi[j] > mx ? Pi[j] : mx; /* a select, not fmaxf: vectorises */
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j <= i; j++)
-                sum += visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
-            lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
-        }
-        const float li = lse[i];
-        /* the causal half only; restrict tells GCC the float stores cannot change the int8 mask, which it
-         * otherwise reloads every iteration and does not vectorise */
-        for (int j = 0; j <= i; j++)
-            Pi[j] = visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
+        if (W > 0)
+            softmax_row(Pi, seg, pos, W, i, lse, fresh);
+        else
+            softmax_row(Pi, seg, pos, 0, i, lse, fresh);
         memset(Pi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
     }
 }

@@ -54,7 +54,10 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     }
     /* data-parallel communication buffers (gradsync.h) of the trained gradients */
     e->comm = dp > 1 ? (lay->bf16_comm ? e->grads : lay->zero_stage ? e->grads / dp : 0.0) : 0.0;
-    const double layer = m * T * (10.0 * C + 2.0 * F) / tp + m * H * T * T / tp; /* floats of one layer */
+    /* the variants keep q and k before their norms, and the attention and MLP outputs before theirs */
+    const double qk = cfg->qk_norm ? (double)(cfg->num_heads + cfg->num_kv_heads) * cfg->head_dim : 0.0;
+    const double post = cfg->norm_style != PREFOPT_NORM_PRE ? 2.0 * C : 0.0;
+    const double layer = m * T * (10.0 * C + 2.0 * F + qk + post) / tp + m * H * T * T / tp; /* floats of one layer */
     const double acts = lay->activation_checkpoint ? m * T * C * L / tp + layer : layer * L;
     /* the head runs over chunks of rows whose logits fit the budget (model.h), keeping one chunk and its gradient */
     const double budget = lay->logits_budget > 0 ? lay->logits_budget : (double)(1 << 30);

@@ -17,7 +17,14 @@ static int same(const prefopt_model_config *a, const prefopt_model_config *b)
            a->head_dim == b->head_dim && a->intermediate_size == b->intermediate_size &&
            a->max_position == b->max_position && a->norm_eps == b->norm_eps &&
            (a->arch == PREFOPT_ARCH_GPT2 || a->rope_theta == b->rope_theta) && a->qkv_bias == b->qkv_bias &&
-           a->tie_word_embeddings == b->tie_word_embeddings && !strcmp(a->hf_model_type, b->hf_model_type);
+           a->tie_word_embeddings == b->tie_word_embeddings && !strcmp(a->hf_model_type, b->hf_model_type) &&
+           /* issue 20's variants */
+           a->qk_norm == b->qk_norm && a->norm_style == b->norm_style && a->norm_unit_offset == b->norm_unit_offset &&
+           a->mlp_act == b->mlp_act && a->rope_dim == b->rope_dim && a->sliding_window == b->sliding_window &&
+           a->fused_qkv == b->fused_qkv && a->embed_scale == b->embed_scale && a->attn_scale == b->attn_scale &&
+           a->attn_softcap == b->attn_softcap && a->final_softcap == b->final_softcap &&
+           a->rope_local_theta == b->rope_local_theta && a->rope_linear_factor == b->rope_linear_factor &&
+           a->rope_llama3 == b->rope_llama3 && !memcmp(a->layer_flags, b->layer_flags, sizeof a->layer_flags);
 }
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)

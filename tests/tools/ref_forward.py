@@ -91,6 +91,16 @@ def inv_freq(c, D, local):
         kind = rs.get("rope_type", rs.get("type"))
         if kind == "linear":
             inv = inv / rs["factor"]
+        elif kind == "llama3":  # transformers' _compute_llama3_parameters
+            factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+            old_len = rs["original_max_position_embeddings"]
+            low_wl, high_wl = old_len / low, old_len / high
+            wavelen = 2 * np.pi / inv
+            scaled = np.where(wavelen > low_wl, inv / factor, inv)
+            smooth = (old_len / wavelen - low) / (high - low)
+            smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+            medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+            inv = np.where(medium, smoothed, scaled)
         elif kind != "default":
             raise SystemExit(f"reference: rope_scaling {kind} not implemented here")
     return inv

@@ -5,7 +5,7 @@ unpacked sequence (prompt + branch, positions 0..n-1), so the rejected branch ne
 sliding window counts positions of that sequence. Compares logp_completion, logp_all and the logits sums
 (1e-4 relative), the token counts and argmax hits (exactly).
 
-usage: ref_packed.py HF_DIR TEST_ARCH_OUT.txt"""
+usage: ref_packed.py HF_DIR TEST_ARCH_OUT.txt..."""
 import json, os, sys
 import numpy as np
 
@@ -14,11 +14,7 @@ from check_hf_import import read_dir
 from ref_forward import gpt2, llama
 
 
-def main():
-    d, out = sys.argv[1], sys.argv[2]
-    c = json.load(open(os.path.join(d, "config.json")))
-    t = read_dir(d)
-    fwd = gpt2 if c["model_type"] == "gpt2" else llama
+def read_out(out):
     b, res = {}, []
     for line in open(out):
         w = line.split()
@@ -28,7 +24,11 @@ def main():
             b[w[0]] = np.array([int(x) for x in w[1:]]).reshape(b["nrows"], b["T"])
         elif w[0] == "result":
             res.append([float(x) for x in w[2:]])
-    res = np.array(res)
+    return b, np.array(res)
+
+
+def reference(t, c, b):
+    fwd = gpt2 if c["model_type"] == "gpt2" else llama
     want = np.zeros((b["nunits"], 6))
     for r in range(b["nrows"]):
         seg, tok, unit = b["seg"][r], b["tokens"][r], b["unit"][r]
@@ -52,12 +52,30 @@ def main():
                     want[u, 2] += 1
                     want[u, 4] += logits[k - 1].mean()
                     want[u, 5] += int(np.argmax(logits[k - 1]) == ids[k])
-    err = np.abs(res[:, [0, 1, 4]] - want[:, [0, 1, 4]]) / np.maximum(np.abs(want[:, [0, 1, 4]]), 1.0)
-    counts = np.array_equal(res[:, [2, 3, 5]], want[:, [2, 3, 5]])
-    if err.max() > 1e-4 or not counts:
-        sys.exit(f"FAIL {d}: packed units differ (max rel err {err.max():.2e}, counts "
-                 f"{'equal' if counts else 'DIFFER'})\n  prefopt:\n{res}\n  reference:\n{want}")
-    print(f"ok {d}: {b['nunits']} units of packed DPO/SFT rows within {err.max():.2e} of the numpy reference")
+    return want
+
+
+def main():
+    d = sys.argv[1]
+    c = json.load(open(os.path.join(d, "config.json")))
+    t = read_dir(d)
+    want, bad = None, 0
+    for out in sys.argv[2:]:  # the runs on several grids: one reference
+        b, res = read_out(out)
+        if want is None:
+            want, b0 = reference(t, c, b), b
+        elif any(not np.array_equal(b[k], b0[k]) for k in ("tokens", "seg", "unit")):
+            sys.exit(f"FAIL {out}: not the batch of {sys.argv[2]}")
+        err = np.abs(res[:, [0, 1, 4]] - want[:, [0, 1, 4]]) / np.maximum(np.abs(want[:, [0, 1, 4]]), 1.0)
+        counts = np.array_equal(res[:, [2, 3, 5]], want[:, [2, 3, 5]])
+        if err.max() > 1e-4 or not counts:
+            print(f"FAIL {out}: packed units differ (max rel err {err.max():.2e}, counts "
+                  f"{'equal' if counts else 'DIFFER'})\n  prefopt:\n{res}\n  reference:\n{want}")
+            bad = 1
+        else:
+            print(f"ok {os.path.basename(out)}: {b['nunits']} units of packed DPO/SFT rows within {err.max():.2e} "
+                  f"of the numpy reference")
+    sys.exit(bad)
 
 
 if __name__ == "__main__":
