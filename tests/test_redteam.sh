@@ -157,7 +157,7 @@ expect log_interval_0 2 "--log-interval 0: must be >= 1 (a progress line every N
 expect save_interval_neg 2 "--save-interval -1: must be >= 0 (0: checkpoint at the end only)" -- "${T[@]}" --save-interval -1
 expect keep_last_0 2 "--keep-last 0: must be >= 1" -- "${T[@]}" --keep-last 0
 expect batch_size_0 2 "--batch-size 0: must be >= 1 (examples per optimizer step, all replicas)" -- "${T[@]}" --batch-size 0
-expect epochs_neg 2 "--epochs -1: must be > 0 and at most 1e6 when --max-steps is 0" -- "${T[@]}" --max-steps 0 --epochs -1
+expect epochs_neg 2 "--epochs -1: must be between 0 and 1e6 when --max-steps is 0" -- "${T[@]}" --max-steps 0 --epochs -1
 expect epochs_nan 2 "command line: bad value 'nan' for option 'epochs' (a finite number expected)" -- "${T[@]}" --epochs nan
 expect temperature_inf 2 "command line: bad value 'inf' for option 'temperature' (a finite number expected)" \
   -- generate --model tiny/model.h5 --prompts pairs.jsonl --out g.jsonl --temperature inf
@@ -213,6 +213,45 @@ expect checkpoints_is_file 1 "r19/checkpoints: exists and is not a directory" --
 expect batch_too_large 1 "pairs.h5: the dataset has 24 examples, fewer than one global batch of 32" \
   -- "${T[@]}" --batch-size 32
 rm -rf r6
+
+# ---- 9, 10, 11. resume: damaged checkpoints, other data, two runs on one directory, replayed metrics rows ----
+R=(train --data pairs.h5 --n-layer 1 --n-embd 16 --n-head 2 --batch-size 4 --max-steps 4 --save-interval 2 --keep-last 3
+   --log-interval 1 --lr-scheduler constant)
+run r9_ref -- "${R[@]}" --run-dir r9
+[ "$rc" = 0 ] && [ -e r9/checkpoints/step-00000002.h5 ] || fail "resume: the reference run failed (exit $rc)"
+cp -r r9 r9all && for f in r9all/checkpoints/step-*.h5; do truncate -s 1000 "$f"; done
+before=$(sums r9all/checkpoints r9all/metrics.jsonl)
+expect resume_all_damaged 1 "r9all/checkpoints: no usable checkpoint (step-00000004.h5 cannot be opened as HDF5 (truncated or damaged); step-00000002.h5 cannot be opened as HDF5 (truncated or damaged)): move them away or pass --resume never to start from step 1" \
+  -- "${R[@]}" --run-dir r9all
+[ "$(sums r9all/checkpoints r9all/metrics.jsonl)" = "$before" ] || fail "resume_all_damaged: checkpoints or metrics changed"
+cp -r r9 r9new && truncate -s 1000 r9new/checkpoints/step-00000004.h5
+run resume_newest_damaged -- "${R[@]}" --max-steps 6 --run-dir r9new
+w="prefopt: warning: --resume auto: skipped step-00000004.h5 cannot be opened as HDF5 (truncated or damaged); resuming from r9new/checkpoints/step-00000002.h5"
+if [ "$rc" != 0 ] || [ "$(grep -cxF "$w" resume_newest_damaged.err)" != 1 ]; then
+  fail "resume_newest_damaged: exit $rc; $(grep -i 'warn\|error' resume_newest_damaged.err | head -2)"
+elif [ "$(grep -o '"step":[0-9]*,' r9new/metrics.jsonl | tr -d '\n')" != '"step":1,"step":2,"step":3,"step":4,"step":5,"step":6,' ]; then
+  # 11: the rows of steps 3 and 4 (replayed from step 2) are not doubled
+  fail "resume_newest_damaged: metrics.jsonl steps: $(grep -o '"step":[0-9]*' r9new/metrics.jsonl | tr '\n' ' ')"
+else
+  echo "ok: resume_newest_damaged: one warning names the skipped checkpoint; metrics.jsonl has steps 1-6 once each"
+fi
+for i in $(seq 1 64); do printf '{"prompt": "q %d?", "chosen": " a %d", "rejected": " n %d"}\n' "$i" "$i" "$i"; done > p64.jsonl
+"$P" pack --input p64.jsonl --output p64.h5 > /dev/null 2>&1
+expect resume_other_data 1 "r9/checkpoints/step-00000004.h5: resuming with --data p64.h5: the data cursor was saved with seed 1234, global batch 4, 24 examples, bucket window 0; this run has 1234, 4, 64, 0: resuming would not give the same batches" \
+  -- "${R[@]/pairs.h5/p64.h5}" --max-steps 6 --run-dir r9
+# 10: a second train on a run directory in use is refused, naming the holder
+PREFOPT_TEST_STEP_DELAY_MS=300 "$P" "${R[@]}" --max-steps 1000 --run-dir r10 > r10a.log 2>&1 &
+bg=$!
+for _ in $(seq 1 100); do [ -s r10/lock ] && break; sleep 0.1; done
+expect run_dir_locked 1 "r10: the run directory is in use by another prefopt train (host $(hostname), pid $bg); wait for it to end or use another --run-dir" \
+  -- "${R[@]}" --run-dir r10
+kill -9 $bg 2> /dev/null; wait $bg 2> /dev/null; bg=""
+run r10_after -- "${R[@]}" --run-dir r10   # the lock went with the killed process
+[ "$rc" = 0 ] && echo "ok: run_dir_lock_released: a killed run's lock does not block the next" || fail "r10_after: exit $rc: $(grep error r10_after.err | head -1)"
+
+# ---- 13. a misspelled INI section is an error on every rank ----
+printf '[train]\nmax_steps = 2\n[trian]\nlearning_rate = 1\n' > job.ini
+expect ini_section 2 "~job\.ini:4: unknown section \[trian\] \(sections: .*\)" -- "${T[@]}" --config job.ini
 
 if [ "$fails" -gt 0 ]; then
   echo "test_redteam: $fails case(s) failed"

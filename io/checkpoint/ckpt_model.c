@@ -348,16 +348,61 @@ static int list_steps(const char *dir, long long **out, int tmps)
     return n;
 }
 
-static int is_complete(const char *path)
+/* 1 when path opens as HDF5 and is marked complete; else 0 and, with why, the reason */
+static int is_complete_why(const char *path, const char **why)
 {
     hid_t f;
     prefopt_err e = {0};
-    if (ck_open(path, MPI_COMM_NULL, &f, &e))
+    if (ck_open(path, MPI_COMM_NULL, &f, &e)) {
+        if (why)
+            *why = access(path, F_OK) ? "missing" : "cannot be opened as HDF5 (truncated or damaged)";
         return 0;
+    }
     int64_t c = 0;
     int ok = !ck_attr_int64(f, "complete", &c, 1, 0) && c == 1;
     H5Fclose(f);
+    if (!ok && why)
+        *why = "not marked complete";
     return ok;
+}
+
+static int is_complete(const char *path) { return is_complete_why(path, NULL); }
+
+int prefopt_ckpt_find_latest_checked(const char *dir, char *path, size_t len, char *note, size_t nlen)
+{
+    char p[4200], name[256] = "";
+    size_t used = 0;
+    note[0] = '\0';
+    int any = 0;
+    snprintf(p, sizeof p, "%s/latest", dir);
+    FILE *f = fopen(p, "r");
+    if (f) {
+        any = 1;
+        if (fgets(name, sizeof name, f))
+            name[strcspn(name, "\r\n")] = '\0';
+        fclose(f);
+    }
+    long long *steps;
+    int n = list_steps(dir, &steps, 0), rc = 2;
+    any |= n > 0;
+    for (int i = -1; i < n && rc; i++) {
+        if (i < 0 && !name[0])
+            continue;
+        if (i < 0)
+            snprintf(p, sizeof p, "%s/%s", dir, name);
+        else
+            snprintf(p, sizeof p, "%s/step-%08lld.h5", dir, steps[i]);
+        if (i >= 0 && name[0] && !strcmp(strrchr(p, '/') + 1, name))
+            continue; /* what latest names, tried first */
+        const char *why = NULL;
+        if (is_complete_why(p, &why)) {
+            snprintf(path, len, "%s", p);
+            rc = 0;
+        } else if (used + 8 < nlen)
+            used += (size_t)snprintf(note + used, nlen - used, "%s%s %s", used ? "; " : "", strrchr(p, '/') + 1, why);
+    }
+    free(steps);
+    return rc && !any ? 1 : rc;
 }
 
 int prefopt_ckpt_find_latest(const char *dir, char *path, size_t len)

@@ -395,8 +395,8 @@ static void save_checkpoint(trainer *t)
     int64_t v[PREFOPT_DS_CURSOR_NVALUES];
     prefopt_ds_cursor_to_values(&c, v);
     st.epoch = c.epoch;
-    /* the checkpoint keeps seed, epoch, step and batch size; the other fingerprints come from the options */
-    for (int i = 0; i < 4; i++)
+    /* seed, epoch, step, batch size, examples and bucket window: a resume on other data is refused */
+    for (int i = 0; i < PREFOPT_DS_CURSOR_NVALUES; i++)
         st.cursor[i] = v[i];
     st.lr = prefopt_schedule_lr(&t->sched, t->step);
     if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
@@ -423,12 +423,20 @@ static int try_resume(trainer *t)
     if (!strcmp(r, "never"))
         return 0;
     char path[4200];
+    prefopt_err err = {0};
     if (!strcmp(r, "auto")) {
-        if (prefopt_ckpt_find_latest(t->ckpt_dir, path, sizeof path))
+        char note[2048];
+        int found = prefopt_ckpt_find_latest_checked(t->ckpt_dir, path, sizeof path, note, sizeof note);
+        if (found == 1)
             return 0;
+        if (found == 2) /* restarting would overwrite them and append a second history to metrics.jsonl */
+            prefopt_err_set(&err, "%s: no usable checkpoint (%s): move them away or pass --resume never to start "
+                                  "from step 1", t->ckpt_dir, note);
+        FAIL_IF(t, 0, &err);
+        if (note[0] && t->g.world_rank == 0)
+            fprintf(stderr, "prefopt: warning: --resume auto: skipped %s; resuming from %s\n", note, path);
     } else
         snprintf(path, sizeof path, "%s", r);
-    prefopt_err err = {0};
     prefopt_train_state st = {0};
     prefopt_ckpt_load(path, t->policy, t->adam.m, t->adam.v, &st, &err);
     FAIL_IF(t, 0, &err);
@@ -439,10 +447,16 @@ static int try_resume(trainer *t)
     prefopt_ds_loader_get_cursor(t->loader, &c);
     int64_t v[PREFOPT_DS_CURSOR_NVALUES];
     prefopt_ds_cursor_to_values(&c, v);
-    for (int i = 0; i < 4; i++)
+    /* checkpoints before issue 22 saved 4 values: the examples and bucket window are then this run's */
+    int n_saved = st.cursor[4] > 0 ? PREFOPT_DS_CURSOR_NVALUES : 4;
+    for (int i = 0; i < n_saved; i++)
         v[i] = st.cursor[i];
     prefopt_ds_cursor_from_values(v, &c);
-    prefopt_ds_loader_set_cursor(t->loader, &c, &err);
+    if (prefopt_ds_loader_set_cursor(t->loader, &c, &err)) {
+        prefopt_err e2 = {0};
+        prefopt_err_set(&e2, "%s: resuming with --data %s: %s", path, t->p->data, err.msg);
+        err = e2;
+    }
     FAIL_IF(t, 0, &err);
     if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
         char rp[4200];
@@ -453,6 +467,17 @@ static int try_resume(trainer *t)
     if (t->g.world_rank == 0)
         printf("resumed from %s at step %ld\n", path, t->step);
     return 1;
+}
+
+/* metrics.jsonl keeps the rows of the history that led to the state trained from: those of steps after the
+ * checkpoint (about to be replayed), or all of them on a fresh start, go */
+static void trim_metrics(trainer *t)
+{
+    prefopt_err err = {0};
+    long dropped = 0;
+    if (t->g.world_rank == 0 && !prefopt_metrics_truncate(t->metrics_path, t->step, &dropped, &err) && dropped)
+        printf("%s: dropped %ld rows after step %ld (they are trained again)\n", t->metrics_path, dropped, t->step);
+    FAIL_IF(t, 0, &err);
 }
 
 /* ---- set-up ------------------------------------------------------------------------------------------------ */
@@ -485,7 +510,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
 
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", p->run_dir);
     snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl", p->run_dir);
-    if (t->g.world_rank == 0 && !prefopt_mkdirs(t->ckpt_dir, &err)) {
+    /* one run per directory: the lock comes before config.ini is written */
+    if (t->g.world_rank == 0 && !prefopt_mkdirs(t->ckpt_dir, &err) && !prefopt_run_lock(p->run_dir, &err)) {
         char cfgpath[4200];
         snprintf(cfgpath, sizeof cfgpath, "%s/config.ini", p->run_dir);
         if (prefopt_opts_write("train", opts, nopts, cfgpath))
@@ -658,6 +684,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     t->p = p;
     setup(t, opts, nopts);
     try_resume(t);
+    trim_metrics(t);
 
     size_t n = 0;
     float *params = prefopt_model_param_data(t->policy, &n);
