@@ -253,6 +253,54 @@ run r10_after -- "${R[@]}" --run-dir r10   # the lock went with the killed proce
 printf '[train]\nmax_steps = 2\n[trian]\nlearning_rate = 1\n' > job.ini
 expect ini_section 2 "~job\.ini:4: unknown section \[trian\] \(sections: .*\)" -- "${T[@]}" --config job.ini
 
+# ---- 8. non-finite weights behind a valid checksum are refused on load, naming the tensor ----
+$PY - <<'EOF' || fail "making nan.h5"
+import h5py, numpy as np, shutil
+M = (1 << 64) - 1
+def mix(g, b):  # io/checkpoint/ckpt_piece.c, to write a checksum that matches the edited tensor
+    x = (b * 0xff51afd7ed558ccd + g * 0x9e3779b97f4a7c15 + 0x632be59bd9b4e019) & M
+    x ^= x >> 29; x = (x * 0xc4ceb9fe1a85ec53) & M; x ^= x >> 32
+    return x
+for name, val in (('nan.h5', np.nan), ('inf.h5', np.inf)):
+    shutil.copy('tiny/model.h5', name)
+    with h5py.File(name, 'r+') as f:
+        d = f['model/h.mlp.c_fc.weight']
+        a = d[...]
+        a[0, 3, 5] = val
+        d[...] = a
+        cs = d.attrs['checksum'].copy()
+        cs[0] = sum(mix(i, int(b)) for i, b in enumerate(a[0].astype('<f4').view('<u4').ravel())) & M
+        d.attrs['checksum'] = cs
+EOF
+printf '{"prompt": "question 3?"}\n' > prompts.jsonl
+expect nan_weights_eval 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- eval --model nan.h5 --data pairs.h5 --out n.jsonl
+expect inf_weights_generate 1 "inf.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- generate --model inf.h5 --prompts prompts.jsonl --out n.jsonl
+expect nan_weights_export 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- export --model nan.h5 --hf nan_hf
+expect nan_weights_init 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- "${T[@]}" --init nan.h5
+ls -d n.jsonl nan_hf* > /dev/null 2>&1 && fail "nan_weights: an output was written"
+
+# ---- 17. stored reference log-probs that are no log-probs (+5, NaN) are refused by inspect and train ----
+$PY - <<'EOF' || fail "making refpos.h5"
+import h5py, numpy as np, shutil
+for name, val in (('refpos.h5', 5.0), ('refnan.h5', np.nan)):
+    shutil.copy('pairs.h5', name)
+    with h5py.File(name, 'r+') as f:
+        n = int(f.attrs['num_examples'])
+        c, r = -np.ones(n), -np.ones(n)
+        c[7] = val
+        g = f.create_group('ref')
+        g['chosen_logps'], g['rejected_logps'] = c, r
+        g.attrs['model'] = np.bytes_('edited')
+EOF
+NP=1 expect ref_positive_inspect 1 "refpos.h5: dataset 'ref/chosen_logps': value 5 at example 7 is not a log-probability (finite and <= 0)" \
+  -- inspect --file refpos.h5
+expect ref_nan_train 1 "refnan.h5: dataset 'ref/chosen_logps': value nan at example 7 is not a log-probability (finite and <= 0)" \
+  -- "${T[@]/pairs.h5/refnan.h5}"
+
 if [ "$fails" -gt 0 ]; then
   echo "test_redteam: $fails case(s) failed"
   exit 1

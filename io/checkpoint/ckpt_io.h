@@ -135,6 +135,9 @@ int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_
                  prefopt_err *err);
 
 uint64_t ck_checksum_piece(const ck_piece *p);
+/* The same, and the count of non-finite elements (NaN, Inf) in *nonfinite: readers refuse such weights even when
+ * the checksum matches (a file written with them is intact, not usable). */
+uint64_t ck_checksum_piece_nf(const ck_piece *p, int64_t *nonfinite);
 
 /* Test hook: PREFOPT_TEST_CKPT_KILL_AFTER_TENSORS=k makes every rank SIGKILL itself after writing k datasets. */
 void ck_kill_hook_tick(void);
