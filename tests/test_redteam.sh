@@ -301,6 +301,44 @@ NP=1 expect ref_positive_inspect 1 "refpos.h5: dataset 'ref/chosen_logps': value
 expect ref_nan_train 1 "refnan.h5: dataset 'ref/chosen_logps': value nan at example 7 is not a log-probability (finite and <= 0)" \
   -- "${T[@]/pairs.h5/refnan.h5}"
 
+# ---- 15. model attributes checked against the tensors; special ids inside the vocabulary ----
+$PY - <<'EOF' || fail "making the attribute cases"
+import h5py, numpy as np, shutil
+def copy(dst):
+    shutil.copy('tiny/model.h5', dst)
+    return h5py.File(dst, 'r+')
+with copy('nobias.h5') as f:
+    f.attrs['qkv_bias'] = np.int64(0)          # the q/k/v biases stay in the file
+with copy('extra.h5') as f:
+    f['model/lm_head.weight'] = np.zeros((259, 16), 'f4')   # tied embeddings, yet an lm_head
+with copy('eos.h5') as f:
+    f.attrs['eos_id'] = np.int64(300)
+# 21. h5py's default string attributes are variable-length: read as such, and an unknown value quoted as it is
+with copy('vlen.h5') as f:
+    for k in ('kind', 'arch', 'hf_model_type', 'tokenizer_identity'):
+        v = f.attrs[k]
+        v = v.decode() if isinstance(v, bytes) else str(v)
+        del f.attrs[k]
+        f.attrs[k] = v
+with copy('vlen_bad.h5') as f:
+    del f.attrs['arch']
+    f.attrs['arch'] = 'gpt3'
+EOF
+expect qkv_bias_attr 1 "nobias.h5: attribute 'qkv_bias' is 0, but a gpt2 model has q/k/v biases (1)" \
+  -- eval --model nobias.h5 --data pairs.h5 --out v.jsonl
+expect extra_tensor 1 "extra.h5: dataset 'model/lm_head.weight' is not a tensor of the model its attributes describe (arch gpt2, qkv_bias 1, tie_word_embeddings 1): the attributes or the tensors are wrong" \
+  -- generate --model extra.h5 --prompts prompts.jsonl --out v.jsonl
+expect eos_outside_vocab 1 "eos.h5: attribute 'eos_id' is 300, outside the vocabulary [0, 259) (-1: none)" \
+  -- export --model eos.h5 --hf eos_hf
+[ -e eos_hf ] && fail "eos_outside_vocab: exported"
+run vlen_ref -- eval --model tiny/model.h5 --data pairs.h5 --out v0.jsonl
+run vlen_attrs -- eval --model vlen.h5 --data pairs.h5 --out v.jsonl
+[ "$rc" = 0 ] && cmp -s v.jsonl v0.jsonl &&
+  echo "ok: vlen_attrs: a model file with variable-length string attributes loads and scores as the original" ||
+  fail "vlen_attrs: exit $rc: $(grep error vlen_attrs.err | head -1)"
+expect vlen_attr_value 1 "vlen_bad.h5: attribute 'arch' missing or unknown ('gpt3'): gpt2 and llama are supported" \
+  -- eval --model vlen_bad.h5 --data pairs.h5 --out v.jsonl
+
 if [ "$fails" -gt 0 ]; then
   echo "test_redteam: $fails case(s) failed"
   exit 1

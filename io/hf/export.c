@@ -216,7 +216,8 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
         return 1;
     prefopt_model_config cfg;
     prefopt_tokenizer_record tok = {0};
-    if (ck_read_config(f, model_path, &cfg, err) || ck_read_tokenizer(f, model_path, &tok, err)) {
+    if (ck_read_config(f, model_path, &cfg, err) || ck_check_model_tensors(f, model_path, &cfg, err) ||
+        ck_read_tokenizer(f, model_path, &tok, err)) {
         H5Fclose(f);
         return 1;
     }
