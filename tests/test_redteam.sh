@@ -339,6 +339,54 @@ run vlen_attrs -- eval --model vlen.h5 --data pairs.h5 --out v.jsonl
 expect vlen_attr_value 1 "vlen_bad.h5: attribute 'arch' missing or unknown ('gpt3'): gpt2 and llama are supported" \
   -- eval --model vlen_bad.h5 --data pairs.h5 --out v.jsonl
 
+# ---- 12. pack (and generate's prompts): NUL characters, duplicate keys, chosen == rejected without a prompt ----
+printf '{"prompt": "x\\u0000zz", "chosen": " a", "rejected": " b"}\n' > nul_esc.jsonl
+printf '{"prompt": "x\000zz", "chosen": " a", "rejected": " b"}\n' > nul_raw.jsonl
+printf '{"prompt": "x\\\\u0000zz", "chosen": " a", "rejected": " b"}\n' > nul_not.jsonl   # an escaped backslash: text
+printf '{"prompt": "p", "chosen": " a", "rejected": " b", "chosen": " c"}\n' > dup.jsonl
+printf '{"chosen": "same text", "rejected": "same text"}\n' > same.jsonl
+printf '{"prompt": "p", "chosen": " s", "rejected": " s"}\n{"prompt": "p", "chosen": " a", "rejected": " b"}\n' > tie.jsonl
+NP=1 expect pack_nul_escape 1 "nul_esc.jsonl:1: a string holds \\u0000 (a NUL character) at column 14: prefopt's strings end at NUL, the text would be cut there; remove it" \
+  -- pack --input nul_esc.jsonl --output x.h5
+NP=1 expect pack_nul_byte 1 "nul_raw.jsonl:1: a NUL byte at column 14 (JSON text holds none: is it UTF-16 or binary?)" \
+  -- pack --input nul_raw.jsonl --output x.h5
+NP=1 expect pack_duplicate_key 1 "dup.jsonl:1: key 'chosen' appears twice in one object (Python's json takes the last, cJSON the first): keep one" \
+  -- pack --input dup.jsonl --output x.h5
+NP=1 expect pack_same_no_prompt 1 "same.jsonl:1: 'chosen' and 'rejected' are the same and there is no 'prompt' to split them: nothing to prefer" \
+  -- pack --input same.jsonl --output x.h5
+expect generate_duplicate_key 1 "dup.jsonl:1: key 'chosen' appears twice in one object (Python's json takes the last, cJSON the first): keep one" \
+  -- generate --model tiny/model.h5 --prompts dup.jsonl --out x.jsonl
+ls x.h5* x.jsonl > /dev/null 2>&1 && fail "pack checks: an output was written"
+"$P" pack --input nul_not.jsonl --output nn.h5 > nn.log 2>&1 &&
+  [ "$($PY -c "import h5py; print(h5py.File('nn.h5','r')['prompt/tokens'].shape[0])")" = 9 ] &&
+  echo "ok: pack_escaped_backslash: \\\\u0000 is text (9 prompt bytes)" || fail "pack_escaped_backslash: $(tail -1 nn.log)"
+"$P" pack --input tie.jsonl --output tie.h5 > tie.log 2>&1 &&
+  grep -qx "  warning: 1 pairs have the same chosen and rejected tokens (they carry no preference)" tie.log &&
+  echo "ok: pack_tie: packed with a warning" || fail "pack_tie: $(grep -i 'warn\|error' tie.log)"
+
+# ---- 18. generate: a prompt longer than the context is refused; the JSONL is valid UTF-8 whatever the model emits ----
+$PY -c "import json; print(json.dumps({'prompt': 'x' * 300}))" > long.jsonl
+expect generate_long_prompt 1 "long.jsonl: prompt 0 has 300 tokens, the model's context is 256 positions: no room for a new token (shorten the prompt)" \
+  -- generate --model tiny/model.h5 --prompts long.jsonl --out x.jsonl
+run generate_bytes -- generate --model tiny/model.h5 --prompts pairs.jsonl --out gen.jsonl --temperature 1.5 --max-new-tokens 40
+# the reference: Python's own decode of the byte ids with errors="replace" (what Hugging Face's decode gives)
+if [ "$rc" = 0 ] && $PY - <<'EOF'; then
+import json, sys
+raw = open('gen.jsonl', 'rb').read()
+rows = [json.loads(l) for l in raw.decode('utf-8').splitlines()]   # strict: fails on invalid UTF-8
+bad = 0
+for r in rows:
+    b = bytes(i for i in r['ids'] if i < 256).split(b'\0')[0]     # (text after a NUL byte is not kept)
+    bad += b.decode('utf-8', 'replace') != r['completion']
+replaced = sum('\ufffd' in r['completion'] for r in rows)
+print('  %d rows, %d with U+FFFD, %d differing from Python\'s decode' % (len(rows), replaced, bad))
+sys.exit(1 if bad or not replaced else 0)
+EOF
+  echo "ok: generate_bytes: valid UTF-8 JSON; completions equal Python's decode(errors='replace') of the ids"
+else
+  fail "generate_bytes: exit $rc or invalid output"
+fi
+
 if [ "$fails" -gt 0 ]; then
   echo "test_redteam: $fails case(s) failed"
   exit 1
