@@ -283,6 +283,23 @@ expect nan_weights_init 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite
   -- "${T[@]}" --init nan.h5
 ls -d n.jsonl nan_hf* > /dev/null 2>&1 && fail "nan_weights: an output was written"
 
+# ---- 8 (import). a safetensors file with a NaN weight is refused by import, naming the tensor ----
+cp -r hf_old hf_nan
+$PY - <<'EOF' || fail "making hf_nan"
+import json, struct, numpy as np
+p = 'hf_nan/model.safetensors'
+b = bytearray(open(p, 'rb').read())
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+name = 'transformer.wte.weight'
+off = 8 + n + h[name]['data_offsets'][0]
+b[off + 4 * 7:off + 4 * 8] = np.float32(np.nan).tobytes()
+open(p, 'wb').write(b)
+EOF
+expect import_nan 1 "hf_nan/model.safetensors: tensor 'transformer.wte.weight' has 1 non-finite values (NaN or Inf)" \
+  -- import --hf hf_nan --out nan_imported.h5
+ls nan_imported.h5* > /dev/null 2>&1 && fail "import_nan: output left: $(ls nan_imported.h5*)"
+
 # ---- 17. stored reference log-probs that are no log-probs (+5, NaN) are refused by inspect and train ----
 $PY - <<'EOF' || fail "making refpos.h5"
 import h5py, numpy as np, shutil
