@@ -12,9 +12,10 @@
 #   disk_full_mid_write the same limit met inside the collective write (room check skipped): the ranks agree, every
 #                      rank prints one line, the .tmp is removed, the job aborts with exit 1 in seconds;
 #   import_disk_full   prefopt import under a file-size limit: the same agreed abort, no partial output;
-#   poisoned_batch     valid tokens but huge precomputed reference log-probs for one example: the step holding it is
-#                      skipped and logged in metrics.jsonl with the global batch's example indices (the poisoned one
-#                      among them), training goes on and reports the skip;
+#   poisoned_batch     valid tokens but a huge precomputed reference log-prob (-1e308, valid: finite and <= 0) for one
+#                      example, trained with IPO, whose square overflows: the step holding it is skipped and logged
+#                      in metrics.jsonl with the global batch's example indices (the poisoned one among them),
+#                      training goes on and reports the skip;
 #   exploding_lr       --lr 1e30: steps go non-finite, each is skipped and logged, and the run stops after
 #                      --max-nonfinite with one error line on every rank.
 # usage: test_faults.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
@@ -237,19 +238,21 @@ else
   fail "import_disk_full: exporting the base model failed: $(tail -2 export.log)"
 fi
 
-# ---- a poisoned batch: valid tokens, huge reference log-probs for example 5 -----------------------------------
+# ---- a poisoned batch: valid tokens, a huge reference log-prob for example 5 -----------------------------------
+# (+1e308 is refused when the dataset opens since issue 22: a log-prob is finite and <= 0; -1e308 passes, and IPO's
+# squared margin overflows on it)
 $PY - <<'EOF' || { echo "FAIL: making poison.h5"; exit 1; }
 import h5py, numpy as np, shutil
 shutil.copy('pairs.h5', 'poison.h5')
 with h5py.File('poison.h5', 'r+') as f:
     n = int(f.attrs['num_examples'])
     c, r = np.zeros(n), np.zeros(n)
-    c[5], r[5] = 1e308, -1e308
+    c[5] = -1e308
     g = f.create_group('ref')
     g['chosen_logps'], g['rejected_logps'] = c, r
     g.attrs['model'] = np.bytes_('poisoned')
 EOF
-timeout -k 5 180 "${MPI[@]}" "$P" "${A[@]/pairs.h5/poison.h5}" --max-steps 8 --run-dir poison > poison.log 2> poison.err
+timeout -k 5 180 "${MPI[@]}" "$P" "${A[@]/pairs.h5/poison.h5}" --max-steps 8 --loss ipo --run-dir poison > poison.log 2> poison.err
 rc=$?
 if [ "$rc" != 0 ]; then
   fail "poisoned_batch: exit code $rc: $(grep error poison.err | head -2)"

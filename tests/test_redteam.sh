@@ -157,7 +157,7 @@ expect log_interval_0 2 "--log-interval 0: must be >= 1 (a progress line every N
 expect save_interval_neg 2 "--save-interval -1: must be >= 0 (0: checkpoint at the end only)" -- "${T[@]}" --save-interval -1
 expect keep_last_0 2 "--keep-last 0: must be >= 1" -- "${T[@]}" --keep-last 0
 expect batch_size_0 2 "--batch-size 0: must be >= 1 (examples per optimizer step, all replicas)" -- "${T[@]}" --batch-size 0
-expect epochs_neg 2 "--epochs -1: must be > 0 and at most 1e6 when --max-steps is 0" -- "${T[@]}" --max-steps 0 --epochs -1
+expect epochs_neg 2 "--epochs -1: must be between 0 and 1e6 when --max-steps is 0" -- "${T[@]}" --max-steps 0 --epochs -1
 expect epochs_nan 2 "command line: bad value 'nan' for option 'epochs' (a finite number expected)" -- "${T[@]}" --epochs nan
 expect temperature_inf 2 "command line: bad value 'inf' for option 'temperature' (a finite number expected)" \
   -- generate --model tiny/model.h5 --prompts pairs.jsonl --out g.jsonl --temperature inf
@@ -213,6 +213,196 @@ expect checkpoints_is_file 1 "r19/checkpoints: exists and is not a directory" --
 expect batch_too_large 1 "pairs.h5: the dataset has 24 examples, fewer than one global batch of 32" \
   -- "${T[@]}" --batch-size 32
 rm -rf r6
+
+# ---- 9, 10, 11. resume: damaged checkpoints, other data, two runs on one directory, replayed metrics rows ----
+R=(train --data pairs.h5 --n-layer 1 --n-embd 16 --n-head 2 --batch-size 4 --max-steps 4 --save-interval 2 --keep-last 3
+   --log-interval 1 --lr-scheduler constant)
+run r9_ref -- "${R[@]}" --run-dir r9
+[ "$rc" = 0 ] && [ -e r9/checkpoints/step-00000002.h5 ] || fail "resume: the reference run failed (exit $rc)"
+cp -r r9 r9all && for f in r9all/checkpoints/step-*.h5; do truncate -s 1000 "$f"; done
+before=$(sums r9all/checkpoints r9all/metrics.jsonl)
+expect resume_all_damaged 1 "r9all/checkpoints: no usable checkpoint (step-00000004.h5 cannot be opened as HDF5 (truncated or damaged); step-00000002.h5 cannot be opened as HDF5 (truncated or damaged)): move them away or pass --resume never to start from step 1" \
+  -- "${R[@]}" --run-dir r9all
+[ "$(sums r9all/checkpoints r9all/metrics.jsonl)" = "$before" ] || fail "resume_all_damaged: checkpoints or metrics changed"
+cp -r r9 r9new && truncate -s 1000 r9new/checkpoints/step-00000004.h5
+run resume_newest_damaged -- "${R[@]}" --max-steps 6 --run-dir r9new
+w="prefopt: warning: --resume auto: skipped step-00000004.h5 cannot be opened as HDF5 (truncated or damaged); resuming from r9new/checkpoints/step-00000002.h5"
+if [ "$rc" != 0 ] || [ "$(grep -cxF "$w" resume_newest_damaged.err)" != 1 ]; then
+  fail "resume_newest_damaged: exit $rc; $(grep -i 'warn\|error' resume_newest_damaged.err | head -2)"
+elif [ "$(grep -o '"step":[0-9]*,' r9new/metrics.jsonl | tr -d '\n')" != '"step":1,"step":2,"step":3,"step":4,"step":5,"step":6,' ]; then
+  # 11: the rows of steps 3 and 4 (replayed from step 2) are not doubled
+  fail "resume_newest_damaged: metrics.jsonl steps: $(grep -o '"step":[0-9]*' r9new/metrics.jsonl | tr '\n' ' ')"
+else
+  echo "ok: resume_newest_damaged: one warning names the skipped checkpoint; metrics.jsonl has steps 1-6 once each"
+fi
+for i in $(seq 1 64); do printf '{"prompt": "q %d?", "chosen": " a %d", "rejected": " n %d"}\n' "$i" "$i" "$i"; done > p64.jsonl
+"$P" pack --input p64.jsonl --output p64.h5 > /dev/null 2>&1
+expect resume_other_data 1 "r9/checkpoints/step-00000004.h5: resuming with --data p64.h5: the data cursor was saved with seed 1234, global batch 4, 24 examples, bucket window 0; this run has 1234, 4, 64, 0: resuming would not give the same batches" \
+  -- "${R[@]/pairs.h5/p64.h5}" --max-steps 6 --run-dir r9
+# 10: a second train on a run directory in use is refused, naming the holder
+PREFOPT_TEST_STEP_DELAY_MS=300 "$P" "${R[@]}" --max-steps 1000 --run-dir r10 > r10a.log 2>&1 &
+bg=$!
+for _ in $(seq 1 100); do [ -s r10/lock ] && break; sleep 0.1; done
+expect run_dir_locked 1 "r10: the run directory is in use by another prefopt train (host $(hostname), pid $bg); wait for it to end or use another --run-dir" \
+  -- "${R[@]}" --run-dir r10
+kill -9 $bg 2> /dev/null; wait $bg 2> /dev/null; bg=""
+run r10_after -- "${R[@]}" --run-dir r10   # the lock went with the killed process
+[ "$rc" = 0 ] && echo "ok: run_dir_lock_released: a killed run's lock does not block the next" || fail "r10_after: exit $rc: $(grep error r10_after.err | head -1)"
+
+# ---- 13. a misspelled INI section is an error on every rank ----
+printf '[train]\nmax_steps = 2\n[trian]\nlearning_rate = 1\n' > job.ini
+expect ini_section 2 "~job\.ini:4: unknown section \[trian\] \(sections: .*\)" -- "${T[@]}" --config job.ini
+
+# ---- 8. non-finite weights behind a valid checksum are refused on load, naming the tensor ----
+$PY - <<'EOF' || fail "making nan.h5"
+import h5py, numpy as np, shutil
+M = (1 << 64) - 1
+def mix(g, b):  # io/checkpoint/ckpt_piece.c, to write a checksum that matches the edited tensor
+    x = (b * 0xff51afd7ed558ccd + g * 0x9e3779b97f4a7c15 + 0x632be59bd9b4e019) & M
+    x ^= x >> 29; x = (x * 0xc4ceb9fe1a85ec53) & M; x ^= x >> 32
+    return x
+for name, val in (('nan.h5', np.nan), ('inf.h5', np.inf)):
+    shutil.copy('tiny/model.h5', name)
+    with h5py.File(name, 'r+') as f:
+        d = f['model/h.mlp.c_fc.weight']
+        a = d[...]
+        a[0, 3, 5] = val
+        d[...] = a
+        cs = d.attrs['checksum'].copy()
+        cs[0] = sum(mix(i, int(b)) for i, b in enumerate(a[0].astype('<f4').view('<u4').ravel())) & M
+        d.attrs['checksum'] = cs
+EOF
+printf '{"prompt": "question 3?"}\n' > prompts.jsonl
+expect nan_weights_eval 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- eval --model nan.h5 --data pairs.h5 --out n.jsonl
+expect inf_weights_generate 1 "inf.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- generate --model inf.h5 --prompts prompts.jsonl --out n.jsonl
+expect nan_weights_export 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- export --model nan.h5 --hf nan_hf
+expect nan_weights_init 1 "nan.h5: tensor 'h.0.mlp.c_fc.weight' has 1 non-finite values (NaN or Inf)" \
+  -- "${T[@]}" --init nan.h5
+ls -d n.jsonl nan_hf* > /dev/null 2>&1 && fail "nan_weights: an output was written"
+
+# ---- 8 (import). a safetensors file with a NaN weight is refused by import, naming the tensor ----
+cp -r hf_old hf_nan
+$PY - <<'EOF' || fail "making hf_nan"
+import json, struct, numpy as np
+p = 'hf_nan/model.safetensors'
+b = bytearray(open(p, 'rb').read())
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+name = 'transformer.wte.weight'
+off = 8 + n + h[name]['data_offsets'][0]
+b[off + 4 * 7:off + 4 * 8] = np.float32(np.nan).tobytes()
+open(p, 'wb').write(b)
+EOF
+expect import_nan 1 "hf_nan/model.safetensors: tensor 'transformer.wte.weight' has 1 non-finite values (NaN or Inf)" \
+  -- import --hf hf_nan --out nan_imported.h5
+ls nan_imported.h5* > /dev/null 2>&1 && fail "import_nan: output left: $(ls nan_imported.h5*)"
+
+# ---- 17. stored reference log-probs that are no log-probs (+5, NaN) are refused by inspect and train ----
+$PY - <<'EOF' || fail "making refpos.h5"
+import h5py, numpy as np, shutil
+for name, val in (('refpos.h5', 5.0), ('refnan.h5', np.nan)):
+    shutil.copy('pairs.h5', name)
+    with h5py.File(name, 'r+') as f:
+        n = int(f.attrs['num_examples'])
+        c, r = -np.ones(n), -np.ones(n)
+        c[7] = val
+        g = f.create_group('ref')
+        g['chosen_logps'], g['rejected_logps'] = c, r
+        g.attrs['model'] = np.bytes_('edited')
+EOF
+NP=1 expect ref_positive_inspect 1 "refpos.h5: dataset 'ref/chosen_logps': value 5 at example 7 is not a log-probability (finite and <= 0)" \
+  -- inspect --file refpos.h5
+expect ref_nan_train 1 "refnan.h5: dataset 'ref/chosen_logps': value nan at example 7 is not a log-probability (finite and <= 0)" \
+  -- "${T[@]/pairs.h5/refnan.h5}"
+
+# ---- 15. model attributes checked against the tensors; special ids inside the vocabulary ----
+$PY - <<'EOF' || fail "making the attribute cases"
+import h5py, numpy as np, shutil
+def copy(dst):
+    shutil.copy('tiny/model.h5', dst)
+    return h5py.File(dst, 'r+')
+with copy('nobias.h5') as f:
+    f.attrs['qkv_bias'] = np.int64(0)          # the q/k/v biases stay in the file
+with copy('extra.h5') as f:
+    f['model/lm_head.weight'] = np.zeros((259, 16), 'f4')   # tied embeddings, yet an lm_head
+with copy('eos.h5') as f:
+    f.attrs['eos_id'] = np.int64(300)
+# 21. h5py's default string attributes are variable-length: read as such, and an unknown value quoted as it is
+with copy('vlen.h5') as f:
+    for k in ('kind', 'arch', 'hf_model_type', 'tokenizer_identity'):
+        v = f.attrs[k]
+        v = v.decode() if isinstance(v, bytes) else str(v)
+        del f.attrs[k]
+        f.attrs[k] = v
+with copy('vlen_bad.h5') as f:
+    del f.attrs['arch']
+    f.attrs['arch'] = 'gpt3'
+EOF
+expect qkv_bias_attr 1 "nobias.h5: attribute 'qkv_bias' is 0, but a gpt2 model has q/k/v biases (1)" \
+  -- eval --model nobias.h5 --data pairs.h5 --out v.jsonl
+expect extra_tensor 1 "extra.h5: dataset 'model/lm_head.weight' is not a tensor of the model its attributes describe (arch gpt2, qkv_bias 1, tie_word_embeddings 1): the attributes or the tensors are wrong" \
+  -- generate --model extra.h5 --prompts prompts.jsonl --out v.jsonl
+expect eos_outside_vocab 1 "eos.h5: attribute 'eos_id' is 300, outside the vocabulary [0, 259) (-1: none)" \
+  -- export --model eos.h5 --hf eos_hf
+[ -e eos_hf ] && fail "eos_outside_vocab: exported"
+run vlen_ref -- eval --model tiny/model.h5 --data pairs.h5 --out v0.jsonl
+run vlen_attrs -- eval --model vlen.h5 --data pairs.h5 --out v.jsonl
+[ "$rc" = 0 ] && cmp -s v.jsonl v0.jsonl &&
+  echo "ok: vlen_attrs: a model file with variable-length string attributes loads and scores as the original" ||
+  fail "vlen_attrs: exit $rc: $(grep error vlen_attrs.err | head -1)"
+expect vlen_attr_value 1 "vlen_bad.h5: attribute 'arch' missing or unknown ('gpt3'): gpt2 and llama are supported" \
+  -- eval --model vlen_bad.h5 --data pairs.h5 --out v.jsonl
+
+# ---- 12. pack (and generate's prompts): NUL characters, duplicate keys, chosen == rejected without a prompt ----
+printf '{"prompt": "x\\u0000zz", "chosen": " a", "rejected": " b"}\n' > nul_esc.jsonl
+printf '{"prompt": "x\000zz", "chosen": " a", "rejected": " b"}\n' > nul_raw.jsonl
+printf '{"prompt": "x\\\\u0000zz", "chosen": " a", "rejected": " b"}\n' > nul_not.jsonl   # an escaped backslash: text
+printf '{"prompt": "p", "chosen": " a", "rejected": " b", "chosen": " c"}\n' > dup.jsonl
+printf '{"chosen": "same text", "rejected": "same text"}\n' > same.jsonl
+printf '{"prompt": "p", "chosen": " s", "rejected": " s"}\n{"prompt": "p", "chosen": " a", "rejected": " b"}\n' > tie.jsonl
+NP=1 expect pack_nul_escape 1 "nul_esc.jsonl:1: a string holds \\u0000 (a NUL character) at column 14: prefopt's strings end at NUL, the text would be cut there; remove it" \
+  -- pack --input nul_esc.jsonl --output x.h5
+NP=1 expect pack_nul_byte 1 "nul_raw.jsonl:1: a NUL byte at column 14 (JSON text holds none: is it UTF-16 or binary?)" \
+  -- pack --input nul_raw.jsonl --output x.h5
+NP=1 expect pack_duplicate_key 1 "dup.jsonl:1: key 'chosen' appears twice in one object (Python's json takes the last, cJSON the first): keep one" \
+  -- pack --input dup.jsonl --output x.h5
+NP=1 expect pack_same_no_prompt 1 "same.jsonl:1: 'chosen' and 'rejected' are the same and there is no 'prompt' to split them: nothing to prefer" \
+  -- pack --input same.jsonl --output x.h5
+expect generate_duplicate_key 1 "dup.jsonl:1: key 'chosen' appears twice in one object (Python's json takes the last, cJSON the first): keep one" \
+  -- generate --model tiny/model.h5 --prompts dup.jsonl --out x.jsonl
+ls x.h5* x.jsonl > /dev/null 2>&1 && fail "pack checks: an output was written"
+"$P" pack --input nul_not.jsonl --output nn.h5 > nn.log 2>&1 &&
+  [ "$($PY -c "import h5py; print(h5py.File('nn.h5','r')['prompt/tokens'].shape[0])")" = 9 ] &&
+  echo "ok: pack_escaped_backslash: \\\\u0000 is text (9 prompt bytes)" || fail "pack_escaped_backslash: $(tail -1 nn.log)"
+"$P" pack --input tie.jsonl --output tie.h5 > tie.log 2>&1 &&
+  grep -qx "  warning: 1 pairs have the same chosen and rejected tokens (they carry no preference)" tie.log &&
+  echo "ok: pack_tie: packed with a warning" || fail "pack_tie: $(grep -i 'warn\|error' tie.log)"
+
+# ---- 18. generate: a prompt longer than the context is refused; the JSONL is valid UTF-8 whatever the model emits ----
+$PY -c "import json; print(json.dumps({'prompt': 'x' * 300}))" > long.jsonl
+expect generate_long_prompt 1 "long.jsonl: prompt 0 has 300 tokens, the model's context is 256 positions: no room for a new token (shorten the prompt)" \
+  -- generate --model tiny/model.h5 --prompts long.jsonl --out x.jsonl
+run generate_bytes -- generate --model tiny/model.h5 --prompts pairs.jsonl --out gen.jsonl --temperature 1.5 --max-new-tokens 40
+# the reference: Python's own decode of the byte ids with errors="replace" (what Hugging Face's decode gives)
+if [ "$rc" = 0 ] && $PY - <<'EOF'; then
+import json, sys
+raw = open('gen.jsonl', 'rb').read()
+rows = [json.loads(l) for l in raw.decode('utf-8').splitlines()]   # strict: fails on invalid UTF-8
+bad = 0
+for r in rows:
+    b = bytes(i for i in r['ids'] if i < 256).split(b'\0')[0]     # (text after a NUL byte is not kept)
+    bad += b.decode('utf-8', 'replace') != r['completion']
+replaced = sum('\ufffd' in r['completion'] for r in rows)
+print('  %d rows, %d with U+FFFD, %d differing from Python\'s decode' % (len(rows), replaced, bad))
+sys.exit(1 if bad or not replaced else 0)
+EOF
+  echo "ok: generate_bytes: valid UTF-8 JSON; completions equal Python's decode(errors='replace') of the ids"
+else
+  fail "generate_bytes: exit $rc or invalid output"
+fi
 
 if [ "$fails" -gt 0 ]; then
   echo "test_redteam: $fails case(s) failed"

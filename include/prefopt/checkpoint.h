@@ -105,6 +105,10 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
 /* The newest complete checkpoint of dir: what latest names, else the highest step-*.h5 marked complete.
  * Returns 0 and fills path, or 1 when there is none (not an error). Local. */
 int prefopt_ckpt_find_latest(const char *dir, char *path, size_t len);
+/* The same for resuming, which must not pass over a damaged checkpoint in silence: 0 and path when one is usable
+ * (note lists the newer ones skipped and why, "" if none), 1 when dir holds no checkpoint at all, 2 when it holds
+ * some but none is usable (note says why for each). Local. */
+int prefopt_ckpt_find_latest_checked(const char *dir, char *path, size_t len, char *note, size_t nlen);
 
 /* A grid-independent 64-bit checksum of a model's base (non-adapter) weights: each tensor's checkpoint checksum,
  * mixed with its index and summed. Collective over the grid. */

@@ -75,6 +75,7 @@ typedef struct {
     int64_t len_p50, len_p90, len_p99, len_max; /* packed row length (prompt + all completions) of kept examples */
     int64_t conversational;                     /* examples whose messages were rendered with a chat template */
     int64_t prompt_mismatch; /* of those, examples whose prompt ids are not the start of prompt + completion's */
+    int64_t identical_pairs; /* pairs whose chosen and rejected ids are the same (no preference) */
     prefopt_ds_kind kind;
     double bytes, seconds, cpu_seconds; /* input bytes, wall and CPU time of prefopt_pack */
 } prefopt_pack_stats;
@@ -82,5 +83,12 @@ typedef struct {
 /* Serial. On bad input fills err ("file:line: field 'x': ...") and leaves no output file. */
 int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err *err);
 void prefopt_pack_print_summary(FILE *f, const prefopt_pack_opts *o, const prefopt_pack_stats *st);
+
+/* Checks of a JSONL line that cJSON cannot make (pack_check.c), for every reader of JSONL: a raw NUL byte or the
+ * escape \u0000 in a string in line[0..len) (cJSON's strings would end there), and a key that appears twice in one
+ * object anywhere in v (cJSON takes the first, Python's json the last). Fail naming file:line (and column). */
+int prefopt_jsonl_check_nul(const char *line, size_t len, const char *file, int64_t lineno, prefopt_err *err);
+struct cJSON;
+int prefopt_jsonl_check_keys(const struct cJSON *v, const char *file, int64_t lineno, prefopt_err *err);
 
 #endif

@@ -22,6 +22,14 @@ int prefopt_mkdirs(const char *dir, prefopt_err *err);
 /* Appends one line to path with O_APPEND so a requeued run keeps one file; fsyncs when sync is set. */
 int prefopt_append_line(const char *path, const char *line, int sync, prefopt_err *err);
 
+/* Drops the rows of metrics.jsonl after `step` (and a torn last line), atomically (a new file renamed over it),
+ * so that a resumed run does not leave two rows for a replayed step. *dropped: the rows dropped. */
+int prefopt_metrics_truncate(const char *path, long step, long *dropped, prefopt_err *err);
+
+/* Takes RUN_DIR/lock (flock, held until the process ends, whatever ends it) and records "host H, pid P" in it;
+ * fails, naming the holder, when another process holds it. */
+int prefopt_run_lock(const char *run_dir, prefopt_err *err);
+
 /* Writes data to path atomically: path.tmp.<pid>, fsync, rename, fsync of the directory. */
 int prefopt_write_atomic(const char *path, const void *data, size_t len, prefopt_err *err);
 

@@ -43,6 +43,11 @@ int prefopt_tokenizer_encode(const prefopt_tokenizer *t, const char *text, size_
 char *prefopt_tokenizer_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
                                prefopt_err *err);
 
+/* A valid UTF-8 copy of s (malloc'd, NUL-terminated) for outputs a user parses (JSON): each maximal invalid
+ * subpart becomes one U+FFFD, as Hugging Face's decode (Rust's from_utf8_lossy) and Python's errors="replace" do.
+ * *replaced: how many. */
+char *prefopt_utf8_sanitize(const char *s, size_t *replaced);
+
 /* The special tokens Hugging Face's encode(add_special_tokens=True) puts around one text, from the tokenizer.json
  * post_processor (TemplateProcessing, also inside a Sequence): *first before the text, *last after it, -1 where
  * there is none (e.g. Llama 2: 1 and -1; GPT-2, Qwen2: -1 and -1; the byte-level tokenizer: -1 and -1). */

@@ -410,6 +410,7 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
     hid_t dxpl = ck_make_dxpl(file);
     uint64_t *sums = prefopt_xcalloc((size_t)n, sizeof *sums, "checksums");
     uint64_t *stored = prefopt_xcalloc((size_t)n, sizeof *stored, "checksums");
+    int64_t *nonfinite = prefopt_xcalloc((size_t)n + 1, sizeof *nonfinite, "checksums");
     size_t stage_cap = 0;
     float *stage = NULL;
     /* errors here come from the file and the item list, which every rank shares, so all ranks leave the loop
@@ -503,7 +504,7 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
                 } else
                     continue;
                 if (it->p.sums)
-                    sums[i] = ck_checksum_piece(&it->p);
+                    sums[i] = ck_checksum_piece_nf(&it->p, &nonfinite[i]);
             }
         }
         H5Sclose(fs);
@@ -517,8 +518,10 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
     if (sum_comm != MPI_COMM_NULL && sum_comm != MPI_COMM_SELF) {
         /* a read failure on one rank makes all fail before the checksum comparison */
         MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, sum_comm);
-        if (!failed)
+        if (!failed) {
             MPI_Allreduce(MPI_IN_PLACE, sums, n, MPI_UINT64_T, MPI_SUM, sum_comm);
+            MPI_Allreduce(MPI_IN_PLACE, nonfinite, n, MPI_INT64_T, MPI_SUM, sum_comm);
+        }
     }
     if (failed && !err->set)
         prefopt_err_set(err, "%s: reading failed on another rank", path);
@@ -527,6 +530,14 @@ int ck_read_items(hid_t file, const char *path, const char *group, ck_item *item
             prefopt_err_set(err, "checkpoint %s: tensor '%s' is corrupt (checksum mismatch)", path, items[i].name);
             failed = 1;
         }
+    /* intact but unusable: a model saved with NaN/Inf weights would give finite-but-wrong or null results */
+    for (int i = 0; i < n && !failed; i++)
+        if (nonfinite[i]) {
+            prefopt_err_set(err, "%s: tensor '%s' has %lld non-finite values (NaN or Inf)", path, items[i].name,
+                            (long long)nonfinite[i]);
+            failed = 1;
+        }
+    free(nonfinite);
     free(stage);
     free(sums);
     free(stored);

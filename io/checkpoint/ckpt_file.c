@@ -179,13 +179,30 @@ int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write)
         H5Tclose(t);
         return r < 0;
     }
+    if (len)
+        buf[0] = '\0'; /* a failed read leaves no stale value for the caller's message */
     if (H5Aexists(obj, name) <= 0)
         return 1;
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t ft = H5Aget_type(a);
     size_t sz = H5Tget_size(ft);
     int rc = 1;
-    if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
+    if (H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) > 0) {
+        /* variable-length: h5py's default for a str attribute (in its character set, UTF-8) */
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(ft));
+        hid_t sp = H5Aget_space(a);
+        char *s = NULL;
+        if (H5Sget_simple_extent_npoints(sp) == 1 && H5Aread(a, mt, &s) >= 0 && s) {
+            snprintf(buf, len, "%s", s);
+            rc = 0;
+        }
+        if (s)
+            H5free_memory(s);
+        H5Sclose(sp);
+        H5Tclose(mt);
+    } else if (H5Tget_class(ft) == H5T_STRING) {
         char *tmp = prefopt_xcalloc(sz + 2, 1, "attribute");
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, sz + 1); /* room for the terminator when the file's string is null-padded (h5py) */
@@ -383,6 +400,20 @@ int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, pref
         for (int l = 0; l < cfg->num_layers; l++)
             cfg->layer_flags[l] = (unsigned char)fl[l];
     }
+    if (cfg->arch == PREFOPT_ARCH_GPT2 && cfg->qkv_bias != 1) { /* GPT-2's c_attn always has a bias */
+        prefopt_err_set(err, "%s: attribute 'qkv_bias' is %d, but a gpt2 model has q/k/v biases (1)", path,
+                        cfg->qkv_bias);
+        return 1;
+    }
+    /* special ids name rows of the embedding (or -1: none); another value would be exported and used as such */
+    const int ids[3] = {cfg->bos_id, cfg->eos_id, cfg->pad_id};
+    static const char *const id_names[3] = {"bos_id", "eos_id", "pad_id"};
+    for (int i = 0; i < 3; i++)
+        if (ids[i] < -1 || (cfg->vocab_size > 0 && ids[i] >= cfg->vocab_size)) {
+            prefopt_err_set(err, "%s: attribute '%s' is %d, outside the vocabulary [0, %d) (-1: none)", path,
+                            id_names[i], ids[i], cfg->vocab_size);
+            return 1;
+        }
     return 0;
 }
 

@@ -187,9 +187,16 @@ int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_
     } else if (!have_sum) {
         prefopt_err_set(err, "%s: tensor '%s' has no checksum attribute", path, spec->name);
         rc = 1;
-    } else if (ck_checksum_piece(&it.p) != sums[layer >= 0 ? layer : 0]) {
-        prefopt_err_set(err, "checkpoint %s: tensor '%s' is corrupt (checksum mismatch)", path, spec->name);
-        rc = 1;
+    } else {
+        int64_t nf = 0;
+        if (ck_checksum_piece_nf(&it.p, &nf) != sums[layer >= 0 ? layer : 0]) {
+            prefopt_err_set(err, "checkpoint %s: tensor '%s' is corrupt (checksum mismatch)", path, spec->name);
+            rc = 1;
+        } else if (nf) {
+            prefopt_err_set(err, "%s: tensor '%s' has %lld non-finite values (NaN or Inf)", path, spec->name,
+                            (long long)nf);
+            rc = 1;
+        }
     }
     free(sums);
     return rc;

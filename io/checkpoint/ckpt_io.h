@@ -112,6 +112,9 @@ hid_t ck_make_dxpl(hid_t file);
 int ck_write_config(hid_t file, const char *kind, const prefopt_model_config *cfg, const prefopt_tokenizer_record *tok,
                     MPI_Comm comm, prefopt_err *err);
 int ck_read_config(hid_t file, const char *path, prefopt_model_config *cfg, prefopt_err *err);
+/* Every dataset of the file's model group is a tensor of cfg (a GPT-2 file with qkv_bias 0 holding q/k/v biases
+ * would load and ignore them). */
+int ck_check_model_tensors(hid_t file, const char *path, const prefopt_model_config *cfg, prefopt_err *err);
 int ck_read_tokenizer(hid_t file, const char *path, prefopt_tokenizer_record *tok, prefopt_err *err);
 int ck_attr_int64(hid_t obj, const char *name, int64_t *v, int n, int write);
 int ck_attr_str(hid_t obj, const char *name, char *buf, size_t len, int write);
@@ -139,6 +142,9 @@ int ck_read_full(hid_t file, const char *path, const char *group, const prefopt_
                  prefopt_err *err);
 
 uint64_t ck_checksum_piece(const ck_piece *p);
+/* The same, and the count of non-finite elements (NaN, Inf) in *nonfinite: readers refuse such weights even when
+ * the checksum matches (a file written with them is intact, not usable). */
+uint64_t ck_checksum_piece_nf(const ck_piece *p, int64_t *nonfinite);
 
 /* ckpt_lora.c: a LoRA checkpoint's root attributes (checkpoint.h) */
 int ck_write_lora_attrs(hid_t file, const prefopt_lora_config *l, const char *base, uint64_t base_sum);

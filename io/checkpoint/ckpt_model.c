@@ -87,12 +87,52 @@ int prefopt_tokenizer_record_load(const char *path, prefopt_tokenizer_record *t,
 
 /* ---- model files ----------------------------------------------------------------------------------------- */
 
+typedef struct {
+    char (*names)[128];
+    int n;
+    const char *path;
+    const prefopt_model_config *cfg;
+    prefopt_err *err;
+} extra_ctx;
+
+static herr_t extra_cb(hid_t g, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)g, (void)info;
+    extra_ctx *c = data;
+    for (int i = 0; i < c->n; i++)
+        if (!strcmp(c->names[i], name))
+            return 0;
+    prefopt_err_set(c->err, "%s: dataset 'model/%s' is not a tensor of the model its attributes describe (arch %s, "
+                            "qkv_bias %d, tie_word_embeddings %d): the attributes or the tensors are wrong",
+                    c->path, name, c->cfg->arch == PREFOPT_ARCH_GPT2 ? "gpt2" : "llama", c->cfg->qkv_bias,
+                    c->cfg->tie_word_embeddings);
+    return 1;
+}
+
+int ck_check_model_tensors(hid_t f, const char *path, const prefopt_model_config *cfg, prefopt_err *err)
+{
+    if (H5Lexists(f, "model", H5P_DEFAULT) <= 0)
+        return 0; /* reported as missing tensors when read */
+    prefopt_tensor_spec *specs;
+    int n = prefopt_model_tensor_specs(cfg, &specs);
+    extra_ctx c = {prefopt_xcalloc((size_t)n + 1, sizeof *c.names, "tensor names"), n, path, cfg, err};
+    for (int i = 0; i < n; i++)
+        ck_stacked_name(specs[i].name, c.names[i], sizeof c.names[i]);
+    hid_t g = H5Gopen2(f, "model", H5P_DEFAULT);
+    herr_t r = g < 0 ? 0 : H5Literate(g, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, extra_cb, &c);
+    if (g >= 0)
+        H5Gclose(g);
+    free(c.names);
+    free(specs);
+    return r != 0;
+}
+
 int prefopt_model_file_read_config(const char *path, prefopt_model_config *cfg, prefopt_err *err)
 {
     hid_t f;
     if (ck_open(path, MPI_COMM_NULL, &f, err))
         return 1;
-    int rc = ck_read_config(f, path, cfg, err);
+    int rc = ck_read_config(f, path, cfg, err) || ck_check_model_tensors(f, path, cfg, err);
     H5Fclose(f);
     return rc;
 }
@@ -305,7 +345,8 @@ int prefopt_model_file_export_weights(const char *src, const char *dst, prefopt_
         return 1;
     prefopt_model_config cfg;
     prefopt_tokenizer_record tok;
-    if (ck_read_config(in, src, &cfg, err) || ck_read_tokenizer(in, src, &tok, err)) {
+    if (ck_read_config(in, src, &cfg, err) || ck_check_model_tensors(in, src, &cfg, err) ||
+        ck_read_tokenizer(in, src, &tok, err)) {
         H5Fclose(in);
         return 1;
     }
@@ -406,16 +447,61 @@ static int list_steps(const char *dir, long long **out, int tmps)
     return n;
 }
 
-static int is_complete(const char *path)
+/* 1 when path opens as HDF5 and is marked complete; else 0 and, with why, the reason */
+static int is_complete_why(const char *path, const char **why)
 {
     hid_t f;
     prefopt_err e = {0};
-    if (ck_open(path, MPI_COMM_NULL, &f, &e))
+    if (ck_open(path, MPI_COMM_NULL, &f, &e)) {
+        if (why)
+            *why = access(path, F_OK) ? "missing" : "cannot be opened as HDF5 (truncated or damaged)";
         return 0;
+    }
     int64_t c = 0;
     int ok = !ck_attr_int64(f, "complete", &c, 1, 0) && c == 1;
     H5Fclose(f);
+    if (!ok && why)
+        *why = "not marked complete";
     return ok;
+}
+
+static int is_complete(const char *path) { return is_complete_why(path, NULL); }
+
+int prefopt_ckpt_find_latest_checked(const char *dir, char *path, size_t len, char *note, size_t nlen)
+{
+    char p[4200], name[256] = "";
+    size_t used = 0;
+    note[0] = '\0';
+    int any = 0;
+    snprintf(p, sizeof p, "%s/latest", dir);
+    FILE *f = fopen(p, "r");
+    if (f) {
+        any = 1;
+        if (fgets(name, sizeof name, f))
+            name[strcspn(name, "\r\n")] = '\0';
+        fclose(f);
+    }
+    long long *steps;
+    int n = list_steps(dir, &steps, 0), rc = 2;
+    any |= n > 0;
+    for (int i = -1; i < n && rc; i++) {
+        if (i < 0 && !name[0])
+            continue;
+        if (i < 0)
+            snprintf(p, sizeof p, "%s/%s", dir, name);
+        else
+            snprintf(p, sizeof p, "%s/step-%08lld.h5", dir, steps[i]);
+        if (i >= 0 && name[0] && !strcmp(strrchr(p, '/') + 1, name))
+            continue; /* what latest names, tried first */
+        const char *why = NULL;
+        if (is_complete_why(p, &why)) {
+            snprintf(path, len, "%s", p);
+            rc = 0;
+        } else if (used + 8 < nlen)
+            used += (size_t)snprintf(note + used, nlen - used, "%s%s %s", used ? "; " : "", strrchr(p, '/') + 1, why);
+    }
+    free(steps);
+    return rc && !any ? 1 : rc;
 }
 
 int prefopt_ckpt_find_latest(const char *dir, char *path, size_t len)

@@ -22,13 +22,19 @@ static inline uint64_t mix(uint64_t g, uint32_t b)
     return x;
 }
 
-uint64_t ck_checksum_piece(const ck_piece *p)
+uint64_t ck_checksum_piece(const ck_piece *p) { return ck_checksum_piece_nf(p, NULL); }
+
+uint64_t ck_checksum_piece_nf(const ck_piece *p, int64_t *nonfinite)
 {
     int mloc = ck_piece_mloc(p), nloc = ck_piece_nloc(p);
     uint64_t s = 0;
+    int64_t nf = 0;
     for (int jl = 0; jl < nloc; jl++) {
         uint64_t j = (uint64_t)ck_l2g(jl, p->nb, p->mycol, p->npcol);
         const uint32_t *col = (const uint32_t *)(p->data + (size_t)jl * p->lld);
+        if (nonfinite) /* all exponent bits set: Inf or NaN (in the same pass over the bits, nearly free) */
+            for (int il = 0; il < mloc; il++)
+                nf += (col[il] & 0x7f800000u) == 0x7f800000u;
         if (p->nprow == 1) {
             uint64_t g0 = j * (uint64_t)p->m;
             for (int il = 0; il < mloc; il++)
@@ -38,6 +44,8 @@ uint64_t ck_checksum_piece(const ck_piece *p)
                 s += mix(j * (uint64_t)p->m + (uint64_t)ck_l2g(il, p->mb, p->myrow, p->nprow), col[il]);
         }
     }
+    if (nonfinite)
+        *nonfinite = nf;
     return s;
 }
 

@@ -414,6 +414,14 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
             H5Dclose(d);
             if (bad)
                 return;
+            /* summed log-probs are finite and <= 0: anything else (an h5py edit, another tool's output) would
+             * train on nonsense without a word */
+            for (int64_t i = 0; i < N; i++)
+                if (!isfinite(ds->ref[r][i]) || ds->ref[r][i] > 0) {
+                    prefopt_err_set(err, "%s: dataset '%s': value %g at example %" PRId64 " is not a log-probability "
+                                         "(finite and <= 0)", path, name, ds->ref[r][i], i);
+                    return;
+                }
         }
         hid_t g = H5Gopen2(ds->file, "ref", H5P_DEFAULT);
         if (g >= 0 && attr_exists(g, "model"))
@@ -747,6 +755,12 @@ int prefopt_dataset_store_ref(const char *path, MPI_Comm comm, int n, const int6
             ordered[r] = prefopt_xcalloc((size_t)N + 1, sizeof(double), "store-ref");
         for (int64_t j = 0; j < total && !err->set; j++) {
             int64_t e = all_idx[j];
+            for (int r = 0; r < prefopt_ds_kind_nrefs(k) && e >= 0 && e < N && !err->set; r++)
+                if (!isfinite(all_v[r][j]) || all_v[r][j] > 0)
+                    prefopt_err_set(err, "%s: the reference log-prob %g of example %" PRId64 " is not finite and <= 0 "
+                                         "(nothing was stored)", path, all_v[r][j], e);
+            if (err->set)
+                break;
             if (e < 0 || e >= N || seen[e])
                 prefopt_err_set(err, "%s: reference log-prob for example %" PRId64 " (%s), the file has %" PRId64,
                                 path, e, e >= 0 && e < N ? "given twice" : "out of range", N);

@@ -308,7 +308,8 @@ static int export_dir(const char *model_path, hid_t wf, const char *wpath, hf_lo
         return 1;
     prefopt_model_config cfg;
     prefopt_tokenizer_record tok = {0};
-    if (ck_read_config(f, model_path, &cfg, err) || ck_read_tokenizer(f, model_path, &tok, err)) {
+    if (ck_read_config(f, model_path, &cfg, err) || ck_check_model_tensors(f, model_path, &cfg, err) ||
+        ck_read_tokenizer(f, model_path, &tok, err)) {
         H5Fclose(f);
         return 1;
     }

@@ -350,6 +350,15 @@ int prefopt_st_read_f32(const prefopt_st_set *s, const prefopt_st_tensor *t, flo
             memcpy(&out[i], &bits, 4);
         }
     }
+    /* weights that are NaN or Inf would be imported and give finite-but-wrong or null results later */
+    int64_t nf = 0;
+    for (int64_t i = 0; i < n; i++)
+        nf += !isfinite(out[i]);
+    if (nf) {
+        prefopt_err_set(err, "%s: tensor '%s' has %lld non-finite values (NaN or Inf)", s->labels[t->file], t->name,
+                        (long long)nf);
+        return 1;
+    }
     return 0;
 }
 

@@ -687,6 +687,12 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
             size_t k = 0;
             while (k < fl[1]->n && k < fl[2]->n && fl[1]->v[k] == fl[2]->v[k])
                 k++;
+            if (k == fl[1]->n && k == fl[2]->n) { /* the whole text would become the prompt */
+                prefopt_err_set(c->err, "%s:%" PRId64 ": 'chosen' and 'rejected' are the same and there is no "
+                                        "'prompt' to split them: nothing to prefer",
+                                c->file, c->line);
+                return 1;
+            }
             for (size_t i = 0; i < k; i++)
                 ids_push(fl[0], fl[1]->v[i]);
             for (int f = 1; f <= 2 && k; f++) { /* (k == 0: v may be NULL) */
@@ -921,7 +927,13 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
             st->blank++;
             continue;
         }
+        if (prefopt_jsonl_check_nul(line, (size_t)len, o->input, c.line, err))
+            break;
         cJSON *obj = cJSON_ParseWithLength(line, (size_t)len);
+        if (obj && prefopt_jsonl_check_keys(obj, o->input, c.line, err)) {
+            cJSON_Delete(obj);
+            break;
+        }
         if (!obj || !cJSON_IsObject(obj)) {
             const char *at = obj ? NULL : cJSON_GetErrorPtr();
             int show = 0; /* up to 20 characters of the rest of the line */
@@ -968,6 +980,9 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
         cJSON_Delete(obj);
         if (bad)
             break;
+        if (kind == PREFOPT_DS_PAIRS && fl[1]->n == fl[2]->n &&
+            (!fl[1]->n || !memcmp(fl[1]->v, fl[2]->v, fl[1]->n * sizeof(int32_t))))
+            st->identical_pairs++; /* a tie carries no preference: counted, and said in the summary */
         st->conversational += c.msgs;
         st->prompt_mismatch += c.mismatch;
         int why = shape_example(o, o->tok, nf, fl, st, c.conv);
@@ -1032,6 +1047,9 @@ void prefopt_pack_print_summary(FILE *f, const prefopt_pack_opts *o, const prefo
                        " conversational examples; --chat-template FILE sets one)\n",
                     st->conversational);
     }
+    if (st->identical_pairs)
+        fprintf(f, "  warning: %" PRId64 " pairs have the same chosen and rejected tokens (they carry no preference)\n",
+                st->identical_pairs);
     if (st->prompt_mismatch)
         fprintf(f, "  warning: in %" PRId64 " examples the prompt's tokens are not the start of prompt + completion's "
                    "(a token spans the boundary); the completion starts after as many tokens as the prompt has, as in "

@@ -7,6 +7,7 @@
 #include "tokenizer_internal.h"
 
 #include <stdlib.h>
+#include <utf8proc.h>
 #include <string.h>
 
 /* ---- decoding ------------------------------------------------------------------- */
@@ -135,5 +136,46 @@ char *tok_bpe_decode(const prefopt_tokenizer *t, const int32_t *ids, size_t n, i
     }
     *o = '\0';
     free(p);
+    return out;
+}
+
+/* Bytes after an invalid lead that still form the start of a valid sequence: one U+FFFD covers the lead and them
+ * (Unicode's "maximal subpart", what Rust's from_utf8_lossy and Python's errors="replace" do). */
+static size_t maximal_subpart(const unsigned char *p, size_t n)
+{
+    unsigned b = p[0];
+    size_t want = b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 1;
+    size_t k = 1;
+    while (k < want && k < n) {
+        unsigned lo = 0x80, hi = 0xbf, c = p[k];
+        if (k == 1) /* the second byte's narrower ranges: no overlong forms, surrogates or values past U+10FFFF */
+            lo = b == 0xe0 ? 0xa0 : b == 0xf0 ? 0x90 : 0x80, hi = b == 0xed ? 0x9f : b == 0xf4 ? 0x8f : 0xbf;
+        if (c < lo || c > hi)
+            break;
+        k++;
+    }
+    return k;
+}
+
+char *prefopt_utf8_sanitize(const char *s, size_t *replaced)
+{
+    size_t n = strlen(s), o = 0, bad = 0;
+    char *out = prefopt_xmalloc(3 * n + 1, "UTF-8 text"); /* a byte becomes at most the 3 bytes of U+FFFD */
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (k > 0) {
+            memcpy(out + o, s + i, (size_t)k);
+            o += (size_t)k, i += (size_t)k;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3, bad++;
+            i += maximal_subpart(p + i, n - i);
+        }
+    }
+    out[o] = '\0';
+    if (replaced)
+        *replaced = bad;
     return out;
 }

@@ -9,6 +9,7 @@
 #include "prefopt/checkpoint.h"
 #include "prefopt/dataset.h"
 #include "prefopt/opts.h"
+#include "prefopt/pack.h"
 #include "prefopt/runctl.h"
 #include "prefopt/chat_template.h"
 #include "prefopt/tokenizer.h"
@@ -168,11 +169,18 @@ static int read_prompts(const char *path, const prefopt_tokenizer *tk, const pre
     size_t cap = 0;
     int n = 0, ncap = 0, lineno = 0;
     sample *s = NULL;
-    while (getline(&line, &cap, f) > 0) {
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
         lineno++;
+        if (prefopt_jsonl_check_nul(line, (size_t)len, path, lineno, err)) /* before the blank test: NUL ends it */
+            break;
         if (line[strspn(line, " \t\r\n")] == '\0')
             continue;
         cJSON *o = cJSON_Parse(line);
+        if (o && prefopt_jsonl_check_keys(o, path, lineno, err)) {
+            cJSON_Delete(o);
+            break;
+        }
         const cJSON *pt = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt") : NULL;
         const cJSON *pi = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt_ids") : NULL;
         const cJSON *pm = o ? cJSON_GetObjectItemCaseSensitive(o, "messages") : NULL;
@@ -435,6 +443,22 @@ int prefopt_generate_run(const prefopt_generate_params *p)
         read_prompts(prompts_path, tk, chat, add_bos, &s, &ns, &err);
     if (prefopt_agree(g.world, &err))
         prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    /* a prompt that fills the model's context leaves no room for a token: refused (it gave 0 tokens, exit 0);
+     * one that leaves less room than --max-new-tokens is generated up to the context, and said so */
+    int cut = 0;
+    for (int i = 0; i < ns && !err.set; i++) {
+        if (s[i].nprompt >= cfg.max_position)
+            prefopt_err_set(&err, "%s: prompt %lld has %d tokens, the model's context is %d positions: no room for "
+                                  "a new token (shorten the prompt)",
+                            prompts_path, (long long)s[i].index, s[i].nprompt, cfg.max_position);
+        cut += s[i].nprompt + p->max_new_tokens > cfg.max_position;
+    }
+    if (prefopt_agree(g.world, &err))
+        prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
+    if (cut && g.world_rank == 0)
+        fprintf(stderr, "prefopt: warning: %d of %d prompts leave less room than --max-new-tokens %d in the model's "
+                        "context of %d positions: their completions stop at the context's end\n",
+                cut, ns, p->max_new_tokens, cfg.max_position);
 
     prefopt_model_options mo = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
     prefopt_model *m = prefopt_model_create(&cfg, &g, &mo, &err), *ref = NULL;
@@ -607,11 +631,18 @@ int prefopt_generate_run(const prefopt_generate_params *p)
             int text_len = glen;
             if (skip_special && glen > 0 && is_stop(stop, nstop, gid[glen - 1]))
                 text_len--;
-            char *text = prefopt_tokenizer_decode(tk, gid, (size_t)text_len, skip_special, &err);
+            char *raw = prefopt_tokenizer_decode(tk, gid, (size_t)text_len, skip_special, &err);
+            /* the model may emit bytes that are no UTF-8: the JSON text is valid whatever it emits (U+FFFD, as
+             * Hugging Face decodes), the ids stay exact */
+            size_t rep = 0, rep_p = 0;
+            char *text = prefopt_utf8_sanitize(raw ? raw : "", &rep);
+            char *ptext = prefopt_utf8_sanitize(s[i].prompt ? s[i].prompt : "", &rep_p);
+            free(raw);
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "index", i);
-            cJSON_AddStringToObject(o, "prompt", s[i].prompt ? s[i].prompt : "");
-            cJSON_AddStringToObject(o, "completion", text ? text : "");
+            cJSON_AddStringToObject(o, "prompt", ptext);
+            cJSON_AddStringToObject(o, "completion", text);
+            free(ptext);
             cJSON *arr = cJSON_AddArrayToObject(o, "ids");
             for (int j = 0; j < glen; j++)
                 cJSON_AddItemToArray(arr, cJSON_CreateNumber(gid[j]));

@@ -2,12 +2,15 @@
 #define _GNU_SOURCE
 #include "prefopt/runctl.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -140,6 +143,87 @@ int prefopt_write_atomic(const char *path, const void *data, size_t len, prefopt
         fsync(dfd);
         close(dfd);
     }
+    return 0;
+}
+
+int prefopt_metrics_truncate(const char *path, long step, long *dropped, prefopt_err *err)
+{
+    *dropped = 0;
+    FILE *in = fopen(path, "r");
+    if (!in)
+        return 0; /* none yet */
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        prefopt_err_set(err, "%s: cannot create: %s", tmp, strerror(errno));
+        fclose(in);
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int bad = 0;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        cJSON *o = cJSON_Parse(line);
+        const cJSON *s = o ? cJSON_GetObjectItemCaseSensitive(o, "step") : NULL;
+        /* a row of a step after the checkpoint will be written again by the resumed run; a torn last line (a
+         * kill in the middle of a write) goes too */
+        int keep = o && (!cJSON_IsNumber(s) || s->valuedouble <= (double)step);
+        cJSON_Delete(o);
+        if (!keep) {
+            (*dropped)++;
+            continue;
+        }
+        if (fwrite(line, 1, (size_t)n, out) != (size_t)n || (line[n - 1] != '\n' && fputc('\n', out) == EOF))
+            bad = 1;
+    }
+    free(line);
+    fclose(in);
+    if (fflush(out) || fsync(fileno(out)))
+        bad = 1;
+    if (fclose(out))
+        bad = 1;
+    if (bad || (*dropped && rename(tmp, path))) {
+        prefopt_err_set(err, "%s: rewriting failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (!*dropped)
+        unlink(tmp); /* nothing to drop: the file stays as it is */
+    return 0;
+}
+
+int prefopt_run_lock(const char *run_dir, prefopt_err *err)
+{
+    char p[4200], host[256] = "?";
+    snprintf(p, sizeof p, "%s/lock", run_dir);
+    int fd = open(p, O_RDWR | O_CREAT, 0644);
+    if (fd < 0) {
+        prefopt_err_set(err, "%s: cannot create the run's lock file: %s", p, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        if (errno == EWOULDBLOCK) {
+            char who[300] = "";
+            ssize_t k = pread(fd, who, sizeof who - 1, 0);
+            who[k > 0 ? k : 0] = '\0';
+            who[strcspn(who, "\n")] = '\0';
+            prefopt_err_set(err, "%s: the run directory is in use by another prefopt train (%s); wait for it to end "
+                                 "or use another --run-dir", run_dir, who[0] ? who : "owner unknown");
+            close(fd);
+            return -1;
+        }
+        /* a file system without flock (some network mounts): run unlocked rather than not at all */
+        fprintf(stderr, "prefopt: warning: %s: cannot lock (%s); two runs on this directory would not be "
+                        "stopped\n", p, strerror(errno));
+    }
+    gethostname(host, sizeof host - 1);
+    char who[400];
+    int len = snprintf(who, sizeof who, "host %s, pid %d\n", host, (int)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, who, (size_t)len, 0) != len)
+        fprintf(stderr, "prefopt: warning: %s: cannot record the owner\n", p);
+    /* the descriptor stays open: the lock lasts as long as this process, and goes with it however it ends */
     return 0;
 }
 

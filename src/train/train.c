@@ -365,8 +365,8 @@ static void save_checkpoint(trainer *t)
     int64_t v[PREFOPT_DS_CURSOR_NVALUES];
     prefopt_ds_cursor_to_values(&c, v);
     st.epoch = c.epoch;
-    /* the checkpoint keeps seed, epoch, step and batch size; the other fingerprints come from the options */
-    for (int i = 0; i < 4; i++)
+    /* seed, epoch, step, batch size, examples and bucket window: a resume on other data is refused */
+    for (int i = 0; i < PREFOPT_DS_CURSOR_NVALUES; i++)
         st.cursor[i] = v[i];
     st.lr = prefopt_schedule_lr(&t->sched, t->step);
     st.train_config = t->config_text;
@@ -404,12 +404,20 @@ static int try_resume(trainer *t)
     if (!strcmp(r, "never"))
         return 0;
     char path[4200];
+    prefopt_err err = {0};
     if (!strcmp(r, "auto")) {
-        if (prefopt_ckpt_find_latest(t->ckpt_dir, path, sizeof path))
+        char note[2048];
+        int found = prefopt_ckpt_find_latest_checked(t->ckpt_dir, path, sizeof path, note, sizeof note);
+        if (found == 1)
             return 0;
+        if (found == 2) /* restarting would overwrite them and append a second history to metrics.jsonl */
+            prefopt_err_set(&err, "%s: no usable checkpoint (%s): move them away or pass --resume never to start "
+                                  "from step 1", t->ckpt_dir, note);
+        FAIL_IF(t, 0, &err);
+        if (note[0] && t->g.world_rank == 0)
+            fprintf(stderr, "prefopt: warning: --resume auto: skipped %s; resuming from %s\n", note, path);
     } else
         snprintf(path, sizeof path, "%s", r);
-    prefopt_err err = {0};
     prefopt_train_state st = {0};
     size_t n = 0;
     const int sharded = t->dps.zero && t->g.dp_size > 1;
@@ -432,10 +440,16 @@ static int try_resume(trainer *t)
     prefopt_ds_loader_get_cursor(t->loader, &c);
     int64_t v[PREFOPT_DS_CURSOR_NVALUES];
     prefopt_ds_cursor_to_values(&c, v);
-    for (int i = 0; i < 4; i++)
+    /* checkpoints before issue 22 saved 4 values: the examples and bucket window are then this run's */
+    int n_saved = st.cursor[4] > 0 ? PREFOPT_DS_CURSOR_NVALUES : 4;
+    for (int i = 0; i < n_saved; i++)
         v[i] = st.cursor[i];
     prefopt_ds_cursor_from_values(v, &c);
-    prefopt_ds_loader_set_cursor(t->loader, &c, &err);
+    if (prefopt_ds_loader_set_cursor(t->loader, &c, &err)) {
+        prefopt_err e2 = {0};
+        prefopt_err_set(&e2, "%s: resuming with --data %s: %s", path, t->p->data, err.msg);
+        err = e2;
+    }
     FAIL_IF(t, 0, &err);
     if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
         char rp[4200];
@@ -492,6 +506,17 @@ static void record_config(trainer *t)
     FAIL_IF(t, 0, &err);
 }
 
+/* metrics.jsonl keeps the rows of the history that led to the state trained from: those of steps after the
+ * checkpoint (about to be replayed), or all of them on a fresh start, go */
+static void trim_metrics(trainer *t)
+{
+    prefopt_err err = {0};
+    long dropped = 0;
+    if (t->g.world_rank == 0 && !prefopt_metrics_truncate(t->metrics_path, t->step, &dropped, &err) && dropped)
+        printf("%s: dropped %ld rows after step %ld (they are trained again)\n", t->metrics_path, dropped, t->step);
+    FAIL_IF(t, 0, &err);
+}
+
 /* ---- set-up ------------------------------------------------------------------------------------------------ */
 
 static void setup(trainer *t, const prefopt_opt *opts, int nopts)
@@ -522,8 +547,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
 
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", p->run_dir);
     snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl", p->run_dir);
-    if (t->g.world_rank == 0)
-        prefopt_mkdirs(t->ckpt_dir, &err);
+    /* one run per directory (config.ini is written after the resume check: record_config) */
+    if (t->g.world_rank == 0 && !prefopt_mkdirs(t->ckpt_dir, &err))
+        prefopt_run_lock(p->run_dir, &err);
     FAIL_IF(t, 0, &err);
     t->config_text = prefopt_train_config_text(p, &t->obj, opts, nopts);
 
@@ -748,6 +774,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     setup(t, opts, nopts);
     try_resume(t);
     record_config(t);
+    trim_metrics(t); /* after the resume check: a refused resume leaves metrics.jsonl as it was */
     report_startup(t);
 
     int nranges = 0;

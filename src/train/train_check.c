@@ -23,8 +23,9 @@ int prefopt_train_check_params(const prefopt_train_params *p, prefopt_err *err)
     NEED(p->pad_multiple >= 1, "--pad-multiple %d: must be >= 1", p->pad_multiple);
     NEED(p->bucket_window >= 0, "--bucket-window %d: must be >= 0 (0: off)", p->bucket_window);
     NEED(p->max_steps >= 0, "--max-steps %ld: must be >= 0 (0: from --epochs)", p->max_steps);
-    NEED(p->max_steps > 0 || (isfinite(p->epochs) && p->epochs > 0 && p->epochs <= 1e6),
-         "--epochs %g: must be > 0 and at most 1e6 when --max-steps is 0", p->epochs);
+    /* --epochs 0 is a run of no step that saves the initial weights (an SFT reference) */
+    NEED(p->max_steps > 0 || (isfinite(p->epochs) && p->epochs >= 0 && p->epochs <= 1e6),
+         "--epochs %g: must be between 0 and 1e6 when --max-steps is 0", p->epochs);
     NEED(p->log_interval >= 1, "--log-interval %d: must be >= 1 (a progress line every N steps)", p->log_interval);
     NEED(p->eval_interval >= 0, "--eval-interval %d: must be >= 0 (0: evaluate at the end)", p->eval_interval);
     NEED(p->save_interval >= 0, "--save-interval %d: must be >= 0 (0: checkpoint at the end only)",

@@ -14,6 +14,8 @@
 #include "dataset_internal.h"
 #include "prefopt/dataset.h"
 
+#include <math.h>
+
 typedef struct {
     const unsigned char *p;
     size_t n;
@@ -101,6 +103,7 @@ typedef struct {
     int kind, N, V, nfields;
     int64_t vattr; /* the vocab_size attribute as written */
     int64_t tokens[PREFOPT_DS_MAX_FIELDS];
+    int bad_ref;   /* a reference log-prob that is no log-prob (NaN, +-Inf, > 0) was written (issue 22) */
 } recipe;
 
 static void write_recipe(const char *path, bytes *b, recipe *r)
@@ -200,11 +203,28 @@ static void write_recipe(const char *path, bytes *b, recipe *r)
         int nr = prefopt_ds_kind_nrefs((prefopt_ds_kind)r->kind);
         for (int i = 0; i < nr; i++) {
             const char *nm = prefopt_ds_ref_name((prefopt_ds_kind)r->kind, i);
-            int64_t v[MAXN + 1];
-            for (int j = 0; j < r->N; j++)
-                v[j] = -(int64_t)next(b);
-            if (rm % 4 == 1 || i == 0)
-                dset(g, nm, rm & 4 ? H5T_IEEE_F32LE : H5T_IEEE_F64LE, v, (hsize_t)(r->N - (rm & 8 ? 1 : 0)), 0);
+            /* mostly valid log-probs (finite, <= 0); with rm & 32, some that are not: NaN, +-Inf, > 0, -0.0 */
+            static const double odd[8] = {NAN, INFINITY, -INFINITY, 5.0, 1e-300, -0.0, -1e308, 0.0};
+            double v[MAXN + 1];
+            int written = rm % 4 == 1 || i == 0, nw = r->N - (rm & 8 ? 1 : 0);
+            for (int j = 0; j < r->N; j++) {
+                unsigned x = next(b);
+                v[j] = (rm & 32) && x >= 224 ? odd[x % 8] : -(double)x;
+                double stored = rm & 4 ? (double)(float)v[j] : v[j]; /* as float32 holds it (1e-300 -> 0) */
+                if (written && j < nw && !(isfinite(stored) && stored <= 0))
+                    r->bad_ref = 1;
+            }
+            if (written) {
+                hsize_t n = (hsize_t)nw;
+                hid_t s = H5Screate_simple(1, &n, NULL);
+                hid_t d = H5Dcreate2(g, nm, rm & 4 ? H5T_IEEE_F32LE : H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT,
+                                     H5P_DEFAULT);
+                if (d >= 0 && n > 0)
+                    H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+                if (d >= 0)
+                    H5Dclose(d);
+                H5Sclose(s);
+            }
         }
         if (rm & 16)
             prefopt_ds_write_str_attr(g, "model", "sha256:ref");
@@ -317,6 +337,19 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         return no_open_handles();
     }
     const prefopt_ds_info *in = prefopt_dataset_info(ds);
+    /* accepted reference log-probs are log-probs: a recipe with another value must have been refused */
+    for (int k = 0; in->has_ref && k < prefopt_ds_kind_nrefs(in->kind); k++)
+        for (int64_t i = 0; i < in->num_examples; i++) {
+            double x = prefopt_ds_ref(ds, k)[i];
+            if (!isfinite(x) || x > 0) {
+                fprintf(stderr, "fuzz_dataset: accepted reference log-prob %g at example %lld\n", x, (long long)i);
+                abort();
+            }
+        }
+    if (!raw && in->has_ref && r.bad_ref) {
+        fprintf(stderr, "fuzz_dataset: a file with a non-log-prob reference value was accepted\n");
+        abort();
+    }
     if (!raw && (in->num_examples != r.N || (int)in->kind != r.kind || in->vocab_size != r.vattr)) {
         fprintf(stderr, "fuzz_dataset: accepted %lld examples of kind %d, vocab %d; the recipe had %d of %d, %lld\n",
                 (long long)in->num_examples, (int)in->kind, in->vocab_size, r.N, r.kind, (long long)r.vattr);

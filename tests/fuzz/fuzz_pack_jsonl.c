@@ -3,7 +3,8 @@
  * is the JSONL file. pack has no per-line entry point, so the bytes are written to a file and prefopt_pack runs on
  * it with the byte-level tokenizer or a small byte-level BPE that has the ChatML markers (strict UTF-8).
  * Checked: no crash or sanitizer report; a failure fills a one-line message naming the input file; a success
- * leaves a dataset that prefopt_dataset_open validates (token scan included) with the counts pack reported. */
+ * leaves a dataset that prefopt_dataset_open validates (token scan included) with the counts pack reported, and
+ * an input holding a NUL byte never succeeds. */
 #include "fuzz_common.h"
 #include "prefopt/dataset.h"
 #include "prefopt/pack.h"
@@ -96,6 +97,11 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
             abort();
         }
         return 0;
+    }
+    /* NUL bytes are refused (cJSON's strings would be cut at them, issue 22): a success had none */
+    if (size > 1 && memchr(data + 1, 0, size - 1)) {
+        fprintf(stderr, "fuzz_pack_jsonl: an input with a NUL byte was packed\n");
+        abort();
     }
     for (int s = 0; s < (o.eval_output ? 2 : 1); s++) {
         prefopt_dataset *ds = NULL;
