@@ -4,6 +4,9 @@
 # format's definition (sum over elements of mix(row-major index, float bits) mod 2^64, io/checkpoint/ckpt_io.h) --
 # the tokenizer, a checkpoint's AdamW moments, step, data cursor and training options; a tensor changed behind the
 # checksum's back or an unfinished file is one error line on every rank; datasets are still described as before.
+# Also `train --tokenizer` (from scratch with a real vocabulary, GPT-2's vendored tokenizer): the model's vocabulary
+# is the tokenizer's (counted here from tokenizer.json), the model file carries the tokenizer (same identity as the
+# packed data, tokenizer_config.json beside it), data packed otherwise is refused, and --init with it is refused.
 set -u
 P=${PREFOPT:?}
 PY=/usr/bin/python3
@@ -98,6 +101,31 @@ check '[ $rc -eq 1 ] && [ "$n" -eq 2 ] && [ $(grep -c error corrupt.txt) -eq 2 ]
 check '[ $rc -eq 1 ] && grep -q "unfinished.h5: attribute .complete. is not 1" unfinished.txt' "unfinished file: $(cat unfinished.txt)"
 "$P" inspect --file pairs.h5 > ds.txt 2>&1
 check '[ $? -eq 0 ] && head -1 ds.txt | grep -q "pairs.h5: prefopt dataset v1, kind pairs, 24 examples"' "datasets as before: $(head -1 ds.txt)"
+
+# --- train --tokenizer ------------------------------------------------------------------------------------------
+mkdir g2
+zcat "${PREFOPT_SOURCE_DIR:?}/tests/data/tokenizers/gpt2/tokenizer.json.gz" > g2/tokenizer.json
+cp "$PREFOPT_SOURCE_DIR/tests/data/tokenizers/gpt2/tokenizer_config.json" g2/
+vocab=$($PY -c "
+import json; t=json.load(open('g2/tokenizer.json'))
+ids=list(t['model']['vocab'].values())+[a['id'] for a in t['added_tokens']]; print(max(ids)+1)")
+sha=$(sha256sum g2/tokenizer.json | cut -d' ' -f1)
+"$P" pack --input pairs.jsonl --output g2pairs.h5 --tokenizer g2 --quiet || fail=1
+"$P" train --data g2pairs.h5 --tokenizer g2 --run-dir tokrun --n-layer 1 --n-embd 16 --n-head 2 --max-position 32 \
+    --batch-size 4 --max-steps 2 --peak-gflops 1 > tokrun.log 2>&1
+check '[ $? -eq 0 ] && grep -q "model: gpt2, 1 layers, hidden 16, 2 heads (2 kv), vocab $vocab |" tokrun.log' \
+      "train --tokenizer: vocabulary $vocab from the tokenizer: $(grep model: tokrun.log)"
+"$P" inspect --file tokrun/model.h5 > tokrun.txt 2>&1
+check 'grep -q "vocab_size $vocab," tokrun.txt && grep -q "^    model/wte float32 \[$vocab,16\]" tokrun.txt' "the model's embedding has the tokenizer's rows"
+check 'grep -qx "  tokenizer: sha256:$sha (tokenizer.json $(stat -c %s g2/tokenizer.json) bytes), tokenizer_config.json $(stat -c %s g2/tokenizer_config.json) bytes" tokrun.txt' \
+      "the model file carries the tokenizer: $(grep tokenizer: tokrun.txt)"
+check '"$P" inspect --file g2pairs.h5 | grep -q "tokenizer sha256:$sha,"' "the data's identity is the same tokenizer's"
+"$P" train --data pairs.h5 --tokenizer g2 --run-dir tokbad --n-layer 1 --n-embd 16 --n-head 2 --max-steps 1 > tokbad.log 2>&1; rc=$?
+check '[ $rc -eq 1 ] && grep -q "prefopt: error: pairs.h5: tokenizer .byte. does not match the model.s .sha256:$sha." tokbad.log' \
+      "data packed byte-level refused: $(grep error tokbad.log)"
+"$P" train --data g2pairs.h5 --tokenizer g2 --init tokrun/model.h5 --run-dir tokinit --max-steps 1 > tokinit.log 2>&1; rc=$?
+check '[ $rc -ne 0 ] && grep -q "a model trained from --init keeps the tokenizer of tokrun/model.h5" tokinit.log' \
+      "--tokenizer with --init refused: $(grep error tokinit.log)"
 
 [ $fail -eq 0 ] && echo "test_inspect: all checks passed"
 exit $fail
