@@ -20,3 +20,4 @@ target_include_directories(test_arch PRIVATE ${PREFOPT_PRIVATE_INCLUDES} ${CMAKE
 set_target_properties(test_arch PROPERTIES ENABLE_EXPORTS ON)
 prefopt_script_test(test_arch_script test_arch.sh)
 prefopt_script_test(test_arch_dpo test_arch_dpo.sh)
+prefopt_script_test(test_inspect test_inspect.sh)

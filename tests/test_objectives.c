@@ -378,6 +378,45 @@ static void test_parse(void)
     expect_error("dpo:-1", 0, 0, "weight of \"dpo\"");
     expect_error("dpo,dpo:2", 0, 0, "appears twice");
     expect_error("", 0, 0, "empty");
+    /* TRL's loss_type values: the list form, aot_pair and alphapo, names prefopt lacks refused by name */
+    CHECK(make_obj(&o, "[\"sigmoid\", 'bco_pair', \"sft\"]", 0.1, 0, 0) == 0 && o.nterms == 3 &&
+              o.kind[0] == PREFOPT_LOSS_DPO && o.kind[1] == PREFOPT_LOSS_BCO_PAIR && o.kind[2] == PREFOPT_LOSS_SFT,
+          "TRL's list form");
+    CHECK(make_obj(&o, "aot_pair", 0.1, 0, 0) == 0 && o.kind[0] == PREFOPT_LOSS_AOT_UNPAIRED, "aot_pair");
+    CHECK(make_obj(&o, "alphapo", 2.0, 0, 0) == 0 && o.kind[0] == PREFOPT_LOSS_SIMPO, "alphapo");
+    expect_error("aot_pair,aot_unpaired", 0, 0, "appears twice");
+    expect_error("sigmoid,bco", 0, 0, "TRL's loss_type \"bco\" (BCOTrainer");
+    expect_error("grpo", 0, 0, "TRL's loss_type \"grpo\"");
+    expect_error("[]", 0, 0, "empty");
+    prefopt_objective_params_default(&p);
+    p.loss = "[\"sigmoid\", \"bco_pair\", \"sft\"]";
+    p.loss_weights = "[0.8, 0.2, 1.0]";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) == 0 && o.weight[0] == 0.8 && o.weight[1] == 0.2 && o.weight[2] == 1.0,
+          "loss_weights: %s", err.msg);
+    p.loss_weights = "0.8,0.2";
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "has 2 weights for the 3 losses"), "count");
+    p.loss = "dpo:0.5,sft";
+    p.loss_weights = "1,1";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "give one"), "NAME:W and loss_weights");
+    p.loss = "dpo";
+    p.loss_weights = "-1";
+    err.set = 0;
+    CHECK(prefopt_objective_init(&o, &p, &err) != 0 && strstr(err.msg, "\"-1\" is not a finite number >= 0"),
+          "negative loss_weights");
+    /* the options an objective reads (config.ini keeps those) */
+    CHECK(make_obj(&o, "dpo", 0.1, 0, 0) == 0 && prefopt_objective_reads_option(&o, "beta") &&
+              prefopt_objective_reads_option(&o, "f-divergence") && !prefopt_objective_reads_option(&o, "simpo-gamma") &&
+              !prefopt_objective_reads_option(&o, "desirable-weight") &&
+              !prefopt_objective_reads_option(&o, "label-smoothing") && prefopt_objective_reads_option(&o, "lr"),
+          "dpo reads beta and f-divergence, not simpo-gamma, desirable-weight or label-smoothing");
+    CHECK(make_obj(&o, "kto", 0.1, 0, 0) == 0 && prefopt_objective_reads_option(&o, "desirable-weight") &&
+              !prefopt_objective_reads_option(&o, "f-divergence") && !prefopt_objective_reads_option(&o, "rpo-alpha"),
+          "kto reads its weights");
+    CHECK(make_obj(&o, "sft", 0.1, 0, 0) == 0 && !prefopt_objective_reads_option(&o, "beta") &&
+              prefopt_objective_reads_option(&o, "sft-reduction") && prefopt_objective_reads_option(&o, "sft-all-tokens"),
+          "sft reads no beta");
     prefopt_objective_params_default(&p);
     p.loss = "simpo";
     p.f_divergence = "js_divergence";

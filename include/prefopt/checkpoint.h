@@ -35,6 +35,8 @@
 #include "prefopt/hf.h"
 #include "prefopt/model.h"
 
+#include <stdio.h>
+
 /* The Hugging Face files that travel with the tokenizer from import to export (and that generate reads: the chat
  * template, every eos id), stored in model files and checkpoints as byte datasets of the same names. */
 enum { PREFOPT_TOK_CONFIG, PREFOPT_TOK_SPECIAL_MAP, PREFOPT_TOK_CHAT_JINJA, PREFOPT_TOK_GENERATION, PREFOPT_TOK_NSIDE };
@@ -104,6 +106,15 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
 
 /* The newest complete checkpoint of dir: what latest names, else the highest step-*.h5 marked complete.
  * Returns 0 and fills path, or 1 when there is none (not an error). Local. */
+/* 1 when path is an HDF5 file whose root attribute "kind" is "model" or "checkpoint" (copied into kind), else 0
+ * (a dataset, another file, no file). Serial; any rank. */
+int prefopt_model_file_kind(const char *path, char *kind, size_t len);
+/* Describes a model file or checkpoint to out: kind, config, tokenizer identity and side files, every dataset with
+ * dtype, shape and checksums (each tensor and AdamW moment read back, its checksum verified), and a checkpoint's
+ * state (step, schedule, data cursor, the run's training options). Serial reads on the calling rank; 0, or -1 with
+ * err naming the file and what is wrong. */
+int prefopt_model_file_describe(FILE *out, const char *path, prefopt_err *err);
+
 int prefopt_ckpt_find_latest(const char *dir, char *path, size_t len);
 /* The same for resuming, which must not pass over a damaged checkpoint in silence: 0 and path when one is usable
  * (note lists the newer ones skipped and why, "" if none), 1 when dir holds no checkpoint at all, 2 when it holds

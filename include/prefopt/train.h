@@ -92,6 +92,10 @@ int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a,
  * batch-size / dp per forward. Returns -1 with a one-line error naming the options. */
 int prefopt_train_batch_layout(prefopt_train_params *p, int dp, int *micro, prefopt_err *err);
 
+/* A from-scratch model's tokenizer (--tokenizer: tokenizer.json or its directory): the record the model file keeps
+ * (tokenizer.json, the side files beside it, the identity) and the vocabulary size (added tokens included). */
+int prefopt_train_tokenizer(const char *path, prefopt_tokenizer_record *rec, int *vocab, prefopt_err *err);
+
 /* The INI text of the options that apply to this run (config.ini and every checkpoint): objective options the
  * objective reads, the architecture only from scratch, held-out options only with --eval-data, ... (malloc'd). */
 char *prefopt_train_config_text(const prefopt_train_params *p, const prefopt_objective *obj, const prefopt_opt *opts,

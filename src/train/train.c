@@ -555,14 +555,19 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
 
     /* the model config first: the dataset is checked against its vocabulary and tokenizer */
     prefopt_model_config cfg;
-    int have_init = *p->init != '\0';
-    if (have_init) {
+    int have_init = *p->init != '\0', tok_vocab = 0;
+    if (have_init && p->tokenizer && *p->tokenizer)
+        prefopt_err_set(&err, "--tokenizer %s: a model trained from --init keeps the tokenizer of %s (--tokenizer is "
+                              "for a model trained from scratch)", p->tokenizer, p->init);
+    else if (have_init) {
         if (!prefopt_model_file_read_config(p->init, &cfg, &err))
             prefopt_model_file_read_tokenizer(p->init, &t->tok, &err);
-    } else
+    } else if (p->tokenizer && *p->tokenizer)
+        prefopt_train_tokenizer(p->tokenizer, &t->tok, &tok_vocab, &err);
+    else
         snprintf(t->tok.identity, sizeof t->tok.identity, "byte");
     FAIL_IF(t, 0, &err);
-    prefopt_ds_expect ex = {have_init ? cfg.vocab_size : 0, t->tok.identity, 0};
+    prefopt_ds_expect ex = {have_init ? cfg.vocab_size : tok_vocab, t->tok.identity, 0};
     prefopt_dataset_open(p->data, MPI_COMM_WORLD, &ex, &t->ds, &err);
     FAIL_IF(t, 0, &err);
     const prefopt_ds_info *info = prefopt_dataset_info(t->ds);
@@ -571,8 +576,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     if (want[info->kind] != t->obj.layout && !(t->obj.layout == PREFOPT_LAYOUT_SFT && info->kind == PREFOPT_DS_PAIRS))
         prefopt_err_set(&err, "%s: a '%s' dataset does not fit --loss %s", p->data, prefopt_ds_kind_name(info->kind),
                         p->obj.loss);
-    if (!have_init && !err.set)
-        prefopt_arch_config(&cfg, &p->arch, info, &err);
+    if (!have_init && !err.set && !prefopt_arch_config(&cfg, &p->arch, info, &err) && tok_vocab > 0)
+        cfg.vocab_size = tok_vocab; /* the tokenizer's whole vocabulary, whatever ids the data happens to use */
     if (!err.set)
         prefopt_lora_resolve(&p->lora, cfg.arch, &t->lora, &err);
     if (!err.set && t->lora.r > 0 && *p->ref_model)

@@ -5,11 +5,13 @@
 #include "prefopt/gemm_local.h"
 #include "prefopt/precision.h"
 #include "prefopt/opts.h"
+#include "prefopt/tokenizer.h"
 
 #include <blis.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 void prefopt_unit_stats_alloc(prefopt_unit_stats *s, int n)
 {
@@ -84,6 +86,22 @@ int prefopt_arch_config(prefopt_model_config *cfg, const prefopt_arch_params *a,
     cfg->eos_id = ds->eos_id;
     cfg->pad_id = ds->pad_id;
     return 0;
+}
+
+int prefopt_train_tokenizer(const char *path, prefopt_tokenizer_record *rec, int *vocab, prefopt_err *err)
+{
+    char file[4200];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(file, sizeof file, "%s/tokenizer.json", path);
+    else
+        snprintf(file, sizeof file, "%s", path);
+    prefopt_tokenizer *tk = NULL;
+    if (prefopt_tokenizer_load(file, &tk, err))
+        return -1;
+    *vocab = prefopt_tokenizer_vocab_size(tk);
+    prefopt_tokenizer_free(tk);
+    return prefopt_tokenizer_record_load(file, rec, err) ? -1 : 0;
 }
 
 int prefopt_train_batch_layout(prefopt_train_params *p, int dp, int *micro, prefopt_err *err)

@@ -15,6 +15,9 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
         {"run-dir", PREFOPT_OPT_STRING, &p->run_dir, "runs/train", "run directory: metrics, checkpoints, model.h5"},
         {"resume", PREFOPT_OPT_STRING, &p->resume, "auto",
          "auto: continue from RUN_DIR/checkpoints/latest if present; never; or a checkpoint path"},
+        {"tokenizer", PREFOPT_OPT_STRING, &p->tokenizer, "",
+         "from scratch: tokenizer.json (or its directory) the data was packed with: the model's vocabulary, and the "
+         "model file carries it (empty: byte level)"},
         {"arch", PREFOPT_OPT_STRING, &p->arch.arch, "gpt2", "from scratch: gpt2 or llama"},
         {"n-layer", PREFOPT_OPT_INT, &p->arch.n_layer, "4", "from scratch: layers"},
         {"n-embd", PREFOPT_OPT_INT, &p->arch.n_embd, "128", "from scratch: hidden size"},
