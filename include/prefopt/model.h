@@ -153,7 +153,9 @@ int prefopt_model_decode_step(prefopt_model *m, const int32_t *tokens, const int
 void prefopt_model_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 void prefopt_model_zero_grad(prefopt_model *m);
 
-/* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer). */
+/* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer, after
+ * backward). The trainer uses gradsync.h instead (overlapped buckets, ZeRO-1, bf16); this stays as the plain
+ * reference path. */
 void prefopt_model_allreduce_grads(prefopt_model *m);
 
 /* Backward finishes the flat gradient buffer from its start: the pieces lie in reverse layer order (head, final
