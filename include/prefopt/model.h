@@ -169,6 +169,11 @@ int prefopt_model_grad_boundaries(const prefopt_model *m, size_t *out);
  * caller can poll its communication). NULL: none. */
 typedef void (*prefopt_grad_ready_fn)(void *ctx, size_t ready);
 void prefopt_model_set_grad_ready_hook(prefopt_model *m, prefopt_grad_ready_fn fn, void *ctx);
+/* Before forward reads the weights of a part, fn(ctx, lo) is called: every weight at flat offset >= lo must then
+ * be in place (embeddings first, the head and final norm last, lo = 0), so that a caller can gather weights while
+ * forward runs (the distributed optimizer). NULL: none. */
+typedef void (*prefopt_param_need_fn)(void *ctx, size_t lo);
+void prefopt_model_set_param_need_hook(prefopt_model *m, prefopt_param_need_fn fn, void *ctx);
 /* The LM head runs over chunks of batch rows whose local logits fit this many bytes (0: the default, 1 GiB);
  * when the batch needs several chunks, backward recomputes each chunk's logits (one more head GEMM) instead of
  * keeping nrows*T x vocab logits. Takes effect at the next forward. */
