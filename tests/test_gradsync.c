@@ -147,6 +147,19 @@ int main(int argc, char **argv)
                 for (size_t i = 0; i < N; i++)
                     gath &= w[i] >= (float)i && w[i] < (float)i + 1;
                 CHECK(gath, "weight all-gather fills every element from its owner");
+                /* the gather overlapped with forward: after need(lo) every element >= lo is in place */
+                for (int s = 0; s < nseg; s++)
+                    for (size_t i = off[s]; i < off[s] + cnt[s]; i++)
+                        w[i] = -(float)i - 1 - 0.25f * (float)rank; /* the earlier values were positive */
+                prefopt_gradsync_gather_start(a, w);
+                int staged = 1;
+                for (long lo = 9000; lo >= 0; lo -= 1500) {
+                    prefopt_gradsync_need(a, (size_t)lo);
+                    for (size_t i = (size_t)lo; i < N; i++)
+                        staged &= w[i] <= -(float)i - 1 && w[i] > -(float)i - 2;
+                }
+                prefopt_gradsync_gather_finish(a);
+                CHECK(staged, "deferred gather: need(lo) completes every weight at or past lo");
                 prefopt_gradsync_copy_shard(a, w, sh);
                 float *w2 = calloc(N, sizeof(float));
                 prefopt_gradsync_gather_shards(a, sh, w2);

@@ -44,7 +44,8 @@ typedef struct {
     double exposed;  /* seconds inside ready (starting and testing collectives) and finish (waiting): the
                       * communication backward did not hide */
     double finish;   /* of which in prefopt_gradsync_finish */
-    double gather;   /* zero 1: the weight all-gather after the optimizer step (not overlapped) */
+    double gather;   /* zero 1: time inside the weight all-gather's calls (with overlap: its start after the
+                      * optimizer step and the waits of the forward that follows) */
     int nbuckets;
     int early;       /* buckets of the last finish that had started during backward (overlap) */
 } prefopt_gradsync_stats;
@@ -75,6 +76,13 @@ void prefopt_gradsync_finish(prefopt_gradsync *gs);
 /* zero 1: every rank's shard of params (same layout as the gradients) all-gathered over dp, so all replicas hold
  * the updated weights. zero 0: nothing. Collective over dp. */
 void prefopt_gradsync_gather(prefopt_gradsync *gs, float *params);
+/* The same gather overlapped with the next forward: start issues every bucket's MPI_Iallgatherv (last bucket
+ * first); need (the model's param-need hook, ctx = the prefopt_gradsync) waits for the buckets holding flat
+ * offsets >= lo, which is what forward is about to read; finish waits for all. Until finish (or a need(0)) the
+ * weights must not be read outside the hooked forward. */
+void prefopt_gradsync_gather_start(prefopt_gradsync *gs, float *params);
+void prefopt_gradsync_need(void *ctx, size_t lo);
+void prefopt_gradsync_gather_finish(prefopt_gradsync *gs);
 void prefopt_gradsync_take_stats(prefopt_gradsync *gs, prefopt_gradsync_stats *st);
 
 /* Gathers a shard-laid-out array (one value per element of this rank's shard, segments in order) into a full

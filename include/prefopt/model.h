@@ -250,7 +250,9 @@ int prefopt_model_decode_step(prefopt_model *m, const int32_t *tokens, const int
 void prefopt_model_backward(prefopt_model *m, const float *d_completion, const float *d_all);
 void prefopt_model_zero_grad(prefopt_model *m);
 
-/* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer). */
+/* Sums gradients over the data-parallel replicas (bucketed MPI_Allreduce on the flat gradient buffer, after
+ * backward). The trainer uses gradsync.h instead (overlapped buckets, ZeRO-1, bf16); this stays as the plain
+ * reference path. */
 void prefopt_model_allreduce_grads(prefopt_model *m);
 
 /* Backward finishes the flat gradient buffer from its start: the pieces lie in reverse layer order (head, final
@@ -264,6 +266,11 @@ int prefopt_model_grad_boundaries(const prefopt_model *m, size_t *out);
  * caller can poll its communication). NULL: none. */
 typedef void (*prefopt_grad_ready_fn)(void *ctx, size_t ready);
 void prefopt_model_set_grad_ready_hook(prefopt_model *m, prefopt_grad_ready_fn fn, void *ctx);
+/* Before forward reads the weights of a part, fn(ctx, lo) is called: every weight at flat offset >= lo must then
+ * be in place (embeddings first, the head and final norm last, lo = 0), so that a caller can gather weights while
+ * forward runs (the distributed optimizer). NULL: none. */
+typedef void (*prefopt_param_need_fn)(void *ctx, size_t lo);
+void prefopt_model_set_param_need_hook(prefopt_model *m, prefopt_param_need_fn fn, void *ctx);
 /* The LM head runs over chunks of batch rows whose local logits fit this many bytes (0: the default, 1 GiB);
  * when the batch needs several chunks, backward recomputes each chunk's logits (one more head GEMM) instead of
  * keeping nrows*T x vocab logits. Takes effect at the next forward. */

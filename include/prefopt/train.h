@@ -143,8 +143,11 @@ void prefopt_dp_sync_begin(prefopt_dp_sync *s);
 /* After every backward of the step: the rest of the reduction; returns the global gradient norm (over the shards
  * with zero 1). Collective over the world. */
 double prefopt_dp_sync_grads(prefopt_dp_sync *s, const prefopt_param_range *ranges, int nranges);
-/* AdamW on this replica's part and (zero 1) the updated weights all-gathered. */
+/* AdamW on this replica's part and (zero 1) the updated weights all-gathered; with overlap the gather runs
+ * during the next forward (the policy's param-need hook), so call prefopt_dp_sync_weights_ready before reading
+ * the policy's weights any other way (checkpoints, TR-DPO's mix, saving the model). */
 void prefopt_dp_sync_step(prefopt_dp_sync *s, double lr, double grad_scale);
+void prefopt_dp_sync_weights_ready(prefopt_dp_sync *s);
 /* The AdamW moments as whole flat buffers for a checkpoint: with zero 1 gathered into m_full/v_full (n floats
  * each, collective over dp) and returned there; otherwise adam's own buffers. */
 void prefopt_dp_sync_full_moments(prefopt_dp_sync *s, float *m_full, float *v_full, float **m, float **v);

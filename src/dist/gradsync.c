@@ -36,6 +36,8 @@ struct prefopt_gradsync {
     uint16_t *sbuf;     /* bf16: [n] what I send, then (zero 0) the gathered reduced bucket */
     uint16_t *rbuf;     /* bf16: the dp copies of my shard of each bucket */
     MPI_Request *greq;  /* weight gather requests [nb] */
+    int gathering;      /* 1 while a deferred weight gather is outstanding (gather_start) */
+    int gather_next;    /* the deferred gather's buckets >= this one are complete (waited last to first) */
     double t_exposed, t_finish, t_gather;
 };
 
@@ -111,6 +113,7 @@ void prefopt_gradsync_free(prefopt_gradsync *gs)
 {
     if (!gs)
         return;
+    prefopt_gradsync_gather_finish(gs);
     for (int i = 0; i < gs->nb; i++)
         free(gs->bk[i].cnt);
     free(gs->bk);
@@ -264,16 +267,49 @@ void prefopt_gradsync_finish(prefopt_gradsync *gs)
     gs->t_finish += dt;
 }
 
-void prefopt_gradsync_gather(prefopt_gradsync *gs, float *params)
+/* The buckets' all-gathers go out last bucket first: the next forward needs the embeddings (the end of the flat
+ * buffer) first and the head (its start) last. */
+void prefopt_gradsync_gather_start(prefopt_gradsync *gs, float *params)
 {
     if (!gs->o.zero || gs->dp <= 1)
         return;
+    prefopt_gradsync_gather_finish(gs);
     double t0 = MPI_Wtime();
-    for (int i = 0; i < gs->nb; i++)
+    for (int i = gs->nb - 1; i >= 0; i--)
         MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, params + gs->bk[i].lo, gs->bk[i].cnt, gs->bk[i].off,
                         MPI_FLOAT, gs->cb, &gs->greq[i]);
-    MPI_Waitall(gs->nb, gs->greq, MPI_STATUSES_IGNORE);
+    gs->gathering = 1;
+    gs->gather_next = gs->nb;
     gs->t_gather += MPI_Wtime() - t0;
+}
+
+void prefopt_gradsync_need(void *ctx, size_t lo)
+{
+    prefopt_gradsync *gs = ctx;
+    if (!gs->gathering)
+        return;
+    double t0 = MPI_Wtime();
+    while (gs->gather_next > 0 && gs->bk[gs->gather_next - 1].lo + gs->bk[gs->gather_next - 1].nb > lo) {
+        gs->gather_next--;
+        MPI_Wait(&gs->greq[gs->gather_next], MPI_STATUS_IGNORE);
+    }
+    if (gs->gather_next == 0)
+        gs->gathering = 0;
+    else if (gs->gather_next < gs->nb) {
+        int flag; /* a chance for the rest to progress */
+        MPI_Testall(gs->gather_next, gs->greq, &flag, MPI_STATUSES_IGNORE);
+        if (flag)
+            gs->gather_next = 0, gs->gathering = 0;
+    }
+    gs->t_gather += MPI_Wtime() - t0;
+}
+
+void prefopt_gradsync_gather_finish(prefopt_gradsync *gs) { prefopt_gradsync_need(gs, 0); }
+
+void prefopt_gradsync_gather(prefopt_gradsync *gs, float *params)
+{
+    prefopt_gradsync_gather_start(gs, params);
+    prefopt_gradsync_gather_finish(gs);
 }
 
 void prefopt_gradsync_take_stats(prefopt_gradsync *gs, prefopt_gradsync_stats *st)

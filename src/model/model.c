@@ -439,10 +439,18 @@ int pf_run_trunk(prefopt_model *m, const prefopt_batch *b, prefopt_err *err)
     alloc_acts(m);
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA)
         pf_rope_tables(m);
+    const int L = m->cfg.num_layers;
+    if (m->need_fn)
+        m->need_fn(m->need_ctx, m->ready_at[L]);
     pf_embed_forward(m, &m->xs[0]);
-    for (int l = 0; l < m->cfg.num_layers; l++)
+    for (int l = 0; l < L; l++) {
+        if (m->need_fn)
+            m->need_fn(m->need_ctx, m->ready_at[L - l - 1]);
         layer_forward(m, l, &m->acts[m->nacts == 1 ? 0 : l], &m->xs[l], &m->xs[l + 1]);
-    pf_norm_forward(m, &m->xf, m->nf_mean, m->nf_rstd, &m->xs[m->cfg.num_layers], m->lnf_w, m->lnf_b);
+    }
+    if (m->need_fn)
+        m->need_fn(m->need_ctx, 0);
+    pf_norm_forward(m, &m->xf, m->nf_mean, m->nf_rstd, &m->xs[L], m->lnf_w, m->lnf_b);
     return 0;
 }
 
@@ -502,6 +510,12 @@ void prefopt_model_set_grad_ready_hook(prefopt_model *m, prefopt_grad_ready_fn f
 {
     m->ready_fn = fn;
     m->ready_ctx = ctx;
+}
+
+void prefopt_model_set_param_need_hook(prefopt_model *m, prefopt_param_need_fn fn, void *ctx)
+{
+    m->need_fn = fn;
+    m->need_ctx = ctx;
 }
 
 void prefopt_model_set_grad_bucket(prefopt_model *m, size_t floats) { m->bucket = floats; }

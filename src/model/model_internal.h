@@ -62,6 +62,8 @@ struct prefopt_model {
     size_t *ready_at;             /* [L+2] flat offsets below which gradients are final (see grad_boundaries) */
     prefopt_grad_ready_fn ready_fn; /* called as backward finishes parts of the flat gradient buffer */
     void *ready_ctx;
+    prefopt_param_need_fn need_fn; /* called before forward reads a part of the flat parameter buffer */
+    void *need_ctx;
     size_t *vscr_offset;          /* rep_rows params: offset in vscr (else SIZE_MAX) */
     float *vscr;                  /* this backward's row-vector gradients, summed over grid->col at the end */
     size_t vscr_count;

@@ -59,6 +59,7 @@ int prefopt_dp_sync_init(prefopt_dp_sync *s, const prefopt_dp_params *p, prefopt
     s->gs = prefopt_gradsync_create(grads, n, bounds, nb, g->dp, &o);
     free(bounds);
     prefopt_model_set_grad_ready_hook(m, prefopt_gradsync_ready, s->gs);
+    prefopt_model_set_param_need_hook(m, prefopt_gradsync_need, s->gs);
     if (s->zero && g->dp_size > 1) {
         const size_t *off, *cnt;
         int nseg = prefopt_gradsync_shard(s->gs, &off, &cnt);
@@ -69,8 +70,10 @@ int prefopt_dp_sync_init(prefopt_dp_sync *s, const prefopt_dp_params *p, prefopt
 
 void prefopt_dp_sync_free(prefopt_dp_sync *s)
 {
-    if (s->m)
+    if (s->m) {
         prefopt_model_set_grad_ready_hook(s->m, NULL, NULL);
+        prefopt_model_set_param_need_hook(s->m, NULL, NULL);
+    }
     prefopt_gradsync_free(s->gs);
     memset(s, 0, sizeof *s);
 }
@@ -97,8 +100,13 @@ void prefopt_dp_sync_step(prefopt_dp_sync *s, double lr, double grad_scale)
     float *params = prefopt_model_train_data(s->m, &n); /* with LoRA: the adapters */
     const float *grads = prefopt_model_grad_data(s->m, &n);
     prefopt_adamw_step(s->adam, params, grads, lr, grad_scale);
-    prefopt_gradsync_gather(s->gs, params);
+    if (s->overlap) /* zero 1: the next forward waits for each bucket's weights as it reaches them */
+        prefopt_gradsync_gather_start(s->gs, params);
+    else
+        prefopt_gradsync_gather(s->gs, params);
 }
+
+void prefopt_dp_sync_weights_ready(prefopt_dp_sync *s) { prefopt_gradsync_gather_finish(s->gs); }
 
 void prefopt_dp_sync_full_moments(prefopt_dp_sync *s, float *m_full, float *v_full, float **m, float **v)
 {

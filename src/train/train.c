@@ -357,6 +357,7 @@ static void prune_refs(const trainer *t)
 static void save_checkpoint(trainer *t)
 {
     prefopt_err err = {0};
+    prefopt_dp_sync_weights_ready(&t->dps);
     prefopt_train_state st = {0};
     st.step = t->step;
     st.sched_step = t->step;
@@ -882,8 +883,10 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         prefopt_region_exit("optimizer");
         prefopt_gradsync_stats gst;
         prefopt_gradsync_take_stats(t->dps.gs, &gst);
-        if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step))
+        if (t->live_ref && prefopt_objective_ref_sync_due(&t->obj, t->step)) {
+            prefopt_dp_sync_weights_ready(&t->dps);
             prefopt_model_mix_weights(t->ref, t->policy, (float)t->obj.p.ref_mixup_alpha);
+        }
         double dt = prefopt_now() - t0;
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "step", (double)t->step);
@@ -927,6 +930,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         char mp[4200];
         snprintf(mp, sizeof mp, "%s/model.h5", p->run_dir);
         prefopt_err err = {0};
+        prefopt_dp_sync_weights_ready(&t->dps);
         if (t->lora.r > 0) /* model.h5 is a plain model (generate, eval, export); the adapters are in the checkpoint */
             prefopt_model_merge_lora(t->policy);
         prefopt_model_file_save(t->policy, mp, &t->tok, &err);
