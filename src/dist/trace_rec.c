@@ -68,10 +68,12 @@ static void spool_flush(void)
 static void put(const pf_trace_rec *r, const void *extra, size_t nextra)
 {
     size_t need = sizeof *r + nextra;
+    if (!T.f || !T.buf)
+        return; /* the spool failed (disk full): the run goes on untraced */
     if (T.len + need > T.cap)
         spool_flush();
-    if (need > T.cap)
-        return; /* a definition larger than the buffer (never with the default size) */
+    if (T.len + need > T.cap)
+        return; /* a definition larger than the buffer (never with the default size), or the flush failed */
     memcpy(T.buf + T.len, r, sizeof *r);
     if (nextra)
         memcpy(T.buf + T.len + sizeof *r, extra, nextra);
