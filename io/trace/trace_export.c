@@ -399,7 +399,8 @@ static void json_rank(FILE *f, const pf_export *x, int rank, int *first)
                     (v->t1 - v->t0) * 1e6, rank);
             if (v->id >= 0) {
                 json_str(f, x->comm[v->id].name);
-                fprintf(f, ",\"comm_size\":%d", x->comm[v->id].size);
+                /* size and first member (world rank): which of the communicators of that name */
+                fprintf(f, ",\"comm_size\":%d,\"comm_first\":%d", x->comm[v->id].size, x->comm[v->id].members[0]);
             } else
                 fprintf(f, "null");
             fprintf(f, ",\"bytes\":%llu", (unsigned long long)v->bytes);
