@@ -5,7 +5,7 @@
  * Reports the median over repetitions of ns per call, interleaved so the variants see the same machine; regions and
  * the all-reduce over MPI_COMM_SELF in thread CPU time (a shared node's other jobs do not count), over
  * MPI_COMM_WORLD in wall time.
- *   mpiexec -n 2 build/perf/bench_trace [DIR] [CALLS]     (DIR: where the trace goes, default /tmp/prefopt-bench-trace) */
+ *   mpiexec -n 2 build/perf/bench_trace [DIR] [CALLS]   (DIR: the trace's spool, default /tmp/prefopt-bench-trace) */
 #define _GNU_SOURCE
 #include "prefopt/regions.h"
 #include "prefopt/trace.h"

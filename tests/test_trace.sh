@@ -7,7 +7,7 @@
 #  - trace.json parses (python3 json), has one process per rank with one track each, balanced B/E, and the same
 #    number of DP all-reduces as the OTF2 archive;
 #  - the losses with tracing on are bit-identical to tracing off; --trace-steps 2:3 traces exactly steps 2 and 3;
-#  - a 1 MiB buffer (flushed mid-step) gives the same event counts;
+#  - a 4 KiB buffer (flushed many times inside each step) gives the same event counts;
 #  - a run killed (SIGKILL of one rank) mid-way leaves spool files from which `prefopt trace-summary` builds an
 #    archive otf2-print reads, with the steps flushed before the kill.
 # The step time with tracing on vs off is printed (not asserted).
@@ -118,6 +118,37 @@ n = sum(1 for e in ev if e["ph"] == "X" and e["name"] == "MPI_Allreduce" and e["
 assert n == dp_allreduce, "dp all-reduces of gradients in JSON: %d, want %d" % (n, dp_allreduce)
 PYEOF
 
+# waiting time, recomputed from trace.json: the k-th all-reduce of gradients on each DP communicator is one
+# operation; a member waits from its entry until the last member entered. Compared with summary.json's row.
+cat > wait_check.py <<'PYEOF'
+import json, sys, collections
+ev = json.load(open(sys.argv[1]))["traceEvents"]
+summ = json.load(open(sys.argv[2]))
+nranks = int(sys.argv[3])
+per = collections.defaultdict(list)  # (comm_first, rank) -> [(ts, dur)] of gradient all-reduces in order
+calls = collections.defaultdict(list)
+for e in ev:
+    if e["ph"] == "X" and e["name"] == "MPI_Allreduce" and e["args"]["comm"] == "dp" and e["args"]["bytes"] > 1000:
+        per[(e["args"]["comm_first"], e["pid"])].append((e["ts"], e["dur"]))
+wait = collections.Counter()
+firsts = {k[0] for k in per}
+for f in firsts:
+    members = sorted(r for (g, r) in per if g == f)
+    n = min(len(per[(f, r)]) for r in members)
+    for k in range(n):
+        last = max(per[(f, r)][k][0] for r in members)
+        for r in members:
+            ts, dur = per[(f, r)][k]
+            wait[r] += min(max(last - ts, 0.0), dur) * 1e-6
+row = [m for m in summ["mpi"] if m["region"] == "step/grad_reduce/bucket" and m["call"] == "MPI_Allreduce"]
+assert len(row) == 1, row
+mine = sum(wait.values()) / nranks
+assert abs(row[0]["wait_s_mean"] - mine) <= 1e-5 + 1e-3 * mine, (row[0]["wait_s_mean"], mine)
+for m in summ["mpi"]:
+    assert -1e-9 <= m["wait_s_mean"] <= m["s_mean"] + 1e-9 and m["s_min"] <= m["s_mean"] + 1e-12 <= m["s_max"] + 2e-12, m
+print("wait in the gradient all-reduce: %.6f s per rank (summary %.6f)" % (mine, row[0]["wait_s_mean"]))
+PYEOF
+
 losses() { $PY -c "import json,sys; print(' '.join(repr(json.loads(l)['loss']) for l in open(sys.argv[1]) if 'loss' in l))" "$1"; }
 steptime() { $PY -c "
 import json,sys,statistics; t=[json.loads(l)['step_time'] for l in open(sys.argv[1]) if 'step_time' in l]
@@ -135,17 +166,45 @@ run_case() { # NP GRID_COLS DP
   check "$PY check.py counts$tag.json $np $dp $NL 4" "$np ranks: region / MPI counts in the OTF2 archive"
   local want=0; [ $dp -gt 1 ] && want=$((4 * np))
   check "$PY json_check.py tr$tag/trace.json $np $want" "$np ranks: trace.json"
+  [ $dp -gt 1 ] && check "$PY wait_check.py tr$tag/trace.json tr$tag/summary.json $np" \
+    "$np ranks: the summary's waiting time in the gradient all-reduce against trace.json"
   check "grep -q 'MPI_Allreduce' tr$tag/summary.txt && $PY -c 'import json; json.load(open(\"tr$tag/summary.json\"))'" \
     "$np ranks: summary"
-  # a 1 MiB buffer flushes inside steps: the same events
-  PREFOPT_TRACE_BUFFER_MB=1 $MPI -n $np "$P" train --data train.h5 --run-dir small$tag $TINY --grid-cols $gc --dp $dp \
-    --trace trs$tag > small$tag.log 2>&1 || { cat small$tag.log; fail=1; }
-  otf2-print trs$tag/otf2/traces.otf2 > prints$tag.txt && $PY walk.py prints$tag.txt countss$tag.json
-  check "$PY check.py countss$tag.json $np $dp $NL 4" "$np ranks: counts with a 1 MiB buffer"
+  # a 4 KiB buffer (100 records) flushes many times inside each step: the same events (4 ranks only)
+  if [ $np -eq 4 ]; then
+    PREFOPT_TRACE_BUFFER_MB=0.004 $MPI -n $np "$P" train --data train.h5 --run-dir small$tag $TINY --grid-cols $gc \
+      --dp $dp --trace trs$tag > small$tag.log 2>&1 || { cat small$tag.log; fail=1; }
+    otf2-print trs$tag/otf2/traces.otf2 > prints$tag.txt && $PY walk.py prints$tag.txt countss$tag.json
+    check "$PY check.py countss$tag.json $np $dp $NL 4" "$np ranks: counts with a 4 KiB buffer"
+  fi
   echo "step time (median, s), $np ranks: tracing off $(steptime off$tag/metrics.jsonl), on $(steptime on$tag/metrics.jsonl)"
 }
 run_case 2 2 1
 run_case 4 2 2
+
+# eval, generate and bench trace too: their steps are batches (eval, generate) and timed steps (bench)
+$MPI -n 2 "$P" eval --model on2r/model.h5 --data train.h5 --out ev.jsonl --batch-size 16 --grid-cols 2 --trace tre \
+  > ev.log 2>&1 || { cat ev.log; fail=1; }
+otf2-print tre/otf2/traces.otf2 > printe.txt && $PY walk.py printe.txt countse.json
+check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countse.json'))}
+assert c.get((0,'enter','step'))==4 and c.get((1,'enter','forward'))==4 and c.get((1,'enter','layer 1'))==4, c
+\"" "eval --trace: 64 examples in batches of 16 = 4 steps, one forward each"
+printf '{"prompt": "abcd:"}\n{"prompt": "bcda:"}\n{"prompt": "cdab:"}\n' > prompts.jsonl
+$MPI -n 2 "$P" generate --model on2r/model.h5 --prompts prompts.jsonl --out gen.jsonl --max-new-tokens 3 \
+  --batch-size 2 --grid-cols 2 --trace trg > gen.log 2>&1 || { cat gen.log; fail=1; }
+otf2-print trg/otf2/traces.otf2 > printg.txt && $PY walk.py printg.txt countsg.json
+check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countsg.json'))}
+assert c.get((0,'enter','step'))==2 and c.get((0,'enter','decode'),0) >= 2, c
+\"" "generate --trace: 3 prompts in batches of 2 = 2 steps with decode steps"
+$MPI -n 2 "$P" bench --shape tiny --prompt-len 8 --chosen-len 4 --rejected-len 4 --steps 2 --warmup 1 --table=0 \
+  --grid-cols 2 --trace trbn > bn.log 2>&1 || { cat bn.log; fail=1; }
+otf2-print trbn/otf2/traces.otf2 > printbn.txt && $PY walk.py printbn.txt countsbn.json
+check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countsbn.json'))}
+assert c.get((0,'enter','step'))==3 and c.get((1,'enter','lm_head'))==9, c
+\"" "bench --trace: 1 warm-up + 2 steps, the LM head in forward, reference and backward"
 
 # the step window
 $MPI -n 2 "$P" train --data train.h5 --run-dir win $TINY --grid-cols 2 --trace trw --trace-steps 2:3 > win.log 2>&1 ||
@@ -184,4 +243,13 @@ n=c.get((0,'enter','step'),0); assert 2 <= n < 40, n
 \"" "the killed run's trace holds the steps flushed before the kill"
 check "[ -s trk/timeline.png ] && $PY -c 'import json; json.load(open(\"trk/trace.json\"))'" \
   "trace-summary draws timeline.png and writes valid JSON"
+# a damaged spool: one error line naming the file and the byte, exit 1, no archive replaced by garbage
+cp -r tr2r trd
+$PY -c "
+import sys; p='trd/spool/rank-1.bin'; b=bytearray(open(p,'rb').read()); b[400:440]=b'\xff'*40; open(p,'wb').write(bytes(b))"
+"$P" trace-summary trd --png 0 > dmg.txt 2>&1
+rc=$?
+check "[ $rc -eq 1 ] && grep -q 'rank-1.bin: damaged record at byte' dmg.txt && [ \$(grep -c error dmg.txt) -eq 1 ]" \
+  "a damaged spool is refused with one error line (rc $rc: $(head -2 dmg.txt))"
+check "otf2-print trd/otf2/traces.otf2 > /dev/null" "the earlier archive stays readable after a refused export"
 exit $fail

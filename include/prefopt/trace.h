@@ -1,15 +1,15 @@
 /* prefopt: event traces. `--trace DIR` (or PREFOPT_TRACE=DIR) records, on every rank, a timeline of the regions
  * (regions.h) and of every MPI call (intercepted in the executable, src/dist/mpi_wrap.c: call, communicator,
  * peer or root, payload bytes, start and end), and writes at the end
- *   DIR/traces.otf2 (+ traces.def, traces/)  an OTF2 archive (libotf2): otf2-print, Vampir, Scalasca
+ *   DIR/otf2/traces.otf2 (+ .def, traces/)   an OTF2 archive (libotf2): otf2-print, Vampir, Scalasca
  *   DIR/trace.json                            Chrome trace JSON: one process per rank, one track per thread
  *                                             (ui.perfetto.dev, chrome://tracing)
  *   DIR/summary.json, DIR/summary.txt         MPI time per region x call x communicator, byte histograms, per-rank
  *                                             min/mean/max, slowest rank, waiting vs transfer in collectives
- * Events are kept in a bounded buffer per rank (PREFOPT_TRACE_BUFFER_MB, default 32) and appended to
- * DIR/spool/rank-N.bin at every step boundary (and when the buffer fills), so a run that dies leaves its events up
- * to the last flushed step: `prefopt trace-summary DIR` rebuilds the OTF2 archive, the JSON and the summary from
- * the spool files of any run, finished or not.
+ * Events are kept in a bounded buffer per rank (PREFOPT_TRACE_BUFFER_MB, default 32, at least 4 KiB) and
+ * appended to DIR/spool/rank-N.bin at every step boundary (and when the buffer fills), so a run that dies leaves
+ * its events up to the last flushed step: `prefopt trace-summary DIR` rebuilds the OTF2 archive, the JSON and the
+ * summary from the spool files of any run, finished or not (io/trace, trace_export.h, writes the files).
  *
  * Time is seconds on CLOCK_MONOTONIC from a common start (a barrier at prefopt_trace_start); ranks on different
  * nodes agree to within the barrier's latency. Only the thread that calls MPI records (MPI_THREAD_FUNNELED). */

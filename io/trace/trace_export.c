@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,6 +112,17 @@ static int read_rank(pf_export *x, const char *dir, int rank, prefopt_err *err)
         size_t extra = (r.kind == PF_REC_DEF_REGION || r.kind == PF_REC_DEF_COMM) ? (size_t)r.bytes : 0;
         if (off + sizeof r + extra > len)
             break;
+        /* the spool is prefopt's own file, but a damaged one must not be trusted with sizes */
+        int bad = r.kind < PF_REC_INFO || r.kind > PF_REC_STEP ||
+                  ((r.kind == PF_REC_DEF_REGION || r.kind == PF_REC_DEF_COMM) && (r.id < 0 || r.id > (1 << 20))) ||
+                  (r.kind == PF_REC_DEF_COMM &&
+                   (r.peer < 1 || r.t1 < 0 || r.t1 > 4096 ||
+                    (((size_t)r.t1 + 7) & ~(size_t)7) + sizeof(int32_t) * (size_t)r.peer != extra));
+        if (bad) {
+            prefopt_err_set(err, "%s: damaged record at byte %zu (kind %d)", path, off, r.kind);
+            free(b), free(rmap), free(cmap);
+            return -1;
+        }
         const unsigned char *e = b + off + sizeof r;
         off += sizeof r + extra;
         if (r.kind == PF_REC_INFO) {
@@ -230,7 +242,7 @@ static uint32_t mpi_region(const pf_export *x, int call) { return (uint32_t)(x->
 static void otf2_rank(OTF2_Archive *a, pf_export *x, int rank, uint64_t *nevents, double *tmax)
 {
     OTF2_EvtWriter *w = OTF2_Archive_GetEvtWriter(a, (OTF2_LocationRef)rank);
-    int depth = 0;
+    int depth = 0, open[256];
     uint64_t n = 0;
     double last = 0;
     for (size_t i = 0; i < x->nev; i++) {
@@ -238,7 +250,10 @@ static void otf2_rank(OTF2_Archive *a, pf_export *x, int rank, uint64_t *nevents
         double t0 = v->t0 < last ? last : v->t0; /* OTF2 wants time order per location: never back */
         switch (v->kind) {
         case PF_REC_ENTER:
-            OTF2_EvtWriter_Enter(w, NULL, ns(t0), (OTF2_RegionRef)v->id), n++, depth++;
+            OTF2_EvtWriter_Enter(w, NULL, ns(t0), (OTF2_RegionRef)v->id), n++;
+            if (depth < 256)
+                open[depth] = v->id;
+            depth++;
             break;
         case PF_REC_LEAVE:
             if (depth > 0)
@@ -266,20 +281,9 @@ static void otf2_rank(OTF2_Archive *a, pf_export *x, int rank, uint64_t *nevents
         last = t0;
     }
     /* regions a killed rank left open end at its last event */
-    for (; depth > 0; depth--) {
-        /* the innermost open region: scan back for the enter without a leave */
-        int d = 0;
-        for (size_t i = x->nev; i-- > 0;) {
-            if (x->ev[i].kind == PF_REC_LEAVE)
-                d++;
-            else if (x->ev[i].kind == PF_REC_ENTER && d-- == 0) {
-                OTF2_EvtWriter_Leave(w, NULL, ns(last), (OTF2_RegionRef)x->ev[i].id);
-                n++;
-                x->ev[i].kind = 0; /* closed */
-                break;
-            }
-        }
-    }
+    for (; depth > 0; depth--)
+        if (depth <= 256)
+            OTF2_EvtWriter_Leave(w, NULL, ns(last), (OTF2_RegionRef)open[depth - 1]), n++;
     OTF2_Archive_CloseEvtWriter(a, w);
     *nevents = n;
     if (last > *tmax)
@@ -395,7 +399,8 @@ static void json_rank(FILE *f, const pf_export *x, int rank, int *first)
                     (v->t1 - v->t0) * 1e6, rank);
             if (v->id >= 0) {
                 json_str(f, x->comm[v->id].name);
-                fprintf(f, ",\"comm_size\":%d", x->comm[v->id].size);
+                /* size and first member (world rank): which of the communicators of that name */
+                fprintf(f, ",\"comm_size\":%d,\"comm_first\":%d", x->comm[v->id].size, x->comm[v->id].members[0]);
             } else
                 fprintf(f, "null");
             fprintf(f, ",\"bytes\":%llu", (unsigned long long)v->bytes);
@@ -422,14 +427,19 @@ int prefopt_trace_begin(const prefopt_trace_params *p, MPI_Comm world, prefopt_e
 
 /* ---- the export ----------------------------------------------------------------------------------------- */
 
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+/* removes a previous archive directory (a re-export, or what an interrupted export left) */
 static int rm_tree(const char *path)
 {
-    char cmd[8400];
     struct stat st;
-    if (stat(path, &st))
+    if (lstat(path, &st))
         return 0;
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    return system(cmd) == 0 ? 0 : -1;
+    return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int prefopt_trace_export(const char *dir, FILE *out, prefopt_err *err)

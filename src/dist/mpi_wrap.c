@@ -72,7 +72,10 @@ int MPI_Reduce(const void *sb, void *rb, int n, MPI_Datatype t, MPI_Op op, int r
     CALL(Reduce, c, root, n * tsize(t), sb, rb, n, t, op, root, c);
 }
 NEXT(Bcast, void *, int, MPI_Datatype, int, MPI_Comm)
-int MPI_Bcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c) { CALL(Bcast, c, root, n * tsize(t), b, n, t, root, c); }
+int MPI_Bcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c)
+{
+    CALL(Bcast, c, root, n * tsize(t), b, n, t, root, c);
+}
 NEXT(Barrier, MPI_Comm)
 int MPI_Barrier(MPI_Comm c) { CALL(Barrier, c, -1, 0, c); }
 NEXT(Allgather, const void *, int, MPI_Datatype, void *, int, MPI_Datatype, MPI_Comm)

@@ -68,10 +68,12 @@ static void spool_flush(void)
 static void put(const pf_trace_rec *r, const void *extra, size_t nextra)
 {
     size_t need = sizeof *r + nextra;
+    if (!T.f || !T.buf)
+        return; /* the spool failed (disk full): the run goes on untraced */
     if (T.len + need > T.cap)
         spool_flush();
-    if (need > T.cap)
-        return; /* a definition larger than the buffer (never with the default size) */
+    if (T.len + need > T.cap)
+        return; /* a definition larger than the buffer (never with the default size), or the flush failed */
     memcpy(T.buf + T.len, r, sizeof *r);
     if (nextra)
         memcpy(T.buf + T.len + sizeof *r, extra, nextra);
@@ -286,9 +288,12 @@ int pf_trace_rec_open(const char *dir, MPI_Comm world, int pcontrol, prefopt_err
         prefopt_err_set(err, "--trace: cannot write %s (%s)", T.spool, strerror(errno));
         return -1;
     }
+    /* MiB, fractions allowed (tests flush inside steps with 0.004); at least 4 KiB: every definition fits */
     const char *mb = getenv("PREFOPT_TRACE_BUFFER_MB");
-    long cap_mb = mb ? atol(mb) : 32;
-    T.cap = (size_t)(cap_mb > 0 ? cap_mb : 32) << 20;
+    double cap_mb = mb ? strtod(mb, NULL) : 32;
+    T.cap = (size_t)((cap_mb > 0 ? cap_mb : 32) * 1048576.0);
+    if (T.cap < 4096 + sizeof(int32_t) * (size_t)T.size)
+        T.cap = 4096 + sizeof(int32_t) * (size_t)T.size;
     T.buf = prefopt_xmalloc(T.cap, "trace buffer");
     T.len = 0;
     return 0;
