@@ -106,6 +106,46 @@ int prefopt_model_file_read_tokenizer(const char *path, prefopt_tokenizer_record
     return rc;
 }
 
+static void bcast_bytes(char **buf, size_t *len, int rank, MPI_Comm comm)
+{
+    long long n = *buf ? (long long)*len : -1;
+    MPI_Bcast(&n, 1, MPI_LONG_LONG, 0, comm);
+    if (rank != 0) {
+        *buf = n >= 0 ? prefopt_xmalloc((size_t)n + 1, "tokenizer record") : NULL;
+        *len = n >= 0 ? (size_t)n : 0;
+    }
+    const long long chunk = 1 << 30;
+    for (long long off = 0; off < n; off += chunk)
+        MPI_Bcast(*buf + off, (int)(n - off < chunk ? n - off : chunk), MPI_CHAR, 0, comm);
+    if (rank != 0 && *buf)
+        (*buf)[n] = '\0';
+}
+
+int prefopt_model_file_read_header(const char *path, MPI_Comm comm, prefopt_model_config *cfg,
+                                   prefopt_tokenizer_record *tok, prefopt_err *err)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    memset(cfg, 0, sizeof *cfg);
+    if (tok)
+        memset(tok, 0, sizeof *tok);
+    if (rank == 0 && !prefopt_model_file_read_config(path, cfg, err) && tok)
+        prefopt_model_file_read_tokenizer(path, tok, err);
+    if (prefopt_agree(comm, err)) {
+        if (tok)
+            prefopt_tokenizer_record_free(tok);
+        return 1;
+    }
+    MPI_Bcast(cfg, (int)sizeof *cfg, MPI_BYTE, 0, comm);
+    if (tok) {
+        MPI_Bcast(tok->identity, (int)sizeof tok->identity, MPI_CHAR, 0, comm);
+        bcast_bytes(&tok->json, &tok->len, rank, comm);
+        for (int i = 0; i < PREFOPT_TOK_NSIDE; i++)
+            bcast_bytes(&tok->side[i], &tok->side_len[i], rank, comm);
+    }
+    return 0;
+}
+
 /* The model's parameters as items; with buf != NULL, pieces point into buf (a flat buffer of the parameter
  * buffer's layout: the moments) instead of the weights. */
 static ck_item *model_items(prefopt_model *m, const float *buf, int *n)

@@ -494,10 +494,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     /* the model config first: the dataset is checked against its vocabulary and tokenizer */
     prefopt_model_config cfg;
     int have_init = *p->init != '\0';
-    if (have_init) {
-        if (!prefopt_model_file_read_config(p->init, &cfg, &err))
-            prefopt_model_file_read_tokenizer(p->init, &t->tok, &err);
-    } else
+    if (have_init) /* one rank opens the file, the others get a broadcast */
+        prefopt_model_file_read_header(p->init, t->g.world, &cfg, &t->tok, &err);
+    else
         snprintf(t->tok.identity, sizeof t->tok.identity, "byte");
     FAIL_IF(t, 0, &err);
     prefopt_ds_expect ex = {have_init ? cfg.vocab_size : 0, t->tok.identity, 0};
@@ -521,6 +520,14 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
                             prefopt_ds_kind_name(ek), prefopt_ds_kind_name(info->kind), p->data);
         FAIL_IF(t, 0, &err);
     }
+
+    /* validated by all ranks together (each scanned a share of the tokens); from now on each replica's grid reads
+     * its own batches, so a step's read is collective over tp_size ranks, not the world */
+    prefopt_err eerr = {0}; /* both calls on every rank: each closes its file collectively over the world */
+    prefopt_dataset_set_comm(t->ds, t->g.tp, &err);
+    if (t->eval_ds && prefopt_dataset_set_comm(t->eval_ds, t->g.tp, &eerr) && !err.set)
+        err = eerr;
+    FAIL_IF(t, 0, &err);
 
     /* the reference: precomputed log-probs when the dataset has them (and nothing else needs the model) */
     int precomputed = p->use_precomputed_ref && info->has_ref && !t->obj.uses_kl && p->obj.ref_sync_steps == 0 &&
