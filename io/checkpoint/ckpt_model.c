@@ -268,7 +268,7 @@ int prefopt_model_file_load(prefopt_model *m, const char *path, prefopt_err *err
             H5Fclose(f);
         }
     }
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     size_t count;
     float *w = prefopt_model_param_data(m, &count);
@@ -286,7 +286,7 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     hid_t f = -1;
     if (is_io_rank(g))
         ck_create(tmp, g->tp, &f, err);
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     int rc = 0;
     if (is_io_rank(g)) {
@@ -300,14 +300,14 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     rc = ck_close_agreed_over(f, tmp, is_io_rank(g) ? g->tp : MPI_COMM_NULL, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         if (g->world_rank == 0)
             unlink(tmp);
         return 1;
     }
     if (g->world_rank == 0)
         publish(tmp, path, err);
-    return prefopt_agree(g->world, err);
+    return prefopt_agree_idle(g->world, err);
 }
 
 int prefopt_model_file_export_weights(const char *src, const char *dst, prefopt_err *err)
@@ -681,7 +681,7 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
         prefopt_err_set(err, "%s: cannot create the checkpoint directory: %s", o->dir, strerror(errno));
     if (g->world_rank == 0 && !err->set && !getenv("PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK")) /* tests: mid-write */
         check_room(o->dir, name, prefopt_model_get_config(policy), 1 + (adam_m != NULL) + (adam_v != NULL), err);
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     /* each rank's generator state to its grid position's writer in replica 0 (a gather over the DP communicator) */
     uint64_t *rng_rows = is_io_rank(g) ? prefopt_xcalloc((size_t)g->dp_size * 4, sizeof *rng_rows, "rng") : NULL;
@@ -690,7 +690,7 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     hid_t f = -1;
     if (is_io_rank(g))
         ck_create(tmp, g->tp, &f, err);
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         free(rng_rows);
         return 1;
     }
@@ -718,14 +718,14 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     rc = ck_close_agreed_over(f, tmp, is_io_rank(g) ? g->tp : MPI_COMM_NULL, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         if (g->world_rank == 0)
             unlink(tmp);
         return 1;
     }
     if (g->world_rank == 0 && !publish(tmp, final, err) && !write_latest(o->dir, name, err))
         prune(o->dir, o->keep_last, step);
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     if (path_out)
         snprintf(path_out, path_len, "%s", final);
@@ -771,7 +771,7 @@ int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, fl
             H5Fclose(f);
         }
     }
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         free(rng_rows);
         if (st) {
             free(st->train_config);

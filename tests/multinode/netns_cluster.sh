@@ -47,7 +47,9 @@ agent)
   shift
   ns=$(cat "${PREFOPT_NETNS_MAP:?PREFOPT_NETNS_MAP: file of 'address namespace' lines}" | awk -v h="$host" '$1 == h {print $2}')
   [ -n "$ns" ] || { echo "netns agent: no namespace for host $host" >&2; exit 255; }
-  exec ip netns exec "$ns" /bin/sh -c "$*"
+  # its own UTS namespace too: the node's hostname is the namespace's name, so Open MPI's per-node session
+  # directories and shared-memory segments (named after the host) do not collide between nodes
+  exec ip netns exec "$ns" unshare --uts /bin/sh -c "hostname $ns && $*"
   ;;
 *)
   echo "usage: netns_cluster.sh up|down TAG N | agent HOST COMMAND..." >&2
