@@ -32,7 +32,13 @@ typedef struct {
     int live_ref;              /* a reference model runs on the same ranks */
     int activation_checkpoint;
     double logits_budget;      /* bytes of LM-head logits per chunk (--logits-budget-mib); 0: the engine's 1 GiB */
+    double process;            /* bytes the process holds before the model exists (MPI, libraries, dataset index:
+                                * prefopt_mem_process_rss); 0: not counted. Issue 17: at 64 ranks on a node
+                                * this baseline, not the model, is what fills the memory */
 } prefopt_mem_layout;
+
+/* This process's resident set now (VmRSS), in bytes; 0 when unknown. Local. */
+double prefopt_mem_process_rss(void);
 
 /* The estimate above for cfg and layout. Local. */
 void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_mem_layout *lay,

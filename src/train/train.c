@@ -541,7 +541,8 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     FAIL_IF(t, 0, &err);
     prefopt_mem_layout ml = {p->grid_rows * p->grid_cols, t->micro,
                              prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
-                             p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20)};
+                             p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
+                             prefopt_mem_process_rss()};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
@@ -549,11 +550,11 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         const double M = 1.0 / (1 << 20);
         printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | reference: %s\n"
                "memory per rank (estimated before allocating, rows up to %lld tokens): weights %.1f MiB, grads %.1f, "
-               "AdamW %.1f, reference %.1f, activations %.1f, workspace %.1f => %.1f MiB\n",
+               "AdamW %.1f, reference %.1f, activations %.1f, workspace %.1f, process %.1f => %.1f MiB\n",
                cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
                t->live_ref ? "model on the same ranks" : precomputed ? "precomputed log-probs" : "none",
                (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M, me.reference * M,
-               me.activations * M, me.workspace * M, me.total * M);
+               me.activations * M, me.workspace * M, ml.process * M, me.total * M);
         fflush(stdout);
     }
 
