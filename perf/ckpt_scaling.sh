@@ -22,7 +22,7 @@ for i in range(512):
 "$P" pack --input d.jsonl --output d.h5 --quiet || exit 1
 "$P" train --data d.h5 --run-dir init --n-layer 4 --n-embd 64 --n-head 4 --max-position 32 --epochs 0 > init.log 2>&1 ||
   { cat init.log; exit 1; }
-printf '%6s %10s %12s %12s %12s %10s\n' ranks grid ckpt_med_s ckpt_max_s startup_s wall_s
+printf '%6s %10s %12s %12s %12s %12s %10s\n' ranks grid ckpt_med_s ckpt_max_s startup_s mpi_init_s wall_s
 for np in "${ranks[@]}"; do
   t0=$(date +%s.%N)
   mpiexec -n "$np" --bind-to none "$P" train --data d.h5 --init init/model.h5 --run-dir r$np --resume never \
@@ -32,6 +32,7 @@ for np in "${ranks[@]}"; do
   ck=$(sed -n 's/^checkpoint: .* (\([0-9.]*\) s)$/\1/p' r$np.log | sort -g | tr '\n' ' ')
   set -- $ck
   su=$(sed -n 's/^start-up: \([0-9.]*\) s.*/\1/p' r$np.log)
-  printf '%6s %10s %12s %12s %12s %10s\n' "$np" "2x2x$((np / 4))" "${2:-?}" "${3:-?}" "${su:-n/a}" "$wall"
+  mi=$(sed -n 's/^start-up: .*MPI_Init \([0-9.]*\) s.*/\1/p' r$np.log)
+  printf '%6s %10s %12s %12s %12s %12s %10s\n' "$np" "2x2x$((np / 4))" "${2:-?}" "${3:-?}" "${su:-n/a}" "${mi:-n/a}" "$wall"
 done
 ls -l r8/checkpoints/*.h5 2>/dev/null | awk '{print "checkpoint size:", $5, "bytes"}' | head -1

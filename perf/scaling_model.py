@@ -28,6 +28,7 @@ SHAPES = {
     # Llama 3.2 1B (tied embeddings) and Llama 2 7B
     "llama-1b": dict(L=16, C=2048, H=32, KV=8, D=64, F=8192, V=128256, tied=True),
     "llama-7b": dict(L=32, C=4096, H=32, KV=32, D=128, F=11008, V=32000, tied=False),
+    "llama-8b": dict(L=32, C=4096, H=32, KV=8, D=128, F=14336, V=128256, tied=False),  # Llama-3-8B (README worked example)
 }
 
 

@@ -5,7 +5,8 @@ pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       openmpi-bin libopenmpi-dev libscalapack-openmpi-dev libhdf5-openmpi-dev hdf5-tools
       libblis-dev libdnnl-dev libcjson-dev libotf2-trace-dev otf2-tools libinih-dev libpcre2-dev nettle-dev libutf8proc-dev
       gnuplot-nox python3-h5py python3-numpy python3-jinja2
-      slurm-wlm munge)
+      slurm-wlm munge
+      iproute2 util-linux)   # emulated nodes: network namespaces, veth, bridge; unshare (tests/test_multinode.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

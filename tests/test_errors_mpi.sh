@@ -109,11 +109,11 @@ rlimit_source='RLIMIT_AS \(ulimit -v\)'
 [ "$NP" -gt 4 ] && rlimit_source='(RLIMIT_AS \(ulimit -v\)|MemAvailable)'
 (
   ulimit -v 3000000
-  expect memory_rlimit 1 "$NP" "~memory: training needs about 33\.[0-9] GiB per rank \(weights 6\.0, gradients 6\.0, AdamW 12\.0, reference 6\.0, activations 0\.[0-9], workspace 3\.0 GiB\) but $rlimit_source allows [0-9.]+ GiB: use more ranks per grid \(--grid-rows/--grid-cols\), --zero-stage 1, precomputed reference log-probs \(prefopt eval --store-ref\)" \
+  expect memory_rlimit 1 "$NP" "~memory: training needs about 33\.[0-9] GiB per rank \(weights 6\.0, gradients 6\.0, AdamW 12\.0, reference 6\.0, activations 0\.[0-9], workspace 3\.0, process 0\.[0-9] GiB\) but $rlimit_source allows [0-9.]+ GiB: use more ranks per grid \(--grid-rows/--grid-cols\), --zero-stage 1, precomputed reference log-probs \(prefopt eval --store-ref\)" \
     -- train --data pairs.h5 --n-embd 4096 --n-layer 8 --n-head 32 "${common[@]}"
   exit "$fails"
 ) || fails=$((fails + 1))
-expect memory_limit_option 1 "$NP" "~memory: training needs about [0-9.]+ MiB per rank \(weights [0-9.]+, gradients [0-9.]+, AdamW [0-9.]+, reference [0-9.]+, activations [0-9.]+, workspace [0-9.]+ MiB\) but --memory-limit allows 1\.0 MiB: use more ranks per grid \(--grid-rows/--grid-cols\), .*" \
+expect memory_limit_option 1 "$NP" "~memory: training needs about [0-9.]+ MiB per rank \(weights [0-9.]+, gradients [0-9.]+, AdamW [0-9.]+, reference [0-9.]+, activations [0-9.]+, workspace [0-9.]+, process [0-9.]+ MiB\) but --memory-limit allows 1\.0 MiB: use more ranks per grid \(--grid-rows/--grid-cols\), .*" \
   -- train --data pairs.h5 --memory-limit 1M "${common[@]}"
 expect memory_limit_malformed 1 "$NP" "--memory-limit '12 apples': expected a size such as 12G, 512M or 0" \
   -- train --data pairs.h5 --memory-limit "12 apples" "${common[@]}"

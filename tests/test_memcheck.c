@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     prefopt_model_config cfg = tiny();
 
     /* the estimate */
-    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0};
     prefopt_mem_estimate e;
     prefopt_mem_estimate_train(&cfg, &lay, &e);
     CHECK(e.weights == 4.0 * (41056 + 896), "weights %.0f", e.weights);
@@ -55,14 +55,14 @@ int main(int argc, char **argv)
     CHECK(e.activations == 4.0 * (2 * 19456 + 16576), "activations %.0f", e.activations);
     CHECK(fabs(e.total - 1.1 * (4 * e.weights + e.activations)) < 1e-6, "total %.1f", e.total);
     /* a logits budget of one row (16*259*4 bytes = 16.2 KiB; 20 KiB) keeps one row's logits and gradient */
-    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, 0, 0, 0, 0, 0, NULL};
+    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, 0, 0, 0, 0, 0, NULL, 0};
     prefopt_mem_estimate_train(&cfg, &lay1, &e);
     CHECK(e.activations == 4.0 * (2 * 19456 + 8288), "activations, logits budget of one row %.0f", e.activations);
-    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, 0, 0, 0, 0, 0, NULL};
+    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, 0, 0, 0, 0, 0, NULL, 0};
     prefopt_mem_estimate_train(&cfg, &lay2, &e);
     CHECK(e.weights == 4.0 * (41056 / 2 + 896) && e.reference == e.weights, "tp 2 weights %.0f", e.weights);
     /* bf16: the policy adds 2-byte copies of its matrices; the frozen reference is those copies and fp32 vectors */
-    prefopt_mem_layout lay3 = {2, 2, 16, 1, 1, 0, 1, 1, 0, 0, 0, NULL};
+    prefopt_mem_layout lay3 = {2, 2, 16, 1, 1, 0, 1, 1, 0, 0, 0, NULL, 0};
     prefopt_mem_estimate e3;
     prefopt_mem_estimate_train(&cfg, &lay3, &e3);
     CHECK(e3.weights == 4.0 * (41056 / 2 + 896) + 2.0 * 41056 / 2 && e3.grads == 4.0 * (41056 / 2 + 896) &&
@@ -72,10 +72,10 @@ int main(int argc, char **argv)
     CHECK(e.activations == 4.0 * (1024 + 9728 + 8288), "checkpointed activations %.0f", e.activations);
     /* the distributed optimizer over 4 replicas: a quarter of the moments, plus a shard-sized receive buffer;
      * bf16 communication: 2 + 2 bytes per gradient element */
-    prefopt_mem_layout lz = {1, 2, 16, 0, 0, 0, 0, 0, 4, 1, 0, NULL};
+    prefopt_mem_layout lz = {1, 2, 16, 0, 0, 0, 0, 0, 4, 1, 0, NULL, 0};
     prefopt_mem_estimate_train(&cfg, &lz, &e);
     CHECK(e.adam == 2 * e.weights / 4 && e.comm == e.grads / 4, "zero 1 dp 4: adam %.0f comm %.0f", e.adam, e.comm);
-    prefopt_mem_layout lb = {1, 2, 16, 0, 0, 0, 0, 0, 4, 0, 1, NULL};
+    prefopt_mem_layout lb = {1, 2, 16, 0, 0, 0, 0, 0, 4, 0, 1, NULL, 0};
     prefopt_mem_estimate_train(&cfg, &lb, &e);
     CHECK(e.adam == 2 * e.weights && e.comm == e.grads, "bf16 dp 4: adam %.0f comm %.0f", e.adam, e.comm);
 
@@ -89,6 +89,17 @@ int main(int argc, char **argv)
                        "--micro-batch-size";
     CHECK(prefopt_memcheck_train(&cfg, &lay, MPI_COMM_WORLD, 100000, &e, &err) == 1 && !strcmp(err.msg, want),
           "message:\n  got  %s\n  want %s", err.msg, want);
+    /* the process's own baseline counts (issue 17): 10 MiB of it do not fit 5 MiB, whatever the model */
+    prefopt_mem_layout lay3 = lay;
+    lay3.process = 10.0 * (1 << 20);
+    prefopt_err_clear(&err);
+    const char *want3 = "memory: training needs about 10.9 MiB per rank (weights 0.2, gradients 0.2, AdamW 0.3, "
+                        "reference 0.0, activations 0.2, workspace 0.1, process 10.0 MiB) but --memory-limit allows "
+                        "5.0 MiB: use more ranks per grid (--grid-rows/--grid-cols)"; /* activations are no longer the load */
+    CHECK(prefopt_memcheck_train(&cfg, &lay3, MPI_COMM_WORLD, 5.0 * (1 << 20), &e, &err) == 1 &&
+              !strcmp(err.msg, want3) && e.total > 10.0 * (1 << 20),
+          "process baseline:\n  got  %s\n  want %s", err.msg, want3);
+    CHECK(prefopt_mem_process_rss() > (1 << 20), "the process's RSS is read (%.0f bytes)", prefopt_mem_process_rss());
     /* one rank short of memory: every rank gets its message */
     prefopt_err_clear(&err);
     int r = prefopt_memcheck_train(&cfg, &lay2, MPI_COMM_WORLD, rank == 1 ? 100000 : 1e9, &e, &err);

@@ -11,6 +11,11 @@
 /* Collective over comm. Returns 1 if any rank has e->set; then every rank's e holds the message of the
  * lowest-numbered failing rank. Returns 0 when no rank failed. */
 int prefopt_agree(MPI_Comm comm, prefopt_err *e);
+/* The same after work only some ranks do (replica 0's grid writing a checkpoint): the others wait in a barrier
+ * they poll with short sleeps instead of MPI's busy polling, so that on an oversubscribed machine (tests, emulated
+ * nodes) waiting ranks leave the cores to the ranks doing the work. Costs at most about a millisecond. */
+int prefopt_agree_idle(MPI_Comm comm, prefopt_err *e);
+void prefopt_barrier_idle(MPI_Comm comm);
 
 /* Prints "prefopt: error: <msg>" on this rank to stderr, finalizes MPI if initialized, exits with code. */
 _Noreturn void prefopt_exit_error(const prefopt_err *e, int code);

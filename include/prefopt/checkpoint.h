@@ -63,6 +63,10 @@ int prefopt_tokenizer_record_load(const char *path, prefopt_tokenizer_record *t,
 int prefopt_model_file_read_config(const char *path, prefopt_model_config *cfg, prefopt_err *err);
 /* Reads the tokenizer record (json NULL and identity "byte" when the file has none). Local. */
 int prefopt_model_file_read_tokenizer(const char *path, prefopt_tokenizer_record *tok, prefopt_err *err);
+/* Both, read by rank 0 of comm alone and broadcast (one file open however many ranks start; issue 17); tok may be
+ * NULL. Collective over comm; on failure every rank has the same err. */
+int prefopt_model_file_read_header(const char *path, MPI_Comm comm, prefopt_model_config *cfg,
+                                   prefopt_tokenizer_record *tok, prefopt_err *err);
 
 /* Loads the weights of a model file or checkpoint (its /model group) into m, on m's grid, any grid. Collective
  * over the grid's world communicator. Fails on a config mismatch, a missing tensor, a shape mismatch or a

@@ -99,6 +99,11 @@ typedef struct {
 int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expect *expect, prefopt_dataset **out,
                          prefopt_err *err);
 void prefopt_dataset_close(prefopt_dataset *ds); /* collective */
+/* Moves the per-batch reads to comm, a communicator inside the one the dataset was opened on (a replica's grid,
+ * whose ranks all read the same examples): the file is closed (collective over the old communicator) and reopened
+ * on comm (collective over it), so that a step's read involves one grid, not the world (issue 17). The offsets,
+ * labels and reference log-probs read at open are kept. Errors (the file vanished) are agreed on over comm. */
+int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *err);
 const prefopt_ds_info *prefopt_dataset_info(const prefopt_dataset *ds);
 /* Human-readable summary: kind, counts, attributes, token totals, ref presence (prefopt inspect --file). */
 void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds);

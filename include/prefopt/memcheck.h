@@ -46,7 +46,13 @@ typedef struct {
     int bf16_comm;             /* bf16 gradient communication buffers */
     const prefopt_lora_config *lora; /* NULL or r == 0: full fine-tuning. Else gradients and AdamW cover the
                                       * adapters only, and the reference (the base with adapters off) costs none */
+    double process;            /* bytes the process holds before the model exists (MPI, libraries, dataset index:
+                                * prefopt_mem_process_rss); 0: not counted. Issue 17: at 64 ranks on a node
+                                * this baseline, not the model, is what fills the memory */
 } prefopt_mem_layout;
+
+/* This process's resident set now (VmRSS), in bytes; 0 when unknown. Local. */
+double prefopt_mem_process_rss(void);
 
 /* The estimate above for cfg and layout. Local. */
 void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_mem_layout *lay,

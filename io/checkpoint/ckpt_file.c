@@ -81,6 +81,8 @@ int ck_close_agreed(hid_t file, const char *path, MPI_Comm comm, int failed, pre
 int ck_close_agreed_over(hid_t file, const char *path, MPI_Comm comm, MPI_Comm all, int failed, prefopt_err *err)
 {
     int any = failed != 0;
+    if (comm != all) /* ranks without the file wait for the writers without spinning (agree.h) */
+        prefopt_barrier_idle(all);
     MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, all);
     if (!any)
         return file >= 0 ? ck_close(file, path, err) : 0;

@@ -147,6 +147,46 @@ int prefopt_model_file_read_tokenizer(const char *path, prefopt_tokenizer_record
     return rc;
 }
 
+static void bcast_bytes(char **buf, size_t *len, int rank, MPI_Comm comm)
+{
+    long long n = *buf ? (long long)*len : -1;
+    MPI_Bcast(&n, 1, MPI_LONG_LONG, 0, comm);
+    if (rank != 0) {
+        *buf = n >= 0 ? prefopt_xmalloc((size_t)n + 1, "tokenizer record") : NULL;
+        *len = n >= 0 ? (size_t)n : 0;
+    }
+    const long long chunk = 1 << 30;
+    for (long long off = 0; off < n; off += chunk)
+        MPI_Bcast(*buf + off, (int)(n - off < chunk ? n - off : chunk), MPI_CHAR, 0, comm);
+    if (rank != 0 && *buf)
+        (*buf)[n] = '\0';
+}
+
+int prefopt_model_file_read_header(const char *path, MPI_Comm comm, prefopt_model_config *cfg,
+                                   prefopt_tokenizer_record *tok, prefopt_err *err)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    memset(cfg, 0, sizeof *cfg);
+    if (tok)
+        memset(tok, 0, sizeof *tok);
+    if (rank == 0 && !prefopt_model_file_read_config(path, cfg, err) && tok)
+        prefopt_model_file_read_tokenizer(path, tok, err);
+    if (prefopt_agree(comm, err)) {
+        if (tok)
+            prefopt_tokenizer_record_free(tok);
+        return 1;
+    }
+    MPI_Bcast(cfg, (int)sizeof *cfg, MPI_BYTE, 0, comm);
+    if (tok) {
+        MPI_Bcast(tok->identity, (int)sizeof tok->identity, MPI_CHAR, 0, comm);
+        bcast_bytes(&tok->json, &tok->len, rank, comm);
+        for (int i = 0; i < PREFOPT_TOK_NSIDE; i++)
+            bcast_bytes(&tok->side[i], &tok->side_len[i], rank, comm);
+    }
+    return 0;
+}
+
 /* Which parameters a list of items holds: the base's (every tensor of a model without LoRA), the trained ones
  * (the moments' layout: prefopt_model_train_data), or the LoRA adapters. */
 enum { ITEMS_BASE, ITEMS_TRAINED, ITEMS_LORA };
@@ -296,7 +336,7 @@ int prefopt_model_file_load(prefopt_model *m, const char *path, prefopt_err *err
             H5Fclose(f);
         }
     }
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     size_t count;
     float *w = prefopt_model_param_data(m, &count);
@@ -314,7 +354,7 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     hid_t f = -1;
     if (is_io_rank(g))
         ck_create(tmp, g->tp, &f, err);
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     int rc = 0;
     if (is_io_rank(g)) {
@@ -328,14 +368,14 @@ int prefopt_model_file_save(prefopt_model *m, const char *path, const prefopt_to
     rc = ck_close_agreed_over(f, tmp, is_io_rank(g) ? g->tp : MPI_COMM_NULL, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         if (g->world_rank == 0)
             unlink(tmp);
         return 1;
     }
     if (g->world_rank == 0)
         publish(tmp, path, err);
-    return prefopt_agree(g->world, err);
+    return prefopt_agree_idle(g->world, err);
 }
 
 int prefopt_model_file_export_weights(const char *src, const char *dst, prefopt_err *err)
@@ -762,7 +802,7 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
         prefopt_err_set(err, "%s: cannot create the checkpoint directory: %s", o->dir, strerror(errno));
     if (g->world_rank == 0 && !err->set && !getenv("PREFOPT_TEST_CKPT_SKIP_ROOM_CHECK")) /* tests: mid-write */
         check_room(o->dir, name, prefopt_model_get_config(policy), 1 + (adam_m != NULL) + (adam_v != NULL), err);
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     /* each rank's generator state to its grid position's writer in replica 0 (a gather over the DP communicator) */
     uint64_t *rng_rows = is_io_rank(g) ? prefopt_xcalloc((size_t)g->dp_size * 4, sizeof *rng_rows, "rng") : NULL;
@@ -771,7 +811,7 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     hid_t f = -1;
     if (is_io_rank(g))
         ck_create(tmp, g->tp, &f, err);
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         free(rng_rows);
         return 1;
     }
@@ -808,14 +848,14 @@ int prefopt_ckpt_save(const prefopt_ckpt_opts *o, prefopt_model *policy, const f
     rc = ck_close_agreed_over(f, tmp, is_io_rank(g) ? g->tp : MPI_COMM_NULL, g->world, rc, err);
     if (rc && !err->set)
         prefopt_err_set(err, "%s: write failed", tmp);
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         if (g->world_rank == 0)
             unlink(tmp);
         return 1;
     }
     if (g->world_rank == 0 && !publish(tmp, final, err) && !write_latest(o->dir, name, err))
         prune(o->dir, o->keep_last, step);
-    if (prefopt_agree(g->world, err))
+    if (prefopt_agree_idle(g->world, err))
         return 1;
     if (path_out)
         snprintf(path_out, path_len, "%s", final);
@@ -887,7 +927,7 @@ int prefopt_ckpt_load(const char *path, prefopt_model *policy, float *adam_m, fl
             H5Fclose(f);
         }
     }
-    if (prefopt_agree(g->world, err)) {
+    if (prefopt_agree_idle(g->world, err)) {
         free(rng_rows);
         if (st) {
             free(st->train_config);

@@ -492,6 +492,37 @@ int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expec
     return 0;
 }
 
+int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *err)
+{
+    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
+        if (ds->tokens[f] >= 0) {
+            H5Dclose(ds->tokens[f]);
+            ds->tokens[f] = -1;
+        }
+    if (ds->file >= 0)
+        H5Fclose(ds->file);
+    ds->comm = comm;
+    MPI_Comm_rank(comm, &ds->rank);
+    MPI_Comm_size(comm, &ds->size);
+    quiet_h5 q = h5_quiet();
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    if (ds->file < 0)
+        prefopt_err_set(err, "%s: cannot reopen (removed while the run started?)", ds->path);
+    for (int f = 0; f < ds->nfields && ds->file >= 0; f++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s/tokens", field_names[ds->info.kind][f]);
+        ds->tokens[f] = H5Dopen2(ds->file, name, H5P_DEFAULT);
+        if (ds->tokens[f] < 0)
+            prefopt_err_set(err, "%s: cannot reopen dataset '%s'", ds->path, name);
+    }
+    h5_loud(q);
+    return prefopt_agree(comm, err);
+}
+
 const prefopt_ds_info *prefopt_dataset_info(const prefopt_dataset *ds) { return &ds->info; }
 
 int64_t prefopt_dataset_len(const prefopt_dataset *ds, int f, int64_t i)

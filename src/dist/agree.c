@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <time.h>
 
 int prefopt_agree(MPI_Comm comm, prefopt_err *e)
 {
@@ -19,6 +20,26 @@ int prefopt_agree(MPI_Comm comm, prefopt_err *e)
     e->msg[sizeof e->msg - 1] = '\0';
     e->set = 1;
     return 1;
+}
+
+void prefopt_barrier_idle(MPI_Comm comm)
+{
+    MPI_Request r;
+    MPI_Ibarrier(comm, &r);
+    int done = 0;
+    long ns = 20000; /* 20 us, growing to 1 ms: a short wait costs little, a long one costs no CPU */
+    for (MPI_Test(&r, &done, MPI_STATUS_IGNORE); !done; MPI_Test(&r, &done, MPI_STATUS_IGNORE)) {
+        struct timespec ts = {0, ns};
+        nanosleep(&ts, NULL);
+        if (ns < 1000000)
+            ns *= 2;
+    }
+}
+
+int prefopt_agree_idle(MPI_Comm comm, prefopt_err *e)
+{
+    prefopt_barrier_idle(comm);
+    return prefopt_agree(comm, e);
 }
 
 _Noreturn void prefopt_exit_error(const prefopt_err *e, int code)

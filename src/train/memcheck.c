@@ -120,6 +120,17 @@ static double meminfo_available(void)
     return v;
 }
 
+double prefopt_mem_process_rss(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    unsigned long size = 0, res = 0;
+    double v = fscanf(f, "%lu %lu", &size, &res) == 2 ? (double)res * (double)sysconf(_SC_PAGESIZE) : 0;
+    fclose(f);
+    return v;
+}
+
 /* Bytes this process maps (VmSize) and its data segment, from /proc/self/statm. */
 static void self_usage(double *vm, double *data)
 {
@@ -187,6 +198,7 @@ int prefopt_memcheck_train(const prefopt_model_config *cfg, const prefopt_mem_la
 {
     prefopt_mem_estimate e;
     prefopt_mem_estimate_train(cfg, lay, &e);
+    e.total += lay->process > 0 ? lay->process : 0;
     if (out)
         *out = e;
     char source[64];
@@ -206,11 +218,14 @@ int prefopt_memcheck_train(const prefopt_model_config *cfg, const prefopt_mem_la
             k += snprintf(fix + k, sizeof fix - (size_t)k, ", --zero-stage 1");
         if (lay->live_ref)
             snprintf(fix + k, sizeof fix - (size_t)k, ", precomputed reference log-probs (prefopt eval --store-ref)");
+        char proc[48] = "";
+        if (lay->process > 0)
+            snprintf(proc, sizeof proc, ", process %.1f", lay->process / u);
         prefopt_err_set(err,
                         "memory: training needs about %.1f %s per rank (weights %.1f, gradients %.1f, AdamW %.1f, "
-                        "reference %.1f, activations %.1f, workspace %.1f %s) but %s allows %.1f %s: %s",
+                        "reference %.1f, activations %.1f, workspace %.1f%s %s) but %s allows %.1f %s: %s",
                         e.total / u, unit, e.weights / u, e.grads / u, e.adam / u, e.reference / u,
-                        e.activations / u, e.workspace / u, unit, source, avail / u, unit, fix);
+                        e.activations / u, e.workspace / u, proc, unit, source, avail / u, unit, fix);
     }
     return prefopt_agree(comm, err);
 }

@@ -560,10 +560,9 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
     if (have_init && p->tokenizer && *p->tokenizer)
         prefopt_err_set(&err, "--tokenizer %s: a model trained from --init keeps the tokenizer of %s (--tokenizer is "
                               "for a model trained from scratch)", p->tokenizer, p->init);
-    else if (have_init) {
-        if (!prefopt_model_file_read_config(p->init, &cfg, &err))
-            prefopt_model_file_read_tokenizer(p->init, &t->tok, &err);
-    } else if (p->tokenizer && *p->tokenizer)
+    else if (have_init) /* one rank opens the file, the others get a broadcast */
+        prefopt_model_file_read_header(p->init, t->g.world, &cfg, &t->tok, &err);
+    else if (p->tokenizer && *p->tokenizer)
         prefopt_train_tokenizer(p->tokenizer, &t->tok, &tok_vocab, &err);
     else
         snprintf(t->tok.identity, sizeof t->tok.identity, "byte");
@@ -600,6 +599,14 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         FAIL_IF(t, 0, &err);
     }
 
+    /* validated by all ranks together (each scanned a share of the tokens); from now on each replica's grid reads
+     * its own batches, so a step's read is collective over tp_size ranks, not the world */
+    prefopt_err eerr = {0}; /* both calls on every rank: each closes its file collectively over the world */
+    prefopt_dataset_set_comm(t->ds, t->g.tp, &err);
+    if (t->eval_ds && prefopt_dataset_set_comm(t->eval_ds, t->g.tp, &eerr) && !err.set)
+        err = eerr;
+    FAIL_IF(t, 0, &err);
+
     /* the reference: precomputed log-probs when the dataset has them (and nothing else needs the model) */
     int precomputed = p->use_precomputed_ref && info->has_ref && !t->obj.uses_kl && p->obj.ref_sync_steps == 0 &&
                       (!t->eval_ds || prefopt_dataset_info(t->eval_ds)->has_ref);
@@ -616,7 +623,7 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
                              p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
                              prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0), dp, p->dpsync.zero_stage,
                              p->dpsync.reduce_dtype && !strcmp(p->dpsync.reduce_dtype, "bf16"),
-                             t->lora.r > 0 ? &t->lora : NULL};
+                             t->lora.r > 0 ? &t->lora : NULL, prefopt_mem_process_rss()};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
@@ -637,13 +644,13 @@ static void setup(trainer *t, const prefopt_opt *opts, int nopts)
         }
         printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | reference: %s\n"
                "memory per rank (estimated before allocating, rows up to %lld tokens): weights %.1f MiB, grads %.1f, "
-               "AdamW %.1f%s, reference %.1f, activations %.1f, dp buffers %.1f, workspace %.1f => %.1f MiB\n",
+               "AdamW %.1f%s, reference %.1f, activations %.1f, dp buffers %.1f, workspace %.1f, process %.1f => %.1f MiB\n",
                cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
                t->lora_ref ? "the base (adapters off)" : t->live_ref ? "model on the same ranks"
                                                                      : precomputed ? "precomputed log-probs" : "none",
                (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M,
                p->dpsync.zero_stage && dp > 1 ? " (1/dp shard)" : "", me.reference * M, me.activations * M,
-               me.comm * M, me.workspace * M, me.total * M);
+               me.comm * M, me.workspace * M, ml.process * M, me.total * M);
         fflush(stdout);
     }
 
