@@ -90,13 +90,13 @@ int main(int argc, char **argv)
     CHECK(prefopt_memcheck_train(&cfg, &lay, MPI_COMM_WORLD, 100000, &e, &err) == 1 && !strcmp(err.msg, want),
           "message:\n  got  %s\n  want %s", err.msg, want);
     /* the process's own baseline counts (issue 17): 10 MiB of it do not fit 5 MiB, whatever the model */
-    prefopt_mem_layout lay3 = lay;
-    lay3.process = 10.0 * (1 << 20);
+    prefopt_mem_layout lay4 = lay;
+    lay4.process = 10.0 * (1 << 20);
     prefopt_err_clear(&err);
     const char *want3 = "memory: training needs about 10.9 MiB per rank (weights 0.2, gradients 0.2, AdamW 0.3, "
                         "reference 0.0, activations 0.2, workspace 0.1, process 10.0 MiB) but --memory-limit allows "
                         "5.0 MiB: use more ranks per grid (--grid-rows/--grid-cols)"; /* activations are no longer the load */
-    CHECK(prefopt_memcheck_train(&cfg, &lay3, MPI_COMM_WORLD, 5.0 * (1 << 20), &e, &err) == 1 &&
+    CHECK(prefopt_memcheck_train(&cfg, &lay4, MPI_COMM_WORLD, 5.0 * (1 << 20), &e, &err) == 1 &&
               !strcmp(err.msg, want3) && e.total > 10.0 * (1 << 20),
           "process baseline:\n  got  %s\n  want %s", err.msg, want3);
     CHECK(prefopt_mem_process_rss() > (1 << 20), "the process's RSS is read (%.0f bytes)", prefopt_mem_process_rss());
