@@ -76,7 +76,9 @@ static const char *const free_keys[] = {
     "max-steps", "epochs", "run-dir", "resume", "grid-rows", "grid-cols", "dp", "micro-batch-size", "gradient-accumulation-steps",
     "pad-multiple", "activation-checkpoint", "logits-budget-mib", "completion-logits", "memory-limit",
     "use-precomputed-ref", "peak-gflops", "log-interval", "eval-data", "eval-interval", "eval-batch-size",
-    "save-interval", "keep-last", "max-nonfinite", "allow-config-change", NULL,
+    "save-interval", "keep-last", "max-nonfinite", "allow-config-change",
+    /* the data-parallel step's layout (the same sums within rounding, as other grids), the fp32 GEMM backend, tracing */
+    "overlap-grad-reduce", "zero-stage", "grad-bucket-mib", "gemm-backend", "trace", "trace-steps", "pcontrol", NULL,
 };
 
 typedef struct {
