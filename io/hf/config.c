@@ -603,8 +603,8 @@ int prefopt_hf_config_write(const char *path, const prefopt_model_config *cfg, p
                                                                 : "full_attention"));
         }
         if (gemma) {
-            cJSON_AddNumberToObject(root, "query_pre_attn_scalar",
-                                    cfg->attn_scale > 0 ? round(1.0 / ((double)cfg->attn_scale * cfg->attn_scale)) : 256);
+            const double qa = cfg->attn_scale;
+            cJSON_AddNumberToObject(root, "query_pre_attn_scalar", qa > 0 ? round(1.0 / (qa * qa)) : 256);
             if (cfg->attn_softcap > 0)
                 cJSON_AddNumberToObject(root, "attn_logit_softcapping", short_float(cfg->attn_softcap));
             else

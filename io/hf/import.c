@@ -80,7 +80,8 @@ static int map_name(const prefopt_model_config *cfg, const char *hf, char *out, 
     }
     if (!strncmp(hf, "model.", 6)) {
         snprintf(out, len, "%s", hf + 6);
-        if (cfg->fused_qkv && (ends_with(out, ".self_attn.qkv_proj.weight") || ends_with(out, ".mlp.gate_up_proj.weight")))
+        if (cfg->fused_qkv &&
+            (ends_with(out, ".self_attn.qkv_proj.weight") || ends_with(out, ".mlp.gate_up_proj.weight")))
             *kind = JOB_SPLIT_ROWS;
         return 1;
     }
@@ -232,8 +233,10 @@ static int run_job(hid_t f, const char *tmp, const prefopt_st_set *set, const jo
         for (int k = 0; k < 3 && !rc; k++)
             rc = ck_write_full(f, tmp, "model", &specs[j->out[k]], a + k * (n / 3), &sums[j->out[k]], err);
     else if (j->kind == JOB_SPLIT_ROWS) /* row blocks of a row-major [out][in]: consecutive pieces */
-        for (int k = 0, off = 0; k < j->nout && !rc; off += (int)(specs[j->out[k]].shape[0] * specs[j->out[k]].shape[1]), k++)
+        for (int64_t k = 0, off = 0; k < j->nout && !rc; k++) {
             rc = ck_write_full(f, tmp, "model", &specs[j->out[k]], a + off, &sums[j->out[k]], err);
+            off += specs[j->out[k]].shape[0] * specs[j->out[k]].shape[1];
+        }
     else {
         /* Conv1D [in][out] -> [out][in]; for c_attn the rows of the result are q, k, v in turn */
         float *b = prefopt_xmalloc(sizeof(float) * (size_t)n, "transpose");
