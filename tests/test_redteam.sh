@@ -296,7 +296,7 @@ off = 8 + n + h[name]['data_offsets'][0]
 b[off + 4 * 7:off + 4 * 8] = np.float32(np.nan).tobytes()
 open(p, 'wb').write(b)
 EOF
-expect import_nan 1 "hf_nan/model.safetensors: tensor 'transformer.wte.weight' has 1 non-finite values (NaN or Inf)" \
+expect import_nan 1 "model.safetensors: tensor 'transformer.wte.weight' has 1 non-finite values (NaN or Inf)" \
   -- import --hf hf_nan --out nan_imported.h5
 ls nan_imported.h5* > /dev/null 2>&1 && fail "import_nan: output left: $(ls nan_imported.h5*)"
 
