@@ -100,6 +100,20 @@ else
   echo "ok: store_ref_ok: reference log-probs stored; the dataset reads"
 fi
 
+# kill -9 of rank 0 with the copy written but not yet renamed: the dataset is the old one, and the next run
+# (which overwrites the leftover copy) stores the reference
+cp pairs.h5 srk.h5
+before=$(sums srk.h5)
+run store_ref_kill -x PREFOPT_TEST_KILL_BEFORE_PUBLISH=1 -- eval --model tiny/model.h5 --data srk.h5 --store-ref
+if [ "$rc" = 0 ] || [ "$rc" = 124 ] || [ "$(sums srk.h5)" != "$before" ] || [ ! -e srk.h5.store-ref.tmp ]; then
+  fail "store_ref_kill: exit $rc; the dataset changed or no copy was left: $(ls srk.h5*)"
+else
+  run store_ref_after_kill -- eval --model tiny/model.h5 --data srk.h5 --store-ref
+  [ "$rc" = 0 ] && [ ! -e srk.h5.store-ref.tmp ] && "$P" inspect --file srk.h5 > /dev/null 2>&1 &&
+    echo "ok: store_ref_kill: killed before the rename: dataset md5-identical; the next run stored the reference" ||
+    fail "store_ref_after_kill: exit $rc: $(ls srk.h5*)"
+fi
+
 # ---- 2. export --hf DIR over an earlier export on a full disk: the earlier export is kept whole ----
 "$P" export --model tiny/model.h5 --hf hf_old > /dev/null 2>&1 || fail "export_hf: the first export failed"
 echo "my notes" > hf_old/README.md
@@ -296,7 +310,7 @@ off = 8 + n + h[name]['data_offsets'][0]
 b[off + 4 * 7:off + 4 * 8] = np.float32(np.nan).tobytes()
 open(p, 'wb').write(b)
 EOF
-expect import_nan 1 "hf_nan/model.safetensors: tensor 'transformer.wte.weight' has 1 non-finite values (NaN or Inf)" \
+expect import_nan 1 "model.safetensors: tensor 'transformer.wte.weight' has 1 non-finite values (NaN or Inf)" \
   -- import --hf hf_nan --out nan_imported.h5
 ls nan_imported.h5* > /dev/null 2>&1 && fail "import_nan: output left: $(ls nan_imported.h5*)"
 

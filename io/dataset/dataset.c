@@ -10,6 +10,7 @@
 #include <hdf5.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -734,6 +735,8 @@ static int store_ref_copy(const char *path, int64_t N, prefopt_ds_kind k, double
         unlink(tmp);
         return 1;
     }
+    if (getenv("PREFOPT_TEST_KILL_BEFORE_PUBLISH")) /* tests: a kill -9 with the copy complete, not yet renamed */
+        raise(SIGKILL);
     if (rename(tmp, path)) {
         prefopt_err_set(err, "%s: rename to %s failed: %s; the dataset is unchanged", tmp, path, strerror(errno));
         unlink(tmp);
