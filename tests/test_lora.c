@@ -360,7 +360,8 @@ int main(int argc, char **argv)
     int total = 0;
     MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     if (rank == 0)
-        printf("test_lora: %d grid configurations on %d ranks: %s\n", nconf, size, total ? "FAILED" : "all checks passed");
+        printf("test_lora: %d grid configurations on %d ranks: %s\n", nconf, size,
+               total ? "FAILED" : "all checks passed");
     prefopt_grid_free(&serial);
     MPI_Finalize();
     return total ? 1 : 0;
