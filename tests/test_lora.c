@@ -12,7 +12,8 @@
  *     the world (2 ranks: 1x2, 2x1, dp 2; 4 ranks: 2x2, 1x4, 4x1, dp 2 of 1x2 and 2x1) equal a serial 1x1
  *     computation within 1e-4 (relative to |ref| + the tensor's largest |gradient|, as test_model_grid), with
  *     dropout on TP grids too (the mask depends on global indices only); activation checkpointing gives
- *     bit-identical adapter gradients.
+ *     bit-identical adapter gradients. On one process row (1x2, 1x4) every product of forward + backward takes
+ *     dmat_gemm's one-row path (counted): the adapters add no psgemm and the frozen base no dW.
  * FD tolerance as test_model_grad: h = 4e-3, 5e-4 absolute + 2% relative (fp32 loss noise ~1e-6/h). */
 #include "test_model_util.h"
 
@@ -232,6 +233,7 @@ typedef struct {
     tm_stats s;
     float *grads; /* adapters' full gradients, registry order */
     size_t n;
+    long row_calls; /* products of forward + backward that took dmat_gemm's one-process-row path */
 } result;
 
 static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int ckpt, float dropout, const test_batch *full)
@@ -255,12 +257,14 @@ static void run(result *res, prefopt_arch arch, const prefopt_grid *g, int ckpt,
         memcpy(part.completion + dst, full->completion + src, T);
         part.nrows++;
     }
+    long calls0 = prefopt_dmat_gemm_row_calls();
     forward(m, &part, &res->s, dropout > 0);
     MPI_Allreduce(MPI_IN_PLACE, &res->s, (int)(sizeof res->s / sizeof(double)), MPI_DOUBLE, MPI_SUM, g->dp);
     float dc[64], da[64];
     tm_loss(full, &res->s, dc, da);
     prefopt_model_zero_grad(m);
     prefopt_model_backward(m, dc, da);
+    res->row_calls = prefopt_dmat_gemm_row_calls() - calls0;
     prefopt_model_set_grad_bucket(m, 100); /* several buckets even for the adapters of a tiny model */
     prefopt_model_allreduce_grads(m);
     size_t total = 0;
@@ -345,6 +349,15 @@ int main(int argc, char **argv)
                     result a, c;
                     run(&a, (prefopt_arch)arch, &g, 0, dropout, &tb);
                     compare(what, &a, &ref, tb.nunits);
+                    if (pr == 1 && pc > 1) {
+                        /* on one process row every product is an existing one-row path (r-wide collectives for
+                         * the adapters): forward = base linears + head + 2 per adapter, backward = base dX +
+                         * head dX + 4 per adapter (dU, dB, dA, dX), no base dW or head dE */
+                        const long nlin = 2 * (arch == PREFOPT_ARCH_GPT2 ? 6 : 7);
+                        const long want = 2 * (nlin + 1) + 6 * nlin;
+                        if (a.row_calls != want)
+                            FAIL("%s: %ld products on the one-row path, expected %ld", what, a.row_calls, want);
+                    }
                     run(&c, (prefopt_arch)arch, &g, 1, dropout, &tb);
                     if (c.n != a.n || memcmp(a.grads, c.grads, a.n * sizeof(float)))
                         FAIL("%s: activation checkpointing changed the adapter gradients", what);
@@ -360,7 +373,8 @@ int main(int argc, char **argv)
     int total = 0;
     MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     if (rank == 0)
-        printf("test_lora: %d grid configurations on %d ranks: %s\n", nconf, size, total ? "FAILED" : "all checks passed");
+        printf("test_lora: %d grid configurations on %d ranks: %s\n", nconf, size,
+               total ? "FAILED" : "all checks passed");
     prefopt_grid_free(&serial);
     MPI_Finalize();
     return total ? 1 : 0;

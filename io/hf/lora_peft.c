@@ -248,7 +248,8 @@ int prefopt_hf_export_peft(const char *ckpt, const char *dir, prefopt_err *err)
     const char **np = prefopt_xcalloc((size_t)cap, sizeof *np, "names");
     int *nd = prefopt_xcalloc((size_t)cap, sizeof *nd, "ndims");
     int64_t(*sh)[2] = prefopt_xcalloc((size_t)cap, sizeof *sh, "shapes");
-    int *tk = prefopt_xcalloc((size_t)cap, sizeof *tk, "kinds"), *tl = prefopt_xcalloc((size_t)cap, sizeof *tl, "layers");
+    int *tk = prefopt_xcalloc((size_t)cap, sizeof *tk, "kinds");
+    int *tl = prefopt_xcalloc((size_t)cap, sizeof *tl, "layers");
     for (int l = 0; l < nl; l++)
         for (int k = 0; k < PREFOPT_LORA_NKIND; k++) {
             int fused = gpt2 && k <= PF_LV_KIND;
@@ -410,7 +411,7 @@ int prefopt_lora_peft_config(const char *dir, prefopt_arch arch, prefopt_lora_co
                         *ap = cJSON_GetObjectItemCaseSensitive(o, "alpha_pattern");
             /* one scale for every module: patterns may change r and alpha only together */
             for (int k = 0; k < PREFOPT_LORA_NKIND && !err->set; k++) {
-                const char *mod = arch == PREFOPT_ARCH_GPT2 ? (k <= PF_LV_KIND ? "attn.c_attn" : gpt2_w[k]) : llama_w[k];
+                const char *mod = arch != PREFOPT_ARCH_GPT2 ? llama_w[k] : k <= PF_LV_KIND ? "attn.c_attn" : gpt2_w[k];
                 if (!(t & (1u << k)) || !mod)
                     continue;
                 double rk = pattern(rp, mod, r), ak = pattern(ap, mod, alpha);

@@ -7,7 +7,8 @@
 #   accuracy, KL to the reference (mean log pi/ref of completions sampled at temperature 1).
 # usage: jobs/demo/demo.sh            (from anywhere; artefacts in runs/demo/ of the repository)
 # Environment: DEMO_TASK (reverse; or add), DEMO_SEED (1), DEMO_NP (MPI ranks, default: 1 per 2 cores, at least 1), DEMO_SFT_STEPS (600),
-#   DEMO_DPO_STEPS (200), DEMO_LORA (1: also LoRA DPO, r 16 all-linear, --lr DEMO_LORA_LR = 2e-4), DEMO_SKIP_DEPS=1 (do not run tests/deps.sh), DEMO_SKIP_BUILD=1 (use the build as
+#   DEMO_DPO_STEPS (200), DEMO_LORA (1: also LoRA DPO from the SFT model, r 16 all-linear, --lr DEMO_LORA_LR = 2e-4),
+#   DEMO_SKIP_DEPS=1 (do not run tests/deps.sh), DEMO_SKIP_BUILD=1 (use the build as
 #   is), DEMO_BUILD_DIR (build), DEMO_RUN_DIR (runs/demo).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -8,7 +8,8 @@
 int prefopt_lora_options(prefopt_opt *o, int max, prefopt_lora_params *p)
 {
     const prefopt_opt base[] = {
-        {"lora-r", PREFOPT_OPT_INT, &p->r, "0", "LoRA rank: train low-rank adapters on a frozen base (0: full fine-tuning)"},
+        {"lora-r", PREFOPT_OPT_INT, &p->r, "0",
+         "LoRA rank: train low-rank adapters on a frozen base (0: full fine-tuning)"},
         {"lora-alpha", PREFOPT_OPT_DOUBLE, &p->alpha, "8", "LoRA alpha: the adapters' output is scaled by alpha / r"},
         {"lora-dropout", PREFOPT_OPT_DOUBLE, &p->dropout, "0", "dropout on the adapters' input while training"},
         {"lora-targets", PREFOPT_OPT_STRING, &p->targets, "",

@@ -183,7 +183,8 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
     prefopt_objective_norm norm;
     count_norm(&norm, t, st);
     if (t->lora.r > 0) /* LoRA dropout in training steps only; masks from (seed, step), so a resume redraws them */
-        prefopt_model_set_lora_train(t->policy, train, (uint64_t)t->p->seed * 0x9E3779B97F4A7C15ull + (uint64_t)t->step);
+        prefopt_model_set_lora_train(t->policy, train,
+                                     (uint64_t)t->p->seed * 0x9E3779B97F4A7C15ull + (uint64_t)t->step);
     int nmax = st->nmicro;
     MPI_Allreduce(MPI_IN_PLACE, &nmax, 1, MPI_INT, MPI_MAX, t->g.dp);
     double loss_sum = 0;
