@@ -243,6 +243,15 @@ static int publish_dir(const char *stage, const char *dir, prefopt_err *err)
 static int export_dir(const char *model_path, hid_t wf, const char *wpath, hf_lora *L, const char *dir,
                       const char *dtype, prefopt_err *err);
 
+/* export --dtype: empty (the imported torch_dtype), or one of the two prefopt writes */
+static int bad_dtype(const char *dtype, prefopt_err *err)
+{
+    if (dtype && *dtype && strcmp(dtype, "fp32") && strcmp(dtype, "float32") && strcmp(dtype, "bf16") &&
+        strcmp(dtype, "bfloat16"))
+        return prefopt_err_set(err, "export --dtype '%s': expected bf16 or fp32", dtype), 1;
+    return 0;
+}
+
 int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
 {
     return prefopt_hf_export_dtype(model_path, dir, "", err);
@@ -250,9 +259,8 @@ int prefopt_hf_export(const char *model_path, const char *dir, prefopt_err *err)
 
 int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char *dtype, prefopt_err *err)
 {
-    if (dtype && *dtype && strcmp(dtype, "fp32") && strcmp(dtype, "float32") && strcmp(dtype, "bf16") &&
-        strcmp(dtype, "bfloat16"))
-        return prefopt_err_set(err, "export --dtype '%s': expected bf16 or fp32", dtype), 1;
+    if (bad_dtype(dtype, err))
+        return 1;
     hf_lora L;
     int lr = hf_lora_open(model_path, &L, err);
     if (lr < 0)
@@ -271,9 +279,8 @@ int prefopt_hf_export_dtype(const char *model_path, const char *dir, const char 
 
 int prefopt_hf_export_merged(const char *ckpt, const char *dir, const char *dtype, prefopt_err *err)
 {
-    if (dtype && *dtype && strcmp(dtype, "fp32") && strcmp(dtype, "float32") && strcmp(dtype, "bf16") &&
-        strcmp(dtype, "bfloat16"))
-        return prefopt_err_set(err, "export --dtype '%s': expected bf16 or fp32", dtype), 1;
+    if (bad_dtype(dtype, err))
+        return 1;
     hf_lora L;
     int lr = hf_lora_open(ckpt, &L, err);
     if (lr)
