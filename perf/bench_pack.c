@@ -44,7 +44,7 @@ int main(int argc, char **argv)
         }
         fclose(f);
         prefopt_tokenizer *t = prefopt_tokenizer_byte();
-        prefopt_pack_opts o = {jsonl, h5, NULL, 0, 0, "auto", 0, 0, 0, 1, 0, t, 0, NULL, 0};
+        prefopt_pack_opts o = {jsonl, h5, NULL, 0, 0, "auto", 0, 0, 0, 1, 0, t, 0, NULL, 0, 1};
         prefopt_pack_stats st;
         if (!prefopt_pack(&o, &st, &err))
             printf("pack: %d examples, %.1f MB of JSONL in %.2f s = %.1f MB/s (one core)\n", N, st.bytes / 1e6,

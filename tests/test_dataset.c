@@ -35,7 +35,7 @@ static void pack(const char *fixture, const char *name, int max_prompt, int max_
     prefopt_err err = {0};
     if (rank == 0) {
         prefopt_tokenizer *t = prefopt_tokenizer_byte();
-        prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", max_prompt, max_len, trunc, 1, 0, t, 0, NULL, 0};
+        prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", max_prompt, max_len, trunc, 1, 0, t, 0, NULL, 0, 1};
         prefopt_pack_stats st;
         prefopt_pack(&o, &st, &err);
         prefopt_tokenizer_free(t);
@@ -233,7 +233,7 @@ static void make_big(int n)
     snprintf(out, sizeof out, "%s/big.h5", dir);
     if (rank == 0) {
         prefopt_tokenizer *t = prefopt_tokenizer_byte();
-        prefopt_pack_opts o = {path, out, NULL, 0, 0, "auto", 0, 0, 0, 0, 0, t, 0, NULL, 0};
+        prefopt_pack_opts o = {path, out, NULL, 0, 0, "auto", 0, 0, 0, 0, 0, t, 0, NULL, 0, 1};
         prefopt_pack_stats st;
         prefopt_pack(&o, &st, &err);
         prefopt_tokenizer_free(t);
@@ -476,6 +476,100 @@ static void test_empty_prompt_pair(void)
     prefopt_ds_batch_free(&b);
 }
 
+/* sft with a loss mask (pack --assistant-only-loss through a template with {% generation %} blocks): the reader
+ * hands the mask to the builder, only marked tokens are completion tokens; a mask value other than 0/1 is refused
+ * on every rank, by dataset, position and example. */
+static void test_sft_mask(void)
+{
+    char in[512], out[512], tf[512];
+    snprintf(in, sizeof in, "%s/aol.jsonl", dir);
+    snprintf(out, sizeof out, "%s/aol.h5", dir);
+    snprintf(tf, sizeof tf, "%s/tests/data/chat_templates/chatml_generation.jinja", getenv("PREFOPT_SOURCE_DIR"));
+    prefopt_err err = {0};
+    if (rank == 0) {
+        FILE *f = fopen(in, "w");
+        fputs("{\"messages\": [{\"role\": \"user\", \"content\": \"u1\"}, {\"role\": \"assistant\", \"content\": "
+              "\"A\"}, {\"role\": \"user\", \"content\": \"u2\"}, {\"role\": \"assistant\", \"content\": \"BC\"}]}\n"
+              "{\"text\": \"xy\"}\n",
+              f);
+        fclose(f);
+        prefopt_tokenizer *t = prefopt_tokenizer_byte();
+        prefopt_chat_template *ct = NULL;
+        if (prefopt_chat_template_load_file(tf, NULL, &ct, &err) == 0) {
+            prefopt_pack_opts o = {in, out, NULL, 0, 0, "auto", 0, 0, PREFOPT_TRUNC_KEEP_END, 1, 0, t, 0, ct, 1, 1};
+            prefopt_pack_stats st;
+            prefopt_pack(&o, &st, &err);
+        }
+        prefopt_chat_template_free(ct);
+        prefopt_tokenizer_free(t);
+    }
+    if (prefopt_agree(MPI_COMM_WORLD, &err))
+        prefopt_exit_error(&err, 1);
+    prefopt_dataset *ds = open_ds("aol");
+    CHECK(prefopt_dataset_info(ds)->has_mask, "no mask read");
+    prefopt_ds_loader_opts lo = {.global_batch = 2, .micro_batch = 2, .drop_last = 1, .pad_multiple = 1};
+    prefopt_ds_loader *L;
+    CHECK(!prefopt_ds_loader_create(ds, &lo, 0, 1, &L, &err), "%s", err.msg);
+    prefopt_ds_step st;
+    CHECK(!prefopt_ds_loader_next(L, &st, &err), "%s", err.msg);
+    const prefopt_ds_batch *b = &st.micro[0];
+    for (int r = 0; r < 2; r++) {
+        int row = b->example[r] == 0 ? r : -1;
+        if (row < 0)
+            continue;
+        /* the byte-level text of the conversation; trained: "A<|im_end|>" and "BC<|im_end|>" (bytes) */
+        char text[256] = {0}, want[256] = {0};
+        int n = 0;
+        for (int i = 0; i < b->b.T && b->b.seg[(size_t)row * b->b.T + i] >= 0; i++, n++) {
+            text[n] = (char)b->b.tokens[(size_t)row * b->b.T + i];
+            want[n] = b->b.completion[(size_t)row * b->b.T + i] ? (char)text[n] : '.';
+        }
+        const char *w = "<|im_start|>user\nu1<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+                        "<|im_start|>user\nu2<|im_end|>\n<|im_start|>assistant\nBC<|im_end|>\n";
+        CHECK(!strcmp(text, w), "conversation bytes: %s", text);
+        int a = (int)(strstr(w, "A<|im_end|>") - w), c = (int)(strstr(w, "BC<|im_end|>") - w), ok = 1;
+        for (int i = 0; i < n; i++) {
+            int in_a = i >= a && i < a + 11, in_c = i >= c && i < c + 12;
+            ok &= (want[i] != '.') == (in_a || in_c);
+        }
+        CHECK(ok, "trained bytes: %s", want);
+    }
+    for (int r = 0; r < 2; r++) /* the text line: every token but the first is trained */
+        if (b->example[r] == 1)
+            CHECK(b->b.completion[(size_t)r * b->b.T] == 0 && b->b.completion[(size_t)r * b->b.T + 1] == 1 &&
+                      b->b.completion[(size_t)r * b->b.T + 2] == 1,
+                  "text line mask");
+    prefopt_ds_step_free(&st);
+    prefopt_ds_loader_free(L);
+    prefopt_dataset_close(ds);
+    if (rank == 0) { /* a mask value of 2 */
+        hid_t f = H5Fopen(out, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(f, "completion/mask", H5P_DEFAULT);
+        hid_t fs = H5Dget_space(d);
+        hsize_t off = 3, cnt = 1;
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL);
+        hid_t ms = H5Screate_simple(1, &cnt, NULL);
+        int32_t v = 2;
+        CHECK(H5Dwrite(d, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, &v) >= 0, "writing the bad mask");
+        H5Sclose(ms), H5Sclose(fs), H5Dclose(d), H5Fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    ds = open_ds("aol");
+    lo.global_batch = lo.micro_batch = 1;
+    prefopt_err_clear(&err);
+    CHECK(!prefopt_ds_loader_create(ds, &lo, 0, 1, &L, &err), "%s", err.msg);
+    int seen = 0;
+    for (int s = 0; s < 2 && !seen; s++) {
+        int bad = prefopt_ds_loader_next(L, &st, &err);
+        if (bad)
+            seen = strstr(err.msg, "'completion/mask': value 2 at position 3 (example 0), expected 0 or 1") != NULL;
+        else
+            prefopt_ds_step_free(&st);
+    }
+    CHECK(seen, "bad mask: %s", err.msg);
+    prefopt_ds_loader_free(L);
+    prefopt_dataset_close(ds);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -500,6 +594,7 @@ int main(int argc, char **argv)
     test_bucketing_groups_lengths();
     test_bad_token();
     test_ref();
+    test_sft_mask();
     int all = 0;
     MPI_Allreduce(&failures, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     MPI_Barrier(MPI_COMM_WORLD);

@@ -41,7 +41,7 @@ errs = 0
 for tok, kinds in ref.items():
     mism = 0
     for kind, rows in kinds.items():
-        if kind == "prompt_mismatches":
+        if kind in ("prompt_mismatches", "sft_aol"):  # sft_aol: checked below
             continue
         with h5py.File(f"{tok}-{kind}.h5", "r") as f:
             fields = {"pairs": ["prompt", "chosen", "rejected"], "text_pairs": ["prompt", "chosen", "rejected"],
@@ -69,8 +69,44 @@ if errs:
     sys.exit(1)
 print("ok: every packed id equals the python3-jinja2 + tokenizers reference (TRL 1.x splitting)")
 PYEOF
-# --assistant-only-loss: loss on the final assistant turn (prompt = the rest with the generation prompt); its prompt +
-# completion is the whole conversation of the all-token packing; an earlier assistant turn is refused by line
+# --assistant-only-loss (TRL's assistant_only_loss): with a template that has {% generation %} blocks
+# (chatml_generation.jinja), every assistant turn of a multi-turn conversation is trained: completion/mask equals the
+# mask transformers' return_assistant_tokens_mask gives (reference.json kind sft_aol, offsets from npm tokenizers), for
+# the byte-level (Llama-3, Qwen3) and the SentencePiece (Llama-2) tokenizer; prompt/completion lines train their whole
+# completion
+for t in llama3 qwen3 llama2; do
+  "$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output $t-aol.h5 --tokenizer $t \
+    --chat-template "$DATA/chat_templates/chatml_generation.jinja" --assistant-only-loss > $t-aol.log 2>&1 ||
+    { bad "pack --assistant-only-loss $t"; cat $t-aol.log; }
+done
+$PY - "$DATA/pack_chat/reference.json" <<'PYEOF' || fail=1
+import h5py, json, sys
+ref = json.load(open(sys.argv[1]))["tokenizers"]
+errs = 0
+for tok in ("llama3", "qwen3", "llama2"):
+    with h5py.File(f"{tok}-aol.h5") as f:
+        rows = ref[tok]["sft_aol"]
+        assert int(f.attrs["num_examples"]) == len(rows)
+        o = f["completion/offsets"]
+        for i, r in enumerate(rows):
+            got = [f[n + "/tokens"][f[n + "/offsets"][i]:f[n + "/offsets"][i + 1]].tolist() for n in ("prompt", "completion")]
+            mask = f["completion/mask"][o[i]:o[i + 1]].tolist()
+            if got != r["fields"] or mask != r["mask"]:
+                errs += 1
+                print(f"FAIL: {tok} assistant-only example {i}:\n  prefopt   {got} {mask}\n  reference {r['fields']} {r['mask']}")
+        # the multi-turn example trains two separate answers: 0 -> 1 -> 0 -> 1 (-> 0 where "\n" is a token apart)
+        m = f["completion/mask"][o[1]:o[2]].tolist()
+        runs = [m[0]] + [b for a, b in zip(m, m[1:]) if a != b]
+        if runs[:4] != [0, 1, 0, 1] or len(runs) > 5:
+            errs += 1
+            print(f"FAIL: {tok}: the multi-turn mask runs are {runs}")
+if errs:
+    sys.exit(1)
+print("ok: --assistant-only-loss masks equal transformers' assistant masks (3 tokenizers)")
+PYEOF
+"$PREFOPT" inspect --file qwen3-aol.h5 | grep -q "loss mask: completion/mask" && ok "inspect shows the loss mask" || bad "inspect mask"
+# a template without {% generation %} (Qwen3's own): a single-turn conversation keeps the final turn as the
+# completion (prompt = the rest with the generation prompt); an earlier assistant turn is refused by line
 head -1 "$DATA/pack_chat/sft.jsonl" > one.jsonl
 "$PREFOPT" pack --input one.jsonl --output one.h5 --tokenizer qwen3 --assistant-only-loss > one.log 2>&1 || { bad "assistant-only"; cat one.log; }
 $PY - <<'PYEOF' || fail=1
@@ -81,13 +117,14 @@ with h5py.File("one.h5") as a, h5py.File("qwen3-sft.h5") as b:
     p, c, whole = ex(a, "prompt", 0), ex(a, "completion", 0), ex(b, "completion", 0)
     assert ex(b, "prompt", 0) == [] and p and c, "all-token packing has an empty prompt"
     assert p[:-3] == whole[:len(p) - 3] and c[-2:] == whole[-2:], (p, c, whole)
-print("ok: --assistant-only-loss splits off the final assistant turn")
+    assert a["completion/mask"][:].tolist() == [1] * len(c), "the final-turn completion is trained whole"
+print("ok: --assistant-only-loss without generation blocks splits off the final assistant turn")
 PYEOF
 if "$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output ao.h5 --tokenizer qwen3 --assistant-only-loss > ao.log 2>&1; then
-  bad "--assistant-only-loss accepted an earlier assistant turn"
+  bad "--assistant-only-loss accepted an earlier assistant turn without generation blocks"
 else
-  grep -q "sft.jsonl:2: field 'messages': message 2 is an earlier assistant turn" ao.log && [ ! -e ao.h5 ] &&
-    ok "--assistant-only-loss refuses multi-turn by line" || { bad "assistant-only message"; cat ao.log; }
+  grep -q "sft.jsonl:2: field 'messages': message 2 is an earlier assistant turn: --assistant-only-loss needs a chat template with {% generation %} blocks" ao.log && [ ! -e ao.h5 ] &&
+    ok "--assistant-only-loss without generation blocks refuses multi-turn by line" || { bad "assistant-only message"; cat ao.log; }
 fi
 # a tokenizer without a chat template: ChatML, said so
 "$PREFOPT" pack --input "$DATA/pack_chat/sft.jsonl" --output l2.h5 --tokenizer llama2 > l2.log 2>&1 &&

@@ -10,6 +10,9 @@
  *     "pairs"     prompt, chosen, rejected    (DPO family; a completion never repeats the prompt)
  *     "unpaired"  prompt, completion, and     label  uint8 [N]  1 = desirable, 0 = undesirable (KTO)
  *     "sft"       prompt, completion          (plain text: every prompt empty, the text is the completion)
+ *                 and optionally  completion/mask  uint8 [len(completion/tokens)]: 1 = the token is trained,
+ *                 0 = it is context only (TRL's assistant_only_loss: the tokens of every assistant turn); without
+ *                 it every completion token is trained
  * Root attributes (scalars):
  *     format_version int32 = 1;  kind string ("pairs" | "unpaired" | "sft");  num_examples int64;
  *     vocab_size int32;  tokenizer string (prefopt_tokenizer_identity: "byte" or "sha256:<hex>");
@@ -41,7 +44,7 @@
  *                completion=0), unit 2k+1 = rejected; rejected positions restart after the prompt; the first
  *                token of each branch has parent = the last prompt token.
  *     sft:       [prompt | completion], seg 0/1, unit k. Plain text (empty prompt): every token but the first
- *                is a completion token.
+ *                is a completion token. With a loss mask, a completion token is one only where its mask is 1.
  *     unpaired:  [prompt | completion | KL completion], seg 0/1/2; unit 2k = the completion, unit 2k+1 = the KL
  *                unit: the completion of example (k-1) mod m of the same micro-batch (TRL's rotation:
  *                (x1,y_m),(x2,y1),...). Without KL units (kl_units = 0): [prompt | completion], unit k.
@@ -77,6 +80,7 @@ typedef struct {
     int vocab_size, bos_id, eos_id, pad_id;
     char tokenizer[192];
     int has_ref;          /* the ref group is present and complete */
+    int has_mask;         /* sft: completion/mask is present */
     char ref_model[192];  /* ref.model attribute, "" if none */
     int64_t num_tokens[PREFOPT_DS_MAX_FIELDS];
 } prefopt_ds_info;
@@ -108,7 +112,8 @@ int64_t prefopt_dataset_len(const prefopt_dataset *ds, int field, int64_t i);
 
 /* Collective over comm: reads the tokens of the listed examples (any order, no duplicates; n may be 0 on some
  * ranks) for every field. tokens[f] (malloc'd, caller frees) receives the examples' tokens concatenated in the
- * order of idx, start[f][j] (malloc'd, n+1 entries) where example idx[j] begins. */
+ * order of idx, start[f][j] (malloc'd, n+1 entries) where example idx[j] begins. An sft dataset with a loss mask
+ * also fills tokens[2]/start[2] with the mask (0/1) of every completion token, laid out as tokens[1]. */
 int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t *tokens[PREFOPT_DS_MAX_FIELDS],
                          int64_t *start[PREFOPT_DS_MAX_FIELDS], prefopt_err *err);
 
@@ -185,7 +190,7 @@ int prefopt_ds_loader_next(prefopt_ds_loader *L, prefopt_ds_step *step, prefopt_
 void prefopt_ds_step_free(prefopt_ds_step *step);
 
 /* The batch builder alone (dataset_batch.c): builds one micro-batch from n examples whose tokens are given per
- * field as in prefopt_dataset_read. label may be NULL (not unpaired); ref is [n][nrefs] or NULL. */
+ * field as in prefopt_dataset_read (an sft loss mask in tokens[2], or tokens[2] NULL). label may be NULL (not unpaired); ref is [n][nrefs] or NULL. */
 void prefopt_ds_batch_build(prefopt_ds_kind kind, int n, const int64_t *example, int32_t *const tokens[],
                             int64_t *const start[], const uint8_t *label, const double *ref, int kl_units, int pad_id,
                             int pad_multiple, prefopt_ds_batch *out);

@@ -17,9 +17,11 @@
  * those), no EOS appended (the template ends the turn); an implicit prompt (no "prompt", or a text "prompt"
  * beside message lists, the UltraFeedback layout) is the longest common run of leading messages of chosen and
  * rejected; sft "messages" are, as TRL's SFT does by default, one completion of the whole rendered conversation
- * (loss on every token, empty prompt); with assistant_only_loss the prompt is every message but the last and the
- * completion the final assistant turn (a conversation with an earlier assistant turn is refused: the dataset
- * format has no per-token masks yet).
+ * (loss on every token, empty prompt); with assistant_only_loss, as TRL's assistant_only_loss does, the loss mask
+ * (completion/mask) marks the tokens of the template's {% generation %} blocks (every assistant turn; transformers'
+ * return_assistant_tokens_mask); with a template that has no such block the prompt is every message but the last
+ * and the completion the final assistant turn (a conversation with an earlier assistant turn is then refused).
+ * Under assistant_only_loss every sft example gets a mask (all ones for text and prompt/completion lines).
  * Without a template (opts.chat NULL) messages are rendered with the ChatML template:
  *   every message:       <|im_start|>{role}\n{content}<|im_end|>\n
  *   a prompt ends with:  <|im_start|>assistant\n   (the generation prompt)
@@ -57,7 +59,9 @@ typedef struct {
     const prefopt_tokenizer *tok;
     int unpair;              /* pairs input -> unpaired output: (prompt, chosen, 1) and (prompt, rejected, 0) */
     const prefopt_chat_template *chat; /* the model's chat template; NULL: the ChatML rendering above */
-    int assistant_only_loss; /* sft "messages": loss on the final assistant turn only (else, TRL's default, on all) */
+    int assistant_only_loss; /* sft "messages": loss on the assistant turns only (else, TRL's default, on all) */
+    int add_special_tokens;  /* text prompts and sft texts get the tokenizer.json post-processor's special tokens
+                              * (Llama: BOS), as TRL 1.x's tokenizer(prompt) does; chat renders never do */
 } prefopt_pack_opts;
 
 enum { PREFOPT_PACK_DROP_PROMPT = 0, PREFOPT_PACK_DROP_LENGTH, PREFOPT_PACK_DROP_EMPTY, PREFOPT_PACK_NDROP };

@@ -15,7 +15,7 @@ typedef struct {
 /* Appends one branch of n tokens starting at row index at; positions continue from pos0; the first token's
  * parent is first_parent (-1: not predicted). Returns the new row length. */
 static int put_branch(row_out *r, int at, const int32_t *ids, int n, int seg, int pos0, int first_parent, int unit,
-                      int completion)
+                      int completion, const int32_t *mask)
 {
     for (int j = 0; j < n; j++) {
         int i = at + j, parent = j ? i - 1 : first_parent;
@@ -24,7 +24,7 @@ static int put_branch(row_out *r, int at, const int32_t *ids, int n, int seg, in
         r->seg[i] = (int8_t)seg;
         r->parent[i] = parent;
         r->unit[i] = parent < 0 ? -1 : unit;
-        r->comp[i] = parent < 0 ? 0 : (uint8_t)completion;
+        r->comp[i] = parent < 0 ? 0 : (uint8_t)(mask ? completion && mask[j] : completion);
     }
     return at + n;
 }
@@ -73,13 +73,14 @@ void prefopt_ds_batch_build(prefopt_ds_kind kind, int n, const int64_t *example,
                        r.unit + (size_t)k * T, r.seg + (size_t)k * T, r.comp + (size_t)k * T};
         int P = LEN(0, k), C = LEN(1, k);
         int u0 = two ? 2 * k : k;
-        int at = put_branch(&row, 0, IDS(0, k), P, 0, 0, -1, u0, 0);
-        at = put_branch(&row, at, IDS(1, k), C, 1, P, P - 1, u0, 1);
+        const int32_t *mask = kind == PREFOPT_DS_SFT && tokens[2] ? IDS(2, k) : NULL; /* sft loss mask */
+        int at = put_branch(&row, 0, IDS(0, k), P, 0, 0, -1, u0, 0, NULL);
+        at = put_branch(&row, at, IDS(1, k), C, 1, P, P - 1, u0, 1, mask);
         if (kind == PREFOPT_DS_PAIRS)
-            at = put_branch(&row, at, IDS(2, k), LEN(2, k), 2, P, P - 1, u0 + 1, 1);
+            at = put_branch(&row, at, IDS(2, k), LEN(2, k), 2, P, P - 1, u0 + 1, 1, NULL);
         else if (kl) {
             int m = (k + n - 1) % n; /* TRL: (x1, y_n), (x2, y1), ... */
-            at = put_branch(&row, at, IDS(1, m), LEN(1, m), 2, P, P - 1, u0 + 1, 1);
+            at = put_branch(&row, at, IDS(1, m), LEN(1, m), 2, P, P - 1, u0 + 1, 1, NULL);
         }
         for (int i = at; i < T; i++) {
             row.tok[i] = pad_id;

@@ -53,6 +53,7 @@ struct prefopt_dataset {
     int rank, size;
     hid_t file, dxpl;
     hid_t tokens[PREFOPT_DS_MAX_FIELDS];
+    hid_t mask;                              /* sft completion/mask, -1 when absent */
     prefopt_ds_info info;
     int nfields;
     int64_t *offsets[PREFOPT_DS_MAX_FIELDS]; /* [N+1] each */
@@ -221,6 +222,21 @@ static int check_ids(const prefopt_dataset *ds, int f, const int32_t *ids, int64
     return 0;
 }
 
+/* A loss mask holds 0 or 1 per completion token. */
+static int check_mask(const prefopt_dataset *ds, int f, const int32_t *m, int64_t n, int64_t first_pos,
+                      prefopt_err *err)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (m[i] != 0 && m[i] != 1) {
+            int64_t p = first_pos + i;
+            prefopt_err_set(err, "%s: dataset 'completion/mask': value %d at position %" PRId64 " (example %" PRId64
+                                 "), expected 0 or 1",
+                            ds->path, m[i], p, example_of(ds, f, p));
+            return 1;
+        }
+    return 0;
+}
+
 /* Each rank checks a contiguous slice of every token array, in collective reads of at most 4M ids. */
 static void scan_tokens(prefopt_dataset *ds, prefopt_err *err)
 {
@@ -346,6 +362,20 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
             return;
         }
     }
+    if (H5Lexists(ds->file, "completion", H5P_DEFAULT) > 0 &&
+        H5Lexists(ds->file, "completion/mask", H5P_DEFAULT) > 0) {
+        if (in->kind != PREFOPT_DS_SFT) {
+            prefopt_err_set(err, "%s: dataset 'completion/mask' in a '%s' dataset (only sft datasets carry loss "
+                                 "masks)",
+                            path, kind_names[in->kind]);
+            return;
+        }
+        int64_t len;
+        ds->mask = open_checked(ds->file, path, "completion/mask", H5T_INTEGER, 1, -1, in->num_tokens[1], &len, err);
+        if (ds->mask < 0)
+            return;
+        in->has_mask = 1;
+    }
     if (in->kind == PREFOPT_DS_UNPAIRED) {
         int64_t len;
         hid_t d = open_checked(ds->file, path, "label", H5T_INTEGER, 1, 0, N, &len, err);
@@ -399,6 +429,8 @@ void prefopt_dataset_close(prefopt_dataset *ds)
             H5Dclose(ds->tokens[f]);
         free(ds->offsets[f]);
     }
+    if (ds->mask >= 0)
+        H5Dclose(ds->mask);
     if (ds->dxpl >= 0)
         H5Pclose(ds->dxpl);
     if (ds->file >= 0)
@@ -414,7 +446,7 @@ int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expec
     prefopt_dataset *ds = prefopt_xcalloc(1, sizeof *ds, "dataset");
     ds->path = strdup(path);
     ds->comm = comm;
-    ds->file = ds->dxpl = -1;
+    ds->file = ds->dxpl = ds->mask = -1;
     for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
         ds->tokens[f] = -1;
     MPI_Comm_rank(comm, &ds->rank);
@@ -512,6 +544,8 @@ void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds)
         fprintf(f, "\n");
     }
     free(len);
+    if (in->has_mask)
+        fprintf(f, "  loss mask: completion/mask (only the tokens it marks are trained: --assistant-only-loss)\n");
     if (in->kind == PREFOPT_DS_UNPAIRED) {
         int64_t pos = 0;
         for (int64_t i = 0; i < in->num_examples; i++)
@@ -555,15 +589,19 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
     quiet_h5 q = h5_quiet();
     for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
         tokens[f] = NULL, start[f] = NULL;
-    for (int f = 0; f < ds->nfields; f++) {
-        const int64_t *o = ds->offsets[f];
+    /* the fields, then an sft dataset's loss mask with the completion's selection (into tokens[nfields]) */
+    const int nread = ds->nfields + ds->info.has_mask;
+    for (int f = 0; f < nread; f++) {
+        const int is_mask = f == ds->nfields, of = is_mask ? 1 : f;
+        const hid_t dset = is_mask ? ds->mask : ds->tokens[f];
+        const int64_t *o = ds->offsets[of];
         int64_t total = 0;
         start[f] = prefopt_xmalloc((size_t)(n + 1) * sizeof(int64_t), "example starts");
         for (int j = 0; j < n; j++)
             total += o[idx[j] + 1] - o[idx[j]];
         int32_t *sorted = prefopt_xmalloc((size_t)(total ? total : 1) * sizeof(int32_t), "tokens");
         tokens[f] = prefopt_xmalloc((size_t)(total ? total : 1) * sizeof(int32_t), "tokens");
-        hid_t fs = H5Dget_space(ds->tokens[f]);
+        hid_t fs = H5Dget_space(dset);
         H5Sselect_none(fs);
         for (int j = 0; j < n;) {
             /* merge runs of adjacent examples into one hyperslab */
@@ -581,8 +619,9 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
         hid_t ms = H5Screate_simple(1, &mlen, NULL);
         if (!total)
             H5Sselect_none(ms);
-        if (H5Dread(ds->tokens[f], H5T_NATIVE_INT32, ms, fs, ds->dxpl, sorted) < 0)
-            prefopt_err_set(err, "%s: cannot read dataset '%s/tokens'", ds->path, field_names[ds->info.kind][f]);
+        if (H5Dread(dset, H5T_NATIVE_INT32, ms, fs, ds->dxpl, sorted) < 0)
+            prefopt_err_set(err, "%s: cannot read dataset '%s/%s'", ds->path, field_names[ds->info.kind][of],
+                            is_mask ? "mask" : "tokens");
         H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
         H5Pget_mpio_actual_io_mode(ds->dxpl, &mode);
         ds->last_io_mode = (int)mode;
@@ -601,7 +640,7 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
             start[f][j] = w;
             memcpy(tokens[f] + w, sorted + at[j], (size_t)len * sizeof(int32_t));
             if (!err->set)
-                check_ids(ds, f, tokens[f] + w, len, o[idx[j]], err);
+                (is_mask ? check_mask : check_ids)(ds, of, tokens[f] + w, len, o[idx[j]], err);
             w += len;
         }
         start[f][n] = w;

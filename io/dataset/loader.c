@@ -207,7 +207,7 @@ int prefopt_ds_loader_next(prefopt_ds_loader *L, prefopt_ds_step *step, prefopt_
         return 1;
     const prefopt_ds_info *in = prefopt_dataset_info(L->ds);
     const uint8_t *labels = prefopt_ds_labels(L->ds);
-    const int nr = prefopt_ds_kind_nrefs(in->kind), nf = prefopt_ds_kind_nfields(in->kind);
+    const int nr = prefopt_ds_kind_nrefs(in->kind), nf = prefopt_ds_kind_nfields(in->kind) + in->has_mask;
     const int m = L->o.micro_batch;
     step->epoch = L->cur.epoch, step->step = s, step->global_examples = (int)gn;
     step->nmicro = (n + m - 1) / m;

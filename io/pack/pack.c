@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "prefopt/pack.h"
 #include "dataset_internal.h"
+#include "pack_internal.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -73,6 +74,16 @@ static void ids_push(ids_t *a, int32_t x)
     a->v[a->n++] = x;
 }
 
+static void ids_reserve(ids_t *a, size_t n)
+{
+    if (n > a->cap) {
+        a->cap = n;
+        a->v = realloc(a->v, a->cap * sizeof(int32_t));
+        if (!a->v)
+            prefopt_die("out of memory for token ids");
+    }
+}
+
 /* ---- one output file --------------------------------------------------------------------------------------- */
 enum { TOK_CHUNK = 1 << 18, OFF_CHUNK = 1 << 15 };
 
@@ -88,10 +99,10 @@ typedef struct {
     char *final, *tmp;
     hid_t file;
     int nfields;
-    appender tok[PREFOPT_DS_MAX_FIELDS], off[PREFOPT_DS_MAX_FIELDS], label;
+    appender tok[PREFOPT_DS_MAX_FIELDS], off[PREFOPT_DS_MAX_FIELDS], label, mask;
     int64_t total[PREFOPT_DS_MAX_FIELDS]; /* tokens so far per field */
     int64_t n;                            /* examples */
-    int has_label;
+    int has_label, has_mask; /* has_mask: sft completion/mask, from fields[2] */
 } writer;
 
 static int app_create(appender *a, hid_t loc, const char *name, hid_t filetype, hid_t memtype, size_t esize,
@@ -144,7 +155,7 @@ static void app_close(appender *a)
     a->d = -1, a->buf = NULL;
 }
 
-static int writer_open(writer *w, const char *path, prefopt_ds_kind kind, prefopt_err *err)
+static int writer_open(writer *w, const char *path, prefopt_ds_kind kind, int mask, prefopt_err *err)
 {
     memset(w, 0, sizeof *w);
     w->final = strdup(path);
@@ -166,6 +177,10 @@ static int writer_open(writer *w, const char *path, prefopt_ds_kind kind, prefop
         int64_t zero = 0;
         bad |= app_put(&w->off[f], &zero, 1);
     }
+    if (mask) { /* 0/1 per completion token, converted by HDF5 from the int32 buffer */
+        w->has_mask = 1;
+        bad |= app_create(&w->mask, w->file, "completion/mask", H5T_STD_U8LE, H5T_NATIVE_INT32, 4, TOK_CHUNK);
+    }
     if (kind == PREFOPT_DS_UNPAIRED) {
         w->has_label = 1;
         bad |= app_create(&w->label, w->file, "label", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, OFF_CHUNK);
@@ -185,6 +200,8 @@ static int writer_add(writer *w, ids_t *const fields[], uint8_t label)
     }
     if (w->has_label)
         bad |= app_put(&w->label, &label, 1);
+    if (w->has_mask)
+        bad |= app_put(&w->mask, fields[2]->v, fields[2]->n);
     w->n++;
     return bad;
 }
@@ -210,6 +227,8 @@ static int writer_finish(writer *w, int ok, prefopt_ds_kind kind, const prefopt_
             bad |= app_flush(&w->tok[f]) | app_flush(&w->off[f]);
         if (w->has_label)
             bad |= app_flush(&w->label);
+        if (w->has_mask)
+            bad |= app_flush(&w->mask);
         bad |= write_int_attr(w->file, "format_version", H5T_STD_I32LE, PREFOPT_DS_FORMAT_VERSION);
         bad |= prefopt_ds_write_str_attr(w->file, "kind", prefopt_ds_kind_name(kind));
         bad |= write_int_attr(w->file, "num_examples", H5T_STD_I64LE, w->n);
@@ -223,6 +242,8 @@ static int writer_finish(writer *w, int ok, prefopt_ds_kind kind, const prefopt_
         app_close(&w->tok[f]), app_close(&w->off[f]);
     if (w->has_label)
         app_close(&w->label);
+    if (w->has_mask)
+        app_close(&w->mask);
     if (w->file >= 0)
         bad |= H5Fclose(w->file) < 0;
     if (ok && bad)
@@ -248,6 +269,7 @@ typedef struct {
     int conv; /* this example's completions were rendered with the model's chat template (no EOS appended) */
     int msgs; /* this example held chat messages */
     int mismatch; /* the prompt's ids are not the start of render(prompt + completion)'s ids */
+    int masked;   /* sft: fields[2] holds this example's loss mask from the template's {% generation %} spans */
 } ctx;
 
 static int encode(ctx *c, const char *s, size_t len, int special, ids_t *out, const char *field)
@@ -319,7 +341,35 @@ static int ids_from_array(ctx *c, const cJSON *a, ids_t *out, const char *field)
     return 0;
 }
 
-/* A field as a string, token ids, or messages; or "<name>_ids". Returns 1 on error, -1 if absent. */
+/* The special tokens Hugging Face's tokenizer(text) (add_special_tokens=True) puts around a text, from the
+ * tokenizer.json post-processor (Llama-2/3: BOS first; GPT-2, Qwen: none): TRL 1.x tokenizes standard (text) prompts
+ * this way. -1 where there is none or add_special_tokens is off. */
+static void text_specials(const ctx *c, int *first, int *last)
+{
+    *first = *last = -1;
+    if (c->o->add_special_tokens)
+        prefopt_tokenizer_template(c->o->tok, first, last);
+}
+
+/* A field as a string, token ids, or messages; or "<name>_ids". Returns 1 on error, -1 if absent. A text prompt
+ * (msg_mode 0) gets the post-processor's special tokens, as TRL's tokenizer(prompt). */
+static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, ids_t *out);
+static int text_field(ctx *c, const char *s, int msg_mode, ids_t *out, const char *fname)
+{
+    int first, last;
+    text_specials(c, &first, &last);
+    if (msg_mode != 0 || !s[0])
+        first = last = -1;
+    if (first >= 0)
+        ids_push(out, first);
+    if (encode_str(c, s, 1, out, fname))
+        return 1;
+    if (last >= 0)
+        ids_push(out, last);
+    return 0;
+}
+
+
 static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, ids_t *out)
 {
     out->n = 0;
@@ -339,7 +389,7 @@ static int get_field(ctx *c, const cJSON *obj, const char *name, int msg_mode, i
         }
     }
     if (cJSON_IsString(v)) /* special tokens in text are the tokenizer's added tokens, as `prefopt tokenize` reads them */
-        return encode_str(c, v->valuestring, 1, out, fname);
+        return text_field(c, v->valuestring, msg_mode, out, fname);
     if (cJSON_IsArray(v)) {
         if (v->child && cJSON_IsObject(v->child))
             return render_messages(c, v, msg_mode, out, fname);
@@ -397,6 +447,43 @@ static int chat_ids(ctx *c, const cJSON *msgs, int agp, ids_t *out, const char *
     int bad = encode(c, text, len, 1, out, field); /* the template's markers are special tokens */
     free(text);
     return bad;
+}
+
+/* The whole conversation with the loss mask of its {% generation %} spans in mask (TRL's assistant_only_loss).
+ * 2 when the template marks no span (the caller decides), 1 on error, 0 done. */
+static int chat_ids_masked(ctx *c, const cJSON *msgs, ids_t *out, ids_t *mask, const char *field)
+{
+    char *text;
+    size_t len, nspans = 0;
+    prefopt_chat_span *spans = NULL;
+    prefopt_err e = {0};
+    if (prefopt_chat_template_render(c->o->chat, msgs, 0, NULL, &text, &len, &spans, &nspans, &e)) {
+        prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': %s", c->file, c->line, field, e.msg);
+        return 1;
+    }
+    int rc = 2;
+    if (nspans) {
+        out->n = 0;
+        rc = encode(c, text, len, 1, out, field);
+        ids_reserve(mask, out->n);
+        mask->n = out->n;
+        if (!rc && prefopt_pack_span_mask(c->o->tok, text, len, out->v, out->n, spans, nspans, mask->v, &e)) {
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': %s", c->file, c->line, field, e.msg);
+            rc = 1;
+        }
+        size_t ones = 0;
+        for (size_t k = 0; !rc && k < mask->n; k++)
+            ones += (size_t)mask->v[k];
+        if (!rc && !ones) { /* TRL refuses the same */
+            prefopt_err_set(c->err, "%s:%" PRId64 ": field '%s': --assistant-only-loss: the template's "
+                                    "{%% generation %%} blocks mark no token of this conversation",
+                            c->file, c->line, field);
+            rc = 1;
+        }
+        c->masked = !rc;
+    }
+    free(text), free(spans);
+    return rc;
 }
 
 static int is_messages(const cJSON *v) { return cJSON_IsArray(v) && v->child && cJSON_IsObject(v->child); }
@@ -507,20 +594,24 @@ static int parse_chat(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const
                         c->file, c->line);
         return 1;
     }
-    if (!c->o->assistant_only_loss) { /* TRL's language modelling on the conversation: every token */
-        c->conv = c->msgs = 1;
-        fl[0]->n = 0;
+    c->conv = c->msgs = 1;
+    fl[0]->n = 0;
+    if (!c->o->assistant_only_loss) /* TRL's language modelling on the conversation: every token */
         return chat_ids(c, msgs, 0, fl[1], "messages");
-    }
+    /* TRL's assistant_only_loss: the tokens of every assistant turn, as the template's {% generation %} blocks
+     * mark them; a template without such blocks (most) leaves the final turn as the completion, below */
+    int rc = chat_ids_masked(c, msgs, fl[1], fl[2], "messages");
+    if (rc != 2)
+        return rc;
     int i = 0;
     for (const cJSON *m = msgs->child; m && m != last; m = m->next, i++) {
         const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
         if (cJSON_IsString(r) && !strcmp(r->valuestring, "assistant")) {
             prefopt_err_set(c->err, "%s:%" PRId64 ": field 'messages': message %d is an earlier assistant turn: "
-                                    "--assistant-only-loss supports the final assistant turn only (per-token loss "
-                                    "masks are not in the dataset format yet); pack without it for TRL's all-token "
-                                    "loss",
-                            c->file, c->line, i);
+                                    "--assistant-only-loss needs a chat template with {%% generation %%} blocks to "
+                                    "find every assistant turn (as TRL does), and %s has none: pass one with "
+                                    "--chat-template, or pack without --assistant-only-loss for TRL's all-token loss",
+                            c->file, c->line, i, prefopt_chat_template_name(c->o->chat));
             return 1;
         }
     }
@@ -541,6 +632,8 @@ static int rejoin_text(ctx *c, const cJSON *o, const char *const names[], int n,
     if (!cJSON_IsString(p) || !p->valuestring[0])
         return 0;
     size_t pl = strlen(p->valuestring);
+    int first, last;
+    text_specials(c, &first, &last);
     for (int k = 1; k <= n; k++) {
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, names[k]);
         if (!cJSON_IsString(x))
@@ -550,10 +643,14 @@ static int rejoin_text(ctx *c, const cJSON *o, const char *const names[], int n,
         memcpy(both, p->valuestring, pl);
         memcpy(both + pl, x->valuestring, xl + 1);
         fl[k]->n = 0;
+        if (first >= 0)
+            ids_push(fl[k], first);
         int bad = encode(c, both, pl + xl, 1, fl[k], names[k]);
         free(both);
         if (bad)
             return 1;
+        if (last >= 0)
+            ids_push(fl[k], last);
         if (fl[k]->n < fl[0]->n || (fl[0]->n && memcmp(fl[k]->v, fl[0]->v, fl[0]->n * sizeof(int32_t))))
             c->mismatch = 1;
         size_t cut = fl[k]->n < fl[0]->n ? fl[k]->n : fl[0]->n;
@@ -566,7 +663,7 @@ static int rejoin_text(ctx *c, const cJSON *o, const char *const names[], int n,
 /* Fills fields[0..] (prompt first) and label from one parsed line of the given kind. */
 static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *const fl[], uint8_t *label)
 {
-    c->conv = c->msgs = c->mismatch = 0;
+    c->conv = c->msgs = c->mismatch = c->masked = 0;
     int chat = 2;
     if (c->o->chat && (chat = parse_chat(c, o, kind, fl)) == 1)
         return 1;
@@ -641,9 +738,17 @@ static int parse_example(ctx *c, const cJSON *o, prefopt_ds_kind kind, ids_t *co
         cJSON_Delete(tail);
         return bad;
     }
-    if (has(o, "text")) {
+    if (has(o, "text")) { /* TRL's SFT: tokenizer(text); a leading special (BOS) is context, not trained */
+        int first, last;
+        text_specials(c, &first, &last);
         fl[0]->n = 0;
-        return require(c, get_field(c, o, "text", 2, fl[1]), "text");
+        if (require(c, get_field(c, o, "text", 2, fl[1]), "text"))
+            return 1;
+        if (first >= 0)
+            ids_push(fl[0], first);
+        if (last >= 0)
+            ids_push(fl[1], last);
+        return 0;
     }
     static const char *const names[] = {"prompt", "completion"};
     return require(c, get_field(c, o, "prompt", 0, fl[0]), "prompt") ||
@@ -692,6 +797,22 @@ static int shape_example(const prefopt_pack_opts *o, const prefopt_tokenizer *t,
         if (!fl[f]->n)
             return PREFOPT_PACK_DROP_EMPTY;
     return -1;
+}
+
+/* An sft loss mask after shape_example: a masked completion may only have been cut (the template ends its turns,
+ * so no EOS was appended); an unmasked one (text, prompt/completion) trains on every token. */
+static int shape_mask(const ids_t *comp, ids_t *mask, int masked)
+{
+    if (!masked) {
+        ids_reserve(mask, comp->n);
+        for (size_t k = 0; k < comp->n; k++)
+            mask->v[k] = 1;
+    }
+    mask->n = comp->n;
+    for (size_t k = 0; k < mask->n; k++)
+        if (mask->v[k])
+            return -1;
+    return PREFOPT_PACK_DROP_EMPTY; /* truncation left no trained token */
 }
 
 static int goes_to_eval(const prefopt_pack_opts *o, int64_t line)
@@ -770,11 +891,11 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
         prefopt_err_set(err, "%s: cannot open the input", o->input);
         return 1;
     }
-    ctx c = {o, o->input, 0, prefopt_tokenizer_vocab_size(o->tok), err, 0, 0, 0};
+    ctx c = {o, o->input, 0, prefopt_tokenizer_vocab_size(o->tok), err, 0, 0, 0, 0};
     ids_t store[PREFOPT_DS_MAX_FIELDS] = {0};
     ids_t *fl[PREFOPT_DS_MAX_FIELDS] = {&store[0], &store[1], &store[2]};
     writer w[2] = {0};
-    int opened = 0, kind = forced;
+    int opened = 0, kind = forced, has_mask = 0;
     prefopt_ds_kind okind = PREFOPT_DS_PAIRS; /* of the output: unpaired under --unpair */
     histo h = {0};
     char *line = NULL;
@@ -831,8 +952,9 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
                 prefopt_err_set(err, "%s: --unpair needs pairs (prompt, chosen, rejected), the input holds %s", o->input,
                                 prefopt_ds_kind_name((prefopt_ds_kind)kind));
             okind = o->unpair ? PREFOPT_DS_UNPAIRED : (prefopt_ds_kind)kind;
-            if (err->set || writer_open(&w[0], o->output, okind, err) ||
-                (o->eval_output && writer_open(&w[1], o->eval_output, okind, err))) {
+            has_mask = o->assistant_only_loss && okind == PREFOPT_DS_SFT;
+            if (err->set || writer_open(&w[0], o->output, okind, has_mask, err) ||
+                (o->eval_output && writer_open(&w[1], o->eval_output, okind, has_mask, err))) {
                 cJSON_Delete(obj);
                 break;
             }
@@ -846,6 +968,8 @@ int prefopt_pack(const prefopt_pack_opts *o, prefopt_pack_stats *st, prefopt_err
         st->conversational += c.msgs;
         st->prompt_mismatch += c.mismatch;
         int why = shape_example(o, o->tok, nf, fl, st, c.conv);
+        if (why < 0 && has_mask)
+            why = shape_mask(fl[1], fl[2], c.masked);
         if (why >= 0) {
             st->dropped[why]++;
             continue;

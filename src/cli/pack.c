@@ -11,7 +11,8 @@ int prefopt_cmd_pack(int argc, char **argv)
 {
     const char *input = NULL, *output = NULL, *eval_out = NULL, *kind = NULL, *tokenizer = NULL, *trunc = NULL,
                *chat_file = NULL;
-    int max_prompt = 0, max_len = 0, append_eos = 1, add_bos = 0, quiet = 0, unpair = 0, assistant_only = 0;
+    int max_prompt = 0, max_len = 0, append_eos = 1, add_bos = 0, quiet = 0, unpair = 0, assistant_only = 0,
+        add_special = 1;
     long seed = 0;
     double eval_fraction = 0;
     const prefopt_opt opts[] = {
@@ -32,7 +33,11 @@ int prefopt_cmd_pack(int argc, char **argv)
         {"eval-out", PREFOPT_OPT_STRING, &eval_out, "", "HDF5 file for the held-out split"},
         {"seed", PREFOPT_OPT_LONG, &seed, "0", "seed of the held-out split (decided per line: it streams)"},
         {"assistant-only-loss", PREFOPT_OPT_FLAG, &assistant_only, "0",
-         "sft messages: loss on the final assistant turn only (default: every token, as TRL's SFT)"},
+         "sft messages: loss on the assistant turns only, as the template's {% generation %} blocks mark them "
+         "(without such blocks: the final turn); default: every token, as TRL's SFT"},
+        {"add-special-tokens", PREFOPT_OPT_FLAG, &add_special, "1",
+         "text prompts and sft texts get the tokenizer's post-processor tokens (Llama: BOS), as TRL's "
+         "tokenizer(prompt); chat renders never"},
         {"unpair", PREFOPT_OPT_FLAG, &unpair, "0", "pairs in, unpaired (KTO) out: chosen desirable, rejected not"},
         {"quiet", PREFOPT_OPT_FLAG, &quiet, "0", "no summary"},
     };
@@ -78,7 +83,7 @@ int prefopt_cmd_pack(int argc, char **argv)
             prefopt_pack_opts o = {input, output, *eval_out ? eval_out : NULL, eval_fraction, (uint64_t)seed, kind,
                                    max_prompt, max_len, strcmp(trunc, "drop") ? PREFOPT_TRUNC_KEEP_END
                                                                               : PREFOPT_TRUNC_DROP,
-                                   append_eos, add_bos, tok, unpair, chat, assistant_only};
+                                   append_eos, add_bos, tok, unpair, chat, assistant_only, add_special};
             prefopt_pack_stats st;
             if (!prefopt_pack(&o, &st, &err) && !quiet)
                 prefopt_pack_print_summary(stdout, &o, &st);

@@ -1,18 +1,21 @@
 // Step 2 of the reference for tests/test_pack_chat.sh (not run in CI): tokenizes the texts of
 // pack_chat_reference.py with Hugging Face tokenizers (the Rust library through its Node binding, npm "tokenizers")
-// and splits them as TRL 1.x does: prompt ids = encode(prompt); completion ids = encode(prompt + completion) after
+// and splits them as TRL 1.x does: prompt ids = encode(prompt) (with the special tokens of tokenizer(prompt) for text); completion ids = encode(prompt + completion) after
 // its first len(prompt ids) ids (TRL 1.x DPO/SFT: sliced even when the prompt's ids are not a prefix, with a
 // warning; counted here); standard completions encoded apart, EOS appended.
 //   cd /tmp/x && npm install tokenizers@0.23.2 && python3 tests/tools/pack_chat_reference.py tests/data/pack_chat \
 //     DIR... > texts.json && node tests/tools/pack_chat_reference.js texts.json DIR... > tests/data/pack_chat/reference.json
 // (each DIR holds tokenizer.json.gz, as tests/data/tokenizers/<name>/ does)
+// Rows with "masked" (assistant_only_loss, pack_chat_reference.py --aol): the whole text is the completion and
+// "mask" marks, as transformers' return_assistant_tokens_mask does, for each generation span [a, b) (characters)
+// the tokens from char_to_token(a) to char_to_token(b - 1); rows of such a kind without spans train every token.
 const fs = require("fs");
 const path = require("path");
 const zlib = require("zlib");
 const { Tokenizer } = require(require.resolve("tokenizers", { paths: [process.cwd()] }));
 
-async function ids(tok, text) {
-  return Array.from((await tok.encode(text, null, { addSpecialTokens: false })).getIds());
+async function ids(tok, text, special = false) {
+  return Array.from((await tok.encode(text, null, { addSpecialTokens: special })).getIds());
 }
 
 async function main() {
@@ -27,12 +30,30 @@ async function main() {
     for (const [kind, rows] of Object.entries(texts[name])) {
       per[kind] = [];
       for (const r of rows) {
-        const p = await ids(tok, r.prompt);
+        // a standard (text) prompt is tokenized as TRL 1.x's tokenizer(prompt): with the post-processor's special
+        // tokens (Llama: BOS); chat renders carry their own (apply_chat_template: add_special_tokens=False)
+        const std = r.eos !== undefined && r.full !== undefined;
+        const p = await ids(tok, r.prompt, std);
         const fields = [p];
+        if (r.masked !== undefined) {
+          const enc = await tok.encode(r.masked, null, { addSpecialTokens: false });
+          const all = Array.from(enc.getIds()), off = enc.getOffsets();
+          const at = (c) => off.findIndex(([s, e]) => s <= c && c < e);
+          const mask = all.map(() => 0);
+          for (const [a, b] of r.spans) {
+            if (b <= a) continue;
+            const s = at(a), e = at(b - 1);
+            if (s < 0) break; // transformers: a span past the tokens ends the marking
+            for (let k = s; k <= (e < 0 ? all.length - 1 : e); k++) mask[k] = 1;
+          }
+          fields.push(all);
+          per[kind].push({ fields, mask });
+          continue;
+        }
         if (r.full) {
           let mismatch = 0;
           for (const full of r.full) {
-            const f = await ids(tok, full);
+            const f = await ids(tok, full, std);
             // TRL warns when the prompt's ids are not the start of the whole's, and slices at their length anyway
             if (f.slice(0, p.length).join() !== p.join()) mismatch = 1;
             const comp = f.slice(p.length);
@@ -51,7 +72,8 @@ async function main() {
             fields.push(f);
           }
         }
-        per[kind].push(r.label === undefined ? { fields } : { fields, label: r.label });
+        if (kind === "sft_aol") per[kind].push({ fields, mask: fields[1].map(() => 1) });
+        else per[kind].push(r.label === undefined ? { fields } : { fields, label: r.label });
       }
     }
     per.prompt_mismatches = mismatches;

@@ -8,7 +8,11 @@ or a text prompt beside message lists (UltraFeedback), replaced by the leading m
 (TRL's extract_prompt); sft "messages" one completion of the whole conversation (TRL's default loss on
 every token). Standard (text) fields as they are, the
 completion followed by the EOS token. Step 2, tests/tools/pack_chat_reference.js, tokenizes them.
-usage: pack_chat_reference.py DATA_DIR TOKENIZER_DIR... > texts.json"""
+With --aol TEMPLATE (a Jinja file with {% generation %} blocks), the kind "sft_aol" of every tokenizer: sft.jsonl
+as TRL's assistant_only_loss packs it with that template - "messages" rendered whole with the character ranges of
+the generation blocks (transformers' return_assistant_tokens_mask marks the tokens holding them), prompt/completion
+lines as above with every completion token trained.
+usage: pack_chat_reference.py [--aol TEMPLATE] DATA_DIR TOKENIZER_DIR... > texts.json"""
 import json
 import os
 import sys
@@ -29,8 +33,34 @@ def extract_prompt(chosen, rejected):
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
+def aol_rows(env, template_file, data):
+    """sft.jsonl under assistant_only_loss with the template of template_file (no special-token variables)"""
+    with open(template_file, encoding="utf-8") as f:
+        tmpl = env.from_string(f.read())
+    rows = []
+    with open(os.path.join(data, "sft.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            ex = json.loads(line)
+            if "messages" in ex:
+                blocks, spans = [], []
+                with env.generation_spans(blocks, spans):
+                    for block in tmpl.generate(messages=ex["messages"], add_generation_prompt=False, tools=None,
+                                               documents=None):
+                        blocks.append(block)
+                rows.append({"prompt": "", "masked": "".join(blocks), "spans": spans})
+            else:
+                p, c = ex["prompt"], ex["completion"]
+                rows.append({"prompt": tmpl.render(messages=p, add_generation_prompt=True),
+                             "full": [tmpl.render(messages=p + c, add_generation_prompt=False)]})
+    return rows
+
+
 def main():
-    data, tokdirs = sys.argv[1], sys.argv[2:]
+    args = sys.argv[1:]
+    aol = None
+    if args[:1] == ["--aol"]:
+        aol, args = args[1], args[2:]
+    data, tokdirs = args[0], args[1:]
     env = R.make_env()
     out = {}
     for tokdir in tokdirs:
@@ -74,6 +104,8 @@ def main():
                         row["label"] = 1 if ex["label"] else 0
                     rows.append(row)
             per[kind] = rows
+        if aol:
+            per["sft_aol"] = aol_rows(env, aol, data)
         out[os.path.basename(os.path.normpath(tokdir))] = per
     json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
 
