@@ -507,6 +507,9 @@ static void test_sft_mask(void)
         prefopt_exit_error(&err, 1);
     prefopt_dataset *ds = open_ds("aol");
     CHECK(prefopt_dataset_info(ds)->has_mask, "no mask read");
+    /* the reads below go through a reopened file, as train's are (each replica's grid; here each rank alone): the
+     * mask's handle must come back with the tokens' */
+    CHECK(!prefopt_dataset_set_comm(ds, MPI_COMM_SELF, &err), "set_comm: %s", err.msg);
     prefopt_ds_loader_opts lo = {.global_batch = 2, .micro_batch = 2, .drop_last = 1, .pad_multiple = 1};
     prefopt_ds_loader *L;
     CHECK(!prefopt_ds_loader_create(ds, &lo, 0, 1, &L, &err), "%s", err.msg);
@@ -542,6 +545,7 @@ static void test_sft_mask(void)
     prefopt_ds_step_free(&st);
     prefopt_ds_loader_free(L);
     prefopt_dataset_close(ds);
+    MPI_Barrier(MPI_COMM_WORLD); /* the reads above were each rank's own (MPI_COMM_SELF): all done before the edit */
     if (rank == 0) { /* a mask value of 2 */
         hid_t f = H5Fopen(out, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(f, "completion/mask", H5P_DEFAULT);
         hid_t fs = H5Dget_space(d);

@@ -500,6 +500,10 @@ int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *er
             H5Dclose(ds->tokens[f]);
             ds->tokens[f] = -1;
         }
+    int had_mask = ds->mask >= 0; /* every dataset handle kept open must be reopened below */
+    if (had_mask)
+        H5Dclose(ds->mask);
+    ds->mask = -1;
     if (ds->file >= 0)
         H5Fclose(ds->file);
     ds->comm = comm;
@@ -520,6 +524,8 @@ int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *er
         if (ds->tokens[f] < 0)
             prefopt_err_set(err, "%s: cannot reopen dataset '%s'", ds->path, name);
     }
+    if (had_mask && ds->file >= 0 && (ds->mask = H5Dopen2(ds->file, "completion/mask", H5P_DEFAULT)) < 0)
+        prefopt_err_set(err, "%s: cannot reopen dataset 'completion/mask'", ds->path);
     h5_loud(q);
     return prefopt_agree(comm, err);
 }
