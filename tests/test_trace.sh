@@ -198,6 +198,28 @@ run_case 2 2 1
 run_case 4 2 2      # overlap on (the default): the bucket starts inside backward
 run_case 4 2 2 0    # overlap off: it starts inside grad_reduce
 
+# the distributed optimizer and bf16 gradients reduce with other nonblocking collectives (gradsync.c): their
+# starts are traced as collectives on dp too, one per bucket per step in step/grad_reduce/bucket (overlap off, so
+# the placement does not depend on when a poll in backward completes the first phase)
+variant() { # TAG CHECK OPTIONS...
+  local tag=$1 chk=$2; shift 2
+  $MPI -n 4 "$P" train --data train.h5 --run-dir v$tag $TINY --grid-cols 2 --dp 2 --overlap-grad-reduce 0 "$@" \
+    --trace trv$tag > v$tag.log 2>&1 || { cat v$tag.log; fail=1; return; }
+  otf2-print trv$tag/otf2/traces.otf2 > printv$tag.txt && $PY walk.py printv$tag.txt countsv$tag.json
+  check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countsv$tag.json'))}
+for r in range(4):
+    g=lambda path, op: c.get((r,'coll',path,op,'dp'),0)
+    $chk
+\"" "$* (4 ranks): the gradient buckets' nonblocking collectives in the OTF2 archive"
+}
+# zero 1: the bucket is reduce-scattered, the updated weights all-gathered after the optimizer
+variant z "assert g('step/grad_reduce/bucket','REDUCE_SCATTER')==4 and g('step/optimizer','ALLGATHERV')==4, (r, c)" \
+  --zero-stage 1
+# bf16: all-to-all of the bf16 copies, then an all-gather of the reduced shards, both inside the bucket
+variant b "assert g('step/grad_reduce/bucket','ALLTOALLV')==4 and g('step/grad_reduce/bucket','ALLGATHERV')==4, (r, c)" \
+  --grad-reduce-dtype bf16
+
 # eval, generate and bench trace too: their steps are batches (eval, generate) and timed steps (bench)
 $MPI -n 2 "$P" eval --model on2r/model.h5 --data train.h5 --out ev.jsonl --batch-size 16 --grid-cols 2 --trace tre \
   > ev.log 2>&1 || { cat ev.log; fail=1; }
