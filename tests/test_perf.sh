@@ -122,7 +122,8 @@ assert j["dp"] == 2 and j["tokens_per_step"] == 64 and j["flops_step"] == 2 * 4 
 assert j["overlap_grad_reduce"] is False and j["grad_buckets_early"] == 0 and j["grad_comm_exposed_s"] > 0, j
 PYEOF
 # 4. with overlap (the default at dp 2) the buckets' collectives start inside backward: their bytes are counted
-#    in backward's region, one bucket per layer (--grad-bucket-mib 0.01), each started during backward
+#    in step/backward/bucket (gradsync.c's region around each bucket's start), one bucket per layer
+#    (--grad-bucket-mib 0.01), each started during backward
 rm -f pmpi_ov.jsonl
 timeout 300 mpiexec -n 2 --oversubscribe --bind-to none -x LD_PRELOAD="$LIB" -x PREFOPT_PMPI_OUT="$PWD/pmpi_ov.jsonl" \
     "$P" bench $tiny --dp 2 --grad-bucket-mib 0.01 > out5.txt 2> err5.txt; rc=$?
@@ -132,7 +133,7 @@ grep '^{' out5.txt | tail -1 > j5.json
 import json, sys
 p = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["pmpi"]
 j = json.load(open(sys.argv[2]))
-bw = p["regions"]["step/backward"]
+bw = p["regions"]["step/backward/bucket"]
 per_step_rank = bw["bytes"] / (2 * (j["steps"] + j["warmup"]))
 assert per_step_rank >= 4 * j["params"], (per_step_rank, j["params"])
 assert p["calls"]["MPI_Iallreduce"]["calls"] >= 3 * (j["steps"] + j["warmup"]), p["calls"]["MPI_Iallreduce"]

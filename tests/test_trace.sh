@@ -2,10 +2,13 @@
 # --trace on 2 ranks (1x2 grid) and 4 ranks (1x2 grid x 2 replicas), checked with tools that are not prefopt:
 #  - otf2-print reads the OTF2 archive; walking its events per location (an independent parser, below) finds the
 #    expected regions with the right counts (steps, micro-batch forwards, one forward/reference/backward pass per
-#    layer, one gradient reduction bucket per step with exactly one MPI_Allreduce over the DP communicator in it)
-#    and MPI collectives on the TP-row communicator inside the layers;
-#  - trace.json parses (python3 json), has one process per rank with one track each, balanced B/E, and the same
-#    number of DP all-reduces as the OTF2 archive;
+#    layer) and MPI collectives on the TP-row communicator inside the layers. Data parallel (src/dist/gradsync.c):
+#    each step enters region "bucket 0" twice (the tiny model is one bucket): once around the start of its
+#    nonblocking MPI_Iallreduce on the duplicated DP communicator (named "dp" like its original) and once around
+#    its completion in grad_reduce; the start is in step/backward/bucket with --overlap-grad-reduce on (the
+#    default for dp > 1) and in step/grad_reduce/bucket with 0 - both are run, so either placement regressing fails;
+#  - trace.json parses (python3 json), has one process per rank with one track each, balanced B/E, and exactly one
+#    MPI_Iallreduce of gradients over dp per rank per step (and no blocking MPI_Allreduce of gradients);
 #  - the losses with tracing on are bit-identical to tracing off; --trace-steps 2:3 traces exactly steps 2 and 3;
 #  - a 4 KiB buffer (flushed many times inside each step) gives the same event counts;
 #  - a run killed (SIGKILL of one rank) mid-way leaves spool files from which `prefopt trace-summary` builds an
@@ -71,7 +74,7 @@ PYEOF
 cat > check.py <<'PYEOF'
 import json, sys
 counts = {tuple(k): v for k, v in json.load(open(sys.argv[1]))}
-nranks, dp, nl, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+nranks, dp, nl, steps, overlap = (int(a) for a in sys.argv[2:7])
 bad = []
 def want(key, n):
     got = counts.get(key, 0)
@@ -90,8 +93,12 @@ for r in range(nranks):
     want((r, "enter", "checkpoint_write"), 1)
     if dp > 1:
         want((r, "enter", "grad_reduce"), steps)
-        want((r, "enter", "bucket 0"), steps)     # one bucket: a tiny model is below the 8M-float bucket
-        want((r, "coll", "step/grad_reduce/bucket", "ALLREDUCE", "dp"), steps)
+        # one bucket (a tiny model is below the 8M-float bucket): entered at its start and at its completion
+        want((r, "enter", "bucket 0"), 2 * steps)
+        start, other = ("step/backward/bucket", "step/grad_reduce/bucket") if overlap else \
+            ("step/grad_reduce/bucket", "step/backward/bucket")
+        want((r, "coll", start, "ALLREDUCE", "dp"), steps)   # MPI_Iallreduce is OTF2's ALLREDUCE
+        want((r, "coll", other, "ALLREDUCE", "dp"), 0)
     # tensor parallelism: collectives over the TP row inside the layers' forward
     if counts.get((r, "coll", "step/forward/layer", "ALLREDUCE", "tp_row"), 0) < steps * nl:
         bad.append("rank %d: too few tp_row all-reduces in step/forward/layer" % r)
@@ -113,22 +120,27 @@ for e in ev:
         depth[e["pid"]] = depth.get(e["pid"], 0) + (1 if e["ph"] == "B" else -1)
         assert depth[e["pid"]] >= 0
 assert all(v == 0 for v in depth.values()), depth
-n = sum(1 for e in ev if e["ph"] == "X" and e["name"] == "MPI_Allreduce" and e["args"]["comm"] == "dp"
-        and e["args"]["bytes"] > 1000)
-assert n == dp_allreduce, "dp all-reduces of gradients in JSON: %d, want %d" % (n, dp_allreduce)
+def grads(name):
+    return sum(1 for e in ev if e["ph"] == "X" and e["name"] == name and e["args"].get("comm") == "dp"
+               and e["args"]["bytes"] > 1000)
+n = grads("MPI_Iallreduce")
+assert n == dp_allreduce, "dp all-reduces (MPI_Iallreduce) of gradients in JSON: %d, want %d" % (n, dp_allreduce)
+assert grads("MPI_Allreduce") == 0, "blocking dp all-reduces of gradients in JSON: %d" % grads("MPI_Allreduce")
 PYEOF
 
 # waiting time, recomputed from trace.json: the k-th all-reduce of gradients on each DP communicator is one
-# operation; a member waits from its entry until the last member entered. Compared with summary.json's row.
+# operation; a member waits from its entry until the last member entered (bounded by the call's duration: for the
+# nonblocking start that is short, the completion being MPI_Wait). Compared with summary.json's row of the region
+# where the MPI_Iallreduce starts.
 cat > wait_check.py <<'PYEOF'
 import json, sys, collections
 ev = json.load(open(sys.argv[1]))["traceEvents"]
 summ = json.load(open(sys.argv[2]))
-nranks = int(sys.argv[3])
+nranks, region = int(sys.argv[3]), sys.argv[4]
 per = collections.defaultdict(list)  # (comm_first, rank) -> [(ts, dur)] of gradient all-reduces in order
 calls = collections.defaultdict(list)
 for e in ev:
-    if e["ph"] == "X" and e["name"] == "MPI_Allreduce" and e["args"]["comm"] == "dp" and e["args"]["bytes"] > 1000:
+    if e["ph"] == "X" and e["name"] == "MPI_Iallreduce" and e["args"]["comm"] == "dp" and e["args"]["bytes"] > 1000:
         per[(e["args"]["comm_first"], e["pid"])].append((e["ts"], e["dur"]))
 wait = collections.Counter()
 firsts = {k[0] for k in per}
@@ -140,13 +152,13 @@ for f in firsts:
         for r in members:
             ts, dur = per[(f, r)][k]
             wait[r] += min(max(last - ts, 0.0), dur) * 1e-6
-row = [m for m in summ["mpi"] if m["region"] == "step/grad_reduce/bucket" and m["call"] == "MPI_Allreduce"]
+row = [m for m in summ["mpi"] if m["region"] == region and m["call"] == "MPI_Iallreduce" and m["comm"] == "dp"]
 assert len(row) == 1, row
 mine = sum(wait.values()) / nranks
 assert abs(row[0]["wait_s_mean"] - mine) <= 1e-5 + 1e-3 * mine, (row[0]["wait_s_mean"], mine)
 for m in summ["mpi"]:
     assert -1e-9 <= m["wait_s_mean"] <= m["s_mean"] + 1e-9 and m["s_min"] <= m["s_mean"] + 1e-12 <= m["s_max"] + 2e-12, m
-print("wait in the gradient all-reduce: %.6f s per rank (summary %.6f)" % (mine, row[0]["wait_s_mean"]))
+print("wait in the gradient all-reduce's start (%s): %.9f s per rank (summary %.9f)" % (region, mine, row[0]["wait_s_mean"]))
 PYEOF
 
 losses() { $PY -c "import json,sys; print(' '.join(repr(json.loads(l)['loss']) for l in open(sys.argv[1]) if 'loss' in l))" "$1"; }
@@ -154,33 +166,59 @@ steptime() { $PY -c "
 import json,sys,statistics; t=[json.loads(l)['step_time'] for l in open(sys.argv[1]) if 'step_time' in l]
 print('%.4f' % statistics.median(t[1:] or t))" "$1"; }
 
-run_case() { # NP GRID_COLS DP
-  local np=$1 gc=$2 dp=$3 tag=$1r
-  $MPI -n $np "$P" train --data train.h5 --run-dir off$tag $TINY --grid-cols $gc --dp $dp > off$tag.log 2>&1 ||
+run_case() { # NP GRID_COLS DP [OVERLAP (--overlap-grad-reduce; default: on when dp > 1)]
+  local np=$1 gc=$2 dp=$3 ov=${4:-} tag=$1r${4:-}
+  local overlap=$([ -n "$ov" ] && echo $ov || { [ $dp -gt 1 ] && echo 1 || echo 0; })
+  local T="$TINY --grid-cols $gc --dp $dp ${ov:+--overlap-grad-reduce $ov}"
+  $MPI -n $np "$P" train --data train.h5 --run-dir off$tag $T > off$tag.log 2>&1 ||
     { cat off$tag.log; fail=1; return; }
-  $MPI -n $np "$P" train --data train.h5 --run-dir on$tag $TINY --grid-cols $gc --dp $dp --trace tr$tag > on$tag.log 2>&1 ||
+  $MPI -n $np "$P" train --data train.h5 --run-dir on$tag $T --trace tr$tag > on$tag.log 2>&1 ||
     { cat on$tag.log; fail=1; return; }
   check "[ \"\$(losses off$tag/metrics.jsonl)\" = \"\$(losses on$tag/metrics.jsonl)\" ]" "$np ranks: tracing changed the losses"
   check "otf2-print tr$tag/otf2/traces.otf2 > print$tag.txt" "$np ranks: otf2-print cannot read the archive"
   check "$PY walk.py print$tag.txt counts$tag.json" "$np ranks: the OTF2 events do not nest"
-  check "$PY check.py counts$tag.json $np $dp $NL 4" "$np ranks: region / MPI counts in the OTF2 archive"
+  check "$PY check.py counts$tag.json $np $dp $NL 4 $overlap" "$np ranks: region / MPI counts in the OTF2 archive"
   local want=0; [ $dp -gt 1 ] && want=$((4 * np))
   check "$PY json_check.py tr$tag/trace.json $np $want" "$np ranks: trace.json"
-  [ $dp -gt 1 ] && check "$PY wait_check.py tr$tag/trace.json tr$tag/summary.json $np" \
+  local startreg=step/grad_reduce/bucket; [ $overlap = 1 ] && startreg=step/backward/bucket
+  [ $dp -gt 1 ] && check "$PY wait_check.py tr$tag/trace.json tr$tag/summary.json $np $startreg" \
     "$np ranks: the summary's waiting time in the gradient all-reduce against trace.json"
   check "grep -q 'MPI_Allreduce' tr$tag/summary.txt && $PY -c 'import json; json.load(open(\"tr$tag/summary.json\"))'" \
     "$np ranks: summary"
   # a 4 KiB buffer (100 records) flushes many times inside each step: the same events (4 ranks only)
   if [ $np -eq 4 ]; then
-    PREFOPT_TRACE_BUFFER_MB=0.004 $MPI -n $np "$P" train --data train.h5 --run-dir small$tag $TINY --grid-cols $gc \
-      --dp $dp --trace trs$tag > small$tag.log 2>&1 || { cat small$tag.log; fail=1; }
+    PREFOPT_TRACE_BUFFER_MB=0.004 $MPI -n $np "$P" train --data train.h5 --run-dir small$tag $T \
+      --trace trs$tag > small$tag.log 2>&1 || { cat small$tag.log; fail=1; }
     otf2-print trs$tag/otf2/traces.otf2 > prints$tag.txt && $PY walk.py prints$tag.txt countss$tag.json
-    check "$PY check.py countss$tag.json $np $dp $NL 4" "$np ranks: counts with a 4 KiB buffer"
+    check "$PY check.py countss$tag.json $np $dp $NL 4 $overlap" "$np ranks: counts with a 4 KiB buffer"
   fi
-  echo "step time (median, s), $np ranks: tracing off $(steptime off$tag/metrics.jsonl), on $(steptime on$tag/metrics.jsonl)"
+  echo "step time (median, s), $np ranks${ov:+, overlap $ov}: tracing off $(steptime off$tag/metrics.jsonl), on $(steptime on$tag/metrics.jsonl)"
 }
 run_case 2 2 1
-run_case 4 2 2
+run_case 4 2 2      # overlap on (the default): the bucket starts inside backward
+run_case 4 2 2 0    # overlap off: it starts inside grad_reduce
+
+# the distributed optimizer and bf16 gradients reduce with other nonblocking collectives (gradsync.c): their
+# starts are traced as collectives on dp too, one per bucket per step in step/grad_reduce/bucket (overlap off, so
+# the placement does not depend on when a poll in backward completes the first phase)
+variant() { # TAG CHECK OPTIONS...
+  local tag=$1 chk=$2; shift 2
+  $MPI -n 4 "$P" train --data train.h5 --run-dir v$tag $TINY --grid-cols 2 --dp 2 --overlap-grad-reduce 0 "$@" \
+    --trace trv$tag > v$tag.log 2>&1 || { cat v$tag.log; fail=1; return; }
+  otf2-print trv$tag/otf2/traces.otf2 > printv$tag.txt && $PY walk.py printv$tag.txt countsv$tag.json
+  check "$PY -c \"
+import json; c={tuple(k):v for k,v in json.load(open('countsv$tag.json'))}
+for r in range(4):
+    g=lambda path, op: c.get((r,'coll',path,op,'dp'),0)
+    $chk
+\"" "$* (4 ranks): the gradient buckets' nonblocking collectives in the OTF2 archive"
+}
+# zero 1: the bucket is reduce-scattered, the updated weights all-gathered after the optimizer
+variant z "assert g('step/grad_reduce/bucket','REDUCE_SCATTER')==4 and g('step/optimizer','ALLGATHERV')==4, (r, c)" \
+  --zero-stage 1
+# bf16: all-to-all of the bf16 copies, then an all-gather of the reduced shards, both inside the bucket
+variant b "assert g('step/grad_reduce/bucket','ALLTOALLV')==4 and g('step/grad_reduce/bucket','ALLGATHERV')==4, (r, c)" \
+  --grad-reduce-dtype bf16
 
 # eval, generate and bench trace too: their steps are batches (eval, generate) and timed steps (bench)
 $MPI -n 2 "$P" eval --model on2r/model.h5 --data train.h5 --out ev.jsonl --batch-size 16 --grid-cols 2 --trace tre \

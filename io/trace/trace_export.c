@@ -219,14 +219,14 @@ static OTF2_CollectiveOp coll_op(int call)
     case PF_MPI_Bcast: case PF_MPI_Ibcast: return OTF2_COLLECTIVE_OP_BCAST;
     case PF_MPI_Barrier: return OTF2_COLLECTIVE_OP_BARRIER;
     case PF_MPI_Allgather: return OTF2_COLLECTIVE_OP_ALLGATHER;
-    case PF_MPI_Allgatherv: return OTF2_COLLECTIVE_OP_ALLGATHERV;
+    case PF_MPI_Allgatherv: case PF_MPI_Iallgatherv: return OTF2_COLLECTIVE_OP_ALLGATHERV;
     case PF_MPI_Gather: return OTF2_COLLECTIVE_OP_GATHER;
     case PF_MPI_Gatherv: return OTF2_COLLECTIVE_OP_GATHERV;
     case PF_MPI_Scatter: return OTF2_COLLECTIVE_OP_SCATTER;
     case PF_MPI_Scatterv: return OTF2_COLLECTIVE_OP_SCATTERV;
     case PF_MPI_Alltoall: return OTF2_COLLECTIVE_OP_ALLTOALL;
-    case PF_MPI_Alltoallv: return OTF2_COLLECTIVE_OP_ALLTOALLV;
-    case PF_MPI_Reduce_scatter: return OTF2_COLLECTIVE_OP_REDUCE_SCATTER;
+    case PF_MPI_Alltoallv: case PF_MPI_Ialltoallv: return OTF2_COLLECTIVE_OP_ALLTOALLV;
+    case PF_MPI_Reduce_scatter: case PF_MPI_Ireduce_scatter: return OTF2_COLLECTIVE_OP_REDUCE_SCATTER;
     case PF_MPI_Reduce_scatter_block: return OTF2_COLLECTIVE_OP_REDUCE_SCATTER_BLOCK;
     case PF_MPI_Scan: return OTF2_COLLECTIVE_OP_SCAN;
     case PF_MPI_Exscan: return OTF2_COLLECTIVE_OP_EXSCAN;

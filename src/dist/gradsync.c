@@ -4,6 +4,7 @@
 #include "prefopt/gemm_local.h"
 
 #include "prefopt/common.h"
+#include "prefopt/regions.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -148,8 +149,13 @@ double prefopt_gradsync_extra_bytes(size_t n, int dp, int zero, int bf16)
 
 /* ---- the buckets' collectives -------------------------------------------------------------------------- */
 
+/* Region "bucket N" holds the start of bucket N's collective (inside backward with overlap, else inside the
+ * caller's grad_reduce) and, in finish, its completion: the trace and the region timers show each bucket's
+ * reduction where it happens. Nonblocking polls (MPI_Test during backward) stay outside any bucket region, so
+ * the regions' counts do not depend on timing: one start and one completion per bucket per step. */
 static void start(prefopt_gradsync *gs, bucket *b)
 {
+    prefopt_region_enter_n("bucket", (int)(b - gs->bk));
     float *g = gs->g + b->lo;
     if (gs->o.bf16) {
         uint16_t *s = gs->sbuf + b->lo;
@@ -163,6 +169,7 @@ static void start(prefopt_gradsync *gs, bucket *b)
         MPI_Iallreduce(MPI_IN_PLACE, g, (int)b->nb, MPI_FLOAT, MPI_SUM, gs->ca, &b->req);
     }
     b->state = B_P1;
+    prefopt_region_exit("bucket");
 }
 
 static void complete_p1(prefopt_gradsync *gs, bucket *b)
@@ -211,6 +218,8 @@ static void progress(prefopt_gradsync *gs, int blocking)
 {
     for (int i = 0; i < gs->next_start; i++) {
         bucket *b = &gs->bk[i];
+        if (blocking)
+            prefopt_region_enter_n("bucket", i);
         for (;;) {
             if (b->state == B_P1DONE) {
                 if (gs->next_p2 != i)
@@ -232,6 +241,8 @@ static void progress(prefopt_gradsync *gs, int blocking)
             else
                 complete_p2(gs, b);
         }
+        if (blocking)
+            prefopt_region_exit("bucket");
     }
 }
 

@@ -206,6 +206,32 @@ int MPI_Ibcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c, MPI_Request
 {
     CALL(Ibcast, c, root, n * tsize(t), b, n, t, root, c, r);
 }
+/* the nonblocking collectives of the distributed optimizer and of bf16 gradients (gradsync.c) */
+NEXT(Ireduce_scatter, const void *, void *, const int *, MPI_Datatype, MPI_Op, MPI_Comm, MPI_Request *)
+int MPI_Ireduce_scatter(const void *sb, void *rb, const int rn[], MPI_Datatype t, MPI_Op op, MPI_Comm c,
+                        MPI_Request *r)
+{
+    CALL(Ireduce_scatter, c, -1, sum_counts(rn, csize(c), t), sb, rb, rn, t, op, c, r);
+}
+NEXT(Ialltoallv, const void *, const int *, const int *, MPI_Datatype, void *, const int *, const int *,
+     MPI_Datatype, MPI_Comm, MPI_Request *)
+int MPI_Ialltoallv(const void *sb, const int sn[], const int sd[], MPI_Datatype st, void *rb, const int rn[],
+                   const int rd[], MPI_Datatype rt, MPI_Comm c, MPI_Request *r)
+{
+    CALL(Ialltoallv, c, -1, sb == MPI_IN_PLACE ? 0 : sum_counts(sn, csize(c), st), sb, sn, sd, st, rb, rn, rd, rt, c,
+         r);
+}
+NEXT(Iallgatherv, const void *, int, MPI_Datatype, void *, const int *, const int *, MPI_Datatype, MPI_Comm,
+     MPI_Request *)
+int MPI_Iallgatherv(const void *sb, int sn, MPI_Datatype st, void *rb, const int rn[], const int d[],
+                    MPI_Datatype rt, MPI_Comm c, MPI_Request *r)
+{
+    int me = 0;
+    if (sb == MPI_IN_PLACE)
+        PMPI_Comm_rank(c, &me);
+    CALL(Iallgatherv, c, -1, sb == MPI_IN_PLACE ? rn[me] * tsize(rt) : sn * tsize(st), sb, sn, st, rb, rn, d, rt, c,
+         r);
+}
 NEXT(Comm_split, MPI_Comm, int, int, MPI_Comm *)
 int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *out) { CALL(Comm_split, c, -1, 0, c, color, key, out); }
 NEXT(Comm_dup, MPI_Comm, MPI_Comm *)

@@ -9,7 +9,9 @@
 #include <stdint.h>
 
 /* Every MPI call the interposer times; the OTF2 collective operation, 0 = point-to-point or other. "io" calls are
- * MPI-IO (HDF5's parallel writes and reads): the summary counts them as I/O, not communication. */
+ * MPI-IO (HDF5's parallel writes and reads): the summary counts them as I/O, not communication. New calls go at
+ * the end: the spool stores the position, and spools written before still read back. The nonblocking
+ * collectives are the starts (gradsync.c's buckets); their completion is the MPI_Wait / MPI_Test after. */
 #define PF_TRACE_CALLS(X)                                                                                         \
     X(Allreduce, COLL) X(Reduce, COLL) X(Bcast, COLL) X(Barrier, COLL) X(Allgather, COLL) X(Allgatherv, COLL)     \
     X(Gather, COLL) X(Gatherv, COLL) X(Scatter, COLL) X(Scatterv, COLL) X(Alltoall, COLL) X(Alltoallv, COLL)      \
@@ -17,7 +19,8 @@
     X(Ssend, P2P) X(Recv, P2P) X(Isend, P2P) X(Irecv, P2P) X(Sendrecv, P2P) X(Wait, P2P) X(Waitall, P2P)          \
     X(Waitany, P2P) X(Test, P2P) X(Testall, P2P) X(Iallreduce, COLL) X(Ibcast, COLL) X(Comm_split, COLL)          \
     X(Comm_dup, COLL) X(Comm_create, COLL) X(File_open, IO) X(File_close, IO) X(File_write_at_all, IO)           \
-    X(File_read_at_all, IO) X(File_write_at, IO) X(File_read_at, IO) X(File_set_size, IO) X(File_sync, IO)
+    X(File_read_at_all, IO) X(File_write_at, IO) X(File_read_at, IO) X(File_set_size, IO) X(File_sync, IO) \
+    X(Ireduce_scatter, COLL) X(Ialltoallv, COLL) X(Iallgatherv, COLL)
 
 enum { PF_KIND_COLL = 1, PF_KIND_P2P = 2, PF_KIND_IO = 3 };
 #define PF_ENUM(n, k) PF_MPI_##n,
