@@ -9,16 +9,29 @@ Predicted step time = compute + optimizer + data-parallel gradient all-reduce, f
   * optimizer: AdamW streams p, g, m, v and writes p, m, v (28 bytes/parameter) plus the gradient-norm pass
     (4 bytes/parameter) at --mem-bw GB/s per node.
   * gradient all-reduce: ring all-reduce of the fp32 gradients (4 bytes x parameters) in 32 MiB buckets, as
-    prefopt_model_allreduce_grads does: per bucket 2 (N-1)/N x bytes / link bandwidth + 2 (N-1) x latency. No
-    overlap with backward (the engine all-reduces after the backward), one rank group per node (tensor parallel
+    prefopt_model_allreduce_grads did: per bucket 2 (N-1)/N x bytes / link bandwidth + 2 (N-1) x latency. No
+    overlap with backward (the defaults: the original model), one rank group per node (tensor parallel
     over the node's cores; intra-node TP communication is inside the measured per-core rate when --bench-json
     comes from a multi-rank run, and otherwise not modelled).
   * the state must fit: 20 bytes/parameter (policy weights, gradients, two AdamW moments, reference weights) plus
     activations, checked against --node-mem GB (a warning, not a layout change: one TP group per node).
+Options for the engine's data-parallel paths (README "The scaling model with overlap, ZeRO-1 and bf16"):
+  * --overlap 1: gradsync.c's buckets (backward order: head, layer L-1 .. 0, embeddings; closed at the first layer
+    boundary past --grad-bucket-mib); bucket b's ring starts when backward (2 forwards' FLOPs per piece) has left
+    it and the link is free; exposed = ideal + (1 - --overlap-fraction) x (blocking - ideal), the ideal being
+    what runs past the end of backward (0.65: the measured share of the wait after backward that overlap removed,
+    2 ranks x 1 thread on this machine).
+  * --zero-stage 1: ring reduce-scatter per bucket + fp32 weight all-gather (in forward order, hidden behind the
+    policy forward with --overlap 1, same fraction), AdamW on 1/N; state 12 + 8/N bytes/parameter.
+  * --precision bf16: compute rate x --bf16-factor (3.82: measured oneDNN bf16 / BLIS sgemm over the engine's
+    products); gradients, their reduction and AdamW stay fp32. --grad-reduce-dtype bf16 halves gradient bytes.
+  * --buckets layers: ring latency once per gradsync bucket (chunks, the default: once per 32 MiB).
+  * --compare: one table of fp32/bf16 x blocking/overlap/overlap+zero1 efficiencies per shape.
 Weak scaling keeps --pairs per node (the global batch grows with N): efficiency = t(1) / t(N). Strong scaling
 keeps --global-pairs (per-node pairs = global / N, N <= global): efficiency = t(1) / (N t(N)).
 
   /usr/bin/python3 perf/scaling_model.py --bench-json bench.json [--cores 64 --link-gbs 12.5 --latency-us 2]
+  /usr/bin/python3 perf/scaling_model.py --bench-json bench.json --compare --buckets layers
 """
 import argparse
 import json
