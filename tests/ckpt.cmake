@@ -1,6 +1,8 @@
 # Checkpoints, model files, HF import/export (issue 7).
 prefopt_script_test(test_hf test_hf.sh)
 prefopt_mpi_test(test_ckpt 4 test_ckpt.c test_model_util.c)
+# issue 17: the MPI-IO hints (bounded aggregators) on collective checkpoint and model-file writes
+prefopt_mpi_test(test_ckpt_hints 4 test_ckpt_hints.c)
 # test_ckpt_kill is driven by its script (it has to be killed and restarted)
 add_executable(test_ckpt_kill test_ckpt_kill.c test_model_util.c)
 target_link_libraries(test_ckpt_kill PRIVATE prefopt_lib)

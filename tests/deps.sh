@@ -6,6 +6,7 @@ pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libblis-dev libdnnl-dev libcjson-dev libotf2-trace-dev otf2-tools libinih-dev libpcre2-dev nettle-dev libutf8proc-dev
       gnuplot-nox python3-h5py python3-numpy python3-jinja2
       slurm-wlm munge
+      strace \
       iproute2 util-linux)   # emulated nodes: network namespaces, veth, bridge; unshare (tests/test_multinode.sh)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -4,7 +4,8 @@
 #    seed, example and position); greedy generation stops at EOS; a model scored against itself has KL 0;
 #  - eval's per-example log-probs agree across grids; --store-ref writes them into the dataset and a DPO run
 #    on the stored log-probs has the losses of the same run with a live reference model;
-#  - bad input (unreadable prompt line, missing model) gives one error line per rank and a non-zero exit.
+#  - bad input (unreadable prompt line, missing model) gives one error line per rank and a non-zero exit;
+#  - the model file's header is read by one rank and broadcast: with --dp 2, rank 1 never opens it (strace).
 set -u
 P=${PREFOPT:?}
 PY=/usr/bin/python3
@@ -92,6 +93,23 @@ check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $(grep -c "bad.jsonl:2: expected a 
       "bad prompt line: both ranks name bad.jsonl:2, no output file (rc $rc)"
 timeout 60 $MPI -n 2 "$P" eval --model missing.h5 --data pairs.h5 --out x.jsonl > /dev/null 2> miss.log; rc=$?
 check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $(grep -c "missing.h5" miss.log) -eq 2 ]' "missing model: both ranks name it (rc $rc)"
+timeout 60 $MPI -n 2 "$P" generate --model missing.h5 --prompts prompts.jsonl --out x.jsonl > /dev/null 2> gmiss.log; rc=$?
+check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $(grep -c "error: missing.h5" gmiss.log) -eq 2 ] && [ ! -e x.jsonl ]' \
+      "generate, missing model: both ranks name it (rc $rc)"
+
+# issue 17: the model file's config and tokenizer are read by one rank and broadcast. With --dp 2 on 2 ranks only
+# replica 0's grid (rank 0) loads the weights, so rank 1 must never open the file at all (strace of each rank).
+if command -v strace > /dev/null && strace -qq -o /dev/null true 2> /dev/null; then
+  for cmd in "generate --prompts prompts.jsonl --max-new-tokens 2 --out st.jsonl" "eval --data pairs.h5 --out st.jsonl"; do
+    rm -f tr.0 tr.1 st.jsonl
+    $MPI -n 2 sh -c 'exec strace -f -qq -o tr.$OMPI_COMM_WORLD_RANK -e trace=open,openat "$0" "$@"' \
+      "$P" ${cmd%% *} --model pol/model.h5 ${cmd#* } --dp 2 > st.log 2>&1 || { cat st.log; fail=1; }
+    n0=$(grep -c '"pol/model.h5"' tr.0); n1=$(grep -c '"pol/model.h5"' tr.1)
+    check '[ "$n0" -ge 1 ] && [ "$n1" -eq 0 ]' "${cmd%% *} --dp 2: pol/model.h5 opened by rank 0 $n0 times, by rank 1 $n1 times (want >= 1, 0)"
+  done
+else
+  echo "note: strace missing or ptrace not permitted here: the one-rank header read is not checked"
+fi
 
 # chat prompts (issue 18): "messages" rendered by --chat-template with the generation prompt; --stop-ids ends
 # completions at extra ids; messages without a template fail with one line naming the file and line

@@ -4,13 +4,14 @@
 # node's namespace, ranks talking TCP between the nodes (shared memory inside a node). Two runs of 4 ranks (2 per
 # node) -- a 1x2 grid inside each node with dp 2 across the nodes, and a 2x2 grid spanning both nodes -- give the
 # losses and gradient norms of one rank within 1e-5 relative; the nodes' interfaces must have carried the
-# traffic (veth byte counters). Skips (77) with the reason where namespaces cannot be made (not root, no
+# traffic (veth byte counters); test_ckpt_hints counts 2 nodes in the cb_nodes hint. Skips (77) with the reason where namespaces cannot be made (not root, no
 # CAP_NET_ADMIN, a container without them).
 # usage: test_multinode.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
 set -uo pipefail
 build=${1:?usage: test_multinode.sh BUILD_DIR}
 P=${PREFOPT:-$build/prefopt}
 case $P in /*) ;; *) P=$PWD/$P ;; esac
+HINTS=$(cd "$build" && pwd)/tests/test_ckpt_hints
 here=$(cd "$(dirname "$0")" && pwd)
 CL=$here/multinode/netns_cluster.sh
 PY=/usr/bin/python3
@@ -98,5 +99,16 @@ EOF
     echo "ok: $run: 4 ranks on 2 namespaces (${nodes[*]}) equal one rank; node interfaces received $d0 and $d1 bytes"
   fi
 done
+# bounded aggregators (issue 17): across the 2 nodes, a checkpoint file's cb_nodes hint counts 2 nodes
+if [ -x "$HINTS" ]; then
+  timeout -k 5 120 "${MPI[@]}" -wdir "$w" "$HINTS" < /dev/null > hints.log 2>&1
+  if grep -q "test_ckpt_hints: 2 nodes, passed" hints.log; then
+    echo "ok: test_ckpt_hints on 2 namespaces: cb_nodes 2"
+  else
+    echo "FAIL: test_ckpt_hints on 2 namespaces"
+    tail -15 hints.log | sed 's/^/    /'
+    fails=$((fails + 1))
+  fi
+fi
 [ "$fails" = 0 ] || { echo "test_multinode: $fails run(s) failed"; exit 1; }
 echo "test_multinode: all runs passed"

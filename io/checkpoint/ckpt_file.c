@@ -10,16 +10,62 @@
 #include <unistd.h>
 
 #define CK_FORMAT_VERSION 1
+/* default cap on the aggregators of a collective write (PREFOPT_IO_CB_NODES_MAX overrides it) */
+#define CK_CB_NODES_CAP 16
 
 /* ---- files ----------------------------------------------------------------------------------------------- */
 
 static void quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
-static hid_t make_fapl(MPI_Comm comm)
+int ck_cb_nodes_cap(void)
+{
+    const char *e = getenv("PREFOPT_IO_CB_NODES_MAX");
+    long v = e && *e ? strtol(e, NULL, 10) : 0;
+    return v > 0 && v < 1 << 20 ? (int)v : CK_CB_NODES_CAP;
+}
+
+int ck_cb_nodes(MPI_Comm comm, int *nodes)
+{
+    MPI_Comm node;
+    int node_rank, rank;
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &node_rank);
+    MPI_Comm_free(&node);
+    MPI_Comm_rank(comm, &rank);
+    /* one reduction: the node leaders counted, and rank 0's cap, so that every rank passes the same hint even if
+     * the environments differ (OMPIO groups the ranks by it) */
+    int v[2] = {node_rank == 0, rank == 0 ? ck_cb_nodes_cap() : 0};
+    MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_INT, MPI_SUM, comm);
+    if (nodes)
+        *nodes = v[0];
+    return v[0] < v[1] ? v[0] : v[1];
+}
+
+/* Collective writes go through two-phase I/O with at most one aggregator per node of the writing communicator,
+ * and no more than a cap (issue 17): the file system sees min(nodes, cap) writers however many ranks the grid has,
+ * and every other rank ships its pieces to them over the network. ROMIO reads both (its default is one
+ * aggregator per node, uncapped); OMPIO, Open MPI 4.1's default, reads cb_nodes as the number of aggregator groups
+ * of consecutive ranks (one per node with by-slot mapping; `--mca io_ompio_verbose_info_parsing 1` shows it) and
+ * ignores romio_cb_write. Reads keep the defaults. */
+static MPI_Info write_hints(MPI_Comm comm)
+{
+    char v[16];
+    snprintf(v, sizeof v, "%d", ck_cb_nodes(comm, NULL));
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "cb_nodes", v);
+    MPI_Info_set(info, "romio_cb_write", "enable");
+    return info;
+}
+
+static hid_t make_fapl(MPI_Comm comm, int write)
 {
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (comm != MPI_COMM_NULL) {
-        H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+        MPI_Info info = write ? write_hints(comm) : MPI_INFO_NULL;
+        H5Pset_fapl_mpio(fapl, comm, info); /* HDF5 keeps its own duplicate of info */
+        if (info != MPI_INFO_NULL)
+            MPI_Info_free(&info);
         /* metadata: rank 0 reads and broadcasts, the cache is flushed as one collective write (hpc-stack 2.4) */
         H5Pset_all_coll_metadata_ops(fapl, 1);
         H5Pset_coll_metadata_write(fapl, 1);
@@ -33,7 +79,7 @@ static hid_t make_fapl(MPI_Comm comm)
 int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
 {
     quiet();
-    hid_t fapl = make_fapl(comm);
+    hid_t fapl = make_fapl(comm, 1);
     *file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (*file < 0) {
@@ -46,7 +92,7 @@ int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
 int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err)
 {
     quiet();
-    hid_t fapl = make_fapl(comm);
+    hid_t fapl = make_fapl(comm, 0);
     *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     if (*file < 0) {

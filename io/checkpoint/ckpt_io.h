@@ -94,6 +94,12 @@ int ck_stacked_name(const char *name, char *ds, size_t len);
 /* File access: comm != MPI_COMM_NULL opens with the MPI-IO driver (collective), else with the serial driver.
  * HDF5's own error printing is silenced; messages come back in err. */
 int ck_create(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
+/* ck_create's MPI-IO hints on a parallel file: cb_nodes = ck_cb_nodes(comm) and romio_cb_write = enable (bounded
+ * aggregators, ckpt_file.c). ck_cb_nodes: min(the number of shared-memory nodes among comm's ranks, rank 0's
+ * ck_cb_nodes_cap()), the node count in *nodes (may be NULL); collective over comm. ck_cb_nodes_cap: this rank's
+ * PREFOPT_IO_CB_NODES_MAX (a positive integer), else 16. */
+int ck_cb_nodes(MPI_Comm comm, int *nodes);
+int ck_cb_nodes_cap(void);
 int ck_open(const char *path, MPI_Comm comm, hid_t *file, prefopt_err *err);
 int ck_close(hid_t file, const char *path, prefopt_err *err);
 /* Collective close of a file being written (comm: the file's communicator, MPI_COMM_NULL for a serial file):

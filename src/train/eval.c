@@ -60,8 +60,8 @@ int prefopt_eval_run(const prefopt_eval_params *p)
 
     prefopt_model_config cfg;
     prefopt_tokenizer_record tok = {0};
-    if (!prefopt_model_file_read_config(model_path, &cfg, &err))
-        prefopt_model_file_read_tokenizer(model_path, &tok, &err);
+    /* one rank opens the file, the rest get its config and tokenizer by broadcast (issue 17) */
+    prefopt_model_file_read_header(model_path, g.world, &cfg, &tok, &err);
     fail_if(&g, &err);
     prefopt_dataset *ds = NULL;
     prefopt_ds_expect ex = {cfg.vocab_size, tok.identity, 0};

@@ -344,8 +344,8 @@ int prefopt_generate_run(const prefopt_generate_params *p)
     prefopt_model_config cfg;
     prefopt_tokenizer_record rec = {0};
     prefopt_tokenizer *tk = NULL;
-    if (!prefopt_model_file_read_config(model_path, &cfg, &err) &&
-        !prefopt_model_file_read_tokenizer(model_path, &rec, &err)) {
+    /* one rank opens the file, the rest get its config and tokenizer by broadcast (issue 17) */
+    if (!prefopt_model_file_read_header(model_path, g.world, &cfg, &rec, &err)) {
         if (!rec.json)
             tk = prefopt_tokenizer_byte();
         else {
