@@ -13,7 +13,7 @@ start=$(date +%s)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPREFOPT_WERROR=ON > build.configure.log 2>&1 \
   || { cat build.configure.log; exit 1; }
 cmake --build build -j"$jobs"
-ctest --test-dir build --output-on-failure --timeout 900
+ctest --test-dir build --output-on-failure --timeout 900 -j"${PREFOPT_TEST_JOBS:-2}"
 
 # Sanitizers: the unit tests again, under ASan+UBSan (MPI tests are left out: Open MPI's own allocations
 # would drown the report).
@@ -21,7 +21,7 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPREFOPT_WERROR=ON -DPREFOPT_
   > build-asan.configure.log 2>&1 || { cat build-asan.configure.log; exit 1; }
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan -L unit --output-on-failure --timeout 900
+  ctest --test-dir build-asan -L unit --output-on-failure --timeout 900 -j"${PREFOPT_TEST_JOBS:-2}"
 
 # Fuzzing (issue 11): every parser's libFuzzer harness over its seeds and saved crash inputs, then briefly
 # (PREFOPT_FUZZ_SECONDS per harness, default 18); tests/fuzz/run_fuzz.sh. Needs clang's libFuzzer runtime.
