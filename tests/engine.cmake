@@ -14,7 +14,8 @@ prefopt_mpi_test(test_model_hfref 4 test_model_hfref.c test_model_util.c)
 # the same models in bf16 mixed precision against the float64 reference, within the derived bf16 bound
 add_test(NAME test_model_hfref_bf16_np4
          COMMAND ${PREFOPT_MPIEXEC} -n 4 ${PREFOPT_MPI_FLAGS} $<TARGET_FILE:test_model_hfref_exe> bf16
-         WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+         WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}/work/test_model_hfref_bf16_np4)
+file(MAKE_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}/work/test_model_hfref_bf16_np4)
 set_tests_properties(test_model_hfref_bf16_np4 PROPERTIES LABELS mpi TIMEOUT 600 SKIP_RETURN_CODE 77
                      ENVIRONMENT "PREFOPT_SOURCE_DIR=${CMAKE_SOURCE_DIR};BLIS_NUM_THREADS=1;OMP_NUM_THREADS=1;OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
 prefopt_bf16_test(test_model_hfref_bf16_np4)
