@@ -5,7 +5,7 @@
 # and the real job script:
 #   1. sbatch --nodes=2 --ntasks-per-node=2 jobs/dpo.sbatch: the per-node grid derivation (1x2 per node, dp 2
 #      across the nodes) and 6 steps whose losses equal one rank's within 1e-5 (gradient norms 1e-4);
-#   2. the same under --time=1 --signal=USR1@50: the time-limit signal -> checkpoint -> exit 99 -> requeue; the
+#   2. the same under --time=2 --signal=USR1@50 (SLURM may send it up to 60 s early, so a 1-minute limit could signal before step 1): the time-limit signal -> checkpoint -> exit 99 -> requeue; the
 #      requeued job is cancelled and the run is resumed on ONE node (2 ranks) from the checkpoint written on two,
 #      and its steps equal one rank's (the same bounds) up to the end.
 # Skips (77) with the reason where namespaces or the SLURM daemons cannot run.
@@ -162,13 +162,13 @@ echo "ok: sbatch --nodes=2 --ntasks-per-node=2 jobs/dpo.sbatch: grid 1x2 per nod
 
 # ---- 2. time-limit signal on two nodes, requeue, resume on one node ---------------------------------------------
 id=$(sbatch --parsable --nodes=2 --ntasks-per-node=2 \
-  --time=1 --signal=USR1@50 --export=ALL,PREFOPT_TEST_STEP_DELAY_MS=100 --output="$W/logs/int-%j.out" \
+  --time=2 --signal=USR1@50 --export=ALL,PREFOPT_TEST_STEP_DELAY_MS=100 --output="$W/logs/int-%j.out" \
   "$J/dpo.sbatch" dpo.ini "$W/int" --max-steps 1000) || fail "sbatch"
-end=$((SECONDS + 150))
+end=$((SECONDS + 210))
 while [ "$(scontrol show job "$id" | sed -n 's/.*Restarts=\([0-9]*\).*/\1/p')" = 0 ]; do
   st=$(slurm_job_state "$id")
   case $st in COMPLETED|FAILED|CANCELLED|TIMEOUT) fail "interrupted job ended $st instead of being requeued";; esac
-  [ $SECONDS -lt $end ] || fail "no requeue within 150 s"
+  [ $SECONDS -lt $end ] || fail "no requeue within 210 s"
   sleep 0.5
 done
 scancel "$id"
