@@ -95,7 +95,7 @@ for f in $outs; do
 done
 echo "ok: pipeline pack x2 -> SFT -> DPO$([ $have_eval = 1 ] && echo " -> eval") completed with the real trainer ($((SECONDS - t_start)) s)"
 
-# DPO resume check. The interrupted run gets the real time-limit signal (--time=1 --signal=USR1@50: slurmctld
+# DPO resume check. The interrupted run gets the real time-limit signal (--time=2 --signal=USR1@50: slurmctld may send it up to 60 s early;
 # sends it 10-40 s after the start), so how many steps it has done by then depends on the machine's load. With a
 # constant learning rate the trajectory does not depend on max-steps, so: run with a huge max-steps; when the
 # job is requeued (checkpoint at step K), hold it, set max-steps = K + 30 in its config, release it; it resumes
@@ -105,13 +105,13 @@ printf 'lr = 1e-4\nlr-scheduler = constant\nwarmup-steps = 0\n' >> "$W/dpo.ini"
 cp "$W/dpo.ini" "$W/dpo-int.ini"
 echo "max-steps = 100000" >> "$W/dpo-int.ini"
 mkdir -p "$W/logs"
-id=$(PREFOPT_INIT=$P/sft/model.h5 sbatch --parsable --ntasks-per-node=2 --time=1 --signal=USR1@50 \
+id=$(PREFOPT_INIT=$P/sft/model.h5 sbatch --parsable --ntasks-per-node=2 --time=2 --signal=USR1@50 \
        --output="$W/logs/dpo-int-%j.out" "$J/dpo.sbatch" "$W/dpo-int.ini" "$W/dpo-int")
-end=$((SECONDS + 120))
+end=$((SECONDS + 180))
 while [ "$(scontrol show job "$id" | sed -n 's/.*Restarts=\([0-9]*\).*/\1/p')" = 0 ]; do
   st=$(slurm_job_state "$id")
   case $st in COMPLETED|FAILED|CANCELLED|TIMEOUT) fail "interrupted DPO job ended $st instead of being requeued";; esac
-  [ $SECONDS -lt $end ] || fail "no requeue within 120 s"
+  [ $SECONDS -lt $end ] || fail "no requeue within 180 s"
   sleep 0.5
 done
 scontrol hold "$id" || fail "scontrol hold"
