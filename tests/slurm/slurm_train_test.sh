@@ -96,7 +96,7 @@ done
 echo "ok: pipeline pack x2 -> SFT -> DPO$([ $have_eval = 1 ] && echo " -> eval") completed with the real trainer ($((SECONDS - t_start)) s)"
 
 # DPO resume check. The interrupted run gets the real time-limit signal (--time=2 --signal=USR1@50: slurmctld may send it up to 60 s early;
-# sends it 10-40 s after the start), so how many steps it has done by then depends on the machine's load. With a
+# so it comes 10-70 s after the start), so how many steps it has done by then depends on the machine's load. With a
 # constant learning rate the trajectory does not depend on max-steps, so: run with a huge max-steps; when the
 # job is requeued (checkpoint at step K), hold it, set max-steps = K + 30 in its config, release it; it resumes
 # and ends at K + 30. The reference is the same config run uninterrupted to K + 30.
