@@ -349,11 +349,12 @@ static void test_bucketing_groups_lengths(void)
     for (int s = 0; s < 10; s++) {
         prefopt_ds_step st;
         CHECK(!prefopt_ds_loader_next(L, &st, &err), "%s", err.msg);
-        int64_t lo_len = 1 << 30, hi_len = 0;
+        int64_t lo_len = 1 << 30, hi_len = 0, lens[3 * 8];
+        CHECK(!prefopt_dataset_lengths(ds, st.micro[0].example, st.micro[0].nexamples, lens, &err), "%s", err.msg);
         for (int k = 0; k < st.micro[0].nexamples; k++) {
-            int64_t e = st.micro[0].example[k], len = 0;
+            int64_t len = 0;
             for (int f = 0; f < 3; f++)
-                len += prefopt_dataset_len(ds, f, e);
+                len += lens[3 * k + f];
             lo_len = len < lo_len ? len : lo_len, hi_len = len > hi_len ? len : hi_len;
         }
         spread += (long)(hi_len - lo_len);

@@ -83,6 +83,10 @@ typedef struct {
     int has_mask;         /* sft: completion/mask is present */
     char ref_model[192];  /* ref.model attribute, "" if none */
     int64_t num_tokens[PREFOPT_DS_MAX_FIELDS];
+    /* measured at open (streamed over every example): the longest example per field, and the longest
+     * prompt + completions row (the sum over the fields of one example) */
+    int64_t max_len[PREFOPT_DS_MAX_FIELDS], max_row;
+    int64_t desirable;    /* unpaired: examples with label 1 */
 } prefopt_ds_info;
 
 typedef struct prefopt_dataset prefopt_dataset;
@@ -95,7 +99,9 @@ typedef struct {
 } prefopt_ds_expect;
 
 /* Collective over comm. Opens and validates the file; on failure every rank of comm returns non-zero with the
- * same message in err. Keeps the offsets (8*(nfields+1)*N bytes), labels and ref log-probs in memory. */
+ * same message in err. Nothing per example is kept in memory: offsets, labels and ref log-probs are read on demand
+ * for the examples of each read, and the checks over every example at open (monotonic offsets, labels 0/1, ref
+ * values) are streamed in chunks of 64K examples split over the ranks of comm (issue 17). */
 int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expect *expect, prefopt_dataset **out,
                          prefopt_err *err);
 void prefopt_dataset_close(prefopt_dataset *ds); /* collective */
@@ -105,10 +111,21 @@ void prefopt_dataset_close(prefopt_dataset *ds); /* collective */
  * labels and reference log-probs read at open are kept. Errors (the file vanished) are agreed on over comm. */
 int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *err);
 const prefopt_ds_info *prefopt_dataset_info(const prefopt_dataset *ds);
-/* Human-readable summary: kind, counts, attributes, token totals, ref presence (prefopt inspect --file). */
-void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds);
-/* Token count of field f of example i. */
-int64_t prefopt_dataset_len(const prefopt_dataset *ds, int field, int64_t i);
+/* A second handle on the same validated file for one thread of one rank: serial HDF5 (no MPI call at all, so a
+ * prefetch thread may use it under MPI_THREAD_FUNNELED), reads independent of other ranks, errors not agreed
+ * (the caller agrees). HDF5 is not thread-safe: no other HDF5 call may run while it reads. Close it with
+ * prefopt_dataset_close (local). */
+int prefopt_dataset_open_local(const prefopt_dataset *ds, prefopt_dataset **out, prefopt_err *err);
+/* Human-readable summary: kind, counts, attributes, token totals, ref presence (prefopt inspect --file).
+ * Collective over the dataset's communicator (every rank calls it; rank 0 prints, holding the lengths for the
+ * quantiles). */
+void prefopt_dataset_describe(FILE *f, prefopt_dataset *ds);
+/* Collective over the dataset's communicator (n may differ per rank): token counts of the listed examples,
+ * len[j * nfields + f] for field f of example idx[j]. Agreed error. */
+int prefopt_dataset_lengths(prefopt_dataset *ds, const int64_t *idx, int64_t n, int64_t *len, prefopt_err *err);
+/* Most bytes of per-example data (offsets, labels, ref values and their index buffers) the dataset has held at
+ * once since it was opened: bounded by the largest read and the 64K-example chunk, not by the file (tests). */
+int64_t prefopt_dataset_peak_bytes(const prefopt_dataset *ds);
 
 /* Collective over comm: reads the tokens of the listed examples (any order, no duplicates; n may be 0 on some
  * ranks) for every field. tokens[f] (malloc'd, caller frees) receives the examples' tokens concatenated in the
@@ -149,10 +166,15 @@ typedef struct {
     int64_t global_batch;  /* fingerprint */
     int64_t num_examples;  /* fingerprint */
     int64_t bucket_window; /* fingerprint (-1 when shuffle is off) */
+    int64_t order;         /* the sample order's version (PREFOPT_DS_ORDER_VERSION; 0 in older checkpoints) */
 } prefopt_ds_cursor;
 
+/* The sample order: 2 = the keyed per-position permutation of issue 17 (before it, an [N] Fisher-Yates array on
+ * every rank). A cursor of another version is refused when shuffling (file order is the same in every version). */
+#define PREFOPT_DS_ORDER_VERSION 2
+
 /* The cursor as plain integers, e.g. HDF5 attributes "data.<name>": seed is stored bit for bit as int64. */
-enum { PREFOPT_DS_CURSOR_NVALUES = 6 };
+enum { PREFOPT_DS_CURSOR_NVALUES = 7 };
 extern const char *const prefopt_ds_cursor_names[PREFOPT_DS_CURSOR_NVALUES];
 void prefopt_ds_cursor_to_values(const prefopt_ds_cursor *c, int64_t v[PREFOPT_DS_CURSOR_NVALUES]);
 void prefopt_ds_cursor_from_values(const int64_t v[PREFOPT_DS_CURSOR_NVALUES], prefopt_ds_cursor *c);
@@ -183,6 +205,13 @@ typedef struct prefopt_ds_loader prefopt_ds_loader;
 int prefopt_ds_loader_create(prefopt_dataset *ds, const prefopt_ds_loader_opts *o, int dp_rank, int dp_size,
                              prefopt_ds_loader **out, prefopt_err *err);
 void prefopt_ds_loader_free(prefopt_ds_loader *L);
+/* The examples of global batch `step` of `epoch` in the loader's order (out: [global batch], *n of them), reading
+ * no tokens. Collective over the dataset's communicator when bucketing (the window's lengths are read), local
+ * otherwise. The loader's own position is not moved (tests check the order is a permutation over 1M+ examples). */
+int prefopt_ds_loader_batch_examples(prefopt_ds_loader *L, int64_t epoch, int64_t step, int64_t *out, int *n,
+                                     prefopt_err *err);
+/* Bytes the loader holds for the order: the bucketing window and one batch of example indices, never O(N). */
+int64_t prefopt_ds_loader_held_bytes(const prefopt_ds_loader *L);
 int64_t prefopt_ds_loader_steps_per_epoch(const prefopt_ds_loader *L);
 void prefopt_ds_loader_get_cursor(const prefopt_ds_loader *L, prefopt_ds_cursor *c);
 int prefopt_ds_loader_set_cursor(prefopt_ds_loader *L, const prefopt_ds_cursor *c, prefopt_err *err);

@@ -1,75 +1,21 @@
-/* Pre-tokenized HDF5 datasets: open and validate (collectively, one agreed message on failure), collective
- * hyperslab reads of chosen examples, and the reference log-prob writer. The format is documented in dataset.h. */
+/* Pre-tokenized HDF5 datasets: open and validate (collectively, one agreed message on failure) and collective
+ * hyperslab reads of chosen examples. Per-example offsets, labels and reference log-probs are read on demand
+ * (index.c); the reference log-prob writer is store_ref.c. The format is documented in dataset.h. */
 #define _GNU_SOURCE
 #include "prefopt/dataset.h"
 #include "dataset_internal.h"
-#include "prefopt/files.h"
+#include "prefopt/agree.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <hdf5.h>
 #include <inttypes.h>
-#include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-static const char *const kind_names[] = {"pairs", "unpaired", "sft"};
-static const char *const field_names[3][PREFOPT_DS_MAX_FIELDS] = {
-    {"prompt", "chosen", "rejected"}, {"prompt", "completion", NULL}, {"prompt", "completion", NULL}};
-static const char *const ref_names[3][2] = {
-    {"chosen_logps", "rejected_logps"}, {"completion_logps", NULL}, {"completion_logps", NULL}};
-
-const char *prefopt_ds_kind_name(prefopt_ds_kind k) { return (unsigned)k < 3 ? kind_names[k] : "?"; }
-int prefopt_ds_kind_nfields(prefopt_ds_kind k) { return k == PREFOPT_DS_PAIRS ? 3 : 2; }
-const char *prefopt_ds_field_name(prefopt_ds_kind k, int f) { return field_names[k][f]; }
-int prefopt_ds_kind_nrefs(prefopt_ds_kind k) { return k == PREFOPT_DS_PAIRS ? 2 : 1; }
-const char *prefopt_ds_ref_name(prefopt_ds_kind k, int i) { return ref_names[k][i]; }
-
-int prefopt_ds_kind_parse(const char *name, prefopt_ds_kind *k)
-{
-    for (int i = 0; i < 3; i++)
-        if (!strcmp(name, kind_names[i])) {
-            *k = (prefopt_ds_kind)i;
-            return 0;
-        }
-    return 1;
-}
-
-/* HDF5 prints its whole error stack on failure by default; we report one line of our own instead. */
-typedef struct {
-    H5E_auto2_t fn;
-    void *data;
-} quiet_h5;
-static quiet_h5 h5_quiet(void)
-{
-    quiet_h5 q;
-    H5Eget_auto2(H5E_DEFAULT, &q.fn, &q.data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    return q;
-}
-static void h5_loud(quiet_h5 q) { H5Eset_auto2(H5E_DEFAULT, q.fn, q.data); }
-
-struct prefopt_dataset {
-    char *path;
-    MPI_Comm comm;
-    int rank, size;
-    hid_t file, dxpl;
-    hid_t tokens[PREFOPT_DS_MAX_FIELDS];
-    hid_t mask;                              /* sft completion/mask, -1 when absent */
-    prefopt_ds_info info;
-    int nfields;
-    int64_t *offsets[PREFOPT_DS_MAX_FIELDS]; /* [N+1] each */
-    uint8_t *label;                          /* [N], unpaired */
-    double *ref[2];                          /* [N] each, when info.has_ref */
-    int last_io_mode;                        /* H5D_mpio_actual_io_mode_t of the last token read */
-};
 
 static int attr_exists(hid_t obj, const char *name) { return H5Aexists(obj, name) > 0; }
 
-static int read_attr_i64(hid_t obj, const char *path, const char *name, int64_t *v, prefopt_err *err)
+int prefopt_ds_read_attr_i64(hid_t obj, const char *path, const char *name, int64_t *v, prefopt_err *err)
 {
     if (!attr_exists(obj, name)) {
         prefopt_err_set(err, "%s: attribute '%s' is missing", path, name);
@@ -85,7 +31,7 @@ static int read_attr_i64(hid_t obj, const char *path, const char *name, int64_t 
 }
 
 /* Strings may be fixed-length (prefopt, h5dump-friendly) or variable-length (h5py's default for str). */
-static int read_attr_str(hid_t obj, const char *path, const char *name, char *buf, size_t len, prefopt_err *err)
+int prefopt_ds_read_attr_str(hid_t obj, const char *path, const char *name, char *buf, size_t len, prefopt_err *err)
 {
     if (!attr_exists(obj, name)) {
         prefopt_err_set(err, "%s: attribute '%s' is missing", path, name);
@@ -188,89 +134,34 @@ static hid_t open_checked(hid_t file, const char *path, const char *name, H5T_cl
     return d;
 }
 
-/* Every rank reads the whole 1-D dataset (offsets, labels, refs: 8 bytes or less per example). */
-static int read_all(prefopt_dataset *ds, hid_t d, hid_t memtype, void *buf, const char *name, prefopt_err *err)
-{
-    if (H5Dread(d, memtype, H5S_ALL, H5S_ALL, ds->dxpl, buf) < 0) {
-        prefopt_err_set(err, "%s: cannot read dataset '%s'", ds->path, name);
-        return 1;
-    }
-    return 0;
-}
-
-/* Index of the example holding token position p of field f (binary search in the offsets). */
-static int64_t example_of(const prefopt_dataset *ds, int f, int64_t p)
-{
-    int64_t lo = 0, hi = ds->info.num_examples; /* offsets[lo] <= p < offsets[hi] */
-    while (hi - lo > 1) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (ds->offsets[f][mid] <= p)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-static int check_ids(const prefopt_dataset *ds, int f, const int32_t *ids, int64_t n, int64_t first_pos,
+/* Token ids of example e (field f, positions first_pos...) against the vocabulary, as they are read. */
+static int check_ids(const prefopt_dataset *ds, int f, const int32_t *ids, int64_t n, int64_t first_pos, int64_t e,
                      prefopt_err *err)
 {
     const int32_t V = ds->info.vocab_size;
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V) {
-            int64_t p = first_pos + i;
             prefopt_err_set(err, "%s: dataset '%s/tokens': token id %d at position %" PRId64 " (example %" PRId64
                                  ") is outside the vocabulary [0, %d)",
-                            ds->path, field_names[ds->info.kind][f], ids[i], p, example_of(ds, f, p), V);
+                            ds->path, prefopt_ds_field_name(ds->info.kind, f), ids[i], first_pos + i, e, V);
             return 1;
         }
     return 0;
 }
 
 /* A loss mask holds 0 or 1 per completion token. */
-static int check_mask(const prefopt_dataset *ds, int f, const int32_t *m, int64_t n, int64_t first_pos,
+static int check_mask(const prefopt_dataset *ds, int f, const int32_t *m, int64_t n, int64_t first_pos, int64_t e,
                       prefopt_err *err)
 {
+    (void)f;
     for (int64_t i = 0; i < n; i++)
         if (m[i] != 0 && m[i] != 1) {
-            int64_t p = first_pos + i;
             prefopt_err_set(err, "%s: dataset 'completion/mask': value %d at position %" PRId64 " (example %" PRId64
                                  "), expected 0 or 1",
-                            ds->path, m[i], p, example_of(ds, f, p));
+                            ds->path, m[i], first_pos + i, e);
             return 1;
         }
     return 0;
-}
-
-/* Each rank checks a contiguous slice of every token array, in collective reads of at most 4M ids. */
-static void scan_tokens(prefopt_dataset *ds, prefopt_err *err)
-{
-    const int64_t CH = 1 << 22;
-    int32_t *buf = prefopt_xmalloc((size_t)CH * sizeof(int32_t), "token scan");
-    for (int f = 0; f < ds->nfields; f++) {
-        int64_t M = ds->info.num_tokens[f];
-        int64_t lo = M * ds->rank / ds->size, hi = M * (ds->rank + 1) / ds->size;
-        int64_t maxshare = (M + ds->size - 1) / ds->size;
-        int64_t iters = (maxshare + CH - 1) / CH;
-        hid_t fs = H5Dget_space(ds->tokens[f]);
-        for (int64_t it = 0; it < iters; it++) {
-            int64_t a = lo + it * CH, b = a + CH < hi ? a + CH : hi;
-            hsize_t cnt = a < b ? (hsize_t)(b - a) : 0, off = (hsize_t)a;
-            hsize_t one = cnt ? cnt : 1;
-            hid_t ms = H5Screate_simple(1, &one, NULL);
-            if (cnt && !err->set)
-                H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL);
-            else
-                H5Sselect_none(fs), H5Sselect_none(ms), cnt = 0;
-            if (H5Dread(ds->tokens[f], H5T_NATIVE_INT32, ms, fs, ds->dxpl, buf) < 0)
-                prefopt_err_set(err, "%s: cannot read dataset '%s/tokens'", ds->path, field_names[ds->info.kind][f]);
-            else if (cnt)
-                check_ids(ds, f, buf, (int64_t)cnt, a, err);
-            H5Sclose(ms);
-        }
-        H5Sclose(fs);
-    }
-    free(buf);
 }
 
 static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_err *err)
@@ -279,21 +170,21 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
     prefopt_ds_info *in = &ds->info;
     int64_t v = 0;
     char kind[32];
-    if (read_attr_i64(ds->file, path, "format_version", &v, err))
+    if (prefopt_ds_read_attr_i64(ds->file, path, "format_version", &v, err))
         return;
     if (v != PREFOPT_DS_FORMAT_VERSION) {
         prefopt_err_set(err, "%s: format_version %" PRId64 " is not supported (this prefopt reads version %d)", path,
                         v, PREFOPT_DS_FORMAT_VERSION);
         return;
     }
-    if (read_attr_str(ds->file, path, "kind", kind, sizeof kind, err))
+    if (prefopt_ds_read_attr_str(ds->file, path, "kind", kind, sizeof kind, err))
         return;
     if (prefopt_ds_kind_parse(kind, &in->kind)) {
         prefopt_err_set(err, "%s: attribute 'kind' is '%s', expected pairs, unpaired or sft", path, kind);
         return;
     }
     ds->nfields = prefopt_ds_kind_nfields(in->kind);
-    if (read_attr_i64(ds->file, path, "num_examples", &in->num_examples, err))
+    if (prefopt_ds_read_attr_i64(ds->file, path, "num_examples", &in->num_examples, err))
         return;
     if (in->num_examples < 0) {
         prefopt_err_set(err, "%s: attribute 'num_examples' is negative", path);
@@ -302,7 +193,7 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
     const char *ints[4] = {"vocab_size", "bos_id", "eos_id", "pad_id"};
     int *dst[4] = {&in->vocab_size, &in->bos_id, &in->eos_id, &in->pad_id};
     for (int i = 0; i < 4; i++) {
-        if (read_attr_i64(ds->file, path, ints[i], &v, err))
+        if (prefopt_ds_read_attr_i64(ds->file, path, ints[i], &v, err))
             return;
         if (v < (i ? -1 : 1) || v > INT32_MAX) {
             prefopt_err_set(err, "%s: attribute '%s' = %" PRId64 " is out of range", path, ints[i], v);
@@ -310,7 +201,7 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
         }
         *dst[i] = (int)v;
     }
-    if (read_attr_str(ds->file, path, "tokenizer", in->tokenizer, sizeof in->tokenizer, err))
+    if (prefopt_ds_read_attr_str(ds->file, path, "tokenizer", in->tokenizer, sizeof in->tokenizer, err))
         return;
     for (int i = 1; i < 4; i++)
         if (*dst[i] >= in->vocab_size) {
@@ -334,7 +225,7 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
     const int64_t N = in->num_examples;
     for (int f = 0; f < ds->nfields; f++) {
         char name[64];
-        const char *fn = field_names[in->kind][f];
+        const char *fn = prefopt_ds_field_name(in->kind, f);
         snprintf(name, sizeof name, "%s/tokens", fn);
         ds->tokens[f] = open_checked(ds->file, path, name, H5T_INTEGER, 4, 1, -1, &in->num_tokens[f], err);
         if (ds->tokens[f] < 0)
@@ -344,35 +235,16 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
         hid_t d = open_checked(ds->file, path, name, H5T_INTEGER, 8, -1, N + 1, &len, err);
         if (d < 0)
             return;
-        ds->offsets[f] = prefopt_xmalloc((size_t)(N + 1) * sizeof(int64_t), "offsets");
-        int bad = read_all(ds, d, H5T_NATIVE_INT64, ds->offsets[f], name, err);
-        H5Dclose(d);
-        if (bad)
+        ds->offs[f] = d;
+        if (prefopt_ds_check_offsets(ds, f, name, err))
             return;
-        const int64_t *o = ds->offsets[f];
-        if (o[0] != 0) {
-            prefopt_err_set(err, "%s: dataset '%s' starts at %" PRId64 ", expected 0", path, name, o[0]);
-            return;
-        }
-        for (int64_t i = 0; i < N; i++)
-            if (o[i + 1] < o[i]) {
-                prefopt_err_set(err, "%s: dataset '%s' is not monotonic at example %" PRId64 " (%" PRId64
-                                     " after %" PRId64 ")",
-                                path, name, i, o[i + 1], o[i]);
-                return;
-            }
-        if (o[N] != in->num_tokens[f]) {
-            prefopt_err_set(err, "%s: dataset '%s' ends at %" PRId64 " but '%s/tokens' has %" PRId64 " entries",
-                            path, name, o[N], fn, in->num_tokens[f]);
-            return;
-        }
     }
     if (H5Lexists(ds->file, "completion", H5P_DEFAULT) > 0 &&
         H5Lexists(ds->file, "completion/mask", H5P_DEFAULT) > 0) {
         if (in->kind != PREFOPT_DS_SFT) {
             prefopt_err_set(err, "%s: dataset 'completion/mask' in a '%s' dataset (only sft datasets carry loss "
                                  "masks)",
-                            path, kind_names[in->kind]);
+                            path, prefopt_ds_kind_name(in->kind));
             return;
         }
         int64_t len;
@@ -383,88 +255,107 @@ static void validate(prefopt_dataset *ds, const prefopt_ds_expect *ex, prefopt_e
     }
     if (in->kind == PREFOPT_DS_UNPAIRED) {
         int64_t len;
-        hid_t d = open_checked(ds->file, path, "label", H5T_INTEGER, 1, 0, N, &len, err);
-        if (d < 0)
+        ds->label = open_checked(ds->file, path, "label", H5T_INTEGER, 1, 0, N, &len, err);
+        if (ds->label < 0 || prefopt_ds_check_labels(ds, err))
             return;
-        ds->label = prefopt_xmalloc((size_t)N + 1, "labels");
-        /* read in the file's own 1-byte type: HDF5 converts no enum to an integer */
-        hid_t ft = H5Dget_type(d), mt = H5Tget_native_type(ft, H5T_DIR_ASCEND);
-        int bad = read_all(ds, d, mt, ds->label, "label", err);
-        H5Tclose(mt), H5Tclose(ft);
-        H5Dclose(d);
-        if (bad)
-            return;
-        for (int64_t i = 0; i < N; i++)
-            if (ds->label[i] > 1) {
-                prefopt_err_set(err, "%s: dataset 'label': value %d at example %" PRId64 ", expected 0 or 1", path,
-                                ds->label[i], i);
-                return;
-            }
     }
     if (H5Lexists(ds->file, "ref", H5P_DEFAULT) > 0) {
         int nr = prefopt_ds_kind_nrefs(in->kind);
         for (int r = 0; r < nr; r++) {
             char name[64];
             int64_t len;
-            snprintf(name, sizeof name, "ref/%s", ref_names[in->kind][r]);
-            hid_t d = open_checked(ds->file, path, name, H5T_FLOAT, 8, -1, N, &len, err);
-            if (d < 0)
+            snprintf(name, sizeof name, "ref/%s", prefopt_ds_ref_name(in->kind, r));
+            ds->ref[r] = open_checked(ds->file, path, name, H5T_FLOAT, 8, -1, N, &len, err);
+            if (ds->ref[r] < 0 || prefopt_ds_check_ref(ds, r, name, err))
                 return;
-            ds->ref[r] = prefopt_xmalloc((size_t)N * sizeof(double) + 8, "ref log-probs");
-            int bad = read_all(ds, d, H5T_NATIVE_DOUBLE, ds->ref[r], name, err);
-            H5Dclose(d);
-            if (bad)
-                return;
-            /* summed log-probs are finite and <= 0: anything else (an h5py edit, another tool's output) would
-             * train on nonsense without a word */
-            for (int64_t i = 0; i < N; i++)
-                if (!isfinite(ds->ref[r][i]) || ds->ref[r][i] > 0) {
-                    prefopt_err_set(err, "%s: dataset '%s': value %g at example %" PRId64 " is not a log-probability "
-                                         "(finite and <= 0)", path, name, ds->ref[r][i], i);
-                    return;
-                }
         }
         hid_t g = H5Gopen2(ds->file, "ref", H5P_DEFAULT);
         if (g >= 0 && attr_exists(g, "model"))
-            read_attr_str(g, path, "model", in->ref_model, sizeof in->ref_model, err);
+            prefopt_ds_read_attr_str(g, path, "model", in->ref_model, sizeof in->ref_model, err);
         if (g >= 0)
             H5Gclose(g);
         in->has_ref = 1;
     }
+    prefopt_ds_length_stats(ds, err);
+}
+
+static void close_handles(prefopt_dataset *ds)
+{
+    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++) {
+        if (ds->tokens[f] >= 0)
+            H5Dclose(ds->tokens[f]);
+        if (ds->offs[f] >= 0)
+            H5Dclose(ds->offs[f]);
+        ds->tokens[f] = ds->offs[f] = -1;
+    }
+    hid_t *one[3] = {&ds->mask, &ds->label, &ds->ref[0]};
+    for (int i = 0; i < 3; i++)
+        if (*one[i] >= 0)
+            H5Dclose(*one[i]), *one[i] = -1;
+    if (ds->ref[1] >= 0)
+        H5Dclose(ds->ref[1]), ds->ref[1] = -1;
+    if (ds->file >= 0)
+        H5Fclose(ds->file), ds->file = -1;
+}
+
+/* Opens the datasets a validated file's reads use (set_comm, open_local); non-zero if one is missing. */
+static int open_handles(prefopt_dataset *ds, prefopt_err *err)
+{
+    const prefopt_ds_info *in = &ds->info;
+    char names[10][64];
+    hid_t *dst[10];
+    int n = 0;
+    for (int f = 0; f < ds->nfields; f++) {
+        snprintf(names[n], 64, "%s/tokens", prefopt_ds_field_name(in->kind, f)), dst[n++] = &ds->tokens[f];
+        snprintf(names[n], 64, "%s/offsets", prefopt_ds_field_name(in->kind, f)), dst[n++] = &ds->offs[f];
+    }
+    if (in->has_mask)
+        snprintf(names[n], 64, "completion/mask"), dst[n++] = &ds->mask;
+    if (in->kind == PREFOPT_DS_UNPAIRED)
+        snprintf(names[n], 64, "label"), dst[n++] = &ds->label;
+    for (int r = 0; in->has_ref && r < prefopt_ds_kind_nrefs(in->kind); r++)
+        snprintf(names[n], 64, "ref/%s", prefopt_ds_ref_name(in->kind, r)), dst[n++] = &ds->ref[r];
+    for (int i = 0; i < n; i++)
+        if ((*dst[i] = H5Dopen2(ds->file, names[i], H5P_DEFAULT)) < 0) {
+            prefopt_err_set(err, "%s: cannot reopen dataset '%s'", ds->path, names[i]);
+            return 1;
+        }
+    return 0;
 }
 
 void prefopt_dataset_close(prefopt_dataset *ds)
 {
     if (!ds)
         return;
-    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++) {
-        if (ds->tokens[f] >= 0)
-            H5Dclose(ds->tokens[f]);
-        free(ds->offsets[f]);
-    }
-    if (ds->mask >= 0)
-        H5Dclose(ds->mask);
+    close_handles(ds);
     if (ds->dxpl >= 0)
         H5Pclose(ds->dxpl);
-    if (ds->file >= 0)
-        H5Fclose(ds->file);
-    free(ds->label), free(ds->ref[0]), free(ds->ref[1]), free(ds->path);
+    free(ds->path);
     free(ds);
+}
+
+static prefopt_dataset *new_dataset(const char *path, MPI_Comm comm)
+{
+    prefopt_dataset *ds = prefopt_xcalloc(1, sizeof *ds, "dataset");
+    ds->path = strdup(path);
+    ds->comm = comm;
+    ds->file = ds->dxpl = ds->mask = ds->label = ds->ref[0] = ds->ref[1] = -1;
+    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
+        ds->tokens[f] = ds->offs[f] = -1;
+    ds->size = 1;
+    if (comm != MPI_COMM_NULL) {
+        MPI_Comm_rank(comm, &ds->rank);
+        MPI_Comm_size(comm, &ds->size);
+    }
+    return ds;
 }
 
 int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expect *expect, prefopt_dataset **out,
                          prefopt_err *err)
 {
     *out = NULL;
-    prefopt_dataset *ds = prefopt_xcalloc(1, sizeof *ds, "dataset");
-    ds->path = strdup(path);
-    ds->comm = comm;
-    ds->file = ds->dxpl = ds->mask = -1;
-    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
-        ds->tokens[f] = -1;
-    MPI_Comm_rank(comm, &ds->rank);
-    MPI_Comm_size(comm, &ds->size);
-    quiet_h5 q = h5_quiet();
+    prefopt_dataset *ds = new_dataset(path, comm);
+    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
     /* Every metadata operation below is made by all ranks in the same order, so rank 0 may read metadata
      * for everyone (all_coll_metadata_ops): one reader instead of a storm of small reads at scale. */
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -479,12 +370,13 @@ int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expec
         H5Pset_dxpl_mpio(ds->dxpl, H5FD_MPIO_COLLECTIVE);
         validate(ds, expect, err);
     }
-    /* The steps above fail on metadata every rank sees identically; the scan below sees different data per rank. */
+    /* The metadata steps fail identically on every rank, the streamed checks agree as they go; the scan below sees
+     * different data per rank. */
     if (!prefopt_agree(comm, err) && !(expect && expect->skip_token_scan)) {
-        scan_tokens(ds, err);
+        prefopt_ds_scan_tokens(ds, err);
         prefopt_agree(comm, err);
     }
-    h5_loud(q);
+    prefopt_ds_h5_loud(q);
     if (err->set) {
         prefopt_dataset_close(ds);
         return 1;
@@ -495,21 +387,11 @@ int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expec
 
 int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *err)
 {
-    for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
-        if (ds->tokens[f] >= 0) {
-            H5Dclose(ds->tokens[f]);
-            ds->tokens[f] = -1;
-        }
-    int had_mask = ds->mask >= 0; /* every dataset handle kept open must be reopened below */
-    if (had_mask)
-        H5Dclose(ds->mask);
-    ds->mask = -1;
-    if (ds->file >= 0)
-        H5Fclose(ds->file);
+    close_handles(ds); /* every dataset handle kept open must be reopened by open_handles */
     ds->comm = comm;
     MPI_Comm_rank(comm, &ds->rank);
     MPI_Comm_size(comm, &ds->size);
-    quiet_h5 q = h5_quiet();
+    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
     H5Pset_all_coll_metadata_ops(fapl, 1);
@@ -517,25 +399,65 @@ int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *er
     H5Pclose(fapl);
     if (ds->file < 0)
         prefopt_err_set(err, "%s: cannot reopen (removed while the run started?)", ds->path);
-    for (int f = 0; f < ds->nfields && ds->file >= 0; f++) {
-        char name[64];
-        snprintf(name, sizeof name, "%s/tokens", field_names[ds->info.kind][f]);
-        ds->tokens[f] = H5Dopen2(ds->file, name, H5P_DEFAULT);
-        if (ds->tokens[f] < 0)
-            prefopt_err_set(err, "%s: cannot reopen dataset '%s'", ds->path, name);
-    }
-    if (had_mask && ds->file >= 0 && (ds->mask = H5Dopen2(ds->file, "completion/mask", H5P_DEFAULT)) < 0)
-        prefopt_err_set(err, "%s: cannot reopen dataset 'completion/mask'", ds->path);
-    h5_loud(q);
+    else
+        open_handles(ds, err);
+    prefopt_ds_h5_loud(q);
     return prefopt_agree(comm, err);
+}
+
+int prefopt_dataset_open_local(const prefopt_dataset *src, prefopt_dataset **out, prefopt_err *err)
+{
+    *out = NULL;
+    prefopt_dataset *ds = new_dataset(src->path, MPI_COMM_NULL);
+    ds->info = src->info;
+    ds->nfields = src->nfields;
+    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
+    /* the serial (sec2) driver: an HDF5 file object of its own beside the MPI-IO one, read without MPI */
+    ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (ds->file < 0)
+        prefopt_err_set(err, "%s: cannot reopen (removed while the run started?)", ds->path);
+    else
+        open_handles(ds, err);
+    prefopt_ds_h5_loud(q);
+    if (err->set) {
+        prefopt_dataset_close(ds);
+        return 1;
+    }
+    *out = ds;
+    return 0;
 }
 
 const prefopt_ds_info *prefopt_dataset_info(const prefopt_dataset *ds) { return &ds->info; }
 
-int64_t prefopt_dataset_len(const prefopt_dataset *ds, int f, int64_t i)
+int prefopt_dataset_lengths(prefopt_dataset *ds, const int64_t *idx, int64_t n, int64_t *len, prefopt_err *out_err)
 {
-    return ds->offsets[f][i + 1] - ds->offsets[f][i];
+    prefopt_err e = {0}, *err = &e;
+    const int64_t N = ds->info.num_examples;
+    for (int64_t j = 0; j < n && !err->set; j++)
+        if (idx[j] < 0 || idx[j] >= N)
+            prefopt_err_set(err, "%s: example %" PRId64 " requested, the file has %" PRId64, ds->path, idx[j], N);
+    if (err->set)
+        n = 0; /* still take part in the collective reads */
+    int64_t *lo = prefopt_xmalloc((size_t)(n + 1) * sizeof *lo, "lengths"), *hi = prefopt_xmalloc((size_t)(n + 1) * sizeof *hi, "lengths");
+    prefopt_ds_hold(ds, 16 * n);
+    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
+    for (int f = 0; f < ds->nfields; f++) {
+        if (prefopt_ds_read_bounds(ds, f, idx, n, lo, hi))
+            prefopt_err_set(err, "%s: cannot read dataset '%s/offsets'", ds->path, prefopt_ds_field_name(ds->info.kind, f));
+        for (int64_t j = 0; j < n; j++)
+            len[j * ds->nfields + f] = hi[j] - lo[j];
+    }
+    prefopt_ds_h5_loud(q);
+    prefopt_ds_hold(ds, -16 * n);
+    free(lo), free(hi);
+    if (prefopt_ds_agree(ds, err)) {
+        prefopt_err_set(out_err, "%s", e.msg);
+        return 1;
+    }
+    return 0;
 }
+
+int64_t prefopt_dataset_peak_bytes(const prefopt_dataset *ds) { return prefopt_ds_peak_bytes(ds); }
 
 static int cmp_i64(const void *a, const void *b)
 {
@@ -543,34 +465,54 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-void prefopt_dataset_describe(FILE *f, const prefopt_dataset *ds)
+void prefopt_dataset_describe(FILE *f, prefopt_dataset *ds)
 {
     const prefopt_ds_info *in = &ds->info;
-    fprintf(f, "%s: prefopt dataset v%d, kind %s, %" PRId64 " examples\n", ds->path, PREFOPT_DS_FORMAT_VERSION,
-            kind_names[in->kind], in->num_examples);
-    fprintf(f, "  vocab_size %d, tokenizer %s, bos %d, eos %d, pad %d\n", in->vocab_size, in->tokenizer, in->bos_id,
-            in->eos_id, in->pad_id);
-    const int64_t N = in->num_examples;
-    int64_t *len = prefopt_xmalloc((size_t)(N ? N : 1) * sizeof(int64_t), "lengths");
+    const int p0 = ds->rank == 0;
+    if (p0) {
+        fprintf(f, "%s: prefopt dataset v%d, kind %s, %" PRId64 " examples\n", ds->path, PREFOPT_DS_FORMAT_VERSION,
+                prefopt_ds_kind_name(in->kind), in->num_examples);
+        fprintf(f, "  vocab_size %d, tokenizer %s, bos %d, eos %d, pad %d\n", in->vocab_size, in->tokenizer,
+                in->bos_id, in->eos_id, in->pad_id);
+    }
+    /* the quantiles need every length: rank 0 reads them (8 bytes per example, once, in `prefopt inspect`) while
+     * the others join the collective reads with nothing selected */
+    const int64_t N = in->num_examples, CH = (int64_t)1 << 16;
+    int64_t *len = prefopt_xmalloc((size_t)(p0 && N ? N : 1) * sizeof(int64_t), "lengths");
+    int64_t *o = prefopt_xmalloc((size_t)(CH + 1) * sizeof(int64_t), "offsets chunk");
     for (int k = 0; k < ds->nfields; k++) {
-        for (int64_t i = 0; i < N; i++)
-            len[i] = ds->offsets[k][i + 1] - ds->offsets[k][i];
+        int bad = 0;
+        for (int64_t a = 0; a < N; a += CH) {
+            int64_t b = a + CH < N ? a + CH : N;
+            hid_t fs = H5Dget_space(ds->offs[k]);
+            hsize_t off = (hsize_t)a, cnt = (hsize_t)(b - a + 1);
+            hid_t ms = H5Screate_simple(1, &cnt, NULL);
+            if (p0)
+                H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL);
+            else
+                H5Sselect_none(fs), H5Sselect_none(ms);
+            bad |= H5Dread(ds->offs[k], H5T_NATIVE_INT64, ms, fs, ds->dxpl >= 0 ? ds->dxpl : H5P_DEFAULT, o) < 0;
+            H5Sclose(ms), H5Sclose(fs);
+            for (int64_t i = a; p0 && i < b; i++)
+                len[i] = o[i - a + 1] - o[i - a];
+        }
+        if (!p0)
+            continue;
         qsort(len, (size_t)N, sizeof(int64_t), cmp_i64);
-        fprintf(f, "  %-10s %" PRId64 " tokens", field_names[in->kind][k], in->num_tokens[k]);
-        if (N)
+        fprintf(f, "  %-10s %" PRId64 " tokens", prefopt_ds_field_name(in->kind, k), in->num_tokens[k]);
+        if (N && !bad)
             fprintf(f, "; length min %" PRId64 ", p50 %" PRId64 ", p90 %" PRId64 ", max %" PRId64, len[0],
                     len[(N - 1) / 2], len[(N - 1) * 9 / 10], len[N - 1]);
         fprintf(f, "\n");
     }
-    free(len);
+    free(len), free(o);
+    if (!p0)
+        return;
     if (in->has_mask)
         fprintf(f, "  loss mask: completion/mask (only the tokens it marks are trained: --assistant-only-loss)\n");
-    if (in->kind == PREFOPT_DS_UNPAIRED) {
-        int64_t pos = 0;
-        for (int64_t i = 0; i < in->num_examples; i++)
-            pos += ds->label[i];
-        fprintf(f, "  labels: %" PRId64 " desirable, %" PRId64 " undesirable\n", pos, in->num_examples - pos);
-    }
+    if (in->kind == PREFOPT_DS_UNPAIRED)
+        fprintf(f, "  labels: %" PRId64 " desirable, %" PRId64 " undesirable\n", in->desirable,
+                in->num_examples - in->desirable);
     if (in->has_ref)
         fprintf(f, "  reference log-probs: present (model %s)\n", in->ref_model[0] ? in->ref_model : "unnamed");
     else
@@ -581,8 +523,6 @@ int prefopt_ds_last_io_mode(const prefopt_dataset *ds) { return ds->last_io_mode
 
 const char *prefopt_ds_path(const prefopt_dataset *ds) { return ds->path; }
 MPI_Comm prefopt_ds_comm(const prefopt_dataset *ds) { return ds->comm; }
-const uint8_t *prefopt_ds_labels(const prefopt_dataset *ds) { return ds->label; }
-const double *prefopt_ds_ref(const prefopt_dataset *ds, int r) { return ds->info.has_ref ? ds->ref[r] : NULL; }
 
 static int cmp_pair(const void *a, const void *b)
 {
@@ -592,6 +532,12 @@ static int cmp_pair(const void *a, const void *b)
 
 int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t *tokens[PREFOPT_DS_MAX_FIELDS],
                          int64_t *start[PREFOPT_DS_MAX_FIELDS], prefopt_err *out_err)
+{
+    return prefopt_ds_read_examples(ds, idx, n, tokens, start, NULL, NULL, out_err);
+}
+
+int prefopt_ds_read_examples(prefopt_dataset *ds, const int64_t *idx, int n, int32_t *tokens[PREFOPT_DS_MAX_FIELDS],
+                             int64_t *start[PREFOPT_DS_MAX_FIELDS], uint8_t *label, double *ref, prefopt_err *out_err)
 {
     prefopt_err e = {0}, *err = &e; /* whatever the caller's err holds, this read agrees on its own outcome */
     const int64_t N = ds->info.num_examples;
@@ -606,29 +552,39 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
     if (err->set)
         n = 0; /* still take part in the collective reads */
     qsort(ord, (size_t)n, 2 * sizeof(int64_t), cmp_pair);
-    quiet_h5 q = h5_quiet();
+    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
     for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
         tokens[f] = NULL, start[f] = NULL;
+    /* this batch's offsets (lo, hi per example and field), read now for these examples only */
+    int64_t *olo = prefopt_xmalloc((size_t)(n + 1) * sizeof(int64_t), "offsets");
+    int64_t *ohi = prefopt_xmalloc((size_t)(n + 1) * sizeof(int64_t), "offsets");
+    int64_t *slo = prefopt_xmalloc((size_t)(n + 1) * sizeof(int64_t), "offsets");
+    int64_t *shi = prefopt_xmalloc((size_t)(n + 1) * sizeof(int64_t), "offsets");
+    prefopt_ds_hold(ds, 32 * (int64_t)n);
     /* the fields, then an sft dataset's loss mask with the completion's selection (into tokens[nfields]) */
     const int nread = ds->nfields + ds->info.has_mask;
     for (int f = 0; f < nread; f++) {
         const int is_mask = f == ds->nfields, of = is_mask ? 1 : f;
         const hid_t dset = is_mask ? ds->mask : ds->tokens[f];
-        const int64_t *o = ds->offsets[of];
+        if (!is_mask && prefopt_ds_read_bounds(ds, f, idx, n, olo, ohi))
+            prefopt_err_set(err, "%s: cannot read dataset '%s/offsets'", ds->path, prefopt_ds_field_name(ds->info.kind, f));
+        /* the same bounds in ascending order */
+        for (int j = 0; j < n; j++)
+            slo[j] = olo[ord[2 * j + 1]], shi[j] = ohi[ord[2 * j + 1]];
         int64_t total = 0;
         start[f] = prefopt_xmalloc((size_t)(n + 1) * sizeof(int64_t), "example starts");
         for (int j = 0; j < n; j++)
-            total += o[idx[j] + 1] - o[idx[j]];
+            total += ohi[j] - olo[j];
         int32_t *sorted = prefopt_xmalloc((size_t)(total ? total : 1) * sizeof(int32_t), "tokens");
         tokens[f] = prefopt_xmalloc((size_t)(total ? total : 1) * sizeof(int32_t), "tokens");
         hid_t fs = H5Dget_space(dset);
         H5Sselect_none(fs);
         for (int j = 0; j < n;) {
             /* merge runs of adjacent examples into one hyperslab */
-            int64_t a = o[ord[2 * j]], b = o[ord[2 * j] + 1];
+            int64_t a = slo[j], b = shi[j];
             int k = j + 1;
-            while (k < n && o[ord[2 * k]] == b)
-                b = o[ord[2 * k] + 1], k++;
+            while (k < n && slo[k] == b)
+                b = shi[k], k++;
             if (b > a) {
                 hsize_t off = (hsize_t)a, cnt = (hsize_t)(b - a);
                 H5Sselect_hyperslab(fs, H5S_SELECT_OR, &off, NULL, &cnt, NULL);
@@ -639,189 +595,44 @@ int prefopt_dataset_read(prefopt_dataset *ds, const int64_t *idx, int n, int32_t
         hid_t ms = H5Screate_simple(1, &mlen, NULL);
         if (!total)
             H5Sselect_none(ms);
-        if (H5Dread(dset, H5T_NATIVE_INT32, ms, fs, ds->dxpl, sorted) < 0)
-            prefopt_err_set(err, "%s: cannot read dataset '%s/%s'", ds->path, field_names[ds->info.kind][of],
+        if (H5Dread(dset, H5T_NATIVE_INT32, ms, fs, ds->dxpl >= 0 ? ds->dxpl : H5P_DEFAULT, sorted) < 0)
+            prefopt_err_set(err, "%s: cannot read dataset '%s/%s'", ds->path, prefopt_ds_field_name(ds->info.kind, of),
                             is_mask ? "mask" : "tokens");
         H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
-        H5Pget_mpio_actual_io_mode(ds->dxpl, &mode);
+        if (ds->dxpl >= 0)
+            H5Pget_mpio_actual_io_mode(ds->dxpl, &mode);
         ds->last_io_mode = (int)mode;
         H5Sclose(ms), H5Sclose(fs);
         /* sorted holds the examples in ascending order; lay them out in the caller's order */
         int64_t *at = prefopt_xmalloc((size_t)(n ? n : 1) * sizeof(int64_t), "positions");
         int64_t p = 0;
         for (int j = 0; j < n; j++) {
-            int64_t e = ord[2 * j];
             at[ord[2 * j + 1]] = p;
-            p += o[e + 1] - o[e];
+            p += shi[j] - slo[j];
         }
         int64_t w = 0;
         for (int j = 0; j < n; j++) {
-            int64_t len = o[idx[j] + 1] - o[idx[j]];
+            int64_t len = ohi[j] - olo[j];
             start[f][j] = w;
             memcpy(tokens[f] + w, sorted + at[j], (size_t)len * sizeof(int32_t));
             if (!err->set)
-                (is_mask ? check_mask : check_ids)(ds, of, tokens[f] + w, len, o[idx[j]], err);
+                (is_mask ? check_mask : check_ids)(ds, of, tokens[f] + w, len, olo[j], idx[j], err);
             w += len;
         }
         start[f][n] = w;
         free(at), free(sorted);
     }
-    h5_loud(q);
+    prefopt_ds_hold(ds, -32 * (int64_t)n);
+    free(olo), free(ohi), free(slo), free(shi);
+    if ((label || ref) && prefopt_ds_read_extra(ds, idx, n, label, ref))
+        prefopt_err_set(err, "%s: cannot read the labels or reference log-probs", ds->path);
+    prefopt_ds_h5_loud(q);
     free(ord);
-    if (prefopt_agree(ds->comm, err)) {
+    if (prefopt_ds_agree(ds, err)) {
         prefopt_err_set(out_err, "%s", e.msg);
         for (int f = 0; f < PREFOPT_DS_MAX_FIELDS; f++)
             free(tokens[f]), free(start[f]), tokens[f] = NULL, start[f] = NULL;
         return 1;
     }
     return 0;
-}
-
-static hid_t write_fixed_str_attr(hid_t obj, const char *name, const char *val)
-{
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, strlen(val) + 1);
-    H5Tset_strpad(t, H5T_STR_NULLTERM);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = a < 0 ? -1 : H5Awrite(a, t, val);
-    if (a >= 0)
-        H5Aclose(a);
-    H5Sclose(s), H5Tclose(t);
-    return rc;
-}
-
-/* Rank 0's part of prefopt_dataset_store_ref: the whole update on a copy (path.store-ref.tmp), published by
- * rename, so that the dataset is the old file or the new one whatever happens (kill -9, a full disk at any byte).
- * vals[r] holds N values in example order. Serial HDF5 on one rank: a failed write cannot send ranks down
- * different paths inside a collective close. */
-static int store_ref_copy(const char *path, int64_t N, prefopt_ds_kind k, double *const vals[2], const char *model,
-                          prefopt_err *err)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.store-ref.tmp", path);
-    int64_t size = prefopt_file_size(path);
-    double need = (double)size + 16.0 * (double)N * prefopt_ds_kind_nrefs(k) + 65536.0;
-    char what[4300];
-    snprintf(what, sizeof what, "%s: storing reference log-probs (into a copy, renamed over the dataset when complete)",
-             path);
-    if (prefopt_check_room(path, what, need, err) || prefopt_copy_file(path, tmp, err))
-        return 1;
-    hid_t file = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
-    int bad = file < 0;
-    if (!bad && H5Lexists(file, "ref", H5P_DEFAULT) > 0)
-        bad |= H5Ldelete(file, "ref", H5P_DEFAULT) < 0;
-    hid_t g = bad ? -1 : H5Gcreate2(file, "ref", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    bad |= g < 0;
-    hsize_t dim = (hsize_t)N;
-    for (int r = 0; r < prefopt_ds_kind_nrefs(k) && !bad; r++) {
-        hid_t fs = H5Screate_simple(1, &dim, NULL);
-        hid_t d = H5Dcreate2(g, ref_names[k][r], H5T_IEEE_F64LE, fs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        bad |= d < 0 || H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, vals[r]) < 0;
-        if (d >= 0)
-            H5Dclose(d);
-        H5Sclose(fs);
-    }
-    if (!bad && model)
-        bad |= write_fixed_str_attr(g, "model", model) < 0;
-    if (g >= 0)
-        H5Gclose(g);
-    if (file >= 0 && H5Fclose(file) < 0) {
-        bad = 1;
-        prefopt_set_skip_finalize(); /* HDF5 keeps the file it could not close (files.h) */
-    }
-    int fd = bad ? -1 : open(tmp, O_RDONLY);
-    if (!bad)
-        bad |= fd < 0 || fsync(fd);
-    if (fd >= 0)
-        close(fd);
-    if (bad) {
-        prefopt_err_set(err, "%s: writing the reference log-probs failed (disk full or over the file size limit?); "
-                             "the dataset is unchanged", tmp);
-        unlink(tmp);
-        return 1;
-    }
-    if (getenv("PREFOPT_TEST_KILL_BEFORE_PUBLISH")) /* tests: a kill -9 with the copy complete, not yet renamed */
-        raise(SIGKILL);
-    if (rename(tmp, path)) {
-        prefopt_err_set(err, "%s: rename to %s failed: %s; the dataset is unchanged", tmp, path, strerror(errno));
-        unlink(tmp);
-        return 1;
-    }
-    prefopt_fsync_dir_of(path);
-    return 0;
-}
-
-int prefopt_dataset_store_ref(const char *path, MPI_Comm comm, int n, const int64_t *idx, const double *const vals[],
-                              const char *model, prefopt_err *err)
-{
-    int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    quiet_h5 q = h5_quiet();
-    int64_t N = 0;
-    prefopt_ds_kind k = PREFOPT_DS_PAIRS;
-    if (rank == 0) {
-        char kind[32] = "";
-        hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-        if (file < 0)
-            prefopt_err_set(err, "%s: cannot open to read its size and kind", path);
-        else if (!read_attr_i64(file, path, "num_examples", &N, err) &&
-                 !read_attr_str(file, path, "kind", kind, sizeof kind, err) && prefopt_ds_kind_parse(kind, &k))
-            prefopt_err_set(err, "%s: attribute 'kind' is '%s', expected pairs, unpaired or sft", path, kind);
-        if (file >= 0)
-            H5Fclose(file);
-    }
-    /* the values go to rank 0, which writes them (16 bytes per example there, nothing on the others) */
-    int *cnt = rank == 0 ? prefopt_xcalloc((size_t)size, sizeof(int), "counts") : NULL;
-    int *dsp = rank == 0 ? prefopt_xcalloc((size_t)size, sizeof(int), "displacements") : NULL;
-    MPI_Gather(&n, 1, MPI_INT, cnt, 1, MPI_INT, 0, comm);
-    int64_t total = 0;
-    for (int r = 0; rank == 0 && r < size; r++)
-        dsp[r] = (int)total, total += cnt[r];
-    if (rank == 0 && !err->set && total != N)
-        prefopt_err_set(err, "%s: %lld reference log-probs given for %" PRId64 " examples", path, (long long)total, N);
-    int64_t *all_idx = prefopt_xmalloc(sizeof(int64_t) * (size_t)(rank == 0 ? total + 1 : 1), "store-ref");
-    double *all_v[2] = {NULL, NULL}, *ordered[2] = {NULL, NULL};
-    MPI_Gatherv(idx, n, MPI_INT64_T, all_idx, cnt, dsp, MPI_INT64_T, 0, comm);
-    int nrefs = 2; /* every rank sends both arrays whatever the kind (rank 0 alone knows it) */
-    for (int r = 0; r < nrefs; r++) {
-        all_v[r] = prefopt_xmalloc(sizeof(double) * (size_t)(rank == 0 ? total + 1 : 1), "store-ref");
-        MPI_Gatherv(vals[r], n, MPI_DOUBLE, all_v[r], cnt, dsp, MPI_DOUBLE, 0, comm);
-    }
-    if (rank == 0 && !err->set) {
-        uint8_t *seen = prefopt_xcalloc((size_t)N + 1, 1, "store-ref");
-        for (int r = 0; r < nrefs; r++)
-            ordered[r] = prefopt_xcalloc((size_t)N + 1, sizeof(double), "store-ref");
-        for (int64_t j = 0; j < total && !err->set; j++) {
-            int64_t e = all_idx[j];
-            for (int r = 0; r < prefopt_ds_kind_nrefs(k) && e >= 0 && e < N && !err->set; r++)
-                if (!isfinite(all_v[r][j]) || all_v[r][j] > 0)
-                    prefopt_err_set(err, "%s: the reference log-prob %g of example %" PRId64 " is not finite and <= 0 "
-                                         "(nothing was stored)", path, all_v[r][j], e);
-            if (err->set)
-                break;
-            if (e < 0 || e >= N || seen[e])
-                prefopt_err_set(err, "%s: reference log-prob for example %" PRId64 " (%s), the file has %" PRId64,
-                                path, e, e >= 0 && e < N ? "given twice" : "out of range", N);
-            else {
-                seen[e] = 1;
-                for (int r = 0; r < nrefs; r++)
-                    ordered[r][e] = all_v[r][j];
-            }
-        }
-        free(seen);
-        if (!err->set)
-            store_ref_copy(path, N, k, ordered, model, err);
-    }
-    for (int r = 0; r < nrefs; r++)
-        free(all_v[r]), free(ordered[r]);
-    free(all_idx), free(cnt), free(dsp);
-    h5_loud(q);
-    return prefopt_agree(comm, err);
-}
-
-int prefopt_ds_write_str_attr(hid_t obj, const char *name, const char *val)
-{
-    return write_fixed_str_attr(obj, name, val) < 0;
 }

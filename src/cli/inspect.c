@@ -47,8 +47,7 @@ int prefopt_cmd_inspect(int argc, char **argv)
         prefopt_dataset *ds = NULL;
         if (prefopt_dataset_open(file, MPI_COMM_WORLD, &ex, &ds, &err))
             prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
-        if (prefopt_world_rank() == 0)
-            prefopt_dataset_describe(stdout, ds);
+        prefopt_dataset_describe(stdout, ds); /* collective: rank 0 prints */
         prefopt_dataset_close(ds);
         return 0;
     }

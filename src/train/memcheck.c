@@ -73,16 +73,8 @@ int64_t prefopt_mem_max_row(const prefopt_dataset *ds, int kl_units, int pad_mul
 {
     const prefopt_ds_info *in = prefopt_dataset_info(ds);
     int nf = prefopt_ds_kind_nfields(in->kind);
-    int64_t best = 0, best_completion = 0;
-    for (int64_t i = 0; i < in->num_examples; i++) {
-        int64_t row = 0;
-        for (int f = 0; f < nf; f++)
-            row += prefopt_dataset_len(ds, f, i);
-        if (row > best)
-            best = row;
-        if (nf == 2 && prefopt_dataset_len(ds, 1, i) > best_completion)
-            best_completion = prefopt_dataset_len(ds, 1, i);
-    }
+    /* measured at open, streamed over every example (the dataset keeps no per-example data) */
+    int64_t best = in->max_row, best_completion = nf == 2 ? in->max_len[1] : 0;
     if (kl_units && in->kind == PREFOPT_DS_UNPAIRED)
         best += best_completion; /* the KL completion of another example rides on the row */
     int pm = pad_multiple > 0 ? pad_multiple : 1;

@@ -446,6 +446,7 @@ static int try_resume(trainer *t)
     int n_saved = st.cursor[4] > 0 ? PREFOPT_DS_CURSOR_NVALUES : 4;
     for (int i = 0; i < n_saved; i++)
         v[i] = st.cursor[i];
+    v[6] = st.cursor[6]; /* the sample order's version: 0 before issue 17 (refused when shuffling) */
     prefopt_ds_cursor_from_values(v, &c);
     if (prefopt_ds_loader_set_cursor(t->loader, &c, &err)) {
         prefopt_err e2 = {0};

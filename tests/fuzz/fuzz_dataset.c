@@ -237,13 +237,22 @@ static void exercise(prefopt_dataset *ds, bytes *b, const char *path)
 {
     const prefopt_ds_info *in = prefopt_dataset_info(ds);
     int64_t sum[PREFOPT_DS_MAX_FIELDS] = {0};
-    for (int f = 0; f < prefopt_ds_kind_nfields(in->kind); f++)
-        for (int64_t i = 0; i < in->num_examples; i++) {
-            int64_t l = prefopt_dataset_len(ds, f, i);
-            if (l < 0)
+    const int nf = prefopt_ds_kind_nfields(in->kind);
+    int64_t N = in->num_examples, *idx = malloc(sizeof(int64_t) * (size_t)(N + 1));
+    int64_t *len = malloc(sizeof(int64_t) * (size_t)(N + 1) * (size_t)nf);
+    prefopt_err lerr = {0};
+    for (int64_t i = 0; i < N; i++)
+        idx[i] = i;
+    if (prefopt_dataset_lengths(ds, idx, N, len, &lerr))
+        abort();
+    for (int f = 0; f < nf; f++)
+        for (int64_t i = 0; i < N; i++) {
+            int64_t l = len[i * nf + f];
+            if (l < 0 || l > in->max_len[f])
                 abort();
             sum[f] += l;
         }
+    free(idx), free(len);
     for (int f = 0; f < prefopt_ds_kind_nfields(in->kind); f++)
         if (sum[f] != in->num_tokens[f]) {
             fprintf(stderr, "fuzz_dataset: field %d: lengths sum to %lld, %lld tokens\n", f, (long long)sum[f],
@@ -338,14 +347,23 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     }
     const prefopt_ds_info *in = prefopt_dataset_info(ds);
     /* accepted reference log-probs are log-probs: a recipe with another value must have been refused */
-    for (int k = 0; in->has_ref && k < prefopt_ds_kind_nrefs(in->kind); k++)
+    const int nr = prefopt_ds_kind_nrefs(in->kind);
+    double *refv = malloc(sizeof(double) * (size_t)(in->num_examples + 1) * 2);
+    int64_t *all = malloc(sizeof(int64_t) * (size_t)(in->num_examples + 1));
+    for (int64_t i = 0; i < in->num_examples; i++)
+        all[i] = i;
+    if (in->has_ref && prefopt_ds_read_extra(ds, all, in->num_examples, NULL, refv))
+        abort();
+    free(all);
+    for (int k = 0; in->has_ref && k < nr; k++)
         for (int64_t i = 0; i < in->num_examples; i++) {
-            double x = prefopt_ds_ref(ds, k)[i];
+            double x = refv[i * nr + k];
             if (!isfinite(x) || x > 0) {
                 fprintf(stderr, "fuzz_dataset: accepted reference log-prob %g at example %lld\n", x, (long long)i);
                 abort();
             }
         }
+    free(refv);
     if (!raw && in->has_ref && r.bad_ref) {
         fprintf(stderr, "fuzz_dataset: a file with a non-log-prob reference value was accepted\n");
         abort();
