@@ -331,6 +331,11 @@ static void test_sampling(int bucket)
     other.global_batch = 16;
     prefopt_err_clear(&err);
     CHECK(prefopt_ds_loader_set_cursor(R, &other, &err) && strstr(err.msg, "global batch"), "%s", err.msg);
+    /* a cursor of the order before issue 17 (checkpoints store 0 there) is refused: it would deal other batches */
+    other = c;
+    other.order = 0;
+    prefopt_err_clear(&err);
+    CHECK(prefopt_ds_loader_set_cursor(R, &other, &err) && strstr(err.msg, "sample order version 0"), "%s", err.msg);
     prefopt_ds_loader_free(R);
     prefopt_ds_loader_free(L);
     free(dig), free(seen);
