@@ -411,7 +411,58 @@ static void test_bad_token(void)
     prefopt_ds_step st;
     CHECK(prefopt_ds_loader_next(L, &st, &err) && strstr(err.msg, "token id 999 at position 1 (example 0)"),
           "batch read: %s", err.msg);
+    /* the same read by a prefetch thread: the replica holding example 0 gets the message, which the caller then
+     * agrees on (train does so over the world), so every rank ends with it */
+    prefopt_ds_loader *F;
+    CHECK(!prefopt_ds_loader_create(ds, &lo, rank, size, &F, &err), "%s", err.msg);
+    prefopt_ds_prefetch *pf = NULL;
+    prefopt_err_clear(&err);
+    CHECK(!prefopt_ds_prefetch_start(ds, F, &pf, &err), "%s", err.msg);
+    prefopt_ds_cursor after;
+    int bad = pf && prefopt_ds_prefetch_next(pf, &st, &after, &err);
+    CHECK(bad == (rank == 0), "prefetch error on rank %d: %d (%s)", rank, bad, err.msg);
+    if (!bad)
+        prefopt_ds_step_free(&st);
+    CHECK(prefopt_agree(MPI_COMM_WORLD, &err) && strstr(err.msg, "token id 999 at position 1 (example 0)"),
+          "prefetch: %s", err.msg);
+    prefopt_ds_prefetch_stop(pf);
+    prefopt_ds_loader_free(F);
     prefopt_ds_loader_free(L);
+    prefopt_dataset_close(ds);
+}
+
+
+/* The prefetch thread (a local handle, a loader one step ahead) deals the steps loader_next deals, across an epoch
+ * boundary and with bucketing, with the cursor after each; a bad token it meets comes back as the step's error. */
+static void test_prefetch(int bucket)
+{
+    prefopt_dataset *ds = open_ds("big");
+    prefopt_ds_loader_opts lo = {.global_batch = 8, .micro_batch = 3, .seed = 5, .shuffle = 1,
+                                 .bucket_window = bucket, .drop_last = 0, .pad_multiple = 1};
+    prefopt_ds_loader *L, *M;
+    prefopt_err err = {0};
+    CHECK(!prefopt_ds_loader_create(ds, &lo, rank, size, &L, &err), "%s", err.msg);
+    CHECK(!prefopt_ds_loader_create(ds, &lo, rank, size, &M, &err), "%s", err.msg);
+    prefopt_ds_prefetch *pf = NULL;
+    CHECK(!prefopt_ds_prefetch_start(ds, M, &pf, &err), "%s", err.msg);
+    const int64_t steps = prefopt_ds_loader_steps_per_epoch(L);
+    int64_t ids[64];
+    for (int64_t s = 0; s < steps + 4 && pf; s++) {
+        prefopt_ds_step a, b;
+        prefopt_ds_cursor ca, cb;
+        int n;
+        CHECK(!prefopt_ds_prefetch_next(pf, &b, &cb, &err), "%s", err.msg);
+        /* the thread now reads the next step: HDF5 is not thread-safe, so wait before this thread reads */
+        prefopt_ds_prefetch_wait(pf);
+        CHECK(!prefopt_ds_loader_next(L, &a, &err), "%s", err.msg);
+        prefopt_ds_loader_get_cursor(L, &ca);
+        CHECK(step_digest(&a, ids, &n) == step_digest(&b, ids, &n) && a.epoch == b.epoch && a.step == b.step,
+              "prefetched step %ld differs", (long)s);
+        CHECK(!memcmp(&ca, &cb, sizeof ca), "cursor after step %ld differs", (long)s);
+        prefopt_ds_step_free(&a), prefopt_ds_step_free(&b);
+    }
+    prefopt_ds_prefetch_stop(pf);
+    prefopt_ds_loader_free(L), prefopt_ds_loader_free(M);
     prefopt_dataset_close(ds);
 }
 
@@ -603,6 +654,8 @@ int main(int argc, char **argv)
     test_sampling(3);
     test_bucketing_groups_lengths();
     test_bad_token();
+    test_prefetch(0);
+    test_prefetch(3);
     test_ref();
     test_sft_mask();
     int all = 0;

@@ -5,7 +5,8 @@
 #    model) above 0.9 in 200 steps, with the held-out margin growing;
 #  - gradient accumulation (4 micro-batches of 2) gives the same losses as one batch of 8;
 #  - DP=2 and 1x2 / 2x1 tensor-parallel grids give the losses of one rank (1e-4 relative);
-#  - the same seed and grid give bit-identical losses; an interrupted run (SIGUSR1 -> checkpoint -> exit 99)
+#  - the same seed and grid give bit-identical losses, with the batch read ahead by a thread or in the step
+#    (--data-prefetch 1/0, with and without --bucket-window); an interrupted run (SIGUSR1 -> checkpoint -> exit 99)
 #    resumed with --resume auto gives bit-identical losses to the uninterrupted run.
 set -u
 P=${PREFOPT:?}
@@ -74,6 +75,9 @@ done
 COMMON="--data train.h5 --init init/model.h5 --loss dpo:1,sft:0.5 --lr 1e-3 --lr-scheduler constant --batch-size 8 --max-steps 6 --log-interval 1000"
 "$P" train $COMMON --run-dir base > base.log 2>&1 || { echo "FAILED base run"; cat base.log; fail=1; }
 "$P" train $COMMON --run-dir base2 > base2.log 2>&1
+"$P" train $COMMON --run-dir nopf --data-prefetch 0 > nopf.log 2>&1 # the batch read in the step, no thread
+"$P" train $COMMON --run-dir bw1 --bucket-window 2 > bw1.log 2>&1
+"$P" train $COMMON --run-dir bw0 --bucket-window 2 --data-prefetch 0 > bw0.log 2>&1
 "$P" train $COMMON --run-dir accum --micro-batch-size 2 > accum.log 2>&1
 $MPI -n 2 "$P" train $COMMON --run-dir dp2 --dp 2 > dp2.log 2>&1
 $MPI -n 2 "$P" train $COMMON --run-dir tp12 --grid-cols 2 > tp12.log 2>&1
@@ -89,6 +93,9 @@ sys.exit(0 if ok else 1)
 EOF
 }
 check 'close base/metrics.jsonl base2/metrics.jsonl 0' "same seed, same grid: bit-identical losses"
+check 'close base/metrics.jsonl nopf/metrics.jsonl 0' "--data-prefetch 0 and 1: bit-identical losses"
+check 'close bw1/metrics.jsonl bw0/metrics.jsonl 0 && grep -q data_s bw1/metrics.jsonl' \
+      "--bucket-window 2 with and without prefetch: bit-identical losses; data_s logged"
 check 'close base/metrics.jsonl accum/metrics.jsonl 1e-5' "4 micro-batches of 2 == one batch of 8"
 check 'close base/metrics.jsonl dp2/metrics.jsonl 1e-4' "DP=2 == one rank: $(tail -2 dp2.log)"
 check 'close base/metrics.jsonl tp12/metrics.jsonl 1e-4' "grid 1x2 == 1x1: $(tail -2 tp12.log)"

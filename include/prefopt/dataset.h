@@ -220,6 +220,26 @@ int prefopt_ds_loader_set_cursor(prefopt_ds_loader *L, const prefopt_ds_cursor *
  * step 0 of the next). step is overwritten; free it with prefopt_ds_step_free. */
 int prefopt_ds_loader_next(prefopt_ds_loader *L, prefopt_ds_step *step, prefopt_err *err);
 void prefopt_ds_step_free(prefopt_ds_step *step);
+/* Local: a loader with from's options, replica and cursor, reading through ds (another handle on the same file). */
+int prefopt_ds_loader_clone(const prefopt_ds_loader *from, prefopt_dataset *ds, prefopt_ds_loader **out,
+                            prefopt_err *err);
+
+/* ---- prefetch (prefetch.c): the next step read by a thread while this one computes ------------------------- */
+typedef struct prefopt_ds_prefetch prefopt_ds_prefetch;
+/* Local (no MPI): opens a local handle of ds (prefopt_dataset_open_local), a loader like `from` at from's cursor
+ * on it, and a thread that reads from's next step at once. */
+int prefopt_ds_prefetch_start(prefopt_dataset *ds, const prefopt_ds_loader *from, prefopt_ds_prefetch **out,
+                              prefopt_err *err);
+/* Waits for the step being read and hands it over (free with prefopt_ds_step_free), with the cursor after it (to
+ * set on `from` so that a checkpoint stores the consumed position), and starts reading the next one. Non-zero
+ * with err on a read error (not agreed: the caller agrees, e.g. over the world); no further read is made. */
+int prefopt_ds_prefetch_next(prefopt_ds_prefetch *pf, prefopt_ds_step *step, prefopt_ds_cursor *after,
+                             prefopt_err *err);
+/* Waits until the thread is outside HDF5 (the step it reads is complete and kept): call it before any HDF5 call of
+ * the calling thread (checkpoints, evaluation, model files), since HDF5 is not thread-safe here. NULL: no-op. */
+void prefopt_ds_prefetch_wait(prefopt_ds_prefetch *pf);
+/* Waits, joins the thread and frees everything (a step read ahead is dropped). NULL: no-op. */
+void prefopt_ds_prefetch_stop(prefopt_ds_prefetch *pf);
 
 /* The batch builder alone (dataset_batch.c): builds one micro-batch from n examples whose tokens are given per
  * field as in prefopt_dataset_read (an sft loss mask in tokens[2], or tokens[2] NULL). label may be NULL (not unpaired); ref is [n][nrefs] or NULL. */

@@ -39,6 +39,7 @@ typedef struct {
     int grid_rows, grid_cols, dp;
     /* batches */
     int batch_size, micro_batch_size, pad_multiple, bucket_window;
+    int data_prefetch;        /* --data-prefetch: read the next step's batch in a thread while this step runs */
     long max_steps;
     double epochs;
     long seed;

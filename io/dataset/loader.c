@@ -250,6 +250,15 @@ int prefopt_ds_loader_create(prefopt_dataset *ds, const prefopt_ds_loader_opts *
     return 0;
 }
 
+int prefopt_ds_loader_clone(const prefopt_ds_loader *from, prefopt_dataset *ds, prefopt_ds_loader **out,
+                            prefopt_err *err)
+{
+    if (prefopt_ds_loader_create(ds, &from->o, from->dp_rank, from->dp_size, out, err))
+        return 1;
+    (*out)->cur = from->cur;
+    return 0;
+}
+
 void prefopt_ds_loader_free(prefopt_ds_loader *L)
 {
     if (L)

@@ -78,7 +78,9 @@ static const char *const free_keys[] = {
     "use-precomputed-ref", "peak-gflops", "log-interval", "eval-data", "eval-interval", "eval-batch-size",
     "save-interval", "keep-last", "max-nonfinite", "allow-config-change",
     /* the data-parallel step's layout (the same sums within rounding, as other grids), the fp32 GEMM backend, tracing */
-    "overlap-grad-reduce", "zero-stage", "grad-bucket-mib", "gemm-backend", "trace", "trace-steps", "pcontrol", NULL,
+    "overlap-grad-reduce", "zero-stage", "grad-bucket-mib", "gemm-backend", "trace", "trace-steps", "pcontrol",
+    /* the same batches, read ahead by a thread or not */
+    "data-prefetch", NULL,
 };
 
 typedef struct {

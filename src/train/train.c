@@ -32,6 +32,7 @@ typedef struct {
     prefopt_schedule sched;
     prefopt_dataset *ds, *eval_ds;
     prefopt_ds_loader *loader;
+    prefopt_ds_prefetch *pf; /* --data-prefetch: the next step read ahead; NULL when off or not started */
     prefopt_tokenizer_record tok;
     int micro, eval_micro;
     int live_ref;          /* the reference runs as a model (else: precomputed log-probs or none) */
@@ -47,8 +48,10 @@ typedef struct {
 
 #define FAIL_IF(t, cond, err)                                                                                   \
     do {                                                                                                       \
-        if (prefopt_agree((t)->g.world, (err)) || (cond))                                                      \
+        if (prefopt_agree((t)->g.world, (err)) || (cond)) {                                                    \
+            prefopt_ds_prefetch_wait((t)->pf); /* out of HDF5 before MPI_Finalize and exit close files */     \
             prefopt_exit_error((err), PREFOPT_EXIT_ERROR);                                                     \
+        }                                                                                                      \
     } while (0)
 
 static void log_line(trainer *t, cJSON *o)
@@ -272,6 +275,7 @@ static prefopt_ds_loader *make_loader(trainer *t, prefopt_dataset *ds, int globa
  * per-batch losses (each normalised over its own batch). */
 static void evaluate(trainer *t)
 {
+    prefopt_ds_prefetch_wait(t->pf); /* HDF5 is not thread-safe: the prefetch thread is outside it from here */
     prefopt_region_enter("eval");
     const int dp = t->g.dp_size;
     /* file order, every example once: the last batch takes the remainder (replicas may get none) */
@@ -357,6 +361,7 @@ static void prune_refs(const trainer *t)
 
 static void save_checkpoint(trainer *t)
 {
+    prefopt_ds_prefetch_wait(t->pf); /* HDF5 is not thread-safe: the prefetch thread is outside it from here */
     prefopt_err err = {0};
     prefopt_dp_sync_weights_ready(&t->dps);
     prefopt_train_state st = {0};
@@ -743,6 +748,8 @@ static void report_startup(trainer *t)
 
 static void teardown(trainer *t)
 {
+    prefopt_ds_prefetch_stop(t->pf);
+    t->pf = NULL;
     prefopt_ds_loader_free(t->loader);
     prefopt_dataset_close(t->ds);
     if (t->eval_ds)
@@ -792,6 +799,11 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     trim_metrics(t); /* after the resume check: a refused resume leaves metrics.jsonl as it was */
     report_startup(t);
 
+    if (t->p->data_prefetch) { /* from the resumed cursor: the thread reads the first step now */
+        prefopt_err err = {0};
+        prefopt_ds_prefetch_start(t->ds, t->loader, &t->pf, &err);
+        FAIL_IF(t, 0, &err);
+    }
     int nranges = 0;
     prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
     double t_start = prefopt_now();
@@ -821,8 +833,14 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         prefopt_ds_step st;
         prefopt_err err = {0};
         prefopt_region_enter("data_read");
-        prefopt_ds_loader_next(t->loader, &st, &err);
+        if (t->pf) { /* read while the last step ran; the main loader follows, so checkpoints store this position */
+            prefopt_ds_cursor after;
+            if (!prefopt_ds_prefetch_next(t->pf, &st, &after, &err))
+                prefopt_ds_loader_set_cursor(t->loader, &after, &err);
+        } else
+            prefopt_ds_loader_next(t->loader, &st, &err);
         prefopt_region_exit("data_read");
+        const double t_data = prefopt_now() - t0; /* the step's wait for its batch */
         FAIL_IF(t, 0, &err);
         double tokens = 0, flops = 0;
         for (int k = 0; k < st.nmicro; k++)
@@ -880,6 +898,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
                 prefopt_err_set(&err, "%ld consecutive steps had a non-finite loss or gradient (last: step %ld); "
                                       "stopping (lower --lr, check the data, or raise --max-nonfinite)",
                                 consecutive_bad, t->step);
+                prefopt_ds_prefetch_wait(t->pf);
                 prefopt_exit_error(&err, PREFOPT_EXIT_ERROR);
             }
             prefopt_region_exit("step");
@@ -908,11 +927,13 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         cJSON_AddNumberToObject(o, "tokens_per_s", red[0] / dt);
         cJSON_AddNumberToObject(o, "gflops", red[1] / dt * 1e-9);
         cJSON_AddNumberToObject(o, "mfu", red[1] / dt / (t->peak * t->g.world_size));
+        /* the wait for the batch (with --data-prefetch only what the thread had not read yet), the communication
+         * backward did not hide (polls during backward, the wait after it, the norm's reduction), and the
+         * distributed optimizer's weight gather: the slowest rank's */
+        double ex[4] = {gst.exposed, t_sync - gst.finish, gst.gather, t_data};
+        MPI_Reduce(t->g.world_rank ? ex : MPI_IN_PLACE, ex, 4, MPI_DOUBLE, MPI_MAX, 0, t->g.world);
+        cJSON_AddNumberToObject(o, "data_s", ex[3]);
         if (t->g.dp_size > 1) {
-            /* communication backward did not hide (polls during backward, the wait after it, the norm's reduction),
-             * and the distributed optimizer's weight gather: the slowest rank's */
-            double ex[3] = {gst.exposed, t_sync - gst.finish, gst.gather};
-            MPI_Reduce(t->g.world_rank ? ex : MPI_IN_PLACE, ex, 3, MPI_DOUBLE, MPI_MAX, 0, t->g.world);
             cJSON_AddNumberToObject(o, "grad_comm_exposed_s", ex[0] + ex[1]);
             cJSON_AddNumberToObject(o, "param_gather_s", ex[2]);
             cJSON_AddNumberToObject(o, "grad_buckets", gst.nbuckets);
@@ -932,6 +953,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         prefopt_region_exit("step");
     }
     free(ranges);
+    prefopt_ds_prefetch_wait(t->pf); /* the step it read ahead is not used; HDF5 is the main thread's again */
     if (rc == PREFOPT_EXIT_OK) {
         if (t->eval_ds && (p->eval_interval <= 0 || t->step % p->eval_interval))
             evaluate(t);
