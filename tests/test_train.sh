@@ -131,5 +131,16 @@ vals tr_straight/metrics.jsonl loss > t1.txt; vals tr_cut/metrics.jsonl loss > t
 check '[ $(wc -l < t1.txt) -eq 8 ] && cmp -s t1.txt t2.txt && ls tr_cut/checkpoints | grep -q ref-step-00000008.h5' \
       "TR-DPO resumed run equals the straight run: $(diff t1.txt t2.txt | head -4) $(tail -1 tr3.log)"
 
+# a checkpoint of the sample order before issue 17 (cursor value 7, the order's version, 0 there) is refused on
+# resume: one line on every rank naming the checkpoint, non-zero exit, before any step
+"$P" train $COMMON --max-steps 4 --save-interval 2 --run-dir oldorder > oo1.log 2>&1
+$PY -c "
+import h5py
+with h5py.File('oldorder/checkpoints/step-00000004.h5', 'r+') as f:
+    c = f['state'].attrs['cursor']; c[6] = 0; f['state'].attrs['cursor'] = c"
+$MPI -n 2 "$P" train $COMMON --max-steps 6 --run-dir oldorder --resume auto > oo2.log 2>&1; rc=$?
+check '[ $rc -ne 0 ] && [ $(grep -c "step-00000004.h5: resuming with --data train.h5: the data cursor was saved with sample order version 0" oo2.log) -eq 2 ] && [ $(grep -c "^prefopt: error" oo2.log) -eq 2 ]' \
+      "an old-order checkpoint is refused with one line per rank (rc $rc): $(grep error oo2.log | head -2)"
+
 [ $fail -eq 0 ] && echo "test_train: all checks passed"
 exit $fail
