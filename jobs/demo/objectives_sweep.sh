@@ -5,13 +5,15 @@
 #   below (same data order, batch 32) -> greedy generation on 500 held-out prompts, checked -> one table row
 #   each: held-out accuracy, KL to the SFT reference, held-out reward accuracy, logps/chosen at the end.
 # usage: jobs/demo/objectives_sweep.sh           (after a build; about a minute on 2 cores; artefacts in runs/sweep/)
-# Environment: SWEEP_BUILD_DIR (build), SWEEP_RUN_DIR (runs/sweep), SWEEP_SEED (1).
+# Environment: SWEEP_BUILD_DIR (build), SWEEP_RUN_DIR (runs/sweep), SWEEP_SEED (1), SWEEP_PRECISION (auto: bf16
+# where the CPU has it; fp32 or bf16 to choose) for every train and generate.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 B=$(realpath -m "${SWEEP_BUILD_DIR:-build}")
 R=${SWEEP_RUN_DIR:-runs/sweep}
 SEED=${SWEEP_SEED:-1}
+PREC=${SWEEP_PRECISION:-auto}
 P=$B/prefopt
 T=$B/prefopt_demo_task
 [ -x "$P" ] && [ -x "$T" ] || { echo "sweep: error: build first ($P, $T missing)" >&2; exit 1; }
@@ -22,19 +24,20 @@ rm -rf "$R"; mkdir -p "$R"
 for f in sft pairs eval_pairs; do "$P" pack --input "$R/data/$f.jsonl" --output "$R/$f.h5" --quiet; done
 "$P" train --loss sft --data "$R/sft.h5" --run-dir "$R/sft" --resume never --arch gpt2 --n-layer 2 --n-embd 64 \
     --n-head 4 --max-position 32 --max-steps 2000 --batch-size 64 --lr 3e-3 --warmup-steps 20 --log-interval 200 \
-    --seed "$SEED" > "$R/sft.log"
+    --seed "$SEED" --precision "$PREC" > "$R/sft.log"
 PROMPTS=$R/data/eval_prompts.jsonl
 
 row() {   # name, then train options
   local name=$1; shift
   local d=$R/$name
   if [ "$name" = sft ]; then
-    "$P" generate --model "$R/sft/model.h5" --prompts "$PROMPTS" --out "$R/gen-sft.jsonl" --max-new-tokens 8 2>/dev/null
+    "$P" generate --model "$R/sft/model.h5" --prompts "$PROMPTS" --out "$R/gen-sft.jsonl" --max-new-tokens 8 \
+        --precision "$PREC" 2>/dev/null
   else
     "$P" train --init "$R/sft/model.h5" --data "$R/pairs.h5" --eval-data "$R/eval_pairs.h5" --run-dir "$d" \
-        --resume never --batch-size 32 --max-steps 200 --log-interval 1000 --seed "$SEED" "$@" > "$R/$name.log"
+        --resume never --batch-size 32 --max-steps 200 --log-interval 1000 --seed "$SEED" --precision "$PREC" "$@" > "$R/$name.log"
     "$P" generate --model "$d/model.h5" --ref "$R/sft/model.h5" --prompts "$PROMPTS" --out "$R/gen-$name.jsonl" \
-        --max-new-tokens 8 2>/dev/null
+        --max-new-tokens 8 --precision "$PREC" 2>/dev/null
   fi
   "$T" check --prompts "$PROMPTS" --generations "$R/gen-$name.jsonl" --label "$name" | tail -1 > "$R/check-$name.json"
   python3 - "$R" "$name" "$*" <<'PY' | tee -a "$R/table.md"
