@@ -82,9 +82,11 @@ check 'close base/metrics.jsonl base2/metrics.jsonl 0 6' "same seed, same grid: 
 check 'close base/metrics.jsonl dp2/metrics.jsonl 1e-4 6' "DP=2 == one rank: $(tail -2 dp2.log)"
 check 'close base/metrics.jsonl tp12/metrics.jsonl 1e-4 6' "grid 1x2 == 1x1: $(tail -2 tp12.log)"
 check 'close base/metrics.jsonl tp21/metrics.jsonl 1e-4 6' "grid 2x1 == 1x1: $(tail -2 tp21.log)"
-# the adapters train: the loss moves off log 2 (B = 0 at the start: policy == reference)
+# the adapters train: the loss moves off log 2 (B = 0 at the start: policy == reference). Moves, not falls: a
+# 6-step run's last loss is one batch's, and whether that batch is below log 2 depends on the sample order; that
+# LoRA DPO learns is checked by the 200-step run above (held-out accuracy > 0.9)
 l=$(vals base/metrics.jsonl loss | tr '\n' ' ')
-check "$PY -c 'import sys; l=[float(x) for x in \"$l\".split()]; sys.exit(not (abs(l[0] - 0.693147) < 1e-5 and l[-1] < l[0] - 1e-4))'" "LoRA losses move from log 2: $l"
+check "$PY -c 'import sys; l=[float(x) for x in \"$l\".split()]; sys.exit(not (abs(l[0] - 0.693147) < 1e-5 and abs(l[-1] - l[0]) > 1e-4))'" "LoRA losses move from log 2: $l"
 
 # --- checkpoints: resume, base identity --------------------------------------------------------------------------
 CUT="--data train.h5 --init init/model.h5 --loss dpo --lr 3e-3 --lr-scheduler constant --batch-size 8 --log-interval 1000 $LORA --lora-dropout 0.1"

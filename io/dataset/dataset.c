@@ -438,12 +438,14 @@ int prefopt_dataset_lengths(prefopt_dataset *ds, const int64_t *idx, int64_t n, 
             prefopt_err_set(err, "%s: example %" PRId64 " requested, the file has %" PRId64, ds->path, idx[j], N);
     if (err->set)
         n = 0; /* still take part in the collective reads */
-    int64_t *lo = prefopt_xmalloc((size_t)(n + 1) * sizeof *lo, "lengths"), *hi = prefopt_xmalloc((size_t)(n + 1) * sizeof *hi, "lengths");
+    int64_t *lo = prefopt_xmalloc((size_t)(n + 1) * sizeof *lo, "lengths");
+    int64_t *hi = prefopt_xmalloc((size_t)(n + 1) * sizeof *hi, "lengths");
     prefopt_ds_hold(ds, 16 * n);
     prefopt_ds_quiet q = prefopt_ds_h5_quiet();
     for (int f = 0; f < ds->nfields; f++) {
         if (prefopt_ds_read_bounds(ds, f, idx, n, lo, hi))
-            prefopt_err_set(err, "%s: cannot read dataset '%s/offsets'", ds->path, prefopt_ds_field_name(ds->info.kind, f));
+            prefopt_err_set(err, "%s: cannot read dataset '%s/offsets'", ds->path,
+                            prefopt_ds_field_name(ds->info.kind, f));
         for (int64_t j = 0; j < n; j++)
             len[j * ds->nfields + f] = hi[j] - lo[j];
     }
@@ -567,7 +569,8 @@ int prefopt_ds_read_examples(prefopt_dataset *ds, const int64_t *idx, int n, int
         const int is_mask = f == ds->nfields, of = is_mask ? 1 : f;
         const hid_t dset = is_mask ? ds->mask : ds->tokens[f];
         if (!is_mask && prefopt_ds_read_bounds(ds, f, idx, n, olo, ohi))
-            prefopt_err_set(err, "%s: cannot read dataset '%s/offsets'", ds->path, prefopt_ds_field_name(ds->info.kind, f));
+            prefopt_err_set(err, "%s: cannot read dataset '%s/offsets'", ds->path,
+                            prefopt_ds_field_name(ds->info.kind, f));
         /* the same bounds in ascending order */
         for (int j = 0; j < n; j++)
             slo[j] = olo[ord[2 * j + 1]], shi[j] = ohi[ord[2 * j + 1]];

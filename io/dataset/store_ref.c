@@ -107,7 +107,8 @@ int prefopt_dataset_store_ref(const char *path, MPI_Comm comm, int n, const int6
         if (file < 0)
             prefopt_err_set(err, "%s: cannot open to read its size and kind", path);
         else if (!prefopt_ds_read_attr_i64(file, path, "num_examples", &N, err) &&
-                 !prefopt_ds_read_attr_str(file, path, "kind", kind, sizeof kind, err) && prefopt_ds_kind_parse(kind, &k))
+                 !prefopt_ds_read_attr_str(file, path, "kind", kind, sizeof kind, err) &&
+                 prefopt_ds_kind_parse(kind, &k))
             prefopt_err_set(err, "%s: attribute 'kind' is '%s', expected pairs, unpaired or sft", path, kind);
         if (file >= 0)
             H5Fclose(file);

@@ -1,72 +1,8 @@
 /* The training loop of `prefopt train`: data, policy and reference on one grid per replica, objective, AdamW,
- * metrics, held-out evaluation, checkpoints, resume and the stop-signal protocol of the job scripts. */
+ * metrics, held-out evaluation and the stop-signal protocol of the job scripts. Set-up and tear-down are in
+ * train_setup.c, checkpoints, resume and the config record in train_state.c. */
 #define _GNU_SOURCE
-#include "prefopt/train.h"
-
-#include "prefopt/banner.h"
-#include "prefopt/memcheck.h"
-#include "prefopt/metrics.h"
-#include "prefopt/regions.h"
-#include "prefopt/runctl.h"
-#include "prefopt/trace.h"
-
-#include <cJSON.h>
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <dirent.h>
-#include <sys/resource.h>
-#include <unistd.h>
-
-/* ---- the trainer state --------------------------------------------------------------------------------- */
-
-typedef struct {
-    prefopt_train_params *p;
-    prefopt_grid g;
-    prefopt_model *policy, *ref;
-    prefopt_objective obj;
-    prefopt_adamw adam;
-    prefopt_dp_sync dps; /* data-parallel gradient reduction and the (sharded) optimizer step */
-    prefopt_schedule sched;
-    prefopt_dataset *ds, *eval_ds;
-    prefopt_ds_loader *loader;
-    prefopt_ds_prefetch *pf; /* --data-prefetch: the next step read ahead; NULL when off or not started */
-    prefopt_tokenizer_record tok;
-    int micro, eval_micro;
-    int live_ref;          /* the reference runs as a model (else: precomputed log-probs or none) */
-    int lora_ref;          /* LoRA: that model is the policy with its adapters off (t->ref is NULL) */
-    prefopt_lora_config lora; /* r == 0: full fine-tuning */
-    long step, total_steps;
-    double peak;           /* measured sgemm GFLOP/s per rank */
-    char *config_text;     /* the options that apply (config.ini, checkpoints) */
-    char *resumed_config;  /* the resumed checkpoint's, NULL when not resumed or saved without one */
-    char resumed_from[4200];
-    char ckpt_dir[4096], metrics_path[4096];
-} trainer;
-
-#define FAIL_IF(t, cond, err)                                                                                   \
-    do {                                                                                                       \
-        if (prefopt_agree((t)->g.world, (err)) || (cond)) {                                                    \
-            prefopt_ds_prefetch_wait((t)->pf); /* out of HDF5 before MPI_Finalize and exit close files */     \
-            prefopt_exit_error((err), PREFOPT_EXIT_ERROR);                                                     \
-        }                                                                                                      \
-    } while (0)
-
-static void log_line(trainer *t, cJSON *o)
-{
-    if (t->g.world_rank != 0) {
-        cJSON_Delete(o);
-        return;
-    }
-    char *s = cJSON_PrintUnformatted(o);
-    prefopt_err e = {0};
-    if (!s || prefopt_append_line(t->metrics_path, s, 0, &e))
-        fprintf(stderr, "prefopt: warning: %s\n", s ? e.msg : "out of memory writing metrics");
-    free(s);
-    cJSON_Delete(o);
-}
+#include "train_internal.h"
 
 /* The policy's (and reference's) log-probs of one micro-batch and the objective batch over them. */
 typedef struct {
@@ -252,24 +188,6 @@ static double run_step_batches(trainer *t, const prefopt_ds_step *st, prefopt_me
     return loss_sum;
 }
 
-static prefopt_ds_loader *make_loader(trainer *t, prefopt_dataset *ds, int global, int micro, int shuffle,
-                                      int drop_last)
-{
-    prefopt_ds_loader_opts lo = {0};
-    lo.global_batch = global;
-    lo.micro_batch = micro;
-    lo.seed = (uint64_t)t->p->seed;
-    lo.shuffle = shuffle;
-    lo.bucket_window = shuffle ? t->p->bucket_window : 0;
-    lo.drop_last = drop_last;
-    lo.pad_multiple = t->p->pad_multiple;
-    lo.kl_units = t->obj.uses_kl;
-    prefopt_ds_loader *L = NULL;
-    prefopt_err err = {0};
-    prefopt_ds_loader_create(ds, &lo, t->g.dp_rank, t->g.dp_size, &L, &err);
-    FAIL_IF(t, 0, &err);
-    return L;
-}
 
 /* One pass over the held-out set; metrics with the "eval/" prefix. Loss: the example-weighted mean of the
  * per-batch losses (each normalised over its own batch). */
@@ -280,7 +198,7 @@ static void evaluate(trainer *t)
     const int dp = t->g.dp_size;
     /* file order, every example once: the last batch takes the remainder (replicas may get none) */
     const int global = t->eval_micro * dp;
-    prefopt_ds_loader *L = make_loader(t, t->eval_ds, global, t->eval_micro, 0, 0);
+    prefopt_ds_loader *L = train_make_loader(t, t->eval_ds, global, t->eval_micro, 0, 0);
     int64_t steps = prefopt_ds_loader_steps_per_epoch(L);
     prefopt_metrics total;
     prefopt_metrics_reset(&total);
@@ -326,443 +244,10 @@ static void evaluate(trainer *t)
                    prefopt_metrics_value(&total, PREFOPT_M_MEAN_TOKEN_ACCURACY));
         fflush(stdout);
     }
-    log_line(t, o);
+    train_log_line(t, o);
     prefopt_region_exit("eval");
 }
 
-/* ---- checkpoints ------------------------------------------------------------------------------------------ */
-
-static void ref_path(char *buf, size_t len, const trainer *t, long step)
-{
-    snprintf(buf, len, "%s/ref-step-%08ld.h5", t->ckpt_dir, step);
-}
-
-/* TR-DPO reference files whose checkpoint was rotated away (keep-last) are removed with it. */
-static void prune_refs(const trainer *t)
-{
-    DIR *d = opendir(t->ckpt_dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        long step;
-        char tail[8];
-        if (sscanf(e->d_name, "ref-step-%ld.h5%7s", &step, tail) != 1)
-            continue;
-        char ck[4200], rp[4200];
-        snprintf(ck, sizeof ck, "%s/step-%08ld.h5", t->ckpt_dir, step);
-        if (access(ck, F_OK) != 0) {
-            ref_path(rp, sizeof rp, t, step);
-            unlink(rp);
-        }
-    }
-    closedir(d);
-}
-
-static void save_checkpoint(trainer *t)
-{
-    prefopt_ds_prefetch_wait(t->pf); /* HDF5 is not thread-safe: the prefetch thread is outside it from here */
-    prefopt_err err = {0};
-    prefopt_dp_sync_weights_ready(&t->dps);
-    prefopt_train_state st = {0};
-    st.step = t->step;
-    st.sched_step = t->step;
-    prefopt_ds_cursor c;
-    prefopt_ds_loader_get_cursor(t->loader, &c);
-    int64_t v[PREFOPT_DS_CURSOR_NVALUES];
-    prefopt_ds_cursor_to_values(&c, v);
-    st.epoch = c.epoch;
-    /* seed, epoch, step, batch size, examples and bucket window: a resume on other data is refused */
-    for (int i = 0; i < PREFOPT_DS_CURSOR_NVALUES; i++)
-        st.cursor[i] = v[i];
-    st.lr = prefopt_schedule_lr(&t->sched, t->step);
-    st.train_config = t->config_text;
-    if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
-        /* TR-DPO changes the reference: it is saved beside the checkpoint, under the same step */
-        char rp[4200];
-        ref_path(rp, sizeof rp, t, t->step);
-        prefopt_model_file_save(t->ref, rp, &t->tok, &err);
-        FAIL_IF(t, 0, &err);
-    }
-    prefopt_ckpt_opts o = {t->ckpt_dir, t->p->keep_last, &t->tok, t->p->init};
-    char path[4200];
-    double t0 = prefopt_now();
-    /* whole logical moments in the file: with --zero-stage 1 the shards are gathered into the gradient buffer
-     * (idle between steps) and one more buffer */
-    prefopt_region_enter("checkpoint_write");
-    size_t n = 0;
-    float *mfull = prefopt_model_grad_data(t->policy, &n), *vfull = NULL, *mom1, *mom2;
-    if (t->dps.zero && t->g.dp_size > 1)
-        vfull = prefopt_xmalloc(sizeof(float) * (n + 1), "AdamW moments for the checkpoint");
-    prefopt_dp_sync_full_moments(&t->dps, mfull, vfull, &mom1, &mom2);
-    prefopt_ckpt_save(&o, t->policy, mom1, mom2, &st, path, sizeof path, &err);
-    free(vfull);
-    prefopt_region_exit("checkpoint_write");
-    FAIL_IF(t, 0, &err);
-    if (t->g.world_rank == 0) {
-        printf("checkpoint: %s (%.2f s)\n", path, prefopt_now() - t0);
-        prune_refs(t);
-    }
-}
-
-static int try_resume(trainer *t)
-{
-    const char *r = t->p->resume;
-    if (!strcmp(r, "never"))
-        return 0;
-    char path[4200];
-    prefopt_err err = {0};
-    if (!strcmp(r, "auto")) {
-        char note[2048];
-        int found = prefopt_ckpt_find_latest_checked(t->ckpt_dir, path, sizeof path, note, sizeof note);
-        if (found == 1)
-            return 0;
-        if (found == 2) /* restarting would overwrite them and append a second history to metrics.jsonl */
-            prefopt_err_set(&err, "%s: no usable checkpoint (%s): move them away or pass --resume never to start "
-                                  "from step 1", t->ckpt_dir, note);
-        FAIL_IF(t, 0, &err);
-        if (note[0] && t->g.world_rank == 0)
-            fprintf(stderr, "prefopt: warning: --resume auto: skipped %s; resuming from %s\n", note, path);
-    } else
-        snprintf(path, sizeof path, "%s", r);
-    prefopt_train_state st = {0};
-    size_t n = 0;
-    const int sharded = t->dps.zero && t->g.dp_size > 1;
-    float *mfull = sharded ? prefopt_model_grad_data(t->policy, &n) : t->adam.m, *vfull = t->adam.v;
-    if (sharded) /* whole moments in the file: loaded whole, then each replica keeps its shard */
-        vfull = prefopt_xmalloc(sizeof(float) * (n + 1), "AdamW moments from the checkpoint");
-    prefopt_ckpt_load(path, t->policy, mfull, vfull, &st, &err);
-    if (sharded && !err.set)
-        prefopt_dp_sync_load_moments(&t->dps, mfull, vfull);
-    if (sharded)
-        free(vfull);
-    if (sharded)
-        prefopt_model_zero_grad(t->policy);
-    FAIL_IF(t, 0, &err);
-    t->resumed_config = st.train_config;
-    snprintf(t->resumed_from, sizeof t->resumed_from, "%s", path);
-    t->step = st.step;
-    t->adam.step = st.step;
-    prefopt_ds_cursor c;
-    prefopt_ds_loader_get_cursor(t->loader, &c);
-    int64_t v[PREFOPT_DS_CURSOR_NVALUES];
-    prefopt_ds_cursor_to_values(&c, v);
-    /* checkpoints before issue 22 saved 4 values: the examples and bucket window are then this run's */
-    int n_saved = st.cursor[4] > 0 ? PREFOPT_DS_CURSOR_NVALUES : 4;
-    for (int i = 0; i < n_saved; i++)
-        v[i] = st.cursor[i];
-    v[6] = st.cursor[6]; /* the sample order's version: 0 before issue 17 (refused when shuffling) */
-    prefopt_ds_cursor_from_values(v, &c);
-    if (prefopt_ds_loader_set_cursor(t->loader, &c, &err)) {
-        prefopt_err e2 = {0};
-        prefopt_err_set(&e2, "%s: resuming with --data %s: %s", path, t->p->data, err.msg);
-        err = e2;
-    }
-    FAIL_IF(t, 0, &err);
-    if (t->live_ref && t->obj.p.ref_sync_steps > 0) {
-        char rp[4200];
-        ref_path(rp, sizeof rp, t, st.step);
-        prefopt_model_file_load(t->ref, rp, &err);
-        FAIL_IF(t, 0, &err);
-    }
-    if (t->g.world_rank == 0)
-        printf("resumed from %s at step %ld\n", path, t->step);
-    return 1;
-}
-
-/* A resumed run continues the run of its checkpoint: options that change the math must match, or be allowed to
- * change (--allow-config-change, recorded in metrics.jsonl). config.ini is written only after this check, so a
- * refused resume leaves the run directory as it was. */
-static void record_config(trainer *t)
-{
-    prefopt_err err = {0};
-    if (t->resumed_config) {
-        char diff[1536];
-        cJSON *changes = cJSON_CreateObject();
-        int n = prefopt_train_config_diff(t->resumed_config, t->config_text, diff, sizeof diff, changes);
-        if (n && !t->p->allow_config_change)
-            prefopt_err_set(&err, "%s: resuming with options that change the run: %s (give --allow-config-change "
-                                  "to continue with them, or start another --run-dir)", t->resumed_from, diff);
-        else if (n) {
-            if (t->g.world_rank == 0)
-                fprintf(stderr, "prefopt: warning: resumed at step %ld with changed options (--allow-config-change): "
-                                "%s\n", t->step, diff);
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddNumberToObject(o, "step", (double)t->step);
-            cJSON_AddItemToObject(o, "config_change", changes);
-            changes = NULL;
-            log_line(t, o);
-        }
-        cJSON_Delete(changes);
-        free(t->resumed_config);
-        t->resumed_config = NULL;
-    }
-    FAIL_IF(t, 0, &err);
-    if (t->g.world_rank == 0) {
-        char path[4200], tmp[4300];
-        snprintf(path, sizeof path, "%s/config.ini", t->p->run_dir);
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        FILE *f = fopen(tmp, "w");
-        int bad = !f || fputs(t->config_text, f) < 0;
-        if (f)
-            bad |= fclose(f) != 0;
-        if (bad || rename(tmp, path)) {
-            unlink(tmp);
-            prefopt_err_set(&err, "%s: cannot write", path);
-        }
-    }
-    FAIL_IF(t, 0, &err);
-}
-
-/* metrics.jsonl keeps the rows of the history that led to the state trained from: those of steps after the
- * checkpoint (about to be replayed), or all of them on a fresh start, go */
-static void trim_metrics(trainer *t)
-{
-    prefopt_err err = {0};
-    long dropped = 0;
-    if (t->g.world_rank == 0 && !prefopt_metrics_truncate(t->metrics_path, t->step, &dropped, &err) && dropped)
-        printf("%s: dropped %ld rows after step %ld (they are trained again)\n", t->metrics_path, dropped, t->step);
-    FAIL_IF(t, 0, &err);
-}
-
-/* ---- set-up ------------------------------------------------------------------------------------------------ */
-
-static void setup(trainer *t, const prefopt_opt *opts, int nopts)
-{
-    prefopt_train_params *p = t->p;
-    prefopt_err err = {0};
-    int world;
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    int tp = p->grid_rows * p->grid_cols;
-    int dp = p->dp > 0 ? p->dp : (tp > 0 ? world / tp : 0);
-    if (!*p->data)
-        prefopt_err_set(&err, "train needs --data (an HDF5 dataset from prefopt pack)");
-    else
-        prefopt_train_check_params(p, &err); /* ranges, paths, aliasing: before anything runs */
-    if (err.set || prefopt_grid_init(&t->g, MPI_COMM_WORLD, p->grid_rows, p->grid_cols, dp, &err))
-        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
-    prefopt_precision_setup(&p->prec, &t->g, &err);
-    if (prefopt_agree(t->g.world, &err))
-        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
-    prefopt_banner(stdout, &t->g);
-    prefopt_stop_install();
-
-    prefopt_objective_init(&t->obj, &p->obj, &err);
-    if (!err.set)
-        prefopt_train_batch_layout(p, dp, &t->micro, &err);
-    t->eval_micro = p->eval_batch_size > 0 ? p->eval_batch_size : t->micro;
-    FAIL_IF(t, 0, &err);
-
-    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", p->run_dir);
-    snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl", p->run_dir);
-    /* one run per directory (config.ini is written after the resume check: record_config) */
-    if (t->g.world_rank == 0 && !prefopt_mkdirs(t->ckpt_dir, &err))
-        prefopt_run_lock(p->run_dir, &err);
-    FAIL_IF(t, 0, &err);
-    t->config_text = prefopt_train_config_text(p, &t->obj, opts, nopts);
-
-    /* the model config first: the dataset is checked against its vocabulary and tokenizer */
-    prefopt_model_config cfg;
-    int have_init = *p->init != '\0', tok_vocab = 0;
-    if (have_init && p->tokenizer && *p->tokenizer)
-        prefopt_err_set(&err, "--tokenizer %s: a model trained from --init keeps the tokenizer of %s (--tokenizer is "
-                              "for a model trained from scratch)", p->tokenizer, p->init);
-    else if (have_init) /* one rank opens the file, the others get a broadcast */
-        prefopt_model_file_read_header(p->init, t->g.world, &cfg, &t->tok, &err);
-    else if (p->tokenizer && *p->tokenizer)
-        prefopt_train_tokenizer(p->tokenizer, &t->tok, &tok_vocab, &err);
-    else
-        snprintf(t->tok.identity, sizeof t->tok.identity, "byte");
-    FAIL_IF(t, 0, &err);
-    prefopt_ds_expect ex = {have_init ? cfg.vocab_size : tok_vocab, t->tok.identity, 0};
-    prefopt_dataset_open(p->data, MPI_COMM_WORLD, &ex, &t->ds, &err);
-    FAIL_IF(t, 0, &err);
-    const prefopt_ds_info *info = prefopt_dataset_info(t->ds);
-    /* SFT also runs on pairs (on the chosen answers: the "SFT on chosen" baseline) */
-    static const prefopt_layout want[] = {PREFOPT_LAYOUT_PAIRS, PREFOPT_LAYOUT_UNPAIRED, PREFOPT_LAYOUT_SFT};
-    if (want[info->kind] != t->obj.layout && !(t->obj.layout == PREFOPT_LAYOUT_SFT && info->kind == PREFOPT_DS_PAIRS))
-        prefopt_err_set(&err, "%s: a '%s' dataset does not fit --loss %s", p->data, prefopt_ds_kind_name(info->kind),
-                        p->obj.loss);
-    if (!have_init && !err.set && !prefopt_arch_config(&cfg, &p->arch, info, &err) && tok_vocab > 0)
-        cfg.vocab_size = tok_vocab; /* the tokenizer's whole vocabulary, whatever ids the data happens to use */
-    if (!err.set)
-        prefopt_lora_resolve(&p->lora, cfg.arch, &t->lora, &err);
-    if (!err.set && t->lora.r > 0 && *p->ref_model)
-        prefopt_err_set(&err, "--ref-model with --lora-r: the reference of a LoRA run is its base (--init) with the "
-                              "adapters off");
-    if (!err.set && t->lora.r > 0 && p->obj.ref_sync_steps > 0)
-        prefopt_err_set(&err, "--ref-sync-steps (TR-DPO) with --lora-r: the reference is the frozen base");
-    FAIL_IF(t, 0, &err);
-    if (*p->eval_data) {
-        ex.vocab_size = cfg.vocab_size; /* from scratch too: the model's vocabulary is the training data's */
-        prefopt_dataset_open(p->eval_data, MPI_COMM_WORLD, &ex, &t->eval_ds, &err);
-        FAIL_IF(t, 0, &err);
-        prefopt_ds_kind ek = prefopt_dataset_info(t->eval_ds)->kind;
-        if (ek != info->kind)
-            prefopt_err_set(&err, "%s: a '%s' dataset cannot evaluate training on '%s' data (%s)", p->eval_data,
-                            prefopt_ds_kind_name(ek), prefopt_ds_kind_name(info->kind), p->data);
-        else if (prefopt_dataset_info(t->eval_ds)->num_examples == 0) /* found now, not after the last step */
-            prefopt_err_set(&err, "%s: the dataset has no examples (--eval-data)", p->eval_data);
-        FAIL_IF(t, 0, &err);
-    }
-
-    /* validated by all ranks together (each scanned a share of the tokens); from now on each replica's grid reads
-     * its own batches, so a step's read is collective over tp_size ranks, not the world */
-    prefopt_err eerr = {0}; /* both calls on every rank: each closes its file collectively over the world */
-    prefopt_dataset_set_comm(t->ds, t->g.tp, &err);
-    if (t->eval_ds && prefopt_dataset_set_comm(t->eval_ds, t->g.tp, &eerr) && !err.set)
-        err = eerr;
-    FAIL_IF(t, 0, &err);
-
-    /* the reference: precomputed log-probs when the dataset has them (and nothing else needs the model) */
-    int precomputed = p->use_precomputed_ref && info->has_ref && !t->obj.uses_kl && p->obj.ref_sync_steps == 0 &&
-                      (!t->eval_ds || prefopt_dataset_info(t->eval_ds)->has_ref);
-    t->live_ref = (t->obj.uses_reference || t->obj.uses_kl) && !precomputed;
-    t->lora_ref = t->live_ref && t->lora.r > 0;
-
-    /* State the memory the run needs and stop now, with the option that helps, if a rank cannot have it */
-    double mem_limit = prefopt_mem_parse(p->memory_limit);
-    if (mem_limit < 0)
-        prefopt_err_set(&err, "--memory-limit '%s': expected a size such as 12G, 512M or 0", p->memory_limit);
-    FAIL_IF(t, 0, &err);
-    prefopt_mem_layout ml = {p->grid_rows * p->grid_cols, t->micro,
-                             prefopt_mem_max_row(t->ds, t->obj.uses_kl, p->pad_multiple), t->live_ref,
-                             p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
-                             prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0), dp, p->dpsync.zero_stage,
-                             p->dpsync.reduce_dtype && !strcmp(p->dpsync.reduce_dtype, "bf16"),
-                             t->lora.r > 0 ? &t->lora : NULL, prefopt_mem_process_rss()};
-    prefopt_mem_estimate me;
-    prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
-    FAIL_IF(t, 0, &err);
-    if (t->g.world_rank == 0) {
-        const double M = 1.0 / (1 << 20);
-        if (t->lora.r > 0) {
-            prefopt_mem_layout full = ml;
-            full.lora = NULL;
-            full.live_ref = t->live_ref;
-            prefopt_mem_estimate fe;
-            prefopt_mem_estimate_train(&cfg, &full, &fe);
-            printf("LoRA: r %d, alpha %g (scale %g), dropout %g, targets %s | per rank: gradients + AdamW %.1f MiB "
-                   "instead of %.1f, reference %.1f instead of %.1f => %.1f MiB instead of %.1f (%.1fx less)\n",
-                   t->lora.r, (double)t->lora.alpha, (double)(t->lora.alpha / (float)t->lora.r),
-                   (double)t->lora.dropout, *p->lora.targets ? p->lora.targets : "(PEFT default)",
-                   (me.grads + me.adam) / (1 << 20), (fe.grads + fe.adam) / (1 << 20), me.reference / (1 << 20),
-                   fe.reference / (1 << 20), me.total / (1 << 20), fe.total / (1 << 20), fe.total / me.total);
-        }
-        printf("model: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d | reference: %s\n"
-               "memory per rank (estimated before allocating, rows up to %lld tokens): weights %.1f MiB, grads %.1f, "
-               "AdamW %.1f%s, reference %.1f, activations %.1f, dp buffers %.1f, workspace %.1f, process %.1f => %.1f MiB\n",
-               cfg.hf_model_type, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
-               t->lora_ref ? "the base (adapters off)" : t->live_ref ? "model on the same ranks"
-                                                                     : precomputed ? "precomputed log-probs" : "none",
-               (long long)ml.seq_len, me.weights * M, me.grads * M, me.adam * M,
-               p->dpsync.zero_stage && dp > 1 ? " (1/dp shard)" : "", me.reference * M, me.activations * M,
-               me.comm * M, me.workspace * M, ml.process * M, me.total * M);
-        fflush(stdout);
-    }
-
-    prefopt_model_options mo = {1, p->activation_checkpoint, 0, 0, 0, prefopt_precision_is_bf16()};
-    t->policy = prefopt_model_create_lora(&cfg, &t->g, &mo, t->lora.r > 0 ? &t->lora : NULL, &err);
-    FAIL_IF(t, !t->policy, &err);
-    if (t->live_ref && !t->lora_ref) {
-        prefopt_model_options ro = {0, 0, 0, 0, 0, prefopt_precision_is_bf16()};
-        t->ref = prefopt_model_create(&cfg, &t->g, &ro, &err);
-        FAIL_IF(t, !t->ref, &err);
-    }
-    if (p->logits_budget_mib > 0) {
-        prefopt_model_set_logits_budget(t->policy, (size_t)p->logits_budget_mib << 20);
-        if (t->ref)
-            prefopt_model_set_logits_budget(t->ref, (size_t)p->logits_budget_mib << 20);
-    }
-    if (p->completion_logits && !prefopt_objective_reads_all_tokens(&t->obj)) {
-        prefopt_model_set_completion_logits_only(t->policy, 1);
-        if (t->ref)
-            prefopt_model_set_completion_logits_only(t->ref, 1);
-    }
-    if (have_init)
-        prefopt_model_file_load(t->policy, p->init, &err);
-    else
-        prefopt_model_init_random(t->policy, (uint64_t)p->seed);
-    if (!err.set && t->lora.r > 0 && *p->lora.adapter)
-        prefopt_lora_adapter_load(t->policy, p->lora.adapter, &err); /* e.g. an SFT adapter, for DPO */
-    else if (!err.set && t->lora.r > 0)
-        prefopt_model_init_lora(t->policy, (uint64_t)p->seed); /* PEFT's init: A Kaiming-uniform, B zero */
-    FAIL_IF(t, 0, &err);
-    if (t->live_ref && !t->lora_ref) {
-        if (*p->ref_model)
-            prefopt_model_file_load(t->ref, p->ref_model, &err);
-        else
-            prefopt_model_copy_weights(t->ref, t->policy);
-        FAIL_IF(t, 0, &err);
-        /* a bf16 run holds the frozen reference in bf16 only; TR-DPO mixes into it in fp32 and keeps its masters */
-        if (!(t->obj.p.ref_sync_steps > 0))
-            prefopt_model_keep_bf16_only(t->ref);
-    }
-
-    size_t n = 0;
-    prefopt_model_train_data(t->policy, &n); /* with LoRA: the adapters only */
-    int nranges = 0;
-    prefopt_param_range *ranges = prefopt_param_ranges(t->policy, &nranges);
-    prefopt_adamw_config ac = {p->optim.adam_beta1, p->optim.adam_beta2, p->optim.adam_eps, p->optim.weight_decay};
-    prefopt_adamw_init(&t->adam, &ac, n, ranges, nranges, &err);
-    free(ranges);
-    FAIL_IF(t, 0, &err);
-    if (prefopt_dp_sync_init(&t->dps, &p->dpsync, t->policy, &t->adam, &t->g, &err))
-        prefopt_exit_error(&err, PREFOPT_EXIT_USAGE);
-
-    t->loader = make_loader(t, t->ds, p->batch_size, t->micro, 1, 1);
-    int64_t spe = prefopt_ds_loader_steps_per_epoch(t->loader);
-    t->total_steps = p->max_steps > 0 ? p->max_steps : (long)ceil(p->epochs * (double)spe);
-    long warm = p->optim.warmup_steps > 0 ? p->optim.warmup_steps
-                                         : prefopt_warmup_steps(t->total_steps, p->optim.warmup_ratio);
-    prefopt_schedule_init(&t->sched, p->optim.lr_scheduler, p->optim.lr, warm, t->total_steps, p->optim.min_lr_ratio,
-                          &err);
-    FAIL_IF(t, 0, &err);
-    t->peak = p->peak_gflops > 0 ? p->peak_gflops * 1e9 : prefopt_measure_sgemm_peak(t->g.world);
-    if (t->g.world_rank == 0) {
-        printf("data: %s, %lld %s examples, %lld steps/epoch of %d (micro-batch %d x %d accumulated x %d replicas) | "
-               "%ld steps | %s peak %.1f GFLOP/s per rank%s\n",
-               p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
-               p->batch_size, t->micro, (p->batch_size / dp + t->micro - 1) / t->micro, dp, t->total_steps,
-               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm", t->peak * 1e-9,
-               p->peak_gflops > 0 ? " (--peak-gflops)" : "");
-        fflush(stdout);
-    }
-}
-
-/* Start-up, slowest rank: MPI_Init, then set-up and resume (grid, files, model, memory check) up to the first step.
- * One reduction over the world; README "Scaling" lists the figures against the number of ranks. */
-static void report_startup(trainer *t)
-{
-    double t0 = prefopt_start_time(0), t1 = prefopt_start_time(1), now = prefopt_now();
-    if (t0 <= 0)
-        return;
-    double v[2] = {t1 - t0, now - t1};
-    MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, t->g.world);
-    if (t->g.world_rank == 0) {
-        printf("start-up: %.2f s (MPI_Init %.2f s, set-up %.2f s; slowest rank of %d)\n", v[0] + v[1], v[0], v[1],
-               t->g.world_size);
-        fflush(stdout);
-    }
-}
-
-static void teardown(trainer *t)
-{
-    prefopt_ds_prefetch_stop(t->pf);
-    t->pf = NULL;
-    prefopt_ds_loader_free(t->loader);
-    prefopt_dataset_close(t->ds);
-    if (t->eval_ds)
-        prefopt_dataset_close(t->eval_ds);
-    prefopt_dp_sync_free(&t->dps);
-    prefopt_adamw_free(&t->adam);
-    prefopt_model_free(t->policy);
-    if (t->ref)
-        prefopt_model_free(t->ref);
-    prefopt_tokenizer_record_free(&t->tok);
-    free(t->config_text);
-    prefopt_grid_free(&t->g);
-}
 
 /* ---- the loop ---------------------------------------------------------------------------------------------- */
 
@@ -793,11 +278,11 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     trainer T, *t = &T;
     memset(t, 0, sizeof T);
     t->p = p;
-    setup(t, opts, nopts);
-    try_resume(t);
-    record_config(t);
-    trim_metrics(t); /* after the resume check: a refused resume leaves metrics.jsonl as it was */
-    report_startup(t);
+    train_setup(t, opts, nopts);
+    train_try_resume(t);
+    train_record_config(t);
+    train_trim_metrics(t); /* after the resume check: a refused resume leaves metrics.jsonl as it was */
+    train_report_startup(t);
 
     if (t->p->data_prefetch) { /* from the resumed cursor: the thread reads the first step now */
         prefopt_err err = {0};
@@ -823,7 +308,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
                 printf("stop signal: %s at step %ld and exiting with %d (requeue)\n",
                        fresh ? "nothing to checkpoint" : "checkpointing", t->step, PREFOPT_EXIT_REQUEUE);
             if (!fresh)
-                save_checkpoint(t);
+                train_save_checkpoint(t);
             rc = PREFOPT_EXIT_REQUEUE;
             break;
         }
@@ -892,7 +377,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             if (t->g.world_rank == 0)
                 fprintf(stderr, "prefopt: warning: step %ld skipped: non-finite loss or gradient (%ld in a row; "
                                 "examples in metrics.jsonl)\n", t->step, consecutive_bad);
-            log_line(t, o);
+            train_log_line(t, o);
             prefopt_ds_step_free(&st);
             if (consecutive_bad >= p->max_nonfinite) {
                 prefopt_err_set(&err, "%ld consecutive steps had a non-finite loss or gradient (last: step %ld); "
@@ -941,7 +426,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         }
         if (skipped)
             cJSON_AddNumberToObject(o, "skipped_steps", (double)skipped);
-        log_line(t, o);
+        train_log_line(t, o);
         prefopt_ds_step_free(&st);
         if (t->g.world_rank == 0 && (t->step % p->log_interval == 0 || t->step == t->total_steps ||
                                      t->step == start_step + 1))
@@ -949,7 +434,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
         if (t->eval_ds && p->eval_interval > 0 && t->step % p->eval_interval == 0)
             evaluate(t);
         if (p->save_interval > 0 && t->step % p->save_interval == 0 && t->step < t->total_steps)
-            save_checkpoint(t);
+            train_save_checkpoint(t);
         prefopt_region_exit("step");
     }
     free(ranges);
@@ -957,7 +442,7 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
     if (rc == PREFOPT_EXIT_OK) {
         if (t->eval_ds && (p->eval_interval <= 0 || t->step % p->eval_interval))
             evaluate(t);
-        save_checkpoint(t);
+        train_save_checkpoint(t);
         char mp[4200];
         snprintf(mp, sizeof mp, "%s/model.h5", p->run_dir);
         prefopt_err err = {0};
@@ -974,6 +459,6 @@ int prefopt_train_run(prefopt_train_params *p, const prefopt_opt *opts, int nopt
             printf("done: %ld steps (%ld skipped) in %.1f s | model %s | peak RSS %.0f MiB per rank\n", t->step,
                    skipped, prefopt_now() - t_start, mp, maxrss);
     }
-    teardown(t);
+    train_teardown(t);
     return rc;
 }
