@@ -74,9 +74,9 @@ done
 # --- equivalences --------------------------------------------------------------------------------------------
 COMMON="--data train.h5 --init init/model.h5 --loss dpo:1,sft:0.5 --lr 1e-3 --lr-scheduler constant --batch-size 8 --max-steps 6 --log-interval 1000"
 "$P" train $COMMON --run-dir base > base.log 2>&1 || { echo "FAILED base run"; cat base.log; fail=1; }
-"$P" train $COMMON --run-dir base2 > base2.log 2>&1
+"$P" train $COMMON --run-dir base2 --data-prefetch 1 > base2.log 2>&1
 "$P" train $COMMON --run-dir nopf --data-prefetch 0 > nopf.log 2>&1 # the batch read in the step, no thread
-"$P" train $COMMON --run-dir bw1 --bucket-window 2 > bw1.log 2>&1
+"$P" train $COMMON --run-dir bw1 --bucket-window 2 --data-prefetch 1 > bw1.log 2>&1
 "$P" train $COMMON --run-dir bw0 --bucket-window 2 --data-prefetch 0 > bw0.log 2>&1
 "$P" train $COMMON --run-dir accum --micro-batch-size 2 > accum.log 2>&1
 $MPI -n 2 "$P" train $COMMON --run-dir dp2 --dp 2 > dp2.log 2>&1
