@@ -74,6 +74,13 @@ static pf_attn_row row_of(const prefopt_model *m, const pf_attn_params *ap, int 
     return r;
 }
 
+size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T)
+{
+    pf_attn_row r = {(int)T, cfg->head_dim, NULL, NULL, 0.0f, 0.0f, 0};
+    const size_t TD = (size_t)T * cfg->head_dim, fwd = 4 * TD + pf_attn_fwd_work(&r), bwd = 8 * TD + pf_attn_bwd_work(&r);
+    return fwd > bwd ? fwd : bwd;
+}
+
 /* Per (sequence, KV group) worker: the group's K and V heads, one query head at a time, and the blocked kernel
  * (attention_blocked.c): scratch O(T x D + B x B) per worker, never T x T. Only the per-row lse is kept for
  * backward (T floats per head). */
