@@ -46,36 +46,46 @@ int main(int argc, char **argv)
     prefopt_model_config cfg = tiny();
 
     /* the estimate */
-    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0};
+    prefopt_mem_layout lay = {1, 2, 16, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0, 0};
     prefopt_mem_estimate e;
     prefopt_mem_estimate_train(&cfg, &lay, &e);
     CHECK(e.weights == 4.0 * (41056 + 896), "weights %.0f", e.weights);
     CHECK(e.grads == e.weights && e.adam == 2 * e.weights && e.reference == 0, "grads/adam/reference");
-    /* per layer 2*16*(10*32 + 2*128) + 2*2*16*16 = 19456 floats, 2 layers, logits 2 * 2*16*259 = 16576 */
-    CHECK(e.activations == 4.0 * (2 * 19456 + 16576), "activations %.0f", e.activations);
+    /* per layer 2*16*(10*32 + 2*128) + 2*2*16 (lse) = 18496 floats, 2 layers, logits 2 * 2*16*259 = 16576, one
+     * attention worker's scratch (backward: 8*16*16 head copies + 3*64*64 score blocks + 16) = 14352; no T x T */
+    CHECK(prefopt_attention_scratch_floats(&cfg, 16) == 14352, "attention scratch %zu",
+          prefopt_attention_scratch_floats(&cfg, 16));
+    CHECK(e.activations == 4.0 * (2 * 18496 + 16576 + 14352), "activations %.0f", e.activations);
     CHECK(fabs(e.total - 1.1 * (4 * e.weights + e.activations)) < 1e-6, "total %.1f", e.total);
     /* a logits budget of one row (16*259*4 bytes = 16.2 KiB; 20 KiB) keeps one row's logits and gradient */
-    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, 0, 0, 0, 0, 0, NULL, 0};
+    prefopt_mem_layout lay1 = {1, 2, 16, 0, 0, 20480, 0, 0, 0, 0, 0, NULL, 0, 0};
     prefopt_mem_estimate_train(&cfg, &lay1, &e);
-    CHECK(e.activations == 4.0 * (2 * 19456 + 8288), "activations, logits budget of one row %.0f", e.activations);
-    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, 0, 0, 0, 0, 0, NULL, 0};
+    CHECK(e.activations == 4.0 * (2 * 18496 + 8288 + 14352), "activations, logits budget of one row %.0f",
+          e.activations);
+    /* a 2048-token row, 2 threads: 2 layers of 2*2048*576 + 2*2*2048 (lse), logits 2 * 2*2048*259, two workers'
+     * scratch 2 * (8*2048*16 + 3*64*64 + 2048); the T x T probabilities would have been 2*2*2048*2048 per layer */
+    prefopt_mem_layout lt = lay;
+    lt.seq_len = 2048, lt.threads = 2;
+    prefopt_mem_estimate_train(&cfg, &lt, &e);
+    CHECK(e.activations == 4.0 * (2 * 2367488 + 2121728 + 552960), "activations at T 2048 %.0f", e.activations);
+    prefopt_mem_layout lay2 = {2, 2, 16, 1, 1, 0, 0, 0, 0, 0, 0, NULL, 0, 0};
     prefopt_mem_estimate_train(&cfg, &lay2, &e);
     CHECK(e.weights == 4.0 * (41056 / 2 + 896) && e.reference == e.weights, "tp 2 weights %.0f", e.weights);
     /* bf16: the policy adds 2-byte copies of its matrices; the frozen reference is those copies and fp32 vectors */
-    prefopt_mem_layout lay3 = {2, 2, 16, 1, 1, 0, 1, 1, 0, 0, 0, NULL, 0};
+    prefopt_mem_layout lay3 = {2, 2, 16, 1, 1, 0, 1, 1, 0, 0, 0, NULL, 0, 0};
     prefopt_mem_estimate e3;
     prefopt_mem_estimate_train(&cfg, &lay3, &e3);
     CHECK(e3.weights == 4.0 * (41056 / 2 + 896) + 2.0 * 41056 / 2 && e3.grads == 4.0 * (41056 / 2 + 896) &&
               e3.reference == 2.0 * 41056 / 2 + 4.0 * 896,
           "bf16 weights %.0f grads %.0f reference %.0f", e3.weights, e3.grads, e3.reference);
-    /* checkpointing: inputs 2*16*32*2 / 2 + one layer 19456 / 2 */
-    CHECK(e.activations == 4.0 * (1024 + 9728 + 8288), "checkpointed activations %.0f", e.activations);
+    /* checkpointing: inputs 2*16*32*2 / 2 + one layer 18496 / 2 (+ logits, attention scratch) */
+    CHECK(e.activations == 4.0 * (1024 + 9248 + 8288 + 14352), "checkpointed activations %.0f", e.activations);
     /* the distributed optimizer over 4 replicas: a quarter of the moments, plus a shard-sized receive buffer;
      * bf16 communication: 2 + 2 bytes per gradient element */
-    prefopt_mem_layout lz = {1, 2, 16, 0, 0, 0, 0, 0, 4, 1, 0, NULL, 0};
+    prefopt_mem_layout lz = {1, 2, 16, 0, 0, 0, 0, 0, 4, 1, 0, NULL, 0, 0};
     prefopt_mem_estimate_train(&cfg, &lz, &e);
     CHECK(e.adam == 2 * e.weights / 4 && e.comm == e.grads / 4, "zero 1 dp 4: adam %.0f comm %.0f", e.adam, e.comm);
-    prefopt_mem_layout lb = {1, 2, 16, 0, 0, 0, 0, 0, 4, 0, 1, NULL, 0};
+    prefopt_mem_layout lb = {1, 2, 16, 0, 0, 0, 0, 0, 4, 0, 1, NULL, 0, 0};
     prefopt_mem_estimate_train(&cfg, &lb, &e);
     CHECK(e.adam == 2 * e.weights && e.comm == e.grads, "bf16 dp 4: adam %.0f comm %.0f", e.adam, e.comm);
 
@@ -83,8 +93,8 @@ int main(int argc, char **argv)
     prefopt_err err = {0};
     CHECK(prefopt_memcheck_train(&cfg, &lay, MPI_COMM_WORLD, 1e9, &e, &err) == 0 && !err.set, "fits: %s", err.msg);
     /* does not fit: the message names the limit and the options that help */
-    const char *want = "memory: training needs about 0.9 MiB per rank (weights 0.2, gradients 0.2, AdamW 0.3, "
-                       "reference 0.0, activations 0.2, workspace 0.1 MiB) but --memory-limit allows 0.1 MiB: use "
+    const char *want = "memory: training needs about 1.0 MiB per rank (weights 0.2, gradients 0.2, AdamW 0.3, "
+                       "reference 0.0, activations 0.3, workspace 0.1 MiB) but --memory-limit allows 0.1 MiB: use "
                        "more ranks per grid (--grid-rows/--grid-cols), --activation-checkpoint, a smaller "
                        "--micro-batch-size";
     CHECK(prefopt_memcheck_train(&cfg, &lay, MPI_COMM_WORLD, 100000, &e, &err) == 1 && !strcmp(err.msg, want),
@@ -93,8 +103,8 @@ int main(int argc, char **argv)
     prefopt_mem_layout lay4 = lay;
     lay4.process = 10.0 * (1 << 20);
     prefopt_err_clear(&err);
-    const char *want3 = "memory: training needs about 10.9 MiB per rank (weights 0.2, gradients 0.2, AdamW 0.3, "
-                        "reference 0.0, activations 0.2, workspace 0.1, process 10.0 MiB) but --memory-limit allows "
+    const char *want3 = "memory: training needs about 11.0 MiB per rank (weights 0.2, gradients 0.2, AdamW 0.3, "
+                        "reference 0.0, activations 0.3, workspace 0.1, process 10.0 MiB) but --memory-limit allows "
                         "5.0 MiB: use more ranks per grid (--grid-rows/--grid-cols)"; /* activations are no longer the load */
     CHECK(prefopt_memcheck_train(&cfg, &lay4, MPI_COMM_WORLD, 5.0 * (1 << 20), &e, &err) == 1 &&
               !strcmp(err.msg, want3) && e.total > 10.0 * (1 << 20),
@@ -103,8 +113,8 @@ int main(int argc, char **argv)
     /* one rank short of memory: every rank gets its message */
     prefopt_err_clear(&err);
     int r = prefopt_memcheck_train(&cfg, &lay2, MPI_COMM_WORLD, rank == 1 ? 100000 : 1e9, &e, &err);
-    const char *want2 = "memory: training needs about 0.5 MiB per rank (weights 0.1, gradients 0.1, AdamW 0.2, "
-                        "reference 0.1, activations 0.1, workspace 0.0 MiB) but --memory-limit allows 0.1 MiB: use "
+    const char *want2 = "memory: training needs about 0.6 MiB per rank (weights 0.1, gradients 0.1, AdamW 0.2, "
+                        "reference 0.1, activations 0.1, workspace 0.1 MiB) but --memory-limit allows 0.1 MiB: use "
                         "more ranks per grid (--grid-rows/--grid-cols), a smaller --micro-batch-size, precomputed "
                         "reference log-probs (prefopt eval --store-ref)";
     CHECK(r == 1 && !strcmp(err.msg, want2), "agreed message on rank %d:\n  got  %s\n  want %s", rank, err.msg, want2);

@@ -11,10 +11,11 @@
  *                grads / dp; bf16 communication: grads again)
  *   activations  kept for backward, per micro-batch of m rows of T tokens (T = the longest packed row, rounded
  *                up to the pad multiple) over L layers:
- *                  m*T * L * (10*C + 2*F) / tp  +  m * H * T * T * L / tp        (layer outputs, attention probs)
+ *                  m*T * L * (10*C + 2*F) / tp  +  m * H * T * L / tp        (layer outputs, attention lse)
  *                with activation checkpointing only the layer inputs m*T*C*L / tp plus one layer's full set;
  *                plus logits and their gradient 2 * r*T*V / tp for the r <= m rows of one head chunk (the logits
- *                budget)
+ *                budget); plus the blocked attention's scratch, threads * (8*T*D + 3*64*64 + T) (one worker per
+ *                OpenMP thread; prefopt_attention_scratch_floats), never T x T
  *   workspace    10% of the above (batch copies, staging buffers, BLAS/ScaLAPACK work)
  * With LoRA: weights + the adapters (r (in + out) per targeted linear, / tp), gradients the adapters, AdamW twice
  * the adapters, reference 0 (the base with its adapters off), activations + the adapters' U (m T r per target).
@@ -49,6 +50,7 @@ typedef struct {
     double process;            /* bytes the process holds before the model exists (MPI, libraries, dataset index:
                                 * prefopt_mem_process_rss); 0: not counted. Issue 17: at 64 ranks on a node
                                 * this baseline, not the model, is what fills the memory */
+    int threads;               /* OpenMP threads per rank (attention workers, each with its scratch); 0: 1 */
 } prefopt_mem_layout;
 
 /* This process's resident set now (VmRSS), in bytes; 0 when unknown. Local. */

@@ -299,6 +299,11 @@ size_t prefopt_model_weight_bytes(const prefopt_model *m);
 void prefopt_model_copy_weights(prefopt_model *dst, const prefopt_model *src);
 void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, float alpha);
 
+/* Floats of scratch one attention worker (one sequence and KV group, one OpenMP thread) holds at a time for rows
+ * of T tokens, the larger of forward and backward: the group's head copies (8 T x head_dim in backward) and the
+ * blocked kernel's score blocks (src/model/attention_blocked.h); no T x T buffer. */
+size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T);
+
 /* FLOPs of one forward over a batch (matmuls and attention; 2 per multiply-add), for throughput figures: the LM
  * head's as computed, i.e. only the kept positions with prefopt_model_set_completion_logits_only. */
 double prefopt_model_forward_flops(const prefopt_model *m, const prefopt_batch *b);

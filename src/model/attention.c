@@ -2,20 +2,13 @@
  * (H/KV) query heads of one KV group and K/V's block is that group's head, so query group j and KV head j sit on
  * the same process column, and a sequence's tokens sit whole on one process row. Work is split over
  * (sequence, KV group) pairs, which write disjoint outputs: deterministic under OpenMP. */
+#include "attention_blocked.h"
 #include "model_internal.h"
 #include "pf_math.h"
 
 #include <blis.h>
 #include <math.h>
 #include <string.h>
-
-/* token j is visible from token i (both in the same row): causal, not padding, same branch or shared prefix,
- * and, in a sliding-window layer (window W > 0), fewer than W positions back. Positions rather than row indices:
- * a rejected branch's positions restart after the prompt, so its window is the one of its own unpacked sequence. */
-static inline int visible(const int8_t *seg, const int32_t *pos, int W, int i, int j)
-{
-    return seg[j] >= 0 && (seg[j] == 0 || seg[j] == seg[i]) && (W <= 0 || pos[i] - pos[j] < W);
-}
 
 /* HF's scaling (query_pre_attn_scalar^-1/2 or D^-1/2), Gemma 2's attn_logit_softcapping, and the layer's window */
 pf_attn_params pf_attn_params_of(const prefopt_model *m, int layer)
@@ -67,63 +60,30 @@ static void gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const floa
               (float *)a, lda, 1, (float *)b, ldb, 1, &beta, c, ldc, 1);
 }
 
-/* P = softmax over the visible keys of scale * Q K^T, written as exp(S - lse) so that backward recomputes the
- * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
- * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
- * causal work, at GEMM speed); masked and padded entries become exact zeros. */
-/* Row i of P from its scores (see probs). Inlined twice, with W = 0 a constant in the full-attention copy, so
- * that the windowless path (every Llama layer) compiles to the loop it was before windows existed. */
-static inline __attribute__((always_inline)) void softmax_row(float *restrict Pi, const int8_t *restrict seg,
-                                                              const int32_t *restrict pos, int W, int i, float *lse,
-                                                              int fresh)
+/* the kernel's view of sequence s under layer's parameters */
+static pf_attn_row row_of(const prefopt_model *m, const pf_attn_params *ap, int s)
 {
-    if (fresh) {
-        /* simd reductions: a fixed (vector-width) summation order, the same on every run and grid */
-        float mx = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : mx)
-        for (int j = 0; j <= i; j++)
-            mx = visible(seg, pos, W, i, j) && Pi[j] > mx ? Pi[j] : mx; /* a select, not fmaxf: vectorises */
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j <= i; j++)
-            sum += visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - mx) : 0.0f;
-        lse[i] = mx + logf(sum); /* i sees itself, so sum >= 1 */
-    }
-    const float li = lse[i];
-    /* the causal half only; restrict tells GCC the float stores cannot change the int8 mask, which it
-     * otherwise reloads every iteration and does not vectorise */
-    for (int j = 0; j <= i; j++)
-        Pi[j] = visible(seg, pos, W, i, j) ? pf_exp(Pi[j] - li) : 0.0f;
+    pf_attn_row r;
+    r.T = m->b.T;
+    r.D = m->cfg.head_dim;
+    r.seg = m->b.seg + (size_t)pf_seq_row(m, s) * r.T;
+    r.pos = m->b.pos + (size_t)pf_seq_row(m, s) * r.T;
+    r.scale = ap->scale;
+    r.softcap = ap->softcap;
+    r.window = ap->window;
+    return r;
 }
 
-/* P = softmax over the visible keys of scale * Q K^T, written as exp(S - lse) so that backward recomputes the
- * identical P from Q, K and the saved per-row lse: only T floats per head are kept instead of T x T (the
- * flash-attention trade: one more Q K^T GEMM in backward). Scores and products are full T x T GEMMs (twice the
- * causal work, at GEMM speed); masked and padded entries become exact zeros. The layer's parameters: the score
- * scale, Gemma 2's soft-cap (applied to the scores before mask and softmax; dcap, when given, receives
- * 1 - tanh^2 for backward), the sliding window. */
-static void probs(float *restrict P, const float *qh, const float *kh, const int8_t *restrict seg,
-                  const int32_t *restrict pos, const pf_attn_params *ap, int T, int D, float *lse, int fresh,
-                  float *restrict dcap)
+size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T)
 {
-    const int W = ap->window;
-    gemm_rm(0, 1, T, T, D, ap->scale, qh, D, kh, D, 0.0f, P, T);
-    for (int i = 0; i < T; i++) {
-        float *Pi = P + (size_t)i * T;
-        if (seg[i] < 0) { /* padded query: zero output, zero gradients */
-            memset(Pi, 0, sizeof(float) * T);
-            continue;
-        }
-        if (ap->softcap > 0)
-            for (int j = 0; j <= i; j++)
-                Pi[j] = softcap(Pi[j], ap->softcap, dcap ? dcap + (size_t)i * T + j : NULL);
-        if (W > 0)
-            softmax_row(Pi, seg, pos, W, i, lse, fresh);
-        else
-            softmax_row(Pi, seg, pos, 0, i, lse, fresh);
-        memset(Pi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
-    }
+    pf_attn_row r = {(int)T, cfg->head_dim, NULL, NULL, 0.0f, 0.0f, 0};
+    const size_t TD = (size_t)T * cfg->head_dim, fwd = 4 * TD + pf_attn_fwd_work(&r), bwd = 8 * TD + pf_attn_bwd_work(&r);
+    return fwd > bwd ? fwd : bwd;
 }
 
+/* Per (sequence, KV group) worker: the group's K and V heads, one query head at a time, and the blocked kernel
+ * (attention_blocked.c): scratch O(T x D + B x B) per worker, never T x T. Only the per-row lse is kept for
+ * backward (T floats per head). */
 void pf_attention_forward(const prefopt_model *m, int layer, prefopt_dmat *y, float *att, const prefopt_dmat *q,
                           const prefopt_dmat *k, const prefopt_dmat *v)
 {
@@ -133,66 +93,46 @@ void pf_attention_forward(const prefopt_model *m, int layer, prefopt_dmat *y, fl
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
-        const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
-        const int32_t *pos = m->b.pos + (size_t)pf_seq_row(m, s) * T;
-        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)4 * T * D + (size_t)T * T), "attention scratch");
-        float *vh = kh + T * D, *qh = vh + T * D, *oh = qh + T * D, *P = oh + T * D;
+        const pf_attn_row r = row_of(m, &ap, s);
+        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)4 * T * D + pf_attn_fwd_work(&r)), "attention scratch");
+        float *vh = kh + (size_t)T * D, *qh = vh + (size_t)T * D, *oh = qh + (size_t)T * D, *work = oh + (size_t)T * D;
         load_head(kh, k, s, T, kb * D, D);
         load_head(vh, v, s, T, kb * D, D);
         for (int hh = 0; hh < G; hh++) {
             int c0 = kb * m->qnb + hh * D;
             load_head(qh, q, s, T, c0, D);
-            probs(P, qh, kh, seg, pos, &ap, T, D, att + ((size_t)pr * G + hh) * T, 1, NULL);
-            gemm_rm(0, 0, T, D, T, 1.0f, P, T, vh, D, 0.0f, oh, D);
+            pf_attn_forward_head(&r, qh, kh, vh, oh, att + ((size_t)pr * G + hh) * T, work);
             store_head(y, oh, s, T, c0, D);
         }
         free(kh);
     }
 }
 
+/* y: the forward's output (backward's rowsum(dO o O) needs it) */
 void pf_attention_backward(const prefopt_model *m, int layer, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
                            const prefopt_dmat *dy, const float *att, const prefopt_dmat *q, const prefopt_dmat *k,
-                           const prefopt_dmat *v)
+                           const prefopt_dmat *v, const prefopt_dmat *y)
 {
     const int T = m->b.T, D = m->cfg.head_dim, G = m->cfg.num_heads / m->cfg.num_kv_heads;
     const int nkb = k->nloc / D, nseq = m->nloc_seq, npair = nseq * nkb;
     const pf_attn_params ap = pf_attn_params_of(m, layer);
-    const float scale = ap.scale;
-    const int capped = ap.softcap > 0;
 #pragma omp parallel for schedule(dynamic)
     for (int pr = 0; pr < npair; pr++) {
         int s = pr / nkb, kb = pr % nkb;
-        const int8_t *seg = m->b.seg + (size_t)pf_seq_row(m, s) * T;
-        const int32_t *pos = m->b.pos + (size_t)pf_seq_row(m, s) * T;
-        float *kh = prefopt_xmalloc(sizeof(float) * ((size_t)7 * T * D + (size_t)(2 + capped) * T * T),
-                                    "attention scratch");
-        float *vh = kh + T * D, *qh = vh + T * D, *doh = qh + T * D, *dqh = doh + T * D, *dkh = dqh + T * D;
-        float *dvh = dkh + T * D, *dS = dvh + T * D, *P = dS + (size_t)T * T;
-        float *dcap = capped ? P + (size_t)T * T : NULL; /* 1 - tanh^2 of the capped scores */
+        const pf_attn_row r = row_of(m, &ap, s);
+        const size_t TD = (size_t)T * D;
+        float *kh = prefopt_xmalloc(sizeof(float) * (8 * TD + pf_attn_bwd_work(&r)), "attention scratch");
+        float *vh = kh + TD, *qh = vh + TD, *oh = qh + TD, *doh = oh + TD, *dqh = doh + TD, *dkh = dqh + TD;
+        float *dvh = dkh + TD, *work = dvh + TD;
         load_head(kh, k, s, T, kb * D, D);
         load_head(vh, v, s, T, kb * D, D);
-        memset(dkh, 0, sizeof(float) * 2 * T * D);
+        memset(dkh, 0, sizeof(float) * 2 * TD);
         for (int hh = 0; hh < G; hh++) {
             int c0 = kb * m->qnb + hh * D;
             load_head(qh, q, s, T, c0, D);
+            load_head(oh, y, s, T, c0, D);
             load_head(doh, dy, s, T, c0, D);
-            probs(P, qh, kh, seg, pos, &ap, T, D, (float *)att + ((size_t)pr * G + hh) * T, 0, dcap);
-            gemm_rm(1, 0, T, D, T, 1.0f, P, T, doh, D, 1.0f, dvh, D);  /* dV += P^T dO */
-            gemm_rm(0, 1, T, T, D, 1.0f, doh, D, vh, D, 0.0f, dS, T); /* dP = dO V^T */
-            for (int i = 0; i < T; i++) { /* dS = P (dP - rowsum(P dP)); P is 0 above the diagonal */
-                const float *Pi = P + (size_t)i * T;
-                float *dSi = dS + (size_t)i * T, rowdot = 0;
-                for (int j = 0; j <= i; j++)
-                    rowdot += Pi[j] * dSi[j];
-                for (int j = 0; j <= i; j++)
-                    dSi[j] = Pi[j] * (dSi[j] - rowdot);
-                if (capped) /* through the cap: d tanh */
-                    for (int j = 0; j <= i; j++)
-                        dSi[j] *= dcap[(size_t)i * T + j];
-                memset(dSi + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
-            }
-            gemm_rm(0, 0, T, D, T, scale, dS, T, kh, D, 0.0f, dqh, D); /* dQ = scale dS K */
-            gemm_rm(1, 0, T, D, T, scale, dS, T, qh, D, 1.0f, dkh, D); /* dK += scale dS^T Q */
+            pf_attn_backward_head(&r, qh, kh, vh, oh, doh, att + ((size_t)pr * G + hh) * T, dqh, dkh, dvh, work);
             store_head(dq, dqh, s, T, c0, D);
         }
         store_head(dk, dkh, s, T, kb * D, D);

@@ -397,7 +397,7 @@ static void layer_backward(prefopt_model *m, int l, layer_acts *A, const prefopt
     pf_linear_backward(m, &m->dy, 0.0f, dao, &A->y, P->wo, P->bo);
     pf_lora_backward(m, l, PF_LO, &m->dy, dao, &A->y, &A->lu[PF_LO]);
     prefopt_region_enter("attention");
-    pf_attention_backward(m, l, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v);
+    pf_attention_backward(m, l, &m->dq, &m->dk, &m->dv, &m->dy, A->att, &A->q, &A->k, &A->v, &A->y);
     prefopt_region_exit("attention");
     if (m->cfg.arch == PREFOPT_ARCH_LLAMA) {
         pf_rope_apply(m, l, &m->dq, 1);

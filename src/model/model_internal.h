@@ -153,7 +153,7 @@ void pf_attention_forward(const prefopt_model *m, int layer, prefopt_dmat *y, fl
                           const prefopt_dmat *k, const prefopt_dmat *v);
 void pf_attention_backward(const prefopt_model *m, int layer, prefopt_dmat *dq, prefopt_dmat *dk, prefopt_dmat *dv,
                            const prefopt_dmat *dy, const float *att, const prefopt_dmat *q, const prefopt_dmat *k,
-                           const prefopt_dmat *v);
+                           const prefopt_dmat *v, const prefopt_dmat *y);
 
 void pf_attention_cached(prefopt_model *m, int layer, prefopt_dmat *y, const prefopt_dmat *q, const prefopt_dmat *k,
                          const prefopt_dmat *v);

@@ -57,13 +57,17 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     /* the variants keep q and k before their norms, and the attention and MLP outputs before theirs */
     const double qk = cfg->qk_norm ? (double)(cfg->num_heads + cfg->num_kv_heads) * cfg->head_dim : 0.0;
     const double post = cfg->norm_style != PREFOPT_NORM_PRE ? 2.0 * C : 0.0;
-    const double layer = m * T * (10.0 * C + 2.0 * F + qk + post) / tp + m * H * T * T / tp; /* floats of one layer */
+    /* floats of one layer: its outputs and the attention's per-row logsumexp (the blocked attention keeps no
+     * probabilities) */
+    const double layer = m * T * (10.0 * C + 2.0 * F + qk + post) / tp + m * H * T / tp;
     const double acts = lay->activation_checkpoint ? m * T * C * L / tp + layer : layer * L;
     /* the head runs over chunks of rows whose logits fit the budget (model.h), keeping one chunk and its gradient */
     const double budget = lay->logits_budget > 0 ? lay->logits_budget : (double)(1 << 30);
     double rows = floor(budget / (4.0 * T * V / tp));
     rows = rows < 1 ? 1 : rows > m ? m : rows;
-    e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp + lora_acts);
+    /* attention scratch: one worker per thread, O(T x head_dim) each (prefopt_attention_scratch_floats) */
+    const double att_scratch = (lay->threads > 1 ? lay->threads : 1) * (double)prefopt_attention_scratch_floats(cfg, (int64_t)T);
+    e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp + lora_acts + att_scratch);
     double sum = e->weights + e->grads + e->adam + e->reference + e->activations + e->comm;
     e->workspace = 0.1 * sum;
     e->total = sum + e->workspace;

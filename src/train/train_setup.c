@@ -3,6 +3,8 @@
 #define _GNU_SOURCE
 #include "train_internal.h"
 
+#include <omp.h>
+
 prefopt_ds_loader *train_make_loader(trainer *t, prefopt_dataset *ds, int global, int micro, int shuffle,
                                      int drop_last)
 {
@@ -127,7 +129,7 @@ void train_setup(trainer *t, const prefopt_opt *opts, int nopts)
                              p->activation_checkpoint, (double)p->logits_budget_mib * (1 << 20),
                              prefopt_precision_is_bf16(), !(t->obj.p.ref_sync_steps > 0), dp, p->dpsync.zero_stage,
                              p->dpsync.reduce_dtype && !strcmp(p->dpsync.reduce_dtype, "bf16"),
-                             t->lora.r > 0 ? &t->lora : NULL, prefopt_mem_process_rss()};
+                             t->lora.r > 0 ? &t->lora : NULL, prefopt_mem_process_rss(), omp_get_max_threads()};
     prefopt_mem_estimate me;
     prefopt_memcheck_train(&cfg, &ml, t->g.world, mem_limit, &me, &err);
     FAIL_IF(t, 0, &err);
