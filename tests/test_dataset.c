@@ -13,16 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int rank, size, failures;
-#define CHECK(c, ...)                                                                                          \
-    do {                                                                                                       \
-        if (!(c)) {                                                                                            \
-            failures++;                                                                                        \
-            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", rank, __FILE__, __LINE__, #c);               \
-            fprintf(stderr, __VA_ARGS__);                                                                      \
-            fprintf(stderr, "\n");                                                                             \
-        }                                                                                                      \
-    } while (0)
+#include "test_mpi_check.h"
 
 static char dir[256];
 

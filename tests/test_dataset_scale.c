@@ -17,16 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int rank, size, failures;
-#define CHECK(c, ...)                                                                                          \
-    do {                                                                                                       \
-        if (!(c)) {                                                                                            \
-            failures++;                                                                                        \
-            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", rank, __FILE__, __LINE__, #c);               \
-            fprintf(stderr, __VA_ARGS__);                                                                      \
-            fprintf(stderr, "\n");                                                                             \
-        }                                                                                                      \
-    } while (0)
+#include "test_mpi_check.h"
 
 static int plen(int64_t i) { return (int)(i % 2); }            /* prompt 0..1 tokens */
 static int clen(int64_t i) { return 1 + (int)((i * 7919) % 3); } /* completion 1..3 tokens */
