@@ -385,23 +385,31 @@ int prefopt_dataset_open(const char *path, MPI_Comm comm, const prefopt_ds_expec
     return 0;
 }
 
+/* Opens a validated file again (with the access properties fapl) and the datasets its reads use: the one reopen
+ * of set_comm (another communicator) and open_local (the prefetch thread's serial handle). */
+static int reopen(prefopt_dataset *ds, hid_t fapl, prefopt_err *err)
+{
+    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
+    ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, fapl);
+    if (ds->file < 0)
+        prefopt_err_set(err, "%s: cannot reopen (removed while the run started?)", ds->path);
+    else
+        open_handles(ds, err);
+    prefopt_ds_h5_loud(q);
+    return err->set;
+}
+
 int prefopt_dataset_set_comm(prefopt_dataset *ds, MPI_Comm comm, prefopt_err *err)
 {
     close_handles(ds); /* every dataset handle kept open must be reopened by open_handles */
     ds->comm = comm;
     MPI_Comm_rank(comm, &ds->rank);
     MPI_Comm_size(comm, &ds->size);
-    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
     H5Pset_all_coll_metadata_ops(fapl, 1);
-    ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, fapl);
+    reopen(ds, fapl, err);
     H5Pclose(fapl);
-    if (ds->file < 0)
-        prefopt_err_set(err, "%s: cannot reopen (removed while the run started?)", ds->path);
-    else
-        open_handles(ds, err);
-    prefopt_ds_h5_loud(q);
     return prefopt_agree(comm, err);
 }
 
@@ -411,15 +419,8 @@ int prefopt_dataset_open_local(const prefopt_dataset *src, prefopt_dataset **out
     prefopt_dataset *ds = new_dataset(src->path, MPI_COMM_NULL);
     ds->info = src->info;
     ds->nfields = src->nfields;
-    prefopt_ds_quiet q = prefopt_ds_h5_quiet();
     /* the serial (sec2) driver: an HDF5 file object of its own beside the MPI-IO one, read without MPI */
-    ds->file = H5Fopen(ds->path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (ds->file < 0)
-        prefopt_err_set(err, "%s: cannot reopen (removed while the run started?)", ds->path);
-    else
-        open_handles(ds, err);
-    prefopt_ds_h5_loud(q);
-    if (err->set) {
+    if (reopen(ds, H5P_DEFAULT, err)) {
         prefopt_dataset_close(ds);
         return 1;
     }
