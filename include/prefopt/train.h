@@ -159,8 +159,10 @@ void prefopt_dp_sync_load_moments(prefopt_dp_sync *s, const float *m_full, const
  * parameters, with offsets into prefopt_model_train_data. */
 prefopt_param_range *prefopt_param_ranges(prefopt_model *m, int *n);
 
-/* sgemm throughput (FLOP/s) of this rank with its BLIS threads, measured now while every rank of comm runs the
- * same: the fastest of 7 products of 1024^3 after a warm-up. Collective (a barrier first). */
+/* The peak GEMM throughput (FLOP/s) MFU counts against, of this rank with its threads, measured now while every
+ * rank of comm runs the same: the fastest of 7 products of 1024^3 after a warm-up; in an fp32 run the faster of
+ * BLIS and oneDNN sgemm (whichever the engine uses), in a bf16 run oneDNN's bf16 matmul. Collective (a barrier
+ * first). */
 double prefopt_sgemm_rate(MPI_Comm comm);
 /* The mean over the ranks of comm of prefopt_sgemm_rate: the per-rank peak that MFU is reported against. */
 double prefopt_measure_sgemm_peak(MPI_Comm comm);

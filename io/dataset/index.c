@@ -61,7 +61,10 @@ int prefopt_ds_read_points(prefopt_dataset *ds, hid_t d, hid_t memtype, size_t e
         bad |= H5Sselect_elements(fs, H5S_SELECT_SET, (size_t)k, u) < 0;
     else
         H5Sselect_none(fs), H5Sselect_none(ms);
-    bad |= H5Dread(d, memtype, ms, fs, DXPL(ds), buf) < 0; /* every rank joins, whatever it selected */
+    /* every rank joins, whatever it selected; except from a dataset of no elements (a dataset of 0 examples),
+     * which all ranks see alike, and whose storage HDF5 never allocated: a collective read of it fails */
+    if (H5Sget_simple_extent_npoints(fs) > 0)
+        bad |= H5Dread(d, memtype, ms, fs, DXPL(ds), buf) < 0;
     H5Sclose(ms), H5Sclose(fs);
     for (int64_t j = 0; j < n && !bad; j++)
         memcpy((char *)out + (size_t)j * esz, buf + (size_t)slot[j] * esz, esz);

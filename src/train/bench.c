@@ -480,7 +480,7 @@ int prefopt_bench_run(const prefopt_bench_params *p)
         printf("step %.4f s median of %d (min %.4f, max %.4f) | %.0f tokens/s (%.0f TRL-equivalent) | %.2f GFLOP/s "
                "computed (%.2f TRL-equivalent) | %s peak %.2f GFLOP/s/rank (best of before/after) | MFU %.3f | loss %.6f -> %.6f\n",
                tstep, p->steps, tmin, tmax, tokens / tstep, tokens_trl / tstep, gflops, flops_trl / tstep * 1e-9,
-               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm", peak * 1e-9, mfu, loss_first, loss_last);
+               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm (faster of BLIS, oneDNN)", peak * 1e-9, mfu, loss_first, loss_last);
         printf("phases per step (s, min/avg/max over ranks):");
         for (int i = 0; i < NPHASES; i++)
             printf(" %s %.4f/%.4f/%.4f,", phase_names[i], ph[i][0], ph[i][1], ph[i][2]);

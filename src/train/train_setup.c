@@ -223,7 +223,7 @@ void train_setup(trainer *t, const prefopt_opt *opts, int nopts)
                "%ld steps | %s peak %.1f GFLOP/s per rank%s\n",
                p->data, (long long)info->num_examples, prefopt_ds_kind_name(info->kind), (long long)spe,
                p->batch_size, t->micro, (p->batch_size / dp + t->micro - 1) / t->micro, dp, t->total_steps,
-               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm", t->peak * 1e-9,
+               prefopt_precision_is_bf16() ? "bf16 matmul" : "sgemm (faster of BLIS, oneDNN)", t->peak * 1e-9,
                p->peak_gflops > 0 ? " (--peak-gflops)" : "");
         fflush(stdout);
     }
