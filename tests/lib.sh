@@ -41,6 +41,15 @@ prefopt_bin() {
   printf '%s\n' "$p"
 }
 
+# mpi_script_env BUILD_DIR: the start of the multi-rank scripts (errors, faults, red team, many ranks): P from
+# prefopt_bin, numpy/h5py and mpiexec required (else skip), the oversubscribed MPI environment.
+mpi_script_env() {
+  P=$(prefopt_bin "$1")
+  requires_python_h5py "(tests/deps.sh)"
+  requires_mpiexec
+  mpi_env_oversubscribed
+}
+
 # ---- scratch directories and clean-up -------------------------------------------------------------------------
 
 # at_exit CMD: CMD (eval'd then, so it sees the variables' values at exit) runs when the script exits, after the

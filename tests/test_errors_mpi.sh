@@ -12,10 +12,7 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_errors_mpi.sh BUILD_DIR}
 NP=${PREFOPT_ERRORS_NP:-4}
-P=$(prefopt_bin "$build")
-requires_python_h5py "(tests/deps.sh)"
-requires_mpiexec
-mpi_env_oversubscribed
+mpi_script_env "$build"
 make_workdir w "${TMPDIR:-/tmp}/prefopt_errors_mpi.XXXXXX"
 
 # ---- inputs: a small pairs dataset (byte-level tokens, vocabulary 259) and a 1-layer model trained on it ----

@@ -22,10 +22,7 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_faults.sh BUILD_DIR}
-P=$(prefopt_bin "$build")
-requires_python_h5py "(tests/deps.sh)"
-requires_mpiexec
-mpi_env_oversubscribed
+mpi_script_env "$build"
 bg=""   # a run in the background, killed at exit
 at_exit '[ -n "$bg" ] && kill -9 $bg 2>/dev/null'
 make_workdir w "${TMPDIR:-/tmp}/prefopt_faults.XXXXXX"

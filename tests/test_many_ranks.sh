@@ -10,10 +10,7 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_many_ranks.sh BUILD_DIR}
-P=$(prefopt_bin "$build")
-requires_python_h5py "(tests/deps.sh)"
-requires_mpiexec
-mpi_env_oversubscribed
+mpi_script_env "$build"
 make_workdir w "${TMPDIR:-/tmp}/prefopt_many_ranks.XXXXXX"
 
 $PY - <<'EOF'
