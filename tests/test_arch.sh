@@ -4,14 +4,11 @@
 # rows against the float64 numpy reference (ref_packed.py), gradients on 1x2, 2x1, 2x2 equal to 1x1 and, on 1x1,
 # to finite differences, and KV-cache generation equal to recomputation (tests/test_arch.c).
 set -u
+source "$(dirname "$0")/lib.sh"
 B=$1
-PY=/usr/bin/python3
 T=$PREFOPT_SOURCE_DIR/tests/tools
-$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py"; exit 77; }
-W=$(mktemp -d "$B/test_arch.XXXXXX")
-trap 'rm -rf "$W"' EXIT
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
+requires_python_h5py
+scratch_dir W "$B/test_arch.XXXXXX"
 for spec in "qwen3" "mistral --set-config sliding_window=3" "olmo2" "gemma2 --tie" "gemma3_text --tie" "phi3" \
             "smollm3 --tie"; do
   set -- $spec

@@ -6,15 +6,12 @@
 # margins), above 0.7 with a positive margin after. Mistral's window is 6 here: with 3 on both layers no
 # completion token could see the prompt's first letter.
 set -u
+source "$(dirname "$0")/lib.sh"
 B=$1
 P=${PREFOPT:?}
-PY=/usr/bin/python3
 T=$PREFOPT_SOURCE_DIR/tests/tools
-$PY -c "import numpy" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy"; exit 77; }
-W=$(mktemp -d "$B/test_arch_dpo.XXXXXX")
-trap 'rm -rf "$W"' EXIT
-cd "$W"
-fail=0
+requires_python numpy
+make_workdir W "$B/test_arch_dpo.XXXXXX"
 $PY - <<'PYEOF'
 import json, random
 r = random.Random(7)

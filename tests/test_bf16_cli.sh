@@ -4,9 +4,8 @@
 # --precision bf16 without them stops on every rank with one line naming the missing feature; the banner names the
 # precision and each GEMM backend; unknown values are usage errors.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
 B=(bench --shape tiny --prompt-len 8 --chosen-len 4 --rejected-len 4 --steps 1 --warmup 0 --table 0)
 
 out=$(PREFOPT_BF16_PRETEND_MISSING=1 "$P" "${B[@]}" 2>&1); rc=$?
@@ -38,5 +37,4 @@ if PREFOPT_BF16_PRETEND_MISSING=0 "$P" "${B[@]}" 2>&1 | head -1 | grep -q "preci
 else
   echo "test_bf16_cli: this CPU has no bf16 instructions: the bf16 half of the test is skipped"
 fi
-[ $fail -eq 0 ] && echo "test_bf16_cli: all checks passed"
-exit $fail
+finish test_bf16_cli

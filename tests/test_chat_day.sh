@@ -6,15 +6,10 @@
 # generation_config.json -> export: the directory has tokenizer.json, tokenizer_config.json (template intact),
 # special_tokens_map.json and generation_config.json.
 set -u
-PY=/usr/bin/python3
-$PY -c 'import numpy, h5py' 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py"; exit 77; }
+source "$(dirname "$0")/lib.sh"
+requires_python_h5py
 SRC=$PREFOPT_SOURCE_DIR
-W=$(mktemp -d /tmp/prefopt_chat_day.XXXXXX)
-trap 'rm -rf "$W"' EXIT
-cd "$W"
-fail=0
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fail=1; }
+make_workdir W /tmp/prefopt_chat_day.XXXXXX
 run() { "$@" > step.log 2>&1 || { bad "$*"; cat step.log; exit 1; }; }
 
 $PY "$SRC/tests/tools/make_tiny_hf.py" hf --arch llama --layers 1 --tie --vocab 128256 --positions 256 --seed 3 ||
@@ -78,5 +73,4 @@ for f in tokenizer.json tokenizer_config.json special_tokens_map.json generation
   cmp -s hf/$f out/new/dir/$f || bad "export: $f differs from the imported one"
 done
 [ -f out/new/dir/model.safetensors ] && [ -f out/new/dir/config.json ] && ok "export: weights, config, tokenizer files and the chat template" || bad "export files"
-[ $fail = 0 ] && echo "test_chat_day: all checks passed"
-exit $fail
+finish test_chat_day

@@ -2,9 +2,8 @@
 # The CLI surface: help for every subcommand (each option with its default), usage errors, the banner naming
 # BLIS as the provider of sgemm_ (ScaLAPACK's calls included), and grid errors on every rank.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
 
 out=$("$P" --help); rc=$?
 check '[ $rc -eq 0 ]' "prefopt --help exits 0"
@@ -52,5 +51,4 @@ printf '[inspect]\ngrid_rows = 2\ndp = 3\n' > job.ini
 cfg=$("$P" inspect --config job.ini --dp 1 --print-config)
 check 'printf "%s" "$cfg" | grep -qx "grid-rows = 2" && printf "%s" "$cfg" | grep -qx "dp = 1"' "config file + command line: $cfg"
 
-[ $fail -eq 0 ] && echo "test_cli: all checks passed"
-exit $fail
+finish test_cli

@@ -10,15 +10,10 @@
 #    steps' losses equal (1e-5) to the uninterrupted runs';
 #  - the exposed communication time is in the metrics; bad values of the new options stop with one line.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+mpi_env_root
+make_workdir d
 
 $PY - <<'PYEOF'
 import json, random
@@ -107,5 +102,4 @@ for bad in "--zero-stage 2" "--grad-reduce-dtype fp16" "--overlap-grad-reduce 3"
   check "[ $rc -eq 2 ] && [ $n -ge 1 ] && ! grep -v 'prefopt: error:' bad.log | grep -q -i 'error'" "$bad: exit 2 with one error line (rc $rc): $(head -2 bad.log)"
 done
 
-[ $fail -eq 0 ] && echo "test_dp_sync: all checks passed"
-exit $fail
+finish test_dp_sync

@@ -9,20 +9,11 @@
 # allocation failure (ulimit -v) whose message says what did not fit.
 # usage: test_errors_mpi.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_errors_mpi.sh BUILD_DIR}
 NP=${PREFOPT_ERRORS_NP:-4}
-P=${PREFOPT:-$build/prefopt}
-case $P in /*) ;; *) P=$PWD/$P ;; esac
-PY=/usr/bin/python3
-$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py (tests/deps.sh)"; exit 77; }
-command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_mpi_yield_when_idle=1 BLIS_NUM_THREADS=1 OMPI_NUM_THREADS=1
-w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_errors_mpi.XXXXXX")
-trap 'rm -rf "$w"' EXIT
-cd "$w"
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+mpi_script_env "$build"
+make_workdir w "${TMPDIR:-/tmp}/prefopt_errors_mpi.XXXXXX"
 
 # ---- inputs: a small pairs dataset (byte-level tokens, vocabulary 259) and a 1-layer model trained on it ----
 for i in $(seq 1 24); do
@@ -118,8 +109,4 @@ expect memory_limit_option 1 "$NP" "~memory: training needs about [0-9.]+ MiB pe
 expect memory_limit_malformed 1 "$NP" "--memory-limit '12 apples': expected a size such as 12G, 512M or 0" \
   -- train --data pairs.h5 --memory-limit "12 apples" "${common[@]}"
 
-if [ "$fails" -gt 0 ]; then
-  echo "test_errors_mpi: $fails case(s) failed"
-  exit 1
-fi
-echo "test_errors_mpi: all cases passed ($NP ranks)"
+finish_cases test_errors_mpi "($NP ranks)"

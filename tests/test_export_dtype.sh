@@ -5,15 +5,11 @@
 # (torch from /usr/bin/python3 as the independent reference; a numpy integer implementation where torch is
 # missing); config.json's torch_dtype names what was written; a bad --dtype is one error line.
 set -u
+source "$(dirname "$0")/lib.sh"
 B=$1
-PY=/usr/bin/python3
 T=$PREFOPT_SOURCE_DIR/tests/tools
-$PY -c "import numpy" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy"; exit 77; }
-W=$(mktemp -d "$B/test_export_dtype.XXXXXX")
-trap 'rm -rf "$W"' EXIT
-cd "$W"
-fail=0
-die() { echo "FAIL: $*"; fail=1; }
+requires_python numpy
+make_workdir W "$B/test_export_dtype.XXXXXX"
 cat > cmp.py <<'PYEOF'
 import json, struct, sys
 import numpy as np
@@ -67,25 +63,24 @@ print(f"ok {mode}: {len(a)} tensors ({ref})")
 PYEOF
 
 # a bfloat16 model
-$PY "$T/make_tiny_hf.py" bf/hf --arch llama --dtype bf16 --shards 1 --seed 3 --set-config 'torch_dtype="bfloat16"' || die "generator bf16"
-"$PREFOPT" import --hf bf/hf --out bf/a.h5 > /dev/null || die "import bf16"
-"$PREFOPT" export --model bf/a.h5 --hf bf/out > /dev/null || die "export bf16 default"
-$PY cmp.py same bf/hf/model.safetensors bf/out/model.safetensors bf/out/config.json || die "bf16 default export"
-"$PREFOPT" export --model bf/a.h5 --hf bf/out32 --dtype fp32 > /dev/null || die "export --dtype fp32"
-$PY cmp.py f32 bf/hf/model.safetensors bf/out32/model.safetensors bf/out32/config.json || die "--dtype fp32 export"
+$PY "$T/make_tiny_hf.py" bf/hf --arch llama --dtype bf16 --shards 1 --seed 3 --set-config 'torch_dtype="bfloat16"' || bad "generator bf16"
+"$PREFOPT" import --hf bf/hf --out bf/a.h5 > /dev/null || bad "import bf16"
+"$PREFOPT" export --model bf/a.h5 --hf bf/out > /dev/null || bad "export bf16 default"
+$PY cmp.py same bf/hf/model.safetensors bf/out/model.safetensors bf/out/config.json || bad "bf16 default export"
+"$PREFOPT" export --model bf/a.h5 --hf bf/out32 --dtype fp32 > /dev/null || bad "export --dtype fp32"
+$PY cmp.py f32 bf/hf/model.safetensors bf/out32/model.safetensors bf/out32/config.json || bad "--dtype fp32 export"
 # GPT-2 (Conv1D transposes, fused c_attn) in float32, values that are not bf16 numbers
-$PY "$T/make_tiny_hf.py" f/hf --arch gpt2 --dtype f32 --shards 1 --seed 4 || die "generator f32"
-"$PREFOPT" import --hf f/hf --out f/a.h5 > /dev/null || die "import f32"
-"$PREFOPT" export --model f/a.h5 --hf f/out > /dev/null || die "export f32 default"
-$PY cmp.py same f/hf/model.safetensors f/out/model.safetensors f/out/config.json || die "f32 default export"
-"$PREFOPT" export --model f/a.h5 --hf f/out16 --dtype bf16 > /dev/null || die "export --dtype bf16"
-$PY cmp.py bf16 f/hf/model.safetensors f/out16/model.safetensors f/out16/config.json || die "--dtype bf16 export"
+$PY "$T/make_tiny_hf.py" f/hf --arch gpt2 --dtype f32 --shards 1 --seed 4 || bad "generator f32"
+"$PREFOPT" import --hf f/hf --out f/a.h5 > /dev/null || bad "import f32"
+"$PREFOPT" export --model f/a.h5 --hf f/out > /dev/null || bad "export f32 default"
+$PY cmp.py same f/hf/model.safetensors f/out/model.safetensors f/out/config.json || bad "f32 default export"
+"$PREFOPT" export --model f/a.h5 --hf f/out16 --dtype bf16 > /dev/null || bad "export --dtype bf16"
+$PY cmp.py bf16 f/hf/model.safetensors f/out16/model.safetensors f/out16/config.json || bad "--dtype bf16 export"
 # the bf16 export imports again (through the reader's BF16 path) and its model file is fp32 with the rounded values
-"$PREFOPT" import --hf f/out16 --out f/b.h5 > /dev/null || die "re-import of the bf16 export"
+"$PREFOPT" import --hf f/out16 --out f/b.h5 > /dev/null || bad "re-import of the bf16 export"
 "$PREFOPT" export --model f/b.h5 --hf f/again --dtype bf16 > /dev/null && cmp -s f/out16/model.safetensors f/again/model.safetensors \
-  || die "bf16 -> import -> bf16 export is not byte-identical"
+  || bad "bf16 -> import -> bf16 export is not byte-identical"
 "$PREFOPT" export --model f/a.h5 --hf f/bad --dtype fp16 > /dev/null 2> err.txt; rc=$?
 [ $rc -ne 0 ] && [ "$(wc -l < err.txt)" -ge 1 ] && grep -q "export --dtype 'fp16': expected bf16 or fp32" err.txt \
-  || die "bad --dtype: rc $rc, $(cat err.txt)"
-[ $fail -eq 0 ] && echo "test_export_dtype: all checks passed"
-exit $fail
+  || bad "bad --dtype: rc $rc, $(cat err.txt)"
+finish test_export_dtype

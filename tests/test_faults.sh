@@ -20,24 +20,12 @@
 #                      --max-nonfinite with one error line on every rank.
 # usage: test_faults.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_faults.sh BUILD_DIR}
-P=${PREFOPT:-$build/prefopt}
-case $P in /*) ;; *) P=$PWD/$P ;; esac
-PY=/usr/bin/python3
-$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py (tests/deps.sh)"; exit 77; }
-command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_mpi_yield_when_idle=1 BLIS_NUM_THREADS=1 OMP_NUM_THREADS=1
-w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_faults.XXXXXX")
-bg=""
-cleanup() {
-  [ -n "$bg" ] && kill -9 $bg 2>/dev/null
-  rm -rf "$w"
-}
-trap cleanup EXIT
-cd "$w"
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+mpi_script_env "$build"
+bg=""   # a run in the background, killed at exit
+at_exit '[ -n "$bg" ] && kill -9 $bg 2>/dev/null'
+make_workdir w "${TMPDIR:-/tmp}/prefopt_faults.XXXXXX"
 MPI=(mpiexec -n 2 --oversubscribe --bind-to none)
 
 for i in $(seq 1 64); do
@@ -304,8 +292,4 @@ else
   echo "ok: exploding_lr: step 1 trained, steps 2-4 skipped and logged, stopped with exit 1 on both ranks"
 fi
 
-if [ "$fails" -gt 0 ]; then
-  echo "test_faults: $fails case(s) failed"
-  exit 1
-fi
-echo "test_faults: all cases passed"
+finish_cases test_faults

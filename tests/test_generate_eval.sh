@@ -7,15 +7,10 @@
 #  - bad input (unreadable prompt line, missing model) gives one error line per rank and a non-zero exit;
 #  - the model file's header is read by one rank and broadcast: with --dp 2, rank 1 never opens it (strace).
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+mpi_env_root
+make_workdir d
 
 $PY - <<'EOF'
 import json, random
@@ -141,5 +136,4 @@ check 'grep -q "chat.jsonl:1: field .messages.: chat prompts need --chat-templat
 "$P" generate --model pol/model.h5 --prompts prompts.jsonl --stop-ids 1,x --out x.jsonl > /dev/null 2> badstop.log && fail=1
 check 'grep -q "stop-ids .1,x.: expected comma-separated token ids" badstop.log' "bad --stop-ids: $(cat badstop.log)"
 
-[ $fail -eq 0 ] && echo "test_generate_eval: all checks passed"
-exit $fail
+finish test_generate_eval

@@ -4,14 +4,11 @@
 # fp16 on disk, imported by prefopt import, loaded on 1x1, 1x2 and 2x1 grids; every token's log-prob matches a
 # float64 numpy forward written from the HF modeling code that reads the HF directory itself (1e-4 relative).
 set -u
+source "$(dirname "$0")/lib.sh"
 B=$1
-PY=/usr/bin/python3
 T=$PREFOPT_SOURCE_DIR/tests/tools
-$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py"; exit 77; }
-W=$(mktemp -d "$B/test_hf_forward.XXXXXX")
-trap 'rm -rf "$W"' EXIT
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
+requires_python_h5py
+scratch_dir W "$B/test_hf_forward.XXXXXX"
 # issue 20: Qwen3, Mistral with a window, OLMo 2, Gemma 2, Gemma 3 text, Phi-3, SmolLM3 (windows of 3-4 tokens,
 # shorter than the sequences), also on a 2x2 grid
 for spec in "gpt2" "llama" "qwen2 --tie" "qwen3" "mistral --set-config sliding_window=3" "olmo2" "gemma2 --tie" \

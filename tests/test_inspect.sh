@@ -8,15 +8,10 @@
 # is the tokenizer's (counted here from tokenizer.json), the model file carries the tokenizer (same identity as the
 # packed data, tokenizer_config.json beside it), data packed otherwise is refused, and --init with it is refused.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+mpi_env_root
+make_workdir d
 
 for i in $(seq 1 24); do
   printf '{"prompt": "question %d?", "chosen": " answer %d yes", "rejected": " no %d"}\n' "$i" "$i" "$i"
@@ -127,5 +122,4 @@ check '[ $rc -eq 1 ] && grep -q "prefopt: error: pairs.h5: tokenizer .byte. does
 check '[ $rc -ne 0 ] && grep -q "a model trained from --init keeps the tokenizer of tokrun/model.h5" tokinit.log' \
       "--tokenizer with --init refused: $(grep error tokinit.log)"
 
-[ $fail -eq 0 ] && echo "test_inspect: all checks passed"
-exit $fail
+finish test_inspect

@@ -14,15 +14,10 @@
 #    (held-out loss identical to the source run's, re-exported tensors byte-identical);
 #  - a tiny Llama's export uses model.layers.L.self_attn.q_proj / mlp.gate_proj names and round-trips too.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+mpi_env_root
+make_workdir d
 
 $PY - <<'EOF'
 import json, random
@@ -211,5 +206,4 @@ EOF
     --run-dir ll2 --log-interval 1000 > ll2.log 2>&1 && "$P" export --model ll2/checkpoints --hf lpeft2 > ex6.log 2>&1
 check 'cmp -s lpeft/adapter_model.safetensors lpeft2/adapter_model.safetensors' "llama adapter round trip: $(tail -2 ll2.log)"
 
-[ $fail -eq 0 ] && echo "test_lora_train: all checks passed"
-exit $fail
+finish test_lora_train

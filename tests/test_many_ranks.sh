@@ -8,18 +8,10 @@
 # Prints each run's start-up and checkpoint time so that the figures against P come from the same test.
 # usage: test_many_ranks.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_many_ranks.sh BUILD_DIR}
-P=${PREFOPT:-$build/prefopt}
-case $P in /*) ;; *) P=$PWD/$P ;; esac
-PY=/usr/bin/python3
-$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py (tests/deps.sh)"; exit 77; }
-command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_mpi_yield_when_idle=1 BLIS_NUM_THREADS=1 OMP_NUM_THREADS=1
-w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_many_ranks.XXXXXX")
-trap 'rm -rf "$w"' EXIT
-cd "$w"
-fails=0
+mpi_script_env "$build"
+make_workdir w "${TMPDIR:-/tmp}/prefopt_many_ranks.XXXXXX"
 
 $PY - <<'EOF'
 import json, random

@@ -8,21 +8,19 @@
 # CAP_NET_ADMIN, a container without them).
 # usage: test_multinode.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_multinode.sh BUILD_DIR}
-P=${PREFOPT:-$build/prefopt}
-case $P in /*) ;; *) P=$PWD/$P ;; esac
+P=$(prefopt_bin "$build")
 HINTS=$(cd "$build" && pwd)/tests/test_ckpt_hints
 here=$(cd "$(dirname "$0")" && pwd)
 CL=$here/multinode/netns_cluster.sh
-PY=/usr/bin/python3
-command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
+requires_mpiexec
 command -v ip > /dev/null || { echo "skip: no ip (iproute2; tests/deps.sh)"; exit 77; }
 [ "$(id -u)" = 0 ] || { echo "skip: network namespaces need root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"; exit 77; }
 tag=t$(( $$ % 100000 ))
 NODES=2
-w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_multinode.XXXXXX")
-trap 'bash "$CL" down "$tag" "$NODES"; rm -rf "$w"' EXIT
-cd "$w"
+at_exit 'bash "$CL" down "$tag" "$NODES"'
+make_workdir w "${TMPDIR:-/tmp}/prefopt_multinode.XXXXXX"
 if ! bash "$CL" up "$tag" "$NODES" > nodes.txt 2> up.err; then
   echo "skip: network namespaces are not permitted here: $(head -1 up.err)"
   exit 77

@@ -3,16 +3,11 @@
 # dropping, the held-out split, bad input (file:line:field, no output left), malformed files stopping both ranks
 # of `mpiexec -n 2` with the same message within 30 s, and the pack throughput on token-id JSONL.
 set -u
-PY=/usr/bin/python3
+source "$(dirname "$0")/lib.sh"
 $PY -c 'import h5py' 2>/dev/null || { echo "skip: /usr/bin/python3 has no h5py"; exit 77; }
 DATA="$PREFOPT_SOURCE_DIR/tests/data"
-W=$(mktemp -d /tmp/prefopt_test_pack.XXXXXX)
-trap 'rm -rf "$W"' EXIT
-cd "$W"
-fail=0
+make_workdir W /tmp/prefopt_test_pack.XXXXXX
 MPI="mpiexec -n 2 --oversubscribe --bind-to none"
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fail=1; }
 
 for k in pairs unpaired sft; do
   "$PREFOPT" pack --input "$DATA/$k.jsonl" --output $k.h5 > $k.log 2>&1 && [ -f $k.h5 ] && ok "pack $k" || { bad "pack $k"; cat $k.log; }

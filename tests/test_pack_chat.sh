@@ -8,15 +8,10 @@
 # prompt/completion boundary mismatches (as many as TRL would warn about); a tokenizer without a template says ChatML is the fallback;
 # --chat-template overrides; a broken template fails with one line naming it and leaves no output.
 set -u
-PY=/usr/bin/python3
+source "$(dirname "$0")/lib.sh"
 $PY -c 'import h5py' 2>/dev/null || { echo "skip: /usr/bin/python3 has no h5py"; exit 77; }
 DATA="$PREFOPT_SOURCE_DIR/tests/data"
-W=$(mktemp -d /tmp/prefopt_test_pack_chat.XXXXXX)
-trap 'rm -rf "$W"' EXIT
-cd "$W"
-fail=0
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fail=1; }
+make_workdir W /tmp/prefopt_test_pack_chat.XXXXXX
 for t in llama3 qwen3 llama2; do
   mkdir -p $t && gzip -dc "$DATA/tokenizers/$t/tokenizer.json.gz" > $t/tokenizer.json && cp "$DATA/tokenizers/$t/tokenizer_config.json" $t/
 done
@@ -150,5 +145,4 @@ else
   [ "$(grep -c . broken.log)" = 1 ] && grep -q "broken.jinja: line 2:16: unsupported filter 'nosuch'" broken.log && [ ! -e broken.h5 ] &&
     ok "broken template: one line with file:line:col" || { bad "broken template message"; cat broken.log; }
 fi
-[ $fail = 0 ] && echo "test_pack_chat: all checks passed"
-exit $fail
+finish test_pack_chat

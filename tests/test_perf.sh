@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
 # prefopt bench on tiny shapes, and the PMPI interposer (tests/perf.cmake). $1: the build directory.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
 B=${1:?build dir}
-PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
 tiny="--shape tiny --prompt-len 8 --chosen-len 4 --rejected-len 4 --steps 2 --warmup 1 --table=0"
 
 rm -f bench.jsonl folded.txt pmpi.jsonl pmpi_dp.jsonl

@@ -3,9 +3,8 @@
 # grad_norm, nll_loss among them), several runs overlaid, plot.gp kept with every series named and rerunnable;
 # clear errors for missing or corrupt files.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
 d=$(mktemp -d)
 for s in $(seq 1 30); do
   echo "{\"step\":$s,\"loss\":$(awk "BEGIN{print 0.7/$s}"),\"rewards/accuracies\":0.$((s%10)),\"rewards/margins\":$s,\"learning_rate\":1e-4,\"logps/chosen\":-$s}"
@@ -57,5 +56,4 @@ printf '{"step":1,"loss":1}\n{"step":2,"loss":0.5}\n{"step":3,"lo' > "$d/metrics
 "$P" plot "$d" > out.txt 2>&1; rc=$?
 check '[ $rc -eq 0 ]' "partial last line tolerated: $(cat out.txt)"
 rm -rf "$d"
-[ $fail -eq 0 ] && echo "test_plot: all checks passed"
-exit $fail
+finish test_plot

@@ -4,24 +4,12 @@
 # error line), and that inputs and earlier outputs are byte-identical afterwards (md5) with no partial file left.
 # usage: test_redteam.sh BUILD_DIR   (PREFOPT: the prefopt executable; default BUILD_DIR/prefopt)
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 build=${1:?usage: test_redteam.sh BUILD_DIR}
-P=${PREFOPT:-$build/prefopt}
-case $P in /*) ;; *) P=$PWD/$P ;; esac
-PY=/usr/bin/python3
-$PY -c "import numpy, h5py" 2>/dev/null || { echo "skip: /usr/bin/python3 lacks numpy/h5py (tests/deps.sh)"; exit 77; }
-command -v mpiexec > /dev/null || { echo "skip: no mpiexec"; exit 77; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_mpi_yield_when_idle=1 BLIS_NUM_THREADS=1 OMP_NUM_THREADS=1
-w=$(mktemp -d "${TMPDIR:-/tmp}/prefopt_redteam.XXXXXX")
-bg=""
-cleanup() {
-  [ -n "$bg" ] && kill -9 $bg 2>/dev/null
-  rm -rf "$w"
-}
-trap cleanup EXIT
-cd "$w"
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+mpi_script_env "$build"
+bg=""   # a run in the background, killed at exit
+at_exit '[ -n "$bg" ] && kill -9 $bg 2>/dev/null'
+make_workdir w "${TMPDIR:-/tmp}/prefopt_redteam.XXXXXX"
 
 # ---- inputs: a small pairs dataset (byte-level tokens) and a 1-layer model trained on it ----
 for i in $(seq 1 24); do
@@ -418,8 +406,4 @@ else
   fail "generate_bytes: exit $rc or invalid output"
 fi
 
-if [ "$fails" -gt 0 ]; then
-  echo "test_redteam: $fails case(s) failed"
-  exit 1
-fi
-echo "test_redteam: all cases passed"
+finish_cases test_redteam

@@ -51,40 +51,8 @@ runuser -u munge -- /usr/sbin/munged --force --socket="$d/munge/munge.sock" --ke
   fail "munged: $(tail -2 "$d/munge/munged.log")"
 port=$(_slurm_free_port)
 mem=$(awk '/MemTotal/ {print int($2/1024/4)}' /proc/meminfo)
-cat > "$d/slurm.conf" <<CONF
-ClusterName=prefoptnodes
-SlurmctldHost=$(hostname -s)($net.254)
-SlurmctldPort=$port
-SlurmdPort=$((port + 1))
-AuthType=auth/munge
-CryptoType=crypto/munge
-AuthInfo=socket=$d/munge/munge.sock,cred_expire=10
-SlurmUser=root
-StateSaveLocation=$d/state
-SlurmdSpoolDir=$d/spool/%n
-SlurmctldPidFile=$d/slurmctld.pid
-SlurmdPidFile=$d/slurmd.%n.pid
-SlurmctldLogFile=$d/log/slurmctld.log
-SlurmdLogFile=$d/log/slurmd.%n.log
-TmpFS=$d/tmp
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=1
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=pmix
-ReturnToService=2
-JobRequeue=1
-KillWait=5
-MinJobAge=300
-NodeName=pf${tag}n0 NodeAddr=$net.1 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN
-NodeName=pf${tag}n1 NodeAddr=$net.2 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=pf${tag}n[0-1] Default=YES MaxTime=INFINITE State=UP
-CONF
+slurm_write_conf "$d" prefoptnodes "$(hostname -s)($net.254)" "$port" task/none \
+  "pf${tag}n0:$net.1:2:$mem" "pf${tag}n1:$net.2:2:$mem"
 export SLURM_CONF=$d/slurm.conf
 slurmctld -f "$SLURM_CONF" -i || fail "slurmctld: $(tail -3 "$d/log/slurmctld.log")"
 # nsenter --net (not `ip netns exec`, which remounts /sys and hides the cgroup tree slurmd needs); a private mount

@@ -15,16 +15,11 @@
 #    archive otf2-print reads, with the steps flushed before the kill.
 # The step time with tracing on vs off is printed (not asserted).
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
+mpi_env_root
 command -v otf2-print >/dev/null || { echo "otf2-print missing (apt-get install otf2-tools)"; exit 1; }
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+make_workdir d
 
 $PY - <<'PYEOF'
 import json, random

@@ -9,15 +9,10 @@
 #    (--data-prefetch 1/0, with and without --bucket-window); an interrupted run (SIGUSR1 -> checkpoint -> exit 99)
 #    resumed with --resume auto gives bit-identical losses to the uninterrupted run.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+mpi_env_root
+make_workdir d
 
 $PY - <<'EOF'
 import json, random
@@ -142,5 +137,4 @@ $MPI -n 2 "$P" train $COMMON --max-steps 6 --run-dir oldorder --resume auto > oo
 check '[ $rc -ne 0 ] && [ $(grep -c "step-00000004.h5: resuming with --data train.h5: the data cursor was saved with sample order version 0" oo2.log) -eq 2 ] && [ $(grep -c "^prefopt: error" oo2.log) -eq 2 ]' \
       "an old-order checkpoint is refused with one line per rank (rc $rc): $(grep error oo2.log | head -2)"
 
-[ $fail -eq 0 ] && echo "test_train: all checks passed"
-exit $fail
+finish test_train

@@ -13,15 +13,10 @@
 #    loss equals -log sigmoid(beta * margin) computed here from the per-example log-probs), options given win, and
 #    without a reference the summary says what is left out and reports what needs none.
 set -u
+source "$(dirname "$0")/lib.sh"
 P=${PREFOPT:?}
-PY=/usr/bin/python3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MPI="mpiexec --oversubscribe --bind-to none"
-fail=0
-check() { if ! eval "$1"; then echo "FAILED: $2"; fail=1; fi; }
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
+mpi_env_root
+make_workdir d
 
 $PY - <<'EOF'
 import json, random
@@ -180,5 +175,4 @@ m=sum(x['chosen_logps'] for x in r)/len(r)
 sys.exit(not ('no reference' in s['left_out'] and 'eval/loss' not in s and abs(s['eval/logps/chosen']-m) <= 1e-9*abs(m)))\"" \
       "the summary names what is left out and reports the mean log-probs"
 
-[ $fail -eq 0 ] && echo "test_trl_config: all checks passed"
-exit $fail
+finish test_trl_config

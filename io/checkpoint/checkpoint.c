@@ -1,7 +1,8 @@
 /* The collective HDF5 transfers of model files and checkpoints: every rank's block-cyclic pieces <-> whole logical
  * tensors (stacked per layer), regrouped into whole columns, written and read with checksums verified. Geometry and
  * checksums are in ckpt_piece.c, whole-tensor I/O (import, export) in ckpt_full.c, files and attributes in
- * ckpt_file.c, the model-level API and checkpoint directories in ckpt_model.c. */
+ * ckpt_file.c, model files in ckpt_model.c, checkpoint directories in ckpt_dir.c, training checkpoints in
+ * ckpt_train.c. */
 #define _GNU_SOURCE
 #include "ckpt_io.h"
 

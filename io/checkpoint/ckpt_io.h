@@ -1,6 +1,7 @@
 /* prefopt internal: the HDF5 layer shared by model files, checkpoints, import and export (ckpt_piece.c for
  * geometry and checksums, checkpoint.c for the collective transfers, ckpt_full.c for whole tensors, ckpt_file.c
- * for files and attributes).
+ * for files and attributes; ckpt_model.c, ckpt_dir.c and ckpt_train.c build model files, checkpoint directories
+ * and training checkpoints on it).
  *
  * A logical tensor "prefix.<L>.rest" (L a decimal layer index) is stored as layer L of the stacked dataset
  * "<group>/prefix.rest" of shape [nlayers][out][in] (or [nlayers][n] for vectors); any other name is stored as
@@ -159,6 +160,44 @@ uint64_t ck_combine_checksums(const uint64_t *sums, int n);
 /* 1: no LoRA record; 0: read; -1: malformed (err) */
 int ck_read_lora_attrs(hid_t file, const char *path, prefopt_lora_config *lora, char *base, size_t base_len,
                        uint64_t *base_checksum, prefopt_err *err);
+
+/* ckpt_model.c: what model files and training checkpoints (ckpt_train.c) share */
+/* Which parameters a list of items holds: the base's (every tensor of a model without LoRA), the trained ones
+ * (the moments' layout: prefopt_model_train_data), or the LoRA adapters. */
+enum { CK_ITEMS_BASE, CK_ITEMS_TRAINED, CK_ITEMS_LORA };
+/* The model's parameters as items (which: CK_ITEMS_*); with buf != NULL, pieces point into buf (a flat buffer of
+ * the trained part's layout: the moments) instead of the weights. Free the result. */
+ck_item *ck_model_items(prefopt_model *m, const float *buf, int *n, int which);
+/* 0 when the file's config f is the model's m; else 1 and err names the first difference. */
+int ck_config_matches(const char *path, const prefopt_model_config *f, const prefopt_model_config *m,
+                      prefopt_err *err);
+/* Who touches the file (issue 17): the replicas hold identical weights, moments and layouts, so only replica 0's
+ * grid opens a model file or checkpoint (the MPI-IO driver on its TP communicator: collective metadata, the
+ * two-phase writes and the aggregators among tp_size ranks, not the world). A read is then handed to the other
+ * replicas by one broadcast per flat buffer over the DP communicator (a tree: log2(dp) steps), so the time of a
+ * save or a load grows with the grid, not with the number of replicas. */
+static inline int ck_is_io_rank(const prefopt_grid *g) { return g->dp_rank == 0; }
+/* replica 0's copy of a flat local buffer (params or a moment: the same layout on every replica) to all replicas */
+void ck_bcast_replicas(const prefopt_grid *g, float *buf, size_t count);
+/* The end of a write by replica 0's grid (f < 0 on the other ranks), on every rank of the world: closes tmp
+ * (ck_close_agreed_over), then agrees; on a failure anywhere rank 0 removes tmp and every rank returns 1 with err
+ * set ("TMP: write failed" when nothing said more). */
+int ck_close_tmp_agreed(hid_t f, const char *tmp, const prefopt_grid *g, int failed, prefopt_err *err);
+
+/* ckpt_dir.c: publishing files and checkpoint directories */
+/* Rank 0 after the collective close: make the data durable (fsync tmp), then publish the name atomically (rename
+ * to final, fsync of its directory). */
+int ck_publish(const char *tmp, const char *final, prefopt_err *err);
+/* The root attribute complete = 1, written last: checkpoint readers (find_latest, prefopt_ckpt_load) take only
+ * files so marked. */
+int ck_mark_complete(hid_t f);
+/* mkdir -p; non-zero (errno set) when dir cannot be created. */
+int ck_mkdirs(const char *dir);
+/* DIR/latest := name, atomically (latest.tmp, fsync, rename, fsync of dir). */
+int ck_write_latest(const char *dir, const char *name, prefopt_err *err);
+/* Removes all but the newest keep (at least 1) checkpoints of dir, never current, and the .tmp leftovers of
+ * writers killed mid-write. */
+void ck_prune(const char *dir, int keep, long long current);
 
 /* Test hook: PREFOPT_TEST_CKPT_KILL_AFTER_TENSORS=k makes every rank SIGKILL itself after writing k datasets. */
 void ck_kill_hook_tick(void);

@@ -8,6 +8,7 @@
 # Requeue delay: a requeued job is held PD (BeginTime) for AuthInfo cred_expire seconds (default 120, see
 # slurm.conf(5) "cred_expire ... also controls how long a requeued job must wait before starting again");
 # this configuration sets cred_expire=${SLURM_TEST_CRED_EXPIRE:-10} and schedules every 2 s.
+# slurm_write_conf writes such a cluster's slurm.conf, also that of a cluster of emulated nodes (test_slurm_multinode.sh).
 
 slurm_can_run() {
   if [ "$(id -u)" != 0 ]; then echo "not root (slurmd and munged need root here)"; return 1; fi
@@ -35,6 +36,61 @@ for _ in range(200):
 PY
 }
 
+# slurm_write_conf DIR CLUSTER CTLD_HOST PORT TASK_PLUGIN NODE...: DIR/slurm.conf for a private cluster whose
+# state, spool, logs and munge socket are under DIR; slurmctld on CTLD_HOST (SlurmctldHost syntax) at PORT, the
+# slurmds at PORT+1. Each NODE is NAME:ADDR:CPUS:MEMORY_MB (one socket, one thread per core), all in partition
+# debug. With more than one node the slurmds share DIR, so each gets its own spool directory, pid and log file
+# (%n: DIR/spool/NAME, DIR/slurmd.NAME.pid, DIR/log/slurmd.NAME.log); one node uses DIR/spool, DIR/slurmd.pid and
+# DIR/log/slurmd.log.
+slurm_write_conf() {
+  local d=$1 cluster=$2 ctld=$3 port=$4 task=$5 spool pidf logf names="" node name addr cpus mem
+  shift 5
+  if [ $# -gt 1 ]; then
+    spool=$d/spool/%n pidf=$d/slurmd.%n.pid logf=$d/log/slurmd.%n.log
+  else
+    spool=$d/spool pidf=$d/slurmd.pid logf=$d/log/slurmd.log
+  fi
+  {
+    cat <<CONF
+ClusterName=$cluster
+SlurmctldHost=$ctld
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
+AuthType=auth/munge
+CryptoType=crypto/munge
+AuthInfo=socket=$d/munge/munge.sock,cred_expire=${SLURM_TEST_CRED_EXPIRE:-10}
+SlurmUser=root
+StateSaveLocation=$d/state
+SlurmdSpoolDir=$spool
+SlurmctldPidFile=$d/slurmctld.pid
+SlurmdPidFile=$pidf
+SlurmctldLogFile=$d/log/slurmctld.log
+SlurmdLogFile=$logf
+TmpFS=$d/tmp
+ProctrackType=proctrack/linuxproc
+TaskPlugin=$task
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=1
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=pmix
+ReturnToService=2
+JobRequeue=1
+KillWait=5
+MinJobAge=300
+CONF
+    for node in "$@"; do
+      IFS=: read -r name addr cpus mem <<< "$node"
+      echo "NodeName=$name NodeAddr=$addr CPUs=$cpus Boards=1 SocketsPerBoard=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN"
+      names=${names:+$names,}$name
+    done
+    echo "PartitionName=debug Nodes=$names Default=YES MaxTime=INFINITE State=UP"
+  } > "$d/slurm.conf"
+}
+
 slurm_start() {
   SLURM_TEST_DIR=${1:?slurm_start DIR}
   local d=$SLURM_TEST_DIR host ncpu port mem
@@ -49,39 +105,7 @@ slurm_start() {
   runuser -u munge -- /usr/sbin/munged --force --socket="$d/munge/munge.sock" --key-file="$d/munge/munge.key" \
     --pid-file="$d/munge/munged.pid" --log-file="$d/munge/munged.log" --seed-file="$d/munge/munged.seed" \
     || { echo "slurm_start: munged failed: $(tail -3 "$d/munge/munged.log" 2>/dev/null)"; return 1; }
-  cat > "$d/slurm.conf" <<CONF
-ClusterName=prefopttest
-SlurmctldHost=localhost
-SlurmctldPort=$port
-SlurmdPort=$((port + 1))
-AuthType=auth/munge
-CryptoType=crypto/munge
-AuthInfo=socket=$d/munge/munge.sock,cred_expire=${SLURM_TEST_CRED_EXPIRE:-10}
-SlurmUser=root
-StateSaveLocation=$d/state
-SlurmdSpoolDir=$d/spool
-SlurmctldPidFile=$d/slurmctld.pid
-SlurmdPidFile=$d/slurmd.pid
-SlurmctldLogFile=$d/log/slurmctld.log
-SlurmdLogFile=$d/log/slurmd.log
-TmpFS=$d/tmp
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/affinity
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=1
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=pmix
-ReturnToService=2
-JobRequeue=1
-KillWait=5
-MinJobAge=300
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$ncpu Boards=1 SocketsPerBoard=1 CoresPerSocket=$ncpu ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
-CONF
+  slurm_write_conf "$d" prefopttest localhost "$port" task/affinity "$host:127.0.0.1:$ncpu:$mem"
   export SLURM_CONF=$d/slurm.conf
   slurmctld -f "$SLURM_CONF" -i || { echo "slurm_start: slurmctld failed"; tail -5 "$d/log/slurmctld.log"; return 1; }
   slurmd -f "$SLURM_CONF" || { echo "slurm_start: slurmd failed"; tail -5 "$d/log/slurmd.log"; return 1; }
