@@ -221,7 +221,9 @@ static int read_layer_types(const cJSON *root, const char *file, const char *typ
         else if (!strncmp(type, "gemma", 5))
             sl = pattern > 0 && (l + 1) % pattern != 0;
         else
-            sl = get_bool(root, "use_sliding_window", 0) && l >= mwl;
+            /* no window (use_sliding_window without a sliding_window key) makes no layer sliding, as the
+             * writer's use_sliding_window = (window > 0) reads back */
+            sl = cfg->sliding_window > 0 && get_bool(root, "use_sliding_window", 0) && l >= mwl;
         cfg->layer_flags[l] |= sl ? PREFOPT_LAYER_SLIDING : 0;
     }
     return 0;
