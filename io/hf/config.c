@@ -221,9 +221,7 @@ static int read_layer_types(const cJSON *root, const char *file, const char *typ
         else if (!strncmp(type, "gemma", 5))
             sl = pattern > 0 && (l + 1) % pattern != 0;
         else
-            /* no window (use_sliding_window without a sliding_window key) makes no layer sliding, as the
-             * writer's use_sliding_window = (window > 0) reads back */
-            sl = cfg->sliding_window > 0 && get_bool(root, "use_sliding_window", 0) && l >= mwl;
+            sl = get_bool(root, "use_sliding_window", 0) && l >= mwl;
         cfg->layer_flags[l] |= sl ? PREFOPT_LAYER_SLIDING : 0;
     }
     return 0;
@@ -295,6 +293,12 @@ static int read_llama_family(const cJSON *root, const char *file, const char *ty
     }
     if (strcmp(type, "llama") && !olmo2 && read_layer_types(root, file, type, cfg, err))
         return 1;
+    /* Qwen2/3 and SmolLM3 without a window (use_sliding_window without a sliding_window, or a window of 0, with
+     * or without layer_types) have no sliding layer: the flag means nothing else for them, and the writer's
+     * use_sliding_window = (window > 0) reads back so. (Gemma 3 keeps its flags: they also pick the local RoPE.) */
+    if ((!strcmp(type, "qwen2") || !strcmp(type, "qwen3") || smollm3) && cfg->sliding_window == 0)
+        for (int l = 0; l < cfg->num_layers && l < PREFOPT_MAX_LAYERS; l++)
+            cfg->layer_flags[l] &= ~PREFOPT_LAYER_SLIDING;
     int sws = cfg->sliding_window; /* Gemma 2's older name of the window: accepted when it agrees */
     if (get_int(root, file, "sliding_window_size", &sws, 0, err))
         return 1;
