@@ -4,7 +4,8 @@
  * IN: int32 T, D, G, window; float32 scale, softcap; int8 seg[T]; int32 pos[T]; float32 q[G][T][D], k[T][D],
  *     v[T][D], dout[G][T][D]
  * OUT: float32 o[G][T][D], lse[G][T], dq[G][T][D], dk[T][D], dv[T][D] (dk, dv summed over the G query heads)
- * It also runs forward and backward a second time and fails unless the results are bit-identical. */
+ * It also runs forward and backward a second time and fails unless the results are bit-identical.
+ *   test_attn_kernel IN OUT bf16   the same with the bf16 products (exit 77, skipped, without AVX512-BF16) */
 #include "attention_blocked.h"
 
 #include <stdio.h>
@@ -40,9 +41,14 @@ static void run(const pf_attn_row *r, int G, const float *q, const float *k, con
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: test_attn_kernel IN OUT\n");
+    const int bf16 = argc == 4 && !strcmp(argv[3], "bf16");
+    if (argc != 3 && !bf16) {
+        fprintf(stderr, "usage: test_attn_kernel IN OUT [bf16]\n");
         return 2;
+    }
+    if (bf16 && !pf_attn_bf16_available()) {
+        fprintf(stderr, "test_attn_kernel: this CPU has no AVX512-BF16: the bf16 products are not tested here\n");
+        return 77;
     }
     FILE *f = fopen(argv[1], "rb");
     if (!f) {
@@ -65,7 +71,7 @@ int main(int argc, char **argv)
     get(v, sizeof(float), TD, f, "v");
     get(dout, sizeof(float), G * TD, f, "dout");
     fclose(f);
-    pf_attn_row r = {T, D, seg, pos, par[0], par[1], hdr[3]};
+    pf_attn_row r = {T, D, seg, pos, par[0], par[1], hdr[3], bf16};
     const size_t nout = 2 * G * TD + (size_t)G * T + 2 * TD;
     float *a = fl(nout), *b = fl(nout);
     for (int rep = 0; rep < 2; rep++) {

@@ -53,8 +53,12 @@ int main(int argc, char **argv)
     CHECK(e.grads == e.weights && e.adam == 2 * e.weights && e.reference == 0, "grads/adam/reference");
     /* per layer 2*16*(10*32 + 2*128) + 2*2*16 (lse) = 18496 floats, 2 layers, logits 2 * 2*16*259 = 16576, one
      * attention worker's scratch (backward: 8*16*16 head copies + 3*64*64 score blocks + 16) = 14352; no T x T */
-    CHECK(prefopt_attention_scratch_floats(&cfg, 16) == 14352, "attention scratch %zu",
-          prefopt_attention_scratch_floats(&cfg, 16));
+    CHECK(prefopt_attention_scratch_floats(&cfg, 16, 0) == 14352, "attention scratch %zu",
+          prefopt_attention_scratch_floats(&cfg, 16, 0));
+    /* bf16 adds backward's operand forms (T rounded up to the block, 64; 8 pairs; 16 columns): 6*64*8 rows and
+     * transposed-word forms + 3*32*16 pair forms + 3*64*32 block forms = 10752 */
+    CHECK(prefopt_attention_scratch_floats(&cfg, 16, 1) == 14352 + 10752, "bf16 attention scratch %zu",
+          prefopt_attention_scratch_floats(&cfg, 16, 1));
     CHECK(e.activations == 4.0 * (2 * 18496 + 16576 + 14352), "activations %.0f", e.activations);
     CHECK(fabs(e.total - 1.1 * (4 * e.weights + e.activations)) < 1e-6, "total %.1f", e.total);
     /* a logits budget of one row (16*259*4 bytes = 16.2 KiB; 20 KiB) keeps one row's logits and gradient */

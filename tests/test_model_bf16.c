@@ -11,9 +11,10 @@
  * bits: round to nearest has unit roundoff u = 2^-9 (half its epsilon 2^-8). A product with both operands rounded
  * and fp32 accumulation has, for each term, relative error <= 2u; over a K-term dot product of terms of mixed sign
  * the errors are independent, so the output's error is about sqrt(2) u times the output's rms, whatever K (the
- * fp32 accumulation adds K 2^-24, negligible here). GPT-2/Llama blocks have 4 products on the residual path
- * (attention in, attention out, MLP in, MLP out; Q/K/V share their rounded input), plus the LM head and the
- * embedding's own rounding: N = 4L + 2 independent perturbations that add in quadrature at the logits,
+ * fp32 accumulation adds K 2^-24, negligible here). GPT-2/Llama blocks have 6 products on the residual path
+ * (attention in, the attention's scores and probabilities-times-values, attention out, MLP in, MLP out; Q/K/V
+ * share their rounded input), plus the LM head and the embedding's own rounding: N = 6L + 2 independent
+ * perturbations that add in quadrature at the logits (an upper count where the attention stays fp32),
  * sigma_z = sqrt(2 N) u Z with Z the rms of the fp32 logits. A token's log-prob z_t - logsumexp(z) moves by at
  * most |dz_t| + max_j |dz_j|: sigma_tok <= 2 sigma_z. A unit sums n tokens: correlated in the worst case, so
  * |d logp_unit| <= 4 n sigma_tok (4 sigma for the tail) -- for L = 2, Z ~ 1, n = 6: ~0.1, about 1e-2 relative to
@@ -193,7 +194,7 @@ int main(int argc, char **argv)
         const char *an = arch ? "llama" : "gpt2";
         prefopt_model_config cfg;
         tm_config(&cfg, (prefopt_arch)arch);
-        const double N = 4.0 * cfg.num_layers + 2.0;
+        const double N = 6.0 * cfg.num_layers + 2.0;
         result f32, b16;
         run(&f32, (prefopt_arch)arch, &serial, 0, &tb, 0);
         run(&b16, (prefopt_arch)arch, &serial, 1, &tb, 0);

@@ -71,12 +71,14 @@ static pf_attn_row row_of(const prefopt_model *m, const pf_attn_params *ap, int 
     r.scale = ap->scale;
     r.softcap = ap->softcap;
     r.window = ap->window;
+    /* a bf16 model's attention products in bf16 too, where the CPU has the dot-product instruction */
+    r.bf16 = m->opt.bf16 && r.D % 2 == 0 && pf_attn_bf16_available();
     return r;
 }
 
-size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T)
+size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T, int bf16)
 {
-    pf_attn_row r = {(int)T, cfg->head_dim, NULL, NULL, 0.0f, 0.0f, 0};
+    pf_attn_row r = {(int)T, cfg->head_dim, NULL, NULL, 0.0f, 0.0f, 0, bf16 && cfg->head_dim % 2 == 0};
     const size_t TD = (size_t)T * cfg->head_dim, fwd = 4 * TD + pf_attn_fwd_work(&r), bwd = 8 * TD + pf_attn_bwd_work(&r);
     return fwd > bwd ? fwd : bwd;
 }

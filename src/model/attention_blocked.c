@@ -4,7 +4,9 @@
  * lse. A key block that no query of a query block sees is skipped whole (causality, padding, another branch of a
  * packed DPO row, outside the sliding window), decided from per-block ranges of seg and pos; blocks seen in full
  * skip the per-entry mask. Blocks are visited in a fixed order and nothing is shared between workers: the
- * result is a function of the inputs only (no thread or grid dependence). */
+ * result is a function of the inputs only (no thread or grid dependence). A bf16 row (pf_attn_row.bf16) makes
+ * all seven block products with bf16 inputs and fp32 accumulation (attention_bf16.c); the softmax, its
+ * statistics and every accumulator stay fp32. */
 #include "attention_blocked.h"
 
 #include "pf_math.h"
@@ -77,13 +79,58 @@ static inline int visible(const pf_attn_row *r, int i, int j)
            (r->window <= 0 || r->pos[i] - r->pos[j] < r->window);
 }
 
+/* The bf16 operand forms of one head (attention_bf16.c names them): Tp = T rounded up to the block, Dh = D / 2
+ * pairs, Dn = D rounded up to 16. Made once per head call, read in place by every block product. */
+typedef struct {
+    int Tp, Dh, Dn;
+    uint32_t *q, *kt;        /* R(Q): T x Dh; W(K): Dh x Tp (the B operand of S = Q K^T) */
+    uint32_t *vp;            /* forward: P(V): Tp/2 x Dn (O += P V) */
+    uint32_t *vt, *dor, *dop; /* backward: W(V) (dP = dO V^T); R(dO); P(dO) (dV += P^T dO) */
+    uint32_t *qp, *kp;       /* backward: P(Q) (dK += dS^T Q), P(K) (dQ += dS K) */
+    uint32_t *blk_r, *blk_p; /* a block's probabilities or dS: R(.) B x B/2, P(.) B/2 x B */
+    uint32_t *blk_p2;        /* backward: P(dS) beside P(P) */
+} bf16_forms;
+
+static int tp_of(int T) { return (T + B - 1) / B * B; }
+static int dn_of(int D) { return (D + 15) / 16 * 16; }
+
+/* words of forms: forward R(Q), R(K) (the source of W(K)), W(K), P(V), the block's R(P); backward adds W(V),
+ * R(dO), P(dO), P(Q), P(K) and three block forms */
+static size_t bf16_fwd_words(const pf_attn_row *r)
+{
+    const size_t Tp = tp_of(r->T), Dh = r->D / 2, Dn = dn_of(r->D);
+    return 3 * Tp * Dh + Tp / 2 * Dn + (size_t)B * B / 2;
+}
+
+static size_t bf16_bwd_words(const pf_attn_row *r)
+{
+    const size_t Tp = tp_of(r->T), Dh = r->D / 2, Dn = dn_of(r->D);
+    return 6 * Tp * Dh + 3 * (Tp / 2 * Dn) + (size_t)3 * B * B / 2;
+}
+
+/* R(Q), R(K) into w, then W(K); forward: P(V). Returns the words used. */
+static size_t bf16_make_qk(bf16_forms *f, const pf_attn_row *r, const float *q, const float *k, uint32_t *w)
+{
+    const int T = r->T, D = r->D;
+    f->Tp = tp_of(T), f->Dh = D / 2, f->Dn = dn_of(D);
+    uint32_t *kr = w + (size_t)T * f->Dh;
+    f->q = w, f->kt = kr + (size_t)T * f->Dh;
+    pf_bf16_rows(f->q, f->Dh, q, D, T, D, T);
+    pf_bf16_rows(kr, f->Dh, k, D, T, D, T);
+    pf_bf16_words_t(f->kt, f->Tp, kr, f->Dh, T, f->Dh);
+    return (size_t)T * f->Dh * 2 + (size_t)f->Dh * f->Tp;
+}
+
 /* S = scale Q_i K_j^T of the nq x nk block (leading dimension B), soft-capped (dcap, when given, receives
  * 1 - tanh^2 for backward), invisible entries -inf in a PARTIAL block */
-static void score_block(const pf_attn_row *r, const float *q, const float *k, int i0, int nq, int j0, int nk,
-                        int cls, float *restrict S, float *restrict dcap)
+static void score_block(const pf_attn_row *r, const bf16_forms *f, const float *q, const float *k, int i0, int nq,
+                        int j0, int nk, int cls, float *restrict S, float *restrict dcap)
 {
     const int D = r->D;
-    gemm_rm(0, 1, nq, nk, D, r->scale, q + (size_t)i0 * D, D, k + (size_t)j0 * D, D, 0.0f, S, B);
+    if (r->bf16)
+        pf_bf16_gemm(nq, nk, f->Dh, r->scale, f->q + (size_t)i0 * f->Dh, f->Dh, 1, f->kt + j0, f->Tp, 0.0f, S, B);
+    else
+        gemm_rm(0, 1, nq, nk, D, r->scale, q + (size_t)i0 * D, D, k + (size_t)j0 * D, D, 0.0f, S, B);
     if (r->softcap > 0) {
         const float cap = r->softcap, inv = 1.0f / cap;
         for (int a = 0; a < nq; a++)
@@ -103,13 +150,14 @@ static void score_block(const pf_attn_row *r, const float *q, const float *k, in
 
 size_t pf_attn_fwd_work(const pf_attn_row *r)
 {
-    (void)r;
-    return (size_t)B * B + 2 * B; /* S; row max and sum */
+    /* S; row max and sum; the bf16 forms (one word a float) */
+    return (size_t)B * B + 2 * B + (r->bf16 ? bf16_fwd_words(r) : 0);
 }
 
 size_t pf_attn_bwd_work(const pf_attn_row *r)
 {
-    return (size_t)3 * B * B + (size_t)r->T; /* S (then P), dP (then dS), dcap; rowsum(dO o O) */
+    /* S (then P), dP (then dS), dcap; rowsum(dO o O); the bf16 forms */
+    return (size_t)3 * B * B + (size_t)r->T + (r->bf16 ? bf16_bwd_words(r) : 0);
 }
 
 void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, const float *v, float *o,
@@ -117,6 +165,14 @@ void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, 
 {
     const int T = r->T, D = r->D, nb = (T + B - 1) / B;
     float *S = work, *mx = S + (size_t)B * B, *sum = mx + B;
+    bf16_forms f = {0};
+    if (r->bf16) {
+        uint32_t *w = (uint32_t *)(sum + B);
+        w += bf16_make_qk(&f, r, q, k, w);
+        f.vp = w, w += (size_t)f.Tp / 2 * f.Dn;
+        f.blk_r = w;
+        pf_bf16_pairs(f.vp, f.Dn, v, D, T, D, f.Tp / 2);
+    }
     block_range *br = block_ranges(r, nb);
     memset(o, 0, sizeof(float) * (size_t)T * D); /* the accumulator, then the output */
     for (int qb = 0; qb < nb; qb++) {
@@ -129,7 +185,7 @@ void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, 
             if (cls == SKIP)
                 continue;
             const int j0 = kb * B, nk = j0 + B <= T ? B : T - j0;
-            score_block(r, q, k, i0, nq, j0, nk, cls, S, NULL);
+            score_block(r, &f, q, k, i0, nq, j0, nk, cls, S, NULL);
             for (int a = 0; a < nq; a++) {
                 float *restrict Sa = S + (size_t)a * B, m = -INFINITY, s = 0.0f;
                 /* simd reductions: a fixed (vector-width) summation order, the same on every run and grid */
@@ -155,7 +211,12 @@ void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, 
                 }
                 sum[a] += s;
             }
-            gemm_rm(0, 0, nq, D, nk, 1.0f, S, B, v + (size_t)j0 * D, D, 1.0f, oq, D); /* O_i += P V_j */
+            if (r->bf16) { /* O_i += P V_j */
+                pf_bf16_rows(f.blk_r, B / 2, S, B, nq, nk, nq);
+                pf_bf16_gemm(nq, D, (nk + 1) / 2, 1.0f, f.blk_r, B / 2, 1, f.vp + (size_t)j0 / 2 * f.Dn, f.Dn, 1.0f,
+                             oq, D);
+            } else
+                gemm_rm(0, 0, nq, D, nk, 1.0f, S, B, v + (size_t)j0 * D, D, 1.0f, oq, D);
         }
         for (int a = 0; a < nq; a++) {
             if (sum[a] > 0) { /* a query sees itself: every non-padding row */
@@ -176,6 +237,27 @@ void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k,
     const int T = r->T, D = r->D, nb = (T + B - 1) / B;
     float *P = work, *dS = P + (size_t)B * B, *dcap = dS + (size_t)B * B, *Dr = dcap + (size_t)B * B;
     const int capped = r->softcap > 0;
+    bf16_forms f = {0};
+    if (r->bf16) {
+        uint32_t *w = (uint32_t *)(Dr + T), *tmp;
+        w += bf16_make_qk(&f, r, q, k, w);
+        const size_t pairs = (size_t)f.Tp / 2 * f.Dn, rows = (size_t)T * f.Dh;
+        tmp = w, w += rows; /* R(V), the source of W(V) */
+        f.vt = w, w += (size_t)f.Dh * f.Tp;
+        f.dor = w, w += rows;
+        f.dop = w, w += pairs;
+        f.qp = w, w += pairs;
+        f.kp = w, w += pairs;
+        f.blk_r = w, w += (size_t)B * B / 2;
+        f.blk_p = w, w += (size_t)B * B / 2;
+        f.blk_p2 = w;
+        pf_bf16_rows(tmp, f.Dh, v, D, T, D, T);
+        pf_bf16_words_t(f.vt, f.Tp, tmp, f.Dh, T, f.Dh);
+        pf_bf16_rows(f.dor, f.Dh, dout, D, T, D, T);
+        pf_bf16_pairs(f.dop, f.Dn, dout, D, T, D, f.Tp / 2);
+        pf_bf16_pairs(f.qp, f.Dn, q, D, T, D, f.Tp / 2);
+        pf_bf16_pairs(f.kp, f.Dn, k, D, T, D, f.Tp / 2);
+    }
     block_range *br = block_ranges(r, nb);
     for (int i = 0; i < T; i++) { /* D_i = rowsum(dO_i o O_i) = sum_j P_ij dP_ij */
         float s = 0.0f;
@@ -193,7 +275,7 @@ void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k,
             if (cls == SKIP)
                 continue;
             const int i0 = qb * B, nq = i0 + B <= T ? B : T - i0;
-            score_block(r, q, k, i0, nq, j0, nk, cls, P, capped ? dcap : NULL);
+            score_block(r, &f, q, k, i0, nq, j0, nk, cls, P, capped ? dcap : NULL);
             for (int a = 0; a < nq; a++) { /* P = exp(S - lse): the forward's probabilities */
                 float *restrict Pa = P + (size_t)a * B;
                 const float l = lse[i0 + a];
@@ -201,8 +283,16 @@ void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k,
                     Pa[b] = Pa[b] > -INFINITY ? pf_exp(Pa[b] - l) : 0.0f;
             }
             const float *doq = dout + (size_t)i0 * D, *qq = q + (size_t)i0 * D;
-            gemm_rm(1, 0, nk, D, nq, 1.0f, P, B, doq, D, 1.0f, dv + (size_t)j0 * D, D);    /* dV_j += P^T dO_i */
-            gemm_rm(0, 1, nq, nk, D, 1.0f, doq, D, v + (size_t)j0 * D, D, 0.0f, dS, B); /* dP = dO_i V_j^T */
+            const int qpairs = (nq + 1) / 2, kpairs = (nk + 1) / 2;
+            if (r->bf16) {
+                pf_bf16_pairs(f.blk_p, B, P, B, nq, nk, qpairs); /* read with row stride 1: P^T */
+                pf_bf16_gemm(nk, D, qpairs, 1.0f, f.blk_p, 1, B, f.dop + (size_t)i0 / 2 * f.Dn, f.Dn, 1.0f,
+                             dv + (size_t)j0 * D, D);
+                pf_bf16_gemm(nq, nk, f.Dh, 1.0f, f.dor + (size_t)i0 * f.Dh, f.Dh, 1, f.vt + j0, f.Tp, 0.0f, dS, B);
+            } else {
+                gemm_rm(1, 0, nk, D, nq, 1.0f, P, B, doq, D, 1.0f, dv + (size_t)j0 * D, D);    /* dV_j += P^T dO_i */
+                gemm_rm(0, 1, nq, nk, D, 1.0f, doq, D, v + (size_t)j0 * D, D, 0.0f, dS, B); /* dP = dO_i V_j^T */
+            }
             for (int a = 0; a < nq; a++) { /* dS = P (dP - D_i), through the cap: d tanh */
                 float *restrict dSa = dS + (size_t)a * B;
                 const float *restrict Pa = P + (size_t)a * B, *restrict ca = dcap + (size_t)a * B;
@@ -214,8 +304,17 @@ void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k,
                     for (int b = 0; b < nk; b++)
                         dSa[b] = Pa[b] * (dSa[b] - Di);
             }
-            gemm_rm(1, 0, nk, D, nq, r->scale, dS, B, qq, D, 1.0f, dk + (size_t)j0 * D, D); /* dK_j += s dS^T Q_i */
-            gemm_rm(0, 0, nq, D, nk, r->scale, dS, B, k + (size_t)j0 * D, D, 1.0f, dq + (size_t)i0 * D, D); /* dQ_i */
+            if (r->bf16) {
+                pf_bf16_pairs(f.blk_p2, B, dS, B, nq, nk, qpairs);
+                pf_bf16_gemm(nk, D, qpairs, r->scale, f.blk_p2, 1, B, f.qp + (size_t)i0 / 2 * f.Dn, f.Dn, 1.0f,
+                             dk + (size_t)j0 * D, D);
+                pf_bf16_rows(f.blk_r, B / 2, dS, B, nq, nk, nq);
+                pf_bf16_gemm(nq, D, kpairs, r->scale, f.blk_r, B / 2, 1, f.kp + (size_t)j0 / 2 * f.Dn, f.Dn, 1.0f,
+                             dq + (size_t)i0 * D, D);
+            } else {
+                gemm_rm(1, 0, nk, D, nq, r->scale, dS, B, qq, D, 1.0f, dk + (size_t)j0 * D, D); /* dK_j += s dS^T Q_i */
+                gemm_rm(0, 0, nq, D, nk, r->scale, dS, B, k + (size_t)j0 * D, D, 1.0f, dq + (size_t)i0 * D, D); /* dQ_i */
+            }
         }
     }
     free(br);

@@ -21,6 +21,8 @@ typedef struct {
     const int32_t *pos; /* per token: the position (windows compare positions, not row indices) */
     float scale, softcap; /* score scale; tanh soft-cap of the scores (0: none) */
     int window;           /* key j visible from query i only when pos_i - pos_j < window (0: no window) */
+    int bf16;             /* products with bf16 inputs and fp32 accumulation (attention_bf16.c); needs
+                           * pf_attn_bf16_available() and an even D */
 } pf_attn_row;
 
 /* floats of scratch the kernels need (forward, backward), independent of T except backward's T floats */
@@ -36,5 +38,18 @@ void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, 
  * query heads of a KV group accumulate into the group's K and V) */
 void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k, const float *v, const float *o,
                            const float *dout, const float *lse, float *dq, float *dk, float *dv, float *work);
+
+/* ---- attention_bf16.c: the products of a bf16 row (operand forms and the kernel are described there) ---- */
+int pf_attn_bf16_available(void); /* this CPU has AVX512-BF16 */
+/* R(X) of the n x cols row-major X (leading dimension ldx): nrows rows of ld words, zero beyond the data */
+void pf_bf16_rows(uint32_t *dst, int ld, const float *x, int ldx, int n, int cols, int nrows);
+/* P(X): npairs rows of ld words (ld a multiple of 16, >= cols), zero beyond the data */
+void pf_bf16_pairs(uint32_t *dst, int ld, const float *x, int ldx, int n, int cols, int npairs);
+/* W(X) from R(X) (n rows of leading dimension ldr): npairs rows of ld >= n words, zero beyond n */
+void pf_bf16_words_t(uint32_t *dst, int ld, const uint32_t *rows, int ldr, int n, int npairs);
+/* C (m x n, row-major, ldc) = alpha A B + beta C over kp pairs: A word (i, p) at a[i * a_rs + p * a_ps], B words
+ * (p, j .. j+15) at b + p * ldb + j, readable up to n rounded up to 16. beta 0 never reads C. */
+void pf_bf16_gemm(int m, int n, int kp, float alpha, const uint32_t *a, ptrdiff_t a_rs, ptrdiff_t a_ps,
+                  const uint32_t *b, ptrdiff_t ldb, float beta, float *c, int ldc);
 
 #endif

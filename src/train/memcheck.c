@@ -66,7 +66,7 @@ void prefopt_mem_estimate_train(const prefopt_model_config *cfg, const prefopt_m
     double rows = floor(budget / (4.0 * T * V / tp));
     rows = rows < 1 ? 1 : rows > m ? m : rows;
     /* attention scratch: one worker per thread, O(T x head_dim) each (prefopt_attention_scratch_floats) */
-    const double att_scratch = (lay->threads > 1 ? lay->threads : 1) * (double)prefopt_attention_scratch_floats(cfg, (int64_t)T);
+    const double att_scratch = (lay->threads > 1 ? lay->threads : 1) * (double)prefopt_attention_scratch_floats(cfg, (int64_t)T, lay->bf16);
     e->activations = 4.0 * (acts + 2.0 * rows * T * V / tp + lora_acts + att_scratch);
     double sum = e->weights + e->grads + e->adam + e->reference + e->activations + e->comm;
     e->workspace = 0.1 * sum;

@@ -8,14 +8,27 @@ neither is padding (seg < 0), seg_j == 0 (shared prompt) or seg_j == seg_i (same
 pos_i - pos_j < W. s_ij = scale q_i.k_j, soft-capped to cap*tanh(s/cap) when cap > 0; o_i = sum_j softmax_j(s_ij)
 v_j over the visible j, lse_i = log sum_j exp(s_ij); a padded query has o = 0 (its lse is not compared).
 
-usage: ref_attention.py KERNEL_BINARY WORKDIR [TOL]  (exit 1 on any mismatch)
+Without torch the gradients come from the closed form of the same definition, in NumPy float64: dv = P^T dO,
+dP = dO V^T, dS = P o (dP - sum_j P o dP) (times 1 - tanh^2 under a cap), dq = scale dS K, dk = scale dS^T Q.
+
+--bf16 runs the kernel's bf16 products (vdpbf16ps: bf16 inputs, fp32 accumulation). q, k, v and dout are then
+rounded to bf16 here before both the kernel and the reference see them, so the kernel's own rounding of them is
+exact and what remains is its rounding of the blocks it makes (P for o and dv, dS for dq and dk: a relative 2^-9
+each) and fp32 accumulation; the tolerance for that is stated in tests/test_attn_kernel.sh. Exit 77 (skip) when
+the CPU has no AVX512-BF16.
+
+usage: ref_attention.py KERNEL_BINARY WORKDIR [TOL] [--bf16]  (exit 1 on any mismatch)
 """
 import os
 import subprocess
 import sys
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:
+    torch = None
 
 
 def visible_mask(seg, pos, window):
@@ -29,7 +42,34 @@ def visible_mask(seg, pos, window):
     return m
 
 
+def reference_numpy(case):
+    seg, pos, W, scale, cap = case["seg"], case["pos"], case["window"], case["scale"], case["softcap"]
+    M = visible_mask(seg, pos, W)
+    rows = M.any(axis=1)
+    q, k, v, dout = (case[x].astype(np.float64) for x in ("q", "k", "v", "dout"))
+    S = scale * np.einsum("gid,jd->gij", q, k)
+    t = np.tanh(S / cap) if cap > 0 else None
+    if cap > 0:
+        S = cap * t
+    S = np.where(M[None], S, -np.inf)
+    S = np.where(rows[None, :, None], S, 0.0)
+    mx = S.max(axis=2, keepdims=True)
+    lse = (mx + np.log(np.exp(S - mx).sum(axis=2, keepdims=True)))[:, :, 0]
+    P = np.exp(S - lse[:, :, None]) * rows[None, :, None]
+    o = np.einsum("gij,jd->gid", P, v)
+    dv = np.einsum("gij,gid->jd", P, dout)
+    dP = np.einsum("gid,jd->gij", dout, v)
+    dS = P * (dP - (P * dP).sum(axis=2, keepdims=True))
+    if cap > 0:
+        dS = dS * (1.0 - t * t)
+    dq = scale * np.einsum("gij,jd->gid", dS, k)
+    dk = scale * np.einsum("gij,gid->jd", dS, q)
+    return {"o": o, "lse": lse, "dq": dq, "dk": dk, "dv": dv}, rows
+
+
 def reference(case):
+    if torch is None:
+        return reference_numpy(case)
     seg, pos, W, scale, cap = case["seg"], case["pos"], case["window"], case["scale"], case["softcap"]
     M = torch.from_numpy(visible_mask(seg, pos, W))
     rows = M.any(dim=1)
@@ -79,6 +119,7 @@ def make_cases(rng):
     add("packed DPO, softcap 5 (scores up to ~20)", seg, pos, 16, 2, softcap=5.0, scale=1.0, amp=1.5)
     add("window 70 + softcap 8, padding", *packed(200, 0, 0, 37), 16, 2, window=70, softcap=8.0, amp=1.5)
     add("padding inside a block, T=129", *packed(10, 50, 60, 9), 32, 1)
+    add("head_dim 80 (a 64-column and a 16-column tile), GQA 2", *packed(40, 30, 30, 0), 80, 2)
     return cases
 
 
@@ -105,15 +146,32 @@ def read_out(path, c):
     return out
 
 
+def bf16_round(x):
+    """float32 to the nearest bf16 (ties to even), returned as float32"""
+    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    return b.astype(np.uint32).view(np.float32)
+
+
 def main():
-    kernel, work = sys.argv[1], sys.argv[2]
-    tol = float(sys.argv[3]) if len(sys.argv) > 3 else 1e-5
+    args = [a for a in sys.argv[1:] if a != "--bf16"]
+    bf16 = len(args) < len(sys.argv) - 1
+    kernel, work = args[0], args[1]
+    tol = float(args[2]) if len(args) > 2 else 1e-5
     rng = np.random.default_rng(16)
     fail = 0
+    print("gradients: " + ("torch autograd" if torch is not None else "NumPy closed form") +
+          (", bf16 products (inputs rounded to bf16 first)" if bf16 else ""))
     for n, c in enumerate(make_cases(rng)):
+        if bf16:
+            for key in ("q", "k", "v", "dout"):
+                c[key] = bf16_round(c[key])
         fin, fout = os.path.join(work, f"attn{n}.in"), os.path.join(work, f"attn{n}.out")
         write_case(fin, c)
-        r = subprocess.run([kernel, fin, fout])
+        r = subprocess.run([kernel, fin, fout] + (["bf16"] if bf16 else []))
+        if r.returncode == 77:
+            print("skipped: this CPU has no AVX512-BF16")
+            return 77
         if r.returncode != 0:
             print(f"FAIL {c['name']}: kernel exit {r.returncode}")
             fail = 1
