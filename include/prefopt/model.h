@@ -301,8 +301,9 @@ void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, flo
 
 /* Floats of scratch one attention worker (one sequence and KV group, one OpenMP thread) holds at a time for rows
  * of T tokens, the larger of forward and backward: the group's head copies (8 T x head_dim in backward) and the
- * blocked kernel's score blocks (src/model/attention_blocked.h); no T x T buffer. */
-size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T);
+ * blocked kernel's score blocks (src/model/attention_blocked.h), and with bf16 the heads' bf16 operand forms
+ * (counted whether or not this CPU takes the bf16 path: an estimate that holds on both); no T x T buffer. */
+size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T, int bf16);
 
 /* FLOPs of one forward over a batch (matmuls and attention; 2 per multiply-add), for throughput figures: the LM
  * head's as computed, i.e. only the kept positions with prefopt_model_set_completion_logits_only. */
