@@ -40,7 +40,7 @@ int prefopt_train_options(prefopt_opt *o, int max, prefopt_train_params *p)
          "--batch-size / --micro-batch-size)"},
         {"pad-multiple", PREFOPT_OPT_INT, &p->pad_multiple, "8", "pad each micro-batch's length to a multiple"},
         {"bucket-window", PREFOPT_OPT_INT, &p->bucket_window, "0", "group similar lengths within windows of N batches"},
-        {"data-prefetch", PREFOPT_OPT_FLAG, &p->data_prefetch, "0",
+        {"data-prefetch", PREFOPT_OPT_FLAG, &p->data_prefetch, "1",
          "read the next step's batch in a thread while this step computes (the same batches either way)"},
         {"max-steps", PREFOPT_OPT_LONG, &p->max_steps, "0", "optimizer steps (0: from --epochs)"},
         {"epochs", PREFOPT_OPT_DOUBLE, &p->epochs, "1", "epochs when --max-steps is 0"},
