@@ -88,14 +88,13 @@ typedef struct {
     uint32_t *vt, *dor, *dop; /* backward: W(V) (dP = dO V^T); R(dO); P(dO) (dV += P^T dO) */
     uint32_t *qp, *kp;       /* backward: P(Q) (dK += dS^T Q), P(K) (dQ += dS K) */
     uint32_t *blk_r, *blk_p; /* a block's probabilities or dS: R(.) B x B/2, P(.) B/2 x B */
-    uint32_t *blk_p2;        /* backward: P(dS) beside P(P) */
 } bf16_forms;
 
 static int tp_of(int T) { return (T + B - 1) / B * B; }
 static int dn_of(int D) { return (D + 15) / 16 * 16; }
 
 /* words of forms: forward R(Q), R(K) (the source of W(K)), W(K), P(V), the block's R(P); backward adds W(V),
- * R(dO), P(dO), P(Q), P(K) and three block forms */
+ * R(dO), P(dO), P(Q), P(K) and the block's P(.) */
 static size_t bf16_fwd_words(const pf_attn_row *r)
 {
     const size_t Tp = tp_of(r->T), Dh = r->D / 2, Dn = dn_of(r->D);
@@ -105,10 +104,10 @@ static size_t bf16_fwd_words(const pf_attn_row *r)
 static size_t bf16_bwd_words(const pf_attn_row *r)
 {
     const size_t Tp = tp_of(r->T), Dh = r->D / 2, Dn = dn_of(r->D);
-    return 6 * Tp * Dh + 3 * (Tp / 2 * Dn) + (size_t)3 * B * B / 2;
+    return 6 * Tp * Dh + 3 * (Tp / 2 * Dn) + (size_t)2 * B * B / 2;
 }
 
-/* R(Q), R(K) into w, then W(K); forward: P(V). Returns the words used. */
+/* R(Q) and R(K) into w, then W(K) from R(K). Returns the words used. */
 static size_t bf16_make_qk(bf16_forms *f, const pf_attn_row *r, const float *q, const float *k, uint32_t *w)
 {
     const int T = r->T, D = r->D;
@@ -249,8 +248,7 @@ void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k,
         f.qp = w, w += pairs;
         f.kp = w, w += pairs;
         f.blk_r = w, w += (size_t)B * B / 2;
-        f.blk_p = w, w += (size_t)B * B / 2;
-        f.blk_p2 = w;
+        f.blk_p = w; /* P(P) for dV, then P(dS) for dK */
         pf_bf16_rows(tmp, f.Dh, v, D, T, D, T);
         pf_bf16_words_t(f.vt, f.Tp, tmp, f.Dh, T, f.Dh);
         pf_bf16_rows(f.dor, f.Dh, dout, D, T, D, T);
@@ -305,8 +303,8 @@ void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k,
                         dSa[b] = Pa[b] * (dSa[b] - Di);
             }
             if (r->bf16) {
-                pf_bf16_pairs(f.blk_p2, B, dS, B, nq, nk, qpairs);
-                pf_bf16_gemm(nk, D, qpairs, r->scale, f.blk_p2, 1, B, f.qp + (size_t)i0 / 2 * f.Dn, f.Dn, 1.0f,
+                pf_bf16_pairs(f.blk_p, B, dS, B, nq, nk, qpairs);
+                pf_bf16_gemm(nk, D, qpairs, r->scale, f.blk_p, 1, B, f.qp + (size_t)i0 / 2 * f.Dn, f.Dn, 1.0f,
                              dk + (size_t)j0 * D, D);
                 pf_bf16_rows(f.blk_r, B / 2, dS, B, nq, nk, nq);
                 pf_bf16_gemm(nq, D, kpairs, r->scale, f.blk_r, B / 2, 1, f.kp + (size_t)j0 / 2 * f.Dn, f.Dn, 1.0f,
