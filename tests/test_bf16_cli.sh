@@ -30,7 +30,7 @@ check '"$P" "${B[@]}" --config job.ini --print-config | grep -q "^precision = fp
 
 if PREFOPT_BF16_PRETEND_MISSING=0 "$P" "${B[@]}" 2>&1 | head -1 | grep -q "precision bf16 by auto"; then
   out=$(PREFOPT_BF16_PRETEND_MISSING=0 "$P" "${B[@]}" --gemm-backend auto 2>&1); rc=$?
-  check '[ $rc -eq 0 ] && printf "%s" "$out" | head -1 | grep -qE "local GEMM fp32 (blis|onednn) \(auto: blis [0-9]+, onednn [0-9]+ GFLOP/s per rank\), bf16 oneDNN matmul"' \
+  check '[ $rc -eq 0 ] && printf "%s" "$out" | head -1 | grep -qE "local GEMM fp32 (blis|onednn) \(auto: blis [0-9]+, onednn [0-9]+ GFLOP/s per rank\), bf16 oneDNN matmul, attention (bf16 avx512_bf16 kernel|fp32 BLIS)"' \
         "auto backend timed and named (rc $rc): $(printf '%s' "$out" | head -1)"
   # MFU of a bf16 run is against the bf16 matmul's rate (higher than fp32 sgemm's on bf16 hardware)
   check 'printf "%s" "$out" | grep -q "MFU"' "bf16 bench reports MFU"

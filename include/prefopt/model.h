@@ -304,6 +304,9 @@ void prefopt_model_mix_weights(prefopt_model *dst, const prefopt_model *src, flo
  * blocked kernel's score blocks (src/model/attention_blocked.h), and with bf16 the heads' bf16 operand forms
  * (counted whether or not this CPU takes the bf16 path: an estimate that holds on both); no T x T buffer. */
 size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t T, int bf16);
+/* Whether a bf16 model's attention block products run in bf16 on this CPU (AVX512-BF16's dot product; else fp32
+ * BLIS), for the banner. */
+int prefopt_attention_bf16_kernel(void);
 
 /* FLOPs of one forward over a batch (matmuls and attention; 2 per multiply-add), for throughput figures: the LM
  * head's as computed, i.e. only the kept positions with prefopt_model_set_completion_logits_only. */

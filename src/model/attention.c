@@ -83,6 +83,8 @@ size_t prefopt_attention_scratch_floats(const prefopt_model_config *cfg, int64_t
     return fwd > bwd ? fwd : bwd;
 }
 
+int prefopt_attention_bf16_kernel(void) { return pf_attn_bf16_available(); }
+
 /* Per (sequence, KV group) worker: the group's K and V heads, one query head at a time, and the blocked kernel
  * (attention_blocked.c): scratch O(T x D + B x B) per worker, never T x T. Only the per-row lse is kept for
  * backward (T floats per head). */

@@ -2,6 +2,7 @@
 #include "prefopt/precision.h"
 
 #include "prefopt/gemm_local.h"
+#include "prefopt/model.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -63,6 +64,8 @@ int prefopt_precision_setup(const prefopt_precision_params *p, const prefopt_gri
                  rates[1] / g->world_size * 1e-9);
     snprintf(described, sizeof described, "precision %s%s (CPU bf16: %s) | local GEMM fp32 %s%s%s", use_bf16 ? "bf16" : "fp32",
              !strcmp(prec, "auto") ? " by auto" : "", what, prefopt_gemm_backend_name((prefopt_gemm_backend)be), timed,
-             use_bf16 ? ", bf16 oneDNN matmul" : "");
+             !use_bf16                        ? ""
+             : prefopt_attention_bf16_kernel() ? ", bf16 oneDNN matmul, attention bf16 avx512_bf16 kernel"
+                                               : ", bf16 oneDNN matmul, attention fp32 BLIS (no avx512_bf16)");
     return use_bf16;
 }
