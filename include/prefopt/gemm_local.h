@@ -62,6 +62,9 @@ static inline float prefopt_bf16_value(uint16_t h)
  * in the environment (tests) makes it answer no. `what` receives a short description ("amx_bf16 avx512_bf16",
  * "avx512_bf16", or the missing feature: "avx512_bf16 and amx_bf16 missing"). */
 int prefopt_cpu_has_bf16(char *what, size_t len);
+/* Whether the hardware has AVX512_BF16 (the instruction itself, ignoring PREFOPT_BF16_PRETEND_MISSING: kernels
+ * compiled for it ask this before they run). */
+int prefopt_cpu_avx512_bf16(void);
 
 /* Rate (FLOP/s) of one square-ish product C(m x n) = A(m x k) B(k x n) on this rank: the best of `reps` after a
  * warm-up. kind: 0 BLIS sgemm, 1 oneDNN sgemm, 2 oneDNN bf16 matmul. */

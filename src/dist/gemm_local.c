@@ -76,15 +76,36 @@ void prefopt_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
         dst[i] = prefopt_bf16_value(src[i]);
 }
 
-int prefopt_cpu_has_bf16(char *what, size_t len)
+/* cpuid leaf 7: AMX-BF16 (subleaf 0, edx bit 22) and AVX512_BF16 (subleaf 1, eax bit 5) */
+static void cpuid_bf16(int *avx512, int *amx)
 {
     unsigned a = 0, b = 0, c = 0, d = 0;
-    int avx512 = 0, amx = 0;
+    *avx512 = *amx = 0;
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        amx = (d >> 22) & 1; /* AMX-BF16 */
+        *amx = (d >> 22) & 1;
         if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d))
-            avx512 = (a >> 5) & 1; /* AVX512_BF16 */
+            *avx512 = (a >> 5) & 1;
     }
+}
+
+int prefopt_cpu_avx512_bf16(void)
+{
+    /* asked by every attention worker: cpuid once (it traps to the hypervisor in a VM); threads may race to
+     * store the same value */
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        int amx;
+        cpuid_bf16(&v, &amx);
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int prefopt_cpu_has_bf16(char *what, size_t len)
+{
+    int avx512, amx;
+    cpuid_bf16(&avx512, &amx);
     const char *pretend = getenv("PREFOPT_BF16_PRETEND_MISSING");
     if (pretend && *pretend && strcmp(pretend, "0"))
         avx512 = amx = 0;

@@ -20,20 +20,14 @@
  * dependence). Compiled for AVX512-BF16 whatever -march says; pf_attn_bf16_available() says whether it may run. */
 #include "attention_blocked.h"
 
+#include "prefopt/gemm_local.h"
+
 #include <immintrin.h>
 #include <string.h>
 
 #define PF_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-int pf_attn_bf16_available(void)
-{
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx512bf16") != 0;
-    }
-    return known;
-}
+int pf_attn_bf16_available(void) { return prefopt_cpu_avx512_bf16(); }
 
 static inline __mmask16 tail_mask(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 
