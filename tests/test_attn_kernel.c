@@ -22,7 +22,8 @@ static void get(void *p, size_t size, size_t n, FILE *f, const char *what)
 
 static float *fl(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
-/* forward of every head, then backward of every head into dk, dv */
+/* forward of every head, then backward of every head into dk, dv (the KV group's bf16 forms made by the first
+ * head of each pass and reused by the others, as attention.c does) */
 static void run(const pf_attn_row *r, int G, const float *q, const float *k, const float *v, const float *dout,
                 float *o, float *lse, float *dq, float *dk, float *dv)
 {
@@ -31,10 +32,10 @@ static void run(const pf_attn_row *r, int G, const float *q, const float *k, con
     memset(dk, 0, sizeof(float) * TD);
     memset(dv, 0, sizeof(float) * TD);
     for (int h = 0; h < G; h++)
-        pf_attn_forward_head(r, q + h * TD, k, v, o + h * TD, lse + (size_t)h * r->T, wf);
+        pf_attn_forward_head(r, q + h * TD, k, v, o + h * TD, lse + (size_t)h * r->T, wf, h == 0);
     for (int h = 0; h < G; h++)
         pf_attn_backward_head(r, q + h * TD, k, v, o + h * TD, dout + h * TD, lse + (size_t)h * r->T, dq + h * TD,
-                              dk, dv, wb);
+                              dk, dv, wb, h == 0);
     free(wf);
     free(wb);
 }

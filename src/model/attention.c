@@ -105,7 +105,7 @@ void pf_attention_forward(const prefopt_model *m, int layer, prefopt_dmat *y, fl
         for (int hh = 0; hh < G; hh++) {
             int c0 = kb * m->qnb + hh * D;
             load_head(qh, q, s, T, c0, D);
-            pf_attn_forward_head(&r, qh, kh, vh, oh, att + ((size_t)pr * G + hh) * T, work);
+            pf_attn_forward_head(&r, qh, kh, vh, oh, att + ((size_t)pr * G + hh) * T, work, hh == 0);
             store_head(y, oh, s, T, c0, D);
         }
         free(kh);
@@ -136,7 +136,8 @@ void pf_attention_backward(const prefopt_model *m, int layer, prefopt_dmat *dq, 
             load_head(qh, q, s, T, c0, D);
             load_head(oh, y, s, T, c0, D);
             load_head(doh, dy, s, T, c0, D);
-            pf_attn_backward_head(&r, qh, kh, vh, oh, doh, att + ((size_t)pr * G + hh) * T, dqh, dkh, dvh, work);
+            pf_attn_backward_head(&r, qh, kh, vh, oh, doh, att + ((size_t)pr * G + hh) * T, dqh, dkh, dvh, work,
+                                  hh == 0);
             store_head(dq, dqh, s, T, c0, D);
         }
         store_head(dk, dkh, s, T, kb * D, D);

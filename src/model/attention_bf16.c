@@ -3,8 +3,8 @@
  *
  * Why not oneDNN: its matmul primitive costs microseconds per call to execute, and a 64 x 64 x 64 block product
  * is about a microsecond of work; the attention makes seven of them per block pair. Why not per-call packing as
- * BLIS does: each operand is converted to bf16 once per head here (operand forms, below) and every block product
- * reads the converted head in place; only the probability and dS blocks, made inside the loop, are converted
+ * BLIS does: each operand is converted to bf16 once per head here (K and V once per KV group; operand forms,
+ * below) and every block product reads the converted head in place; only the probability and dS blocks, made inside the loop, are converted
  * per block.
  *
  * Operands are 32-bit words, each a pair of bf16 values (the element of even reduction index in the low half):

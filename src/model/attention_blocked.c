@@ -80,7 +80,9 @@ static inline int visible(const pf_attn_row *r, int i, int j)
 }
 
 /* The bf16 operand forms of one head (attention_bf16.c names them): Tp = T rounded up to the block, Dh = D / 2
- * pairs, Dn = D rounded up to 16. Made once per head call, read in place by every block product. */
+ * pairs, Dn = D rounded up to 16. Read in place by every block product. The forms of K and V come first in the
+ * work buffer and are made only when the caller says K and V changed (kv_new): the G query heads of a KV group
+ * share them. */
 typedef struct {
     int Tp, Dh, Dn;
     uint32_t *q, *kt;        /* R(Q): T x Dh; W(K): Dh x Tp (the B operand of S = Q K^T) */
@@ -93,8 +95,8 @@ typedef struct {
 static int tp_of(int T) { return (T + B - 1) / B * B; }
 static int dn_of(int D) { return (D + 15) / 16 * 16; }
 
-/* words of forms: forward R(Q), R(K) (the source of W(K)), W(K), P(V), the block's R(P); backward adds W(V),
- * R(dO), P(dO), P(Q), P(K) and the block's P(.) */
+/* words of forms: forward W(K), P(V), R(Q), the R(.) that W(.) is made from, the block's R(P); backward W(K),
+ * W(V), P(K), R(Q), R(dO), P(dO), P(Q), the R(.) source, the block's R(.) and P(.) */
 static size_t bf16_fwd_words(const pf_attn_row *r)
 {
     const size_t Tp = tp_of(r->T), Dh = r->D / 2, Dn = dn_of(r->D);
@@ -104,20 +106,14 @@ static size_t bf16_fwd_words(const pf_attn_row *r)
 static size_t bf16_bwd_words(const pf_attn_row *r)
 {
     const size_t Tp = tp_of(r->T), Dh = r->D / 2, Dn = dn_of(r->D);
-    return 6 * Tp * Dh + 3 * (Tp / 2 * Dn) + (size_t)2 * B * B / 2;
+    return 5 * Tp * Dh + 3 * (Tp / 2 * Dn) + (size_t)2 * B * B / 2;
 }
 
-/* R(Q) and R(K) into w, then W(K) from R(K). Returns the words used. */
-static size_t bf16_make_qk(bf16_forms *f, const pf_attn_row *r, const float *q, const float *k, uint32_t *w)
+/* W(X) of the T x D X, through its R(X) in tmp */
+static void bf16_words_t_of(const bf16_forms *f, const pf_attn_row *r, uint32_t *dst, const float *x, uint32_t *tmp)
 {
-    const int T = r->T, D = r->D;
-    f->Tp = tp_of(T), f->Dh = D / 2, f->Dn = dn_of(D);
-    uint32_t *kr = w + (size_t)T * f->Dh;
-    f->q = w, f->kt = kr + (size_t)T * f->Dh;
-    pf_bf16_rows(f->q, f->Dh, q, D, T, D, T);
-    pf_bf16_rows(kr, f->Dh, k, D, T, D, T);
-    pf_bf16_words_t(f->kt, f->Tp, kr, f->Dh, T, f->Dh);
-    return (size_t)T * f->Dh * 2 + (size_t)f->Dh * f->Tp;
+    pf_bf16_rows(tmp, f->Dh, x, r->D, r->T, r->D, r->T);
+    pf_bf16_words_t(dst, f->Tp, tmp, f->Dh, r->T, f->Dh);
 }
 
 /* S = scale Q_i K_j^T of the nq x nk block (leading dimension B), soft-capped (dcap, when given, receives
@@ -160,17 +156,25 @@ size_t pf_attn_bwd_work(const pf_attn_row *r)
 }
 
 void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, const float *v, float *o,
-                          float *lse, float *work)
+                          float *lse, float *work, int kv_new)
 {
     const int T = r->T, D = r->D, nb = (T + B - 1) / B;
     float *S = work, *mx = S + (size_t)B * B, *sum = mx + B;
     bf16_forms f = {0};
     if (r->bf16) {
-        uint32_t *w = (uint32_t *)(sum + B);
-        w += bf16_make_qk(&f, r, q, k, w);
+        f.Tp = tp_of(T), f.Dh = D / 2, f.Dn = dn_of(D);
+        const size_t rows = (size_t)T * f.Dh;
+        uint32_t *w = (uint32_t *)(sum + B), *tmp;
+        f.kt = w, w += (size_t)f.Dh * f.Tp;
         f.vp = w, w += (size_t)f.Tp / 2 * f.Dn;
+        f.q = w, w += rows;
+        tmp = w, w += rows;
         f.blk_r = w;
-        pf_bf16_pairs(f.vp, f.Dn, v, D, T, D, f.Tp / 2);
+        if (kv_new) {
+            bf16_words_t_of(&f, r, f.kt, k, tmp);
+            pf_bf16_pairs(f.vp, f.Dn, v, D, T, D, f.Tp / 2);
+        }
+        pf_bf16_rows(f.q, f.Dh, q, D, T, D, T);
     }
     block_range *br = block_ranges(r, nb);
     memset(o, 0, sizeof(float) * (size_t)T * D); /* the accumulator, then the output */
@@ -231,30 +235,36 @@ void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, 
 }
 
 void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k, const float *v, const float *o,
-                           const float *dout, const float *lse, float *dq, float *dk, float *dv, float *work)
+                           const float *dout, const float *lse, float *dq, float *dk, float *dv, float *work,
+                           int kv_new)
 {
     const int T = r->T, D = r->D, nb = (T + B - 1) / B;
     float *P = work, *dS = P + (size_t)B * B, *dcap = dS + (size_t)B * B, *Dr = dcap + (size_t)B * B;
     const int capped = r->softcap > 0;
     bf16_forms f = {0};
     if (r->bf16) {
-        uint32_t *w = (uint32_t *)(Dr + T), *tmp;
-        w += bf16_make_qk(&f, r, q, k, w);
+        f.Tp = tp_of(T), f.Dh = D / 2, f.Dn = dn_of(D);
         const size_t pairs = (size_t)f.Tp / 2 * f.Dn, rows = (size_t)T * f.Dh;
-        tmp = w, w += rows; /* R(V), the source of W(V) */
+        uint32_t *w = (uint32_t *)(Dr + T), *tmp;
+        f.kt = w, w += (size_t)f.Dh * f.Tp;
         f.vt = w, w += (size_t)f.Dh * f.Tp;
+        f.kp = w, w += pairs;
+        f.q = w, w += rows;
         f.dor = w, w += rows;
         f.dop = w, w += pairs;
         f.qp = w, w += pairs;
-        f.kp = w, w += pairs;
+        tmp = w, w += rows;
         f.blk_r = w, w += (size_t)B * B / 2;
         f.blk_p = w; /* P(P) for dV, then P(dS) for dK */
-        pf_bf16_rows(tmp, f.Dh, v, D, T, D, T);
-        pf_bf16_words_t(f.vt, f.Tp, tmp, f.Dh, T, f.Dh);
+        if (kv_new) {
+            bf16_words_t_of(&f, r, f.kt, k, tmp);
+            bf16_words_t_of(&f, r, f.vt, v, tmp);
+            pf_bf16_pairs(f.kp, f.Dn, k, D, T, D, f.Tp / 2);
+        }
+        pf_bf16_rows(f.q, f.Dh, q, D, T, D, T);
         pf_bf16_rows(f.dor, f.Dh, dout, D, T, D, T);
         pf_bf16_pairs(f.dop, f.Dn, dout, D, T, D, f.Tp / 2);
         pf_bf16_pairs(f.qp, f.Dn, q, D, T, D, f.Tp / 2);
-        pf_bf16_pairs(f.kp, f.Dn, k, D, T, D, f.Tp / 2);
     }
     block_range *br = block_ranges(r, nb);
     for (int i = 0; i < T; i++) { /* D_i = rowsum(dO_i o O_i) = sum_j P_ij dP_ij */

@@ -30,14 +30,17 @@ size_t pf_attn_fwd_work(const pf_attn_row *r);
 size_t pf_attn_bwd_work(const pf_attn_row *r);
 
 /* o (T x D) and lse (T) of one head: o_i = sum_j softmax_j(s_ij) v_j over the keys visible from i; padded
- * queries get o = 0, lse = 0. q, k, v: T x D row-major. */
+ * queries get o = 0, lse = 0. q, k, v: T x D row-major. kv_new: k and v are not those of the previous call on
+ * this work buffer (a bf16 row keeps their bf16 forms there, for the next query head of the KV group; fp32 ignores
+ * it). */
 void pf_attn_forward_head(const pf_attn_row *r, const float *q, const float *k, const float *v, float *o,
-                          float *lse, float *work);
+                          float *lse, float *work, int kv_new);
 
 /* the gradients of one head from o and lse of forward and dO: dq = (overwritten), dk and dv += (so that the G
- * query heads of a KV group accumulate into the group's K and V) */
+ * query heads of a KV group accumulate into the group's K and V); kv_new as in forward */
 void pf_attn_backward_head(const pf_attn_row *r, const float *q, const float *k, const float *v, const float *o,
-                           const float *dout, const float *lse, float *dq, float *dk, float *dv, float *work);
+                           const float *dout, const float *lse, float *dq, float *dk, float *dv, float *work,
+                           int kv_new);
 
 /* ---- attention_bf16.c: the products of a bf16 row (operand forms and the kernel are described there) ---- */
 int pf_attn_bf16_available(void); /* this CPU has AVX512-BF16 */
